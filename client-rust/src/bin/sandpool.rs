@@ -1,0 +1,354 @@
+//! `sandpool`: run code in a warm sandbox and manage pools from a shell.
+
+use std::{
+    io::{Read, Write},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use sandpool_client::{Client, Error, RunEvent, proto as pb};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandpool",
+    version,
+    about = "Run code in warm sandbox containers"
+)]
+struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "SANDPOOL_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    addr: String,
+    /// Bearer token, for servers that require one.
+    #[arg(long, global = true, env = "SANDPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run code (or, with --shell, a shell command) in a pool; output streams
+    /// live and the exit code is the program's.
+    Run {
+        /// Pool to lease from.
+        #[arg(long, default_value = "python")]
+        pool: String,
+        /// Treat CODE as a shell command line.
+        #[arg(long)]
+        shell: bool,
+        /// Kill the run after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The code; "-" reads it from standard input.
+        code: String,
+    },
+    /// List pools.
+    Pools,
+    /// Show a pool's statistics.
+    Stats {
+        name: String,
+        /// Keep printing on every change.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Create a pool.
+    CreatePool {
+        name: String,
+        #[arg(long, default_value = "python")]
+        language: String,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        min: Option<u32>,
+        #[arg(long)]
+        max: Option<u32>,
+        /// wait, fail-fast or temporary.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Give every lease a fresh container.
+        #[arg(long)]
+        no_reuse: bool,
+        /// Return once the pool is warm.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete (drain) a pool.
+    DeletePool {
+        name: String,
+        /// Return once its containers are gone.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sandpool: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let mut builder = Client::builder(cli.addr);
+    if let Some(token) = cli.token {
+        builder = builder.token(token);
+    }
+    let client = builder.connect().await?;
+    match cli.command {
+        Command::Run {
+            pool,
+            shell,
+            timeout,
+            code,
+        } => run_code(&client, &pool, shell, timeout, code).await,
+        Command::Pools => {
+            println!(
+                "{:<20} {:<12} {:<32} {:<9} {:>9} {:>5} {:>5}",
+                "NAME", "LANGUAGE", "IMAGE", "PHASE", "TOTAL/MAX", "IDLE", "BUSY"
+            );
+            for pool in client.list_pools().await? {
+                let spec = pool.spec.unwrap_or_default();
+                let stats = pool.stats.unwrap_or_default();
+                let counts = stats.state_counts.unwrap_or_default();
+                let phase = pb::PoolPhase::try_from(pool.phase)
+                    .map(|p| {
+                        p.as_str_name()
+                            .trim_start_matches("POOL_PHASE_")
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<20} {:<12} {:<32} {:<9} {:>9} {:>5} {:>5}",
+                    spec.name,
+                    spec.language,
+                    spec.image,
+                    phase,
+                    format!("{}/{}", stats.total_size, stats.max_size),
+                    counts.idle,
+                    counts.busy
+                );
+                if !pool.status_message.is_empty() {
+                    println!("    {}", pool.status_message);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { name, watch } => {
+            if watch {
+                let mut stream = client.watch_stats(&name).await?;
+                while let Some(message) = stream.message().await? {
+                    if let Some(stats) = message.stats {
+                        print_stats(&stats);
+                    }
+                }
+            } else {
+                print_stats(&client.stats(&name).await?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CreatePool {
+            name,
+            language,
+            image,
+            min,
+            max,
+            strategy,
+            no_reuse,
+            wait,
+        } => {
+            let strategy = match strategy.as_deref().map(|s| s.replace('_', "-")) {
+                None => pb::ExhaustionStrategy::Unspecified,
+                Some(s) if s == "wait" => pb::ExhaustionStrategy::Wait,
+                Some(s) if s == "fail-fast" => pb::ExhaustionStrategy::FailFast,
+                Some(s) if s == "temporary" => pb::ExhaustionStrategy::Temporary,
+                Some(other) => {
+                    return Err(Error::Protocol(format!(
+                        "--strategy {other:?}: use wait, fail-fast or temporary"
+                    )));
+                }
+            };
+            let spec = pb::PoolSpec {
+                name,
+                language,
+                image: image.unwrap_or_default(),
+                config: Some(pb::PoolConfig {
+                    min_pool_size: min,
+                    max_pool_size: max,
+                    exhaustion_strategy: strategy as i32,
+                    ..Default::default()
+                }),
+                reuse: no_reuse.then_some(false),
+                ..Default::default()
+            };
+            let pool = client.create_pool(spec, wait).await?;
+            let phase = pb::PoolPhase::try_from(pool.phase)
+                .map(|p| p.as_str_name())
+                .unwrap_or("?");
+            println!(
+                "created {} ({phase})",
+                pool.spec.map(|s| s.name).unwrap_or_default()
+            );
+            if !pool.status_message.is_empty() {
+                println!("    {}", pool.status_message);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeletePool { name, wait } => {
+            let busy = client.delete_pool(&name, wait).await?;
+            println!("deleting {name}: {busy} containers still leased");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_code(
+    client: &Client,
+    pool: &str,
+    shell: bool,
+    timeout: Option<f64>,
+    code: String,
+) -> Result<ExitCode, Error> {
+    let code = if code == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::Protocol(format!("reading code from stdin: {e}")))?;
+        text
+    } else {
+        code
+    };
+    let program = if shell {
+        pb::run_request::Program::Command(pb::Command {
+            argv: Vec::new(),
+            shell: code,
+        })
+    } else {
+        pb::run_request::Program::Code(pb::Code {
+            source: Some(pb::code::Source::Text(code)),
+            language: String::new(),
+        })
+    };
+    let timeout = match timeout {
+        Some(t) if t.is_finite() && t > 0.0 => {
+            let d = Duration::from_secs_f64(t);
+            Some(prost_types_duration(d))
+        }
+        Some(t) => {
+            return Err(Error::Protocol(format!(
+                "--timeout {t}: must be a positive number of seconds"
+            )));
+        }
+        None => None,
+    };
+    let session = client.acquire(pool).await?;
+    let mut events = session
+        .run_request(pb::RunRequest {
+            program: Some(program),
+            timeout,
+            ..Default::default()
+        })
+        .await?;
+    let mut exit = None;
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = tokio::signal::ctrl_c() => {
+                // Dropping the stream kills the run on the server.
+                drop(events);
+                session.release().await?;
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let Some(event) = event else { break };
+        match event? {
+            RunEvent::Started { .. } | RunEvent::Artifact(_) => {}
+            RunEvent::Stdout(d) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&d);
+                let _ = out.flush();
+            }
+            RunEvent::Stderr(d) => {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(&d);
+                let _ = err.flush();
+            }
+            RunEvent::Exit(e) => exit = Some(e),
+        }
+    }
+    session.release().await?;
+    let Some(exit) = exit else {
+        return Err(Error::Protocol(
+            "the run ended without an exit event".into(),
+        ));
+    };
+    let reason = pb::EndReason::try_from(exit.end_reason).unwrap_or(pb::EndReason::Unspecified);
+    if reason != pb::EndReason::Exited {
+        eprintln!("sandpool: {}", exit.message);
+    }
+    let code = match reason {
+        pb::EndReason::Timeout => 124,
+        _ => exit.exit_code,
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn prost_types_duration(d: Duration) -> pb_duration::Duration {
+    pb_duration::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+mod pb_duration {
+    pub use prost_types::Duration;
+}
+
+fn print_stats(s: &pb::PoolStats) {
+    let c = s.state_counts.unwrap_or_default();
+    let n = s.counters.unwrap_or_default();
+    let lat = s.acquire_latency.unwrap_or_default();
+    let ms = |d: Option<prost_types::Duration>| {
+        d.map_or(0.0, |d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6)
+    };
+    println!(
+        "{}: total {}/{} (min {}) idle {} busy {} initializing {} resetting {} unhealthy {} removing {} | waiting {} leases {} temporaries {}{}",
+        s.pool,
+        s.total_size,
+        s.max_size,
+        s.min_size,
+        c.idle,
+        c.busy,
+        c.initializing,
+        c.resetting,
+        c.unhealthy,
+        c.removing,
+        s.waiting,
+        s.active_leases,
+        s.temporary_containers,
+        if s.closed { " CLOSED" } else { "" }
+    );
+    println!(
+        "    acquisitions {} waits {} wait_timeouts {} fail_fast {} runs {} created {} create_failures {} health_failures {} | acquire p50 {:.3}ms p99 {:.3}ms",
+        n.acquisitions,
+        n.waits,
+        n.wait_timeouts,
+        n.fail_fast_refusals,
+        n.runs,
+        n.containers_created,
+        n.create_failures,
+        n.health_failures,
+        ms(lat.p50),
+        ms(lat.p99)
+    );
+}

@@ -1,0 +1,25 @@
+//! Rust client for sandpool.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sandpool_client::Error> {
+//! let client = sandpool_client::Client::connect("http://127.0.0.1:50051").await?;
+//! let session = client.acquire("python").await?;
+//! let out = session.run_collect("print('hi')").await?;
+//! assert_eq!(out.stdout_text(), "hi\n");
+//! session.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Session`] keeps its lease alive in the background (at a third of its
+//! TTL) and releases it on [`Session::release`] or when dropped.
+
+mod client;
+mod error;
+mod run;
+mod session;
+
+pub use client::{Client, ClientBuilder};
+pub use error::Error;
+pub use run::{RunEvent, RunOutput, RunStream};
+pub use sandpool_proto::v1 as proto;
+pub use session::{AcquireOptions, Session};

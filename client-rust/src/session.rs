@@ -1,0 +1,407 @@
+//! A lease held by this process: kept alive in the background, released on
+//! `release()` or drop.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use sandpool_proto::v1::{self as pb, download_response::Part};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request};
+
+use crate::{Client, Error, RunOutput, RunStream};
+
+/// Upload chunk size.
+const UPLOAD_CHUNK: usize = 1 << 20;
+/// Shortest keepalive period, whatever the TTL.
+const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// How to acquire.
+#[derive(Debug, Clone)]
+pub struct AcquireOptions {
+    pub pool: String,
+    /// Lease TTL; default: the pool's.
+    pub ttl: Option<Duration>,
+    /// How long the server may keep the call waiting for a container.
+    pub wait: Option<Duration>,
+}
+
+impl AcquireOptions {
+    pub fn new(pool: impl Into<String>) -> Self {
+        Self {
+            pool: pool.into(),
+            ttl: None,
+            wait: None,
+        }
+    }
+
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+}
+
+/// Why the lease was lost, once it is.
+type Lost = Arc<Mutex<Option<String>>>;
+
+/// A lease on a warm container.
+pub struct Session {
+    client: Client,
+    lease: pb::Lease,
+    lost: Lost,
+    keepalive: Option<JoinHandle<()>>,
+    released: bool,
+}
+
+fn duration_of(d: Option<prost_types::Duration>) -> Duration {
+    d.and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(Duration::from_secs(30))
+}
+
+impl Session {
+    pub(crate) async fn acquire(client: Client, options: AcquireOptions) -> Result<Self, Error> {
+        let mut request = Request::new(pb::AcquireRequest {
+            pool: options.pool,
+            ttl: options.ttl.map(|t| prost_types::Duration {
+                seconds: t.as_secs() as i64,
+                nanos: t.subsec_nanos() as i32,
+            }),
+        });
+        if let Some(wait) = options.wait {
+            request.set_timeout(wait);
+        }
+        let lease = client
+            .sessions()
+            .acquire(request)
+            .await?
+            .into_inner()
+            .lease
+            .ok_or_else(|| Error::Protocol("Acquire answered without a lease".into()))?;
+        let lost: Lost = Arc::default();
+        let keepalive = tokio::spawn(keep_alive(
+            client.clone(),
+            lease.id.clone(),
+            duration_of(lease.ttl),
+            Arc::clone(&lost),
+        ));
+        Ok(Self {
+            client,
+            lease,
+            lost,
+            keepalive: Some(keepalive),
+            released: false,
+        })
+    }
+
+    pub fn lease(&self) -> &pb::Lease {
+        &self.lease
+    }
+
+    pub fn lease_id(&self) -> &str {
+        &self.lease.id
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.lease.container_id
+    }
+
+    /// Why the lease is lost, if it is.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        match self.lost() {
+            Some(reason) => Err(Error::LeaseLost {
+                lease_id: self.lease.id.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs code in the pool's language; events stream as they are produced.
+    pub async fn run(&self, code: impl Into<String>) -> Result<RunStream, Error> {
+        self.run_request(pb::RunRequest {
+            program: Some(pb::run_request::Program::Code(pb::Code {
+                source: Some(pb::code::Source::Text(code.into())),
+                language: String::new(),
+            })),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Runs code and collects its output.
+    pub async fn run_collect(&self, code: impl Into<String>) -> Result<RunOutput, Error> {
+        self.run(code).await?.collect().await
+    }
+
+    /// Runs a command (argv, no shell) and collects its output.
+    pub async fn exec(&self, argv: &[&str]) -> Result<RunOutput, Error> {
+        self.run_request(pb::RunRequest {
+            program: Some(pb::run_request::Program::Command(pb::Command {
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                shell: String::new(),
+            })),
+            ..Default::default()
+        })
+        .await?
+        .collect()
+        .await
+    }
+
+    /// Runs a shell command line and collects its output.
+    pub async fn shell(&self, line: &str) -> Result<RunOutput, Error> {
+        self.run_request(pb::RunRequest {
+            program: Some(pb::run_request::Program::Command(pb::Command {
+                argv: Vec::new(),
+                shell: line.to_string(),
+            })),
+            ..Default::default()
+        })
+        .await?
+        .collect()
+        .await
+    }
+
+    /// Runs a full request (stdin, env, timeout...). The lease id is filled in.
+    pub async fn run_request(&self, mut request: pb::RunRequest) -> Result<RunStream, Error> {
+        self.check()?;
+        request.lease_id = self.lease.id.clone();
+        let stream = self
+            .client
+            .sessions()
+            .run(request)
+            .await
+            .map_err(|s| Error::on_lease(&self.lease.id, s))?
+            .into_inner();
+        Ok(RunStream::new(self.lease.id.clone(), stream))
+    }
+
+    /// Kills a running run.
+    pub async fn cancel(&self, run_id: &str) -> Result<bool, Error> {
+        self.check()?;
+        let response = self
+            .client
+            .sessions()
+            .cancel(pb::CancelRequest {
+                lease_id: self.lease.id.clone(),
+                run_id: run_id.to_string(),
+            })
+            .await
+            .map_err(|s| Error::on_lease(&self.lease.id, s))?;
+        Ok(response.into_inner().cancelled)
+    }
+
+    /// Writes `data` to `path` in the container (parents created).
+    pub async fn upload(
+        &self,
+        path: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<pb::UploadResponse, Error> {
+        self.upload_with(path, data.into(), None, false).await
+    }
+
+    /// Unpacks a tar archive into directory `path`.
+    pub async fn upload_tar(
+        &self,
+        path: &str,
+        tar: impl Into<Bytes>,
+    ) -> Result<pb::UploadResponse, Error> {
+        self.upload_with(path, tar.into(), None, true).await
+    }
+
+    /// Writes with an explicit mode, or unpacks a tar.
+    pub async fn upload_with(
+        &self,
+        path: &str,
+        data: Bytes,
+        mode: Option<u32>,
+        tar: bool,
+    ) -> Result<pb::UploadResponse, Error> {
+        self.check()?;
+        let (tx, rx) = mpsc::channel(4);
+        let header = pb::UploadRequest {
+            part: Some(pb::upload_request::Part::Header(pb::UploadHeader {
+                lease_id: self.lease.id.clone(),
+                path: path.to_string(),
+                mode,
+                tar,
+            })),
+        };
+        tokio::spawn(async move {
+            if tx.send(header).await.is_err() {
+                return;
+            }
+            for at in (0..data.len()).step_by(UPLOAD_CHUNK) {
+                let piece = data.slice(at..(at + UPLOAD_CHUNK).min(data.len()));
+                let chunk = pb::UploadRequest {
+                    part: Some(pb::upload_request::Part::Chunk(piece)),
+                };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let response = self
+            .client
+            .artifacts()
+            .upload(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| Error::on_lease(&self.lease.id, s))?;
+        Ok(response.into_inner())
+    }
+
+    /// Reads a file (or a directory, as a tar) from the container.
+    pub async fn download(&self, path: &str) -> Result<(pb::DownloadHeader, Bytes), Error> {
+        self.check()?;
+        let mut stream = self
+            .client
+            .artifacts()
+            .download(pb::DownloadRequest {
+                lease_id: self.lease.id.clone(),
+                path: path.to_string(),
+            })
+            .await
+            .map_err(|s| Error::on_lease(&self.lease.id, s))?
+            .into_inner();
+        let mut header = None;
+        let mut body = BytesMut::new();
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|s| Error::on_lease(&self.lease.id, s))?
+        {
+            match message.part {
+                Some(Part::Header(h)) => header = Some(h),
+                Some(Part::Chunk(c)) => body.extend_from_slice(&c),
+                None => {}
+            }
+        }
+        let header = header.ok_or_else(|| Error::Protocol("download without a header".into()))?;
+        Ok((header, body.freeze()))
+    }
+
+    /// Files the lease's runs left in the output directory.
+    pub async fn list_artifacts(&self) -> Result<Vec<pb::ArtifactInfo>, Error> {
+        self.check()?;
+        let response = self
+            .client
+            .artifacts()
+            .list_artifacts(pb::ListArtifactsRequest {
+                lease_id: self.lease.id.clone(),
+                run_id: String::new(),
+            })
+            .await
+            .map_err(|s| Error::on_lease(&self.lease.id, s))?;
+        Ok(response.into_inner().artifacts)
+    }
+
+    /// Ends the lease now. The container is reset for the next client.
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.released = true;
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+        match self
+            .client
+            .sessions()
+            .release(pb::ReleaseRequest {
+                lease_id: self.lease.id.clone(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone: releasing is idempotent from the caller's view.
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(Error::from(s)),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(k) = self.keepalive.take() {
+            k.abort();
+        }
+        if self.released {
+            return;
+        }
+        // Release in the background if a runtime is there; otherwise the
+        // server reclaims the lease when its TTL runs out.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let mut sessions = self.client.sessions();
+            let lease_id = self.lease.id.clone();
+            handle.spawn(async move {
+                let _ = sessions.release(pb::ReleaseRequest { lease_id }).await;
+            });
+        }
+    }
+}
+
+fn set_lost(lost: &Lost, reason: String) {
+    if let Ok(mut l) = lost.lock() {
+        l.get_or_insert(reason);
+    }
+}
+
+/// Renews the lease every TTL/3 over one KeepAlive stream, reconnecting when
+/// the stream breaks, until the server says the lease is gone or renewals
+/// have failed for longer than the TTL.
+async fn keep_alive(client: Client, lease_id: String, ttl: Duration, lost: Lost) {
+    let period = (ttl / 3).max(MIN_KEEPALIVE);
+    let mut last_renewal = Instant::now();
+    loop {
+        let (tx, rx) = mpsc::channel(1);
+        if let Ok(response) = client.sessions().keep_alive(ReceiverStream::new(rx)).await {
+            let mut answers = response.into_inner();
+            loop {
+                let ask = pb::KeepAliveRequest {
+                    lease_id: lease_id.clone(),
+                };
+                if tx.send(ask).await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(period, answers.message()).await {
+                    Ok(Ok(Some(answer))) => {
+                        let state = pb::LeaseState::try_from(answer.state)
+                            .unwrap_or(pb::LeaseState::Unspecified);
+                        if state != pb::LeaseState::Active {
+                            let reason = match state {
+                                pb::LeaseState::Expired => "the lease expired on the server",
+                                pb::LeaseState::Released => "the lease was released",
+                                pb::LeaseState::Revoked => "the server revoked the lease",
+                                _ => "the server does not know the lease",
+                            };
+                            set_lost(&lost, reason.to_string());
+                            return;
+                        }
+                        last_renewal = Instant::now();
+                    }
+                    _ => break,
+                }
+                tokio::time::sleep(period).await;
+            }
+        }
+        if last_renewal.elapsed() >= ttl {
+            set_lost(
+                &lost,
+                format!(
+                    "keepalive failed for longer than the {}s TTL",
+                    ttl.as_secs_f64()
+                ),
+            );
+            return;
+        }
+        tokio::time::sleep(period.min(Duration::from_millis(500))).await;
+    }
+}

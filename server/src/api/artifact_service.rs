@@ -1,0 +1,159 @@
+//! ArtifactService: files in and out of a lease's container.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use sandpool_proto::v1::{self as pb, artifact_service_server::ArtifactService};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{AppState, caller, convert};
+use crate::{
+    files::{self, DownloadKind, UploadTarget},
+    pool::Error,
+};
+
+/// Download chunks are at most this large.
+const MAX_CHUNK: usize = 256 * 1024;
+
+pub struct ArtifactApi {
+    state: Arc<AppState>,
+}
+
+impl ArtifactApi {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn invalid(field: &str, message: &str) -> Status {
+    Error::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    }
+    .into()
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ArtifactService for ArtifactApi {
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<pb::UploadResponse>, Status> {
+        let owner = caller(&request);
+        let mut incoming = request.into_inner();
+        let header = match incoming.next().await {
+            Some(Ok(pb::UploadRequest {
+                part: Some(pb::upload_request::Part::Header(h)),
+            })) => h,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(invalid(
+                    "header",
+                    "the first message of an upload must be its header",
+                ));
+            }
+        };
+        if header.lease_id.is_empty() {
+            return Err(invalid("header.lease_id", "is empty"));
+        }
+        let lease = self
+            .state
+            .manager
+            .lease(&header.lease_id, owner.as_deref())?;
+        let target = UploadTarget {
+            path: header.path,
+            mode: header.mode.unwrap_or(0o644),
+            tar: header.tar,
+        };
+        let chunks = incoming.map(|message| match message {
+            Ok(pb::UploadRequest {
+                part: Some(pb::upload_request::Part::Chunk(data)),
+            }) => Ok(data),
+            Ok(_) => Err(Error::InvalidArgument {
+                field: "chunk".into(),
+                message: "only the first message of an upload may be a header".into(),
+            }),
+            Err(status) => Err(Error::FileFailed {
+                path: String::new(),
+                message: format!("the upload stream broke: {}", status.message()),
+            }),
+        });
+        let done = files::upload(&lease, target, chunks, &self.state.file_limits).await?;
+        Ok(Response::new(pb::UploadResponse {
+            path: done.path,
+            size: done.size,
+            sha256: done.sha256,
+        }))
+    }
+
+    type DownloadStream = DownloadStream;
+
+    async fn download(
+        &self,
+        request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let owner = caller(&request);
+        let req = request.into_inner();
+        if req.lease_id.is_empty() {
+            return Err(invalid("lease_id", "is empty"));
+        }
+        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
+        let (header, body) = files::download(&lease, &req.path, &self.state.file_limits).await?;
+        let header = pb::DownloadResponse {
+            part: Some(pb::download_response::Part::Header(pb::DownloadHeader {
+                path: header.path,
+                kind: match header.kind {
+                    DownloadKind::File => pb::DownloadKind::File,
+                    DownloadKind::Tar => pb::DownloadKind::Tar,
+                } as i32,
+                mode: header.mode,
+                size: header.size,
+            })),
+        };
+        // The lease stays guarded (no reset) until the download ends.
+        let chunks = body
+            .flat_map(|item| {
+                let pieces: Vec<Result<pb::DownloadResponse, Status>> = match item {
+                    Ok(data) => (0..data.len())
+                        .step_by(MAX_CHUNK)
+                        .map(|at| {
+                            let piece = data.slice(at..(at + MAX_CHUNK).min(data.len()));
+                            Ok(pb::DownloadResponse {
+                                part: Some(pb::download_response::Part::Chunk(piece)),
+                            })
+                        })
+                        .collect(),
+                    Err(e) => vec![Err(Status::from(e))],
+                };
+                futures::stream::iter(pieces)
+            })
+            .map(move |item| {
+                let _held = &lease;
+                item
+            });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(header) }).chain(chunks),
+        )))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let owner = caller(&request);
+        let req = request.into_inner();
+        if req.lease_id.is_empty() {
+            return Err(invalid("lease_id", "is empty"));
+        }
+        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
+        let artifacts = files::list_artifacts(&lease)
+            .await?
+            .into_iter()
+            .filter(|a| req.run_id.is_empty() || a.run_id == req.run_id)
+            .map(|a| convert::artifact_to_pb(&a))
+            .collect();
+        Ok(Response::new(pb::ListArtifactsResponse { artifacts }))
+    }
+}

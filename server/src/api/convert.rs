@@ -1,0 +1,367 @@
+//! Conversions between the protobuf contract and the domain types. Bad input
+//! becomes `pool::Error::InvalidArgument` here, naming the proto field.
+
+use std::time::{Duration, SystemTime};
+
+use sandpool_proto::v1 as pb;
+
+use crate::{
+    backend::BackendKind,
+    files,
+    pool::{
+        Error, LeaseEnd, LeaseInfo, Phase, PoolView, Result,
+        lease::Renewal,
+        spec::{ExhaustionStrategy, PoolSpec, PoolSpecInput, RuntimeInput},
+        stats::{LatencySummary, PoolStats},
+    },
+    run::{EndReason, Program, RunExit, RunSpec},
+};
+
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A proto duration as seconds; negative is an error naming `field`.
+fn seconds(field: &str, d: Option<prost_types::Duration>) -> Result<Option<f64>> {
+    match d {
+        None => Ok(None),
+        Some(d) => {
+            if d.seconds < 0 || d.nanos < 0 {
+                return Err(invalid(field, "must not be negative"));
+            }
+            Ok(Some(d.seconds as f64 + f64::from(d.nanos) / 1e9))
+        }
+    }
+}
+
+/// A proto duration as a std one; negative is an error naming `field`.
+pub fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(None),
+        Some(d) => Duration::try_from(d)
+            .map(Some)
+            .map_err(|_| invalid(field, "must not be negative")),
+    }
+}
+
+pub fn pb_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn pb_time(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// "No limit" is a zero duration on the wire.
+fn pb_limit(d: Option<Duration>) -> Option<prost_types::Duration> {
+    Some(pb_duration(d.unwrap_or(Duration::ZERO)))
+}
+
+pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
+    let config = spec.config.unwrap_or_default();
+    let runtime = spec.runtime.unwrap_or_default();
+    let backend = match pb::Backend::try_from(spec.backend) {
+        Ok(pb::Backend::Unspecified | pb::Backend::Docker) => "docker",
+        Ok(pb::Backend::Podman) => "podman",
+        Ok(pb::Backend::Kubernetes) => "kubernetes",
+        Err(_) => {
+            return Err(invalid(
+                "backend",
+                format!("unknown value {}", spec.backend),
+            ));
+        }
+    };
+    let strategy = match pb::ExhaustionStrategy::try_from(config.exhaustion_strategy) {
+        Ok(pb::ExhaustionStrategy::Unspecified | pb::ExhaustionStrategy::Wait) => "wait",
+        Ok(pb::ExhaustionStrategy::FailFast) => "fail_fast",
+        Ok(pb::ExhaustionStrategy::Temporary) => "temporary",
+        Err(_) => {
+            return Err(invalid(
+                "config.exhaustion_strategy",
+                format!("unknown value {}", config.exhaustion_strategy),
+            ));
+        }
+    };
+    let input = PoolSpecInput {
+        name: spec.name,
+        language: spec.language,
+        backend: Some(backend.to_string()),
+        image: Some(spec.image),
+        libraries: spec.libraries,
+        max_pool_size: config.max_pool_size,
+        min_pool_size: config.min_pool_size,
+        idle_timeout: seconds("config.idle_timeout", config.idle_timeout)?,
+        acquisition_timeout: seconds("config.acquisition_timeout", config.acquisition_timeout)?,
+        health_check_interval: seconds(
+            "config.health_check_interval",
+            config.health_check_interval,
+        )?,
+        max_container_lifetime: seconds(
+            "config.max_container_lifetime",
+            config.max_container_lifetime,
+        )?,
+        max_container_uses: config.max_container_uses,
+        exhaustion_strategy: Some(strategy.to_string()),
+        enable_prewarming: config.enable_prewarming,
+        reuse: spec.reuse,
+        default_lease_ttl: seconds("default_lease_ttl", spec.default_lease_ttl)?,
+        max_lease_ttl: seconds("max_lease_ttl", spec.max_lease_ttl)?,
+        default_run_timeout: seconds("default_run_timeout", spec.default_run_timeout)?,
+        max_run_timeout: seconds("max_run_timeout", spec.max_run_timeout)?,
+        output_limit_bytes: spec.output_limit_bytes,
+        output_dir: Some(spec.output_dir),
+        runtime: RuntimeInput {
+            mem_limit: runtime.mem_limit,
+            cpu_period: runtime.cpu_period,
+            cpu_quota: runtime.cpu_quota,
+            cpus: runtime.cpus,
+            pids_limit: runtime.pids_limit,
+            network: runtime.network,
+            user: runtime.user,
+            read_only_root: runtime.read_only_root,
+            oci_runtime: runtime.oci_runtime,
+            tmpfs_size: runtime.tmpfs_size,
+            env: runtime.env.into_iter().collect(),
+        },
+    };
+    input.into_spec()
+}
+
+pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
+    let c = &spec.config;
+    let rt = &spec.runtime;
+    pb::PoolSpec {
+        name: spec.name.clone(),
+        backend: match spec.backend {
+            BackendKind::Docker => pb::Backend::Docker,
+            BackendKind::Podman => pb::Backend::Podman,
+            BackendKind::Kubernetes => pb::Backend::Kubernetes,
+        } as i32,
+        language: spec.language.clone(),
+        image: spec.image.clone(),
+        libraries: spec.libraries.clone(),
+        config: Some(pb::PoolConfig {
+            max_pool_size: Some(c.max_pool_size),
+            min_pool_size: Some(c.min_pool_size),
+            idle_timeout: pb_limit(c.idle_timeout),
+            acquisition_timeout: pb_limit(c.acquisition_timeout),
+            health_check_interval: Some(pb_duration(c.health_check_interval)),
+            max_container_lifetime: pb_limit(c.max_container_lifetime),
+            max_container_uses: Some(c.max_container_uses.unwrap_or(0)),
+            exhaustion_strategy: match c.exhaustion_strategy {
+                ExhaustionStrategy::Wait => pb::ExhaustionStrategy::Wait,
+                ExhaustionStrategy::FailFast => pb::ExhaustionStrategy::FailFast,
+                ExhaustionStrategy::Temporary => pb::ExhaustionStrategy::Temporary,
+            } as i32,
+            enable_prewarming: Some(c.enable_prewarming),
+        }),
+        runtime: Some(pb::RuntimeConfig {
+            mem_limit: Some(rt.mem_limit_bytes.to_string()),
+            cpu_period: rt.cpu_period,
+            cpu_quota: rt.cpu_quota,
+            cpus: Some(rt.cpus),
+            pids_limit: Some(rt.pids_limit),
+            network: Some(rt.network.clone()),
+            user: Some(rt.user()),
+            read_only_root: Some(rt.read_only_root),
+            oci_runtime: rt.oci_runtime.clone(),
+            tmpfs_size: Some(rt.tmpfs_size_bytes.to_string()),
+            env: rt.env.clone().into_iter().collect(),
+        }),
+        reuse: Some(spec.reuse),
+        default_lease_ttl: Some(pb_duration(spec.default_lease_ttl)),
+        max_lease_ttl: Some(pb_duration(spec.max_lease_ttl)),
+        default_run_timeout: Some(pb_duration(spec.default_run_timeout)),
+        max_run_timeout: Some(pb_duration(spec.max_run_timeout)),
+        output_limit_bytes: Some(spec.output_limit_bytes),
+        output_dir: spec.output_dir.clone(),
+    }
+}
+
+fn latency_to_pb(l: &LatencySummary) -> pb::LatencySummary {
+    pb::LatencySummary {
+        samples: l.samples,
+        p50: Some(pb_duration(l.p50)),
+        p90: Some(pb_duration(l.p90)),
+        p99: Some(pb_duration(l.p99)),
+        max: Some(pb_duration(l.max)),
+    }
+}
+
+pub fn stats_to_pb(s: &PoolStats) -> pb::PoolStats {
+    let c = &s.counters;
+    let r = &c.recycled;
+    let sc = &s.state_counts;
+    pb::PoolStats {
+        pool: s.pool.clone(),
+        total_size: s.total_size,
+        max_size: s.max_size,
+        min_size: s.min_size,
+        state_counts: Some(pb::StateCounts {
+            initializing: sc.initializing,
+            idle: sc.idle,
+            busy: sc.busy,
+            resetting: sc.resetting,
+            unhealthy: sc.unhealthy,
+            removing: sc.removing,
+        }),
+        closed: s.closed,
+        counters: Some(pb::PoolCounters {
+            acquisitions: c.acquisitions,
+            waits: c.waits,
+            wait_timeouts: c.wait_timeouts,
+            fail_fast_refusals: c.fail_fast_refusals,
+            temporaries: c.temporaries,
+            releases: c.releases,
+            lease_expirations: c.lease_expirations,
+            health_failures: c.health_failures,
+            containers_created: c.containers_created,
+            create_failures: c.create_failures,
+            recycled: Some(pb::RecycleCounts {
+                idle_timeout: r.idle_timeout,
+                lifetime: r.lifetime,
+                uses: r.uses,
+                unhealthy: r.unhealthy,
+                no_reuse: r.no_reuse,
+                reset_failed: r.reset_failed,
+                drained: r.drained,
+            }),
+            runs: c.runs,
+        }),
+        acquire_latency: Some(latency_to_pb(&s.acquire_latency)),
+        temporary_containers: s.temporary_containers,
+        waiting: s.waiting,
+        active_leases: s.active_leases,
+        time: Some(pb_time(s.time)),
+    }
+}
+
+pub fn pool_to_pb(view: &PoolView) -> pb::Pool {
+    pb::Pool {
+        spec: Some(spec_to_pb(&view.spec)),
+        phase: match view.phase {
+            Phase::Warming => pb::PoolPhase::Warming,
+            Phase::Ready => pb::PoolPhase::Ready,
+            Phase::Failing => pb::PoolPhase::Failing,
+            Phase::Draining => pb::PoolPhase::Draining,
+        } as i32,
+        status_message: view.status_message.clone(),
+        create_time: Some(pb_time(view.created)),
+        stats: Some(stats_to_pb(&view.stats)),
+    }
+}
+
+pub fn lease_to_pb(lease: &LeaseInfo) -> pb::Lease {
+    pb::Lease {
+        id: lease.id.clone(),
+        pool: lease.pool.clone(),
+        container_id: lease.container_id.clone(),
+        ttl: Some(pb_duration(lease.ttl)),
+        expire_time: Some(pb_time(lease.expire_time)),
+        temporary: lease.temporary,
+        language: lease.language.clone(),
+    }
+}
+
+pub fn lease_state(end: Option<LeaseEnd>) -> pb::LeaseState {
+    match end {
+        None => pb::LeaseState::Active,
+        Some(LeaseEnd::Released) => pb::LeaseState::Released,
+        Some(LeaseEnd::Expired) => pb::LeaseState::Expired,
+        Some(LeaseEnd::Revoked) => pb::LeaseState::Revoked,
+    }
+}
+
+pub fn renewal_to_pb(lease_id: String, renewal: Renewal) -> pb::KeepAliveResponse {
+    match renewal {
+        Renewal::Active { expire_time, ttl } => pb::KeepAliveResponse {
+            lease_id,
+            state: pb::LeaseState::Active as i32,
+            expire_time: Some(pb_time(expire_time)),
+            ttl: Some(pb_duration(ttl)),
+        },
+        Renewal::Ended(end) => pb::KeepAliveResponse {
+            lease_id,
+            state: lease_state(Some(end)) as i32,
+            ..Default::default()
+        },
+        Renewal::NotFound => pb::KeepAliveResponse {
+            lease_id,
+            state: pb::LeaseState::NotFound as i32,
+            ..Default::default()
+        },
+    }
+}
+
+pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
+    let program = match req.program {
+        None => return Err(invalid("program", "set code or command")),
+        Some(pb::run_request::Program::Code(code)) => {
+            let source = match code.source {
+                Some(pb::code::Source::Text(text)) => bytes::Bytes::from(text),
+                Some(pb::code::Source::Data(data)) => data,
+                None => bytes::Bytes::new(),
+            };
+            Program::Code {
+                source,
+                language: Some(code.language).filter(|l| !l.is_empty()),
+            }
+        }
+        Some(pb::run_request::Program::Command(cmd)) => {
+            match (cmd.argv.is_empty(), cmd.shell.is_empty()) {
+                (false, true) => Program::Argv(cmd.argv),
+                (true, false) => Program::Shell(cmd.shell),
+                (true, true) => return Err(invalid("command", "set argv or shell")),
+                (false, false) => return Err(invalid("command", "set argv or shell, not both")),
+            }
+        }
+    };
+    let mut env: Vec<(String, String)> = req.env.into_iter().collect();
+    env.sort();
+    Ok(RunSpec {
+        program,
+        stdin: req.stdin,
+        env,
+        working_dir: Some(req.working_dir).filter(|d| !d.is_empty()),
+        timeout: duration("timeout", req.timeout)?,
+        output_limit: req.output_limit_bytes,
+    })
+}
+
+pub fn exit_to_pb(exit: &RunExit) -> pb::RunExit {
+    pb::RunExit {
+        exit_code: exit.exit_code,
+        end_reason: match exit.reason {
+            EndReason::Exited => pb::EndReason::Exited,
+            EndReason::Signaled => pb::EndReason::Signaled,
+            EndReason::Timeout => pb::EndReason::Timeout,
+            EndReason::Cancelled => pb::EndReason::Cancelled,
+            EndReason::OutputLimit => pb::EndReason::OutputLimit,
+            EndReason::LeaseExpired => pb::EndReason::LeaseExpired,
+        } as i32,
+        signal: exit.signal,
+        duration: Some(pb_duration(exit.duration)),
+        stdout_bytes: exit.stdout_bytes,
+        stderr_bytes: exit.stderr_bytes,
+        truncated: exit.truncated,
+        message: exit.message.clone(),
+    }
+}
+
+pub fn artifact_to_pb(a: &files::ArtifactInfo) -> pb::ArtifactInfo {
+    pb::ArtifactInfo {
+        name: a.name.clone(),
+        path: a.path.clone(),
+        mime_type: a.mime_type.clone(),
+        size: a.size,
+        sha256: a.sha256.clone(),
+        run_id: a.run_id.clone(),
+        modify_time: Some(pb_time(a.modified)),
+    }
+}

@@ -1,0 +1,90 @@
+//! gRPC services: one module per service, each thin: decode, call the core,
+//! map errors (in `status`).
+
+mod artifact_service;
+pub mod auth;
+pub mod convert;
+mod pool_service;
+mod session_service;
+mod status;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+
+pub use artifact_service::ArtifactApi;
+pub use pool_service::PoolApi;
+pub use session_service::SessionApi;
+
+use crate::{files::FileLimits, pool::PoolManager, run::RunLimits};
+
+/// What every service shares.
+pub struct AppState {
+    pub manager: Arc<PoolManager>,
+    pub run_limits: RunLimits,
+    pub file_limits: FileLimits,
+    /// Cancelled at shutdown: long-lived streams (keepalive, watch) end.
+    pub streams: CancellationToken,
+}
+
+/// The identity of the caller (from its bearer token), if auth is on.
+fn caller<T>(request: &Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<auth::Caller>()
+        .and_then(|c| c.0.clone())
+}
+
+/// The caller's deadline from the `grpc-timeout` header, a little early so
+/// that the server's own answer (say RESOURCE_EXHAUSTED after a wait) reaches
+/// the client before its deadline fires.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(value)?;
+    let margin = (timeout / 20).min(Duration::from_millis(50));
+    Some(Instant::now() + timeout.saturating_sub(margin))
+}
+
+/// Parses the gRPC wire format of a timeout: up to 8 digits and a unit.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! PoolService: create, inspect, watch and delete pools.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use sandpool_proto::v1::{self as pb, pool_service_server::PoolService};
+use tonic::{Request, Response, Status};
+
+use super::{AppState, convert, deadline};
+use crate::pool::Error;
+
+/// WatchPoolStats sends at most one message per this interval.
+const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct PoolApi {
+    state: Arc<AppState>,
+}
+
+impl PoolApi {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPoolStatsResponse, Status>> + Send>>;
+
+fn required_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "name".into(),
+            message: "is empty; name a pool".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl PoolService for PoolApi {
+    async fn create_pool(
+        &self,
+        request: Request<pb::CreatePoolRequest>,
+    ) -> Result<Response<pb::CreatePoolResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        let spec = req.spec.ok_or_else(|| {
+            Status::from(Error::InvalidArgument {
+                field: "spec".into(),
+                message: "is missing".into(),
+            })
+        })?;
+        let spec = convert::spec_from_pb(spec)?;
+        let view = self
+            .state
+            .manager
+            .create_pool(spec, req.wait_ready, deadline)
+            .await?;
+        Ok(Response::new(pb::CreatePoolResponse {
+            pool: Some(convert::pool_to_pb(&view)),
+        }))
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<pb::GetPoolRequest>,
+    ) -> Result<Response<pb::GetPoolResponse>, Status> {
+        let name = request.into_inner().name;
+        required_name(&name)?;
+        let view = self.state.manager.get_pool(&name)?;
+        Ok(Response::new(pb::GetPoolResponse {
+            pool: Some(convert::pool_to_pb(&view)),
+        }))
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let pools = self
+            .state
+            .manager
+            .list_pools()
+            .iter()
+            .map(convert::pool_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<pb::DeletePoolRequest>,
+    ) -> Result<Response<pb::DeletePoolResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        required_name(&req.name)?;
+        let busy = self
+            .state
+            .manager
+            .delete_pool(&req.name, req.wait, deadline)
+            .await?;
+        Ok(Response::new(pb::DeletePoolResponse {
+            busy_remaining: busy,
+        }))
+    }
+
+    async fn get_pool_stats(
+        &self,
+        request: Request<pb::GetPoolStatsRequest>,
+    ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
+        let name = request.into_inner().name;
+        required_name(&name)?;
+        let stats = self.state.manager.stats(&name)?;
+        Ok(Response::new(pb::GetPoolStatsResponse {
+            stats: Some(convert::stats_to_pb(&stats)),
+        }))
+    }
+
+    type WatchPoolStatsStream = WatchStream;
+
+    async fn watch_pool_stats(
+        &self,
+        request: Request<pb::WatchPoolStatsRequest>,
+    ) -> Result<Response<Self::WatchPoolStatsStream>, Status> {
+        let name = request.into_inner().name;
+        required_name(&name)?;
+        let (mut changes, read) = self.state.manager.watch(&name)?;
+        let stop = self.state.streams.clone();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let stats = read();
+                let closed =
+                    stats.closed && stats.total_size == 0 && stats.temporary_containers == 0;
+                let message = pb::WatchPoolStatsResponse {
+                    stats: Some(convert::stats_to_pb(&stats)),
+                };
+                if tx.send(Ok(message)).await.is_err() || closed {
+                    return;
+                }
+                // At most one message per interval; changes during it are
+                // folded into the next message.
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_MIN_INTERVAL) => {}
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() {
+                        // The pool is gone; send its last numbers and end.
+                        let mut last = read();
+                        last.closed = true;
+                        let _ = tx.send(Ok(pb::WatchPoolStatsResponse { stats: Some(convert::stats_to_pb(&last)) })).await;
+                        return;
+                    },
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task; the task sees the receiver go away through
+/// `tx.closed()`.
+pub(super) fn async_stream<T, F, Fut>(body: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

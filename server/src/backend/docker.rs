@@ -1,0 +1,403 @@
+//! The Docker engine API through bollard. Podman's Docker-compatible service
+//! speaks the same API, so one implementation serves both.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use bollard::{
+    Docker,
+    errors::Error as BollardError,
+    exec::{StartExecOptions, StartExecResults},
+    models::{
+        ContainerCreateBody, ExecConfig, HostConfig, NetworkConnectRequest,
+        NetworkDisconnectRequest,
+    },
+    query_parameters::{
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    },
+};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::OnceCell;
+
+use super::{
+    Backend, BackendKind, ContainerSpec, Error, Exec, ExecSpec, ListedContainer, Output, Result,
+};
+
+/// How long a pull may take before the image counts as missing. No registry
+/// may be reachable at all, so this must fail in reasonable time.
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Engine calls other than attached execs must answer within this.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Read buffer of an attached exec's output.
+const EXEC_READ_CAPACITY: usize = 64 * 1024;
+
+/// A Docker (or Podman) engine reached over its local socket. Connects on
+/// first use and retries on the next call while the engine cannot be reached,
+/// so a server started before its engine recovers by itself.
+pub struct DockerBackend {
+    kind: BackendKind,
+    endpoint: String,
+    docker: OnceCell<Docker>,
+}
+
+impl DockerBackend {
+    pub fn new(kind: BackendKind, endpoint: impl Into<String>) -> Self {
+        Self {
+            kind,
+            endpoint: endpoint.into(),
+            docker: OnceCell::new(),
+        }
+    }
+
+    /// The connected client. Agrees on an API version first, so that older
+    /// engines (Docker 20.10 speaks API 1.41) work.
+    pub async fn client(&self) -> Result<&Docker> {
+        self.docker
+            .get_or_try_init(|| async {
+                let unreachable = |detail: String| Error::Unreachable {
+                    backend: self.kind,
+                    endpoint: self.endpoint.clone(),
+                    detail,
+                };
+                let endpoint = self.endpoint.as_str();
+                let version = bollard::API_DEFAULT_VERSION;
+                let docker = if endpoint.starts_with("http://") || endpoint.starts_with("tcp://") {
+                    Docker::connect_with_http(endpoint, REQUEST_TIMEOUT_SECS, version)
+                } else {
+                    Docker::connect_with_unix(endpoint, REQUEST_TIMEOUT_SECS, version)
+                }
+                .map_err(|e| unreachable(e.to_string()))?;
+                docker
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))
+            })
+            .await
+    }
+
+    /// The engine endpoint from the environment, as the engine's own CLI
+    /// would pick it.
+    pub fn default_endpoint(kind: BackendKind) -> String {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match kind {
+            BackendKind::Podman => from_env("CONTAINER_HOST")
+                .or_else(|| {
+                    let rootful = "/run/podman/podman.sock";
+                    if std::path::Path::new(rootful).exists() {
+                        return Some(format!("unix://{rootful}"));
+                    }
+                    from_env("XDG_RUNTIME_DIR")
+                        .map(|dir| format!("unix://{dir}/podman/podman.sock"))
+                })
+                .unwrap_or_else(|| "unix:///run/podman/podman.sock".to_string()),
+            _ => {
+                from_env("DOCKER_HOST").unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+            }
+        }
+    }
+}
+
+fn status_of(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Maps an engine error on a container to `ContainerGone` where it means the
+/// container no longer exists or no longer runs.
+fn container_error(op: &'static str, id: &str, err: BollardError) -> Error {
+    match &err {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => Error::ContainerGone { id: id.to_string() },
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("not running") || message.contains("is paused") => {
+            Error::ContainerGone { id: id.to_string() }
+        }
+        _ => engine_error(op, err),
+    }
+}
+
+fn engine_error(op: &'static str, err: BollardError) -> Error {
+    Error::Engine {
+        op,
+        detail: err.to_string(),
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        match self.client().await?.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(engine_error("image inspect", e)),
+        }
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let pull = self
+            .client()
+            .await?
+            .create_image(Some(options), None, None)
+            .try_for_each(|_| async { Ok(()) });
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::ImageMissing {
+                image: image.to_string(),
+                detail: e.to_string(),
+            }),
+            Err(_) => Err(Error::ImageMissing {
+                image: image.to_string(),
+                detail: format!("pull did not finish within {}s", PULL_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        let host_config = HostConfig {
+            memory: spec.memory_bytes,
+            // Swap would let a container exceed its memory limit on disk.
+            memory_swap: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
+            cpu_period: spec.cpu_period,
+            cpu_quota: spec.cpu_quota,
+            pids_limit: spec.pids_limit,
+            network_mode: Some(spec.network.clone()),
+            readonly_rootfs: Some(spec.read_only_root),
+            tmpfs: Some(spec.tmpfs.clone()),
+            runtime: spec.oci_runtime.clone(),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            // An init as PID 1 reaps orphans and makes stop instant.
+            init: Some(true),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            // Whatever the image's entrypoint, the container just idles; all
+            // work arrives through exec.
+            entrypoint: Some(vec!["sleep".to_string()]),
+            cmd: Some(vec!["infinity".to_string()]),
+            user: Some(spec.main_user.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            working_dir: Some("/".to_string()),
+            host_config: Some(host_config),
+            stop_signal: Some("SIGKILL".to_string()),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .client()
+            .await?
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => Error::ImageMissing {
+                    image: spec.image.clone(),
+                    detail: e.to_string(),
+                },
+                _ => engine_error("container create", e),
+            })?;
+        if let Err(e) = self
+            .client()
+            .await?
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+        {
+            // Do not leave a created-but-dead container behind.
+            let _ = self.remove_container(&created.id).await;
+            return Err(engine_error("container start", e));
+        }
+        Ok(created.id)
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .client()
+            .await?
+            .remove_container(id, Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            // "removal already in progress" means someone else finishes it.
+            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) => Err(engine_error("container remove", e)),
+        }
+    }
+
+    async fn container_running(&self, id: &str) -> Result<bool> {
+        match self
+            .client()
+            .await?
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => Ok(info.state.and_then(|s| s.running).unwrap_or(false)),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(engine_error("container inspect", e)),
+        }
+    }
+
+    async fn list_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<ListedContainer>> {
+        let filter = match value {
+            Some(v) => format!("{label}={v}"),
+            None => label.to_string(),
+        };
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label".to_string(), vec![filter])]))
+            .build();
+        let found = self
+            .client()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| engine_error("container list", e))?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                Some(ListedContainer {
+                    id: c.id?,
+                    labels: c.labels.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<Exec> {
+        let config = ExecConfig {
+            attach_stdin: Some(spec.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            env: Some(spec.env),
+            cmd: Some(spec.argv),
+            user: Some(spec.user),
+            working_dir: spec.working_dir,
+            ..Default::default()
+        };
+        let created = self
+            .client()
+            .await?
+            .create_exec(container_id, config)
+            .await
+            .map_err(|e| container_error("exec create", container_id, e))?;
+        let options = StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: Some(EXEC_READ_CAPACITY),
+        };
+        match self
+            .client()
+            .await?
+            .start_exec(&created.id, Some(options))
+            .await
+            .map_err(|e| container_error("exec start", container_id, e))?
+        {
+            StartExecResults::Attached { output, input } => {
+                let container = container_id.to_string();
+                let output = output
+                    .filter_map(move |item| {
+                        let mapped = match item {
+                            Ok(bollard::container::LogOutput::StdOut { message }) => {
+                                Some(Ok(Output::Stdout(message)))
+                            }
+                            Ok(bollard::container::LogOutput::StdErr { message }) => {
+                                Some(Ok(Output::Stderr(message)))
+                            }
+                            Ok(_) => None,
+                            Err(e) => Some(Err(container_error("exec output", &container, e))),
+                        };
+                        futures::future::ready(mapped)
+                    })
+                    .boxed();
+                Ok(Exec {
+                    id: created.id,
+                    stdin: spec.stdin.then_some(input),
+                    output,
+                })
+            }
+            StartExecResults::Detached => Err(Error::Engine {
+                op: "exec start",
+                detail: "engine started the exec detached although attach was asked".into(),
+            }),
+        }
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        let info = self
+            .client()
+            .await?
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| engine_error("exec inspect", e))?;
+        if info.running.unwrap_or(false) {
+            return Ok(None);
+        }
+        Ok(info.exit_code)
+    }
+
+    async fn set_network(&self, container_id: &str, network: Option<&str>) -> Result<()> {
+        match network {
+            Some(name) => self
+                .client()
+                .await?
+                .connect_network(
+                    name,
+                    NetworkConnectRequest {
+                        container: container_id.to_string(),
+                        endpoint_config: None,
+                    },
+                )
+                .await
+                .map_err(|e| container_error("network connect", container_id, e)),
+            None => {
+                let info = self
+                    .client()
+                    .await?
+                    .inspect_container(container_id, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(|e| container_error("container inspect", container_id, e))?;
+                let networks = info
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .unwrap_or_default();
+                for name in networks.keys().filter(|n| n.as_str() != "none") {
+                    self.client()
+                        .await?
+                        .disconnect_network(
+                            name,
+                            NetworkDisconnectRequest {
+                                container: container_id.to_string(),
+                                force: Some(true),
+                            },
+                        )
+                        .await
+                        .map_err(|e| container_error("network disconnect", container_id, e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Container engines. A backend creates, execs into and removes containers;
+//! it knows nothing of pools, leases or languages.
+
+mod docker;
+
+use std::{collections::HashMap, fmt, pin::Pin, sync::Arc};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, stream::BoxStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+pub use docker::DockerBackend;
+
+/// Which engine a pool runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Docker,
+    Podman,
+    Kubernetes,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Docker => "docker",
+            BackendKind::Podman => "podman",
+            BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of a container engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the {backend} engine at {endpoint}: {detail}")]
+    Unreachable {
+        backend: BackendKind,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("image {image} is not on the engine and could not be pulled: {detail}")]
+    ImageMissing { image: String, detail: String },
+    #[error("container {id} is gone (removed or stopped outside sandpool)")]
+    ContainerGone { id: String },
+    #[error("engine call {op} failed: {detail}")]
+    Engine { op: &'static str, detail: String },
+    #[error("the {0} backend is not available in this build")]
+    Unsupported(BackendKind),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a container is created with. The pool layer fills it from a pool
+/// spec; the backend maps it to engine options.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// User of the container's main (idle) process, "uid:gid".
+    pub main_user: String,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub cpu_period: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub pids_limit: Option<i64>,
+    /// Engine network mode ("none", "bridge", a network name).
+    pub network: String,
+    pub read_only_root: bool,
+    /// Mount point -> tmpfs options ("rw,size=..,uid=..,gid=..,mode=..").
+    pub tmpfs: HashMap<String, String>,
+    pub oci_runtime: Option<String>,
+    pub env: Vec<String>,
+}
+
+/// A process to start in a running container.
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    /// "KEY=value" entries added to the container's environment.
+    pub env: Vec<String>,
+    pub user: String,
+    pub working_dir: Option<String>,
+    /// Attach standard input (the caller must then shut it down).
+    pub stdin: bool,
+}
+
+/// One piece of output of an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+pub type ExecStdin = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A started exec: its output as it is produced and, when asked for, its
+/// standard input.
+pub struct Exec {
+    pub id: String,
+    pub stdin: Option<ExecStdin>,
+    pub output: BoxStream<'static, Result<Output>>,
+}
+
+/// A container found on the engine by label.
+#[derive(Debug, Clone)]
+pub struct ListedContainer {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A container engine.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+
+    /// Makes sure the image exists locally, pulling it if it does not.
+    async fn ensure_image(&self, image: &str) -> Result<()>;
+
+    /// Creates and starts a container; returns its id.
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String>;
+
+    /// Removes a container and its anonymous volumes, killing it first. A
+    /// container that is already gone is not an error.
+    async fn remove_container(&self, id: &str) -> Result<()>;
+
+    /// Whether the container exists and runs.
+    async fn container_running(&self, id: &str) -> Result<bool>;
+
+    /// Containers (running or not) that carry `label`, with `value` if given.
+    async fn list_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<ListedContainer>>;
+
+    /// Starts a process in a running container.
+    async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<Exec>;
+
+    /// Exit code of a finished exec; `None` while it still runs.
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+
+    /// Connects the container to `network`, or disconnects it from every
+    /// network when `None`.
+    async fn set_network(&self, container_id: &str, network: Option<&str>) -> Result<()>;
+}
+
+pub type SharedBackend = Arc<dyn Backend>;
+
+/// What a collected exec produced.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub exit_code: i64,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+}
+
+impl Collected {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+
+    /// Standard error (or, if empty, standard output) as text, for messages.
+    pub fn diagnostic(&self) -> String {
+        let raw = if self.stderr.is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        String::from_utf8_lossy(raw).trim().to_string()
+    }
+}
+
+/// Runs a process to completion and collects its output, keeping at most
+/// `limit` bytes of each stream. For the server's own short commands (warm
+/// checks, resets, kills), never for user code.
+pub async fn exec_collect(
+    backend: &dyn Backend,
+    container_id: &str,
+    mut spec: ExecSpec,
+    stdin: Option<Bytes>,
+    limit: usize,
+) -> Result<Collected> {
+    spec.stdin = stdin.is_some();
+    let mut exec = backend.exec(container_id, spec).await?;
+    if let (Some(mut writer), Some(data)) = (exec.stdin.take(), stdin) {
+        // A process that exits without reading its input closes the pipe;
+        // that is its business, not an error of ours.
+        let _ = writer.write_all(&data).await;
+        let _ = writer.shutdown().await;
+    }
+    let (mut stdout, mut stderr) = (BytesMut::new(), BytesMut::new());
+    while let Some(item) = exec.output.next().await {
+        let (buf, data) = match item? {
+            Output::Stdout(d) => (&mut stdout, d),
+            Output::Stderr(d) => (&mut stderr, d),
+        };
+        let room = limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+    }
+    let exit_code = wait_exit_code(backend, &exec.id).await?;
+    Ok(Collected {
+        exit_code,
+        stdout: stdout.freeze(),
+        stderr: stderr.freeze(),
+    })
+}
+
+/// The exit code of an exec whose output has ended. The engine may report the
+/// exit a moment after the streams close, so this polls briefly.
+pub async fn wait_exit_code(backend: &dyn Backend, exec_id: &str) -> Result<i64> {
+    let mut delay = std::time::Duration::from_millis(1);
+    for _ in 0..40 {
+        if let Some(code) = backend.exec_exit_code(exec_id).await? {
+            return Ok(code);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_millis(100));
+    }
+    Err(Error::Engine {
+        op: "exec inspect",
+        detail: format!("exec {exec_id} output ended but the engine reports it still running"),
+    })
+}

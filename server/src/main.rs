@@ -1,0 +1,106 @@
+//! The `sandpool-server` binary.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use sandpool_server::{ServerConfig, config::LogFormat, serve, telemetry};
+
+/// Warm pools of sandbox containers, leased over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "sandpool-server", version)]
+struct Args {
+    /// Address to listen on [default: 127.0.0.1:50051, or the config's `listen`].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TOML config file; without it, the built-in default (one `python` pool).
+    #[arg(long, env = "SANDPOOL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Identity written into container labels [default: <hostname>-<port>].
+    #[arg(long)]
+    server_id: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Check the configuration, print the effective pools and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match ServerConfig::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sandpool-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(id) = args.server_id {
+        config.server_id = Some(id);
+    }
+    match args.log_format.as_deref() {
+        None => {}
+        Some("text") => config.log_format = LogFormat::Text,
+        Some("json") => config.log_format = LogFormat::Json,
+        Some(other) => {
+            eprintln!("sandpool-server: --log-format {other:?} is not text or json");
+            return ExitCode::from(2);
+        }
+    }
+    if args.check_config {
+        for pool in &config.pools {
+            println!(
+                "pool {}: {} on {} image {} (min {}, max {})",
+                pool.name,
+                pool.language,
+                pool.backend,
+                pool.image,
+                pool.config.min_pool_size,
+                pool.config.max_pool_size
+            );
+        }
+        println!("config OK");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(config.log_format);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+            return ExitCode::from(1);
+        }
+    };
+    match serve(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Errors of the pool layer; mapped to gRPC statuses in `api::status`.
+
+use std::time::Duration;
+
+use crate::{backend, sandbox};
+
+/// How a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    Released,
+    Expired,
+    /// Its pool was deleted or the server is stopping.
+    Revoked,
+}
+
+impl LeaseEnd {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LeaseEnd::Released => "was released",
+            LeaseEnd::Expired => "expired (no keepalive within its TTL)",
+            LeaseEnd::Revoked => "was revoked (its pool was deleted or the server is stopping)",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("pool {0:?} does not exist")]
+    PoolNotFound(String),
+    #[error("pool {0:?} already exists")]
+    PoolExists(String),
+    #[error("pool {0:?} is being deleted and grants no new leases")]
+    PoolClosed(String),
+    #[error("pool {pool:?} cannot create containers: {message}")]
+    PoolFailing { pool: String, message: String },
+    #[error("pool {pool:?} is exhausted: {detail}")]
+    Exhausted {
+        pool: String,
+        detail: String,
+        /// Time the caller waited before giving up (zero for FAIL_FAST).
+        waited: Duration,
+    },
+    #[error("lease {0} does not exist (never granted, or ended long ago)")]
+    LeaseNotFound(String),
+    #[error("lease {id} {}", end.describe())]
+    LeaseEnded { id: String, end: LeaseEnd },
+    #[error("run {run_id} does not exist in lease {lease_id}")]
+    RunNotFound { lease_id: String, run_id: String },
+    #[error("path {path:?}: {message}")]
+    PathNotFound { path: String, message: String },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{path}: {message}")]
+    FileFailed { path: String, message: String },
+    #[error(
+        "the container of lease {lease_id} is gone (removed outside sandpool); release the lease and acquire another"
+    )]
+    ContainerGone { lease_id: String },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Sandbox(#[from] sandbox::Error),
+}
+
+impl From<backend::Error> for Error {
+    fn from(e: backend::Error) -> Self {
+        Error::Sandbox(sandbox::Error::Backend(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,423 @@
+//! Leases: who holds which container, until when. A lease ends by release,
+//! by expiry (no keepalive within its TTL) or by revocation (pool deleted,
+//! server stopping). Ending one stops its runs and other operations, waits
+//! for them, then hands the container back to its pool for a reset.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
+
+use super::{Error, LeaseEnd, Result, pool::Holding, pool::Pool, spec::PoolSpec};
+use crate::{backend::SharedBackend, lang::Language};
+
+/// How often expiry is checked: a dead client holds its container for at
+/// most TTL plus this.
+const REAP_INTERVAL: Duration = Duration::from_millis(100);
+/// How long an ended lease is remembered, to tell "released" and "expired"
+/// from "never existed".
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// How long the operations of an ended lease may take to stop before its
+/// container is destroyed instead of reset.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a caller sees of a lease.
+#[derive(Debug, Clone)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub pool: String,
+    pub container_id: String,
+    pub ttl: Duration,
+    pub expire_time: SystemTime,
+    pub temporary: bool,
+    pub language: String,
+}
+
+struct Life {
+    deadline: Instant,
+    expire_time: SystemTime,
+    ended: Option<LeaseEnd>,
+}
+
+/// Why a run was stopped from outside the run itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    Cancelled,
+    LeaseEnded(LeaseEnd),
+}
+
+/// Handle to stop one run.
+#[derive(Clone)]
+pub struct RunControl {
+    token: CancellationToken,
+    cause: Arc<Mutex<Option<StopCause>>>,
+}
+
+impl RunControl {
+    fn new() -> Self {
+        Self {
+            token: CancellationToken::new(),
+            cause: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Stops the run; the first cause wins.
+    pub fn stop(&self, cause: StopCause) {
+        lock(&self.cause).get_or_insert(cause);
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn cause(&self) -> Option<StopCause> {
+        *lock(&self.cause)
+    }
+}
+
+pub struct LeaseEntry {
+    id: String,
+    pool: Arc<Pool>,
+    holding: Holding,
+    ttl: Duration,
+    owner: Option<String>,
+    life: Mutex<Life>,
+    /// Operations in flight (runs, uploads, downloads).
+    ops: TaskTracker,
+    runs: Mutex<HashMap<String, RunControl>>,
+}
+
+impl LeaseEntry {
+    fn info(&self) -> LeaseInfo {
+        LeaseInfo {
+            id: self.id.clone(),
+            pool: self.pool.name().to_string(),
+            container_id: self.holding.container().to_string(),
+            ttl: self.ttl,
+            expire_time: lock(&self.life).expire_time,
+            temporary: matches!(self.holding, Holding::Temporary { .. }),
+            language: self.pool.spec.language.clone(),
+        }
+    }
+}
+
+/// Access to a live lease for one operation. While it exists, the lease's
+/// container is not reset: ending the lease waits for every guard to drop.
+pub struct LeaseGuard {
+    entry: Arc<LeaseEntry>,
+    _token: TaskTrackerToken,
+}
+
+impl LeaseGuard {
+    pub fn id(&self) -> &str {
+        &self.entry.id
+    }
+
+    pub fn container_id(&self) -> &str {
+        self.entry.holding.container()
+    }
+
+    pub fn spec(&self) -> &Arc<PoolSpec> {
+        &self.entry.pool.spec
+    }
+
+    pub fn backend(&self) -> &SharedBackend {
+        &self.entry.pool.backend
+    }
+
+    pub fn lang(&self) -> &'static dyn Language {
+        self.entry.pool.lang
+    }
+
+    /// Registers a run so that Cancel and the lease's end can stop it. The
+    /// registration ends when the returned value is dropped.
+    pub fn register_run(&self, run_id: &str) -> RunRegistration {
+        let control = RunControl::new();
+        let ended = lock(&self.entry.life).ended;
+        if let Some(end) = ended {
+            control.stop(StopCause::LeaseEnded(end));
+        }
+        lock(&self.entry.runs).insert(run_id.to_string(), control.clone());
+        self.entry.pool.count(|c| c.runs += 1);
+        RunRegistration {
+            entry: Arc::clone(&self.entry),
+            run_id: run_id.to_string(),
+            control,
+        }
+    }
+
+    /// A new guard on the same lease, for work that outlives this one's
+    /// holder (a run's pump task).
+    pub fn share(&self) -> LeaseGuard {
+        LeaseGuard {
+            entry: Arc::clone(&self.entry),
+            _token: self.entry.ops.token(),
+        }
+    }
+}
+
+/// A run's entry in its lease; removed on drop.
+pub struct RunRegistration {
+    entry: Arc<LeaseEntry>,
+    run_id: String,
+    control: RunControl,
+}
+
+impl RunRegistration {
+    pub fn control(&self) -> &RunControl {
+        &self.control
+    }
+}
+
+impl Drop for RunRegistration {
+    fn drop(&mut self) {
+        lock(&self.entry.runs).remove(&self.run_id);
+    }
+}
+
+/// The answer to a keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Active {
+        expire_time: SystemTime,
+        ttl: Duration,
+    },
+    Ended(LeaseEnd),
+    NotFound,
+}
+
+#[derive(Default)]
+struct Leases {
+    active: HashMap<String, Arc<LeaseEntry>>,
+    ended: HashMap<String, (LeaseEnd, Instant)>,
+}
+
+/// Every lease of the server.
+#[derive(Default)]
+pub struct LeaseTable {
+    leases: Mutex<Leases>,
+    /// Lease ends whose container is still being handed back.
+    releasing: TaskTracker,
+}
+
+impl LeaseTable {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Records a new lease on `holding`.
+    pub(super) fn insert(
+        &self,
+        pool: Arc<Pool>,
+        holding: Holding,
+        ttl: Duration,
+        owner: Option<String>,
+    ) -> LeaseInfo {
+        let id = format!("{:032x}", rand::random::<u128>());
+        let entry = Arc::new(LeaseEntry {
+            id: id.clone(),
+            pool,
+            holding,
+            ttl,
+            owner,
+            life: Mutex::new(Life {
+                deadline: Instant::now() + ttl,
+                expire_time: SystemTime::now() + ttl,
+                ended: None,
+            }),
+            ops: TaskTracker::new(),
+            runs: Mutex::new(HashMap::new()),
+        });
+        let info = entry.info();
+        lock(&self.leases).active.insert(id, entry);
+        info
+    }
+
+    /// The live lease `id`, if `owner` may use it.
+    fn entry(&self, id: &str, owner: Option<&str>) -> Result<Arc<LeaseEntry>> {
+        let leases = lock(&self.leases);
+        if let Some(entry) = leases.active.get(id) {
+            if entry.owner.as_deref() == owner {
+                return Ok(Arc::clone(entry));
+            }
+            return Err(Error::LeaseNotFound(id.to_string()));
+        }
+        match leases.ended.get(id) {
+            Some((end, _)) => Err(Error::LeaseEnded {
+                id: id.to_string(),
+                end: *end,
+            }),
+            None => Err(Error::LeaseNotFound(id.to_string())),
+        }
+    }
+
+    /// A guard for one operation on lease `id`.
+    pub fn guard(&self, id: &str, owner: Option<&str>) -> Result<LeaseGuard> {
+        let entry = self.entry(id, owner)?;
+        let life = lock(&entry.life);
+        if let Some(end) = life.ended {
+            return Err(Error::LeaseEnded {
+                id: id.to_string(),
+                end,
+            });
+        }
+        // Taken under the life lock: an end that has not happened yet will
+        // wait for this token.
+        let token = entry.ops.token();
+        drop(life);
+        Ok(LeaseGuard {
+            entry,
+            _token: token,
+        })
+    }
+
+    /// Stops one run of lease `id`. `Ok(false)` when it had already ended.
+    pub fn cancel_run(&self, id: &str, owner: Option<&str>, run_id: &str) -> Result<bool> {
+        let entry = self.entry(id, owner)?;
+        if let Some(control) = lock(&entry.runs).get(run_id) {
+            let already = control.token().is_cancelled();
+            control.stop(StopCause::Cancelled);
+            return Ok(!already);
+        }
+        if run_id.len() == 16 && run_id.chars().all(|c| c.is_ascii_hexdigit()) {
+            // Well-formed: most likely a run that finished; runs are not
+            // remembered after they end.
+            return Ok(false);
+        }
+        Err(Error::RunNotFound {
+            lease_id: id.to_string(),
+            run_id: run_id.to_string(),
+        })
+    }
+
+    pub fn renew(&self, id: &str, owner: Option<&str>) -> Renewal {
+        match self.entry(id, owner) {
+            Ok(entry) => {
+                let mut life = lock(&entry.life);
+                if let Some(end) = life.ended {
+                    return Renewal::Ended(end);
+                }
+                life.deadline = Instant::now() + entry.ttl;
+                life.expire_time = SystemTime::now() + entry.ttl;
+                Renewal::Active {
+                    expire_time: life.expire_time,
+                    ttl: entry.ttl,
+                }
+            }
+            Err(Error::LeaseEnded { end, .. }) => Renewal::Ended(end),
+            Err(_) => Renewal::NotFound,
+        }
+    }
+
+    /// Ends lease `id` by its client's wish. Returns how it had already ended,
+    /// or `None` if this call ended it.
+    pub fn release(&self, id: &str, owner: Option<&str>) -> Result<Option<LeaseEnd>> {
+        match self.entry(id, owner) {
+            Ok(entry) => Ok(if self.end(&entry, LeaseEnd::Released) {
+                None
+            } else {
+                lock(&entry.life).ended
+            }),
+            Err(Error::LeaseEnded { end, .. }) => Ok(Some(end)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends a lease: marks it, stops its runs, and (in the background) waits
+    /// for its operations before handing the container back. Returns false if
+    /// it had already ended.
+    fn end(&self, entry: &Arc<LeaseEntry>, end: LeaseEnd) -> bool {
+        {
+            let mut life = lock(&entry.life);
+            if life.ended.is_some() {
+                return false;
+            }
+            life.ended = Some(end);
+            entry.ops.close();
+        }
+        {
+            let mut leases = lock(&self.leases);
+            leases.active.remove(&entry.id);
+            leases.ended.insert(entry.id.clone(), (end, Instant::now()));
+        }
+        for control in lock(&entry.runs).values() {
+            control.stop(StopCause::LeaseEnded(end));
+        }
+        let entry = Arc::clone(entry);
+        self.releasing.spawn(async move {
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, entry.ops.wait()).await.is_ok();
+            if !drained {
+                tracing::warn!(lease = %entry.id, "operations of an ended lease did not stop; destroying its container");
+            }
+            entry.pool.release(entry.holding.clone(), end, !drained);
+        });
+        true
+    }
+
+    /// Expires the leases whose deadline passed, and forgets old tombstones.
+    fn reap(&self) {
+        let now = Instant::now();
+        let due: Vec<Arc<LeaseEntry>> = lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| lock(&e.life).deadline <= now)
+            .cloned()
+            .collect();
+        for entry in due {
+            tracing::info!(lease = %entry.id, pool = %entry.pool.name(), "lease expired");
+            self.end(&entry, LeaseEnd::Expired);
+        }
+        lock(&self.leases)
+            .ended
+            .retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
+    }
+
+    pub fn spawn_reaper(self: &Arc<Self>, stop: CancellationToken) {
+        let table = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => table.reap(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Revokes every lease (server stopping).
+    pub fn revoke_all(&self) {
+        let all: Vec<Arc<LeaseEntry>> = lock(&self.leases).active.values().cloned().collect();
+        for entry in all {
+            self.end(&entry, LeaseEnd::Revoked);
+        }
+    }
+
+    /// Runs going on in any lease.
+    pub fn running(&self) -> usize {
+        lock(&self.leases)
+            .active
+            .values()
+            .map(|e| lock(&e.runs).len())
+            .sum()
+    }
+
+    /// Waits until every ended lease has handed its container back.
+    pub async fn settle(&self) {
+        self.releasing.close();
+        self.releasing.wait().await;
+        self.releasing.reopen();
+    }
+}

@@ -1,0 +1,393 @@
+//! The PoolManager: the pools of the server, the engines they run on, and
+//! the lease table. The one entry point of the api layer into pools.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Error, LeaseEnd, LeaseGuard, LeaseInfo, Result,
+    lease::{LeaseTable, Renewal},
+    pool::{Phase, Pool},
+    spec::PoolSpec,
+    stats::PoolStats,
+};
+use crate::{
+    backend::{BackendKind, DockerBackend, SharedBackend},
+    sandbox,
+};
+
+/// A pool as the api layer shows it.
+#[derive(Debug, Clone)]
+pub struct PoolView {
+    pub spec: Arc<PoolSpec>,
+    pub phase: Phase,
+    pub status_message: String,
+    pub created: SystemTime,
+    pub stats: PoolStats,
+}
+
+/// Engine connections, one per backend kind, made on first use.
+struct Engines {
+    endpoints: HashMap<BackendKind, String>,
+    connected: Mutex<HashMap<BackendKind, SharedBackend>>,
+}
+
+impl Engines {
+    fn get(&self, kind: BackendKind) -> Result<SharedBackend> {
+        let mut connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(backend) = connected.get(&kind) {
+            return Ok(Arc::clone(backend));
+        }
+        let backend: SharedBackend = match kind {
+            BackendKind::Docker | BackendKind::Podman => {
+                let endpoint = self
+                    .endpoints
+                    .get(&kind)
+                    .cloned()
+                    .unwrap_or_else(|| DockerBackend::default_endpoint(kind));
+                Arc::new(DockerBackend::new(kind, endpoint))
+            }
+            BackendKind::Kubernetes => {
+                return Err(Error::from(crate::backend::Error::Unsupported(kind)));
+            }
+        };
+        connected.insert(kind, Arc::clone(&backend));
+        Ok(backend)
+    }
+
+    fn all(&self) -> Vec<SharedBackend> {
+        let connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        connected.values().cloned().collect()
+    }
+}
+
+/// Reads a pool's statistics (for watchers).
+pub type StatsReader = Arc<dyn Fn() -> PoolStats + Send + Sync>;
+
+pub struct PoolManager {
+    server_id: Arc<str>,
+    engines: Engines,
+    pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
+    leases: Arc<LeaseTable>,
+    stop: CancellationToken,
+}
+
+impl PoolManager {
+    /// A manager whose containers carry `server_id`. `endpoints` overrides
+    /// where each engine is reached.
+    pub fn new(
+        server_id: impl Into<Arc<str>>,
+        endpoints: HashMap<BackendKind, String>,
+    ) -> Arc<Self> {
+        let manager = Arc::new(Self {
+            server_id: server_id.into(),
+            engines: Engines {
+                endpoints,
+                connected: Mutex::new(HashMap::new()),
+            },
+            pools: Arc::new(RwLock::new(BTreeMap::new())),
+            leases: LeaseTable::new(),
+            stop: CancellationToken::new(),
+        });
+        manager.leases.spawn_reaper(manager.stop.clone());
+        manager
+    }
+
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// The backend of `kind` (connecting lazily), for tools and tests.
+    pub fn backend(&self, kind: BackendKind) -> Result<SharedBackend> {
+        self.engines.get(kind)
+    }
+
+    /// Removes containers left by an earlier run of this server (same id).
+    pub async fn remove_leftovers(&self, kinds: &[BackendKind]) {
+        for &kind in kinds {
+            let Ok(backend) = self.engines.get(kind) else {
+                continue;
+            };
+            match remove_labelled(&*backend, &self.server_id).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(backend = %kind, removed = n, "removed containers left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %kind, error = %e, "could not look for leftover containers")
+                }
+            }
+        }
+    }
+
+    fn pools_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
+        self.pools.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pools_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Pool>>> {
+        self.pools.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pool(&self, name: &str) -> Result<Arc<Pool>> {
+        self.pools_read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::PoolNotFound(name.to_string()))
+    }
+
+    fn view(pool: &Pool) -> PoolView {
+        let (phase, status_message) = pool.phase();
+        PoolView {
+            spec: Arc::clone(&pool.spec),
+            phase,
+            status_message,
+            created: pool.created,
+            stats: pool.stats(),
+        }
+    }
+
+    /// Creates a pool and starts warming it. With `wait_ready`, returns once it
+    /// is warm or failing, or at `deadline`.
+    pub async fn create_pool(
+        &self,
+        spec: PoolSpec,
+        wait_ready: bool,
+        deadline: Option<Instant>,
+    ) -> Result<PoolView> {
+        if self.stop.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let spec = spec.validate()?;
+        let backend = self.engines.get(spec.backend)?;
+        let lang = crate::lang::lookup(&spec.language).ok_or_else(|| Error::InvalidArgument {
+            field: "language".into(),
+            message: format!("unknown language {:?}", spec.language),
+        })?;
+        let pool = {
+            let mut pools = self.pools_write();
+            if pools.contains_key(&spec.name) {
+                return Err(Error::PoolExists(spec.name));
+            }
+            let pool = Pool::new(spec, lang, backend, Arc::clone(&self.server_id));
+            pools.insert(pool.name().to_string(), Arc::clone(&pool));
+            pool
+        };
+        tracing::info!(pool = %pool.name(), image = %pool.spec.image, "pool created");
+        pool.start();
+        if wait_ready {
+            let mut changes = pool.subscribe();
+            let settled = async {
+                while !pool.settled() {
+                    if changes.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), settled).await;
+                }
+                None => settled.await,
+            }
+        }
+        Ok(Self::view(&pool))
+    }
+
+    pub fn get_pool(&self, name: &str) -> Result<PoolView> {
+        Ok(Self::view(&*self.pool(name)?))
+    }
+
+    pub fn list_pools(&self) -> Vec<PoolView> {
+        self.pools_read().values().map(|p| Self::view(p)).collect()
+    }
+
+    /// Whether every pool is warm (or failing: it will not get warmer).
+    pub fn all_settled(&self) -> bool {
+        self.pools_read().values().all(|p| p.settled())
+    }
+
+    /// Drains a pool; it disappears once its last container is gone. With
+    /// `wait`, returns only then (or at `deadline`).
+    pub async fn delete_pool(
+        &self,
+        name: &str,
+        wait: bool,
+        deadline: Option<Instant>,
+    ) -> Result<u32> {
+        let pool = self.pool(name)?;
+        let busy = pool.close();
+        let mut changes = pool.subscribe();
+        let drained = {
+            let pool = Arc::clone(&pool);
+            async move {
+                while !pool.is_drained() {
+                    if changes.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        if wait {
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), drained).await;
+                }
+                None => drained.await,
+            }
+            self.forget_if_drained(&pool);
+            return Ok(pool.busy_count());
+        }
+        let manager_pools = self.pools_weak();
+        tokio::spawn(async move {
+            drained.await;
+            if let Some(pools) = manager_pools.upgrade() {
+                remove_if_same(&pools, &pool);
+            }
+        });
+        Ok(busy)
+    }
+
+    /// A handle on the pool map that does not keep it alive, for drain
+    /// watchers that may outlive the manager.
+    fn pools_weak(&self) -> std::sync::Weak<RwLock<BTreeMap<String, Arc<Pool>>>> {
+        Arc::downgrade(&self.pools)
+    }
+
+    fn forget_if_drained(&self, pool: &Arc<Pool>) {
+        if pool.is_drained() {
+            let mut pools = self.pools_write();
+            if pools.get(pool.name()).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                pools.remove(pool.name());
+            }
+        }
+    }
+
+    pub fn stats(&self, name: &str) -> Result<PoolStats> {
+        Ok(self.pool(name)?.stats())
+    }
+
+    /// A stream of change notifications for a pool, with a way to read its
+    /// statistics.
+    pub fn watch(&self, name: &str) -> Result<(tokio::sync::watch::Receiver<u64>, StatsReader)> {
+        let pool = self.pool(name)?;
+        let changes = pool.subscribe();
+        let read: StatsReader = Arc::new(move || pool.stats());
+        Ok((changes, read))
+    }
+
+    /// Grants a lease on a container of `pool`.
+    pub async fn acquire(
+        &self,
+        pool: &str,
+        ttl: Option<Duration>,
+        owner: Option<String>,
+        deadline: Option<Instant>,
+    ) -> Result<LeaseInfo> {
+        if self.stop.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let pool = self.pool(pool)?;
+        let spec = &pool.spec;
+        let ttl = match ttl {
+            None => spec.default_lease_ttl,
+            Some(t) if t < Duration::from_secs(1) => {
+                return Err(Error::InvalidArgument {
+                    field: "ttl".into(),
+                    message: format!("{:.3}s is below the minimum of 1s", t.as_secs_f64()),
+                });
+            }
+            Some(t) if t > spec.max_lease_ttl => {
+                return Err(Error::InvalidArgument {
+                    field: "ttl".into(),
+                    message: format!(
+                        "{}s is above the pool's max_lease_ttl of {}s",
+                        t.as_secs_f64(),
+                        spec.max_lease_ttl.as_secs_f64()
+                    ),
+                });
+            }
+            Some(t) => t,
+        };
+        let holding = pool.acquire(deadline).await?;
+        Ok(self.leases.insert(pool, holding, ttl, owner))
+    }
+
+    pub fn keepalive(&self, lease_id: &str, owner: Option<&str>) -> Renewal {
+        self.leases.renew(lease_id, owner)
+    }
+
+    /// Ends a lease. Returns how it had ended before, `None` if this call did.
+    pub fn release(&self, lease_id: &str, owner: Option<&str>) -> Result<Option<LeaseEnd>> {
+        self.leases.release(lease_id, owner)
+    }
+
+    /// Access to a live lease for one operation.
+    pub fn lease(&self, lease_id: &str, owner: Option<&str>) -> Result<LeaseGuard> {
+        self.leases.guard(lease_id, owner)
+    }
+
+    pub fn cancel_run(&self, lease_id: &str, owner: Option<&str>, run_id: &str) -> Result<bool> {
+        self.leases.cancel_run(lease_id, owner, run_id)
+    }
+
+    /// Stops the manager: no new leases; runs get up to `grace` to finish;
+    /// then every lease is revoked and every container removed.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.cancel();
+        let until = Instant::now() + grace;
+        while self.leases.running() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.leases.revoke_all();
+        let pools: Vec<Arc<Pool>> = self.pools_read().values().cloned().collect();
+        for pool in &pools {
+            pool.close();
+        }
+        let settle = async {
+            self.leases.settle().await;
+            for pool in &pools {
+                pool.tasks.close();
+                pool.tasks.wait().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), settle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("engine work did not finish in time; removing containers by label");
+        }
+        for backend in self.engines.all() {
+            match remove_labelled(&*backend, &self.server_id).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "removed remaining containers"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not remove containers at shutdown"),
+            }
+        }
+        self.pools_write().clear();
+    }
+}
+
+fn remove_if_same(pools: &RwLock<BTreeMap<String, Arc<Pool>>>, pool: &Arc<Pool>) {
+    let mut map = pools.write().unwrap_or_else(|p| p.into_inner());
+    if map.get(pool.name()).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+        map.remove(pool.name());
+    }
+}
+
+/// Removes every container labelled with `server_id`; returns how many.
+async fn remove_labelled(
+    backend: &dyn crate::backend::Backend,
+    server_id: &str,
+) -> crate::backend::Result<usize> {
+    let found = backend
+        .list_containers(sandbox::LABEL_SERVER, Some(server_id))
+        .await?;
+    let n = found.len();
+    futures::future::join_all(found.iter().map(|c| backend.remove_container(&c.id))).await;
+    Ok(n)
+}

@@ -1,0 +1,787 @@
+//! One pool: its containers' states, the idle stack, the FIFO of waiting
+//! acquirers, and the transitions between them. All state sits behind one
+//! std mutex that is never held across an await: engine work (create, reset,
+//! remove) runs in spawned tasks that take the lock only to record results.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{Notify, oneshot, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    Error, LeaseEnd, Result,
+    spec::{ExhaustionStrategy, PoolSpec},
+    stats::{Counters, LatencyWindow, PoolStats, RecycleReason, StateCounts},
+};
+use crate::{backend::SharedBackend, lang::Language, sandbox};
+
+/// Longest pause between attempts to create a container while creation fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotState {
+    Initializing,
+    Idle,
+    Busy,
+    Resetting,
+    Unhealthy,
+    Removing,
+}
+
+pub(super) struct Slot {
+    pub state: SlotState,
+    pub container: Option<String>,
+    pub created: Instant,
+    pub idle_since: Instant,
+    pub uses: u32,
+    /// Failed a health check while leased: removed, not reset, on release.
+    pub poisoned: bool,
+}
+
+/// What a lease holds: a container of the pool, or a temporary one.
+#[derive(Debug, Clone)]
+pub enum Holding {
+    Pooled { slot: u64, container: String },
+    Temporary { container: String },
+}
+
+impl Holding {
+    pub fn container(&self) -> &str {
+        match self {
+            Holding::Pooled { container, .. } | Holding::Temporary { container } => container,
+        }
+    }
+}
+
+enum WaitFailure {
+    Closed,
+    Failing(String),
+}
+
+/// What the synchronous part of an acquire decided.
+enum Attempt {
+    Granted(Holding),
+    Failed(Error),
+    Temporary,
+    Wait(WaitTicket),
+}
+
+struct Grant {
+    slot: u64,
+    container: String,
+}
+
+struct Waiter {
+    id: u64,
+    since: Instant,
+    tx: oneshot::Sender<Result<Grant, WaitFailure>>,
+}
+
+pub(super) struct State {
+    pub slots: HashMap<u64, Slot>,
+    /// Idle slots, most recently idle last: acquire takes the warmest, idle
+    /// timeout trims the coldest.
+    pub idle: Vec<u64>,
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+    pub closed: bool,
+    warmed: bool,
+    /// Why the last creation failed; cleared by the next success.
+    pub failure: Option<String>,
+    pub retry_at: Option<Instant>,
+    backoff: Duration,
+    image_checked: bool,
+    /// An acquire happened: without prewarming, min_pool_size applies from then on.
+    lazy_started: bool,
+    temporaries: u32,
+    active_leases: u32,
+    pub counters: Counters,
+    latency: LatencyWindow,
+    pub next_health: Instant,
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn counts(&self) -> StateCounts {
+        let mut c = StateCounts::default();
+        for slot in self.slots.values() {
+            match slot.state {
+                SlotState::Initializing => c.initializing += 1,
+                SlotState::Idle => c.idle += 1,
+                SlotState::Busy => c.busy += 1,
+                SlotState::Resetting => c.resetting += 1,
+                SlotState::Unhealthy => c.unhealthy += 1,
+                SlotState::Removing => c.removing += 1,
+            }
+        }
+        c
+    }
+}
+
+/// Containers that exist or are on their way, i.e. not on their way out.
+pub(super) fn live(c: &StateCounts) -> u32 {
+    c.initializing + c.idle + c.busy + c.resetting
+}
+
+/// Where a pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Warming,
+    Ready,
+    Failing,
+    Draining,
+}
+
+pub(crate) struct Pool {
+    pub spec: Arc<PoolSpec>,
+    pub lang: &'static dyn Language,
+    pub backend: SharedBackend,
+    pub created: SystemTime,
+    server_id: Arc<str>,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+    /// Wakes the maintainer early (a failure to retry, a slot to refill).
+    pub(super) wake: Notify,
+    /// Engine work in flight (creations, resets, removals).
+    pub(super) tasks: TaskTracker,
+    /// Stops the maintainer.
+    pub(super) stop: CancellationToken,
+}
+
+impl Pool {
+    pub fn new(
+        spec: PoolSpec,
+        lang: &'static dyn Language,
+        backend: SharedBackend,
+        server_id: Arc<str>,
+    ) -> Arc<Self> {
+        let now = Instant::now();
+        let interval = spec.config.health_check_interval;
+        Arc::new(Self {
+            spec: Arc::new(spec),
+            lang,
+            backend,
+            created: SystemTime::now(),
+            server_id,
+            state: Mutex::new(State {
+                slots: HashMap::new(),
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                next_id: 0,
+                closed: false,
+                warmed: false,
+                failure: None,
+                retry_at: None,
+                backoff: Duration::ZERO,
+                image_checked: false,
+                lazy_started: false,
+                temporaries: 0,
+                active_leases: 0,
+                counters: Counters::default(),
+                latency: LatencyWindow::default(),
+                next_health: now + interval,
+            }),
+            changes: watch::channel(0).0,
+            wake: Notify::new(),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Starts prewarming and the maintainer.
+    pub fn start(self: &Arc<Self>) {
+        {
+            let mut st = self.lock();
+            self.update_warmed(&mut st);
+            self.fill(&mut st);
+        }
+        self.spawn_maintainer();
+        self.changed();
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in this module; the
+        // state is still the best information there is, so keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Tells watchers that the statistics changed.
+    pub(super) fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn phase(&self) -> (Phase, String) {
+        let st = self.lock();
+        let phase = if st.closed {
+            Phase::Draining
+        } else if st.failure.is_some() {
+            Phase::Failing
+        } else if !st.warmed {
+            Phase::Warming
+        } else {
+            Phase::Ready
+        };
+        (phase, st.failure.clone().unwrap_or_default())
+    }
+
+    /// Warm (min_pool_size containers came up once) or failing: either way
+    /// waiting longer for it to warm up is pointless.
+    pub fn settled(&self) -> bool {
+        let st = self.lock();
+        st.warmed || st.failure.is_some() || st.closed
+    }
+
+    /// Closed, and every container it had is gone.
+    pub fn is_drained(&self) -> bool {
+        let st = self.lock();
+        st.closed && st.slots.is_empty() && st.temporaries == 0
+    }
+
+    pub fn busy_count(&self) -> u32 {
+        self.lock().counts().busy
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        let counts = st.counts();
+        PoolStats {
+            pool: self.spec.name.clone(),
+            total_size: counts.total(),
+            max_size: self.spec.config.max_pool_size,
+            min_size: self.spec.config.min_pool_size,
+            state_counts: counts,
+            closed: st.closed,
+            counters: st.counters,
+            acquire_latency: st.latency.summary(),
+            temporary_containers: st.temporaries,
+            waiting: st.waiters.len() as u32,
+            active_leases: st.active_leases,
+            time: SystemTime::now(),
+        }
+    }
+
+    pub(super) fn count(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.lock().counters);
+        self.changed();
+    }
+
+    /// Takes a container for a new lease, per the exhaustion strategy.
+    /// `deadline` is the caller's own (its gRPC deadline), if any.
+    pub async fn acquire(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Holding> {
+        let arrived = Instant::now();
+        let ticket = match self.try_acquire(arrived) {
+            Attempt::Granted(holding) => return Ok(holding),
+            Attempt::Failed(e) => return Err(e),
+            Attempt::Temporary => return self.acquire_temporary(arrived).await,
+            Attempt::Wait(ticket) => ticket,
+        };
+        self.wait(ticket, arrived, deadline).await
+    }
+
+    /// The synchronous part of acquire, under the lock.
+    fn try_acquire(self: &Arc<Self>, arrived: Instant) -> Attempt {
+        let config = &self.spec.config;
+        let mut st = self.lock();
+        if st.closed {
+            return Attempt::Failed(Error::PoolClosed(self.spec.name.clone()));
+        }
+        st.lazy_started = true;
+        if let Some(slot) = st.idle.pop() {
+            let container = self.grant(&mut st, slot, arrived);
+            drop(st);
+            self.changed();
+            return Attempt::Granted(Holding::Pooled { slot, container });
+        }
+        let counts = st.counts();
+        if live(&counts) == 0
+            && let Some(message) = st.failure.clone()
+        {
+            return Attempt::Failed(Error::PoolFailing {
+                pool: self.spec.name.clone(),
+                message,
+            });
+        }
+        let can_grow = live(&counts) < config.max_pool_size;
+        match config.exhaustion_strategy {
+            ExhaustionStrategy::FailFast if !can_grow => {
+                st.counters.fail_fast_refusals += 1;
+                drop(st);
+                self.changed();
+                return Attempt::Failed(Error::Exhausted {
+                    pool: self.spec.name.clone(),
+                    detail: format!(
+                        "all {} containers are leased and the strategy is FAIL_FAST",
+                        config.max_pool_size
+                    ),
+                    waited: Duration::ZERO,
+                });
+            }
+            ExhaustionStrategy::Temporary if !can_grow => {
+                st.counters.temporaries += 1;
+                st.temporaries += 1;
+                drop(st);
+                self.changed();
+                return Attempt::Temporary;
+            }
+            _ => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = st.next_id();
+        st.waiters.push_back(Waiter {
+            id,
+            since: arrived,
+            tx,
+        });
+        if !can_grow {
+            st.counters.waits += 1;
+        }
+        self.fill(&mut st);
+        drop(st);
+        self.changed();
+        Attempt::Wait(WaitTicket {
+            pool: Arc::clone(self),
+            id,
+            rx: Some(rx),
+        })
+    }
+
+    async fn wait(
+        &self,
+        mut ticket: WaitTicket,
+        arrived: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Holding> {
+        let limit = self.spec.config.acquisition_timeout.map(|t| arrived + t);
+        let until = match (limit, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(rx) = ticket.rx.as_mut() else {
+            return Err(Error::ShuttingDown);
+        };
+        let outcome = match until {
+            Some(until) => tokio::time::timeout_at(until.into(), rx).await.ok(),
+            None => Some(rx.await),
+        };
+        match outcome {
+            Some(Ok(Ok(grant))) => {
+                ticket.rx = None;
+                Ok(Holding::Pooled {
+                    slot: grant.slot,
+                    container: grant.container,
+                })
+            }
+            Some(Ok(Err(WaitFailure::Closed))) | Some(Err(_)) => {
+                ticket.rx = None;
+                Err(Error::PoolClosed(self.spec.name.clone()))
+            }
+            Some(Ok(Err(WaitFailure::Failing(message)))) => {
+                ticket.rx = None;
+                Err(Error::PoolFailing {
+                    pool: self.spec.name.clone(),
+                    message,
+                })
+            }
+            None => {
+                // The ticket's drop hands back a container granted at the
+                // last moment.
+                drop(ticket);
+                self.count(|c| c.wait_timeouts += 1);
+                let waited = arrived.elapsed();
+                let bound = match (limit, deadline) {
+                    (Some(l), Some(d)) if d < l => "the call's deadline",
+                    (Some(_), _) => "acquisition_timeout",
+                    _ => "the call's deadline",
+                };
+                Err(Error::Exhausted {
+                    pool: self.spec.name.clone(),
+                    detail: format!(
+                        "no container became free within {:.1}s ({bound}); all {} are leased",
+                        waited.as_secs_f64(),
+                        self.spec.config.max_pool_size
+                    ),
+                    waited,
+                })
+            }
+        }
+    }
+
+    async fn acquire_temporary(self: &Arc<Self>, arrived: Instant) -> Result<Holding> {
+        let created = self.provision(true).await;
+        let mut st = self.lock();
+        let result = match created {
+            Ok(container) => {
+                st.counters.containers_created += 1;
+                st.counters.acquisitions += 1;
+                st.active_leases += 1;
+                st.latency.record(arrived.elapsed());
+                Ok(Holding::Temporary { container })
+            }
+            Err(e) => {
+                st.counters.create_failures += 1;
+                st.temporaries -= 1;
+                Err(Error::PoolFailing {
+                    pool: self.spec.name.clone(),
+                    message: describe_failure(&self.spec, &e),
+                })
+            }
+        };
+        drop(st);
+        self.changed();
+        result
+    }
+
+    /// Marks an available slot busy for a new lease and does the accounting.
+    fn grant(&self, st: &mut State, slot: u64, since: Instant) -> String {
+        st.counters.acquisitions += 1;
+        st.active_leases += 1;
+        st.latency.record(since.elapsed());
+        match st.slots.get_mut(&slot) {
+            Some(s) => {
+                s.state = SlotState::Busy;
+                s.uses += 1;
+                s.container.clone().unwrap_or_default()
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Undoes `grant` for a lease that never reached its caller.
+    fn ungrant(&self, st: &mut State, slot: u64) {
+        st.counters.acquisitions = st.counters.acquisitions.saturating_sub(1);
+        st.active_leases = st.active_leases.saturating_sub(1);
+        if let Some(s) = st.slots.get_mut(&slot) {
+            s.uses = s.uses.saturating_sub(1);
+        }
+        self.make_available(st, slot);
+    }
+
+    /// A warm container is free: the longest waiter gets it, else it goes idle.
+    fn make_available(&self, st: &mut State, slot: u64) {
+        let Some(container) = st.slots.get(&slot).and_then(|s| s.container.clone()) else {
+            return;
+        };
+        while let Some(waiter) = st.waiters.pop_front() {
+            let grant = Grant {
+                slot,
+                container: container.clone(),
+            };
+            if waiter.tx.send(Ok(grant)).is_ok() {
+                self.grant(st, slot, waiter.since);
+                return;
+            }
+        }
+        if let Some(s) = st.slots.get_mut(&slot) {
+            s.state = SlotState::Idle;
+            s.idle_since = Instant::now();
+            st.idle.push(slot);
+        }
+        self.update_warmed(st);
+    }
+
+    fn update_warmed(&self, st: &mut State) {
+        if st.warmed {
+            return;
+        }
+        let target = if self.spec.config.enable_prewarming {
+            self.spec.config.min_pool_size
+        } else {
+            0
+        };
+        let c = st.counts();
+        if c.idle + c.busy + c.resetting >= target {
+            st.warmed = true;
+        }
+    }
+
+    /// Starts as many creations as the pool needs: up to min_pool_size, and one
+    /// per waiter not already covered by a container on its way.
+    pub(super) fn fill(self: &Arc<Self>, st: &mut State) {
+        if st.closed || st.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let config = &self.spec.config;
+        let counts = st.counts();
+        let live = live(&counts);
+        let min_target = if config.enable_prewarming || st.lazy_started {
+            config.min_pool_size
+        } else {
+            0
+        };
+        let pending = counts.initializing + counts.resetting;
+        let for_min = min_target.saturating_sub(live);
+        let for_waiters = (st.waiters.len() as u32).saturating_sub(pending);
+        let mut n = for_min
+            .max(for_waiters)
+            .min(config.max_pool_size.saturating_sub(live));
+        if st.failure.is_some() {
+            // While creation fails, probe with one container, not a burst.
+            n = n.min(u32::from(counts.initializing == 0));
+        }
+        for _ in 0..n {
+            let id = st.next_id();
+            let now = Instant::now();
+            st.slots.insert(
+                id,
+                Slot {
+                    state: SlotState::Initializing,
+                    container: None,
+                    created: now,
+                    idle_since: now,
+                    uses: 0,
+                    poisoned: false,
+                },
+            );
+            let pool = Arc::clone(self);
+            self.tasks.spawn(async move { pool.create(id).await });
+        }
+    }
+
+    async fn provision(&self, temporary: bool) -> Result<String, sandbox::Error> {
+        let checked = self.lock().image_checked;
+        if !checked {
+            self.backend.ensure_image(&self.spec.image).await?;
+            self.lock().image_checked = true;
+        }
+        let container = sandbox::container_spec(&self.spec, &self.server_id, temporary);
+        let result = sandbox::provision(&*self.backend, &self.spec, self.lang, &container).await;
+        if let Err(sandbox::Error::Backend(crate::backend::Error::ImageMissing { .. })) = &result {
+            self.lock().image_checked = false;
+        }
+        result
+    }
+
+    async fn create(self: Arc<Self>, slot: u64) {
+        let result = self.provision(false).await;
+        let mut st = self.lock();
+        match result {
+            Ok(container) => {
+                st.counters.containers_created += 1;
+                st.failure = None;
+                st.retry_at = None;
+                st.backoff = Duration::ZERO;
+                let Some(s) = st.slots.get_mut(&slot) else {
+                    drop(st);
+                    self.spawn_remove_container(container);
+                    return;
+                };
+                s.container = Some(container);
+                s.created = Instant::now();
+                if st.closed {
+                    self.begin_remove(&mut st, slot, RecycleReason::Drained);
+                } else {
+                    self.make_available(&mut st, slot);
+                }
+            }
+            Err(e) => {
+                let message = describe_failure(&self.spec, &e);
+                tracing::warn!(pool = %self.spec.name, error = %message, "container creation failed");
+                st.slots.remove(&slot);
+                st.counters.create_failures += 1;
+                st.failure = Some(message.clone());
+                st.backoff = (st.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                st.retry_at = Some(Instant::now() + st.backoff);
+                if live(&st.counts()) == 0 {
+                    // Nothing is on its way: waiting acquirers would only
+                    // time out. Tell them why now.
+                    for w in st.waiters.drain(..) {
+                        let _ = w.tx.send(Err(WaitFailure::Failing(message.clone())));
+                    }
+                }
+                self.wake.notify_one();
+            }
+        }
+        drop(st);
+        self.changed();
+    }
+
+    /// A lease on this pool ended.
+    pub fn release(self: &Arc<Self>, holding: Holding, end: LeaseEnd, poisoned: bool) {
+        let mut st = self.lock();
+        st.active_leases = st.active_leases.saturating_sub(1);
+        match end {
+            LeaseEnd::Released => st.counters.releases += 1,
+            LeaseEnd::Expired => st.counters.lease_expirations += 1,
+            LeaseEnd::Revoked => {}
+        }
+        match holding {
+            Holding::Temporary { container } => {
+                st.temporaries = st.temporaries.saturating_sub(1);
+                drop(st);
+                self.spawn_remove_container(container);
+            }
+            Holding::Pooled { slot, .. } => {
+                let closed = st.closed;
+                let Some(s) = st.slots.get_mut(&slot) else {
+                    return;
+                };
+                let config = &self.spec.config;
+                let reason = if poisoned || s.poisoned {
+                    Some(RecycleReason::Unhealthy)
+                } else if closed {
+                    Some(RecycleReason::Drained)
+                } else if !self.spec.reuse {
+                    Some(RecycleReason::NoReuse)
+                } else if config.max_container_uses.is_some_and(|max| s.uses >= max) {
+                    Some(RecycleReason::Uses)
+                } else if config
+                    .max_container_lifetime
+                    .is_some_and(|max| s.created.elapsed() >= max)
+                {
+                    Some(RecycleReason::Lifetime)
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => self.begin_remove(&mut st, slot, reason),
+                    None => {
+                        s.state = SlotState::Resetting;
+                        let container = s.container.clone().unwrap_or_default();
+                        let pool = Arc::clone(self);
+                        self.tasks
+                            .spawn(async move { pool.reset(slot, container).await });
+                    }
+                }
+                self.fill(&mut st);
+                drop(st);
+            }
+        }
+        self.changed();
+    }
+
+    async fn reset(self: Arc<Self>, slot: u64, container: String) {
+        let result = sandbox::reset(&*self.backend, &self.spec, &container).await;
+        let mut st = self.lock();
+        match result {
+            Ok(()) if st.closed => self.begin_remove(&mut st, slot, RecycleReason::Drained),
+            Ok(()) => self.make_available(&mut st, slot),
+            Err(e) => {
+                tracing::warn!(pool = %self.spec.name, %container, error = %e, "reset failed; replacing the container");
+                let reason = match e {
+                    sandbox::Error::Backend(crate::backend::Error::ContainerGone { .. }) => {
+                        RecycleReason::Unhealthy
+                    }
+                    _ => RecycleReason::ResetFailed,
+                };
+                self.begin_remove(&mut st, slot, reason);
+            }
+        }
+        self.fill(&mut st);
+        drop(st);
+        self.changed();
+    }
+
+    /// Takes a slot out of service and removes its container in the background.
+    pub(super) fn begin_remove(self: &Arc<Self>, st: &mut State, slot: u64, reason: RecycleReason) {
+        let Some(s) = st.slots.get_mut(&slot) else {
+            return;
+        };
+        s.state = if reason == RecycleReason::Unhealthy {
+            SlotState::Unhealthy
+        } else {
+            SlotState::Removing
+        };
+        st.counters.recycled.count(reason);
+        st.idle.retain(|&id| id != slot);
+        let container = s.container.clone();
+        let pool = Arc::clone(self);
+        self.tasks.spawn(async move {
+            if let Some(container) = container
+                && let Err(e) = pool.backend.remove_container(&container).await
+            {
+                tracing::warn!(pool = %pool.spec.name, %container, error = %e, "could not remove container");
+            }
+            let mut st = pool.lock();
+            st.slots.remove(&slot);
+            pool.fill(&mut st);
+            drop(st);
+            pool.changed();
+        });
+    }
+
+    fn spawn_remove_container(self: &Arc<Self>, container: String) {
+        let pool = Arc::clone(self);
+        self.tasks.spawn(async move {
+            if let Err(e) = pool.backend.remove_container(&container).await {
+                tracing::warn!(pool = %pool.spec.name, %container, error = %e, "could not remove container");
+            }
+            pool.changed();
+        });
+    }
+
+    /// Stops granting leases: waiters are told, idle containers removed now,
+    /// busy ones when their lease ends. Returns how many are busy.
+    pub fn close(self: &Arc<Self>) -> u32 {
+        let mut st = self.lock();
+        if !st.closed {
+            st.closed = true;
+            for w in st.waiters.drain(..) {
+                let _ = w.tx.send(Err(WaitFailure::Closed));
+            }
+            for slot in std::mem::take(&mut st.idle) {
+                self.begin_remove(&mut st, slot, RecycleReason::Drained);
+            }
+            self.stop.cancel();
+        }
+        let busy = st.counts().busy;
+        drop(st);
+        self.changed();
+        busy
+    }
+}
+
+/// A place in the queue of waiting acquirers. Dropping it (the caller gave up
+/// or went away) leaves the queue, and gives back a container granted after
+/// the caller stopped listening.
+struct WaitTicket {
+    pool: Arc<Pool>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Result<Grant, WaitFailure>>>,
+}
+
+impl Drop for WaitTicket {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut st = self.pool.lock();
+        st.waiters.retain(|w| w.id != self.id);
+        rx.close();
+        if let Ok(Ok(grant)) = rx.try_recv() {
+            self.pool.ungrant(&mut st, grant.slot);
+        }
+        drop(st);
+        self.pool.changed();
+    }
+}
+
+/// A creation failure as a person can act on it.
+fn describe_failure(spec: &PoolSpec, e: &sandbox::Error) -> String {
+    match e {
+        sandbox::Error::Backend(crate::backend::Error::ImageMissing { image, detail }) => format!(
+            "image {image} is not on the {} engine and could not be pulled ({detail}). \
+             Build it from Debian packages with `scripts/build-images.sh {}` (no registry needed), \
+             or set the pool's image to one the engine has",
+            spec.backend, spec.language
+        ),
+        other => other.to_string(),
+    }
+}

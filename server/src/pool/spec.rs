@@ -1,0 +1,713 @@
+//! What defines a pool: the domain form of `PoolSpec`, its defaults (those of
+//! llm-sandbox's PoolConfig) and its validation. Every way a pool is made (the
+//! config file, CreatePool) ends in `PoolSpec::validate`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::backend::BackendKind;
+
+use super::Error;
+
+/// What Acquire does when every container is leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExhaustionStrategy {
+    #[default]
+    Wait,
+    FailFast,
+    Temporary,
+}
+
+/// Sizing and lifecycle; llm-sandbox's PoolConfig. `None` is "no limit".
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub max_pool_size: u32,
+    pub min_pool_size: u32,
+    pub idle_timeout: Option<Duration>,
+    pub acquisition_timeout: Option<Duration>,
+    pub health_check_interval: Duration,
+    pub max_container_lifetime: Option<Duration>,
+    pub max_container_uses: Option<u32>,
+    pub exhaustion_strategy: ExhaustionStrategy,
+    pub enable_prewarming: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_pool_size: 10,
+            min_pool_size: 0,
+            idle_timeout: Some(Duration::from_secs(300)),
+            acquisition_timeout: Some(Duration::from_secs(30)),
+            health_check_interval: Duration::from_secs(60),
+            max_container_lifetime: Some(Duration::from_secs(3600)),
+            max_container_uses: None,
+            exhaustion_strategy: ExhaustionStrategy::Wait,
+            enable_prewarming: true,
+        }
+    }
+}
+
+/// Container limits and security settings; llm-sandbox's runtime_configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    pub mem_limit_bytes: i64,
+    pub cpu_period: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub cpus: f64,
+    pub pids_limit: i64,
+    /// Network while leased: "none" or an engine network name.
+    pub network: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub read_only_root: bool,
+    pub oci_runtime: Option<String>,
+    pub tmpfs_size_bytes: i64,
+    pub env: BTreeMap<String, String>,
+}
+
+pub const SANDBOX_UID: u32 = 1000;
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            mem_limit_bytes: 1 << 30,
+            cpu_period: None,
+            cpu_quota: None,
+            cpus: 1.0,
+            pids_limit: 256,
+            network: "none".to_string(),
+            uid: SANDBOX_UID,
+            gid: SANDBOX_UID,
+            read_only_root: true,
+            oci_runtime: None,
+            tmpfs_size_bytes: 512 << 20,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// "uid:gid" of the user that runs code.
+    pub fn user(&self) -> String {
+        format!("{}:{}", self.uid, self.gid)
+    }
+}
+
+/// Everything that defines a pool, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub backend: BackendKind,
+    pub language: String,
+    pub image: String,
+    pub libraries: Vec<String>,
+    pub config: PoolConfig,
+    pub runtime: RuntimeConfig,
+    pub reuse: bool,
+    pub default_lease_ttl: Duration,
+    pub max_lease_ttl: Duration,
+    pub default_run_timeout: Duration,
+    pub max_run_timeout: Duration,
+    pub output_limit_bytes: u64,
+    pub output_dir: String,
+}
+
+pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
+
+impl PoolSpec {
+    /// A spec with every default, for `language`; the image is the
+    /// language's default.
+    pub fn new(name: impl Into<String>, language: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            backend: BackendKind::Docker,
+            language: language.into(),
+            image: String::new(),
+            libraries: Vec::new(),
+            config: PoolConfig::default(),
+            runtime: RuntimeConfig::default(),
+            reuse: true,
+            default_lease_ttl: Duration::from_secs(30),
+            max_lease_ttl: Duration::from_secs(3600),
+            default_run_timeout: Duration::from_secs(60),
+            max_run_timeout: Duration::from_secs(3600),
+            output_limit_bytes: 10 << 20,
+            output_dir: DEFAULT_OUTPUT_DIR.to_string(),
+        }
+    }
+
+    /// Checks the spec as a whole and fills the image from the language.
+    /// Errors name the offending field.
+    pub fn validate(mut self) -> Result<Self, Error> {
+        validate_name(&self.name)?;
+        let Some(language) = crate::lang::lookup(&self.language) else {
+            return Err(invalid(
+                "language",
+                format!(
+                    "unknown language {:?}; known: {}",
+                    self.language,
+                    crate::lang::names().join(", ")
+                ),
+            ));
+        };
+        if self.image.is_empty() {
+            self.image = language.default_image().to_string();
+        }
+        if self.image.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "image",
+                format!("{:?} is not an image reference", self.image),
+            ));
+        }
+        let c = &self.config;
+        if c.max_pool_size == 0 {
+            return Err(invalid("config.max_pool_size", "must be at least 1".into()));
+        }
+        if c.max_pool_size > 1000 {
+            return Err(invalid(
+                "config.max_pool_size",
+                "must be at most 1000".into(),
+            ));
+        }
+        if c.min_pool_size > c.max_pool_size {
+            return Err(invalid(
+                "config.min_pool_size",
+                format!(
+                    "min_pool_size ({}) must be less than or equal to max_pool_size ({})",
+                    c.min_pool_size, c.max_pool_size
+                ),
+            ));
+        }
+        if c.health_check_interval.is_zero() {
+            return Err(invalid(
+                "config.health_check_interval",
+                "must be positive".into(),
+            ));
+        }
+        if self.default_lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("default_lease_ttl", "must be at least 1s".into()));
+        }
+        if self.max_lease_ttl < self.default_lease_ttl {
+            return Err(invalid(
+                "max_lease_ttl",
+                format!(
+                    "must be at least default_lease_ttl ({}s)",
+                    self.default_lease_ttl.as_secs_f64()
+                ),
+            ));
+        }
+        if self.default_run_timeout.is_zero() {
+            return Err(invalid("default_run_timeout", "must be positive".into()));
+        }
+        if self.max_run_timeout < self.default_run_timeout {
+            return Err(invalid(
+                "max_run_timeout",
+                format!(
+                    "must be at least default_run_timeout ({}s)",
+                    self.default_run_timeout.as_secs_f64()
+                ),
+            ));
+        }
+        if self.output_limit_bytes == 0 {
+            return Err(invalid("output_limit_bytes", "must be positive".into()));
+        }
+        if !self.output_dir.starts_with('/') || self.output_dir.contains("..") {
+            return Err(invalid(
+                "output_dir",
+                format!(
+                    "{:?} must be an absolute path without '..'",
+                    self.output_dir
+                ),
+            ));
+        }
+        if self.backend == BackendKind::Kubernetes {
+            return Err(invalid(
+                "backend",
+                "the kubernetes backend is not available in this release; use docker or podman"
+                    .into(),
+            ));
+        }
+        for (i, lib) in self.libraries.iter().enumerate() {
+            validate_library(lib).map_err(|m| invalid(&format!("libraries[{i}]"), m))?;
+        }
+        self.runtime.validate()?;
+        Ok(self)
+    }
+}
+
+impl RuntimeConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if self.mem_limit_bytes < 6 << 20 {
+            return Err(invalid("runtime.mem_limit", "must be at least 6m".into()));
+        }
+        if !(self.cpus > 0.0 && self.cpus <= 1024.0) {
+            return Err(invalid(
+                "runtime.cpus",
+                format!("{} is not in (0, 1024]", self.cpus),
+            ));
+        }
+        if self.cpu_quota.is_some_and(|q| q < 1000) {
+            return Err(invalid(
+                "runtime.cpu_quota",
+                "must be at least 1000 (microseconds)".into(),
+            ));
+        }
+        if self
+            .cpu_period
+            .is_some_and(|p| !(1000..=1_000_000).contains(&p))
+        {
+            return Err(invalid(
+                "runtime.cpu_period",
+                "must be between 1000 and 1000000".into(),
+            ));
+        }
+        if self.pids_limit < 16 {
+            return Err(invalid("runtime.pids_limit", "must be at least 16".into()));
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(invalid(
+                "runtime.user",
+                "code never runs as root (uid or gid 0)".into(),
+            ));
+        }
+        if self.network.is_empty()
+            || self.network == "host"
+            || self.network.starts_with("container:")
+        {
+            return Err(invalid(
+                "runtime.network",
+                format!(
+                    "{:?} is not allowed; use \"none\" or a network name",
+                    self.network
+                ),
+            ));
+        }
+        if self.tmpfs_size_bytes < 1 << 20 {
+            return Err(invalid("runtime.tmpfs_size", "must be at least 1m".into()));
+        }
+        for key in self.env.keys() {
+            validate_env_name(key).map_err(|m| invalid("runtime.env", m))?;
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &str, message: String) -> Error {
+    Error::InvalidArgument {
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// Pool names end up in container names and labels: keep them to a safe set.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            format!(
+                "{name:?} is not a pool name: use 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// An environment variable name: a portable identifier.
+pub fn validate_env_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid environment variable name"))
+    }
+}
+
+/// A package name or requirement as an installer takes it: letters, digits
+/// and the punctuation of version specifiers and scoped npm names, nothing a
+/// shell would interpret. Installers never run through a shell anyway; this
+/// keeps option injection ("--index-url ...") out too.
+pub fn validate_library(lib: &str) -> Result<(), String> {
+    let ok = !lib.is_empty()
+        && lib.len() <= 200
+        && !lib.starts_with('-')
+        && lib
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@/=<>!~+:[],".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{lib:?} is not a package name (letters, digits and -_.@/=<>!~+:[], only; no leading '-')"
+        ))
+    }
+}
+
+/// Parses a size in Docker syntax ("512m", "1g", "1024k", "1048576", "1.5g").
+pub fn parse_size(text: &str) -> Option<i64> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1i64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        't' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let value: f64 = num.trim().parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let bytes = value * mult as f64;
+    (bytes <= i64::MAX as f64).then_some(bytes as i64)
+}
+
+/// Parses "uid:gid" or "uid" (gid = uid); names are not resolved.
+pub fn parse_user(text: &str) -> Option<(u32, u32)> {
+    match text.split_once(':') {
+        Some((u, g)) => Some((u.trim().parse().ok()?, g.trim().parse().ok()?)),
+        None => {
+            let u = text.trim().parse().ok()?;
+            Some((u, u))
+        }
+    }
+}
+
+/// A pool spec as written by a person (config file) or a client (CreatePool):
+/// every field optional, durations in seconds. `into_spec` applies the
+/// defaults and checks everything, naming the field at fault.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpecInput {
+    pub name: String,
+    pub language: String,
+    pub backend: Option<String>,
+    pub image: Option<String>,
+    #[serde(default)]
+    pub libraries: Vec<String>,
+    pub max_pool_size: Option<u32>,
+    pub min_pool_size: Option<u32>,
+    pub idle_timeout: Option<f64>,
+    pub acquisition_timeout: Option<f64>,
+    pub health_check_interval: Option<f64>,
+    pub max_container_lifetime: Option<f64>,
+    pub max_container_uses: Option<u32>,
+    pub exhaustion_strategy: Option<String>,
+    pub enable_prewarming: Option<bool>,
+    pub reuse: Option<bool>,
+    pub default_lease_ttl: Option<f64>,
+    pub max_lease_ttl: Option<f64>,
+    pub default_run_timeout: Option<f64>,
+    pub max_run_timeout: Option<f64>,
+    pub output_limit_bytes: Option<u64>,
+    pub output_dir: Option<String>,
+    #[serde(default)]
+    pub runtime: RuntimeInput,
+}
+
+/// Runtime settings as written; see `RuntimeConfig` for the defaults.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeInput {
+    pub mem_limit: Option<String>,
+    pub cpu_period: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub network: Option<String>,
+    pub user: Option<String>,
+    pub read_only_root: Option<bool>,
+    pub oci_runtime: Option<String>,
+    pub tmpfs_size: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Seconds to a duration: negative or not finite is an error.
+fn seconds(field: &str, value: f64) -> Result<Duration, Error> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(invalid(
+            field,
+            format!("must be a non-negative number of seconds, got {value}"),
+        ));
+    }
+    Duration::try_from_secs_f64(value).map_err(|e| invalid(field, e.to_string()))
+}
+
+/// A limit where zero means "none" (llm-sandbox's None).
+fn optional_limit(
+    field: &str,
+    value: Option<f64>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, Error> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            let d = seconds(field, v)?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
+}
+
+fn required(field: &str, value: Option<f64>, default: Duration) -> Result<Duration, Error> {
+    value.map_or(Ok(default), |v| seconds(field, v))
+}
+
+pub fn parse_backend(text: &str) -> Result<BackendKind, Error> {
+    match text.to_ascii_lowercase().as_str() {
+        "" | "docker" => Ok(BackendKind::Docker),
+        "podman" => Ok(BackendKind::Podman),
+        "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
+        other => Err(invalid(
+            "backend",
+            format!("{other:?} is not one of docker, podman, kubernetes"),
+        )),
+    }
+}
+
+pub fn parse_strategy(text: &str) -> Result<ExhaustionStrategy, Error> {
+    match text.to_ascii_lowercase().replace('-', "_").as_str() {
+        "" | "wait" => Ok(ExhaustionStrategy::Wait),
+        "fail_fast" => Ok(ExhaustionStrategy::FailFast),
+        "temporary" => Ok(ExhaustionStrategy::Temporary),
+        other => Err(invalid(
+            "config.exhaustion_strategy",
+            format!("{other:?} is not one of wait, fail_fast, temporary"),
+        )),
+    }
+}
+
+impl PoolSpecInput {
+    /// Applies the defaults and validates.
+    pub fn into_spec(self) -> Result<PoolSpec, Error> {
+        let mut spec = PoolSpec::new(self.name, self.language);
+        let d = PoolConfig::default();
+        spec.backend = parse_backend(self.backend.as_deref().unwrap_or(""))?;
+        spec.image = self.image.unwrap_or_default();
+        spec.libraries = self.libraries;
+        spec.config = PoolConfig {
+            max_pool_size: self.max_pool_size.unwrap_or(d.max_pool_size),
+            min_pool_size: self.min_pool_size.unwrap_or(d.min_pool_size),
+            idle_timeout: optional_limit("config.idle_timeout", self.idle_timeout, d.idle_timeout)?,
+            acquisition_timeout: optional_limit(
+                "config.acquisition_timeout",
+                self.acquisition_timeout,
+                d.acquisition_timeout,
+            )?,
+            health_check_interval: required(
+                "config.health_check_interval",
+                self.health_check_interval,
+                d.health_check_interval,
+            )?,
+            max_container_lifetime: optional_limit(
+                "config.max_container_lifetime",
+                self.max_container_lifetime,
+                d.max_container_lifetime,
+            )?,
+            max_container_uses: self.max_container_uses.filter(|&n| n > 0),
+            exhaustion_strategy: parse_strategy(self.exhaustion_strategy.as_deref().unwrap_or(""))?,
+            enable_prewarming: self.enable_prewarming.unwrap_or(d.enable_prewarming),
+        };
+        spec.reuse = self.reuse.unwrap_or(true);
+        spec.default_lease_ttl = required(
+            "default_lease_ttl",
+            self.default_lease_ttl,
+            spec.default_lease_ttl,
+        )?;
+        spec.max_lease_ttl = required("max_lease_ttl", self.max_lease_ttl, spec.max_lease_ttl)?;
+        spec.default_run_timeout = required(
+            "default_run_timeout",
+            self.default_run_timeout,
+            spec.default_run_timeout,
+        )?;
+        spec.max_run_timeout = required(
+            "max_run_timeout",
+            self.max_run_timeout,
+            spec.max_run_timeout,
+        )?;
+        if let Some(limit) = self.output_limit_bytes {
+            spec.output_limit_bytes = limit;
+        }
+        if let Some(dir) = self.output_dir.filter(|d| !d.is_empty()) {
+            spec.output_dir = dir;
+        }
+        spec.runtime = self.runtime.into_runtime()?;
+        spec.validate()
+    }
+}
+
+impl RuntimeInput {
+    fn into_runtime(self) -> Result<RuntimeConfig, Error> {
+        let mut rt = RuntimeConfig::default();
+        if let Some(text) = self.mem_limit {
+            rt.mem_limit_bytes = parse_size(&text).ok_or_else(|| {
+                invalid(
+                    "runtime.mem_limit",
+                    format!("{text:?} is not a size like \"512m\" or \"1g\""),
+                )
+            })?;
+        }
+        if let Some(text) = self.tmpfs_size {
+            rt.tmpfs_size_bytes = parse_size(&text).ok_or_else(|| {
+                invalid(
+                    "runtime.tmpfs_size",
+                    format!("{text:?} is not a size like \"512m\""),
+                )
+            })?;
+        }
+        rt.cpu_period = self.cpu_period;
+        rt.cpu_quota = self.cpu_quota;
+        if let Some(cpus) = self.cpus {
+            rt.cpus = cpus;
+        }
+        if let Some(pids) = self.pids_limit {
+            rt.pids_limit = pids;
+        }
+        if let Some(network) = self.network {
+            rt.network = network;
+        }
+        if let Some(text) = self.user {
+            let (uid, gid) = parse_user(&text).ok_or_else(|| {
+                invalid(
+                    "runtime.user",
+                    format!("{text:?} is not \"uid:gid\" (numeric)"),
+                )
+            })?;
+            rt.uid = uid;
+            rt.gid = gid;
+        }
+        if let Some(ro) = self.read_only_root {
+            rt.read_only_root = ro;
+        }
+        rt.oci_runtime = self.oci_runtime.filter(|r| !r.is_empty());
+        rt.env = self.env;
+        Ok(rt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: Error) -> String {
+        match err {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_llm_sandbox() {
+        let c = PoolConfig::default();
+        assert_eq!(c.max_pool_size, 10);
+        assert_eq!(c.min_pool_size, 0);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.acquisition_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.health_check_interval, Duration::from_secs(60));
+        assert_eq!(c.max_container_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(c.max_container_uses, None);
+        assert_eq!(c.exhaustion_strategy, ExhaustionStrategy::Wait);
+        assert!(c.enable_prewarming);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = PoolSpec::new("p", "python");
+        s.config.min_pool_size = 5;
+        s.config.max_pool_size = 2;
+        assert_eq!(field_of(s.validate().unwrap_err()), "config.min_pool_size");
+
+        let mut s = PoolSpec::new("p", "python");
+        s.config.max_pool_size = 0;
+        assert_eq!(field_of(s.validate().unwrap_err()), "config.max_pool_size");
+
+        let s = PoolSpec::new("Bad Name", "python");
+        assert_eq!(field_of(s.validate().unwrap_err()), "name");
+
+        let s = PoolSpec::new("p", "cobol");
+        assert_eq!(field_of(s.validate().unwrap_err()), "language");
+
+        let mut s = PoolSpec::new("p", "python");
+        s.runtime.uid = 0;
+        assert_eq!(field_of(s.validate().unwrap_err()), "runtime.user");
+
+        let mut s = PoolSpec::new("p", "python");
+        s.libraries = vec!["numpy; rm -rf /".into()];
+        assert_eq!(field_of(s.validate().unwrap_err()), "libraries[0]");
+    }
+
+    #[test]
+    fn input_applies_defaults_and_zero_disables() {
+        let input = PoolSpecInput {
+            name: "p".into(),
+            language: "python".into(),
+            idle_timeout: Some(0.0),
+            max_container_uses: Some(0),
+            exhaustion_strategy: Some("FAIL_FAST".into()),
+            ..Default::default()
+        };
+        let spec = input.into_spec().unwrap();
+        assert_eq!(spec.config.idle_timeout, None);
+        assert_eq!(spec.config.max_container_uses, None);
+        assert_eq!(
+            spec.config.acquisition_timeout,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            spec.config.exhaustion_strategy,
+            ExhaustionStrategy::FailFast
+        );
+        assert_eq!(spec.default_lease_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn negative_durations_name_the_field() {
+        let input = PoolSpecInput {
+            name: "p".into(),
+            language: "python".into(),
+            acquisition_timeout: Some(-1.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            field_of(input.into_spec().unwrap_err()),
+            "config.acquisition_timeout"
+        );
+    }
+
+    #[test]
+    fn image_defaults_from_language() {
+        let s = PoolSpec::new("p", "python").validate().unwrap();
+        assert_eq!(s.image, "sandpool/python:bookworm");
+    }
+
+    #[test]
+    fn sizes_parse_in_docker_syntax() {
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("12kb"), Some(12 << 10));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1m"), None);
+    }
+
+    #[test]
+    fn libraries_reject_shell_and_options() {
+        assert!(validate_library("numpy").is_ok());
+        assert!(validate_library("numpy==1.26.4").is_ok());
+        assert!(validate_library("@scope/pkg@1.2.3").is_ok());
+        assert!(validate_library("pandas[excel]>=2").is_ok());
+        assert!(validate_library("numpy; rm -rf /").is_err());
+        assert!(validate_library("$(reboot)").is_err());
+        assert!(validate_library("--index-url=http://evil").is_err());
+        assert!(validate_library("a b").is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! Runs: one program in a leased container, its output streamed as it is
+//! produced, bounded in time and in output, killable as a whole process tree.
+
+mod request;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+
+pub use request::{Program, RunLimits, RunSpec};
+
+use crate::{
+    backend::{self, ExecSpec, Output},
+    pool::{
+        Error, LeaseEnd, LeaseGuard, Result,
+        lease::{RunRegistration, StopCause},
+    },
+    sandbox,
+};
+
+/// After a kill, output still in flight is drained for at most this long.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(10);
+/// Events buffered between a run and its client; beyond this the run's
+/// output waits for the client (and the program for its pipe).
+const EVENT_BUFFER: usize = 16;
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Exited,
+    Signaled,
+    Timeout,
+    Cancelled,
+    OutputLimit,
+    LeaseExpired,
+}
+
+/// The last event of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunExit {
+    pub exit_code: i32,
+    pub reason: EndReason,
+    pub signal: i32,
+    pub duration: Duration,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub truncated: bool,
+    pub message: String,
+}
+
+/// One event of a run, in order.
+#[derive(Debug)]
+pub enum RunEvent {
+    Started {
+        run_id: String,
+        start_time: SystemTime,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(RunExit),
+    /// The engine failed mid-run; the stream ends with this error.
+    Failed(Error),
+}
+
+/// Starts a run on a lease and returns its events. Fails before anything
+/// starts on bad input or when the container cannot run anything.
+pub async fn start(
+    lease: LeaseGuard,
+    spec: RunSpec,
+    limits: &RunLimits,
+) -> Result<mpsc::Receiver<RunEvent>> {
+    let plan = request::plan(&lease, spec, limits)?;
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let registration = lease.register_run(&run_id);
+    if let Some(cause) = registration.control().cause() {
+        return Err(ended_error(&lease, cause));
+    }
+    let mut env = vec![sandbox::run_marker(&run_id)];
+    env.extend(plan.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let exec_spec = ExecSpec {
+        argv: plan.argv,
+        env,
+        user: lease.spec().runtime.user(),
+        working_dir: Some(plan.working_dir),
+        stdin: true,
+    };
+    let exec = lease
+        .backend()
+        .exec(lease.container_id(), exec_spec)
+        .await
+        .map_err(|e| match e {
+            backend::Error::ContainerGone { .. } => Error::ContainerGone {
+                lease_id: lease.id().to_string(),
+            },
+            other => Error::from(other),
+        })?;
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    // The buffer is empty: this cannot fail.
+    let _ = tx.try_send(RunEvent::Started {
+        run_id: run_id.clone(),
+        start_time: SystemTime::now(),
+    });
+    let pump = Pump {
+        lease,
+        registration,
+        run_id,
+        started,
+        timeout: plan.timeout,
+        limit: plan.output_limit,
+        tx,
+        counts: [0, 0],
+        truncated: false,
+        stop: None,
+        kill: None,
+        drain_until: None,
+    };
+    tokio::spawn(pump.run(exec, plan.input));
+    Ok(rx)
+}
+
+fn ended_error(lease: &LeaseGuard, cause: StopCause) -> Error {
+    match cause {
+        StopCause::LeaseEnded(end) => Error::LeaseEnded {
+            id: lease.id().to_string(),
+            end,
+        },
+        StopCause::Cancelled => Error::LeaseEnded {
+            id: lease.id().to_string(),
+            end: LeaseEnd::Released,
+        },
+    }
+}
+
+struct Pump {
+    lease: LeaseGuard,
+    registration: RunRegistration,
+    run_id: String,
+    started: Instant,
+    timeout: Duration,
+    limit: u64,
+    tx: mpsc::Sender<RunEvent>,
+    /// Bytes written to stdout and stderr, including any beyond the cap.
+    counts: [u64; 2],
+    truncated: bool,
+    stop: Option<(EndReason, String)>,
+    kill: Option<tokio::task::JoinHandle<()>>,
+    drain_until: Option<Instant>,
+}
+
+impl Pump {
+    async fn run(mut self, mut exec: backend::Exec, input: Bytes) {
+        if let Some(mut stdin) = exec.stdin.take() {
+            // In its own task: a program that never reads its input must not
+            // hold up its output.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let deadline = self.started + self.timeout;
+        let control = self.registration.control().clone();
+        let mut pending: Option<RunEvent> = None;
+        let mut failure: Option<backend::Error> = None;
+        let mut output_done = false;
+        let tx = self.tx.clone();
+        while !(output_done && pending.is_none()) {
+            let drain_until = self.drain_until;
+            tokio::select! {
+                biased;
+                permit = tx.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = pending.take() {
+                            permit.send(event);
+                        }
+                    }
+                    Err(_) => {
+                        pending = None;
+                        self.request_stop(EndReason::Cancelled, "the client went away".into());
+                    }
+                },
+                item = exec.output.next(), if pending.is_none() && !output_done => match item {
+                    Some(Ok(Output::Stdout(data))) => pending = self.accept(0, data),
+                    Some(Ok(Output::Stderr(data))) => pending = self.accept(1, data),
+                    Some(Err(e)) => {
+                        failure = Some(e);
+                        output_done = true;
+                    }
+                    None => output_done = true,
+                },
+                _ = tokio::time::sleep_until(deadline.into()), if self.stop.is_none() => {
+                    let message = format!("killed after the {} timeout", human(self.timeout));
+                    self.request_stop(EndReason::Timeout, message);
+                }
+                _ = control.token().cancelled(), if self.stop.is_none() => {
+                    let (reason, message) = match control.cause() {
+                        Some(StopCause::LeaseEnded(LeaseEnd::Expired)) => {
+                            (EndReason::LeaseExpired, "killed: the lease expired".to_string())
+                        }
+                        Some(StopCause::LeaseEnded(LeaseEnd::Revoked)) => (
+                            EndReason::LeaseExpired,
+                            "killed: the lease was revoked (pool deleted or server stopping)".to_string(),
+                        ),
+                        Some(StopCause::LeaseEnded(LeaseEnd::Released)) => {
+                            (EndReason::Cancelled, "killed: the lease was released".to_string())
+                        }
+                        _ => (EndReason::Cancelled, "cancelled by the client".to_string()),
+                    };
+                    self.request_stop(reason, message);
+                }
+                _ = tx.closed(), if self.stop.is_none() && pending.is_none() => {
+                    self.request_stop(EndReason::Cancelled, "the client went away".into());
+                }
+                _ = sleep_until_opt(drain_until), if drain_until.is_some() => {
+                    tracing::warn!(run = %self.run_id, "output did not end after the kill; giving up on it");
+                    break;
+                }
+            }
+        }
+        if let Some(kill) = self.kill.take() {
+            let _ = tokio::time::timeout(DRAIN_AFTER_KILL, kill).await;
+        }
+        let event = match failure {
+            Some(backend::Error::ContainerGone { .. }) => RunEvent::Failed(Error::ContainerGone {
+                lease_id: self.lease.id().to_string(),
+            }),
+            Some(e) => RunEvent::Failed(Error::from(e)),
+            None => RunEvent::Exit(self.exit(&exec.id).await),
+        };
+        let _ = self.tx.send(event).await;
+    }
+
+    /// Counts a chunk and returns what of it goes to the client: nothing
+    /// beyond the cap. Crossing the cap stops the run.
+    fn accept(&mut self, stream: usize, data: Bytes) -> Option<RunEvent> {
+        let before = self.counts[stream];
+        self.counts[stream] += data.len() as u64;
+        let room = self.limit.saturating_sub(before);
+        let data = if (data.len() as u64) > room {
+            self.truncated = true;
+            let name = if stream == 0 { "stdout" } else { "stderr" };
+            let message = format!("{name} exceeded the output cap of {} bytes", self.limit);
+            self.request_stop(EndReason::OutputLimit, message);
+            data.slice(..room as usize)
+        } else {
+            data
+        };
+        if data.is_empty() {
+            return None;
+        }
+        Some(if stream == 0 {
+            RunEvent::Stdout(data)
+        } else {
+            RunEvent::Stderr(data)
+        })
+    }
+
+    /// Kills the run's processes (in the background: output keeps draining).
+    fn request_stop(&mut self, reason: EndReason, message: String) {
+        if self.stop.is_some() {
+            return;
+        }
+        tracing::debug!(run = %self.run_id, ?reason, %message, "stopping run");
+        self.stop = Some((reason, message));
+        self.drain_until = Some(Instant::now() + DRAIN_AFTER_KILL);
+        let backend = std::sync::Arc::clone(self.lease.backend());
+        let spec = std::sync::Arc::clone(self.lease.spec());
+        let container = self.lease.container_id().to_string();
+        let run_id = self.run_id.clone();
+        self.kill = Some(tokio::spawn(async move {
+            if let Err(e) = sandbox::kill_run(&*backend, &spec, &container, &run_id).await {
+                tracing::warn!(run = %run_id, error = %e, "could not kill the run");
+            }
+        }));
+    }
+
+    async fn exit(&mut self, exec_id: &str) -> RunExit {
+        let code = match backend::wait_exit_code(&**self.lease.backend(), exec_id).await {
+            Ok(code) => i32::try_from(code).unwrap_or(-1),
+            Err(e) => {
+                tracing::warn!(run = %self.run_id, error = %e, "no exit code");
+                -1
+            }
+        };
+        let signal = if (129..=159).contains(&code) {
+            code - 128
+        } else {
+            0
+        };
+        let (reason, message) = match self.stop.take() {
+            Some(stop) => stop,
+            None if signal != 0 => (EndReason::Signaled, format!("killed by signal {signal}")),
+            None => (EndReason::Exited, format!("exited with code {code}")),
+        };
+        RunExit {
+            exit_code: code,
+            reason,
+            signal,
+            duration: self.started.elapsed(),
+            stdout_bytes: self.counts[0],
+            stderr_bytes: self.counts[1],
+            truncated: self.truncated,
+            message,
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// "2s", "1.5s", "250ms".
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

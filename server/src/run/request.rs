@@ -1,0 +1,227 @@
+//! A run request checked and turned into what to execute. Every bad input
+//! becomes an `InvalidArgument` naming the field.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::{
+    pool::{Error, LeaseGuard, Result, spec::validate_env_name},
+    sandbox,
+};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// Code in a language (`None`: the pool's).
+    Code {
+        source: Bytes,
+        language: Option<String>,
+    },
+    /// A program and its arguments, without a shell.
+    Argv(Vec<String>),
+    /// A line for `/bin/sh -c`.
+    Shell(String),
+}
+
+/// A run as asked for.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub program: Program,
+    pub stdin: Bytes,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub timeout: Option<Duration>,
+    pub output_limit: Option<u64>,
+}
+
+impl RunSpec {
+    pub fn code(source: impl Into<Bytes>) -> Self {
+        Self {
+            program: Program::Code {
+                source: source.into(),
+                language: None,
+            },
+            stdin: Bytes::new(),
+            env: Vec::new(),
+            working_dir: None,
+            timeout: None,
+            output_limit: None,
+        }
+    }
+}
+
+/// Server-wide bounds on run requests.
+#[derive(Debug, Clone)]
+pub struct RunLimits {
+    pub max_code_bytes: usize,
+    pub max_stdin_bytes: usize,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            max_code_bytes: 1 << 20,
+            max_stdin_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A checked run, ready to execute.
+pub(super) struct Plan {
+    pub argv: Vec<String>,
+    /// Everything for standard input: the code (if passed that way), then the
+    /// caller's input.
+    pub input: Bytes,
+    pub env: Vec<(String, String)>,
+    pub working_dir: String,
+    pub timeout: Duration,
+    pub output_limit: u64,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn no_nul(field: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(invalid(field, "must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Result<Plan> {
+    let pool = lease.spec();
+    let (argv, prefix, mut env) = match spec.program {
+        Program::Code { source, language } => {
+            if let Some(language) = language.filter(|l| !l.is_empty())
+                && language != pool.language
+            {
+                return Err(invalid(
+                    "code.language",
+                    format!(
+                        "this lease's pool {:?} runs {}, not {language}; acquire from a {language} pool",
+                        pool.name, pool.language
+                    ),
+                ));
+            }
+            if source.is_empty() {
+                return Err(invalid("code", "is empty; send the program's source"));
+            }
+            if source.len() > limits.max_code_bytes {
+                return Err(invalid(
+                    "code",
+                    format!(
+                        "is {} bytes, above the limit of {} bytes; upload large programs as files and run them as a command",
+                        source.len(),
+                        limits.max_code_bytes
+                    ),
+                ));
+            }
+            let plan = lease.lang().plan(&source);
+            (plan.argv, plan.stdin_prefix, plan.env)
+        }
+        Program::Argv(argv) => {
+            if argv.first().is_none_or(|a| a.is_empty()) {
+                return Err(invalid(
+                    "command.argv",
+                    "needs a program name as its first element",
+                ));
+            }
+            for arg in &argv {
+                no_nul("command.argv", arg)?;
+            }
+            (argv, Bytes::new(), Vec::new())
+        }
+        Program::Shell(line) => {
+            if line.trim().is_empty() {
+                return Err(invalid("command.shell", "is empty"));
+            }
+            no_nul("command.shell", &line)?;
+            (
+                vec!["/bin/sh".into(), "-c".into(), line],
+                Bytes::new(),
+                Vec::new(),
+            )
+        }
+    };
+    if spec.stdin.len() > limits.max_stdin_bytes {
+        return Err(invalid(
+            "stdin",
+            format!(
+                "is {} bytes, above the limit of {} bytes; upload it as a file instead",
+                spec.stdin.len(),
+                limits.max_stdin_bytes
+            ),
+        ));
+    }
+    for (key, value) in &spec.env {
+        validate_env_name(key).map_err(|m| invalid("env", m))?;
+        if key == sandbox::RUN_MARKER {
+            return Err(invalid("env", format!("{key} is reserved by sandpool")));
+        }
+        no_nul("env", value)?;
+    }
+    env.extend(spec.env);
+    let working_dir = match spec.working_dir.filter(|d| !d.is_empty()) {
+        None => sandbox::WORKSPACE.to_string(),
+        Some(dir) => {
+            no_nul("working_dir", &dir)?;
+            if !dir.starts_with('/') {
+                return Err(invalid(
+                    "working_dir",
+                    format!("{dir:?} must be an absolute path"),
+                ));
+            }
+            dir
+        }
+    };
+    let timeout = match spec.timeout {
+        None => pool.default_run_timeout,
+        Some(t) if t.is_zero() => return Err(invalid("timeout", "must be positive")),
+        Some(t) if t > pool.max_run_timeout => {
+            return Err(invalid(
+                "timeout",
+                format!(
+                    "{}s is above the pool's max_run_timeout of {}s",
+                    t.as_secs_f64(),
+                    pool.max_run_timeout.as_secs_f64()
+                ),
+            ));
+        }
+        Some(t) => t,
+    };
+    let output_limit = match spec.output_limit {
+        None => pool.output_limit_bytes,
+        Some(0) => return Err(invalid("output_limit_bytes", "must be positive")),
+        Some(n) if n > pool.output_limit_bytes => {
+            return Err(invalid(
+                "output_limit_bytes",
+                format!(
+                    "{n} is above the pool's output_limit_bytes of {}",
+                    pool.output_limit_bytes
+                ),
+            ));
+        }
+        Some(n) => n,
+    };
+    let input = if prefix.is_empty() {
+        spec.stdin
+    } else {
+        let mut all = BytesMut::with_capacity(prefix.len() + spec.stdin.len());
+        all.extend_from_slice(&prefix);
+        all.extend_from_slice(&spec.stdin);
+        all.freeze()
+    };
+    Ok(Plan {
+        argv,
+        input,
+        env,
+        working_dir,
+        timeout,
+        output_limit,
+    })
+}

@@ -1,0 +1,281 @@
+//! What sandpool does to one container: create and warm it, reset it between
+//! leases, check its health, kill a run's processes. Pools decide *when*;
+//! this module knows *how*, on any backend.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::{
+    backend::{self, Backend, ContainerSpec, ExecSpec},
+    lang::Language,
+    pool::spec::PoolSpec,
+};
+
+/// Label naming the server instance that owns a container.
+pub const LABEL_SERVER: &str = "sandpool.server";
+/// Label naming the pool a container belongs to.
+pub const LABEL_POOL: &str = "sandpool.pool";
+/// Label set on temporary (TEMPORARY strategy) containers.
+pub const LABEL_TEMPORARY: &str = "sandpool.temporary";
+
+/// The workspace: writable, wiped on reset, the default working directory.
+pub const WORKSPACE: &str = "/sandbox";
+/// Home of the sandbox user: writable, wiped on reset.
+pub const HOME: &str = "/home/sandbox";
+/// Environment variable that marks every process of a run, so that the whole
+/// tree (forked, double-forked, setsid'd children included) can be found and
+/// killed.
+pub const RUN_MARKER: &str = "SANDPOOL_RUN_ID";
+/// The container's idle main process runs as this user, which is not the
+/// sandbox user: a reset kills every process of the sandbox user without
+/// killing the container.
+const IDLE_USER: &str = "65534:65534";
+/// Keep at most this much of the output of internal commands.
+const INTERNAL_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Errors of container operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Backend(#[from] backend::Error),
+    #[error("{what} failed (exit code {exit_code}): {detail}")]
+    CommandFailed {
+        what: &'static str,
+        exit_code: i64,
+        detail: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Container settings for a pool's container. `name_hint` distinguishes
+/// temporaries in `docker ps`.
+pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> ContainerSpec {
+    let rt = &spec.runtime;
+    let suffix: u64 = rand::rng().random();
+    let kind = if temporary { "tmp" } else { "w" };
+    let name = format!("sandpool-{}-{kind}-{suffix:016x}", spec.name);
+    let labels = HashMap::from([
+        (LABEL_SERVER.to_string(), server_id.to_string()),
+        (LABEL_POOL.to_string(), spec.name.clone()),
+        (LABEL_TEMPORARY.to_string(), temporary.to_string()),
+    ]);
+    let size = rt.tmpfs_size_bytes;
+    let owned = format!(
+        "rw,nosuid,nodev,size={size},uid={},gid={},mode=0755",
+        rt.uid, rt.gid
+    );
+    let tmpfs = HashMap::from([
+        (WORKSPACE.to_string(), owned.clone()),
+        (HOME.to_string(), owned),
+        (
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,size={size},mode=1777"),
+        ),
+    ]);
+    let (nano_cpus, cpu_period, cpu_quota) = match rt.cpu_quota {
+        Some(quota) => (None, Some(rt.cpu_period.unwrap_or(100_000)), Some(quota)),
+        None => (Some((rt.cpus * 1e9) as i64), None, None),
+    };
+    let mut env = vec![format!("HOME={HOME}"), "LANG=C.UTF-8".to_string()];
+    env.extend(rt.env.iter().map(|(k, v)| format!("{k}={v}")));
+    ContainerSpec {
+        name,
+        image: spec.image.clone(),
+        labels,
+        main_user: IDLE_USER.to_string(),
+        memory_bytes: Some(rt.mem_limit_bytes),
+        nano_cpus,
+        cpu_period,
+        cpu_quota,
+        pids_limit: Some(rt.pids_limit),
+        network: rt.network.clone(),
+        read_only_root: rt.read_only_root,
+        tmpfs,
+        oci_runtime: rt.oci_runtime.clone(),
+        env,
+    }
+}
+
+/// An exec of the server's own, as the sandbox user.
+fn internal(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
+    ExecSpec {
+        argv,
+        env: Vec::new(),
+        user: spec.runtime.user(),
+        working_dir: Some("/".to_string()),
+        stdin: false,
+    }
+}
+
+fn sh(script: &str, args: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        "sh".to_string(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv
+}
+
+async fn run_checked(
+    backend: &dyn Backend,
+    id: &str,
+    exec: ExecSpec,
+    what: &'static str,
+) -> Result<backend::Collected> {
+    let out = backend::exec_collect(backend, id, exec, None, INTERNAL_OUTPUT_LIMIT).await?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(Error::CommandFailed {
+            what,
+            exit_code: out.exit_code,
+            detail: out.diagnostic(),
+        })
+    }
+}
+
+/// Creates a container and warms it: started, the toolchain verified, the
+/// output directory made. A container that fails to warm is removed.
+pub async fn provision(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    lang: &dyn Language,
+    container: &ContainerSpec,
+) -> Result<String> {
+    let id = backend.create_container(container).await?;
+    match warm(backend, spec, lang, &id).await {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            if let Err(rm) = backend.remove_container(&id).await {
+                tracing::warn!(container = %id, error = %rm, "could not remove a container that failed to warm");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &str) -> Result<()> {
+    let prepare = sh("mkdir -p \"$1\"", &[&spec.output_dir]);
+    run_checked(
+        backend,
+        id,
+        internal(spec, prepare),
+        "preparing the workspace",
+    )
+    .await?;
+    check_toolchain(backend, spec, lang, id).await
+}
+
+/// Runs the language's check command: the container is alive and its
+/// toolchain works.
+pub async fn check_toolchain(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    lang: &dyn Language,
+    id: &str,
+) -> Result<()> {
+    let (argv, expect) = lang.check();
+    let out = run_checked(backend, id, internal(spec, argv), "the toolchain check").await?;
+    if String::from_utf8_lossy(&out.stdout).contains(expect) {
+        Ok(())
+    } else {
+        Err(Error::CommandFailed {
+            what: "the toolchain check",
+            exit_code: out.exit_code,
+            detail: format!("expected {expect:?} on stdout, got {:?}", out.diagnostic()),
+        })
+    }
+}
+
+/// Kills every process of the sandbox user, twice (a process forking during
+/// the first sweep is caught by the second), then empties every writable place
+/// and checks that it is empty. Runs as the sandbox user, so it can neither
+/// touch the container's main process nor anything outside the sandbox's
+/// own files.
+const RESET_SCRIPT: &str = r#"kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null
+out="$1"; shift
+for d in "$@"; do
+  [ -d "$d" ] || continue
+  chmod -R u+rwX "$d" 2>/dev/null
+  find "$d" -mindepth 1 -delete 2>/dev/null
+  if [ -n "$(find "$d" -mindepth 1 -print 2>/dev/null | head -n 1)" ]; then
+    echo "could not empty $d" >&2; exit 1
+  fi
+done
+mkdir -p "$out""#;
+
+/// Returns the container to the state of a fresh one: no process of the
+/// sandbox user, empty workspace, /tmp, home and /dev/shm.
+pub async fn reset(backend: &dyn Backend, spec: &PoolSpec, id: &str) -> Result<()> {
+    let argv = sh(
+        RESET_SCRIPT,
+        &[&spec.output_dir, WORKSPACE, "/tmp", HOME, "/dev/shm"],
+    );
+    run_checked(backend, id, internal(spec, argv), "the reset").await?;
+    Ok(())
+}
+
+/// Kills every process of one run, found by its marker in their environment,
+/// until none is left (processes may fork while being killed).
+const KILL_RUN_SCRIPT: &str = r#"i=0
+while [ $i -lt 50 ]; do
+  found=
+  for p in /proc/[0-9]*; do
+    if grep -qxz "$1" "$p/environ" 2>/dev/null; then
+      kill -9 "${p#/proc/}" 2>/dev/null && found=1
+    fi
+  done
+  [ -z "$found" ] && exit 0
+  i=$((i+1))
+done
+echo "processes of the run kept appearing" >&2
+exit 1"#;
+
+/// Kills every process of run `run_id` in the container.
+pub async fn kill_run(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    id: &str,
+    run_id: &str,
+) -> Result<()> {
+    let marker = format!("{RUN_MARKER}={run_id}");
+    run_checked(
+        backend,
+        id,
+        internal(spec, sh(KILL_RUN_SCRIPT, &[&marker])),
+        "killing the run",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The environment entry that marks a run's processes.
+pub fn run_marker(run_id: &str) -> String {
+    format!("{RUN_MARKER}={run_id}")
+}
+
+/// Runs a shell script of the server's own as the sandbox user and returns
+/// its output (for listing files and the like).
+pub async fn run_script(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    id: &str,
+    script: &str,
+    args: &[&str],
+    stdin: Option<Bytes>,
+) -> Result<backend::Collected> {
+    let out = backend::exec_collect(
+        backend,
+        id,
+        internal(spec, sh(script, args)),
+        stdin,
+        4 << 20,
+    )
+    .await?;
+    Ok(out)
+}

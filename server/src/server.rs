@@ -1,0 +1,181 @@
+//! Wiring: the gRPC server with its services, health and reflection, start-up
+//! cleanup, and a graceful shutdown that cannot hang.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use sandpool_proto::v1::{
+    artifact_service_server::ArtifactServiceServer, pool_service_server::PoolServiceServer,
+    session_service_server::SessionServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tonic_health::ServingStatus;
+
+use crate::{
+    api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
+    backend::BackendKind,
+    config::ServerConfig,
+    pool::PoolManager,
+};
+
+/// Largest request message: room for the biggest accepted code and stdin,
+/// so that oversized ones get a clear INVALID_ARGUMENT from our checks.
+const MAX_MESSAGE_BYTES: usize = 32 << 20;
+/// How long tonic may take to close connections after the manager stopped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `<hostname>-<port>`: stable across restarts of the same server, distinct
+/// for servers side by side on one host.
+pub fn default_server_id(addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sandpool".to_string());
+    format!("{host}-{}", addr.port())
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, lets
+/// runs finish within the grace period, and removes every container it made.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let server_id = config
+        .server_id
+        .clone()
+        .unwrap_or_else(|| default_server_id(addr));
+    let manager = PoolManager::new(server_id.clone(), config.engines.clone());
+
+    let mut kinds = vec![BackendKind::Docker];
+    kinds.extend(config.pools.iter().map(|p| p.backend));
+    kinds.sort_by_key(|k| k.as_str());
+    kinds.dedup();
+    manager.remove_leftovers(&kinds).await;
+
+    for spec in config.pools.iter().cloned() {
+        let name = spec.name.clone();
+        if let Err(e) = manager.create_pool(spec, false, None).await {
+            tracing::error!(pool = %name, error = %e, "could not create pool");
+        }
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    {
+        let health = health.clone();
+        let manager = Arc::clone(&manager);
+        tokio::spawn(async move {
+            while !manager.all_settled() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!("pools are warm; serving");
+        });
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sandpool_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sandpool_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let streams = CancellationToken::new();
+    let state = Arc::new(AppState {
+        manager: Arc::clone(&manager),
+        run_limits: config.run_limits.clone(),
+        file_limits: config.file_limits.clone(),
+        streams: streams.clone(),
+    });
+    let auth = Auth::new(&config.tokens);
+    if auth.enabled() {
+        tracing::info!(
+            tokens = config.tokens.len(),
+            "bearer-token authentication is on"
+        );
+    }
+    let pools = PoolServiceServer::new(PoolApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let sessions = SessionServiceServer::new(SessionApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let artifacts = ArtifactServiceServer::new(ArtifactApi::new(Arc::clone(&state)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    tracing::info!(%addr, server_id = %server_id, "sandpool-server listening");
+
+    // Shutdown: stop accepting at once; the manager lets runs finish, then
+    // revokes leases and removes containers; then long-lived streams end, so
+    // tonic's graceful close (which waits for open streams) can complete.
+    let stop_accepting = CancellationToken::new();
+    let stopped = CancellationToken::new();
+    let stopper = {
+        let manager = Arc::clone(&manager);
+        let stop_accepting = stop_accepting.clone();
+        let stopped = stopped.clone();
+        let streams = streams.clone();
+        let health = health.clone();
+        let grace = config.shutdown_grace;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stopped.cancelled() => {}
+            }
+            tracing::info!("shutting down");
+            set_health(&health, ServingStatus::NotServing).await;
+            stop_accepting.cancel();
+            manager.shutdown(grace).await;
+            streams.cancel();
+            tracing::info!("containers removed");
+        })
+    };
+
+    let serving = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(pools, auth.clone()))
+        .add_service(InterceptedService::new(sessions, auth.clone()))
+        .add_service(InterceptedService::new(artifacts, auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let stop_accepting = stop_accepting.clone();
+            let streams = streams.clone();
+            async move {
+                stop_accepting.cancelled().await;
+                // Let the cleanup end the streams; do not wait on stubborn
+                // connections forever.
+                streams.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    let result = tokio::select! {
+        r = serving => r,
+        _ = async {
+            streams.cancelled().await;
+            tokio::time::sleep(CLOSE_TIMEOUT).await;
+        } => Ok(()),
+    };
+    // Whatever ended the server (shutdown or an error), clean up.
+    stopped.cancel();
+    stopper.await?;
+    result.map_err(Into::into)
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for service in [
+        "",
+        "sandpool.v1.PoolService",
+        "sandpool.v1.SessionService",
+        "sandpool.v1.ArtifactService",
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}

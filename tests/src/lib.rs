@@ -1,0 +1,206 @@
+//! Test harness: a real sandpool server in-process on 127.0.0.1:0, against
+//! the real container engine, with a unique server id so that tests running
+//! side by side never touch each other's containers, and a check at the end
+//! that the engine holds nothing of the server.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use sandpool_client::{Client, proto as pb};
+use sandpool_server::{
+    ServerConfig,
+    backend::{Backend, BackendKind, DockerBackend},
+    sandbox::LABEL_SERVER,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// The image of the python pools under test.
+pub fn python_image() -> String {
+    std::env::var("SANDPOOL_TEST_PYTHON_IMAGE")
+        .unwrap_or_else(|_| "sandpool/python:bookworm".into())
+}
+
+/// The Docker engine, as the server reaches it.
+pub fn docker() -> DockerBackend {
+    DockerBackend::new(
+        BackendKind::Docker,
+        DockerBackend::default_endpoint(BackendKind::Docker),
+    )
+}
+
+/// Ids of the containers on the engine labelled with `server_id`.
+pub async fn containers_of(server_id: &str) -> Vec<String> {
+    docker()
+        .list_containers(LABEL_SERVER, Some(server_id))
+        .await
+        .expect("the docker engine must answer (run scripts/engine-up.sh)")
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// Polls `check` until it yields a value or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub server_id: String,
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// A config with no pools and a unique server id.
+pub fn empty_config() -> ServerConfig {
+    let mut config =
+        ServerConfig::from_toml("", std::path::Path::new("<test>")).expect("empty config parses");
+    config.server_id = Some(unique_id("test"));
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+impl TestServer {
+    /// A server without pools.
+    pub async fn start() -> Self {
+        Self::start_with(empty_config()).await
+    }
+
+    pub async fn start_with(mut config: ServerConfig) -> Self {
+        let server_id = config
+            .server_id
+            .get_or_insert_with(|| unique_id("test"))
+            .clone();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sandpool_server::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = Client::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the test server");
+        Self {
+            addr,
+            server_id,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Creates a pool and waits until it is warm; panics if it fails.
+    pub async fn pool(&self, spec: pb::PoolSpec) -> pb::Pool {
+        let pool = self
+            .client
+            .create_pool(spec, true)
+            .await
+            .expect("create pool");
+        assert_ne!(
+            pool.phase,
+            pb::PoolPhase::Failing as i32,
+            "pool failed to warm: {}",
+            pool.status_message
+        );
+        pool
+    }
+
+    pub async fn stats(&self, pool: &str) -> pb::PoolStats {
+        self.client.stats(pool).await.expect("stats")
+    }
+
+    /// Stops the server and checks that it left no container behind.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+        let left = containers_of(&self.server_id).await;
+        assert!(
+            left.is_empty(),
+            "server {} left containers behind: {left:?}",
+            self.server_id
+        );
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("server stops within 60s")
+                .expect("server task does not panic");
+            result.expect("server ends without error");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // A test that panicked before `stop`: still stop the server (its
+        // runtime is going away) so that cleanup gets a chance.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A python pool spec with small, test-friendly settings.
+pub fn python_pool(name: &str) -> pb::PoolSpec {
+    pb::PoolSpec {
+        name: name.to_string(),
+        language: "python".into(),
+        image: python_image(),
+        config: Some(pb::PoolConfig {
+            max_pool_size: Some(2),
+            min_pool_size: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Seconds as a proto duration.
+pub fn secs(s: f64) -> Option<prost_types::Duration> {
+    let d = Duration::from_secs_f64(s);
+    Some(prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+/// The gRPC code of a client error.
+pub fn code_of(err: &sandpool_client::Error) -> tonic::Code {
+    match err {
+        sandpool_client::Error::LeaseLost { .. } => tonic::Code::FailedPrecondition,
+        other => other.status().map_or(tonic::Code::Unknown, |s| s.code()),
+    }
+}

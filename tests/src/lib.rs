@@ -204,3 +204,34 @@ pub fn code_of(err: &sandpool_client::Error) -> tonic::Code {
         other => other.status().map_or(tonic::Code::Unknown, |s| s.code()),
     }
 }
+
+/// A binary of the workspace (built by `cargo build --workspace`, which the
+/// test script runs first), next to the test executables.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `docker` with `args` and returns its stdout; panics on failure.
+pub fn docker_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker cli");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -22,6 +22,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     Backend, BackendKind, ContainerSpec, Error, Exec, ExecSpec, ListedContainer, Output, Result,
+    Tmpfs,
 };
 
 /// How long a pull may take before the image counts as missing. No registry
@@ -74,6 +75,84 @@ impl DockerBackend {
                     .map_err(|e| unreachable(e.to_string()))
             })
             .await
+    }
+
+    /// Tmpfs options in the engine's dialect. Docker mounts tmpfs `noexec`
+    /// unless told otherwise, and takes uid/gid and mode.
+    fn tmpfs_options(&self, mounts: &[Tmpfs]) -> HashMap<String, String> {
+        mounts
+            .iter()
+            .map(|m| {
+                let mut options = format!("rw,exec,nosuid,nodev,size={}", m.size_bytes);
+                match (m.owner, self.kind) {
+                    (Some((uid, gid)), BackendKind::Docker) => {
+                        options.push_str(&format!(",mode={:o},uid={uid},gid={gid}", m.mode));
+                    }
+                    // Podman takes neither uid/gid nor (4.3) mode on tmpfs:
+                    // `fix_ownership` sets both after start.
+                    (Some(_), _) => {}
+                    (None, _) => options.push_str(&format!(",mode={:o}", m.mode)),
+                }
+                (m.path.clone(), options)
+            })
+            .collect()
+    }
+
+    /// Podman cannot set a tmpfs's owner or mode at mount time, so they are set
+    /// once, right after start, by a root exec with the capabilities to chown
+    /// (the container itself keeps none). Docker needs nothing here.
+    async fn fix_ownership(&self, id: &str, mounts: &[Tmpfs]) -> Result<()> {
+        if self.kind == BackendKind::Docker {
+            return Ok(());
+        }
+        let mut script = String::from("set -e");
+        let mut argv = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            String::new(),
+            "sh".to_string(),
+        ];
+        for (i, m) in mounts.iter().enumerate() {
+            let n = i + 1;
+            match m.owner {
+                Some((uid, gid)) => script.push_str(&format!(
+                    "; chown {uid}:{gid} \"${n}\"; chmod {:o} \"${n}\"",
+                    m.mode
+                )),
+                None => script.push_str(&format!("; chmod {:o} \"${n}\"", m.mode)),
+            }
+            argv.push(m.path.clone());
+        }
+        argv[2] = script;
+        let docker = self.client().await?;
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv),
+            user: Some("0:0".to_string()),
+            privileged: Some(true),
+            ..Default::default()
+        };
+        let exec = docker
+            .create_exec(id, config)
+            .await
+            .map_err(|e| container_error("exec create", id, e))?;
+        if let StartExecResults::Attached { mut output, .. } = docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| container_error("exec start", id, e))?
+        {
+            while output.next().await.is_some() {}
+        }
+        match super::wait_exit_code(self, &exec.id).await? {
+            0 => Ok(()),
+            code => Err(Error::Engine {
+                op: "tmpfs ownership",
+                detail: format!(
+                    "setting the owner of the writable mounts failed with exit code {code}"
+                ),
+            }),
+        }
     }
 
     /// The engine endpoint from the environment, as the engine's own CLI
@@ -173,7 +252,7 @@ impl Backend for DockerBackend {
             pids_limit: spec.pids_limit,
             network_mode: Some(spec.network.clone()),
             readonly_rootfs: Some(spec.read_only_root),
-            tmpfs: Some(spec.tmpfs.clone()),
+            tmpfs: Some(self.tmpfs_options(&spec.tmpfs)),
             runtime: spec.oci_runtime.clone(),
             cap_drop: Some(vec!["ALL".to_string()]),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
@@ -210,15 +289,20 @@ impl Backend for DockerBackend {
                 },
                 _ => engine_error("container create", e),
             })?;
-        if let Err(e) = self
+        let started = self
             .client()
             .await?
             .start_container(&created.id, None::<StartContainerOptions>)
             .await
-        {
+            .map_err(|e| engine_error("container start", e));
+        let ready = match started {
+            Ok(()) => self.fix_ownership(&created.id, &spec.tmpfs).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
             // Do not leave a created-but-dead container behind.
             let _ = self.remove_container(&created.id).await;
-            return Err(engine_error("container start", e));
+            return Err(e);
         }
         Ok(created.id)
     }

@@ -74,10 +74,20 @@ pub struct ContainerSpec {
     /// Engine network mode ("none", "bridge", a network name).
     pub network: String,
     pub read_only_root: bool,
-    /// Mount point -> tmpfs options ("rw,size=..,uid=..,gid=..,mode=..").
-    pub tmpfs: HashMap<String, String>,
+    /// Writable scratch mounts.
+    pub tmpfs: Vec<Tmpfs>,
     pub oci_runtime: Option<String>,
     pub env: Vec<String>,
+}
+
+/// A tmpfs mount. Executables may run from it (compiled programs do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    pub path: String,
+    pub size_bytes: i64,
+    pub mode: u32,
+    /// Owner "uid:gid" of the mount's root; `None` keeps root's.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// A process to start in a running container.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use crate::{
-    backend::{self, Backend, ContainerSpec, ExecSpec},
+    backend::{self, Backend, ContainerSpec, ExecSpec, Tmpfs},
     lang::Language,
     pool::spec::PoolSpec,
 };
@@ -62,19 +62,22 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         (LABEL_POOL.to_string(), spec.name.clone()),
         (LABEL_TEMPORARY.to_string(), temporary.to_string()),
     ]);
-    let size = rt.tmpfs_size_bytes;
-    let owned = format!(
-        "rw,nosuid,nodev,size={size},uid={},gid={},mode=0755",
-        rt.uid, rt.gid
-    );
-    let tmpfs = HashMap::from([
-        (WORKSPACE.to_string(), owned.clone()),
-        (HOME.to_string(), owned),
-        (
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,size={size},mode=1777"),
-        ),
-    ]);
+    let owned = |path: &str| Tmpfs {
+        path: path.to_string(),
+        size_bytes: rt.tmpfs_size_bytes,
+        mode: 0o755,
+        owner: Some((rt.uid, rt.gid)),
+    };
+    let tmpfs = vec![
+        owned(WORKSPACE),
+        owned(HOME),
+        Tmpfs {
+            path: "/tmp".to_string(),
+            size_bytes: rt.tmpfs_size_bytes,
+            mode: 0o1777,
+            owner: None,
+        },
+    ];
     let (nano_cpus, cpu_period, cpu_quota) = match rt.cpu_quota {
         Some(quota) => (None, Some(rt.cpu_period.unwrap_or(100_000)), Some(quota)),
         None => (Some((rt.cpus * 1e9) as i64), None, None),

@@ -1,0 +1,153 @@
+//! Nothing one lease leaves behind is seen by the next, and containers are
+//! locked down by default.
+
+use sandpool_tests::{TestServer, docker_cli, python_pool};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_carries_over_between_leases() {
+    let server = TestServer::start().await;
+    let mut spec = python_pool("iso");
+    spec.config.as_mut().expect("config").max_pool_size = Some(1);
+    server.pool(spec).await;
+
+    let first = server.client.acquire("iso").await.expect("acquire");
+    let container = first.container_id().to_string();
+    let out = first
+        .shell(
+            "echo secret > /sandbox/a.txt; mkdir -p /sandbox/outputs/d && echo x > /sandbox/outputs/d/f; \
+             echo secret > /tmp/t; echo secret > $HOME/.h; echo secret > /dev/shm/s; \
+             mkdir /sandbox/locked && touch /sandbox/locked/f && chmod 000 /sandbox/locked; \
+             nohup sleep 1000 >/dev/null 2>&1 & \
+             setsid sh -c 'while true; do sleep 0.1; done' >/dev/null 2>&1 & \
+             echo planted",
+        )
+        .await
+        .expect("plant");
+    assert_eq!(out.stdout_text(), "planted\n");
+    let out = first
+        .run_collect("import subprocess\nsubprocess.Popen(['python3', '-c', 'import time\\nwhile True: time.sleep(1)'], start_new_session=True)\nprint('daemon')")
+        .await
+        .expect("daemon");
+    assert_eq!(out.stdout_text(), "daemon\n");
+    first.release().await.expect("release");
+
+    let second = server.client.acquire("iso").await.expect("acquire again");
+    assert_eq!(
+        second.container_id(),
+        container,
+        "the same container, reset"
+    );
+    let probe = r#"
+import os
+left = []
+for d in ['/sandbox', '/tmp', os.environ['HOME'], '/dev/shm']:
+    for root, dirs, files in os.walk(d):
+        for n in dirs + files:
+            left.append(os.path.join(root, n))
+procs = []
+for pid in os.listdir('/proc'):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    try:
+        status = open(f'/proc/{pid}/status').read()
+        cmd = open(f'/proc/{pid}/cmdline').read().replace('\0', ' ')
+    except OSError:
+        continue
+    uid = [l.split()[1] for l in status.splitlines() if l.startswith('Uid:')][0]
+    if uid == '1000':
+        procs.append(cmd)
+print(sorted(left))
+print(procs)
+"#;
+    let out = second.run_collect(probe).await.expect("probe");
+    assert_eq!(
+        out.stdout_text(),
+        "['/sandbox/outputs']\n[]\n",
+        "stderr: {}",
+        out.stderr_text()
+    );
+    second.release().await.expect("release");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_are_locked_down_by_default() {
+    let server = TestServer::start().await;
+    server.pool(python_pool("locked")).await;
+    let session = server.client.acquire("locked").await.expect("acquire");
+    let probe = r#"
+import os, socket
+status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
+print('caps', status['CapEff'].strip(), status['CapBnd'].strip())
+print('nnp', status['NoNewPrivs'].strip())
+print('uid', os.getuid(), os.getgid())
+try:
+    open('/usr/lib/evil', 'w')
+    print('rootfs writable')
+except OSError as e:
+    print('rootfs', e.errno)
+nets = sorted(os.listdir('/sys/class/net'))
+print('nets', nets)
+try:
+    socket.create_connection(('10.255.255.1', 80), timeout=1)
+    print('network reachable')
+except OSError:
+    print('network none')
+print('init', open('/proc/1/cmdline').read().split('\0')[0])
+"#;
+    let out = session.run_collect(probe).await.expect("probe");
+    let text = out.stdout_text();
+    assert!(
+        text.contains("caps 0000000000000000 0000000000000000"),
+        "{text}"
+    );
+    assert!(text.contains("nnp 1"), "{text}");
+    assert!(text.contains("uid 1000 1000"), "{text}");
+    assert!(text.contains("rootfs 30"), "read-only root (EROFS): {text}");
+    assert!(text.contains("nets ['lo']"), "{text}");
+    assert!(text.contains("network none"), "{text}");
+    assert!(text.contains("init /sbin/docker-init"), "{text}");
+
+    let inspect = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}} {{.HostConfig.ReadonlyRootfs}} {{index .Config.Labels \"sandpool.pool\"}} {{index .Config.Labels \"sandpool.server\"}}",
+        session.container_id(),
+    ]);
+    assert_eq!(
+        inspect,
+        format!("1073741824 256 1000000000 true locked {}", server.server_id)
+    );
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_settings_are_applied() {
+    let server = TestServer::start().await;
+    let mut spec = python_pool("tuned");
+    spec.runtime = Some(sandpool_client::proto::RuntimeConfig {
+        mem_limit: Some("256m".into()),
+        pids_limit: Some(64),
+        cpu_period: Some(100_000),
+        cpu_quota: Some(50_000),
+        env: [("TEAM".to_string(), "blue".to_string())].into(),
+        ..Default::default()
+    });
+    server.pool(spec).await;
+    let session = server.client.acquire("tuned").await.expect("acquire");
+    let inspect = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.CpuQuota}} {{.HostConfig.CpuPeriod}}",
+        session.container_id(),
+    ]);
+    assert_eq!(inspect, "268435456 64 50000 100000");
+    let out = session
+        .run_collect("import os; print(os.environ['TEAM'])")
+        .await
+        .expect("run");
+    assert_eq!(out.stdout_text(), "blue\n");
+    session.release().await.expect("release");
+    server.stop().await;
+}

@@ -1,0 +1,117 @@
+//! GetPool, GetPoolStats and WatchPoolStats.
+
+use std::time::Duration;
+
+use sandpool_client::proto as pb;
+use sandpool_tests::{TestServer, python_pool};
+
+fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_pool_shows_the_effective_spec() {
+    let server = TestServer::start().await;
+    server
+        .pool(pb::PoolSpec {
+            config: Some(pb::PoolConfig {
+                min_pool_size: Some(1),
+                ..Default::default()
+            }),
+            ..python_pool("defaults")
+        })
+        .await;
+    let pool = server
+        .client
+        .pools()
+        .get_pool(pb::GetPoolRequest {
+            name: "defaults".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .pool
+        .expect("pool");
+    assert_eq!(pool.phase, pb::PoolPhase::Ready as i32);
+    let spec = pool.spec.expect("spec");
+    let c = spec.config.expect("config");
+    assert_eq!(c.max_pool_size, Some(10));
+    assert_eq!(c.idle_timeout.expect("idle").seconds, 300);
+    assert_eq!(c.acquisition_timeout.expect("acq").seconds, 30);
+    assert_eq!(c.health_check_interval.expect("hc").seconds, 60);
+    assert_eq!(c.max_container_lifetime.expect("life").seconds, 3600);
+    assert_eq!(c.max_container_uses, Some(0));
+    assert_eq!(c.exhaustion_strategy, pb::ExhaustionStrategy::Wait as i32);
+    assert_eq!(c.enable_prewarming, Some(true));
+    assert_eq!(spec.reuse, Some(true));
+    assert_eq!(spec.default_lease_ttl.expect("ttl").seconds, 30);
+    assert_eq!(spec.output_limit_bytes, Some(10 << 20));
+    let rt = spec.runtime.expect("runtime");
+    assert_eq!(rt.network.as_deref(), Some("none"));
+    assert_eq!(rt.user.as_deref(), Some("1000:1000"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_at_most_every_100ms_and_ends_on_delete() {
+    let server = TestServer::start().await;
+    server.pool(python_pool("watched")).await;
+    let mut watch = server.client.watch_stats("watched").await.expect("watch");
+    let first = watch
+        .message()
+        .await
+        .expect("msg")
+        .expect("first")
+        .stats
+        .expect("stats");
+    assert_eq!(first.state_counts.expect("s").busy, 0);
+
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(server.client.acquire("watched").await.expect("acquire"));
+    }
+    let mut times = vec![millis(&first.time.expect("time"))];
+    let mut saw_two_busy = false;
+    while !saw_two_busy {
+        let stats = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a message in time")
+            .expect("msg")
+            .expect("some")
+            .stats
+            .expect("stats");
+        times.push(millis(&stats.time.expect("time")));
+        saw_two_busy = stats.state_counts.expect("s").busy == 2;
+    }
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 90,
+            "messages {}ms apart",
+            pair[1] - pair[0]
+        );
+    }
+    let stats = server.stats("watched").await;
+    let lat = stats.acquire_latency.expect("latency");
+    assert_eq!(lat.samples, 2);
+    assert!(lat.p50.is_some() && lat.p99.is_some());
+    assert_eq!(stats.active_leases, 2);
+
+    for s in sessions {
+        s.release().await.expect("release");
+    }
+    server
+        .client
+        .delete_pool("watched", false)
+        .await
+        .expect("delete");
+    let mut closed = false;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("the watch ends after the pool is gone")
+        .expect("msg")
+    {
+        closed = message.stats.expect("stats").closed;
+    }
+    assert!(closed, "the last message says the pool is closed");
+    server.stop().await;
+}

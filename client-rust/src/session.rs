@@ -360,6 +360,9 @@ fn set_lost(lost: &Lost, reason: String) {
 async fn keep_alive(client: Client, lease_id: String, ttl: Duration, lost: Lost) {
     let period = (ttl / 3).max(MIN_KEEPALIVE);
     let mut last_renewal = Instant::now();
+    // The lease was granted just now with a full TTL: nothing to renew yet.
+    // Short sessions (the common case) never open the stream at all.
+    tokio::time::sleep(period).await;
     loop {
         let (tx, rx) = mpsc::channel(1);
         if let Ok(response) = client.sessions().keep_alive(ReceiverStream::new(rx)).await {

@@ -227,8 +227,11 @@ pub async fn exec_collect(
 /// exit a moment after the streams close, so this polls briefly.
 pub async fn wait_exit_code(backend: &dyn Backend, exec_id: &str) -> Result<i64> {
     let mut delay = std::time::Duration::from_millis(1);
-    for _ in 0..40 {
+    for attempt in 0..40 {
         if let Some(code) = backend.exec_exit_code(exec_id).await? {
+            if attempt > 0 {
+                tracing::debug!(exec_id, attempt, "exit code after polling");
+            }
             return Ok(code);
         }
         tokio::time::sleep(delay).await;

@@ -10,9 +10,9 @@ use bytes::Bytes;
 #[derive(Debug, Clone)]
 pub struct CodePlan {
     pub argv: Vec<String>,
-    /// Delivered ahead of the run's stdin; the toolchain's bootstrap reads
-    /// exactly this many bytes. Passing code through stdin keeps it
-    /// binary-safe and free of argv's size limit and of any shell.
+    /// Delivered ahead of the run's stdin (empty when the code travels as an
+    /// argument); the toolchain's bootstrap reads exactly this many bytes.
+    /// Stdin keeps any code binary-safe and free of argv's size limit.
     pub stdin_prefix: Bytes,
     pub env: Vec<(String, String)>,
 }
@@ -26,8 +26,20 @@ pub trait Language: Send + Sync + 'static {
     /// A command that proves the toolchain runs, and text its stdout must
     /// contain. Used when a container warms up and in health checks.
     fn check(&self) -> (Vec<String>, &'static str);
-    /// How to run `code`.
-    fn plan(&self, code: &[u8]) -> CodePlan;
+    /// How to run `code`; `has_stdin` says whether the run feeds input.
+    fn plan(&self, code: &[u8], has_stdin: bool) -> CodePlan;
+}
+
+/// Code that may travel as a process argument: UTF-8 without NUL bytes, well
+/// under the kernel's 128 KiB limit on one argument, in a run without stdin.
+/// Attaching stdin costs the engine a few milliseconds per exec, so this is
+/// the fast path for the common case.
+pub fn as_argument(code: &[u8], has_stdin: bool) -> Option<&str> {
+    const MAX_ARGUMENT: usize = 96 * 1024;
+    if has_stdin || code.len() > MAX_ARGUMENT || code.contains(&0) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()
 }
 
 static LANGUAGES: &[&dyn Language] = &[&python::Python];

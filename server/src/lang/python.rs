@@ -1,7 +1,9 @@
-//! Python 3. Code goes to `python3 -c BOOTSTRAP N` on standard input; the
-//! bootstrap reads exactly N bytes, compiles them as `main.py` and runs them
-//! as `__main__`, so tracebacks, pickling and `if __name__ == "__main__"`
-//! behave as for a script, and whatever follows on stdin is the program's own.
+//! Python 3. Code goes to `python3 -c BOOTSTRAP MODE ARG`: as an argument
+//! when it is small UTF-8 text and the run has no stdin (the fast path: no
+//! stdin to attach), otherwise on standard input, where the bootstrap reads
+//! exactly ARG bytes and leaves the rest to the program. Either way the code
+//! is compiled as `main.py` and run as `__main__`, so tracebacks, pickling and
+//! `if __name__ == "__main__"` behave as for a script.
 
 use bytes::Bytes;
 
@@ -16,12 +18,14 @@ pub struct Python;
 /// frames of the bootstrap itself are cut from tracebacks.
 const BOOTSTRAP: &str = r#"def _m():
  import os,sys
- n=int(sys.argv[1]);b=bytearray()
- while len(b)<n:
-  c=os.read(0,n-len(b))
-  if not c:break
-  b+=c
- s=bytes(b)
+ if sys.argv[1]=='a':s=sys.argv[2].encode('utf-8','surrogateescape')
+ else:
+  n=int(sys.argv[2]);b=bytearray()
+  while len(b)<n:
+   c=os.read(0,n-len(b))
+   if not c:break
+   b+=c
+  s=bytes(b)
  class Loader:
   def get_source(self,name):return s.decode('utf-8','replace')
  g=sys.modules['__main__'].__dict__
@@ -56,15 +60,23 @@ impl Language for Python {
         )
     }
 
-    fn plan(&self, code: &[u8]) -> CodePlan {
+    fn plan(&self, code: &[u8], has_stdin: bool) -> CodePlan {
+        let (argv, stdin_prefix) = match super::as_argument(code, has_stdin) {
+            Some(text) => (vec!["a".to_string(), text.to_string()], Bytes::new()),
+            None => (
+                vec!["s".to_string(), code.len().to_string()],
+                Bytes::copy_from_slice(code),
+            ),
+        };
+        let mut full = vec![
+            "python3".to_string(),
+            "-c".to_string(),
+            BOOTSTRAP.to_string(),
+        ];
+        full.extend(argv);
         CodePlan {
-            argv: vec![
-                "python3".into(),
-                "-c".into(),
-                BOOTSTRAP.into(),
-                code.len().to_string(),
-            ],
-            stdin_prefix: Bytes::copy_from_slice(code),
+            argv: full,
+            stdin_prefix,
             env: vec![
                 // Stream output as it is printed, also from child processes.
                 ("PYTHONUNBUFFERED".into(), "1".into()),

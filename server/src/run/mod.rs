@@ -84,7 +84,9 @@ pub async fn start(
         env,
         user: lease.spec().runtime.user(),
         working_dir: Some(plan.working_dir),
-        stdin: true,
+        // Without input, no stdin is attached (the program reads EOF): the
+        // engine spends a few milliseconds less per exec.
+        stdin: !plan.input.is_empty(),
     };
     let exec = lease
         .backend()

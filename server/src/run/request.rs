@@ -121,7 +121,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
                     ),
                 ));
             }
-            let plan = lease.lang().plan(&source);
+            let plan = lease.lang().plan(&source, !spec.stdin.is_empty());
             (plan.argv, plan.stdin_prefix, plan.env)
         }
         Program::Argv(argv) => {

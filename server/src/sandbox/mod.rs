@@ -196,21 +196,20 @@ pub async fn check_toolchain(
 }
 
 /// Kills every process of the sandbox user, twice (a process forking during
-/// the first sweep is caught by the second), then empties every writable place
-/// and checks that it is empty. Runs as the sandbox user, so it can neither
-/// touch the container's main process nor anything outside the sandbox's
-/// own files.
+/// the first sweep is caught by the second), then empties every writable
+/// place but keeps the output directory itself. One `find` does the common
+/// case (this runs after every lease, beside the next client's runs); only if
+/// something resisted deletion (a directory without write permission) does
+/// it fix permissions and try again, and fail if that does not help. Runs as
+/// the sandbox user, so it can neither touch the container's main process nor
+/// anything outside the sandbox's own files.
 const RESET_SCRIPT: &str = r#"kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null
 out="$1"; shift
-for d in "$@"; do
-  [ -d "$d" ] || continue
-  chmod -R u+rwX "$d" 2>/dev/null
-  find "$d" -mindepth 1 -delete 2>/dev/null
-  if [ -n "$(find "$d" -mindepth 1 -print 2>/dev/null | head -n 1)" ]; then
-    echo "could not empty $d" >&2; exit 1
-  fi
-done
-mkdir -p "$out""#;
+if ! find "$@" -mindepth 1 ! \( -path "$out" -type d \) -delete 2>/dev/null; then
+  chmod -R u+rwX "$@" 2>/dev/null
+  find "$@" -mindepth 1 ! \( -path "$out" -type d \) -delete || { echo "could not empty $*" >&2; exit 1; }
+fi
+[ -d "$out" ] || mkdir -p "$out""#;
 
 /// Returns the container to the state of a fresh one: no process of the
 /// sandbox user, empty workspace, /tmp, home and /dev/shm.

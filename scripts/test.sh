@@ -1,15 +1,52 @@
 #!/usr/bin/env bash
-# Run the test suite against a real container engine.
-#   scripts/test.sh [ARGS...]   ARGS are passed to `cargo test --workspace`
-# Makes sure the engine runs and the sandbox images exist first (both steps
-# are idempotent and take a second or two when already done).
+# The test suite, against real container engines (Docker and Podman).
+#
+#   scripts/test.sh            everything: proto lint, Rust unit and
+#                              end-to-end tests, the client suites, the
+#                              generated-code drift check, then a check that
+#                              no container of ours is left on the engines
+#   scripts/test.sh --rust     only the Rust tests (ARGS after it go to cargo test)
+#
+# Sets up what it needs first (engines, images): idempotent, a second or two
+# when already done.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+RUST_ONLY=0
+if [ "${1:-}" = "--rust" ]; then RUST_ONLY=1; shift; fi
+
 T0=$(date +%s)
 t() { echo "=== test.sh: $1 took $(( $(date +%s) - $2 ))s"; }
+leftovers() {
+  local n
+  n=$(docker ps -aq --filter label=sandpool.server | wc -l)
+  if command -v podman >/dev/null 2>&1; then
+    n=$(( n + $(podman ps -aq --filter label=sandpool.server 2>/dev/null | wc -l) ))
+  fi
+  echo "$n"
+}
 
-s=$(date +%s); scripts/engine-up.sh;   t engine-up "$s"
-s=$(date +%s); scripts/build-images.sh; t build-images "$s"
-s=$(date +%s); cargo test --workspace "$@"; t "cargo test" "$s"
-echo "=== test.sh: done in $(( $(date +%s) - T0 ))s"
+s=$(date +%s); scripts/engine-up.sh --podman; t engine-up "$s"
+s=$(date +%s); scripts/build-images.sh; scripts/build-images.sh --podman python; t build-images "$s"
+before=$(leftovers)
+
+s=$(date +%s); cargo build --workspace --all-targets; t "cargo build" "$s"
+s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 cargo test --workspace "$@"; t "cargo test" "$s"
+
+if [ "$RUST_ONLY" = 0 ]; then
+  s=$(date +%s); scripts/lint-proto.sh; t "proto lint" "$s"
+  s=$(date +%s); scripts/check-generated.sh; t "generated code drift check" "$s"
+  for suite in clients/*/test.sh; do
+    [ -x "$suite" ] || continue
+    s=$(date +%s); "$suite"; t "$suite" "$s"
+  done
+  s=$(date +%s); scripts/smoke-reflection.sh; t "grpc reflection smoke (buf curl)" "$s"
+fi
+
+after=$(leftovers)
+if [ "$after" -gt "$before" ]; then
+  echo "=== test.sh: FAIL: $(( after - before )) containers labelled sandpool.server were left on the engines" >&2
+  docker ps -a --filter label=sandpool.server --format '{{.ID}} {{.Names}} {{.Labels}}' >&2
+  exit 1
+fi
+echo "=== test.sh: done in $(( $(date +%s) - T0 ))s; no containers left behind"

@@ -300,6 +300,18 @@ max_pool_size = 1
     }
 
     #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../../deploy/sandpool.example.toml");
+        let example = ServerConfig::from_toml(text, Path::new("sandpool.example.toml")).unwrap();
+        let builtin = ServerConfig::builtin();
+        assert_eq!(
+            example.pools, builtin.pools,
+            "the example documents the defaults"
+        );
+        assert_eq!(example.listen, builtin.listen);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = ServerConfig::from_toml("lisen = \"x\"", Path::new("t.toml"))
             .unwrap_err()

@@ -342,13 +342,18 @@ async fn code_and_output_are_binary_safe() {
 
     // Code too large for an argument travels on stdin, ahead of the run's own
     // input; so does code with stdin, which must reach the program intact.
-    let big = format!("# {}\nimport sys\nprint(len(sys.stdin.read()))", "pad ".repeat(50_000));
+    let big = format!(
+        "# {}\nimport sys\nprint(len(sys.stdin.read()))",
+        "pad ".repeat(50_000)
+    );
     let out = session.run_collect(big).await.expect("big code");
     assert_eq!(out.stdout_text(), "0\n", "{}", out.stderr_text());
     let out = session
         .run_request(pb::RunRequest {
             program: Some(pb::run_request::Program::Code(pb::Code {
-                source: Some(pb::code::Source::Text("import sys\nprint(sys.stdin.buffer.read().hex())".into())),
+                source: Some(pb::code::Source::Text(
+                    "import sys\nprint(sys.stdin.buffer.read().hex())".into(),
+                )),
                 language: String::new(),
             })),
             stdin: bytes::Bytes::from_static(&[0, 1, 254, 255]),

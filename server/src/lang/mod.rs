@@ -1,5 +1,6 @@
 //! Language handlers: how code in a language reaches its toolchain inside a
-//! container, and how to tell that the toolchain works.
+//! container, how to tell that the toolchain works, and how libraries are
+//! installed for it.
 
 mod python;
 
@@ -17,6 +18,20 @@ pub struct CodePlan {
     pub env: Vec<(String, String)>,
 }
 
+/// Where libraries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallScope {
+    /// Into `POOL_LIBRARY_DIR`, at warm-up, by a user other than the sandbox
+    /// user: they survive resets and code cannot change them.
+    Pool,
+    /// Into the sandbox user's home, for one lease: the reset removes them.
+    Lease,
+}
+
+/// Pool-wide libraries live under this directory (a tmpfs that the reset
+/// leaves alone, writable only while the container warms up).
+pub const POOL_LIBRARY_DIR: &str = "/opt/sandpool/lib";
+
 /// A language the server can run code in.
 pub trait Language: Send + Sync + 'static {
     /// Name used in pool specs and runs ("python").
@@ -28,6 +43,51 @@ pub trait Language: Send + Sync + 'static {
     fn check(&self) -> (Vec<String>, &'static str);
     /// How to run `code`; `has_stdin` says whether the run feeds input.
     fn plan(&self, code: &[u8], has_stdin: bool) -> CodePlan;
+    /// A shell script run once as the sandbox user when a container warms up,
+    /// after the check, to do slow first-time work (caches) so that the first
+    /// run of a lease is as fast as the next. Keep its results outside the
+    /// places a reset wipes (/sandbox, /tmp, the home), or redo them in
+    /// `after_reset`.
+    fn warm_up(&self) -> Option<&'static str> {
+        None
+    }
+    /// A shell snippet appended to every reset (as the sandbox user), to
+    /// restore per-container state the wipe removed (a font cache...).
+    fn after_reset(&self) -> Option<&'static str> {
+        None
+    }
+    /// The program of `plan` reports the artifacts it produced itself (see
+    /// `run::artifacts`); otherwise the run layer wraps it in a shell that does.
+    fn reports_artifacts(&self) -> bool {
+        false
+    }
+    /// Environment that makes installed libraries visible to programs.
+    fn library_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The installer's argv for `packages` (names, requirements or paths of
+    /// package files in the container), or `None` if the language has no
+    /// installer. `index_url` points the installer at a package index.
+    fn install_command(
+        &self,
+        _packages: &[String],
+        _scope: InstallScope,
+        _index_url: Option<&str>,
+    ) -> Option<Vec<String>> {
+        None
+    }
+}
+
+static LANGUAGES: &[&dyn Language] = &[&python::Python];
+
+/// The handler for `name`, if the server knows the language.
+pub fn lookup(name: &str) -> Option<&'static dyn Language> {
+    LANGUAGES.iter().copied().find(|l| l.name() == name)
+}
+
+/// Names of every known language.
+pub fn names() -> Vec<&'static str> {
+    LANGUAGES.iter().map(|l| l.name()).collect()
 }
 
 /// Code that may travel as a process argument: UTF-8 without NUL bytes, well
@@ -42,14 +102,37 @@ pub fn as_argument(code: &[u8], has_stdin: bool) -> Option<&str> {
     std::str::from_utf8(code).ok()
 }
 
-static LANGUAGES: &[&dyn Language] = &[&python::Python];
+/// Writes the code to a fresh directory under /tmp, then evaluates `script`
+/// with `$SRC` (the source file) and `$DIR` (its directory) set, in the run's
+/// working directory, and removes the directory. The script's exit status is
+/// the run's: a compile error is the compiler's non-zero exit.
+const SOURCE_FILE_BOOTSTRAP: &str = r#"d=$(mktemp -d /tmp/.sandpool-run.XXXXXX) || exit 125
+SRC="$d/$3"; DIR="$d"; export SRC DIR
+if [ "$1" = a ]; then printf '%s' "$2" > "$SRC"; else head -c "$2" > "$SRC"; fi
+eval "$4"; rc=$?
+rm -rf "$d"
+exit $rc"#;
 
-/// The handler for `name`, if the server knows the language.
-pub fn lookup(name: &str) -> Option<&'static dyn Language> {
-    LANGUAGES.iter().copied().find(|l| l.name() == name)
-}
-
-/// Names of every known language.
-pub fn names() -> Vec<&'static str> {
-    LANGUAGES.iter().map(|l| l.name()).collect()
+/// A plan for toolchains that take a source file named `file_name` (code as
+/// an argument when possible, else on stdin; see `as_argument`), run by the
+/// shell `script`, e.g. `g++ -o "$DIR/main" "$SRC" && "$DIR/main"`.
+pub fn source_file_plan(code: &[u8], has_stdin: bool, file_name: &str, script: &str) -> CodePlan {
+    let (mode, arg, prefix) = match as_argument(code, has_stdin) {
+        Some(text) => ("a", text.to_string(), Bytes::new()),
+        None => ("s", code.len().to_string(), Bytes::copy_from_slice(code)),
+    };
+    CodePlan {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            SOURCE_FILE_BOOTSTRAP.into(),
+            "sh".into(),
+            mode.into(),
+            arg,
+            file_name.into(),
+            script.into(),
+        ],
+        stdin_prefix: prefix,
+        env: Vec::new(),
+    }
 }

@@ -668,7 +668,7 @@ impl Pool {
     }
 
     async fn reset(self: Arc<Self>, slot: u64, container: String) {
-        let result = sandbox::reset(&*self.backend, &self.spec, &container).await;
+        let result = sandbox::reset(&*self.backend, &self.spec, self.lang, &container).await;
         let mut st = self.lock();
         match result {
             Ok(()) if st.closed => self.begin_remove(&mut st, slot, RecycleReason::Drained),

@@ -171,7 +171,11 @@ async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &
         "preparing the workspace",
     )
     .await?;
-    check_toolchain(backend, spec, lang, id).await
+    check_toolchain(backend, spec, lang, id).await?;
+    if let Some(script) = lang.warm_up() {
+        run_checked(backend, id, internal(spec, sh(script, &[])), "the warm-up").await?;
+    }
+    Ok(())
 }
 
 /// Runs the language's check command: the container is alive and its
@@ -213,9 +217,18 @@ fi
 
 /// Returns the container to the state of a fresh one: no process of the
 /// sandbox user, empty workspace, /tmp, home and /dev/shm.
-pub async fn reset(backend: &dyn Backend, spec: &PoolSpec, id: &str) -> Result<()> {
+pub async fn reset(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    lang: &dyn Language,
+    id: &str,
+) -> Result<()> {
+    let script = match lang.after_reset() {
+        Some(extra) => format!("{RESET_SCRIPT}\n{extra}"),
+        None => RESET_SCRIPT.to_string(),
+    };
     let argv = sh(
-        RESET_SCRIPT,
+        &script,
         &[&spec.output_dir, WORKSPACE, "/tmp", HOME, "/dev/shm"],
     );
     run_checked(backend, id, internal(spec, argv), "the reset").await?;

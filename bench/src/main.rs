@@ -219,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
             .acquire(pb::AcquireRequest {
                 pool: "bench".into(),
                 ttl: None,
+                ..Default::default()
             })
             .await?
             .into_inner()

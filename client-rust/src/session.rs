@@ -27,6 +27,10 @@ pub struct AcquireOptions {
     pub ttl: Option<Duration>,
     /// How long the server may keep the call waiting for a container.
     pub wait: Option<Duration>,
+    /// Environment variables for every run of the lease.
+    pub env: Vec<(String, String)>,
+    /// Files placed in the container before the lease is handed out.
+    pub files: Vec<pb::LeaseFile>,
 }
 
 impl AcquireOptions {
@@ -35,7 +39,25 @@ impl AcquireOptions {
             pool: pool.into(),
             ttl: None,
             wait: None,
+            env: Vec::new(),
+            files: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every run of the lease.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Places a file in the container before the lease is handed out.
+    pub fn file(mut self, path: impl Into<String>, content: impl Into<Bytes>) -> Self {
+        self.files.push(pb::LeaseFile {
+            path: path.into(),
+            content: content.into(),
+            mode: None,
+        });
+        self
     }
 
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -74,6 +96,8 @@ impl Session {
                 seconds: t.as_secs() as i64,
                 nanos: t.subsec_nanos() as i32,
             }),
+            env: options.env.into_iter().collect(),
+            files: options.files,
         });
         if let Some(wait) = options.wait {
             request.set_timeout(wait);

@@ -138,8 +138,22 @@ impl TestServer {
         self.client.stats(pool).await.expect("stats")
     }
 
-    /// Stops the server and checks that it left no container behind.
+    /// Stops the server and checks that it left no container behind, and
+    /// that no reset failed on the way (a reset never fails by design: a
+    /// failure means a lease left something the server could not clean).
     pub async fn stop(mut self) {
+        if let Ok(pools) = self.client.list_pools().await {
+            for pool in pools {
+                let stats = pool.stats.unwrap_or_default();
+                let failed = stats
+                    .counters
+                    .unwrap_or_default()
+                    .recycled
+                    .unwrap_or_default()
+                    .reset_failed;
+                assert_eq!(failed, 0, "pool {} had {failed} failed resets", stats.pool);
+            }
+        }
         self.shutdown().await;
         let left = containers_of(&self.server_id).await;
         assert!(

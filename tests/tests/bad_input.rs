@@ -25,6 +25,7 @@ async fn bad_requests_get_the_right_status() {
         .acquire(pb::AcquireRequest {
             pool: "nope".into(),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect_err("unknown pool");

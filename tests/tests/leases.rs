@@ -24,6 +24,7 @@ async fn raw_acquire(server: &TestServer, pool: &str) -> pb::Lease {
         .acquire(pb::AcquireRequest {
             pool: pool.into(),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect("acquire")
@@ -266,6 +267,7 @@ async fn lease_ttl_is_bounded() {
             .acquire(pb::AcquireRequest {
                 pool: "bounds".into(),
                 ttl: secs(ttl),
+                ..Default::default()
             })
             .await
             .expect_err("out of bounds ttl");
@@ -278,6 +280,7 @@ async fn lease_ttl_is_bounded() {
         .acquire(pb::AcquireRequest {
             pool: "bounds".into(),
             ttl: secs(90.0),
+            ..Default::default()
         })
         .await
         .expect("in-bounds ttl")

@@ -14,7 +14,7 @@ use crate::{
         spec::{ExhaustionStrategy, PoolSpec, PoolSpecInput, RuntimeInput},
         stats::{LatencySummary, PoolStats},
     },
-    run::{EndReason, Program, RunExit, RunSpec},
+    run::{ArtifactChunk, EndReason, PlotFormat, Program, RunExit, RunSpec},
 };
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -116,6 +116,9 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
         max_run_timeout: seconds("max_run_timeout", spec.max_run_timeout)?,
         output_limit_bytes: spec.output_limit_bytes,
         output_dir: Some(spec.output_dir),
+        install_network: Some(spec.install_network),
+        lease_installs: spec.lease_installs,
+        package_index_url: Some(spec.package_index_url),
         runtime: RuntimeInput {
             mem_limit: runtime.mem_limit,
             cpu_period: runtime.cpu_period,
@@ -181,6 +184,9 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
         max_run_timeout: Some(pb_duration(spec.max_run_timeout)),
         output_limit_bytes: Some(spec.output_limit_bytes),
         output_dir: spec.output_dir.clone(),
+        install_network: spec.install_network.clone(),
+        lease_installs: Some(spec.lease_installs),
+        package_index_url: spec.package_index_url.clone().unwrap_or_default(),
     }
 }
 
@@ -331,6 +337,18 @@ pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
         working_dir: Some(req.working_dir).filter(|d| !d.is_empty()),
         timeout: duration("timeout", req.timeout)?,
         output_limit: req.output_limit_bytes,
+        plot_format: match pb::PlotFormat::try_from(req.plot_format) {
+            Ok(pb::PlotFormat::Unspecified | pb::PlotFormat::Png) => PlotFormat::Png,
+            Ok(pb::PlotFormat::Svg) => PlotFormat::Svg,
+            Ok(pb::PlotFormat::Pdf) => PlotFormat::Pdf,
+            Err(_) => {
+                return Err(invalid(
+                    "plot_format",
+                    format!("unknown value {}", req.plot_format),
+                ));
+            }
+        },
+        context_id: Some(req.context_id).filter(|c| !c.is_empty()),
     })
 }
 
@@ -351,6 +369,17 @@ pub fn exit_to_pb(exit: &RunExit) -> pb::RunExit {
         stderr_bytes: exit.stderr_bytes,
         truncated: exit.truncated,
         message: exit.message.clone(),
+        context_restarted: exit.context_restarted,
+    }
+}
+
+pub fn artifact_chunk_to_pb(chunk: ArtifactChunk) -> pb::RunArtifact {
+    pb::RunArtifact {
+        info: Some(artifact_to_pb(&chunk.info)),
+        offset: chunk.offset,
+        data: chunk.data,
+        last: chunk.last,
+        omitted: chunk.omitted,
     }
 }
 
@@ -363,5 +392,6 @@ pub fn artifact_to_pb(a: &files::ArtifactInfo) -> pb::ArtifactInfo {
         sha256: a.sha256.clone(),
         run_id: a.run_id.clone(),
         modify_time: Some(pb_time(a.modified)),
+        plot: a.plot,
     }
 }

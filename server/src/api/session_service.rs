@@ -8,8 +8,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{AppState, caller, convert, deadline, pool_service::async_stream};
 use crate::{
+    files::{self, UploadTarget},
     pool::Error,
     run::{self, RunEvent},
+    run::{context, install},
 };
 
 pub struct SessionApi {
@@ -47,11 +49,45 @@ impl SessionService for SessionApi {
         let req = request.into_inner();
         required("pool", &req.pool)?;
         let ttl = convert::duration("ttl", req.ttl)?;
+        let limits = &self.state.file_limits;
+        let mut files = Vec::with_capacity(req.files.len());
+        for (i, file) in req.files.into_iter().enumerate() {
+            let path = files::check_path(
+                &format!("files[{i}].path"),
+                &file.path,
+                &limits.allowed_roots,
+            )?;
+            files.push((path, file.content, file.mode.unwrap_or(0o644)));
+        }
+        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
+        env.sort();
         let lease = self
             .state
             .manager
-            .acquire(&req.pool, ttl, owner, deadline)
+            .acquire(&req.pool, ttl, env, owner.clone(), deadline)
             .await?;
+        if !files.is_empty() {
+            // Placed on the warm container before the lease is handed out;
+            // if that fails, the lease is given back (and the container reset).
+            let placed = async {
+                let guard = self.state.manager.lease(&lease.id, owner.as_deref())?;
+                for (path, content, mode) in files {
+                    let target = UploadTarget {
+                        path,
+                        mode,
+                        tar: false,
+                    };
+                    let chunks = futures::stream::iter([Ok::<_, Error>(content)]);
+                    files::upload(&guard, target, chunks, limits).await?;
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            if let Err(e) = placed {
+                let _ = self.state.manager.release(&lease.id, owner.as_deref());
+                return Err(e.into());
+            }
+        }
         Ok(Response::new(pb::AcquireResponse {
             lease: Some(convert::lease_to_pb(&lease)),
         }))
@@ -137,6 +173,9 @@ impl SessionService for SessionApi {
                     RunEvent::Stderr(data) => {
                         pb::run_response::Event::Stderr(pb::OutputChunk { data })
                     }
+                    RunEvent::Artifact(chunk) => {
+                        pb::run_response::Event::Artifact(convert::artifact_chunk_to_pb(chunk))
+                    }
                     RunEvent::Exit(exit) => {
                         pb::run_response::Event::Exit(convert::exit_to_pb(&exit))
                     }
@@ -148,6 +187,48 @@ impl SessionService for SessionApi {
                 })
             });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn install_libraries(
+        &self,
+        request: Request<pb::InstallLibrariesRequest>,
+    ) -> Result<Response<pb::InstallLibrariesResponse>, Status> {
+        let owner = caller(&request);
+        let req = request.into_inner();
+        required("lease_id", &req.lease_id)?;
+        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
+        let started = std::time::Instant::now();
+        let log =
+            install::install_for_lease(&lease, req.libraries, &self.state.file_limits).await?;
+        Ok(Response::new(pb::InstallLibrariesResponse {
+            log,
+            duration: Some(convert::pb_duration(started.elapsed())),
+        }))
+    }
+
+    async fn create_context(
+        &self,
+        request: Request<pb::CreateContextRequest>,
+    ) -> Result<Response<pb::CreateContextResponse>, Status> {
+        let owner = caller(&request);
+        let req = request.into_inner();
+        required("lease_id", &req.lease_id)?;
+        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
+        let context_id = context::create(&lease, Some(&req.language)).await?;
+        Ok(Response::new(pb::CreateContextResponse { context_id }))
+    }
+
+    async fn delete_context(
+        &self,
+        request: Request<pb::DeleteContextRequest>,
+    ) -> Result<Response<pb::DeleteContextResponse>, Status> {
+        let owner = caller(&request);
+        let req = request.into_inner();
+        required("lease_id", &req.lease_id)?;
+        required("context_id", &req.context_id)?;
+        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
+        context::delete(&lease, &req.context_id).await?;
+        Ok(Response::new(pb::DeleteContextResponse {}))
     }
 
     async fn cancel(

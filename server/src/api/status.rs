@@ -37,6 +37,7 @@ impl From<Error> for Status {
             Error::PoolNotFound(_)
             | Error::LeaseNotFound(_)
             | Error::RunNotFound { .. }
+            | Error::ContextNotFound { .. }
             | Error::PathNotFound { .. } => Status::not_found(message),
             Error::PoolExists(_) => Status::already_exists(message),
             Error::Exhausted { .. } => Status::with_error_details(
@@ -49,6 +50,7 @@ impl From<Error> for Status {
             Error::LeaseEnded { id, .. } => precondition("LEASE_ENDED", &id, message),
             Error::ContainerGone { lease_id } => precondition("CONTAINER_GONE", &lease_id, message),
             Error::FileFailed { path, .. } => precondition("FILE_OPERATION_FAILED", &path, message),
+            Error::NotAllowed(_) => precondition("NOT_ALLOWED", "", message),
             Error::ShuttingDown => Status::unavailable(message),
             Error::Sandbox(e) => from_sandbox(e, message),
         }

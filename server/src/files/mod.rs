@@ -5,6 +5,7 @@
 //! backend, and runs with exactly the sandbox's own permissions.
 
 mod mime;
+pub mod tar_stream;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +80,7 @@ pub struct ArtifactInfo {
     pub sha256: String,
     pub run_id: String,
     pub modified: SystemTime,
+    pub plot: bool,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -389,6 +391,7 @@ pub async fn list_artifacts(lease: &LeaseGuard) -> Result<Vec<ArtifactInfo>> {
             Some(ArtifactInfo {
                 path: format!("{}/{}", out_dir.trim_end_matches('/'), name),
                 mime_type: mime_type(&name).to_string(),
+                plot: name.starts_with("plots/"),
                 name,
                 size,
                 sha256: String::new(),
@@ -402,6 +405,17 @@ pub async fn list_artifacts(lease: &LeaseGuard) -> Result<Vec<ArtifactInfo>> {
             .cmp(&b.modified)
             .then_with(|| a.name.cmp(&b.name))
     });
+    // What the runs reported: which run made a file, and its digest (while
+    // the file is as the run left it).
+    let recorded = lease.artifacts();
+    for file in &mut found {
+        if let Some(r) = recorded.iter().rev().find(|r| r.name == file.name) {
+            file.run_id = r.run_id.clone();
+            if r.size == file.size {
+                file.sha256 = r.sha256.clone();
+            }
+        }
+    }
     Ok(found)
 }
 

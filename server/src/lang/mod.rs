@@ -2,7 +2,16 @@
 //! container, how to tell that the toolchain works, and how libraries are
 //! installed for it.
 
+mod bash;
+mod c;
+mod cpp;
+mod go;
+mod java;
+mod javascript;
 mod python;
+mod r;
+mod ruby;
+mod typescript;
 
 use bytes::Bytes;
 
@@ -61,6 +70,13 @@ pub trait Language: Send + Sync + 'static {
     fn reports_artifacts(&self) -> bool {
         false
     }
+    /// Files the server places in every container at warm-up (path under
+    /// /opt/sandpool, content): helper modules such as a plotting backend.
+    /// They are written by a user other than the sandbox user, so code can
+    /// read but not change them, and the reset leaves them alone.
+    fn support_files(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
     /// Environment that makes installed libraries visible to programs.
     fn library_env(&self) -> Vec<(String, String)> {
         Vec::new()
@@ -78,7 +94,18 @@ pub trait Language: Send + Sync + 'static {
     }
 }
 
-static LANGUAGES: &[&dyn Language] = &[&python::Python];
+static LANGUAGES: &[&dyn Language] = &[
+    &python::Python,
+    &javascript::JavaScript,
+    &typescript::TypeScript,
+    &go::Go,
+    &java::Java,
+    &cpp::Cpp,
+    &c::C,
+    &ruby::Ruby,
+    &r::R,
+    &bash::Bash,
+];
 
 /// The handler for `name`, if the server knows the language.
 pub fn lookup(name: &str) -> Option<&'static dyn Language> {

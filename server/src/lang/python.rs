@@ -4,10 +4,15 @@
 //! exactly ARG bytes and leaves the rest to the program. Either way the code
 //! is compiled as `main.py` and run as `__main__`, so tracebacks, pickling and
 //! `if __name__ == "__main__"` behave as for a script.
+//!
+//! Figures: the matplotlib backend `sandpool_mpl` (placed in the container at
+//! warm-up and selected by MPLBACKEND) saves them as files on `plt.show()`
+//! and at exit. Artifacts: the bootstrap reports them itself at exit (see
+//! `run::artifacts`), without a shell around the interpreter.
 
 use bytes::Bytes;
 
-use super::{CodePlan, Language};
+use super::{CodePlan, InstallScope, Language, POOL_LIBRARY_DIR};
 
 pub struct Python;
 
@@ -15,14 +20,29 @@ pub struct Python;
 /// only the user's own names end up in `__main__`. A loader with
 /// `get_source` lets the traceback module show the lines of `main.py` (the
 /// C-level printer reads source only from disk, hence `print_exception`);
-/// frames of the bootstrap itself are cut from tracebacks.
+/// frames of the bootstrap itself are cut from tracebacks. The artifact
+/// report is registered first, so that it runs last among the exit handlers,
+/// after figures still open were saved.
 const BOOTSTRAP: &str = r#"def _m():
- import os,sys
+ import os,sys,atexit
+ n=os.environ.get('SANDPOOL_ARTIFACT_NONCE')
+ if n:
+  def r(n=n,o=os.environ.get('SANDPOOL_OUTPUT_DIR',''),t=float(os.environ.get('SANDPOOL_RUN_START','0'))):
+   c=0
+   for d,_,fs in os.walk(o):
+    for f in fs:
+     try:
+      if os.lstat(os.path.join(d,f)).st_mtime>=t:c=1;break
+     except OSError:pass
+    if c:break
+   try:os.write(2,('\x1esandpool:%s:%d:%s\x1e'%(n,c,n)).encode())
+   except OSError:pass
+  atexit.register(r)
  if sys.argv[1]=='a':s=sys.argv[2].encode('utf-8','surrogateescape')
  else:
-  n=int(sys.argv[2]);b=bytearray()
-  while len(b)<n:
-   c=os.read(0,n-len(b))
+  k=int(sys.argv[2]);b=bytearray()
+  while len(b)<k:
+   c=os.read(0,k-len(b))
    if not c:break
    b+=c
   s=bytes(b)
@@ -43,6 +63,15 @@ const BOOTSTRAP: &str = r#"def _m():
   else:sys.excepthook(type(e),e,t)
   sys.exit(1)
 _m()"#;
+
+/// Where the support modules go (a tmpfs the reset leaves alone).
+const SUPPORT_DIR: &str = "/opt/sandpool/python";
+
+/// sandpool images carry a prebuilt matplotlib font cache; matplotlib's
+/// config dir lives in /tmp (it must be writable), which every reset wipes,
+/// so the cache is put back each time. Without it the first import of a
+/// lease rebuilds it (slower, and it prints a notice to stderr).
+const RESTORE_MPL_CACHE: &str = r#"if [ -n "${MPLCONFIGDIR:-}" ] && [ -d /usr/share/sandpool/mplcache ] && [ ! -e "$MPLCONFIGDIR" ]; then cp -R /usr/share/sandpool/mplcache "$MPLCONFIGDIR"; fi"#;
 
 impl Language for Python {
     fn name(&self) -> &'static str {
@@ -84,5 +113,94 @@ impl Language for Python {
                 ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
             ],
         }
+    }
+
+    fn warm_up(&self) -> Option<&'static str> {
+        Some(RESTORE_MPL_CACHE)
+    }
+
+    fn after_reset(&self) -> Option<&'static str> {
+        Some(RESTORE_MPL_CACHE)
+    }
+
+    fn reports_artifacts(&self) -> bool {
+        true
+    }
+
+    fn support_files(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "/opt/sandpool/python/sandpool_mpl.py",
+            include_str!("support/sandpool_mpl.py"),
+        )]
+    }
+
+    fn library_env(&self) -> Vec<(String, String)> {
+        vec![
+            // Support modules, then the pool's libraries; the lease's own
+            // (pip --user) come through the user site as usual.
+            (
+                "PYTHONPATH".into(),
+                format!("{SUPPORT_DIR}:{POOL_LIBRARY_DIR}/python"),
+            ),
+            ("MPLBACKEND".into(), "module://sandpool_mpl".into()),
+        ]
+    }
+
+    fn install_command(
+        &self,
+        packages: &[String],
+        scope: InstallScope,
+        index_url: Option<&str>,
+    ) -> Option<Vec<String>> {
+        let mut argv: Vec<String> = [
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--progress-bar",
+            "off",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match scope {
+            InstallScope::Pool => {
+                argv.extend(["--target".into(), format!("{POOL_LIBRARY_DIR}/python")]);
+            }
+            InstallScope::Lease => {
+                // Debian marks its Python as externally managed; a user
+                // install into the sandbox's home is what we want here.
+                argv.extend(["--user".into(), "--break-system-packages".into()]);
+            }
+        }
+        if packages.iter().all(|p| p.starts_with('/')) {
+            // Package files only: no index, dependencies from beside them.
+            argv.push("--no-index".into());
+            let mut dirs: Vec<&str> = packages
+                .iter()
+                .filter_map(|p| {
+                    p.rsplit_once('/')
+                        .map(|(d, _)| if d.is_empty() { "/" } else { d })
+                })
+                .collect();
+            dirs.dedup();
+            for dir in dirs {
+                argv.extend(["--find-links".into(), dir.to_string()]);
+            }
+        } else if let Some(url) = index_url {
+            argv.extend(["--index-url".into(), url.to_string()]);
+            // The operator chose this index; pip refuses plain http unless
+            // told the host is trusted.
+            if let Some(rest) = url.strip_prefix("http://") {
+                let host = rest.split(['/', ':']).next().unwrap_or_default();
+                argv.extend(["--trusted-host".into(), host.to_string()]);
+            }
+        }
+        argv.push("--".into());
+        argv.extend(packages.iter().cloned());
+        Some(argv)
     }
 }

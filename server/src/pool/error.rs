@@ -48,12 +48,19 @@ pub enum Error {
     LeaseEnded { id: String, end: LeaseEnd },
     #[error("run {run_id} does not exist in lease {lease_id}")]
     RunNotFound { lease_id: String, run_id: String },
+    #[error("context {context_id} does not exist in lease {lease_id} (CreateContext makes one)")]
+    ContextNotFound {
+        lease_id: String,
+        context_id: String,
+    },
     #[error("path {path:?}: {message}")]
     PathNotFound { path: String, message: String },
     #[error("{0}")]
     TooLarge(String),
     #[error("{path}: {message}")]
     FileFailed { path: String, message: String },
+    #[error("{0}")]
+    NotAllowed(String),
     #[error(
         "the container of lease {lease_id} is gone (removed outside sandpool); release the lease and acquire another"
     )]

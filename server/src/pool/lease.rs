@@ -4,6 +4,7 @@
 //! for them, then hands the container back to its pool for a reset.
 
 use std::{
+    any::{Any, TypeId},
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
@@ -15,7 +16,7 @@ use tokio_util::{
 };
 
 use super::{Error, LeaseEnd, Result, pool::Holding, pool::Pool, spec::PoolSpec};
-use crate::{backend::SharedBackend, lang::Language};
+use crate::{backend::SharedBackend, files::ArtifactInfo, lang::Language};
 
 /// How often expiry is checked: a dead client holds its container for at
 /// most TTL plus this.
@@ -96,10 +97,16 @@ pub struct LeaseEntry {
     /// Operations in flight (runs, uploads, downloads).
     ops: TaskTracker,
     runs: Mutex<HashMap<String, RunControl>>,
+    /// Environment for every run, from Acquire.
+    env: Vec<(String, String)>,
+    /// Artifacts the lease's runs produced, in order.
+    artifacts: Mutex<Vec<ArtifactInfo>>,
+    /// State that other layers keep with the lease (contexts), by type.
+    attachments: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl LeaseEntry {
-    fn info(&self) -> LeaseInfo {
+    pub(super) fn info(&self) -> LeaseInfo {
         LeaseInfo {
             id: self.id.clone(),
             pool: self.pool.name().to_string(),
@@ -155,6 +162,40 @@ impl LeaseGuard {
             run_id: run_id.to_string(),
             control,
         }
+    }
+
+    /// Environment variables for every run, from Acquire.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.entry.env
+    }
+
+    /// Remembers artifacts a run produced (for ListArtifacts).
+    pub fn record_artifacts(&self, found: Vec<ArtifactInfo>) {
+        lock(&self.entry.artifacts).extend(found);
+    }
+
+    /// Artifacts the lease's runs produced so far.
+    pub fn artifacts(&self) -> Vec<ArtifactInfo> {
+        lock(&self.entry.artifacts).clone()
+    }
+
+    /// The lease's value of type `T` (made on first use), for state another
+    /// layer keeps with the lease and that goes away with it.
+    pub fn attachment<T: Any + Default + Send + Sync>(&self) -> Arc<T> {
+        let mut attachments = lock(&self.entry.attachments);
+        let value = attachments
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()) as Arc<dyn Any + Send + Sync>);
+        match Arc::clone(value).downcast::<T>() {
+            Ok(typed) => typed,
+            // Keyed by its own TypeId: it is a T.
+            Err(_) => Arc::new(T::default()),
+        }
+    }
+
+    /// How the lease ended, if it has.
+    pub fn ended(&self) -> Option<LeaseEnd> {
+        lock(&self.entry.life).ended
     }
 
     /// A new guard on the same lease, for work that outlives this one's
@@ -223,7 +264,8 @@ impl LeaseTable {
         holding: Holding,
         ttl: Duration,
         owner: Option<String>,
-    ) -> LeaseInfo {
+        env: Vec<(String, String)>,
+    ) -> Arc<LeaseEntry> {
         let id = format!("{:032x}", rand::random::<u128>());
         let entry = Arc::new(LeaseEntry {
             id: id.clone(),
@@ -238,10 +280,12 @@ impl LeaseTable {
             }),
             ops: TaskTracker::new(),
             runs: Mutex::new(HashMap::new()),
+            env,
+            artifacts: Mutex::new(Vec::new()),
+            attachments: Mutex::new(HashMap::new()),
         });
-        let info = entry.info();
-        lock(&self.leases).active.insert(id, entry);
-        info
+        lock(&self.leases).active.insert(id, Arc::clone(&entry));
+        entry
     }
 
     /// The live lease `id`, if `owner` may use it.

@@ -285,9 +285,22 @@ impl PoolManager {
         &self,
         pool: &str,
         ttl: Option<Duration>,
+        env: Vec<(String, String)>,
         owner: Option<String>,
         deadline: Option<Instant>,
     ) -> Result<LeaseInfo> {
+        for (key, value) in &env {
+            super::spec::validate_env_name(key).map_err(|message| Error::InvalidArgument {
+                field: "env".into(),
+                message,
+            })?;
+            if key == crate::sandbox::RUN_MARKER || value.contains('\0') {
+                return Err(Error::InvalidArgument {
+                    field: "env".into(),
+                    message: format!("{key} is reserved or its value holds a NUL byte"),
+                });
+            }
+        }
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -314,7 +327,7 @@ impl PoolManager {
             Some(t) => t,
         };
         let holding = pool.acquire(deadline).await?;
-        Ok(self.leases.insert(pool, holding, ttl, owner))
+        Ok(self.leases.insert(pool, holding, ttl, owner, env).info())
     }
 
     pub fn keepalive(&self, lease_id: &str, owner: Option<&str>) -> Renewal {

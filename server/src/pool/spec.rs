@@ -110,6 +110,12 @@ pub struct PoolSpec {
     pub max_run_timeout: Duration,
     pub output_limit_bytes: u64,
     pub output_dir: String,
+    /// Network joined while libraries are installed.
+    pub install_network: String,
+    /// InstallLibraries on a lease may use the network.
+    pub lease_installs: bool,
+    /// Package index for installers; `None`: the installer's default.
+    pub package_index_url: Option<String>,
 }
 
 pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
@@ -133,6 +139,9 @@ impl PoolSpec {
             max_run_timeout: Duration::from_secs(3600),
             output_limit_bytes: 10 << 20,
             output_dir: DEFAULT_OUTPUT_DIR.to_string(),
+            install_network: "bridge".to_string(),
+            lease_installs: false,
+            package_index_url: None,
         }
     }
 
@@ -229,6 +238,38 @@ impl PoolSpec {
         }
         for (i, lib) in self.libraries.iter().enumerate() {
             validate_library(lib).map_err(|m| invalid(&format!("libraries[{i}]"), m))?;
+        }
+        if !self.libraries.is_empty()
+            && language
+                .install_command(&self.libraries, crate::lang::InstallScope::Pool, None)
+                .is_none()
+        {
+            return Err(invalid(
+                "libraries",
+                format!("sandpool has no library installer for {}", self.language),
+            ));
+        }
+        if self.install_network.is_empty()
+            || self.install_network == "host"
+            || self.install_network == "none"
+        {
+            return Err(invalid(
+                "install_network",
+                format!(
+                    "{:?} is not a network to install from; name an engine network such as \"bridge\"",
+                    self.install_network
+                ),
+            ));
+        }
+        if let Some(url) = &self.package_index_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(invalid(
+                    "package_index_url",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
         }
         self.runtime.validate()?;
         Ok(self)
@@ -409,6 +450,9 @@ pub struct PoolSpecInput {
     pub max_run_timeout: Option<f64>,
     pub output_limit_bytes: Option<u64>,
     pub output_dir: Option<String>,
+    pub install_network: Option<String>,
+    pub lease_installs: Option<bool>,
+    pub package_index_url: Option<String>,
     #[serde(default)]
     pub runtime: RuntimeInput,
 }
@@ -539,6 +583,11 @@ impl PoolSpecInput {
         if let Some(dir) = self.output_dir.filter(|d| !d.is_empty()) {
             spec.output_dir = dir;
         }
+        if let Some(network) = self.install_network.filter(|n| !n.is_empty()) {
+            spec.install_network = network;
+        }
+        spec.lease_installs = self.lease_installs.unwrap_or(false);
+        spec.package_index_url = self.package_index_url.filter(|u| !u.is_empty());
         spec.runtime = self.runtime.into_runtime()?;
         spec.validate()
     }

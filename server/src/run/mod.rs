@@ -1,6 +1,9 @@
 //! Runs: one program in a leased container, its output streamed as it is
 //! produced, bounded in time and in output, killable as a whole process tree.
 
+pub mod artifacts;
+pub mod context;
+pub mod install;
 mod request;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +12,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
-pub use request::{Program, RunLimits, RunSpec};
+pub use request::{PlotFormat, Program, RunLimits, RunSpec};
+
+use self::artifacts::{ArtifactWatch, FrameScanner};
+use crate::files::ArtifactInfo;
 
 use crate::{
     backend::{self, ExecSpec, Output},
@@ -48,6 +54,34 @@ pub struct RunExit {
     pub stderr_bytes: u64,
     pub truncated: bool,
     pub message: String,
+    /// The run's context was restarted to stop it.
+    pub context_restarted: bool,
+}
+
+/// A piece of a file the run produced.
+#[derive(Debug, Clone)]
+pub struct ArtifactChunk {
+    pub info: ArtifactInfo,
+    pub offset: u64,
+    pub data: Bytes,
+    pub last: bool,
+    pub omitted: bool,
+}
+
+/// The environment of a run: later entries override earlier ones with the
+/// same name.
+fn merge_env(layers: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (key, value) in layers {
+        match merged.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => merged.push((key, value)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 /// One event of a run, in order.
@@ -59,6 +93,7 @@ pub enum RunEvent {
     },
     Stdout(Bytes),
     Stderr(Bytes),
+    Artifact(ArtifactChunk),
     Exit(RunExit),
     /// The engine failed mid-run; the stream ends with this error.
     Failed(Error),
@@ -71,33 +106,28 @@ pub async fn start(
     spec: RunSpec,
     limits: &RunLimits,
 ) -> Result<mpsc::Receiver<RunEvent>> {
-    let plan = request::plan(&lease, spec, limits)?;
+    let mut plan = request::plan(&lease, spec, limits)?;
     let run_id = format!("{:016x}", rand::random::<u64>());
     let registration = lease.register_run(&run_id);
     if let Some(cause) = registration.control().cause() {
         return Err(ended_error(&lease, cause));
     }
-    let mut env = vec![sandbox::run_marker(&run_id)];
-    env.extend(plan.env.iter().map(|(k, v)| format!("{k}={v}")));
-    let exec_spec = ExecSpec {
-        argv: plan.argv,
-        env,
-        user: lease.spec().runtime.user(),
-        working_dir: Some(plan.working_dir),
-        // Without input, no stdin is attached (the program reads EOF): the
-        // engine spends a few milliseconds less per exec.
-        stdin: !plan.input.is_empty(),
+    let watch = ArtifactWatch::start();
+    let source = match plan.cell.take() {
+        Some((context_id, code)) => {
+            let context = context::find(&lease, &context_id)?;
+            let cell = context::Cell::begin(
+                context,
+                &run_id,
+                &code,
+                plan.plot_format.extension(),
+                &watch,
+            )
+            .await?;
+            Source::Cell(Box::new(cell))
+        }
+        None => Source::Exec(start_exec(&lease, &plan, &run_id, &watch).await?),
     };
-    let exec = lease
-        .backend()
-        .exec(lease.container_id(), exec_spec)
-        .await
-        .map_err(|e| match e {
-            backend::Error::ContainerGone { .. } => Error::ContainerGone {
-                lease_id: lease.id().to_string(),
-            },
-            other => Error::from(other),
-        })?;
     let started = Instant::now();
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     // The buffer is empty: this cannot fail.
@@ -118,9 +148,78 @@ pub async fn start(
         stop: None,
         kill: None,
         drain_until: None,
+        scanner: watch.scanner(),
+        watch,
+        artifact_budget: limits.max_artifact_bytes,
     };
-    tokio::spawn(pump.run(exec, plan.input));
+    tokio::spawn(pump.run(source, plan.input));
     Ok(rx)
+}
+
+/// Starts the run's own process.
+async fn start_exec(
+    lease: &LeaseGuard,
+    plan: &request::Plan,
+    run_id: &str,
+    watch: &ArtifactWatch,
+) -> Result<backend::Exec> {
+    let out_dir = lease.spec().output_dir.clone();
+    // Layers, later ones winning: the server's own, the language's library
+    // paths, the lease's (from Acquire), the language's and the run's.
+    let env = merge_env(
+        watch
+            .env(&out_dir)
+            .into_iter()
+            .chain([(
+                "SANDPOOL_PLOT_FORMAT".to_string(),
+                plan.plot_format.extension().to_string(),
+            )])
+            .chain(lease.lang().library_env())
+            .chain(lease.env().iter().cloned())
+            .chain(plan.env.iter().cloned())
+            .chain([(sandbox::RUN_MARKER.to_string(), run_id.to_string())]),
+    );
+    let argv = if plan.reports_artifacts {
+        plan.argv.clone()
+    } else {
+        watch.wrap(plan.argv.clone(), &out_dir)
+    };
+    let exec_spec = ExecSpec {
+        argv,
+        env,
+        user: lease.spec().runtime.user(),
+        working_dir: Some(plan.working_dir.clone()),
+        // Without input, no stdin is attached (the program reads EOF): the
+        // engine spends a few milliseconds less per exec.
+        stdin: !plan.input.is_empty(),
+    };
+    lease
+        .backend()
+        .exec(lease.container_id(), exec_spec)
+        .await
+        .map_err(|e| match e {
+            backend::Error::ContainerGone { .. } => Error::ContainerGone {
+                lease_id: lease.id().to_string(),
+            },
+            other => Error::from(other),
+        })
+}
+
+/// Where a run's output comes from, and how it is stopped.
+enum Source {
+    /// A process of its own.
+    Exec(backend::Exec),
+    /// A cell in a persistent context.
+    Cell(Box<context::Cell>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<backend::Result<Output>> {
+        match self {
+            Source::Exec(exec) => exec.output.next().await,
+            Source::Cell(cell) => cell.next().await,
+        }
+    }
 }
 
 fn ended_error(lease: &LeaseGuard, cause: StopCause) -> Error {
@@ -150,11 +249,17 @@ struct Pump {
     stop: Option<(EndReason, String)>,
     kill: Option<tokio::task::JoinHandle<()>>,
     drain_until: Option<Instant>,
+    /// Takes the artifact report out of stderr.
+    scanner: FrameScanner,
+    watch: ArtifactWatch,
+    artifact_budget: u64,
 }
 
 impl Pump {
-    async fn run(mut self, mut exec: backend::Exec, input: Bytes) {
-        if let Some(mut stdin) = exec.stdin.take() {
+    async fn run(mut self, mut source: Source, input: Bytes) {
+        if let Source::Exec(exec) = &mut source
+            && let Some(mut stdin) = exec.stdin.take()
+        {
             // In its own task: a program that never reads its input must not
             // hold up its output.
             tokio::spawn(async move {
@@ -180,21 +285,28 @@ impl Pump {
                     }
                     Err(_) => {
                         pending = None;
-                        self.request_stop(EndReason::Cancelled, "the client went away".into());
+                        self.request_stop(&source, EndReason::Cancelled, "the client went away".into());
                     }
                 },
-                item = exec.output.next(), if pending.is_none() && !output_done => match item {
-                    Some(Ok(Output::Stdout(data))) => pending = self.accept(0, data),
-                    Some(Ok(Output::Stderr(data))) => pending = self.accept(1, data),
+                item = source.next(), if pending.is_none() && !output_done => match item {
+                    Some(Ok(Output::Stdout(data))) => pending = self.accept(&source, 0, data),
+                    Some(Ok(Output::Stderr(data))) => {
+                        let own = self.scanner.feed(&data);
+                        pending = self.accept(&source, 1, own);
+                    }
                     Some(Err(e)) => {
                         failure = Some(e);
                         output_done = true;
                     }
-                    None => output_done = true,
+                    None => {
+                        output_done = true;
+                        let held = self.scanner.finish();
+                        pending = self.accept(&source, 1, held);
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline.into()), if self.stop.is_none() => {
                     let message = format!("killed after the {} timeout", human(self.timeout));
-                    self.request_stop(EndReason::Timeout, message);
+                    self.request_stop(&source, EndReason::Timeout, message);
                 }
                 _ = control.token().cancelled(), if self.stop.is_none() => {
                     let (reason, message) = match control.cause() {
@@ -210,10 +322,10 @@ impl Pump {
                         }
                         _ => (EndReason::Cancelled, "cancelled by the client".to_string()),
                     };
-                    self.request_stop(reason, message);
+                    self.request_stop(&source, reason, message);
                 }
                 _ = tx.closed(), if self.stop.is_none() && pending.is_none() => {
-                    self.request_stop(EndReason::Cancelled, "the client went away".into());
+                    self.request_stop(&source, EndReason::Cancelled, "the client went away".into());
                 }
                 _ = sleep_until_opt(drain_until), if drain_until.is_some() => {
                     tracing::warn!(run = %self.run_id, "output did not end after the kill; giving up on it");
@@ -229,14 +341,41 @@ impl Pump {
                 lease_id: self.lease.id().to_string(),
             }),
             Some(e) => RunEvent::Failed(Error::from(e)),
-            None => RunEvent::Exit(self.exit(&exec.id).await),
+            None => {
+                let exit = self.exit(source).await;
+                self.collect_artifacts().await;
+                RunEvent::Exit(exit)
+            }
         };
         let _ = self.tx.send(event).await;
     }
 
+    /// Streams the files the run left in the output directory, unless its
+    /// report says there are none or its lease is over.
+    async fn collect_artifacts(&mut self) {
+        if self.scanner.verdict == Some(false)
+            || self.lease.ended().is_some()
+            || self.tx.is_closed()
+        {
+            return;
+        }
+        match artifacts::collect(
+            &self.lease,
+            &self.run_id,
+            &self.watch,
+            self.artifact_budget,
+            &self.tx,
+        )
+        .await
+        {
+            Ok(found) => self.lease.record_artifacts(found),
+            Err(e) => tracing::warn!(run = %self.run_id, error = %e, "could not collect artifacts"),
+        }
+    }
+
     /// Counts a chunk and returns what of it goes to the client: nothing
     /// beyond the cap. Crossing the cap stops the run.
-    fn accept(&mut self, stream: usize, data: Bytes) -> Option<RunEvent> {
+    fn accept(&mut self, source: &Source, stream: usize, data: Bytes) -> Option<RunEvent> {
         let before = self.counts[stream];
         self.counts[stream] += data.len() as u64;
         let room = self.limit.saturating_sub(before);
@@ -244,7 +383,7 @@ impl Pump {
             self.truncated = true;
             let name = if stream == 0 { "stdout" } else { "stderr" };
             let message = format!("{name} exceeded the output cap of {} bytes", self.limit);
-            self.request_stop(EndReason::OutputLimit, message);
+            self.request_stop(source, EndReason::OutputLimit, message);
             data.slice(..room as usize)
         } else {
             data
@@ -259,43 +398,57 @@ impl Pump {
         })
     }
 
-    /// Kills the run's processes (in the background: output keeps draining).
-    fn request_stop(&mut self, reason: EndReason, message: String) {
+    /// Stops the run (in the background: output keeps draining): kills its
+    /// processes, or interrupts its cell.
+    fn request_stop(&mut self, source: &Source, reason: EndReason, message: String) {
         if self.stop.is_some() {
             return;
         }
         tracing::debug!(run = %self.run_id, ?reason, %message, "stopping run");
         self.stop = Some((reason, message));
         self.drain_until = Some(Instant::now() + DRAIN_AFTER_KILL);
-        let backend = std::sync::Arc::clone(self.lease.backend());
-        let spec = std::sync::Arc::clone(self.lease.spec());
-        let container = self.lease.container_id().to_string();
-        let run_id = self.run_id.clone();
-        self.kill = Some(tokio::spawn(async move {
-            if let Err(e) = sandbox::kill_run(&*backend, &spec, &container, &run_id).await {
-                tracing::warn!(run = %run_id, error = %e, "could not kill the run");
+        self.kill = Some(match source {
+            Source::Cell(cell) => cell.stop(&self.lease, reason == EndReason::LeaseExpired),
+            Source::Exec(_) => {
+                let backend = std::sync::Arc::clone(self.lease.backend());
+                let spec = std::sync::Arc::clone(self.lease.spec());
+                let container = self.lease.container_id().to_string();
+                let run_id = self.run_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sandbox::kill_run(&*backend, &spec, &container, &run_id).await {
+                        tracing::warn!(run = %run_id, error = %e, "could not kill the run");
+                    }
+                })
             }
-        }));
+        });
     }
 
-    async fn exit(&mut self, exec_id: &str) -> RunExit {
-        let code = match backend::wait_exit_code(&**self.lease.backend(), exec_id).await {
-            Ok(code) => i32::try_from(code).unwrap_or(-1),
-            Err(e) => {
-                tracing::warn!(run = %self.run_id, error = %e, "no exit code");
-                -1
+    async fn exit(&mut self, source: Source) -> RunExit {
+        let (code, context_restarted) = match source {
+            Source::Exec(exec) => {
+                match backend::wait_exit_code(&**self.lease.backend(), &exec.id).await {
+                    Ok(code) => (i32::try_from(code).unwrap_or(-1), false),
+                    Err(e) => {
+                        tracing::warn!(run = %self.run_id, error = %e, "no exit code");
+                        (-1, false)
+                    }
+                }
             }
+            Source::Cell(cell) => cell.finish(&self.lease).await,
         };
         let signal = if (129..=159).contains(&code) {
             code - 128
         } else {
             0
         };
-        let (reason, message) = match self.stop.take() {
+        let (reason, mut message) = match self.stop.take() {
             Some(stop) => stop,
             None if signal != 0 => (EndReason::Signaled, format!("killed by signal {signal}")),
             None => (EndReason::Exited, format!("exited with code {code}")),
         };
+        if context_restarted {
+            message.push_str("; the context's interpreter was restarted and its state is gone");
+        }
         RunExit {
             exit_code: code,
             reason,
@@ -305,6 +458,7 @@ impl Pump {
             stderr_bytes: self.counts[1],
             truncated: self.truncated,
             message,
+            context_restarted,
         }
     }
 }

@@ -24,6 +24,25 @@ pub enum Program {
     Shell(String),
 }
 
+/// How captured figures are saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlotFormat {
+    #[default]
+    Png,
+    Svg,
+    Pdf,
+}
+
+impl PlotFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            PlotFormat::Png => "png",
+            PlotFormat::Svg => "svg",
+            PlotFormat::Pdf => "pdf",
+        }
+    }
+}
+
 /// A run as asked for.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -33,6 +52,9 @@ pub struct RunSpec {
     pub working_dir: Option<String>,
     pub timeout: Option<Duration>,
     pub output_limit: Option<u64>,
+    pub plot_format: PlotFormat,
+    /// Run in this persistent context instead of a fresh process.
+    pub context_id: Option<String>,
 }
 
 impl RunSpec {
@@ -47,6 +69,8 @@ impl RunSpec {
             working_dir: None,
             timeout: None,
             output_limit: None,
+            plot_format: PlotFormat::Png,
+            context_id: None,
         }
     }
 }
@@ -56,6 +80,9 @@ impl RunSpec {
 pub struct RunLimits {
     pub max_code_bytes: usize,
     pub max_stdin_bytes: usize,
+    /// Artifact content streamed back per run; beyond it files are announced
+    /// without content (Download fetches them).
+    pub max_artifact_bytes: u64,
 }
 
 impl Default for RunLimits {
@@ -63,6 +90,7 @@ impl Default for RunLimits {
         Self {
             max_code_bytes: 1 << 20,
             max_stdin_bytes: 16 << 20,
+            max_artifact_bytes: 64 << 20,
         }
     }
 }
@@ -77,6 +105,11 @@ pub(super) struct Plan {
     pub working_dir: String,
     pub timeout: Duration,
     pub output_limit: u64,
+    /// The program reports its artifacts itself (else it is wrapped).
+    pub reports_artifacts: bool,
+    pub plot_format: PlotFormat,
+    /// A cell for a persistent context: its id and code.
+    pub cell: Option<(String, Bytes)>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -95,6 +128,21 @@ fn no_nul(field: &str, text: &str) -> Result<()> {
 
 pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Result<Plan> {
     let pool = lease.spec();
+    let mut reports_artifacts = false;
+    let mut cell = None;
+    if let Some(context_id) = spec.context_id.clone() {
+        let source = match &spec.program {
+            Program::Code { source, .. } => source.clone(),
+            _ => return Err(invalid("context_id", "a context runs code, not commands")),
+        };
+        if !spec.stdin.is_empty() || !spec.env.is_empty() || spec.working_dir.is_some() {
+            return Err(invalid(
+                "context_id",
+                "a context's cells take no stdin, env or working_dir (set them in the code)",
+            ));
+        }
+        cell = Some((context_id, source));
+    }
     let (argv, prefix, mut env) = match spec.program {
         Program::Code { source, language } => {
             if let Some(language) = language.filter(|l| !l.is_empty())
@@ -122,6 +170,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
                 ));
             }
             let plan = lease.lang().plan(&source, !spec.stdin.is_empty());
+            reports_artifacts = lease.lang().reports_artifacts();
             (plan.argv, plan.stdin_prefix, plan.env)
         }
         Program::Argv(argv) => {
@@ -223,5 +272,8 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
         working_dir,
         timeout,
         output_limit,
+        reports_artifacts,
+        plot_format: spec.plot_format,
+        cell,
     })
 }

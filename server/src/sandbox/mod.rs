@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::{
     backend::{self, Backend, ContainerSpec, ExecSpec, Tmpfs},
-    lang::Language,
+    lang::{InstallScope, Language},
     pool::spec::PoolSpec,
 };
 
@@ -32,6 +32,13 @@ pub const RUN_MARKER: &str = "SANDPOOL_RUN_ID";
 /// sandbox user: a reset kills every process of the sandbox user without
 /// killing the container.
 const IDLE_USER: &str = "65534:65534";
+/// Support files and pool-wide libraries: a tmpfs owned by the idle user,
+/// so the sandbox user can use but not change it, and the reset leaves it.
+pub const SUPPORT_ROOT: &str = "/opt/sandpool";
+/// How long installing libraries may take.
+const INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Keep this much of an installer's output for messages.
+const INSTALL_LOG_LIMIT: usize = 256 * 1024;
 /// Keep at most this much of the output of internal commands.
 const INTERNAL_OUTPUT_LIMIT: usize = 64 * 1024;
 
@@ -72,6 +79,12 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         owned(WORKSPACE),
         owned(HOME),
         Tmpfs {
+            path: SUPPORT_ROOT.to_string(),
+            size_bytes: rt.tmpfs_size_bytes,
+            mode: 0o755,
+            owner: Some((65534, 65534)),
+        },
+        Tmpfs {
             path: "/tmp".to_string(),
             size_bytes: rt.tmpfs_size_bytes,
             mode: 0o1777,
@@ -94,7 +107,13 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         cpu_period,
         cpu_quota,
         pids_limit: Some(rt.pids_limit),
-        network: rt.network.clone(),
+        // Libraries are installed at warm-up with the install network on;
+        // it is cut before any client code runs.
+        network: if spec.libraries.is_empty() {
+            rt.network.clone()
+        } else {
+            spec.install_network.clone()
+        },
         read_only_root: rt.read_only_root,
         tmpfs,
         oci_runtime: rt.oci_runtime.clone(),
@@ -163,6 +182,26 @@ pub async fn provision(
 }
 
 async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &str) -> Result<()> {
+    for (path, content) in lang.support_files() {
+        write_as_idle_user(backend, id, path, content).await?;
+    }
+    if !spec.libraries.is_empty() {
+        install_libraries(
+            backend,
+            spec,
+            lang,
+            id,
+            &spec.libraries,
+            InstallScope::Pool,
+            None,
+        )
+        .await?;
+        // Cut the install network before any client code can run.
+        backend.set_network(id, None).await?;
+        if spec.runtime.network != "none" {
+            backend.set_network(id, Some(&spec.runtime.network)).await?;
+        }
+    }
     let prepare = sh("mkdir -p \"$1\"", &[&spec.output_dir]);
     run_checked(
         backend,
@@ -176,6 +215,145 @@ async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &
         run_checked(backend, id, internal(spec, sh(script, &[])), "the warm-up").await?;
     }
     Ok(())
+}
+
+/// Writes a support file as the idle user (readable, not writable, by code).
+async fn write_as_idle_user(
+    backend: &dyn Backend,
+    id: &str,
+    path: &str,
+    content: &'static str,
+) -> Result<()> {
+    let exec = ExecSpec {
+        argv: sh("mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"", &[path]),
+        env: Vec::new(),
+        user: IDLE_USER.to_string(),
+        working_dir: Some("/".to_string()),
+        stdin: true,
+    };
+    let out = backend::exec_collect(
+        backend,
+        id,
+        exec,
+        Some(Bytes::from_static(content.as_bytes())),
+        INTERNAL_OUTPUT_LIMIT,
+    )
+    .await?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(Error::CommandFailed {
+            what: "placing support files",
+            exit_code: out.exit_code,
+            detail: out.diagnostic(),
+        })
+    }
+}
+
+/// Installs libraries with the language's installer: for the pool (as the
+/// idle user, into the support tmpfs) or for a lease (as the sandbox user,
+/// into its home). With `network`, the container joins that network for the
+/// install and leaves it afterwards, whatever happened. Returns the
+/// installer's output.
+pub async fn install_libraries(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    lang: &dyn Language,
+    id: &str,
+    packages: &[String],
+    scope: InstallScope,
+    network: Option<&str>,
+) -> Result<String> {
+    let Some(argv) = lang.install_command(packages, scope, spec.package_index_url.as_deref())
+    else {
+        return Err(Error::CommandFailed {
+            what: "installing libraries",
+            exit_code: -1,
+            detail: format!("sandpool has no library installer for {}", lang.name()),
+        });
+    };
+    // A pool install runs as the idle user, whose files the sandbox user
+    // could not delete: its home and temporary files stay out of the places
+    // the reset wipes.
+    let (user, home, tmp) = match scope {
+        InstallScope::Pool => (
+            IDLE_USER.to_string(),
+            format!("{SUPPORT_ROOT}/.install"),
+            format!("{SUPPORT_ROOT}/.install/tmp"),
+        ),
+        InstallScope::Lease => (spec.runtime.user(), HOME.to_string(), "/tmp".to_string()),
+    };
+    let mut env = vec![format!("HOME={home}"), format!("TMPDIR={tmp}")];
+    env.extend(
+        lang.library_env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}")),
+    );
+    let target = match scope {
+        InstallScope::Pool => crate::lang::POOL_LIBRARY_DIR,
+        InstallScope::Lease => HOME,
+    };
+    // The installer runs without a shell: the script only makes the
+    // directories, then execs the installer's argv as given.
+    let mut full = sh(
+        "mkdir -p \"$HOME\" \"$TMPDIR\" \"$1\" 2>/dev/null; shift; exec \"$@\"",
+        &[target],
+    );
+    full.extend(argv);
+    let exec = ExecSpec {
+        argv: full,
+        env,
+        user,
+        working_dir: Some("/".to_string()),
+        stdin: false,
+    };
+    if let Some(net) = network {
+        backend.set_network(id, Some(net)).await?;
+    }
+    let result = tokio::time::timeout(
+        INSTALL_TIMEOUT,
+        backend::exec_collect(backend, id, exec, None, INSTALL_LOG_LIMIT),
+    )
+    .await;
+    if network.is_some() {
+        backend.set_network(id, None).await?;
+    }
+    let out = match result {
+        Ok(out) => out?,
+        Err(_) => {
+            return Err(Error::CommandFailed {
+                what: "installing libraries",
+                exit_code: -1,
+                detail: format!(
+                    "the installer did not finish within {}s",
+                    INSTALL_TIMEOUT.as_secs()
+                ),
+            });
+        }
+    };
+    let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
+    log.push_str(&String::from_utf8_lossy(&out.stderr));
+    if out.success() {
+        Ok(log)
+    } else {
+        Err(Error::CommandFailed {
+            what: "installing libraries",
+            exit_code: out.exit_code,
+            detail: tail(&out.diagnostic(), 4000),
+        })
+    }
+}
+
+/// The end of a long text, where installers say what went wrong.
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &text[start..])
 }
 
 /// Runs the language's check command: the container is alive and its
@@ -272,6 +450,23 @@ pub async fn kill_run(
 /// The environment entry that marks a run's processes.
 pub fn run_marker(run_id: &str) -> String {
     format!("{RUN_MARKER}={run_id}")
+}
+
+/// Runs a command of the server's own as the sandbox user.
+pub async fn run_command(
+    backend: &dyn Backend,
+    spec: &PoolSpec,
+    id: &str,
+    argv: Vec<String>,
+) -> Result<backend::Collected> {
+    Ok(backend::exec_collect(
+        backend,
+        id,
+        internal(spec, argv),
+        None,
+        INTERNAL_OUTPUT_LIMIT,
+    )
+    .await?)
 }
 
 /// Runs a shell script of the server's own as the sandbox user and returns

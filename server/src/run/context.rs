@@ -1,0 +1,343 @@
+//! Persistent interpreter contexts: a kernel process per context that runs
+//! cells in one namespace (Python; see kernel.py). A Run that names a context
+//! sends its code to the kernel as a cell; output streams as usual. A
+//! timeout or cancel interrupts the cell (SIGINT); a cell that ignores the
+//! interrupt gets its kernel killed and restarted, and the run says so.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    io::AsyncWriteExt,
+    sync::{OwnedMutexGuard, mpsc, watch},
+};
+
+use super::artifacts::{ArtifactWatch, FrameScanner};
+use crate::{
+    backend::{self, ExecSpec, ExecStdin, Output},
+    pool::{Error, LeaseGuard, Result},
+    sandbox,
+};
+
+/// The kernel program (Python).
+const KERNEL: &str = include_str!("kernel.py");
+/// Contexts one lease may hold at once.
+const MAX_CONTEXTS: usize = 8;
+/// How long a kernel may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an interrupted cell may take to stop before its kernel is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+
+/// A lease's contexts (kept in the lease, dropped with it).
+#[derive(Default)]
+pub struct ContextSet {
+    contexts: Mutex<HashMap<String, Arc<Context>>>,
+}
+
+impl ContextSet {
+    fn of(lease: &LeaseGuard) -> Arc<ContextSet> {
+        lease.attachment::<ContextSet>()
+    }
+}
+
+/// A running kernel.
+struct Kernel {
+    pid: String,
+    exec_id: String,
+    stdin: ExecStdin,
+    output: mpsc::Receiver<backend::Result<Output>>,
+}
+
+pub struct Context {
+    pub id: String,
+    /// Marks the kernel and everything it starts, for killing them.
+    marker: String,
+    nonce: String,
+    kernel: Arc<tokio::sync::Mutex<Kernel>>,
+    /// Bumped whenever a cell finishes, for interrupt escalation.
+    finished: watch::Sender<u64>,
+    pid: Mutex<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a context on the lease.
+pub async fn create(lease: &LeaseGuard, language: Option<&str>) -> Result<String> {
+    let pool_language = &lease.spec().language;
+    if let Some(lang) = language.filter(|l| !l.is_empty() && *l != pool_language) {
+        return Err(Error::InvalidArgument {
+            field: "language".into(),
+            message: format!("this lease's pool runs {pool_language}, not {lang}"),
+        });
+    }
+    if pool_language != "python" {
+        return Err(Error::NotAllowed(format!(
+            "persistent contexts exist for python; this lease's pool runs {pool_language}"
+        )));
+    }
+    let set = ContextSet::of(lease);
+    if lock(&set.contexts).len() >= MAX_CONTEXTS {
+        return Err(Error::NotAllowed(format!(
+            "a lease holds at most {MAX_CONTEXTS} contexts; delete one first"
+        )));
+    }
+    let id = format!("ctx-{:016x}", rand::random::<u64>());
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    let marker = format!("{id}-{:08x}", rand::random::<u32>());
+    let kernel = start_kernel(lease, &marker, &nonce).await?;
+    let context = Arc::new(Context {
+        id: id.clone(),
+        marker,
+        nonce,
+        pid: Mutex::new(kernel.pid.clone()),
+        kernel: Arc::new(tokio::sync::Mutex::new(kernel)),
+        finished: watch::channel(0).0,
+    });
+    lock(&set.contexts).insert(id.clone(), context);
+    Ok(id)
+}
+
+/// Ends a context and kills its kernel.
+pub async fn delete(lease: &LeaseGuard, id: &str) -> Result<()> {
+    let set = ContextSet::of(lease);
+    let Some(context) = lock(&set.contexts).remove(id) else {
+        return Err(Error::ContextNotFound {
+            lease_id: lease.id().to_string(),
+            context_id: id.to_string(),
+        });
+    };
+    sandbox::kill_run(
+        &**lease.backend(),
+        lease.spec(),
+        lease.container_id(),
+        &context.marker,
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn find(lease: &LeaseGuard, id: &str) -> Result<Arc<Context>> {
+    lock(&ContextSet::of(lease).contexts)
+        .get(id)
+        .cloned()
+        .ok_or_else(|| Error::ContextNotFound {
+            lease_id: lease.id().to_string(),
+            context_id: id.to_string(),
+        })
+}
+
+async fn start_kernel(lease: &LeaseGuard, marker: &str, nonce: &str) -> Result<Kernel> {
+    let spec = lease.spec();
+    let out_dir = spec.output_dir.clone();
+    let mut env = vec![
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+        ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
+        ("SANDPOOL_OUTPUT_DIR".to_string(), out_dir.clone()),
+        (
+            "SANDPOOL_PLOT_DIR".to_string(),
+            format!("{}/plots", out_dir.trim_end_matches('/')),
+        ),
+    ];
+    env.extend(lease.lang().library_env());
+    env.extend(lease.env().iter().cloned());
+    env.push(("SANDPOOL_CONTEXT_NONCE".into(), nonce.to_string()));
+    env.push((sandbox::RUN_MARKER.into(), marker.to_string()));
+    let exec = ExecSpec {
+        argv: vec!["python3".into(), "-u".into(), "-c".into(), KERNEL.into()],
+        env: super::merge_env(env),
+        user: spec.runtime.user(),
+        working_dir: Some(sandbox::WORKSPACE.to_string()),
+        stdin: true,
+    };
+    let mut started = lease
+        .backend()
+        .exec(lease.container_id(), exec)
+        .await
+        .map_err(Error::from)?;
+    let stdin = started.stdin.take().ok_or_else(|| {
+        Error::from(backend::Error::Engine {
+            op: "exec start",
+            detail: "the kernel has no stdin".into(),
+        })
+    })?;
+    // The engine's stream goes to a channel that cells read in turn.
+    let (tx, mut output) = mpsc::channel(64);
+    let mut stream = started.output;
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(item) = stream.next().await {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut ready = FrameScanner::new("sandpool-ready", nonce);
+    let mut early = Vec::new();
+    let wait = async {
+        while !ready.seen() {
+            match output.recv().await {
+                Some(Ok(Output::Stderr(d))) => early.extend_from_slice(&ready.feed(&d)),
+                Some(Ok(Output::Stdout(d))) => early.extend_from_slice(&d),
+                Some(Err(e)) => return Err(Error::from(e)),
+                None => break,
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(START_TIMEOUT, wait).await {
+        Ok(Ok(())) if ready.seen() => {}
+        Ok(Err(e)) => return Err(e),
+        _ => {
+            return Err(Error::FileFailed {
+                path: "CreateContext".into(),
+                message: format!(
+                    "the python kernel did not start: {}",
+                    String::from_utf8_lossy(&early).trim()
+                ),
+            });
+        }
+    }
+    let pid = ready
+        .payload
+        .as_ref()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    Ok(Kernel {
+        pid,
+        exec_id: started.id,
+        stdin,
+        output,
+    })
+}
+
+/// One run in a context: exclusive use of the kernel until it ends.
+pub struct Cell {
+    context: Arc<Context>,
+    kernel: OwnedMutexGuard<Kernel>,
+    /// The end-of-cell frame on stderr (with the status)...
+    status: FrameScanner,
+    /// ...and on stdout: the engine keeps no order between the two streams.
+    stdout_end: FrameScanner,
+    done: bool,
+}
+
+impl Cell {
+    /// Sends `code` to the context's kernel.
+    pub async fn begin(
+        context: Arc<Context>,
+        run_id: &str,
+        code: &Bytes,
+        plot_format: &str,
+        watch: &ArtifactWatch,
+    ) -> Result<Cell> {
+        let Ok(mut kernel) = Arc::clone(&context.kernel).try_lock_owned() else {
+            return Err(Error::NotAllowed(format!(
+                "context {} is running another cell; wait for it or cancel it",
+                context.id
+            )));
+        };
+        let (nonce, since) = watch.cell_args();
+        let header = format!("{run_id} {plot_format} {nonce} {since} {}\n", code.len());
+        let sent = async {
+            kernel.stdin.write_all(header.as_bytes()).await?;
+            kernel.stdin.write_all(code).await?;
+            kernel.stdin.flush().await
+        };
+        if let Err(e) = sent.await {
+            return Err(Error::FileFailed {
+                path: context.id.clone(),
+                message: format!(
+                    "the context's interpreter is gone ({e}); delete it and create another"
+                ),
+            });
+        }
+        let status = FrameScanner::new("sandpool-cell", &context.nonce);
+        let stdout_end = FrameScanner::new("sandpool-cell", &context.nonce);
+        Ok(Cell {
+            context,
+            kernel,
+            status,
+            stdout_end,
+            done: false,
+        })
+    }
+
+    /// The cell's next output; `None` once it finished (or the kernel died).
+    pub async fn next(&mut self) -> Option<backend::Result<Output>> {
+        if self.done {
+            return None;
+        }
+        let item = match self.kernel.output.recv().await {
+            Some(Ok(Output::Stderr(d))) => Some(Ok(Output::Stderr(self.status.feed(&d)))),
+            Some(Ok(Output::Stdout(d))) => Some(Ok(Output::Stdout(self.stdout_end.feed(&d)))),
+            None => {
+                self.done = true;
+                return None;
+            }
+            other => other,
+        };
+        if self.status.seen() && self.stdout_end.seen() {
+            self.done = true;
+            self.context.finished.send_modify(|n| *n += 1);
+        }
+        item
+    }
+
+    /// Stops the cell: an interrupt, then (after a grace period, or at once
+    /// when `hard`) the kernel is killed.
+    pub fn stop(&self, lease: &LeaseGuard, hard: bool) -> tokio::task::JoinHandle<()> {
+        let backend = Arc::clone(lease.backend());
+        let spec = Arc::clone(lease.spec());
+        let container = lease.container_id().to_string();
+        let context = Arc::clone(&self.context);
+        let pid = lock(&context.pid).clone();
+        let mut finished = context.finished.subscribe();
+        tokio::spawn(async move {
+            if !hard {
+                let argv = vec!["kill".to_string(), "-INT".to_string(), pid];
+                let _ = sandbox::run_command(&*backend, &spec, &container, argv).await;
+                if tokio::time::timeout(INTERRUPT_GRACE, finished.changed())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            if let Err(e) = sandbox::kill_run(&*backend, &spec, &container, &context.marker).await {
+                tracing::warn!(context = %context.id, error = %e, "could not kill the kernel");
+            }
+        })
+    }
+
+    /// The cell's exit status, and whether the kernel had to be restarted
+    /// (its state is gone then).
+    pub async fn finish(mut self, lease: &LeaseGuard) -> (i32, bool) {
+        if let Some(payload) = &self.status.payload {
+            let code = String::from_utf8_lossy(payload).parse().unwrap_or(1);
+            return (code, false);
+        }
+        // The kernel died: report how, then start a fresh one unless the
+        // lease is over.
+        let code = backend::wait_exit_code(&**lease.backend(), &self.kernel.exec_id)
+            .await
+            .map_or(-1, |c| i32::try_from(c).unwrap_or(-1));
+        if lease.ended().is_none() {
+            match start_kernel(lease, &self.context.marker, &self.context.nonce).await {
+                Ok(kernel) => {
+                    *lock(&self.context.pid) = kernel.pid.clone();
+                    *self.kernel = kernel;
+                }
+                Err(e) => {
+                    tracing::warn!(context = %self.context.id, error = %e, "could not restart the kernel")
+                }
+            }
+        }
+        (code, true)
+    }
+}

@@ -1,0 +1,407 @@
+"""What the sync and asyncio clients share: addresses, credentials, request
+building and the conversion of values to their protobuf form."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+import tarfile
+from typing import (
+    IO,
+    Any,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+import grpc
+from google.protobuf import duration_pb2
+
+from .errors import InvalidArgument
+from .v1 import artifact_pb2, pool_pb2, session_pb2
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+"""Where the client connects when neither ``addr`` nor ``SANDPOOL_ADDR`` says."""
+
+DEFAULT_TIMEOUT = 30.0
+"""Deadline of unary calls, in seconds."""
+
+DEFAULT_ACQUIRE_WAIT = 300.0
+"""Deadline of Acquire when the caller names none; the pool's own
+``acquisition_timeout`` usually ends the wait first."""
+
+DEFAULT_TRANSFER_TIMEOUT = 300.0
+"""Deadline of uploads and downloads."""
+
+RUN_DEADLINE_MARGIN = 60.0
+"""Added to a run's timeout for the call's deadline: the server kills the run
+at its timeout and still sends the exit event."""
+
+DEFAULT_RUN_DEADLINE = 3600.0
+"""A run that names no timeout gets the pool's (60 s unless configured, at
+most the pool's max_run_timeout, 3600 s by default)."""
+
+UPLOAD_CHUNK = 256 * 1024
+
+MIN_KEEPALIVE = 0.1
+"""Shortest keepalive period, whatever the TTL."""
+
+KEEPALIVE_STREAM_LIFETIME = 600.0
+"""A KeepAlive stream is reopened after this long (it has a deadline too)."""
+
+Seconds = Union[float, int, _dt.timedelta]
+TLS = Union[bool, grpc.ChannelCredentials, None]
+Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
+
+CHANNEL_OPTIONS: List[Tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def resolve_addr(addr: Optional[str]) -> str:
+    if addr:
+        return addr
+    return os.environ.get("SANDPOOL_ADDR") or DEFAULT_ADDR
+
+
+def resolve_token(token: Optional[str]) -> Optional[str]:
+    if token:
+        return token
+    return os.environ.get("SANDPOOL_TOKEN") or None
+
+
+def metadata_for(token: Optional[str]) -> Tuple[Tuple[str, str], ...]:
+    """Call metadata: the bearer token, when there is one. Sent per call (not
+    as call credentials) so that it also works on plaintext channels."""
+    if token:
+        return (("authorization", f"Bearer {token}"),)
+    return ()
+
+
+def channel_credentials(tls: TLS) -> Optional[grpc.ChannelCredentials]:
+    """``None`` for plaintext; ``True`` for TLS with the system roots."""
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    return tls
+
+
+def to_seconds(value: Seconds) -> float:
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def duration(value: Seconds, field: str = "duration") -> duration_pb2.Duration:
+    secs = to_seconds(value)
+    if secs < 0:
+        raise InvalidArgument(f"invalid {field}: must not be negative", code=None, field=field)
+    d = duration_pb2.Duration()
+    d.seconds = int(secs)
+    d.nanos = int(round((secs - int(secs)) * 1e9))
+    if d.nanos >= 1_000_000_000:
+        d.seconds += 1
+        d.nanos -= 1_000_000_000
+    return d
+
+
+def run_request(
+    lease_id: str,
+    *,
+    code: Optional[Union[str, bytes]] = None,
+    command: Optional[Union[str, Sequence[str]]] = None,
+    language: Optional[str] = None,
+    stdin: Optional[Union[str, bytes]] = None,
+    env: Optional[Mapping[str, str]] = None,
+    working_dir: Optional[str] = None,
+    timeout: Optional[Seconds] = None,
+    output_limit_bytes: Optional[int] = None,
+) -> session_pb2.RunRequest:
+    """A RunRequest for code, or for a command (a string is a shell command
+    line, a sequence an argv run without a shell)."""
+    req = session_pb2.RunRequest(lease_id=lease_id)
+    if (code is None) == (command is None):
+        raise ValueError("give exactly one of code and command")
+    if code is not None:
+        if isinstance(code, str):
+            req.code.text = code
+        else:
+            req.code.data = bytes(code)
+        if language:
+            req.code.language = language
+    elif isinstance(command, str):
+        req.command.shell = command
+    else:
+        assert command is not None
+        argv = list(command)
+        if not argv:
+            raise ValueError("the argv of a command must not be empty")
+        req.command.argv.extend(argv)
+    if stdin is not None:
+        req.stdin = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+    if env:
+        for k, v in env.items():
+            req.env[k] = v
+    if working_dir:
+        req.working_dir = working_dir
+    if timeout is not None:
+        req.timeout.CopyFrom(duration(timeout, "timeout"))
+    if output_limit_bytes is not None:
+        req.output_limit_bytes = output_limit_bytes
+    return req
+
+
+def run_deadline(timeout: Optional[Seconds]) -> float:
+    base = DEFAULT_RUN_DEADLINE if timeout is None else to_seconds(timeout)
+    return base + RUN_DEADLINE_MARGIN
+
+
+# --- pools ------------------------------------------------------------------
+
+_STRATEGIES = {
+    "wait": pool_pb2.EXHAUSTION_STRATEGY_WAIT,
+    "fail_fast": pool_pb2.EXHAUSTION_STRATEGY_FAIL_FAST,
+    "temporary": pool_pb2.EXHAUSTION_STRATEGY_TEMPORARY,
+}
+
+_BACKENDS = {
+    "docker": pool_pb2.BACKEND_DOCKER,
+    "podman": pool_pb2.BACKEND_PODMAN,
+    "kubernetes": pool_pb2.BACKEND_KUBERNETES,
+    "k8s": pool_pb2.BACKEND_KUBERNETES,
+}
+
+
+def _name_of(value: object) -> str:
+    """An enum member's value or a plain string, lower-cased."""
+    raw = getattr(value, "value", value)
+    return str(raw).strip().lower().replace("-", "_")
+
+
+def strategy_pb(value: object) -> "pool_pb2.ExhaustionStrategy.ValueType":
+    name = _name_of(value)
+    if name not in _STRATEGIES:
+        raise InvalidArgument(
+            f"invalid config.exhaustion_strategy: {value!r} is not one of wait, fail_fast, temporary",
+            code=None,
+            field="config.exhaustion_strategy",
+        )
+    return _STRATEGIES[name]
+
+
+def backend_pb(value: object) -> "pool_pb2.Backend.ValueType":
+    name = _name_of(value)
+    if name not in _BACKENDS:
+        raise InvalidArgument(
+            f"invalid backend: {value!r} is not one of docker, podman, kubernetes",
+            code=None,
+            field="backend",
+        )
+    return _BACKENDS[name]
+
+
+_LIMIT_FIELDS = ("idle_timeout", "acquisition_timeout", "max_container_lifetime")
+
+RUNTIME_FIELDS = (
+    "mem_limit",
+    "cpu_period",
+    "cpu_quota",
+    "cpus",
+    "pids_limit",
+    "network",
+    "user",
+    "read_only_root",
+    "oci_runtime",
+    "tmpfs_size",
+    "env",
+)
+
+
+def pool_config_pb(
+    *,
+    max_pool_size: Optional[int] = None,
+    min_pool_size: Optional[int] = None,
+    idle_timeout: Optional[Seconds] = None,
+    acquisition_timeout: Optional[Seconds] = None,
+    health_check_interval: Optional[Seconds] = None,
+    max_container_lifetime: Optional[Seconds] = None,
+    max_container_uses: Optional[int] = None,
+    exhaustion_strategy: object = None,
+    enable_prewarming: Optional[bool] = None,
+) -> pool_pb2.PoolConfig:
+    """A PoolConfig; ``None`` leaves a field to the server's default. For the
+    optional limits, 0 means "no limit"."""
+    c = pool_pb2.PoolConfig()
+    if max_pool_size is not None:
+        c.max_pool_size = max_pool_size
+    if min_pool_size is not None:
+        c.min_pool_size = min_pool_size
+    if idle_timeout is not None:
+        c.idle_timeout.CopyFrom(duration(idle_timeout, "config.idle_timeout"))
+    if acquisition_timeout is not None:
+        c.acquisition_timeout.CopyFrom(duration(acquisition_timeout, "config.acquisition_timeout"))
+    if health_check_interval is not None:
+        c.health_check_interval.CopyFrom(duration(health_check_interval, "config.health_check_interval"))
+    if max_container_lifetime is not None:
+        c.max_container_lifetime.CopyFrom(duration(max_container_lifetime, "config.max_container_lifetime"))
+    if max_container_uses is not None:
+        c.max_container_uses = max_container_uses
+    if exhaustion_strategy is not None:
+        c.exhaustion_strategy = strategy_pb(exhaustion_strategy)
+    if enable_prewarming is not None:
+        c.enable_prewarming = enable_prewarming
+    return c
+
+
+def runtime_pb(runtime: Optional[Mapping[str, Any]]) -> pool_pb2.RuntimeConfig:
+    """A RuntimeConfig from a mapping of its field names."""
+    r = pool_pb2.RuntimeConfig()
+    if not runtime:
+        return r
+    for key, value in runtime.items():
+        if key not in RUNTIME_FIELDS:
+            raise InvalidArgument(
+                f"invalid runtime.{key}: unknown runtime setting; known: {', '.join(RUNTIME_FIELDS)}",
+                code=None,
+                field=f"runtime.{key}",
+            )
+        if value is None:
+            continue
+        if key == "env":
+            for k, v in dict(value).items():
+                r.env[str(k)] = str(v)
+        elif key in ("mem_limit", "tmpfs_size"):
+            setattr(r, key, str(value))
+        elif key in ("cpu_period", "cpu_quota", "pids_limit"):
+            setattr(r, key, int(value))
+        elif key == "cpus":
+            r.cpus = float(value)
+        elif key == "read_only_root":
+            r.read_only_root = bool(value)
+        else:
+            setattr(r, key, str(value))
+    return r
+
+
+def pool_spec_pb(
+    name: str,
+    *,
+    language: str = "python",
+    image: Optional[str] = None,
+    backend: object = None,
+    libraries: Optional[Sequence[str]] = None,
+    config: Optional[pool_pb2.PoolConfig] = None,
+    runtime: Optional[Mapping[str, Any]] = None,
+    reuse: Optional[bool] = None,
+    default_lease_ttl: Optional[Seconds] = None,
+    max_lease_ttl: Optional[Seconds] = None,
+    default_run_timeout: Optional[Seconds] = None,
+    max_run_timeout: Optional[Seconds] = None,
+    output_limit_bytes: Optional[int] = None,
+    output_dir: Optional[str] = None,
+) -> pool_pb2.PoolSpec:
+    spec = pool_pb2.PoolSpec(name=name, language=language)
+    if image:
+        spec.image = image
+    if backend is not None:
+        spec.backend = backend_pb(backend)
+    if libraries:
+        spec.libraries.extend(libraries)
+    if config is not None:
+        spec.config.CopyFrom(config)
+    if runtime:
+        spec.runtime.CopyFrom(runtime_pb(runtime))
+    if reuse is not None:
+        spec.reuse = reuse
+    if default_lease_ttl is not None:
+        spec.default_lease_ttl.CopyFrom(duration(default_lease_ttl, "default_lease_ttl"))
+    if max_lease_ttl is not None:
+        spec.max_lease_ttl.CopyFrom(duration(max_lease_ttl, "max_lease_ttl"))
+    if default_run_timeout is not None:
+        spec.default_run_timeout.CopyFrom(duration(default_run_timeout, "default_run_timeout"))
+    if max_run_timeout is not None:
+        spec.max_run_timeout.CopyFrom(duration(max_run_timeout, "max_run_timeout"))
+    if output_limit_bytes is not None:
+        spec.output_limit_bytes = output_limit_bytes
+    if output_dir:
+        spec.output_dir = output_dir
+    return spec
+
+
+# --- files ------------------------------------------------------------------
+
+
+def upload_requests(
+    lease_id: str,
+    dest: str,
+    source: Source,
+    *,
+    mode: Optional[int] = None,
+    tar: bool = False,
+    chunk_size: int = UPLOAD_CHUNK,
+) -> Iterator[artifact_pb2.UploadRequest]:
+    """The messages of an upload: the header, then the content in chunks.
+    ``source`` is the content (bytes), a local file path, or a binary file
+    object."""
+    header = artifact_pb2.UploadHeader(lease_id=lease_id, path=dest, tar=tar)
+    if mode is not None:
+        header.mode = mode
+    yield artifact_pb2.UploadRequest(header=header)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        for at in range(0, len(view), chunk_size):
+            yield artifact_pb2.UploadRequest(chunk=bytes(view[at : at + chunk_size]))
+        return
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            yield from _chunks_of(f, chunk_size)
+        return
+    yield from _chunks_of(source, chunk_size)
+
+
+def _chunks_of(f: IO[bytes], chunk_size: int) -> Iterator[artifact_pb2.UploadRequest]:
+    while True:
+        data = f.read(chunk_size)
+        if not data:
+            return
+        yield artifact_pb2.UploadRequest(chunk=data)
+
+
+def tar_of_directory(local_dir: Union[str, "os.PathLike[str]"]) -> bytes:
+    """A tar archive of a local directory's contents (names relative to it)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for entry in sorted(os.listdir(local_dir)):
+            tar.add(os.path.join(local_dir, entry), arcname=entry)
+    return buf.getvalue()
+
+
+def kind_name(kind: int) -> str:
+    if kind == artifact_pb2.DOWNLOAD_KIND_TAR:
+        return "tar"
+    if kind == artifact_pb2.DOWNLOAD_KIND_FILE:
+        return "file"
+    return "unknown"
+
+
+def lease_mentioned(message: str, lease_id: str) -> bool:
+    """Whether a NOT_FOUND / FAILED_PRECONDITION answer is about the lease
+    itself ("lease ID does not exist", "lease ID expired ...", "the container
+    of lease ID is gone"), not about a run, a path or a pool of it."""
+    if not lease_id:
+        return False
+    return message.startswith(f"lease {lease_id} ") or f"the container of lease {lease_id} " in message
+
+
+def lease_codes() -> Tuple[grpc.StatusCode, ...]:
+    return (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)

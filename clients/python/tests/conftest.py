@@ -1,0 +1,203 @@
+"""Test harness: one real sandpool-server for the whole run, on a free port of
+127.0.0.1, with a unique server id, on the real Docker engine. At the end the
+server is stopped with SIGTERM and the engine must hold no container
+labelled with that id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
+
+import pytest
+
+import sandpool
+
+T = TypeVar("T")
+
+PY_DIR = Path(__file__).resolve().parents[1]
+REPO = PY_DIR.parents[1]
+IMAGE = os.environ.get("SANDPOOL_TEST_PYTHON_IMAGE", "sandpool/python:bookworm")
+
+
+def wait_for(what: str, check: Callable[[], Optional[T]], timeout: float = 20.0, every: float = 0.05) -> T:
+    """Polls ``check`` until it returns something other than None/False."""
+    until = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = check()
+        except Exception as e:  # noqa: BLE001 - reported on timeout
+            value, last = None, e
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > until:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def containers_of(server_id: str) -> List[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=sandpool.server={server_id}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return out.split()
+
+
+def server_binary() -> Path:
+    explicit = os.environ.get("SANDPOOL_SERVER_BIN")
+    if explicit:
+        return Path(explicit)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    binary = target / "debug" / "sandpool-server"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "-p", "sandpool-server"], cwd=REPO, check=True)
+    return binary
+
+
+class Server:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.server_id = f"pytest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        config = tmp / "sandpool.toml"
+        # No pools: every test creates its own through CreatePool.
+        config.write_text("shutdown_grace = 2\n")
+        self.log_path = tmp / "server.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(server_binary()),
+                "--listen",
+                self.addr,
+                "--config",
+                str(config),
+                "--server-id",
+                self.server_id,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+        )
+        self.client = sandpool.Client(self.addr, timeout=10)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sandpool-server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            self.client.list_pools()
+            return True
+
+        wait_for("the server to answer ListPools", ready, timeout=30)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"sandpool-server ignored SIGTERM for 40s:\n{self.log_tail()}")
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("server"))
+    old_addr = os.environ.get("SANDPOOL_ADDR")
+    os.environ["SANDPOOL_ADDR"] = srv.addr
+    try:
+        yield srv
+    finally:
+        if old_addr is None:
+            os.environ.pop("SANDPOOL_ADDR", None)
+        else:
+            os.environ["SANDPOOL_ADDR"] = old_addr
+        srv.stop()
+    rc = srv.proc.returncode
+    left = containers_of(srv.server_id)
+    assert rc == 0, f"sandpool-server exited with {rc}:\n{srv.log_tail()}"
+    assert left == [], f"containers of server {srv.server_id} left behind: {left}"
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[sandpool.Client]:
+    c = sandpool.Client(server.addr, timeout=15)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+PoolFactory = Callable[..., str]
+
+
+@pytest.fixture
+def make_pool(server: Server, request: pytest.FixtureRequest) -> Iterator[PoolFactory]:
+    """Creates uniquely named pools (small, warm) and deletes them after the
+    test, waiting until their containers are gone."""
+    admin = sandpool.Client(server.addr, timeout=30)
+    names: List[str] = []
+    base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:30].strip("-")
+
+    def make(**kwargs: Any) -> str:
+        name = kwargs.pop("name", None) or f"{base}-{uuid.uuid4().hex[:6]}"
+        kwargs.setdefault("image", IMAGE)
+        kwargs.setdefault("max_pool_size", 2)
+        kwargs.setdefault("min_pool_size", 1)
+        kwargs.setdefault("wait_ready", True)
+        admin.create_pool(name, **kwargs)
+        names.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            try:
+                admin.delete_pool(name, wait=True, timeout=60)
+            except sandpool.NotFound:
+                pass
+        admin.close()
+
+
+def python_env(server: Server) -> dict:
+    """Environment for a child Python process that uses the package."""
+    env = dict(os.environ)
+    env["SANDPOOL_ADDR"] = server.addr
+    env["PYTHONPATH"] = os.pathsep.join([str(PY_DIR / "src"), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_python(server: Server, args: List[str], timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        [sys.executable, *args],
+        env=python_env(server),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(PY_DIR),
+    )

@@ -13,6 +13,25 @@ use crate::{backend, pool::Error, sandbox};
 /// Suggested wait before retrying an exhausted pool.
 const EXHAUSTED_RETRY: Duration = Duration::from_secs(1);
 
+/// Machine-readable reasons (ErrorInfo, domain "sandpool"), so that clients
+/// tell a lost lease from other errors without parsing messages.
+const DOMAIN: &str = "sandpool";
+
+fn with_reason(
+    code: Code,
+    message: String,
+    reason: &str,
+    lease_id: &str,
+    mut details: ErrorDetails,
+) -> Status {
+    details.set_error_info(
+        reason,
+        DOMAIN,
+        [("lease_id".to_string(), lease_id.to_string())],
+    );
+    Status::with_error_details(code, message, details)
+}
+
 fn precondition(kind: &str, subject: &str, message: String) -> Status {
     Status::with_error_details(
         Code::FailedPrecondition,
@@ -34,8 +53,25 @@ impl From<Error> for Status {
                 ErrorDetails::with_bad_request_violation(field, why),
             ),
             Error::TooLarge(_) => Status::invalid_argument(message),
+            Error::LeaseNotFound(id) => with_reason(
+                Code::NotFound,
+                message,
+                "LEASE_NOT_FOUND",
+                &id,
+                ErrorDetails::new(),
+            ),
+            Error::LeaseEnded { id, .. } => {
+                let mut details = ErrorDetails::new();
+                details.add_precondition_failure_violation("LEASE_ENDED", &id, &message);
+                with_reason(
+                    Code::FailedPrecondition,
+                    message,
+                    "LEASE_ENDED",
+                    &id,
+                    details,
+                )
+            }
             Error::PoolNotFound(_)
-            | Error::LeaseNotFound(_)
             | Error::RunNotFound { .. }
             | Error::ContextNotFound { .. }
             | Error::PathNotFound { .. } => Status::not_found(message),
@@ -47,7 +83,6 @@ impl From<Error> for Status {
             ),
             Error::PoolClosed(pool) => precondition("POOL_CLOSED", &pool, message),
             Error::PoolFailing { pool, .. } => precondition("POOL_FAILING", &pool, message),
-            Error::LeaseEnded { id, .. } => precondition("LEASE_ENDED", &id, message),
             Error::ContainerGone { lease_id } => precondition("CONTAINER_GONE", &lease_id, message),
             Error::FileFailed { path, .. } => precondition("FILE_OPERATION_FAILED", &path, message),
             Error::NotAllowed(_) => precondition("NOT_ALLOWED", "", message),
@@ -107,6 +142,30 @@ mod tests {
         ];
         for (err, code) in cases {
             assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn lease_errors_carry_a_reason() {
+        for (err, reason) in [
+            (Error::LeaseNotFound("abc".into()), "LEASE_NOT_FOUND"),
+            (
+                Error::LeaseEnded {
+                    id: "abc".into(),
+                    end: LeaseEnd::Released,
+                },
+                "LEASE_ENDED",
+            ),
+        ] {
+            let status = Status::from(err);
+            let details = status.get_error_details();
+            let info = details.error_info().expect("error info");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, "sandpool");
+            assert_eq!(
+                info.metadata.get("lease_id").map(String::as_str),
+                Some("abc")
+            );
         }
     }
 

@@ -9,7 +9,7 @@ use crate::{backend, sandbox};
 pub enum LeaseEnd {
     Released,
     Expired,
-    /// Its pool was deleted or the server is stopping.
+    /// The server is stopping. (A deleted pool lets its leases run to their end.)
     Revoked,
 }
 
@@ -18,7 +18,7 @@ impl LeaseEnd {
         match self {
             LeaseEnd::Released => "was released",
             LeaseEnd::Expired => "expired (no keepalive within its TTL)",
-            LeaseEnd::Revoked => "was revoked (its pool was deleted or the server is stopping)",
+            LeaseEnd::Revoked => "was revoked (the server is stopping)",
         }
     }
 }

@@ -315,7 +315,7 @@ impl Pump {
                         }
                         Some(StopCause::LeaseEnded(LeaseEnd::Revoked)) => (
                             EndReason::LeaseExpired,
-                            "killed: the lease was revoked (pool deleted or server stopping)".to_string(),
+                            "killed: the lease was revoked (the server is stopping)".to_string(),
                         ),
                         Some(StopCause::LeaseEnded(LeaseEnd::Released)) => {
                             (EndReason::Cancelled, "killed: the lease was released".to_string())

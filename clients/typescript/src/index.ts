@@ -1,0 +1,51 @@
+// @sandpool/client: leases on warm sandbox containers, kept alive in the
+// background, with streamed runs, files and pool administration.
+
+export { SandpoolClient, DEFAULT_ADDRESS, DEFAULT_TIMEOUT_MS } from "./client.js";
+export type { AcquireOptions, ClientOptions, TlsOptions, WatchOptions } from "./client.js";
+export { Session } from "./session.js";
+export type { Download, LeaseInfo, RunStream, UploadOptions, UploadResult, UploadSource } from "./session.js";
+export type {
+  Artifact,
+  ArtifactEvent,
+  ArtifactMeta,
+  EndReasonName,
+  ExitEvent,
+  OutputEvent,
+  Program,
+  RunEvent,
+  RunOptions,
+  RunResult,
+  RunStartedEvent,
+} from "./run.js";
+export type {
+  BackendName,
+  ExhaustionStrategyName,
+  LatencySummary,
+  PoolCounters,
+  PoolInfo,
+  PoolPhaseName,
+  PoolSpecInput,
+  PoolStats,
+  RecycleCounts,
+  RuntimeConfigInput,
+  StateCounts,
+} from "./pools.js";
+export {
+  AlreadyExists,
+  Cancelled,
+  Code,
+  DeadlineExceeded,
+  FailedPrecondition,
+  InvalidArgument,
+  LeaseLost,
+  NotFound,
+  PoolExhausted,
+  SandpoolError,
+  Unauthenticated,
+  Unavailable,
+} from "./errors.js";
+export type { ErrorDetails, FieldViolation, PreconditionViolation } from "./errors.js";
+
+/** The generated messages and services of sandpool.v1, for direct use. */
+export * as proto from "./proto.js";

@@ -1,0 +1,556 @@
+// A lease held by this process: kept alive in the background over the
+// KeepAlive stream at a third of its TTL, released by `release()` or
+// `await using`. Once the lease is lost every call rejects with LeaseLost.
+
+import { createReadStream, createWriteStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import { Readable } from "node:stream";
+
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
+import type { Client as ConnectClient } from "@connectrpc/connect";
+
+import { ArtifactService, DownloadKind, type UploadRequestSchema } from "./gen/sandpool/v1/artifact_pb.js";
+import {
+  LeaseState,
+  PlotFormat,
+  SessionService,
+  type KeepAliveRequestSchema,
+  type KeepAliveResponse,
+  type Lease as PbLease,
+  type RunRequestSchema,
+} from "./gen/sandpool/v1/session_pb.js";
+import { Code, LeaseLost, mapError, mapLeaseError } from "./errors.js";
+import { durationToMs } from "./pools.js";
+import { drive, streamCall } from "./streams.js";
+import {
+  EventDecoder,
+  artifactFromPb,
+  collect,
+  concat,
+  type ArtifactMeta,
+  type Program,
+  type RunEvent,
+  type RunOptions,
+  type RunResult,
+} from "./run.js";
+
+/** Shortest keepalive period, whatever the TTL. */
+const MIN_KEEPALIVE_MS = 100;
+/** Longest pause between two attempts to reopen a broken keepalive stream. */
+const MAX_RETRY_PAUSE_MS = 500;
+/** A keepalive stream is reopened at least this often (it has a deadline too). */
+const KEEPALIVE_STREAM_DEADLINE_MS = 10 * 60 * 1000;
+/** Added to a run's timeout for its call's deadline. */
+const RUN_DEADLINE_SLACK_MS = 30_000;
+/** Default run call deadline when no timeout is given: max_run_timeout's default plus slack. */
+const RUN_DEFAULT_DEADLINE_MS = 3600_000 + RUN_DEADLINE_SLACK_MS;
+/** Upload chunk size. */
+const UPLOAD_CHUNK = 1 << 20;
+
+/** What a Session needs of its client. */
+export interface SessionContext {
+  sessions: ConnectClient<typeof SessionService>;
+  artifacts: ConnectClient<typeof ArtifactService>;
+  /** Default deadline of unary calls. */
+  timeoutMs: number;
+}
+
+/** The lease a session holds. */
+export interface LeaseInfo {
+  /** 128-bit random id: the capability to use the container. */
+  id: string;
+  pool: string;
+  containerId: string;
+  ttlMs: number;
+  expireTime: Date | undefined;
+  /** A temporary container (TEMPORARY strategy), destroyed on release. */
+  temporary: boolean;
+  language: string;
+}
+
+export interface UploadOptions {
+  /** File mode; default 0o644. */
+  mode?: number;
+  /** The data is a tar archive to unpack into the directory `path`. */
+  tar?: boolean;
+  /** Call deadline; default the client's timeoutMs. */
+  timeoutMs?: number;
+}
+
+export interface UploadResult {
+  path: string;
+  size: number;
+  /** Hex SHA-256 of the bytes the server received. */
+  sha256: string;
+}
+
+export interface Download {
+  path: string;
+  /** A regular file's bytes, or a tar archive of a directory's contents. */
+  kind: "file" | "tar";
+  mode: number;
+  /** Size of a file (0 for a directory). */
+  size: number;
+  data: Uint8Array;
+}
+
+/** What `upload` accepts: bytes, text (UTF-8), or a stream of chunks. */
+export type UploadSource = Uint8Array | string | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
+
+type KeepAliveInit = MessageInitShape<typeof KeepAliveRequestSchema>;
+type UploadInit = MessageInitShape<typeof UploadRequestSchema>;
+
+/** A queue that a bidi or client stream reads its requests from. */
+class RequestQueue<T> implements AsyncIterable<T> {
+  private readonly items: T[] = [];
+  private wake: (() => void) | undefined;
+  private closed = false;
+
+  push(item: T): void {
+    if (this.closed) {
+      return;
+    }
+    this.items.push(item);
+    this.notify();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.notify();
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<T> {
+    for (;;) {
+      const item = this.items.shift();
+      if (item !== undefined) {
+        yield item;
+      } else if (this.closed) {
+        return;
+      } else {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+        });
+      }
+    }
+  }
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. Never holds the process open. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    timer.unref();
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+const STATE_REASONS: Partial<Record<LeaseState, string>> = {
+  [LeaseState.EXPIRED]: "the lease expired on the server (no keepalive arrived within its TTL)",
+  [LeaseState.RELEASED]: "the lease was released",
+  [LeaseState.REVOKED]: "the server revoked the lease (its pool was deleted or the server is stopping)",
+  [LeaseState.NOT_FOUND]: "the server does not know the lease",
+};
+
+const PLOT_FORMATS = { png: PlotFormat.PNG, svg: PlotFormat.SVG, pdf: PlotFormat.PDF } as const;
+
+export function leaseFromPb(l: PbLease): LeaseInfo {
+  return {
+    id: l.id,
+    pool: l.pool,
+    containerId: l.containerId,
+    ttlMs: durationToMs(l.ttl),
+    expireTime: l.expireTime === undefined ? undefined : timestampDate(l.expireTime),
+    temporary: l.temporary,
+    language: l.language,
+  };
+}
+
+/** An async iterable of a run's events, with a shortcut to collect them. */
+export interface RunStream extends AsyncIterable<RunEvent> {
+  /** Consumes the events and returns the collected output. */
+  collect(): Promise<RunResult>;
+}
+
+/**
+ * A lease on a warm container. Use with `await using`, or call `release()`
+ * in a `finally`; both are safe to combine and to repeat.
+ */
+export class Session implements AsyncDisposable {
+  readonly lease: LeaseInfo;
+  private readonly ctx: SessionContext;
+  private lostReason: string | undefined;
+  private lostCode: Code = Code.FailedPrecondition;
+  private readonly stop = new AbortController();
+  private releasing: Promise<void> | undefined;
+  /** The background keepalive loop; it never rejects. */
+  readonly #keepalive: Promise<void>;
+
+  /** @internal Use `SandpoolClient.acquire`. */
+  constructor(ctx: SessionContext, lease: PbLease, options: { keepAlive?: boolean } = {}) {
+    this.ctx = ctx;
+    this.lease = leaseFromPb(lease);
+    this.#keepalive =
+      options.keepAlive === false ? Promise.resolve() : this.keepAliveLoop().catch(() => undefined);
+  }
+
+  get leaseId(): string {
+    return this.lease.id;
+  }
+
+  get containerId(): string {
+    return this.lease.containerId;
+  }
+
+  /** Why the lease is lost, once it is; undefined while it is usable. */
+  get lost(): string | undefined {
+    return this.lostReason;
+  }
+
+  /** True once `release()` was called. */
+  get released(): boolean {
+    return this.releasing !== undefined;
+  }
+
+  private markLost(reason: string, code: Code = Code.FailedPrecondition): void {
+    if (this.lostReason === undefined) {
+      this.lostReason = reason;
+      this.lostCode = code;
+    }
+    this.stop.abort();
+  }
+
+  private check(): void {
+    if (this.releasing !== undefined) {
+      throw new LeaseLost(this.lease.id, "the lease was released by this session");
+    }
+    if (this.lostReason !== undefined) {
+      throw new LeaseLost(this.lease.id, this.lostReason, this.lostCode);
+    }
+  }
+
+  /** Maps a call's error; an error about the lease marks the session lost. */
+  private fail(err: unknown): Error {
+    const mapped = mapLeaseError(err, this.lease.id);
+    if (mapped instanceof LeaseLost) {
+      this.markLost(mapped.reason, mapped.code);
+    }
+    return mapped;
+  }
+
+  // ------------------------------------------------------------ runs
+
+  /**
+   * Runs code (a string, in the pool's language) or a command, and yields
+   * its events as they arrive: started, stdout/stderr chunks, artifacts,
+   * then exit. Breaking out of the loop (or aborting `signal`) kills the run.
+   */
+  run(program: Program, options: RunOptions = {}): RunStream {
+    const events = this.runEvents(program, options);
+    return {
+      [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
+      collect: () => collect(events),
+    };
+  }
+
+  /** Runs and collects stdout, stderr, exit code, end reason and artifacts. */
+  runCollect(program: Program, options: RunOptions = {}): Promise<RunResult> {
+    return collect(this.runEvents(program, options));
+  }
+
+  /** Runs a program with arguments (no shell) and collects its output. */
+  exec(argv: string[], options: RunOptions = {}): Promise<RunResult> {
+    return this.runCollect({ argv }, options);
+  }
+
+  /** Runs a `/bin/sh -c` command line and collects its output. */
+  shell(line: string, options: RunOptions = {}): Promise<RunResult> {
+    return this.runCollect({ shell: line }, options);
+  }
+
+  private async *runEvents(program: Program, options: RunOptions): AsyncGenerator<RunEvent> {
+    this.check();
+    const request: MessageInitShape<typeof RunRequestSchema> = {
+      leaseId: this.lease.id,
+      program: programToPb(program),
+      stdin: typeof options.stdin === "string" ? new TextEncoder().encode(options.stdin) : options.stdin,
+      env: options.env ?? {},
+      workingDir: options.workingDir ?? "",
+      timeout: options.timeoutMs === undefined ? undefined : durationFromMs(options.timeoutMs),
+      outputLimitBytes: options.outputLimitBytes === undefined ? undefined : BigInt(options.outputLimitBytes),
+      plotFormat: options.plotFormat === undefined ? PlotFormat.UNSPECIFIED : PLOT_FORMATS[options.plotFormat],
+    };
+    const deadline =
+      options.deadlineMs ??
+      (options.timeoutMs === undefined ? RUN_DEFAULT_DEADLINE_MS : options.timeoutMs + RUN_DEADLINE_SLACK_MS);
+    const decoder = new EventDecoder();
+    try {
+      // Leaving the loop early aborts the call, and the server kills the run.
+      const responses = drive((call) => this.ctx.sessions.run(request, call), deadline, options.signal);
+      for await (const response of responses) {
+        const event = decoder.decode(response);
+        if (event?.type === "exit" && event.endReason === "lease_expired") {
+          // The server killed the run because the lease ended under it.
+          this.markLost(`the lease ended during run: ${event.message}`);
+        }
+        if (event !== undefined) {
+          yield event;
+        }
+      }
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /** Kills a running run (by the id of its started event). False if it had already ended. */
+  async cancel(runId: string): Promise<boolean> {
+    this.check();
+    try {
+      const r = await this.ctx.sessions.cancel({ leaseId: this.lease.id, runId }, { timeoutMs: this.ctx.timeoutMs });
+      return r.cancelled;
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /**
+   * Installs libraries for this lease only (gone after the reset): package
+   * names need the pool's `leaseInstalls`; paths of package files already in
+   * the container always work.
+   */
+  async installLibraries(libraries: string[], options: { timeoutMs?: number } = {}): Promise<{ log: string; durationMs: number }> {
+    this.check();
+    try {
+      const r = await this.ctx.sessions.installLibraries(
+        { leaseId: this.lease.id, libraries },
+        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 300_000) },
+      );
+      return { log: r.log, durationMs: durationToMs(r.duration) };
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  // ------------------------------------------------------------ files
+
+  /** Writes `data` to the absolute `path` in the container (parents are created). */
+  async upload(path: string, data: UploadSource, options: UploadOptions = {}): Promise<UploadResult> {
+    this.check();
+    const header = { leaseId: this.lease.id, path, mode: options.mode, tar: options.tar ?? false };
+    async function* messages(): AsyncGenerator<UploadInit> {
+      yield { part: { case: "header", value: header } };
+      for await (const chunk of chunksOf(data)) {
+        for (let at = 0; at < chunk.length; at += UPLOAD_CHUNK) {
+          yield { part: { case: "chunk", value: chunk.subarray(at, at + UPLOAD_CHUNK) } };
+        }
+      }
+    }
+    const call = streamCall(options.timeoutMs ?? this.ctx.timeoutMs);
+    try {
+      const r = await this.ctx.artifacts.upload(messages(), call.options);
+      return { path: r.path, size: Number(r.size), sha256: r.sha256 };
+    } catch (err) {
+      throw this.fail(err);
+    } finally {
+      call.abort();
+      call.dispose();
+    }
+  }
+
+  /** Streams a local file to `path` in the container. */
+  uploadFile(path: string, localPath: string, options: UploadOptions = {}): Promise<UploadResult> {
+    return this.upload(path, createReadStream(localPath, { highWaterMark: UPLOAD_CHUNK }), options);
+  }
+
+  /** Reads a file (or a directory, as a tar archive) from the container. */
+  async download(path: string, options: { timeoutMs?: number } = {}): Promise<Download> {
+    this.check();
+    let header: Omit<Download, "data"> | undefined;
+    const chunks: Uint8Array[] = [];
+    try {
+      const stream = drive(
+        (call) => this.ctx.artifacts.download({ leaseId: this.lease.id, path }, call),
+        options.timeoutMs ?? this.ctx.timeoutMs,
+      );
+      for await (const m of stream) {
+        if (m.part.case === "header") {
+          const h = m.part.value;
+          header = {
+            path: h.path,
+            kind: h.kind === DownloadKind.TAR ? "tar" : "file",
+            mode: h.mode,
+            size: Number(h.size),
+          };
+        } else if (m.part.case === "chunk") {
+          chunks.push(m.part.value);
+        }
+      }
+    } catch (err) {
+      throw this.fail(err);
+    }
+    if (header === undefined) {
+      throw mapError(new Error(`the download of ${path} came without a header`));
+    }
+    return { ...header, data: concat(chunks) };
+  }
+
+  /** Downloads `path` into the local file `localPath`. */
+  async downloadFile(path: string, localPath: string, options: { timeoutMs?: number } = {}): Promise<Omit<Download, "data">> {
+    const { data, ...header } = await this.download(path, options);
+    await pipeline(Readable.from([data]), createWriteStream(localPath));
+    return header;
+  }
+
+  /** Files the lease's runs left in the pool's output directory, oldest first. */
+  async listArtifacts(runId = ""): Promise<ArtifactMeta[]> {
+    this.check();
+    try {
+      const r = await this.ctx.artifacts.listArtifacts({ leaseId: this.lease.id, runId }, { timeoutMs: this.ctx.timeoutMs });
+      return r.artifacts.map(artifactFromPb);
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  // ------------------------------------------------------------ end
+
+  /**
+   * Ends the lease now; the container is reset for the next client. Safe to
+   * call more than once and on a lost lease (then it does nothing more). It
+   * rejects only when the server could not be told (the lease then expires
+   * at its TTL).
+   */
+  release(): Promise<void> {
+    this.releasing ??= this.doRelease();
+    return this.releasing;
+  }
+
+  private async doRelease(): Promise<void> {
+    this.stop.abort();
+    await this.#keepalive;
+    try {
+      await this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs });
+    } catch (err) {
+      const mapped = mapError(err);
+      // Gone already: releasing is idempotent from the caller's view.
+      if (mapped.code === Code.NotFound || mapped.code === Code.FailedPrecondition) {
+        return;
+      }
+      throw mapped;
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release();
+  }
+
+  // ------------------------------------------------------------ keepalive
+
+  /**
+   * Renews the lease every TTL/3 over one KeepAlive stream, reopening it when
+   * it breaks, until release, until the server answers that the lease is
+   * gone, or until renewals have failed for longer than the TTL. Its timers
+   * are unref'd and every error is caught here.
+   */
+  private async keepAliveLoop(): Promise<void> {
+    const stop = this.stop.signal;
+    let ttl = Math.max(this.lease.ttlMs, 1000);
+    let period = Math.max(ttl / 3, MIN_KEEPALIVE_MS);
+    let lastRenewal = Date.now();
+    await pause(period, stop);
+    while (!stop.aborted) {
+      // Ends with `stop` (release, loss) or at its deadline (then reopened).
+      const call = streamCall(KEEPALIVE_STREAM_DEADLINE_MS, stop);
+      const requests = new RequestQueue<KeepAliveInit>();
+      try {
+        const responses = this.ctx.sessions.keepAlive(requests, call.options)[Symbol.asyncIterator]();
+        while (!stop.aborted) {
+          requests.push({ leaseId: this.lease.id });
+          const next = responses.next();
+          // Settled later when the call is aborted: never unhandled.
+          next.catch(() => undefined);
+          const answer = await Promise.race([
+            next,
+            pause(period, call.options.signal ?? stop).then(() => "timeout" as const),
+          ]);
+          if (answer === "timeout" || answer.done === true) {
+            break;
+          }
+          const r: KeepAliveResponse = answer.value;
+          if (r.state !== LeaseState.ACTIVE) {
+            if (!stop.aborted) {
+              this.markLost(STATE_REASONS[r.state] ?? `the server answered the keepalive with state ${r.state}`);
+            }
+            return;
+          }
+          lastRenewal = Date.now();
+          if (r.ttl !== undefined && durationToMs(r.ttl) > 0) {
+            ttl = durationToMs(r.ttl);
+            period = Math.max(ttl / 3, MIN_KEEPALIVE_MS);
+          }
+          await pause(period, stop);
+        }
+      } catch {
+        // The stream broke: reopened below while the TTL allows.
+      } finally {
+        call.abort();
+        call.dispose();
+        requests.close();
+      }
+      if (stop.aborted) {
+        return;
+      }
+      if (Date.now() - lastRenewal >= ttl) {
+        this.markLost(`keepalive failed for longer than the ${ttl / 1000}s TTL`, Code.Unavailable);
+        // Best effort, in case a renewal reached the server after all.
+        this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs }).catch(() => undefined);
+        return;
+      }
+      await pause(Math.min(period, MAX_RETRY_PAUSE_MS), stop);
+    }
+  }
+}
+
+function programToPb(program: Program): MessageInitShape<typeof RunRequestSchema>["program"] {
+  if (typeof program === "string") {
+    return { case: "code", value: { source: { case: "text", value: program } } };
+  }
+  if ("code" in program) {
+    const source =
+      typeof program.code === "string"
+        ? ({ case: "text", value: program.code } as const)
+        : ({ case: "data", value: program.code } as const);
+    return { case: "code", value: { source, language: program.language ?? "" } };
+  }
+  if ("argv" in program) {
+    return { case: "command", value: { argv: program.argv } };
+  }
+  return { case: "command", value: { shell: program.shell } };
+}
+
+async function* chunksOf(data: UploadSource): AsyncGenerator<Uint8Array> {
+  if (typeof data === "string") {
+    yield new TextEncoder().encode(data);
+  } else if (data instanceof Uint8Array) {
+    yield data;
+  } else {
+    for await (const chunk of data as AsyncIterable<Uint8Array>) {
+      yield typeof chunk === "string" ? new TextEncoder().encode(chunk) : chunk;
+    }
+  }
+}

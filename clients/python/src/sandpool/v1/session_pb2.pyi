@@ -39,7 +39,9 @@ class _LeaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseState
     LEASE_STATE_NOT_FOUND: _LeaseState.ValueType  # 4
     """Never existed, or ended so long ago that the server forgot it."""
     LEASE_STATE_REVOKED: _LeaseState.ValueType  # 5
-    """Ended because its pool was deleted or the server is stopping."""
+    """Ended because the server is stopping (a deleted pool lets its leases run
+    to their end).
+    """
 
 class LeaseState(_LeaseState, metaclass=_LeaseStateEnumTypeWrapper):
     """The state of a lease named in a keepalive."""
@@ -55,7 +57,9 @@ LEASE_STATE_EXPIRED: LeaseState.ValueType  # 3
 LEASE_STATE_NOT_FOUND: LeaseState.ValueType  # 4
 """Never existed, or ended so long ago that the server forgot it."""
 LEASE_STATE_REVOKED: LeaseState.ValueType  # 5
-"""Ended because its pool was deleted or the server is stopping."""
+"""Ended because the server is stopping (a deleted pool lets its leases run
+to their end).
+"""
 Global___LeaseState: _TypeAlias = LeaseState  # noqa: Y015
 
 class _PlotFormat:

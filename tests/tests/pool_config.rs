@@ -186,6 +186,23 @@ async fn fail_fast_refuses_at_once() {
         1
     );
     held.release().await.expect("release");
+    // Right after a release the container is being reset, not leased: the
+    // pool is not exhausted, and FAIL_FAST waits the moment it takes.
+    for _ in 0..3 {
+        let again = server
+            .client
+            .acquire("ff")
+            .await
+            .expect("acquire right after a release");
+        again.release().await.expect("release");
+    }
+    let refusals = server
+        .stats("ff")
+        .await
+        .counters
+        .expect("c")
+        .fail_fast_refusals;
+    assert_eq!(refusals, 1, "no refusal while a container was on its way");
     server.stop().await;
 }
 

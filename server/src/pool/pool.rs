@@ -320,8 +320,15 @@ impl Pool {
             });
         }
         let can_grow = live(&counts) < config.max_pool_size;
+        // Containers being reset or created are free in moments: a pool with
+        // one on its way that no waiter has claimed is not exhausted, so
+        // FAIL_FAST and TEMPORARY wait for it rather than refuse or start a
+        // temporary right after a release.
+        let on_the_way =
+            (counts.resetting + counts.initializing).saturating_sub(st.waiters.len() as u32);
+        let exhausted = !can_grow && on_the_way == 0;
         match config.exhaustion_strategy {
-            ExhaustionStrategy::FailFast if !can_grow => {
+            ExhaustionStrategy::FailFast if exhausted => {
                 st.counters.fail_fast_refusals += 1;
                 drop(st);
                 self.changed();
@@ -334,7 +341,7 @@ impl Pool {
                     waited: Duration::ZERO,
                 });
             }
-            ExhaustionStrategy::Temporary if !can_grow => {
+            ExhaustionStrategy::Temporary if exhausted => {
                 st.counters.temporaries += 1;
                 st.temporaries += 1;
                 drop(st);

@@ -20,7 +20,7 @@ async fn files_round_trip() {
     server.pool(python_pool("files")).await;
     let session = server.client.acquire("files").await.expect("acquire");
 
-    let data = random_bytes(5 << 20);
+    let data = random_bytes(50 << 20);
     let digest = hex::encode(Sha256::digest(&data));
     let up = session
         .upload_with(

@@ -179,11 +179,33 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // A test that panicked before `stop`: still stop the server (its
-        // runtime is going away) so that cleanup gets a chance.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        // A test that panicked before `stop`: its runtime is going away with
+        // the server on it, so remove the server's containers from a thread
+        // of our own. A failed test must not leave containers behind either.
+        let Some(stop) = self.stop.take() else { return };
+        let _ = stop.send(());
+        let id = self.server_id.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                let docker = docker();
+                // Twice: a creation already sent to the engine may land
+                // after the first look.
+                for pass in 0..2 {
+                    if pass > 0 {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    if let Ok(found) = docker.list_containers(LABEL_SERVER, Some(&id)).await {
+                        for c in found {
+                            let _ = docker.remove_container(&c.id).await;
+                        }
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 

@@ -99,14 +99,23 @@ async fn figures_and_files_come_back_as_artifacts() {
     assert!(!csv.plot);
     assert_eq!(csv_bytes, b"a,b\n1,2\n");
 
+    // Seaborn draws through matplotlib; PDF on request.
+    let code = "import seaborn as sns\nimport matplotlib.pyplot as plt\nsns.histplot([1, 2, 2, 3, 3, 3])\nplt.show()";
+    let out = run(&session, code, pb::PlotFormat::Pdf).await;
+    let got = files(&out);
+    assert_eq!(got.len(), 1, "{:?} {}", got.keys(), out.stderr_text());
+    let (pdf, pdf_bytes) = got.values().next().expect("one plot");
+    assert!(pdf.plot && pdf.mime_type == "application/pdf", "{pdf:?}");
+    assert!(pdf_bytes.starts_with(b"%PDF"), "a PDF document");
+
     // A run that makes nothing gets nothing, even right after one that did.
     let out = run(&session, "print('quiet')", pb::PlotFormat::Unspecified).await;
     assert!(out.artifacts.is_empty(), "{:?}", files(&out).keys());
 
     // ListArtifacts knows every file and the run that made it.
     let listed = session.list_artifacts().await.expect("list");
-    assert_eq!(listed.len(), 4, "{listed:?}");
-    assert_eq!(listed.iter().filter(|a| a.plot).count(), 3);
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert_eq!(listed.iter().filter(|a| a.plot).count(), 4);
     assert!(
         listed
             .iter()

@@ -1,8 +1,10 @@
 //! `cargo run --release -p sandpool-bench --bin plots`: what capturing a
-//! matplotlib figure costs a run. The same program (build a figure, call
-//! plt.show()) runs with sandpool's capture (the figure is saved and comes
-//! back as an artifact) and with matplotlib's Agg backend (show() does
-//! nothing, nothing comes back), interleaved on one warm lease.
+//! matplotlib figure costs a run. Interleaved on one warm lease:
+//!   - a program that makes data and plots it (plt.show()), with sandpool's
+//!     capture: the figure is saved and comes back as an artifact;
+//!   - the same program with matplotlib's Agg backend: show() does nothing,
+//!     nothing comes back (the capture's own cost is the difference);
+//!   - the same program without the plotting lines (no matplotlib at all).
 
 use std::time::{Duration, Instant};
 
@@ -19,26 +21,51 @@ struct Args {
     image: String,
 }
 
-const CODE: &str = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2, 5, 4])\nplt.title('bench')\nplt.show()\nprint('ok')";
+const DATA: &str = "import math\nys = [math.sin(x / 10) for x in range(200)]\n";
+const PLOT: &str =
+    "import matplotlib.pyplot as plt\nplt.plot(ys)\nplt.title('bench')\nplt.show()\n";
 
-async fn once(session: &sandpool_client::Session, capture: bool) -> anyhow::Result<(Duration, usize)> {
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Captured,
+    Agg,
+    NoPlot,
+}
+
+async fn once(
+    session: &sandpool_client::Session,
+    variant: Variant,
+) -> anyhow::Result<(Duration, usize)> {
+    let code = match variant {
+        Variant::NoPlot => format!("{DATA}print('ok')"),
+        _ => format!("{DATA}{PLOT}print('ok')"),
+    };
     let mut request = pb::RunRequest {
         program: Some(pb::run_request::Program::Code(pb::Code {
-            source: Some(pb::code::Source::Text(CODE.into())),
+            source: Some(pb::code::Source::Text(code)),
             language: String::new(),
         })),
         ..Default::default()
     };
-    if !capture {
+    if variant == Variant::Agg {
         request.env.insert("MPLBACKEND".into(), "agg".into());
     }
+    let capture = variant == Variant::Captured;
     let started = Instant::now();
     let out = session.run_request(request).await?.collect().await?;
     let took = started.elapsed();
     if out.stdout_text() != "ok\n" {
-        bail!("unexpected output {:?} / {:?}", out.stdout_text(), out.stderr_text());
+        bail!(
+            "unexpected output {:?} / {:?}",
+            out.stdout_text(),
+            out.stderr_text()
+        );
     }
-    let plots = out.artifacts.iter().filter(|a| a.last && a.info.as_ref().is_some_and(|i| i.plot)).count();
+    let plots = out
+        .artifacts
+        .iter()
+        .filter(|a| a.last && a.info.as_ref().is_some_and(|i| i.plot))
+        .count();
     if capture != (plots == 1) {
         bail!("capture={capture} but {plots} plots came back");
     }
@@ -79,32 +106,42 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let session = client.acquire("plots").await?;
+    let variants = [Variant::Captured, Variant::Agg, Variant::NoPlot];
     for _ in 0..5 {
-        once(&session, true).await?;
-        once(&session, false).await?;
-    }
-    let (mut with, mut without, mut bytes) = (Vec::new(), Vec::new(), 0);
-    for i in 0..args.iterations {
-        if i % 2 == 0 {
-            let (t, b) = once(&session, true).await?;
-            with.push(t);
-            bytes = b;
-            without.push(once(&session, false).await?.0);
-        } else {
-            without.push(once(&session, false).await?.0);
-            let (t, b) = once(&session, true).await?;
-            with.push(t);
-            bytes = b;
+        for v in variants {
+            once(&session, v).await?;
         }
     }
-    let (w, wo) = (median(&mut with), median(&mut without));
-    println!("plot capture, {} runs each on one warm lease (a figure and plt.show()):", args.iterations);
-    println!("  with capture (PNG of {bytes} bytes back as an artifact): median {:.1} ms", w.as_secs_f64() * 1e3);
-    println!("  without (Agg backend, nothing back):                 median {:.1} ms", wo.as_secs_f64() * 1e3);
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut bytes = 0;
+    for i in 0..args.iterations {
+        // Rotate the order so that drift in the machine's load hits all alike.
+        for k in 0..3 {
+            let v = variants[(i + k) % 3];
+            let (t, b) = once(&session, v).await?;
+            if v == Variant::Captured {
+                bytes = b;
+            }
+            times[variants.iter().position(|x| *x == v).unwrap_or(0)].push(t);
+        }
+    }
+    let [c, a, n] = times.map(|mut t| median(&mut t).as_secs_f64() * 1e3);
     println!(
-        "  overhead: {:.1} ms per run ({:.2}x)",
-        (w.as_secs_f64() - wo.as_secs_f64()) * 1e3,
-        w.as_secs_f64() / wo.as_secs_f64()
+        "plot capture, {} runs each on one warm lease:",
+        args.iterations
+    );
+    println!("  plot + plt.show(), captured (PNG of {bytes} bytes back): median {c:7.1} ms");
+    println!("  same, Agg backend (nothing saved or sent):             median {a:7.1} ms");
+    println!("  same program without the plotting lines:               median {n:7.1} ms");
+    println!(
+        "  capture overhead: {:.1} ms per run ({:.2}x the Agg run)",
+        c - a,
+        c / a
+    );
+    println!(
+        "  plotting plus capture against no plotting: {:.1} ms ({:.2}x)",
+        c - n,
+        c / n
     );
     session.release().await?;
     let _ = stop.send(());

@@ -61,6 +61,8 @@ pub struct Context {
     /// Bumped whenever a cell finishes, for interrupt escalation.
     finished: watch::Sender<u64>,
     pid: Mutex<String>,
+    /// Deleted: a cell still running must not bring the kernel back.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,6 +100,7 @@ pub async fn create(lease: &LeaseGuard, language: Option<&str>) -> Result<String
         pid: Mutex::new(kernel.pid.clone()),
         kernel: Arc::new(tokio::sync::Mutex::new(kernel)),
         finished: watch::channel(0).0,
+        deleted: std::sync::atomic::AtomicBool::new(false),
     });
     lock(&set.contexts).insert(id.clone(), context);
     Ok(id)
@@ -112,6 +115,9 @@ pub async fn delete(lease: &LeaseGuard, id: &str) -> Result<()> {
             context_id: id.to_string(),
         });
     };
+    context
+        .deleted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     sandbox::kill_run(
         &**lease.backend(),
         lease.spec(),
@@ -327,7 +333,12 @@ impl Cell {
         let code = backend::wait_exit_code(&**lease.backend(), &self.kernel.exec_id)
             .await
             .map_or(-1, |c| i32::try_from(c).unwrap_or(-1));
-        if lease.ended().is_none() {
+        if lease.ended().is_none()
+            && !self
+                .context
+                .deleted
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
             match start_kernel(lease, &self.context.marker, &self.context.nonce).await {
                 Ok(kernel) => {
                     *lock(&self.context.pid) = kernel.pid.clone();

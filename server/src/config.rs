@@ -48,6 +48,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served (GET /metrics); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Identity in container labels; default `<hostname>-<port>`.
     pub server_id: Option<String>,
     pub shutdown_grace: Duration,
@@ -65,6 +67,7 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     server_id: Option<String>,
     shutdown_grace: Option<f64>,
     log_format: Option<String>,
@@ -155,6 +158,15 @@ impl ServerConfig {
                 format!("{listen_text:?} is not an address like 127.0.0.1:50051"),
             )
         })?;
+        let metrics_listen = match file.metrics_listen.as_deref().filter(|m| !m.is_empty()) {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!("{text:?} is not an address like 127.0.0.1:9464"),
+                )
+            })?),
+        };
         let shutdown_grace = match file.shutdown_grace {
             None => Duration::from_secs(10),
             Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
@@ -227,6 +239,7 @@ impl ServerConfig {
         }
         Ok(Self {
             listen,
+            metrics_listen,
             server_id: file.server_id.filter(|s| !s.is_empty()),
             shutdown_grace,
             log_format,
@@ -238,13 +251,21 @@ impl ServerConfig {
         })
     }
 
-    /// SANDPOOL_LISTEN, SANDPOOL_SERVER_ID, SANDPOOL_TOKENS (comma-separated),
-    /// SANDPOOL_LOG_FORMAT.
+    /// SANDPOOL_LISTEN, SANDPOOL_METRICS_LISTEN, SANDPOOL_SERVER_ID,
+    /// SANDPOOL_TOKENS (comma-separated), SANDPOOL_LOG_FORMAT.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(listen) = var("SANDPOOL_LISTEN").filter(|v| !v.is_empty()) {
             self.listen = listen
                 .parse()
                 .map_err(|_| invalid("SANDPOOL_LISTEN", format!("{listen:?} is not an address")))?;
+        }
+        if let Some(metrics) = var("SANDPOOL_METRICS_LISTEN").filter(|v| !v.is_empty()) {
+            self.metrics_listen = Some(metrics.parse().map_err(|_| {
+                invalid(
+                    "SANDPOOL_METRICS_LISTEN",
+                    format!("{metrics:?} is not an address"),
+                )
+            })?);
         }
         if let Some(id) = var("SANDPOOL_SERVER_ID").filter(|v| !v.is_empty()) {
             self.server_id = Some(id);

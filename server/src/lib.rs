@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod files;
 pub mod lang;
+pub mod metrics;
 pub mod pool;
 pub mod run;
 pub mod sandbox;

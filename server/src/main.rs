@@ -12,6 +12,9 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:50051, or the config's `listen`].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// TOML config file; without it, the built-in default (one `python` pool).
     #[arg(long, env = "SANDPOOL_CONFIG")]
     config: Option<PathBuf>,
@@ -60,6 +63,9 @@ async fn main() -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(metrics) = args.metrics_listen {
+        config.metrics_listen = Some(metrics);
     }
     if let Some(id) = args.server_id {
         config.server_id = Some(id);

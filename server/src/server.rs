@@ -109,6 +109,18 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!(%addr, server_id = %server_id, "sandpool-server listening");
+    if let Some(metrics_addr) = config.metrics_listen {
+        let listener = TcpListener::bind(metrics_addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+        let manager = Arc::clone(&manager);
+        let streams = streams.clone();
+        tokio::spawn(async move {
+            let stop = async move { streams.cancelled().await };
+            if let Err(e) = crate::metrics::serve(manager, listener, stop).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
 
     // Shutdown: stop accepting at once; the manager lets runs finish, then
     // revokes leases and removes containers; then long-lived streams end, so

@@ -115,3 +115,44 @@ async fn watch_streams_changes_at_most_every_100ms_and_ends_on_delete() {
     assert!(closed, "the last message says the pool is closed");
     server.stop().await;
 }
+
+/// GET `path` over plain HTTP/1.1; returns the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_follow_the_pools() {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut config = sandpool_tests::empty_config();
+    config.metrics_listen = Some(metrics);
+    let server = TestServer::start_with(config).await;
+    server.pool(python_pool("metered")).await;
+    let session = server.client.acquire("metered").await.expect("acquire");
+    session.run_collect("print(1)").await.expect("run");
+    let text = http_get(metrics, "/metrics").await;
+    for line in [
+        "sandpool_pool_containers{pool=\"metered\",state=\"busy\"} 1",
+        "sandpool_acquisitions_total{pool=\"metered\"} 1",
+        "sandpool_runs_total{pool=\"metered\"} 1",
+        "sandpool_pool_max_size{pool=\"metered\"} 2",
+        "# TYPE sandpool_recycled_total counter",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    session.release().await.expect("release");
+    server.stop().await;
+}

@@ -11,6 +11,7 @@ mod javascript;
 mod python;
 mod r;
 mod ruby;
+mod rust;
 mod typescript;
 
 use bytes::Bytes;
@@ -102,6 +103,7 @@ static LANGUAGES: &[&dyn Language] = &[
     &java::Java,
     &cpp::Cpp,
     &c::C,
+    &rust::Rust,
     &ruby::Ruby,
     &r::R,
     &bash::Bash,

@@ -42,6 +42,9 @@ pub async fn serve(
         .await
 }
 
+/// A metric family read off each pool's statistics: name, help, reader.
+type Metric<T> = (&'static str, &'static str, fn(&PoolStats) -> T);
+
 /// The exposition text for `pools`.
 pub fn render(pools: &[PoolStats]) -> String {
     let mut out = String::new();
@@ -72,7 +75,7 @@ pub fn render(pools: &[PoolStats]) -> String {
             .map(move |(state, n)| (format!("{},state=\"{state}\"", label(s)), f64::from(n)))
         }),
     );
-    let gauges: [(&str, &str, fn(&PoolStats) -> f64); 6] = [
+    let gauges: [Metric<f64>; 6] = [
         ("sandpool_pool_max_size", "max_pool_size.", |s| {
             f64::from(s.max_size)
         }),
@@ -104,7 +107,7 @@ pub fn render(pools: &[PoolStats]) -> String {
             &mut pools.iter().map(|s| (label(s), value(s))),
         );
     }
-    let counters: [(&str, &str, fn(&PoolStats) -> u64); 11] = [
+    let counters: [Metric<u64>; 11] = [
         ("sandpool_acquisitions_total", "Leases granted.", |s| {
             s.counters.acquisitions
         }),

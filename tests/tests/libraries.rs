@@ -184,6 +184,50 @@ except OSError:
     assert_eq!(out.stdout_text(), "42\n");
     again.release().await.expect("release");
 
+    // A pool that allows installs on leases: the container joins the
+    // network only while the installer runs.
+    let mut spec = python_pool("lease-net");
+    spec.lease_installs = Some(true);
+    spec.package_index_url = index.url.clone();
+    spec.config.as_mut().expect("config").max_pool_size = Some(1);
+    server.pool(spec).await;
+    let session = server.client.acquire("lease-net").await.expect("acquire");
+    let out = session
+        .run_collect("import os; print(sorted(os.listdir('/sys/class/net')))")
+        .await
+        .expect("run");
+    assert_eq!(
+        out.stdout_text(),
+        "['lo']\n",
+        "no network before the install"
+    );
+    let done = server
+        .client
+        .sessions()
+        .install_libraries(pb::InstallLibrariesRequest {
+            lease_id: session.lease_id().into(),
+            libraries: vec!["sandpooldemo".into()],
+        })
+        .await
+        .expect("install by name over the network")
+        .into_inner();
+    assert!(
+        done.log.contains("Successfully installed sandpooldemo"),
+        "{}",
+        done.log
+    );
+    let out = session
+        .run_collect("import os, sandpooldemo; print(sandpooldemo.VALUE, sorted(os.listdir('/sys/class/net')))")
+        .await
+        .expect("run");
+    assert_eq!(
+        out.stdout_text(),
+        "42 ['lo']\n",
+        "installed, and the network is cut again: {}",
+        out.stderr_text()
+    );
+    session.release().await.expect("release");
+
     // A library the index does not have fails the pool, with pip's words.
     let mut spec = python_pool("broken-libs");
     spec.libraries = vec!["sandpool-no-such-package".into()];

@@ -108,11 +108,13 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         cpu_quota,
         pids_limit: Some(rt.pids_limit),
         // Libraries are installed at warm-up with the install network on;
-        // it is cut before any client code runs.
-        network: if spec.libraries.is_empty() {
-            rt.network.clone()
-        } else {
+        // it is cut before any client code runs. A container that may join
+        // it again for a lease's installs must start on it too: an engine
+        // cannot connect a container created without any network.
+        network: if installs_need_network(spec) {
             spec.install_network.clone()
+        } else {
+            rt.network.clone()
         },
         read_only_root: rt.read_only_root,
         tmpfs,
@@ -196,6 +198,8 @@ async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &
             None,
         )
         .await?;
+    }
+    if installs_need_network(spec) {
         // Cut the install network before any client code can run.
         backend.set_network(id, None).await?;
         if spec.runtime.network != "none" {
@@ -215,6 +219,12 @@ async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &
         run_checked(backend, id, internal(spec, sh(script, &[])), "the warm-up").await?;
     }
     Ok(())
+}
+
+/// Whether the container starts on the install network (and leaves it
+/// before the first lease).
+fn installs_need_network(spec: &PoolSpec) -> bool {
+    !spec.libraries.is_empty() || spec.lease_installs
 }
 
 /// Writes a support file as the idle user (readable, not writable, by code).

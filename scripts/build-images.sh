@@ -3,7 +3,8 @@
 # container registry: debootstrap + chroot + `docker import`.
 #
 # Usage: scripts/build-images.sh [--force] [--jobs N] [--no-test] [--check] [--podman] [--list] [LANG...]
-#   LANG       python node go java cpp ruby r bash (default: all; c = cpp)
+#   LANG       python node go java cpp rust ruby r bash (default: all; c = cpp,
+#              javascript = typescript = node)
 #   --force    rebuild even if the image tag already exists
 #   --jobs N   build N images at once (default: $SANDPOOL_BUILD_JOBS or 2)
 #   --no-test  skip the smoke test that follows each build
@@ -29,7 +30,7 @@ SUITE=bookworm
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SETUP=$HERE/../deploy/images/setup.sh
 # Slowest first, so that parallel jobs end close together.
-ALL_LANGS=(python node go java r cpp ruby bash)
+ALL_LANGS=(python node go java rust r cpp ruby bash)
 # In the shared minbase: /usr/bin/kill, ps, pkill; CA certificates.
 BASE_INCLUDE="procps,ca-certificates"
 IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -63,6 +64,7 @@ while [ $# -gt 0 ]; do
     -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     c) LANGS+=(cpp) ;;
+    javascript|typescript) LANGS+=(node) ;;
     *) case " ${ALL_LANGS[*]} " in *" $1 "*) LANGS+=("$1") ;;
          *) die "unknown language '$1' (known: ${ALL_LANGS[*]})" ;; esac ;;
   esac
@@ -105,7 +107,10 @@ go run hello.go' ;;
     java) echo 'printf "class Hello { public static void main(String[] a) { System.out.println(\"hello from java\"); } }\n" > Hello.java
 java Hello.java' ;;
     cpp) echo 'printf "#include <stdio.h>\nint main(void){puts(\"hello from c\");return 0;}\n" > h.c; gcc -O1 -o h h.c; ./h
-printf "#include <iostream>\nint main(){std::cout<<\"hello from c++\"<<std::endl;}\n" > h.cpp; g++ -o hpp h.cpp; ./hpp' ;;
+printf "#include <iostream>\nint main(){std::cout<<\"hello from c++\"<<std::endl;}\n" > h.cpp; g++ -o hpp h.cpp; ./hpp
+printf "#include <bits/stdc++.h>\nint main(){std::cout<<\"pch\"<<std::endl;}\n" > b.cpp
+g++ -std=c++17 -O2 -pipe -H -o b b.cpp 2>b.h; grep -q "^! .*stdc++.h.gch" b.h; ./b | grep -q pch' ;;
+    rust) echo 'printf "fn main() { println!(\"hello from rust\"); }\n" > h.rs; rustc --edition 2021 -o hr h.rs; ./hr' ;;
     ruby) echo 'ruby -e "puts %q(hello from ruby)"' ;;
     r) echo 'Rscript -e "suppressPackageStartupMessages(library(ggplot2)); p <- ggplot(data.frame(x=1:3, y=1:3), aes(x, y)) + geom_point(); ggsave(\"/sandbox/p.png\", p, width=2, height=2); cat(\"hello from R\n\")"
 test -s /sandbox/p.png' ;;

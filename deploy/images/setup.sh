@@ -4,7 +4,7 @@
 # scripts/build-images.sh (a debootstrap minbase chroot), so both produce the
 # same image. Run as root inside the target root:
 #
-#   sh setup.sh LANG        LANG: python node go java cpp ruby r bash
+#   sh setup.sh LANG        LANG: python node go java cpp rust ruby r bash
 #   sh setup.sh --packages LANG   print the Debian packages of LANG and exit
 #
 # Env: SANDPOOL_TAG (default sandpool/LANG:bookworm) is written to
@@ -28,6 +28,11 @@ packages() {
     go)     echo golang-go ;;
     java)   echo default-jdk-headless ;;
     cpp)    echo g++ gcc libc6-dev ;;
+    # rustc-web: Debian's current Rust (1.85 in bookworm, newer from
+    # bookworm-security), kept up to date for the browsers; the plain
+    # "rustc" package is 1.63, too old for much of today's code. It brings
+    # gcc and binutils as its linker.
+    rust)   echo rustc-web ;;
     ruby)   echo ruby ;;
     r)      echo r-base-core r-cran-ggplot2 ;;
     bash)   echo ;;
@@ -102,6 +107,14 @@ EOF
      java -Xshare:on -version)
     rm -rf /tmp/sandpool-cds
     ;;
+  cpp)
+    # Precompiled <bits/stdc++.h> (common in generated and contest-style
+    # code): 0.9 s -> 0.3 s per compile, 100 MB. g++ uses it only when the
+    # flags match, so these must be the server's (server/src/lang/cpp.rs).
+    h=/usr/include/$(gcc -dumpmachine)/c++/$(g++ -dumpversion)/bits/stdc++.h
+    g++ -std=c++17 -O2 -pipe -x c++-header "$h" -o "$h.gch"
+    chmod 0644 "$h.gch"
+    ;;
 esac
 chmod -R a+rX,go-w /usr/share/sandpool
 
@@ -134,6 +147,7 @@ print("python3=%s\nnumpy=%s\nmatplotlib=%s\npandas=%s\nseaborn=%s" % (sys.versio
     go)     echo "go=$(go env GOVERSION)" ;;
     java)   echo "java=$(java -version 2>&1 | sed -n '1s/.*"\(.*\)".*/\1/p')" ;;
     cpp)    echo "gcc=$(gcc -dumpfullversion)"; echo "g++=$(g++ -dumpfullversion)" ;;
+    rust)   echo "rustc=$(rustc --version | cut -d' ' -f2)" ;;
     ruby)   echo "ruby=$(ruby -e 'print RUBY_VERSION')" ;;
     r)      echo "R=$(Rscript -e 'cat(as.character(getRversion()))')"
             echo "ggplot2=$(Rscript -e 'cat(as.character(packageVersion("ggplot2")))')" ;;

@@ -289,6 +289,23 @@ async fn javascript() {
     assert_eq!(out.exit_code(), 0);
     let out = run_code(&session, "console.log(require('./answer'))").await;
     assert_prints(&out, b"42\n", "require of an uploaded file");
+    // What `node -e` adds is gone: core modules as globals, and `-e` in the
+    // execArgv that `fork` passes on.
+    let out = session
+        .shell("echo 'process.send(\"hi\", () => process.disconnect())' > /sandbox/child.js")
+        .await
+        .expect("write a child");
+    assert_eq!(out.exit_code(), 0);
+    let out = run_code(
+        &session,
+        "console.log(typeof fs, typeof path, typeof console);\nconst c = require('child_process').fork('./child.js');\nc.on('message', (m) => console.log('child says', m));\nc.on('exit', (code) => console.log('child exit', code));",
+    )
+    .await;
+    assert_prints(
+        &out,
+        b"undefined undefined object\nchild says hi\nchild exit 0\n",
+        "globals and fork",
+    );
     // process.exitCode and unhandled rejections.
     let out = run_code(&session, "process.exitCode = 5").await;
     assert_eq!(out.exit_code(), 5);
@@ -473,6 +490,41 @@ async fn c() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust() {
+    let case = Case {
+        language: "rust",
+        image: "rust",
+        hello: "fn main() {\n    println!(\"hello\");\n}\n",
+        compile_error: "fn main() {\n    println!(\"started\");\n    let x: u32 = \"text\";\n}\n",
+        compile_markers: &["error[E0308]: mismatched types", "main.rs:3:"],
+        runtime_error: "fn main() {\n    let v: Vec<u32> = Vec::new();\n    println!(\"{}\", v[3]);\n}\n",
+        runtime_markers: &["panicked at main.rs:3:", "index out of bounds"],
+        runtime_exit: 101,
+        runtime_reason: pb::EndReason::Exited,
+        upper_stdin: "use std::io::Read;\n\nfn main() {\n    let mut s = String::new();\n    std::io::stdin().read_to_string(&mut s).unwrap();\n    print!(\"{}\", s.to_uppercase());\n}\n",
+        spin: "use std::io::Write;\n\nfn main() {\n    println!(\"started\");\n    std::io::stdout().flush().unwrap();\n    let mut i: u64 = 0;\n    loop {\n        i = std::hint::black_box(i.wrapping_add(1));\n    }\n}\n",
+        unicode: "fn main() {\n    println!(\"h\\u{e9}llo ✓\");\n}\n",
+        binary: "use std::io::Write;\n\nfn main() {\n    let b: Vec<u8> = (0..=255).collect();\n    std::io::stdout().write_all(&b).unwrap();\n}\n",
+        spin_timeout: 4.0,
+    };
+    let (server, session) = common_checks(&case).await;
+
+    // Debug semantics: integer overflow panics. Warnings stay out of stderr;
+    // newer std and language features compile (a current rustc, not 1.63).
+    let out = run_code(&session, "fn main() {\n    let x: u8 = std::hint::black_box(255);\n    println!(\"{}\", x + 1);\n}\n").await;
+    assert_eq!(out.exit_code(), 101);
+    assert!(
+        out.stderr_text().contains("overflow"),
+        "{}",
+        out.stderr_text()
+    );
+    let out = run_code(&session, "use std::sync::OnceLock;\n\nstatic CELL: OnceLock<u32> = OnceLock::new();\n\nfn main() {\n    let unused = 1;\n    let Some(v) = Some(*CELL.get_or_init(|| 41)) else { return };\n    println!(\"{}\", v + 1);\n}\n").await;
+    assert_prints(&out, b"42\n", "let-else, OnceLock, an unused variable");
+    assert_eq!(out.stderr_text(), "");
+    after_reset(&case, server, session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ruby() {
     let case = Case {
         language: "ruby",
@@ -591,6 +643,7 @@ async fn every_language_is_known_with_its_default_image() {
         ("java", "sandpool/java:bookworm"),
         ("cpp", "sandpool/cpp:bookworm"),
         ("c", "sandpool/cpp:bookworm"),
+        ("rust", "sandpool/rust:bookworm"),
         ("ruby", "sandpool/ruby:bookworm"),
         ("r", "sandpool/r:bookworm"),
         ("bash", "sandpool/bash:bookworm"),

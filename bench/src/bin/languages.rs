@@ -11,7 +11,9 @@
 //!         compile-and-run shell line), first after a reset and steady.
 //!
 //! Run times are taken from the Run call to its exit event (client side);
-//! Acquire is not included (see `sandpool-bench` for that). Even iterations
+//! Acquire is not included (see `sandpool-bench` for that). What sandpool
+//! adds on top of the floor is all of its per-run work: gRPC, the lease
+//! check, the run marker, the artifact report around the program. Even iterations
 //! give the lease's first run, odd ones the floor's first exec after a reset.
 //!
 //! Run: `cargo run --release -p sandpool-bench --bin languages [-- --iterations 10]`.
@@ -73,6 +75,7 @@ const HELLO: &[(&str, &str, &str)] = &[
         "cpp",
         "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n",
     ),
+    ("rust", "rust", "fn main() {\n    println!(\"hello\");\n}\n"),
     ("ruby", "ruby", "puts 'hello'"),
     ("r", "r", "cat('hello\\n')"),
     ("bash", "bash", "echo hello"),
@@ -246,7 +249,10 @@ async fn measure(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sandpool_server::telemetry::init(sandpool_server::config::LogFormat::Text);
+    // The server's logs would interleave with the table: only on request.
+    if std::env::var_os("RUST_LOG").is_some() {
+        sandpool_server::telemetry::init(sandpool_server::config::LogFormat::Text);
+    }
     let mut config = ServerConfig::from_toml("", std::path::Path::new("<bench>"))?;
     config.server_id = Some(format!("bench-languages-{}", std::process::id()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

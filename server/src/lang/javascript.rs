@@ -12,6 +12,10 @@
 //! so that traces still point at the user's lines; top-level `await` in a
 //! script runs inside an async function. TypeScript (`typescript.rs`) shares
 //! this bootstrap and always takes the esbuild step.
+//!
+//! Not supported, as with `node -e`: code that starts itself again by file
+//! name (`new Worker(__filename)`, `cluster`), since `main.js` exists only in
+//! memory; such a program can be uploaded and run as a command.
 
 use bytes::Bytes;
 
@@ -31,7 +35,11 @@ pub(super) const NODE_IMAGE: &str = "sandpool/node:bookworm";
 /// function); compile the result as `main.EXT` with Node's own module loader
 /// (`_compile`: the same path as `node main.js`, including dynamic
 /// `import()` and source maps). esbuild's errors are the compile errors: they
-/// go to stderr and the run exits with esbuild's status.
+/// go to stderr and the run exits with esbuild's status. Two traces of `-e`
+/// are undone so that the code sees what `node main.js` would: the core
+/// modules `-e` exposes as globals (`fs`, `path`...; kept: the real globals
+/// `console`, `process` and, on newer Node, `crypto`), and `-e BOOTSTRAP` in
+/// `process.execArgv`, which `child_process.fork` and workers would inherit.
 const BOOTSTRAP: &str = r#"(()=>{
 const M=require('module'),P=require('path'),fs=require('fs'),vm=require('vm');
 const [exe,mode,arg,ext]=process.argv;
@@ -57,8 +65,10 @@ if(strip){
  if(r.status!==0){process.stderr.write(r.error?'sandpool: cannot run esbuild: '+r.error.message+'\n':r.stderr);
   process.exitCode=r.status||1;return}
  code=r.stdout.toString();process.setSourceMapsEnabled(true)}
+for(const n of M.builtinModules)if(!/^(console|process|crypto)$/.test(n)){
+ const d=Object.getOwnPropertyDescriptor(globalThis,n);if(d&&d.get&&d.configurable)delete globalThis[n]}
 const m=new M(file,null);m.filename=file;m.paths=M._nodeModulePaths(process.cwd());
-process.mainModule=m;M._cache[file]=m;process.argv=[exe,file];
+process.mainModule=m;M._cache[file]=m;process.argv=[exe,file];process.execArgv=[];
 m._compile(code,file);m.loaded=true})()"#;
 
 /// The plan for code in the flavour `ext` ("js" or "ts").

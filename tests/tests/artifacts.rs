@@ -176,3 +176,37 @@ async fn commands_and_large_files_and_the_cap() {
     session.release().await.expect("release");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_base_and_ggplot2_plots_come_back() {
+    let server = TestServer::start().await;
+    let spec = pb::PoolSpec {
+        name: "r".into(),
+        language: "r".into(),
+        config: Some(pb::PoolConfig {
+            min_pool_size: Some(1),
+            max_pool_size: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    server.pool(spec).await;
+    let session = server.client.acquire("r").await.expect("acquire");
+    let code = "plot(1:10)\nlibrary(ggplot2)\nggplot(data.frame(x = 1:5, y = c(2, 4, 1, 5, 3)), aes(x, y)) + geom_line()\ncat('drawn\\n')";
+    let out = run(&session, code, pb::PlotFormat::Unspecified).await;
+    assert_eq!(out.stdout_text(), "drawn\n", "{}", out.stderr_text());
+    let got = files(&out);
+    assert_eq!(got.len(), 2, "a base plot and a ggplot: {:?}", got.keys());
+    for (info, bytes) in got.values() {
+        assert!(info.plot, "{info:?}");
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", info.name);
+    }
+    let out = run(&session, "plot(1:3)", pb::PlotFormat::Svg).await;
+    let got = files(&out);
+    assert_eq!(got.len(), 1, "only this run's plot: {:?}", got.keys());
+    assert!(got.values().all(
+        |(i, b)| i.mime_type == "image/svg+xml" && String::from_utf8_lossy(b).contains("<svg")
+    ));
+    session.release().await.expect("release");
+    server.stop().await;
+}

@@ -395,3 +395,70 @@ async fn acquire_places_env_and_files_for_the_lease_only() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_installs_from_an_uploaded_npm_tarball() {
+    let server = TestServer::start().await;
+    let spec = pb::PoolSpec {
+        name: "npm".into(),
+        language: "javascript".into(),
+        config: Some(pb::PoolConfig {
+            min_pool_size: Some(1),
+            max_pool_size: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    server.pool(spec).await;
+    let session = server.client.acquire("npm").await.expect("acquire");
+    // A package of our own, packed in the container (npm pack needs no network).
+    let manifest = r#"{"name": "sandpool-demo", "version": "1.0.0", "main": "index.js"}"#;
+    session
+        .upload("/sandbox/src/package.json", manifest.as_bytes().to_vec())
+        .await
+        .expect("upload");
+    session
+        .upload(
+            "/sandbox/src/index.js",
+            &b"module.exports = { answer: 42 };\n"[..],
+        )
+        .await
+        .expect("upload");
+    let packed = session
+        .shell("mkdir -p /sandbox/pkgs && cd /sandbox/src && npm pack --silent --pack-destination /sandbox/pkgs && rm -rf /sandbox/src")
+        .await
+        .expect("npm pack");
+    assert_eq!(packed.exit_code(), 0, "{}", packed.stderr_text());
+    let done = server
+        .client
+        .sessions()
+        .install_libraries(pb::InstallLibrariesRequest {
+            lease_id: session.lease_id().into(),
+            libraries: vec!["/sandbox/pkgs/sandpool-demo-1.0.0.tgz".into()],
+        })
+        .await
+        .expect("npm install of the tarball")
+        .into_inner();
+    assert!(done.duration.is_some());
+    let out = session
+        .run_collect("const demo = require('sandpool-demo');\nconsole.log(demo.answer);")
+        .await
+        .expect("run");
+    assert_eq!(out.stdout_text(), "42\n", "{}", out.stderr_text());
+    let container = session.container_id().to_string();
+    session.release().await.expect("release");
+    let next = server.client.acquire("npm").await.expect("acquire");
+    assert_eq!(next.container_id(), container);
+    let out = next
+        .run_collect("require('sandpool-demo')")
+        .await
+        .expect("run");
+    assert_ne!(out.exit_code(), 0, "gone after the reset");
+    assert!(
+        out.stderr_text().contains("Cannot find module"),
+        "{}",
+        out.stderr_text()
+    );
+    next.release().await.expect("release");
+    server.stop().await;
+}

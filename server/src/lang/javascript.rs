@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use super::{CodePlan, Language};
+use super::{CodePlan, InstallScope, Language, POOL_LIBRARY_DIR};
 
 pub struct JavaScript;
 
@@ -91,6 +91,53 @@ pub(super) fn node_plan(code: &[u8], has_stdin: bool, ext: &str) -> CodePlan {
     }
 }
 
+/// Where the lease's own packages go (under the home, so the reset removes
+/// them); the pool's live under the support tmpfs.
+const LEASE_NODE_PREFIX: &str = "/home/sandbox/.sandpool/node";
+
+/// Node finds installed packages through NODE_PATH, after the node_modules
+/// directories above the working directory.
+pub(super) fn node_library_env() -> Vec<(String, String)> {
+    vec![(
+        "NODE_PATH".into(),
+        format!("{POOL_LIBRARY_DIR}/node/node_modules:{LEASE_NODE_PREFIX}/node_modules"),
+    )]
+}
+
+/// npm installs into a prefix of the scope; package files install offline.
+pub(super) fn npm_install_command(
+    packages: &[String],
+    scope: InstallScope,
+    index_url: Option<&str>,
+) -> Vec<String> {
+    let prefix = match scope {
+        InstallScope::Pool => format!("{POOL_LIBRARY_DIR}/node"),
+        InstallScope::Lease => LEASE_NODE_PREFIX.to_string(),
+    };
+    let mut argv: Vec<String> = [
+        "npm",
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--no-update-notifier",
+        "--no-save",
+        "--loglevel=error",
+        "--prefix",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.push(prefix);
+    if packages.iter().all(|p| p.starts_with('/')) {
+        argv.push("--offline".into());
+    } else if let Some(url) = index_url {
+        argv.push(format!("--registry={url}"));
+    }
+    argv.push("--".into());
+    argv.extend(packages.iter().cloned());
+    argv
+}
+
 impl Language for JavaScript {
     fn name(&self) -> &'static str {
         "javascript"
@@ -108,6 +155,19 @@ impl Language for JavaScript {
 
     fn plan(&self, code: &[u8], has_stdin: bool) -> CodePlan {
         node_plan(code, has_stdin, "js")
+    }
+
+    fn library_env(&self) -> Vec<(String, String)> {
+        node_library_env()
+    }
+
+    fn install_command(
+        &self,
+        packages: &[String],
+        scope: InstallScope,
+        index_url: Option<&str>,
+    ) -> Option<Vec<String>> {
+        Some(npm_install_command(packages, scope, index_url))
     }
 }
 

@@ -78,7 +78,8 @@ pub trait Language: Send + Sync + 'static {
     fn support_files(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
-    /// Environment that makes installed libraries visible to programs.
+    /// Environment every run and context of the language gets: where
+    /// installed libraries are, plotting hooks.
     fn library_env(&self) -> Vec<(String, String)> {
         Vec::new()
     }

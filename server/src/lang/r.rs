@@ -32,4 +32,17 @@ impl Language for R {
     fn plan(&self, code: &[u8], has_stdin: bool) -> CodePlan {
         source_file_plan(code, has_stdin, "main.R", r#"Rscript "$SRC""#)
     }
+
+    /// A profile that sends graphics (base and ggplot2) to files in the
+    /// run's plot directory.
+    fn support_files(&self) -> &'static [(&'static str, &'static str)] {
+        &[(PROFILE, include_str!("support/Rprofile"))]
+    }
+
+    fn library_env(&self) -> Vec<(String, String)> {
+        vec![("R_PROFILE_USER".into(), PROFILE.into())]
+    }
 }
+
+/// Where the profile goes (a tmpfs the reset leaves alone).
+const PROFILE: &str = "/opt/sandpool/r/Rprofile";

@@ -7,7 +7,7 @@
 //! interpreter start. Syntax errors are esbuild's, on stderr, exit status 1.
 
 use super::{
-    CodePlan, Language,
+    CodePlan, InstallScope, Language,
     javascript::{NODE_IMAGE, node_plan},
 };
 
@@ -34,5 +34,20 @@ impl Language for TypeScript {
 
     fn plan(&self, code: &[u8], has_stdin: bool) -> CodePlan {
         node_plan(code, has_stdin, "ts")
+    }
+
+    fn library_env(&self) -> Vec<(String, String)> {
+        super::javascript::node_library_env()
+    }
+
+    fn install_command(
+        &self,
+        packages: &[String],
+        scope: InstallScope,
+        index_url: Option<&str>,
+    ) -> Option<Vec<String>> {
+        Some(super::javascript::npm_install_command(
+            packages, scope, index_url,
+        ))
     }
 }

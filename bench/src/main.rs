@@ -15,17 +15,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bollard::{
-    exec::{StartExecOptions, StartExecResults},
-    models::ExecConfig,
-};
 use clap::Parser;
-use futures::StreamExt;
+use sandpool_bench::{BenchServer, docker, raw_exec, settle};
 use sandpool_client::{Client, proto as pb};
-use sandpool_server::{
-    ServerConfig,
-    backend::{BackendKind, DockerBackend},
-};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -66,38 +58,9 @@ fn ms(d: Duration) -> String {
 }
 
 /// The floor: what one exec costs through the engine API alone.
-async fn raw_exec(docker: &bollard::Docker, container: &str) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let exec = docker
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(vec!["python3".into(), "-c".into(), CODE.into()]),
-                user: Some("1000:1000".into()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut out = Vec::new();
-    if let StartExecResults::Attached { mut output, .. } = docker
-        .start_exec(&exec.id, None::<StartExecOptions>)
-        .await?
-    {
-        while let Some(item) = output.next().await {
-            out.extend_from_slice(&item?.into_bytes());
-        }
-    }
-    let code = docker.inspect_exec(&exec.id).await?.exit_code;
-    let took = started.elapsed();
-    if out != b"test\n" || code != Some(0) {
-        bail!(
-            "floor exec printed {:?}, exit {code:?}",
-            String::from_utf8_lossy(&out)
-        );
-    }
-    Ok(took)
+async fn floor_exec(docker: &bollard::Docker, container: &str) -> anyhow::Result<Duration> {
+    let argv = ["python3", "-c", CODE].map(String::from);
+    raw_exec(docker, container, &argv, &[], b"test\n").await
 }
 
 /// One client cycle: Acquire, Run, Release.
@@ -117,37 +80,11 @@ async fn cycle(client: &Client) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-async fn settle(client: &Client, size: u32) -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let counts = client
-            .stats("bench")
-            .await?
-            .state_counts
-            .unwrap_or_default();
-        if counts.idle == size {
-            return Ok(());
-        }
-        if Instant::now() > until {
-            bail!("pool did not settle: {counts:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sandpool_server::telemetry::init(sandpool_server::config::LogFormat::Text);
-    let mut config = ServerConfig::from_toml("", std::path::Path::new("<bench>"))?;
-    config.server_id = Some(format!("bench-{}", std::process::id()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sandpool_server::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    let client = Client::connect(format!("http://{addr}")).await?;
+    let server = BenchServer::start("main").await?;
+    let client = server.client.clone();
     let pool = client
         .create_pool(
             pb::PoolSpec {
@@ -167,22 +104,18 @@ async fn main() -> anyhow::Result<()> {
     if pool.phase != pb::PoolPhase::Ready as i32 {
         bail!("pool is not ready: {}", pool.status_message);
     }
-    let docker = DockerBackend::new(
-        BackendKind::Docker,
-        DockerBackend::default_endpoint(BackendKind::Docker),
-    );
-    let docker = docker.client().await?.clone();
+    let docker = docker().await?;
     // A container of the pool for the floor: same image, limits and user.
     let holder = client.acquire("bench").await?;
     let floor_container = holder.container_id().to_string();
     holder.release().await?;
-    settle(&client, args.pool_size).await?;
+    settle(&client, "bench", args.pool_size).await?;
 
     // Warm-up: first execs pay for caches on both paths.
     for _ in 0..20 {
-        raw_exec(&docker, &floor_container).await?;
+        floor_exec(&docker, &floor_container).await?;
         cycle(&client).await?;
-        settle(&client, args.pool_size).await?;
+        settle(&client, "bench", args.pool_size).await?;
     }
 
     // Interleaved, alternating which goes first, so that drift in the
@@ -190,14 +123,18 @@ async fn main() -> anyhow::Result<()> {
     let (mut floor, mut leased, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.iterations {
         let (a, b) = if i % 2 == 0 {
-            let a = raw_exec(&docker, &floor_container).await?;
+            let a = floor_exec(&docker, &floor_container).await?;
             (a, cycle(&client).await?)
         } else {
             let b = cycle(&client).await?;
-            settle(&client, args.pool_size).await.context("settling")?;
-            (raw_exec(&docker, &floor_container).await?, b)
+            settle(&client, "bench", args.pool_size)
+                .await
+                .context("settling")?;
+            (floor_exec(&docker, &floor_container).await?, b)
         };
-        settle(&client, args.pool_size).await.context("settling")?;
+        settle(&client, "bench", args.pool_size)
+            .await
+            .context("settling")?;
         floor.push(a);
         leased.push(b);
         ratios.push(b.as_secs_f64() / a.as_secs_f64());
@@ -210,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
         back_to_back.push(cycle(&client).await?);
     }
     let b2b_total = started.elapsed();
-    settle(&client, args.pool_size).await?;
+    settle(&client, "bench", args.pool_size).await?;
     let mut acquire = Vec::new();
     for _ in 0..args.iterations {
         let started = Instant::now();
@@ -230,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
             .sessions()
             .release(pb::ReleaseRequest { lease_id: lease.id })
             .await?;
-        settle(&client, args.pool_size).await?;
+        settle(&client, "bench", args.pool_size).await?;
     }
     let server_side = client
         .stats("bench")
@@ -281,7 +218,5 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or_default()),
     );
-    let _ = stop.send(());
-    server.await??;
-    Ok(())
+    server.stop().await
 }

@@ -21,17 +21,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bollard::{
-    exec::{StartExecOptions, StartExecResults},
-    models::ExecConfig,
-};
 use clap::Parser;
-use futures::StreamExt;
+use sandpool_bench::{BenchServer, docker, median, raw_exec, settle};
 use sandpool_client::{Client, Session, proto as pb};
-use sandpool_server::{
-    ServerConfig,
-    backend::{BackendKind, DockerBackend},
-};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -82,55 +74,8 @@ const HELLO: &[(&str, &str, &str)] = &[
     ("python", "python", "print('hello')"),
 ];
 
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort_unstable();
-    samples.get(samples.len() / 2).copied().unwrap_or_default()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// The floor: the language plan's command through the engine API alone.
-async fn raw_exec(
-    docker: &bollard::Docker,
-    container: &str,
-    argv: &[String],
-    env: &[String],
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let exec = docker
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(argv.to_vec()),
-                env: Some(env.to_vec()),
-                user: Some("1000:1000".into()),
-                working_dir: Some("/sandbox".into()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut out = Vec::new();
-    if let StartExecResults::Attached { mut output, .. } = docker
-        .start_exec(&exec.id, None::<StartExecOptions>)
-        .await?
-    {
-        while let Some(item) = output.next().await {
-            out.extend_from_slice(&item?.into_bytes());
-        }
-    }
-    let code = docker.inspect_exec(&exec.id).await?.exit_code;
-    let took = started.elapsed();
-    if out != b"hello\n" || code != Some(0) {
-        bail!(
-            "raw exec printed {:?}, exit {code:?}",
-            String::from_utf8_lossy(&out)
-        );
-    }
-    Ok(took)
 }
 
 /// One leased run of `code`, from the request to the exit event.
@@ -147,21 +92,6 @@ async fn leased_run(session: &Session, code: &str) -> anyhow::Result<Duration> {
         );
     }
     Ok(took)
-}
-
-/// Waits until the pool's container is idle again (its reset finished).
-async fn settle(client: &Client, pool: &str) -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let counts = client.stats(pool).await?.state_counts.unwrap_or_default();
-        if counts.idle == 1 {
-            return Ok(());
-        }
-        if Instant::now() > until {
-            bail!("pool {pool} did not settle: {counts:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 #[derive(Default)]
@@ -209,17 +139,17 @@ async fn measure(
     let container = session.container_id().to_string();
     for _ in 0..2 {
         leased_run(&session, code).await?;
-        raw_exec(docker, &container, &plan.argv, &env).await?;
+        raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?;
     }
     session.release().await?;
 
     let mut s = Samples::default();
     for i in 0..args.iterations {
-        settle(client, language).await?;
+        settle(client, language, 1).await?;
         let ours_first = i % 2 == 0;
         if !ours_first {
             s.first_raw
-                .push(raw_exec(docker, &container, &plan.argv, &env).await?);
+                .push(raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?);
         }
         let session = client.acquire(language).await?;
         if session.container_id() != container {
@@ -232,12 +162,12 @@ async fn measure(
             // Alternate which goes first, so that drift hits both alike.
             if j % 2 == 0 {
                 s.steady_raw
-                    .push(raw_exec(docker, &container, &plan.argv, &env).await?);
+                    .push(raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?);
                 s.steady.push(leased_run(&session, code).await?);
             } else {
                 s.steady.push(leased_run(&session, code).await?);
                 s.steady_raw
-                    .push(raw_exec(docker, &container, &plan.argv, &env).await?);
+                    .push(raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?);
             }
         }
         session.release().await?;
@@ -249,24 +179,9 @@ async fn measure(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The server's logs would interleave with the table: only on request.
-    if std::env::var_os("RUST_LOG").is_some() {
-        sandpool_server::telemetry::init(sandpool_server::config::LogFormat::Text);
-    }
-    let mut config = ServerConfig::from_toml("", std::path::Path::new("<bench>"))?;
-    config.server_id = Some(format!("bench-languages-{}", std::process::id()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sandpool_server::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    let client = Client::connect(format!("http://{addr}")).await?;
-    let docker = DockerBackend::new(
-        BackendKind::Docker,
-        DockerBackend::default_endpoint(BackendKind::Docker),
-    );
-    let docker = docker.client().await?.clone();
+    let server = BenchServer::start("languages").await?;
+    let client = server.client.clone();
+    let docker = docker().await?;
 
     let chosen: Vec<_> = HELLO
         .iter()
@@ -316,7 +231,6 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await?;
     result
 }

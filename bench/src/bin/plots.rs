@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use sandpool_client::{Client, proto as pb};
-use sandpool_server::ServerConfig;
+use sandpool_bench::{BenchServer, median};
+use sandpool_client::proto as pb;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -72,23 +72,11 @@ async fn once(
     Ok((took, out.artifacts.iter().map(|a| a.data.len()).sum()))
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = ServerConfig::from_toml("", std::path::Path::new("<bench>"))?;
-    config.server_id = Some(format!("bench-plots-{}", std::process::id()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sandpool_server::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    let client = Client::connect(format!("http://{addr}")).await?;
+    let server = BenchServer::start("plots").await?;
+    let client = server.client.clone();
     client
         .create_pool(
             pb::PoolSpec {
@@ -144,7 +132,5 @@ async fn main() -> anyhow::Result<()> {
         c / n
     );
     session.release().await?;
-    let _ = stop.send(());
-    server.await??;
-    Ok(())
+    server.stop().await
 }

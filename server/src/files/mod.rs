@@ -19,7 +19,7 @@ pub use mime::mime_type;
 use crate::{
     backend::{self, ExecSpec, Output},
     pool::{Error, LeaseGuard, Result},
-    sandbox,
+    sandbox::{self, sh},
 };
 
 /// Server-wide bounds on file transfer.
@@ -83,6 +83,28 @@ pub struct ArtifactInfo {
     pub plot: bool,
 }
 
+impl ArtifactInfo {
+    /// A file `name` (relative to `out_dir`); files under plots/ are figures.
+    pub fn new(
+        out_dir: &str,
+        name: String,
+        size: u64,
+        modified: SystemTime,
+        run_id: String,
+    ) -> Self {
+        Self {
+            path: format!("{}/{}", out_dir.trim_end_matches('/'), name),
+            mime_type: mime_type(&name).to_string(),
+            plot: name.starts_with("plots/"),
+            name,
+            size,
+            sha256: String::new(),
+            run_id,
+            modified,
+        }
+    }
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> Error {
     Error::InvalidArgument {
         field: field.to_string(),
@@ -130,17 +152,6 @@ fn exec_spec(lease: &LeaseGuard, argv: Vec<String>, stdin: bool) -> ExecSpec {
         working_dir: Some("/".to_string()),
         stdin,
     }
-}
-
-fn sh(script: &str, args: &[&str]) -> Vec<String> {
-    let mut argv = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        script.to_string(),
-        "sh".to_string(),
-    ];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    argv
 }
 
 const UPLOAD_SCRIPT: &str = r#"p="$1"
@@ -388,16 +399,14 @@ pub async fn list_artifacts(lease: &LeaseGuard) -> Result<Vec<ArtifactInfo>> {
             let size: u64 = fields.next()?.parse().ok()?;
             let mtime: f64 = fields.next()?.parse().ok()?;
             let name = fields.next()?.to_string();
-            Some(ArtifactInfo {
-                path: format!("{}/{}", out_dir.trim_end_matches('/'), name),
-                mime_type: mime_type(&name).to_string(),
-                plot: name.starts_with("plots/"),
+            let modified = UNIX_EPOCH + Duration::from_secs_f64(mtime.max(0.0));
+            Some(ArtifactInfo::new(
+                &out_dir,
                 name,
                 size,
-                sha256: String::new(),
-                run_id: String::new(),
-                modified: UNIX_EPOCH + Duration::from_secs_f64(mtime.max(0.0)),
-            })
+                modified,
+                String::new(),
+            ))
         })
         .collect();
     found.sort_by(|a, b| {

@@ -21,7 +21,7 @@ use super::{ArtifactChunk, RunEvent};
 use crate::{
     backend::{self, ExecSpec, Output},
     files::{
-        ArtifactInfo, mime_type,
+        ArtifactInfo,
         tar_stream::{TarEvent, TarReader},
     },
     pool::{Error, LeaseGuard, Result},
@@ -267,16 +267,9 @@ pub async fn collect(
                     if !omitted {
                         left -= size;
                     }
-                    let info = ArtifactInfo {
-                        path: format!("{}/{}", out_dir.trim_end_matches('/'), name),
-                        mime_type: mime_type(&name).to_string(),
-                        plot: name.starts_with("plots/"),
-                        name,
-                        size,
-                        sha256: String::new(),
-                        run_id: run_id.to_string(),
-                        modified: UNIX_EPOCH + Duration::from_secs(mtime),
-                    };
+                    let modified = UNIX_EPOCH + Duration::from_secs(mtime);
+                    let info =
+                        ArtifactInfo::new(&out_dir, name, size, modified, run_id.to_string());
                     current = Some(Pending {
                         info,
                         omitted,

@@ -134,7 +134,9 @@ fn internal(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
     }
 }
 
-fn sh(script: &str, args: &[&str]) -> Vec<String> {
+/// `/bin/sh -c SCRIPT sh ARGS...`: a script of the server's own, its
+/// arguments passed as positional parameters (never spliced into it).
+pub fn sh(script: &str, args: &[&str]) -> Vec<String> {
     let mut argv = vec![
         "/bin/sh".to_string(),
         "-c".to_string(),

@@ -1,4 +1,5 @@
-//! The client: one channel, one accessor per service, bearer token on every call.
+//! The client: one channel, one accessor per service, bearer token on every
+//! call, a deadline on every unary call, and optional TLS (feature `tls`).
 
 use std::time::Duration;
 
@@ -14,6 +15,16 @@ use tonic::{
 };
 
 use crate::{AcquireOptions, Error, Session};
+
+/// Default deadline of unary calls.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline of Acquire (the pool's acquisition_timeout usually ends
+/// a wait first).
+pub const DEFAULT_ACQUIRE_WAIT: Duration = Duration::from_secs(300);
+/// Least deadline of calls that wait by design (warm-up, drain, installs).
+const LONG_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default deadline of uploads and downloads.
+pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Adds `authorization: Bearer <token>` when a token is set.
 #[derive(Clone)]
@@ -38,6 +49,9 @@ pub struct ClientBuilder {
     addr: String,
     token: Option<String>,
     connect_timeout: Duration,
+    timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientBuilder {
@@ -52,11 +66,54 @@ impl ClientBuilder {
         self
     }
 
-    pub async fn connect(self) -> Result<Client, Error> {
+    /// Deadline of every unary call (default 30 s). Calls that wait by
+    /// design take longer ones: Acquire its `wait` (default 300 s),
+    /// CreatePool with `wait_ready`, DeletePool with `wait` and
+    /// InstallLibraries at least 600 s, uploads and downloads 300 s. Runs
+    /// have none: their own timeout ends them.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// TLS with the system's root certificates (feature `tls`). An
+    /// `https://` address turns this on by itself.
+    #[cfg(feature = "tls")]
+    pub fn tls(self) -> Self {
+        self.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+    }
+
+    /// TLS with explicit settings: a CA (`ca_certificate`), a client
+    /// identity for mTLS (`identity`), the name to check (`domain_name`).
+    /// Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, Error> {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.clone().or_else(|| {
+            self.addr
+                .starts_with("https://")
+                .then(|| tonic::transport::ClientTlsConfig::new().with_native_roots())
+        });
+        #[cfg(not(feature = "tls"))]
+        if self.addr.starts_with("https://") {
+            return Err(Error::InvalidAddress(format!(
+                "{}: TLS needs the `tls` feature of sandpool-client",
+                self.addr
+            )));
+        }
         let uri = if self.addr.contains("://") {
             self.addr.clone()
         } else {
-            format!("http://{}", self.addr)
+            #[cfg(feature = "tls")]
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            #[cfg(not(feature = "tls"))]
+            let scheme = "http";
+            format!("{scheme}://{}", self.addr)
         };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|_| Error::InvalidAddress(self.addr.clone()))?
@@ -64,6 +121,21 @@ impl ClientBuilder {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        #[cfg(feature = "tls")]
+        let endpoint = match tls {
+            Some(config) => endpoint
+                .tls_config(config)
+                .map_err(|source| Error::Connect {
+                    addr: self.addr.clone(),
+                    source,
+                })?,
+            None => endpoint,
+        };
+        Ok(endpoint)
+    }
+
+    pub async fn connect(self) -> Result<Client, Error> {
+        let endpoint = self.endpoint()?;
         let channel = endpoint.connect().await.map_err(|source| Error::Connect {
             addr: self.addr.clone(),
             source,
@@ -79,6 +151,7 @@ impl ClientBuilder {
         Ok(Client {
             channel,
             bearer: Bearer(token),
+            timeout: self.timeout,
         })
     }
 }
@@ -88,6 +161,14 @@ impl ClientBuilder {
 pub struct Client {
     channel: Channel,
     bearer: Bearer,
+    timeout: Duration,
+}
+
+/// A request with a deadline (sent as `grpc-timeout`, enforced here too).
+pub(crate) fn with_deadline<T>(message: T, deadline: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline);
+    request
 }
 
 impl Client {
@@ -101,10 +182,28 @@ impl Client {
             addr: addr.into(),
             token: None,
             connect_timeout: Duration::from_secs(10),
+            timeout: DEFAULT_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
-    /// The raw PoolService client.
+    /// The deadline of unary calls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn unary<T>(&self, message: T) -> Request<T> {
+        with_deadline(message, self.timeout)
+    }
+
+    /// The deadline of calls that wait by design (at least 600 s).
+    pub(crate) fn long(&self) -> Duration {
+        self.timeout.max(LONG_TIMEOUT)
+    }
+
+    /// The raw PoolService client (no default deadline: set one on the
+    /// request).
     pub fn pools(&self) -> PoolServiceClient<Svc> {
         PoolServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
@@ -139,10 +238,17 @@ impl Client {
     ) -> Result<pb::Pool, Error> {
         let response = self
             .pools()
-            .create_pool(pb::CreatePoolRequest {
-                spec: Some(spec),
-                wait_ready,
-            })
+            .create_pool(with_deadline(
+                pb::CreatePoolRequest {
+                    spec: Some(spec),
+                    wait_ready,
+                },
+                if wait_ready {
+                    self.long()
+                } else {
+                    self.timeout
+                },
+            ))
             .await?;
         response
             .into_inner()
@@ -154,19 +260,34 @@ impl Client {
     pub async fn delete_pool(&self, name: &str, wait: bool) -> Result<u32, Error> {
         let response = self
             .pools()
-            .delete_pool(pb::DeletePoolRequest {
-                name: name.to_string(),
-                wait,
-            })
+            .delete_pool(with_deadline(
+                pb::DeletePoolRequest {
+                    name: name.to_string(),
+                    wait,
+                },
+                if wait { self.long() } else { self.timeout },
+            ))
             .await?;
         Ok(response.into_inner().busy_remaining)
+    }
+
+    /// One pool: its effective spec, phase and stats.
+    pub async fn get_pool(&self, name: &str) -> Result<pb::Pool, Error> {
+        self.pools()
+            .get_pool(self.unary(pb::GetPoolRequest {
+                name: name.to_string(),
+            }))
+            .await?
+            .into_inner()
+            .pool
+            .ok_or_else(|| Error::Protocol("GetPool answered without a pool".into()))
     }
 
     /// Every pool.
     pub async fn list_pools(&self) -> Result<Vec<pb::Pool>, Error> {
         Ok(self
             .pools()
-            .list_pools(pb::ListPoolsRequest {})
+            .list_pools(self.unary(pb::ListPoolsRequest {}))
             .await?
             .into_inner()
             .pools)
@@ -175,9 +296,9 @@ impl Client {
     /// A pool's statistics.
     pub async fn stats(&self, name: &str) -> Result<pb::PoolStats, Error> {
         self.pools()
-            .get_pool_stats(pb::GetPoolStatsRequest {
+            .get_pool_stats(self.unary(pb::GetPoolStatsRequest {
                 name: name.to_string(),
-            })
+            }))
             .await?
             .into_inner()
             .stats

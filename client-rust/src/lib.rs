@@ -18,8 +18,8 @@ mod error;
 mod run;
 mod session;
 
-pub use client::{Client, ClientBuilder};
-pub use error::Error;
-pub use run::{RunEvent, RunOutput, RunStream};
+pub use client::{Client, ClientBuilder, DEFAULT_ACQUIRE_WAIT, DEFAULT_TIMEOUT};
+pub use error::{ERROR_DOMAIN, Error, LEASE_REASONS};
+pub use run::{ArtifactFile, RunEvent, RunOptions, RunOutput, RunStream};
 pub use sandpool_proto::v1 as proto;
-pub use session::{AcquireOptions, Session};
+pub use session::{AcquireOptions, Context, Session};

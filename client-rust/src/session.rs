@@ -12,7 +12,11 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request};
 
-use crate::{Client, Error, RunOutput, RunStream};
+use crate::{
+    Client, Error, RunOptions, RunOutput, RunStream,
+    client::{DEFAULT_ACQUIRE_WAIT, TRANSFER_TIMEOUT, with_deadline},
+    run::duration_pb,
+};
 
 /// Upload chunk size.
 const UPLOAD_CHUNK: usize = 1 << 20;
@@ -25,7 +29,8 @@ pub struct AcquireOptions {
     pub pool: String,
     /// Lease TTL; default: the pool's.
     pub ttl: Option<Duration>,
-    /// How long the server may keep the call waiting for a container.
+    /// How long the call may wait for a container (its deadline; the
+    /// pool's acquisition_timeout applies too). Default 300 s.
     pub wait: Option<Duration>,
     /// Environment variables for every run of the lease.
     pub env: Vec<(String, String)>,
@@ -60,6 +65,21 @@ impl AcquireOptions {
         self
     }
 
+    /// Places a file with a mode (e.g. 0o755).
+    pub fn file_with_mode(
+        mut self,
+        path: impl Into<String>,
+        content: impl Into<Bytes>,
+        mode: u32,
+    ) -> Self {
+        self.files.push(pb::LeaseFile {
+            path: path.into(),
+            content: content.into(),
+            mode: Some(mode),
+        });
+        self
+    }
+
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -90,18 +110,15 @@ fn duration_of(d: Option<prost_types::Duration>) -> Duration {
 
 impl Session {
     pub(crate) async fn acquire(client: Client, options: AcquireOptions) -> Result<Self, Error> {
-        let mut request = Request::new(pb::AcquireRequest {
-            pool: options.pool,
-            ttl: options.ttl.map(|t| prost_types::Duration {
-                seconds: t.as_secs() as i64,
-                nanos: t.subsec_nanos() as i32,
-            }),
-            env: options.env.into_iter().collect(),
-            files: options.files,
-        });
-        if let Some(wait) = options.wait {
-            request.set_timeout(wait);
-        }
+        let request = with_deadline(
+            pb::AcquireRequest {
+                pool: options.pool,
+                ttl: options.ttl.map(duration_pb),
+                env: options.env.into_iter().collect(),
+                files: options.files,
+            },
+            options.wait.unwrap_or(DEFAULT_ACQUIRE_WAIT),
+        );
         let lease = client
             .sessions()
             .acquire(request)
@@ -147,9 +164,23 @@ impl Session {
             Some(reason) => Err(Error::LeaseLost {
                 lease_id: self.lease.id.clone(),
                 reason,
+                status: None,
             }),
             None => Ok(()),
         }
+    }
+
+    /// Maps a failed call on the lease; a lost lease marks the session lost.
+    fn fail(&self, status: tonic::Status) -> Error {
+        let err = Error::on_lease(&self.lease.id, status);
+        if let Error::LeaseLost { reason, .. } = &err {
+            set_lost(&self.lost, reason.clone());
+        }
+        err
+    }
+
+    fn unary<T>(&self, message: T) -> Request<T> {
+        with_deadline(message, self.client.timeout())
     }
 
     /// Runs code in the pool's language; events stream as they are produced.
@@ -164,9 +195,19 @@ impl Session {
         .await
     }
 
-    /// Runs code and collects its output.
+    /// Runs code and collects its output: stdout, stderr, exit, and the
+    /// files it produced (`files`, whole; `plots()` among them).
     pub async fn run_collect(&self, code: impl Into<String>) -> Result<RunOutput, Error> {
         self.run(code).await?.collect().await
+    }
+
+    /// Runs code with options (stdin, env, timeout, plot format...).
+    pub async fn run_with(
+        &self,
+        code: impl Into<String>,
+        options: RunOptions,
+    ) -> Result<RunStream, Error> {
+        self.run_request(options.request(code)).await
     }
 
     /// Runs a command (argv, no shell) and collects its output.
@@ -206,9 +247,61 @@ impl Session {
             .sessions()
             .run(request)
             .await
-            .map_err(|s| Error::on_lease(&self.lease.id, s))?
+            .map_err(|s| self.fail(s))?
             .into_inner();
         Ok(RunStream::new(self.lease.id.clone(), stream))
+    }
+
+    /// Opens a persistent interpreter context in the pool's language:
+    /// variables, imports and functions survive between its runs.
+    pub async fn create_context(&self) -> Result<Context<'_>, Error> {
+        self.create_context_in("").await
+    }
+
+    /// Opens a context in `language` (empty: the pool's).
+    pub async fn create_context_in(&self, language: &str) -> Result<Context<'_>, Error> {
+        self.check()?;
+        let response = self
+            .client
+            .sessions()
+            .create_context(with_deadline(
+                pb::CreateContextRequest {
+                    lease_id: self.lease.id.clone(),
+                    language: language.to_string(),
+                },
+                self.client.timeout().max(Duration::from_secs(60)),
+            ))
+            .await
+            .map_err(|s| self.fail(s))?;
+        Ok(Context {
+            session: self,
+            id: response.into_inner().context_id,
+            deleted: false,
+        })
+    }
+
+    /// Installs libraries for this lease only (the reset removes them).
+    /// Absolute paths of package files in the container (a wheel uploaded
+    /// with [`Session::upload`]) always work; names need a pool with
+    /// `lease_installs` (FAILED_PRECONDITION otherwise).
+    pub async fn install_libraries<S: AsRef<str>>(
+        &self,
+        libraries: &[S],
+    ) -> Result<pb::InstallLibrariesResponse, Error> {
+        self.check()?;
+        let response = self
+            .client
+            .sessions()
+            .install_libraries(with_deadline(
+                pb::InstallLibrariesRequest {
+                    lease_id: self.lease.id.clone(),
+                    libraries: libraries.iter().map(|l| l.as_ref().to_string()).collect(),
+                },
+                self.client.long(),
+            ))
+            .await
+            .map_err(|s| self.fail(s))?;
+        Ok(response.into_inner())
     }
 
     /// Kills a running run.
@@ -217,12 +310,12 @@ impl Session {
         let response = self
             .client
             .sessions()
-            .cancel(pb::CancelRequest {
+            .cancel(self.unary(pb::CancelRequest {
                 lease_id: self.lease.id.clone(),
                 run_id: run_id.to_string(),
-            })
+            }))
             .await
-            .map_err(|s| Error::on_lease(&self.lease.id, s))?;
+            .map_err(|s| self.fail(s))?;
         Ok(response.into_inner().cancelled)
     }
 
@@ -279,9 +372,9 @@ impl Session {
         let response = self
             .client
             .artifacts()
-            .upload(ReceiverStream::new(rx))
+            .upload(with_deadline(ReceiverStream::new(rx), TRANSFER_TIMEOUT))
             .await
-            .map_err(|s| Error::on_lease(&self.lease.id, s))?;
+            .map_err(|s| self.fail(s))?;
         Ok(response.into_inner())
     }
 
@@ -291,20 +384,19 @@ impl Session {
         let mut stream = self
             .client
             .artifacts()
-            .download(pb::DownloadRequest {
-                lease_id: self.lease.id.clone(),
-                path: path.to_string(),
-            })
+            .download(with_deadline(
+                pb::DownloadRequest {
+                    lease_id: self.lease.id.clone(),
+                    path: path.to_string(),
+                },
+                TRANSFER_TIMEOUT,
+            ))
             .await
-            .map_err(|s| Error::on_lease(&self.lease.id, s))?
+            .map_err(|s| self.fail(s))?
             .into_inner();
         let mut header = None;
         let mut body = BytesMut::new();
-        while let Some(message) = stream
-            .message()
-            .await
-            .map_err(|s| Error::on_lease(&self.lease.id, s))?
-        {
+        while let Some(message) = stream.message().await.map_err(|s| self.fail(s))? {
             match message.part {
                 Some(Part::Header(h)) => header = Some(h),
                 Some(Part::Chunk(c)) => body.extend_from_slice(&c),
@@ -315,18 +407,23 @@ impl Session {
         Ok((header, body.freeze()))
     }
 
-    /// Files the lease's runs left in the output directory.
+    /// Files the lease's runs left in the output directory, oldest first.
     pub async fn list_artifacts(&self) -> Result<Vec<pb::ArtifactInfo>, Error> {
+        self.list_artifacts_of("").await
+    }
+
+    /// Files one run left (all runs' when `run_id` is empty).
+    pub async fn list_artifacts_of(&self, run_id: &str) -> Result<Vec<pb::ArtifactInfo>, Error> {
         self.check()?;
         let response = self
             .client
             .artifacts()
-            .list_artifacts(pb::ListArtifactsRequest {
+            .list_artifacts(self.unary(pb::ListArtifactsRequest {
                 lease_id: self.lease.id.clone(),
-                run_id: String::new(),
-            })
+                run_id: run_id.to_string(),
+            }))
             .await
-            .map_err(|s| Error::on_lease(&self.lease.id, s))?;
+            .map_err(|s| self.fail(s))?;
         Ok(response.into_inner().artifacts)
     }
 
@@ -339,9 +436,9 @@ impl Session {
         match self
             .client
             .sessions()
-            .release(pb::ReleaseRequest {
+            .release(self.unary(pb::ReleaseRequest {
                 lease_id: self.lease.id.clone(),
-            })
+            }))
             .await
         {
             Ok(_) => Ok(()),
@@ -367,6 +464,81 @@ impl Drop for Session {
             let lease_id = self.lease.id.clone();
             handle.spawn(async move {
                 let _ = sessions.release(pb::ReleaseRequest { lease_id }).await;
+            });
+        }
+    }
+}
+
+/// A persistent interpreter in the session's container (like a notebook
+/// kernel): what a run defines stays for the next. An exception ends its run
+/// (traceback on stderr, exit code 1) and keeps the context; a timeout
+/// interrupts the run, or restarts the context if the code ignores the
+/// interrupt ([`RunOutput::context_restarted`]). Private to its lease.
+/// [`Context::delete`] ends it; dropping it deletes it in the background.
+pub struct Context<'a> {
+    session: &'a Session,
+    id: String,
+    deleted: bool,
+}
+
+impl Context<'_> {
+    /// The context's id (RunRequest.context_id).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs code in the context; events stream as for [`Session::run`].
+    pub async fn run(&self, code: impl Into<String>) -> Result<RunStream, Error> {
+        self.run_with(code, RunOptions::default()).await
+    }
+
+    /// Runs code with options (timeout, plot format, output cap; a context
+    /// takes no stdin, env or working dir).
+    pub async fn run_with(
+        &self,
+        code: impl Into<String>,
+        options: RunOptions,
+    ) -> Result<RunStream, Error> {
+        let mut request = options.request(code);
+        request.context_id = self.id.clone();
+        self.session.run_request(request).await
+    }
+
+    /// Runs code in the context and collects its output.
+    pub async fn run_collect(&self, code: impl Into<String>) -> Result<RunOutput, Error> {
+        self.run(code).await?.collect().await
+    }
+
+    /// Ends the context and its interpreter.
+    pub async fn delete(mut self) -> Result<(), Error> {
+        self.deleted = true;
+        self.session.check()?;
+        self.session
+            .client
+            .sessions()
+            .delete_context(self.session.unary(pb::DeleteContextRequest {
+                lease_id: self.session.lease.id.clone(),
+                context_id: self.id.clone(),
+            }))
+            .await
+            .map_err(|s| self.session.fail(s))?;
+        Ok(())
+    }
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        if self.deleted || self.session.lost().is_some() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let mut sessions = self.session.client.sessions();
+            let request = pb::DeleteContextRequest {
+                lease_id: self.session.lease.id.clone(),
+                context_id: std::mem::take(&mut self.id),
+            };
+            handle.spawn(async move {
+                let _ = sessions.delete_context(request).await;
             });
         }
     }

@@ -201,3 +201,82 @@ def run_python(server: Server, args: List[str], timeout: float = 120) -> "subpro
         timeout=timeout,
         cwd=str(PY_DIR),
     )
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+DEMO_WHEEL = "sandpooldemo-1.0-py3-none-any.whl"
+
+
+def build_wheel(directory: Path, value: int = 42) -> Path:
+    """A tiny pure-Python wheel of package ``sandpooldemo`` (``VALUE``),
+    built with zipfile: no build tools, no index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        "sandpooldemo/__init__.py": f"VALUE = {value}\n".encode(),
+        "sandpooldemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: sandpooldemo\nVersion: 1.0\n",
+        "sandpooldemo-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: sandpool-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = ""
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{name},sha256={digest},{len(data)}\n"
+    record += "sandpooldemo-1.0.dist-info/RECORD,,\n"
+    files["sandpooldemo-1.0.dist-info/RECORD"] = record.encode()
+    path = directory / DEMO_WHEEL
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def bridge_gateway() -> str:
+    """The host's address on Docker's default bridge, where containers that
+    install libraries (on the pool's install network) reach the host."""
+    listed = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    if listed:
+        return listed
+    # Docker 20.10 leaves the default bridge's gateway out of IPAM.
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, timeout=10).stdout
+    words = out.split()
+    return words[words.index("inet") + 1].split("/")[0]
+
+
+@pytest.fixture
+def package_index(tmp_path: Path) -> Iterator[str]:
+    """A PEP 503 "simple" index with the demo wheel, served on all
+    interfaces; yields its URL as containers on the bridge see it."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "index"
+    (root / "simple" / "sandpooldemo").mkdir(parents=True)
+    build_wheel(root)
+    (root / "simple" / "sandpooldemo" / "index.html").write_text(
+        f'<html><body><a href="../../{DEMO_WHEEL}">{DEMO_WHEEL}</a></body></html>\n'
+    )
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{bridge_gateway()}:{httpd.server_address[1]}/simple"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -7,6 +7,7 @@ import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,12 +16,12 @@ from conftest import PY_DIR, PoolFactory, Server, python_env
 EXAMPLES = PY_DIR / "examples"
 
 
-def run_example(server: Server, name: str, pool: str = "") -> str:
+def run_example(server: Server, name: str, pool: str = "", *args: str) -> str:
     env = python_env(server)
     if pool:
         env["SANDPOOL_POOL"] = pool
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(EXAMPLES / name), *args], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -45,6 +46,18 @@ def test_files(server: Server, make_pool: PoolFactory) -> None:
     out = run_example(server, "files.py", make_pool())
     assert "rows: 2" in out and "total: 14" in out
     assert "artifact: total.txt text/plain 2 bytes" in out
+
+
+def test_notebook(server: Server, make_pool: PoolFactory, tmp_path: Path) -> None:
+    env_dir = tmp_path / "plots"
+    env_dir.mkdir()
+    out = run_example(server, "notebook.py", make_pool(), str(env_dir))
+    assert "error: IndexError: list index out of range - the context survives" in out, out
+    assert "3 rows plotted" in out
+    assert re.search(r"^saved image/png \d{4,} bytes$", out, re.M), out
+    assert "svg plots: 1 image/svg+xml" in out
+    [saved] = list(env_dir.iterdir())
+    assert saved.read_bytes().startswith(b"\x89PNG")
 
 
 def test_async_fanout(server: Server, make_pool: PoolFactory) -> None:

@@ -6,6 +6,7 @@ context-manager pool, artifacts) and only its imports differ."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import threading
 import time
@@ -17,12 +18,13 @@ import pytest
 import sandpool
 from sandpool.llm_sandbox import (
     ArtifactSandboxSession,
+    ContainerError,
     SandboxBackend,
     SandboxSession,
     SandboxTimeoutError,
     SupportedLanguage,
 )
-from sandpool.llm_sandbox.data import ConsoleOutput, ExecutionResult
+from sandpool.llm_sandbox.data import ConsoleOutput, ExecutionResult, FileType, PlotOutput
 from sandpool.llm_sandbox.pool import (
     ArtifactPooledSandboxSession,
     ExhaustionStrategy,
@@ -33,10 +35,9 @@ from sandpool.llm_sandbox.pool import (
     create_pool_manager,
 )
 
-from conftest import Server, wait_for
+from conftest import PNG_MAGIC, Server, build_wheel, wait_for
 
 STATE_NAMES = {"initializing", "idle", "busy", "unhealthy", "removing"}
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def gone(client: sandpool.Client, name: str) -> bool:
@@ -88,24 +89,43 @@ def test_quick_start(server: Server) -> None:
     assert gone(server.client, name)
 
 
-def test_shared_pool_with_libraries(server: Server) -> None:
+def test_shared_pool_with_libraries(server: Server, package_index: str) -> None:
+    """``libraries=`` are installed into every container while the pool
+    warms up. No public index is reachable here, so the pool's
+    ``package_index_url`` (a sandpool addition) names a local one."""
     pool = create_pool_manager(
         backend="docker",
         config=PoolConfig(max_pool_size=3, min_pool_size=1),
         lang="python",
-        libraries=["numpy", "pandas"],
+        libraries=["sandpooldemo==1.0"],
+        package_index_url=package_index,
     )
     try:
         spec = server.client.get_pool(pool.name).spec
-        assert list(spec.libraries) == ["numpy", "pandas"]
+        assert list(spec.libraries) == ["sandpooldemo==1.0"]
+        assert spec.package_index_url == package_index
         with SandboxSession(pool=pool, lang="python") as first:
-            r1 = first.run("import pandas as pd; print(pd.__name__)")
-            assert r1.stdout.strip() == "pandas", r1.stderr
+            r1 = first.run("import sandpooldemo, pandas as pd; print(sandpooldemo.VALUE, pd.__name__)")
+            assert r1.stdout == "42 pandas\n", r1.stderr
         with SandboxSession(pool=pool, lang="python") as second:
-            r2 = second.run("import numpy as np; print(int(np.arange(5).sum()))")
-            assert r2.stdout.strip() == "10", r2.stderr
+            r2 = second.run("import sandpooldemo, numpy as np; print(sandpooldemo.VALUE + int(np.arange(5).sum()))")
+            assert r2.stdout == "52\n", r2.stderr
     finally:
         pool.close()
+
+
+def test_libraries_that_cannot_be_installed_fail_the_pool_manager(server: Server, package_index: str) -> None:
+    with pytest.raises(ContainerError) as err:
+        create_pool_manager(
+            backend="docker",
+            config=PoolConfig(max_pool_size=1, min_pool_size=1),
+            lang="python",
+            libraries=["sandpool-no-such-package"],
+            package_index_url=package_index,
+        )
+    assert "installing libraries" in str(err.value)
+    assert "No matching distribution" in str(err.value) or "Could not find" in str(err.value), err.value
+    assert [p.spec.name for p in server.client.list_pools() if p.spec.name.startswith("llmsb-")] == []
 
 
 def test_runtime_configs_map_to_the_pool_runtime(server: Server) -> None:
@@ -336,8 +356,13 @@ def test_pooled_session_details(server: Server, tmp_path) -> None:  # type: igno
             assert session.execute_command("pwd", workdir="/tmp").stdout == "/tmp\n"
             from sandpool.llm_sandbox import LibraryInstallationNotSupportedError
 
-            with pytest.raises(LibraryInstallationNotSupportedError):
+            with pytest.raises(LibraryInstallationNotSupportedError, match="lease_installs"):
                 session.run("print(1)", libraries=["requests"])
+            # A package file copied into the container installs for this session.
+            wheel = build_wheel(tmp_path, value=7)
+            session.copy_to_runtime(str(wheel), f"/sandbox/pkgs/{wheel.name}")
+            out = session.run("import sandpooldemo; print(sandpooldemo.VALUE)", libraries=[f"/sandbox/pkgs/{wheel.name}"])
+            assert out.stdout == "7\n", out.stderr
 
 
 def test_session_without_pool_uses_the_servers_language_pool(server: Server) -> None:
@@ -364,22 +389,11 @@ print("saved")
 """
 
 
-def test_artifact_session_without_plotting_has_no_plots(server: Server) -> None:
-    with create_pool_manager(backend="docker", config=PoolConfig(max_pool_size=1, min_pool_size=1), lang="python") as pool:
-        with ArtifactSandboxSession(pool=pool, enable_plotting=False) as session:
-            result = session.run(PLOT_CODE)
-            assert isinstance(result, ExecutionResult)
-            assert result.stdout == "saved\n", result.stderr
-            assert result.plots == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="server gap: Run sends no RunArtifact events yet, so files written to /sandbox/outputs never reach plots",
-)
 def test_artifact_session_returns_saved_figures_as_plots(server: Server) -> None:
-    with create_pool_manager(backend="docker", config=PoolConfig(max_pool_size=1, min_pool_size=1), lang="python",
-                             libraries=["matplotlib"]) as pool:
+    # matplotlib and numpy ship in the image (the docs' libraries=["matplotlib"]
+    # would need a reachable package index).
+    with create_pool_manager(backend="docker", config=PoolConfig(max_pool_size=1, min_pool_size=1),
+                             lang="python") as pool:
         with ArtifactSandboxSession(pool=pool, enable_plotting=True) as session:
             result = session.run(PLOT_CODE)
             assert result.stdout == "saved\n", result.stderr
@@ -389,20 +403,62 @@ def test_artifact_session_returns_saved_figures_as_plots(server: Server) -> None
         with ArtifactPooledSandboxSession(pool_manager=pool, enable_plotting=True) as session:
             again = session.run(PLOT_CODE)
             assert len(again.plots) == 2, "each run reports its own plots"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="server gap: matplotlib figures are not captured on plt.show() yet (plot capture arrives with another issue)",
-)
-def test_artifact_session_captures_plt_show(server: Server) -> None:
-    with create_pool_manager(backend="docker", config=PoolConfig(max_pool_size=1, min_pool_size=1), lang="python",
-                             libraries=["matplotlib", "numpy"]) as pool:
-        with ArtifactPooledSandboxSession(pool_manager=pool, enable_plotting=True) as session:
+            assert isinstance(again, ExecutionResult)
+            # plt.show() is captured (as llm-sandbox captures it), as PNG.
             result = session.run(
                 "import matplotlib.pyplot as plt\nimport numpy as np\n"
                 "x = np.linspace(0, 6, 50)\nplt.plot(x, np.sin(x))\nplt.show()\n"
             )
             assert result.exit_code == 0, result.stderr
+            assert result.stdout == "", "no capture banner in stdout"
             assert len(result.plots) == 1
-            assert result.plots[0].format.value in ("png", "svg")
+            assert result.plots[0].format is FileType.PNG
+            assert base64.b64decode(result.plots[0].content_base64).startswith(PNG_MAGIC)
+            # Plots are per run: the next run reports only its own.
+            assert session.run("print('no figure')").plots == []
+
+
+TWO_FIGURES = """
+import matplotlib.pyplot as plt
+import numpy as np
+x = np.linspace(0, 10, 50)
+plt.plot(x, np.sin(x)); plt.title('shown')
+plt.show()
+plt.figure(); plt.plot(x, np.cos(x)); plt.title('left open')
+print('plotted')
+"""
+
+
+def test_artifact_sandbox_session_returns_captured_figures(server: Server) -> None:
+    """The llm-sandbox docs' artifact session: a figure shown and one left
+    open come back as two PNG plots, as llm-sandbox's PlotOutput."""
+    with create_pool_manager(backend="docker", config=PoolConfig(max_pool_size=1, min_pool_size=1),
+                             lang="python") as pool:
+        with ArtifactSandboxSession(pool=pool, lang="python", enable_plotting=True) as session:
+            result = session.run(TWO_FIGURES)
+            assert isinstance(result, ExecutionResult)
+            assert (result.exit_code, result.stdout, result.stderr) == (0, "plotted\n", "")
+            assert len(result.plots) == 2
+            for plot in result.plots:
+                assert isinstance(plot, PlotOutput)
+                assert plot.format is FileType.PNG and plot.format.value == "png"
+                assert base64.b64decode(plot.content_base64).startswith(PNG_MAGIC)
+            assert result.plots[0].content_base64 != result.plots[1].content_base64
+            payload = json.loads(result.to_json(include_plots=True))
+            assert [p["format"] for p in payload["plots"]] == ["png", "png"]
+        with ArtifactSandboxSession(pool=pool, lang="python", enable_plotting=False) as session:
+            assert session.run(TWO_FIGURES).plots == []
+
+
+def test_r_plots_come_back_too(server: Server) -> None:
+    """llm-sandbox captures R base graphics and ggplot2 as well."""
+    with create_pool_manager(backend="docker", config=PoolConfig(max_pool_size=1, min_pool_size=1),
+                             lang=SupportedLanguage.R) as pool:
+        with ArtifactSandboxSession(pool=pool, lang="r", enable_plotting=True) as session:
+            result = session.run(
+                "plot(1:10)\nlibrary(ggplot2)\n"
+                "print(ggplot(data.frame(x = 1:3, y = c(2, 1, 3)), aes(x, y)) + geom_line())\ncat('done\\n')"
+            )
+            assert (result.exit_code, result.stdout) == (0, "done\n"), result.stderr
+            assert [p.format for p in result.plots] == [FileType.PNG, FileType.PNG]
+            assert all(base64.b64decode(p.content_base64).startswith(PNG_MAGIC) for p in result.plots)

@@ -183,30 +183,38 @@ def test_list_artifacts(client: sandpool.Client, make_pool: PoolFactory) -> None
         assert arts[0].path == "/sandbox/outputs/table.csv"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server gap: ListArtifacts never fills ArtifactInfo.run_id, so filtering by run_id returns nothing",
-)
 def test_list_artifacts_of_one_run(client: sandpool.Client, make_pool: PoolFactory) -> None:
     pool = make_pool()
     with client.acquire(pool) as s:
         r = s.execute("open('/sandbox/outputs/one.txt','w').write('1')")
         assert r.ok, r.stderr
+        other = s.execute("open('/sandbox/outputs/two.txt','w').write('22')")
         arts = s.list_artifacts(run_id=r.run_id)
         assert [a.name for a in arts] == ["one.txt"]
         assert arts[0].run_id == r.run_id
+        assert arts[0].sha256 == hashlib.sha256(b"1").hexdigest()
+        assert [a.run_id for a in s.list_artifacts()] == [r.run_id, other.run_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server gap: Run does not send RunArtifact events yet (files under /sandbox/outputs are only listed)",
-)
 def test_run_returns_artifacts(client: sandpool.Client, make_pool: PoolFactory) -> None:
     pool = make_pool()
     with client.acquire(pool) as s:
         r = s.execute("open('/sandbox/outputs/hello.txt','w').write('hello')")
         assert r.ok, r.stderr
         assert [(a.name, a.mime_type, a.data) for a in r.artifacts] == [("hello.txt", "text/plain", b"hello")]
+        art = r.artifacts[0]
+        assert (art.size, art.sha256, art.info.run_id) == (5, hashlib.sha256(b"hello").hexdigest(), r.run_id)
+        assert not art.plot and r.plots == [] and r.files == [art]
+        assert s.download(art.path) == b"hello"
+        # A file bigger than one chunk comes back whole.
+        big = s.execute(
+            "import random\nrandom.seed(7)\n"
+            "open('/sandbox/outputs/big.bin','wb').write(random.randbytes(3_000_000))"
+        )
+        assert big.ok, big.stderr
+        [blob] = big.artifacts
+        assert len(blob.data) == 3_000_000 == blob.size
+        assert hashlib.sha256(blob.data).hexdigest() == blob.sha256
 
 
 def test_session_used_from_threads(client: sandpool.Client, make_pool: PoolFactory) -> None:

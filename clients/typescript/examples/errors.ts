@@ -1,5 +1,5 @@
 // Errors: every failure is a SandpoolError subclass chosen by gRPC code.
-import { InvalidArgument, NotFound, PoolExhausted, SandpoolClient, SandpoolError } from "@sandpool/client";
+import { InvalidArgument, LeaseLost, NotFound, PoolExhausted, SandpoolClient, SandpoolError } from "@sandpool/client";
 
 const client = new SandpoolClient();
 
@@ -33,5 +33,14 @@ await client.createPool(
     else throw err;
   }
   console.log(`still holding ${first.containerId.slice(0, 12)}`);
+  // A lease ended behind the session's back (here by a raw Release): the
+  // next call says so, by the server's machine-readable reason.
+  await client.sessions.release({ leaseId: first.leaseId });
+  try {
+    await first.runCollect("print(1)");
+  } catch (err) {
+    if (err instanceof LeaseLost) console.log(`LeaseLost (${err.errorInfo?.reason}): ${err.reason}`);
+    else throw err;
+  }
 }
 await client.deletePool(pool, { wait: true, timeoutMs: 60_000 });

@@ -23,8 +23,20 @@ export interface FieldViolation {
   description: string;
 }
 
+/** A google.rpc.ErrorInfo: why, in a machine-readable form. */
+export interface ErrorInfo {
+  /** e.g. "LEASE_NOT_FOUND", "LEASE_ENDED". */
+  reason: string;
+  /** "sandpool" for the server's own reasons. */
+  domain: string;
+  /** e.g. { lease_id: "..." }. */
+  metadata: Record<string, string>;
+}
+
 /** Rich error details decoded from the status. */
 export interface ErrorDetails {
+  /** google.rpc.ErrorInfo, when the server sent one. */
+  errorInfo?: ErrorInfo;
   fieldViolations: FieldViolation[];
   preconditionViolations: PreconditionViolation[];
   /** google.rpc.RetryInfo: how long to wait before retrying. */
@@ -50,6 +62,11 @@ export class SandpoolError extends Error {
   /** The gRPC code name, e.g. "NOT_FOUND". */
   get codeName(): string {
     return codeName(this.code);
+  }
+
+  /** The server's machine-readable reason (ErrorInfo: reason, domain, metadata), if it sent one. */
+  get errorInfo(): ErrorInfo | undefined {
+    return this.details.errorInfo;
   }
 }
 
@@ -97,7 +114,7 @@ export class Cancelled extends SandpoolError {}
  */
 export class LeaseLost extends SandpoolError {
   readonly leaseId: string;
-  /** Why the lease is gone, in words. */
+  /** Why the lease is gone, in words (the server's machine-readable reason, if it sent one, is `errorInfo.reason`). */
   readonly reason: string;
 
   constructor(leaseId: string, reason: string, code: Code = Code.FailedPrecondition, options?: { cause?: unknown; details?: ErrorDetails }) {
@@ -106,6 +123,11 @@ export class LeaseLost extends SandpoolError {
     this.reason = reason;
   }
 }
+
+/** The ErrorInfo domain of the server's reasons. */
+export const ERROR_DOMAIN = "sandpool";
+/** ErrorInfo reasons that say the call's lease is gone. */
+export const LEASE_REASONS: readonly string[] = ["LEASE_NOT_FOUND", "LEASE_ENDED"];
 
 const CODE_NAMES: Record<number, string> = {
   [Code.Canceled]: "CANCELLED",
@@ -164,7 +186,11 @@ export function mapError(err: unknown): SandpoolError {
 
 /**
  * Maps an error of a call made on a lease: NOT_FOUND or FAILED_PRECONDITION
- * about the lease itself becomes LeaseLost; anything else maps as usual.
+ * because the lease itself is gone becomes LeaseLost; anything else maps as
+ * usual. The server says so with an ErrorInfo (domain "sandpool", reason
+ * LEASE_NOT_FOUND or LEASE_ENDED, metadata lease_id); a container that
+ * vanished under the lease is a CONTAINER_GONE precondition violation.
+ * Without details, the message ("lease <id> ...") is the fallback.
  */
 export function mapLeaseError(err: unknown, leaseId: string): SandpoolError {
   const mapped = mapError(err);
@@ -174,15 +200,18 @@ export function mapLeaseError(err: unknown, leaseId: string): SandpoolError {
   if (mapped.code !== Code.NotFound && mapped.code !== Code.FailedPrecondition) {
     return mapped;
   }
-  const aboutLease =
-    mapped.details.preconditionViolations.some(
-      (v) => v.subject === leaseId && (v.type === "LEASE_ENDED" || v.type === "CONTAINER_GONE"),
-    ) ||
-    // NOT_FOUND carries no details: the server's message starts with the
-    // lease ("lease <id> does not exist ..."); a run or path that is not
-    // found in a live lease says "run ..." / "path ..." instead.
-    mapped.rawMessage.startsWith(`lease ${leaseId} `) ||
-    mapped.rawMessage.startsWith(`the container of lease ${leaseId} is gone`);
+  const info = mapped.details.errorInfo;
+  let aboutLease: boolean;
+  if (info !== undefined && info.domain === ERROR_DOMAIN && LEASE_REASONS.includes(info.reason)) {
+    aboutLease = (info.metadata["lease_id"] ?? leaseId) === leaseId;
+  } else if (mapped.details.preconditionViolations.some((v) => v.subject === leaseId && v.type === "CONTAINER_GONE")) {
+    aboutLease = true;
+  } else {
+    aboutLease =
+      info === undefined &&
+      (mapped.rawMessage.startsWith(`lease ${leaseId} `) ||
+        mapped.rawMessage.startsWith(`the container of lease ${leaseId} is gone`));
+  }
   if (!aboutLease) {
     return mapped;
   }
@@ -194,8 +223,10 @@ export function mapLeaseError(err: unknown, leaseId: string): SandpoolError {
 const TYPE_BAD_REQUEST = "google.rpc.BadRequest";
 const TYPE_PRECONDITION = "google.rpc.PreconditionFailure";
 const TYPE_RETRY_INFO = "google.rpc.RetryInfo";
+const TYPE_ERROR_INFO = "google.rpc.ErrorInfo";
 
-function decodeDetails(err: ConnectError): ErrorDetails {
+/** Decodes the rich error details of a connect error (exported for tests). */
+export function decodeDetails(err: ConnectError): ErrorDetails {
   const out: ErrorDetails = { fieldViolations: [], preconditionViolations: [] };
   for (const d of err.details) {
     if (!("type" in d) || !(d.value instanceof Uint8Array)) {
@@ -215,6 +246,16 @@ function decodeDetails(err: ConnectError): ErrorDetails {
             out.preconditionViolations.push({ type: f.str(1), subject: f.str(2), description: f.str(3) });
           }
           break;
+        case TYPE_ERROR_INFO: {
+          const f = fields(d.value);
+          const metadata: Record<string, string> = {};
+          for (const entry of repeatedMessages(d.value, 3)) {
+            const e = fields(entry);
+            metadata[e.str(1)] = e.str(2);
+          }
+          out.errorInfo = { reason: f.str(1), domain: f.str(2), metadata };
+          break;
+        }
         case TYPE_RETRY_INFO: {
           const delay = fields(d.value).bytes(1);
           if (delay) {

@@ -3,12 +3,13 @@
 
 export { SandpoolClient, DEFAULT_ADDRESS, DEFAULT_TIMEOUT_MS } from "./client.js";
 export type { AcquireOptions, ClientOptions, TlsOptions, WatchOptions } from "./client.js";
-export { Session } from "./session.js";
-export type { Download, LeaseInfo, RunStream, UploadOptions, UploadResult, UploadSource } from "./session.js";
+export { Context, Session } from "./session.js";
+export type { Download, InstallResult, LeaseInfo, RunStream, UploadOptions, UploadResult, UploadSource } from "./session.js";
 export type {
   Artifact,
   ArtifactEvent,
   ArtifactMeta,
+  ContextRunOptions,
   EndReasonName,
   ExitEvent,
   OutputEvent,
@@ -45,7 +46,8 @@ export {
   Unauthenticated,
   Unavailable,
 } from "./errors.js";
-export type { ErrorDetails, FieldViolation, PreconditionViolation } from "./errors.js";
+export { ERROR_DOMAIN, LEASE_REASONS, mapError, mapLeaseError } from "./errors.js";
+export type { ErrorDetails, ErrorInfo, FieldViolation, PreconditionViolation } from "./errors.js";
 
 /** The generated messages and services of sandpool.v1, for direct use. */
 export * as proto from "./proto.js";

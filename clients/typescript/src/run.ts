@@ -120,6 +120,9 @@ export interface Artifact extends ArtifactMeta {
   omitted: boolean;
 }
 
+/** Options of a run in a persistent context (code only: no stdin, env or working dir). */
+export type ContextRunOptions = Pick<RunOptions, "timeoutMs" | "outputLimitBytes" | "deadlineMs" | "signal" | "plotFormat">;
+
 /** A finished run's output, collected. */
 export interface RunResult {
   runId: string;
@@ -133,7 +136,12 @@ export interface RunResult {
   durationMs: number;
   truncated: boolean;
   message: string;
+  /** Every file the run produced, whole (reassembled from its chunks), in order. */
   artifacts: Artifact[];
+  /** The captured figures among `artifacts` (`plot: true`): plt.show() and figures left open. */
+  plots: Artifact[];
+  /** The run's context was restarted to stop it: its state is gone. */
+  contextRestarted: boolean;
 }
 
 const END_REASONS: Record<EndReason, EndReasonName> = {
@@ -226,7 +234,7 @@ export async function collect(events: AsyncIterable<RunEvent>): Promise<RunResul
   let runId = "";
   const out: Uint8Array[] = [];
   const err: Uint8Array[] = [];
-  const files = new Map<string, { info: ArtifactMeta; chunks: Uint8Array[]; omitted: boolean }>();
+  const files = new Map<string, { info: ArtifactMeta; chunks: { offset: number; data: Uint8Array }[]; omitted: boolean }>();
   let exit: ExitEvent | undefined;
   for await (const e of events) {
     switch (e.type) {
@@ -240,13 +248,16 @@ export async function collect(events: AsyncIterable<RunEvent>): Promise<RunResul
         err.push(e.data);
         break;
       case "artifact": {
-        const f = files.get(e.info.name) ?? { info: e.info, chunks: [], omitted: false };
-        f.chunks.push(e.data);
+        const key = e.info.path || e.info.name;
+        const f = files.get(key) ?? { info: e.info, chunks: [], omitted: false };
+        if (e.data.length > 0) {
+          f.chunks.push({ offset: e.offset, data: e.data });
+        }
         f.omitted ||= e.omitted;
         if (e.last) {
           f.info = e.info; // the final chunk's info carries the sha256
         }
-        files.set(e.info.name, f);
+        files.set(key, f);
         break;
       }
       case "exit":
@@ -260,6 +271,7 @@ export async function collect(events: AsyncIterable<RunEvent>): Promise<RunResul
   const stdoutBytes = concat(out);
   const stderrBytes = concat(err);
   const utf8 = new TextDecoder("utf-8");
+  const artifacts = [...files.values()].map((f) => ({ ...f.info, data: assemble(f.chunks), omitted: f.omitted }));
   return {
     runId,
     stdout: utf8.decode(stdoutBytes),
@@ -272,6 +284,18 @@ export async function collect(events: AsyncIterable<RunEvent>): Promise<RunResul
     durationMs: exit.durationMs,
     truncated: exit.truncated,
     message: exit.message,
-    artifacts: [...files.values()].map((f) => ({ ...f.info, data: concat(f.chunks), omitted: f.omitted })),
+    artifacts,
+    plots: artifacts.filter((a) => a.plot),
+    contextRestarted: exit.contextRestarted,
   };
+}
+
+/** A file's bytes from its chunks, each placed at its offset. */
+function assemble(chunks: { offset: number; data: Uint8Array }[]): Uint8Array {
+  const size = chunks.reduce((n, c) => Math.max(n, c.offset + c.data.length), 0);
+  const out = new Uint8Array(size);
+  for (const c of chunks) {
+    out.set(c.data, c.offset);
+  }
+  return out;
 }

@@ -20,7 +20,7 @@ import {
   type Lease as PbLease,
   type RunRequestSchema,
 } from "./gen/sandpool/v1/session_pb.js";
-import { Code, LeaseLost, mapError, mapLeaseError } from "./errors.js";
+import { Code, LeaseLost, SandpoolError, mapError, mapLeaseError } from "./errors.js";
 import { durationToMs } from "./pools.js";
 import { drive, streamCall } from "./streams.js";
 import {
@@ -29,6 +29,7 @@ import {
   collect,
   concat,
   type ArtifactMeta,
+  type ContextRunOptions,
   type Program,
   type RunEvent,
   type RunOptions,
@@ -187,6 +188,56 @@ export interface RunStream extends AsyncIterable<RunEvent> {
   collect(): Promise<RunResult>;
 }
 
+/** What `installLibraries` did. */
+export interface InstallResult {
+  /** What the installer printed. */
+  log: string;
+  durationMs: number;
+}
+
+/**
+ * A persistent interpreter in the session's container: variables, imports
+ * and functions survive between its runs, like cells of a notebook. An
+ * exception ends its run (traceback on stderr, exit code 1) and keeps the
+ * context; a timeout interrupts the run, or restarts the context when the
+ * code ignores the interrupt (`contextRestarted`). Private to its lease.
+ * `await using ctx = await session.createContext()` deletes it at the end
+ * of the block.
+ */
+export class Context implements AsyncDisposable {
+  readonly id: string;
+  readonly language: string;
+  private readonly session: Session;
+  private deleting: Promise<void> | undefined;
+
+  /** @internal Use `Session.createContext`. */
+  constructor(session: Session, id: string, language: string) {
+    this.session = session;
+    this.id = id;
+    this.language = language;
+  }
+
+  /** Runs code in the context; events stream as for `Session.run`. */
+  run(code: string | Uint8Array, options: ContextRunOptions = {}): RunStream {
+    return this.session.stream({ code }, options, this.id);
+  }
+
+  /** Runs code in the context and collects its output. */
+  runCollect(code: string | Uint8Array, options: ContextRunOptions = {}): Promise<RunResult> {
+    return this.run(code, options).collect();
+  }
+
+  /** Ends the context and its interpreter (idempotent; a lost lease took it along). */
+  delete(): Promise<void> {
+    this.deleting ??= this.session.deleteContext(this.id);
+    return this.deleting;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.delete();
+  }
+}
+
 /**
  * A lease on a warm container. Use with `await using`, or call `release()`
  * in a `finally`; both are safe to combine and to repeat.
@@ -261,7 +312,12 @@ export class Session implements AsyncDisposable {
    * then exit. Breaking out of the loop (or aborting `signal`) kills the run.
    */
   run(program: Program, options: RunOptions = {}): RunStream {
-    const events = this.runEvents(program, options);
+    return this.stream(program, options, "");
+  }
+
+  /** @internal A run's stream, in a context when `contextId` is set. */
+  stream(program: Program, options: RunOptions, contextId: string): RunStream {
+    const events = this.runEvents(program, options, contextId);
     return {
       [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
       collect: () => collect(events),
@@ -270,7 +326,7 @@ export class Session implements AsyncDisposable {
 
   /** Runs and collects stdout, stderr, exit code, end reason and artifacts. */
   runCollect(program: Program, options: RunOptions = {}): Promise<RunResult> {
-    return collect(this.runEvents(program, options));
+    return collect(this.runEvents(program, options, ""));
   }
 
   /** Runs a program with arguments (no shell) and collects its output. */
@@ -283,9 +339,10 @@ export class Session implements AsyncDisposable {
     return this.runCollect({ shell: line }, options);
   }
 
-  private async *runEvents(program: Program, options: RunOptions): AsyncGenerator<RunEvent> {
+  private async *runEvents(program: Program, options: RunOptions, contextId: string): AsyncGenerator<RunEvent> {
     this.check();
     const request: MessageInitShape<typeof RunRequestSchema> = {
+      contextId,
       leaseId: this.lease.id,
       program: programToPb(program),
       stdin: typeof options.stdin === "string" ? new TextEncoder().encode(options.stdin) : options.stdin,
@@ -328,17 +385,52 @@ export class Session implements AsyncDisposable {
     }
   }
 
+  // ------------------------------------------------------------ contexts and libraries
+
+  /**
+   * Opens a persistent interpreter context (python; `language` defaults to
+   * the pool's). Use it with `await using`, or `delete()` it.
+   */
+  async createContext(options: { language?: string; timeoutMs?: number } = {}): Promise<Context> {
+    this.check();
+    try {
+      const r = await this.ctx.sessions.createContext(
+        { leaseId: this.lease.id, language: options.language ?? "" },
+        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 60_000) },
+      );
+      return new Context(this, r.contextId, options.language ?? this.lease.language);
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /** @internal Use `Context.delete`. */
+  async deleteContext(contextId: string): Promise<void> {
+    if (this.releasing !== undefined || this.lostReason !== undefined) {
+      return; // the lease's end took its contexts along
+    }
+    try {
+      await this.ctx.sessions.deleteContext({ leaseId: this.lease.id, contextId }, { timeoutMs: this.ctx.timeoutMs });
+    } catch (err) {
+      const mapped = this.fail(err);
+      if (mapped instanceof LeaseLost || (mapped instanceof SandpoolError && mapped.code === Code.NotFound)) {
+        return;
+      }
+      throw mapped;
+    }
+  }
+
   /**
    * Installs libraries for this lease only (gone after the reset): package
    * names need the pool's `leaseInstalls`; paths of package files already in
-   * the container always work.
+   * the container (e.g. a wheel you uploaded) always work.
    */
-  async installLibraries(libraries: string[], options: { timeoutMs?: number } = {}): Promise<{ log: string; durationMs: number }> {
+  async installLibraries(libraries: string[], options: { timeoutMs?: number } = {}): Promise<InstallResult> {
     this.check();
     try {
       const r = await this.ctx.sessions.installLibraries(
         { leaseId: this.lease.id, libraries },
-        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 300_000) },
+        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 600_000) },
       );
       return { log: r.log, durationMs: durationToMs(r.duration) };
     } catch (err) {

@@ -30,7 +30,22 @@ const EXAMPLES: [file: string, expected: RegExp[]][] = [
   ],
   [
     "build/examples/errors.js",
-    [/^NotFound: pool "no-such-pool" does not exist$/m, /^InvalidArgument on config\.min_pool_size$/m, /^PoolExhausted, retry after 1000 ms$/m, /^still holding [0-9a-f]{12}$/m],
+    [
+      /^NotFound: pool "no-such-pool" does not exist$/m,
+      /^InvalidArgument on config\.min_pool_size$/m,
+      /^PoolExhausted, retry after 1000 ms$/m,
+      /^still holding [0-9a-f]{12}$/m,
+      /^LeaseLost \(LEASE_ENDED\): lease [0-9a-f]{32} .*released/m,
+    ],
+  ],
+  [
+    "build/examples/notebook.js",
+    [
+      /^error: IndexError: list index out of range - the context survives$/m,
+      /^3 rows plotted$/m,
+      /^saved image\/png \d{4,} bytes$/m,
+      /^svg plots: 1 image\/svg\+xml$/m,
+    ],
   ],
   [
     "examples/admin.mjs",

@@ -6,6 +6,9 @@
     with client.acquire("python") as session:  # kept alive, released on exit
         for event in session.run("print('hi')"):
             print(event)
+        with session.context() as ctx:         # a persistent interpreter
+            ctx.run_collect("x = 41")
+            print(ctx.run_collect("print(x + 1)").stdout)
 
 ``sandpool.AsyncClient`` offers the same calls for asyncio;
 ``sandpool.llm_sandbox`` is a drop-in for llm-sandbox's container pooling.
@@ -14,11 +17,13 @@
 from __future__ import annotations
 
 from . import errors
-from .aio import AsyncClient, AsyncRunStream, AsyncSession
-from .client import Client, RunStream, Session
+from .aio import AsyncClient, AsyncContext, AsyncRunStream, AsyncSession
+from .client import Client, Context, RunStream, Session
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
+    ErrorDetails,
+    ErrorInfo,
     FailedPrecondition,
     InvalidArgument,
     LeaseLost,
@@ -35,8 +40,10 @@ from .types import (
     EndReason,
     Exit,
     FileInfo,
+    InstallResult,
     LeaseInfo,
     LeaseState,
+    PlotFormat,
     RunEvent,
     RunResult,
     Started,
@@ -53,19 +60,25 @@ __all__ = [
     "ArtifactFile",
     "ArtifactInfo",
     "AsyncClient",
+    "AsyncContext",
     "AsyncRunStream",
     "AsyncSession",
     "Client",
+    "Context",
     "DeadlineExceeded",
     "EndReason",
+    "ErrorDetails",
+    "ErrorInfo",
     "Exit",
     "FailedPrecondition",
     "FileInfo",
+    "InstallResult",
     "InvalidArgument",
     "LeaseInfo",
     "LeaseLost",
     "LeaseState",
     "NotFound",
+    "PlotFormat",
     "PoolExhausted",
     "RunEvent",
     "RunResult",

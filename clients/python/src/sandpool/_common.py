@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from .errors import InvalidArgument
+from .types import PlotFormat
 from .v1 import artifact_pb2, pool_pb2, session_pb2
 
 DEFAULT_ADDR = "127.0.0.1:50051"
@@ -57,6 +58,13 @@ KEEPALIVE_STREAM_LIFETIME = 600.0
 Seconds = Union[float, int, _dt.timedelta]
 TLS = Union[bool, grpc.ChannelCredentials, None]
 Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
+Content = Union[str, bytes]
+LeaseFiles = Mapping[str, Union[Content, Tuple[Content, int]]]
+"""Files placed at Acquire: path -> content, or path -> (content, mode)."""
+PlotFormatArg = Union[PlotFormat, str, None]
+
+DEFAULT_INSTALL_TIMEOUT = 600.0
+"""Deadline of InstallLibraries (an installer may take a while)."""
 
 CHANNEL_OPTIONS: List[Tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -126,10 +134,18 @@ def run_request(
     working_dir: Optional[str] = None,
     timeout: Optional[Seconds] = None,
     output_limit_bytes: Optional[int] = None,
+    plot_format: PlotFormatArg = None,
+    context_id: Optional[str] = None,
 ) -> session_pb2.RunRequest:
     """A RunRequest for code, or for a command (a string is a shell command
     line, a sequence an argv run without a shell)."""
     req = session_pb2.RunRequest(lease_id=lease_id)
+    if plot_format is not None:
+        req.plot_format = plot_format_pb(plot_format)
+    if context_id:
+        if command is not None or stdin is not None or env or working_dir:
+            raise ValueError("a context runs code only: no command, stdin, env or working_dir")
+        req.context_id = context_id
     if (code is None) == (command is None):
         raise ValueError("give exactly one of code and command")
     if code is not None:
@@ -158,6 +174,43 @@ def run_request(
         req.timeout.CopyFrom(duration(timeout, "timeout"))
     if output_limit_bytes is not None:
         req.output_limit_bytes = output_limit_bytes
+    return req
+
+
+def plot_format_pb(value: Union[PlotFormat, str]) -> "session_pb2.PlotFormat.ValueType":
+    try:
+        return PlotFormat(str(getattr(value, "value", value)).lower()).to_pb()
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid plot_format: {value!r} is not one of png, svg, pdf", code=None, field="plot_format"
+        ) from None
+
+
+def _bytes_of(content: Content) -> bytes:
+    return content.encode() if isinstance(content, str) else bytes(content)
+
+
+def acquire_request(
+    pool: str,
+    *,
+    ttl: Optional[Seconds] = None,
+    env: Optional[Mapping[str, str]] = None,
+    files: Optional[LeaseFiles] = None,
+) -> session_pb2.AcquireRequest:
+    """An AcquireRequest with the lease's environment and files."""
+    req = session_pb2.AcquireRequest(pool=pool)
+    if ttl is not None:
+        req.ttl.CopyFrom(duration(ttl, "ttl"))
+    for k, v in (env or {}).items():
+        req.env[k] = v
+    for path, spec in (files or {}).items():
+        f = req.files.add(path=path)
+        if isinstance(spec, tuple):
+            content, mode = spec
+            f.content = _bytes_of(content)
+            f.mode = mode
+        else:
+            f.content = _bytes_of(spec)
     return req
 
 
@@ -309,6 +362,9 @@ def pool_spec_pb(
     max_run_timeout: Optional[Seconds] = None,
     output_limit_bytes: Optional[int] = None,
     output_dir: Optional[str] = None,
+    install_network: Optional[str] = None,
+    lease_installs: Optional[bool] = None,
+    package_index_url: Optional[str] = None,
 ) -> pool_pb2.PoolSpec:
     spec = pool_pb2.PoolSpec(name=name, language=language)
     if image:
@@ -335,6 +391,12 @@ def pool_spec_pb(
         spec.output_limit_bytes = output_limit_bytes
     if output_dir:
         spec.output_dir = output_dir
+    if install_network:
+        spec.install_network = install_network
+    if lease_installs is not None:
+        spec.lease_installs = lease_installs
+    if package_index_url:
+        spec.package_index_url = package_index_url
     return spec
 
 
@@ -392,15 +454,6 @@ def kind_name(kind: int) -> str:
     if kind == artifact_pb2.DOWNLOAD_KIND_FILE:
         return "file"
     return "unknown"
-
-
-def lease_mentioned(message: str, lease_id: str) -> bool:
-    """Whether a NOT_FOUND / FAILED_PRECONDITION answer is about the lease
-    itself ("lease ID does not exist", "lease ID expired ...", "the container
-    of lease ID is gone"), not about a run, a path or a pool of it."""
-    if not lease_id:
-        return False
-    return message.startswith(f"lease {lease_id} ") or f"the container of lease {lease_id} " in message
 
 
 def lease_codes() -> Tuple[grpc.StatusCode, ...]:

@@ -29,11 +29,12 @@ import grpc
 import grpc.aio
 
 from . import _common as c
-from .errors import LeaseLost, SandpoolError, from_rpc_error, status_of
+from .errors import LeaseLost, NotFound, SandpoolError, from_rpc_error, lease_lost_of, status_of
 from .types import (
     ArtifactInfo,
     Exit,
     FileInfo,
+    InstallResult,
     LeaseInfo,
     LeaseState,
     RunCollector,
@@ -53,7 +54,7 @@ from .v1 import (
     session_pb2_grpc,
 )
 
-__all__ = ["AsyncClient", "AsyncRunStream", "AsyncSession"]
+__all__ = ["AsyncClient", "AsyncContext", "AsyncRunStream", "AsyncSession"]
 
 T = TypeVar("T")
 
@@ -150,16 +151,16 @@ class AsyncClient:
         pool: str,
         ttl: Optional[c.Seconds] = None,
         wait: Optional[c.Seconds] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        files: Optional[c.LeaseFiles] = None,
     ) -> _Acquiring:
         """Leases a warm container of ``pool``: ``session = await
         client.acquire(pool)`` or ``async with client.acquire(pool) as
         session``. Arguments as for :meth:`sandpool.Client.acquire`."""
-        return _Acquiring(self._acquire(pool, ttl, wait))
+        return _Acquiring(self._acquire(c.acquire_request(pool, ttl=ttl, env=env, files=files), wait))
 
-    async def _acquire(self, pool: str, ttl: Optional[c.Seconds], wait: Optional[c.Seconds]) -> AsyncSession:
-        req = session_pb2.AcquireRequest(pool=pool)
-        if ttl is not None:
-            req.ttl.CopyFrom(c.duration(ttl, "ttl"))
+    async def _acquire(self, req: session_pb2.AcquireRequest, wait: Optional[c.Seconds]) -> AsyncSession:
         deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
         started = time.monotonic()
         resp = await self._unary(self.sessions.Acquire, req, deadline)
@@ -192,6 +193,9 @@ class AsyncClient:
         max_run_timeout: Optional[c.Seconds] = None,
         output_limit_bytes: Optional[int] = None,
         output_dir: Optional[str] = None,
+        install_network: Optional[str] = None,
+        lease_installs: Optional[bool] = None,
+        package_index_url: Optional[str] = None,
         wait_ready: bool = False,
         timeout: Optional[float] = None,
     ) -> pool_pb2.Pool:
@@ -222,6 +226,9 @@ class AsyncClient:
             max_run_timeout=max_run_timeout,
             output_limit_bytes=output_limit_bytes,
             output_dir=output_dir,
+            install_network=install_network,
+            lease_installs=lease_installs,
+            package_index_url=package_index_url,
         )
         req = pool_pb2.CreatePoolRequest(spec=spec, wait_ready=wait_ready)
         deadline = timeout or (max(self.timeout, 120.0) if wait_ready else self.timeout)
@@ -426,10 +433,10 @@ class AsyncSession:
             raise LeaseLost(self.lease.id, reason)
 
     def _error(self, err: BaseException) -> SandpoolError:
-        code, message = status_of(err)
-        if code in c.lease_codes() and c.lease_mentioned(message, self.lease.id):
-            self._keeper.mark_lost(message)
-            return LeaseLost(self.lease.id, message)
+        lost = lease_lost_of(err, self.lease.id)
+        if lost is not None:
+            self._keeper.mark_lost(lost.reason)
+            return lost
         return from_rpc_error(err)
 
     async def release(self) -> LeaseState:
@@ -482,6 +489,7 @@ class AsyncSession:
         timeout: Optional[c.Seconds] = None,
         language: Optional[str] = None,
         output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
     ) -> AsyncRunStream:
         """Runs code; ``async for event in session.run(code)``."""
         req = c.run_request(
@@ -493,6 +501,7 @@ class AsyncSession:
             working_dir=working_dir,
             timeout=timeout,
             output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
         )
         return self._start(req, timeout)
 
@@ -528,7 +537,10 @@ class AsyncSession:
         timeout: Optional[c.Seconds] = None,
         language: Optional[str] = None,
         output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
     ) -> RunResult:
+        """Runs code and returns everything it produced (see
+        :meth:`sandpool.Session.run_collect`)."""
         return await self.run(
             code,
             stdin=stdin,
@@ -537,6 +549,7 @@ class AsyncSession:
             timeout=timeout,
             language=language,
             output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
         ).collect()
 
     execute = run_collect
@@ -571,6 +584,53 @@ class AsyncSession:
         except grpc.RpcError as e:
             raise self._error(e) from None
         return resp.cancelled
+
+    # --- contexts and libraries -----------------------------------------------
+
+    def context(self, language: Optional[str] = None) -> _OpeningContext:
+        """Opens a persistent interpreter context: ``ctx = await
+        session.context()`` or ``async with session.context() as ctx`` (which
+        deletes it on exit). See :meth:`sandpool.Session.context`."""
+        return _OpeningContext(self._create_context(language))
+
+    async def _create_context(self, language: Optional[str]) -> AsyncContext:
+        self._check()
+        try:
+            resp = await self._client.sessions.CreateContext(
+                session_pb2.CreateContextRequest(lease_id=self.lease.id, language=language or ""),
+                timeout=max(self._client.timeout, 60.0),
+                metadata=self._client.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return AsyncContext(self, resp.context_id, language or self.lease.language)
+
+    async def _delete_context(self, context_id: str) -> None:
+        self._check()
+        try:
+            await self._client.sessions.DeleteContext(
+                session_pb2.DeleteContextRequest(lease_id=self.lease.id, context_id=context_id),
+                timeout=self._client.timeout,
+                metadata=self._client.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    async def install_libraries(self, libraries: Sequence[str], *, timeout: Optional[float] = None) -> InstallResult:
+        """Installs libraries for this lease only; see
+        :meth:`sandpool.Session.install_libraries`."""
+        self._check()
+        if isinstance(libraries, str):
+            raise TypeError("libraries must be a list of names or paths, not a string")
+        try:
+            resp = await self._client.sessions.InstallLibraries(
+                session_pb2.InstallLibrariesRequest(lease_id=self.lease.id, libraries=list(libraries)),
+                timeout=timeout or max(self._client.timeout, c.DEFAULT_INSTALL_TIMEOUT),
+                metadata=self._client.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return InstallResult(resp.log, seconds_of(resp.duration))
 
     # --- files --------------------------------------------------------------
 
@@ -652,6 +712,106 @@ class AsyncSession:
         except grpc.RpcError as e:
             raise self._error(e) from None
         return [ArtifactInfo.from_pb(a) for a in resp.artifacts]
+
+
+class AsyncContext:
+    """A persistent interpreter in the session's container, for asyncio
+    code; see :class:`sandpool.Context`."""
+
+    def __init__(self, session: AsyncSession, context_id: str, language: str) -> None:
+        self._session = session
+        self.id = context_id
+        self.language = language
+        self._deleted = False
+
+    def run(
+        self,
+        code: Union[str, bytes],
+        *,
+        timeout: Optional[c.Seconds] = None,
+        output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
+    ) -> AsyncRunStream:
+        """Runs code in the context: ``async for event in ctx.run(code)``."""
+        if self._deleted:
+            raise SandpoolError(f"context {self.id} was deleted")
+        req = c.run_request(
+            self._session.lease_id,
+            code=code,
+            timeout=timeout,
+            output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
+            context_id=self.id,
+        )
+        return self._session._start(req, timeout)
+
+    async def run_collect(
+        self,
+        code: Union[str, bytes],
+        *,
+        timeout: Optional[c.Seconds] = None,
+        output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
+    ) -> RunResult:
+        return await self.run(
+            code, timeout=timeout, output_limit_bytes=output_limit_bytes, plot_format=plot_format
+        ).collect()
+
+    execute = run_collect
+
+    async def delete(self) -> None:
+        """Ends the context (idempotent)."""
+        if self._deleted:
+            return
+        self._deleted = True
+        try:
+            await self._session._delete_context(self.id)
+        except (NotFound, LeaseLost):
+            pass
+
+    close = delete
+
+    async def __aenter__(self) -> AsyncContext:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc is None:
+            await self.delete()
+            return
+        try:
+            await self.delete()
+        except SandpoolError:
+            pass
+
+
+class _OpeningContext:
+    """What :meth:`AsyncSession.context` returns: awaitable, or an async
+    context manager that deletes the context on exit."""
+
+    def __init__(self, coro: Awaitable[AsyncContext]) -> None:
+        self._coro = coro
+        self._context: Optional[AsyncContext] = None
+
+    def __await__(self) -> Generator[Any, None, AsyncContext]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> AsyncContext:
+        self._context = await self._coro
+        return self._context
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self._context is not None:
+            await self._context.__aexit__(exc_type, exc, tb)
 
 
 class AsyncRunStream:

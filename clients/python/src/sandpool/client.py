@@ -25,11 +25,12 @@ from typing import (
 import grpc
 
 from . import _common as c
-from .errors import LeaseLost, SandpoolError, from_rpc_error, status_of
+from .errors import LeaseLost, NotFound, SandpoolError, from_rpc_error, lease_lost_of, status_of
 from .types import (
     ArtifactInfo,
     Exit,
     FileInfo,
+    InstallResult,
     LeaseInfo,
     LeaseState,
     RunCollector,
@@ -49,7 +50,7 @@ from .v1 import (
     session_pb2_grpc,
 )
 
-__all__ = ["Client", "RunStream", "Session"]
+__all__ = ["Client", "Context", "RunStream", "Session"]
 
 T = TypeVar("T")
 
@@ -115,17 +116,21 @@ class Client:
         pool: str,
         ttl: Optional[c.Seconds] = None,
         wait: Optional[c.Seconds] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        files: Optional[c.LeaseFiles] = None,
     ) -> Session:
         """Leases a warm container of ``pool``.
 
         ``ttl`` is the lease's TTL (default: the pool's); ``wait`` bounds how
         long the call may wait for a free container (the pool's
-        ``acquisition_timeout`` applies too). Raises :class:`PoolExhausted`
-        when none is to be had, :class:`NotFound` for an unknown pool.
+        ``acquisition_timeout`` applies too). ``env`` is set for every run of
+        the lease; ``files`` (path -> content, or path -> (content, mode)) are
+        placed in the container before the lease is handed out; the reset
+        removes both. Raises :class:`PoolExhausted` when no container is to be
+        had, :class:`NotFound` for an unknown pool.
         """
-        req = session_pb2.AcquireRequest(pool=pool)
-        if ttl is not None:
-            req.ttl.CopyFrom(c.duration(ttl, "ttl"))
+        req = c.acquire_request(pool, ttl=ttl, env=env, files=files)
         deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
         started = time.monotonic()
         resp = self._unary(self.sessions.Acquire, req, deadline)
@@ -158,14 +163,23 @@ class Client:
         max_run_timeout: Optional[c.Seconds] = None,
         output_limit_bytes: Optional[int] = None,
         output_dir: Optional[str] = None,
+        install_network: Optional[str] = None,
+        lease_installs: Optional[bool] = None,
+        package_index_url: Optional[str] = None,
         wait_ready: bool = False,
         timeout: Optional[float] = None,
     ) -> pool_pb2.Pool:
         """Creates a pool. The PoolConfig fields are keyword arguments (``None``
         takes the server's default, which is llm-sandbox's); ``runtime`` maps
         RuntimeConfig field names (``mem_limit``, ``cpus``, ``network``, ...).
+        ``libraries`` are installed into every container at warm-up, over
+        ``install_network`` (default "bridge") from ``package_index_url``
+        (default: the installer's own index); ``lease_installs`` lets
+        :meth:`Session.install_libraries` fetch names over the network too.
         With ``wait_ready`` the call returns once ``min_pool_size`` containers
-        are warm. Returns the pool with every default filled in."""
+        are warm (or warming failed: then ``phase`` is FAILING and
+        ``status_message`` says why). Returns the pool with every default
+        filled in."""
         config = c.pool_config_pb(
             max_pool_size=max_pool_size,
             min_pool_size=min_pool_size,
@@ -192,6 +206,9 @@ class Client:
             max_run_timeout=max_run_timeout,
             output_limit_bytes=output_limit_bytes,
             output_dir=output_dir,
+            install_network=install_network,
+            lease_installs=lease_installs,
+            package_index_url=package_index_url,
         )
         return self.create_pool_from_spec(spec, wait_ready=wait_ready, timeout=timeout)
 
@@ -428,10 +445,10 @@ class Session:
             raise LeaseLost(self.lease.id, reason)
 
     def _error(self, err: BaseException) -> SandpoolError:
-        code, message = status_of(err)
-        if code in c.lease_codes() and c.lease_mentioned(message, self.lease.id):
-            self._keeper.mark_lost(message)
-            return LeaseLost(self.lease.id, message)
+        lost = lease_lost_of(err, self.lease.id)
+        if lost is not None:
+            self._keeper.mark_lost(lost.reason)
+            return lost
         return from_rpc_error(err)
 
     def release(self) -> LeaseState:
@@ -489,9 +506,12 @@ class Session:
         timeout: Optional[c.Seconds] = None,
         language: Optional[str] = None,
         output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
     ) -> RunStream:
         """Runs code in the pool's language (or ``language``); iterate the
-        returned stream for events as they are produced."""
+        returned stream for events as they are produced. Figures the code
+        shows or leaves open come back as plot artifacts in ``plot_format``
+        (``"png"`` by default, ``"svg"``, ``"pdf"``)."""
         req = c.run_request(
             self.lease.id,
             code=code,
@@ -501,6 +521,7 @@ class Session:
             working_dir=working_dir,
             timeout=timeout,
             output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
         )
         return self._start(req, timeout)
 
@@ -537,8 +558,11 @@ class Session:
         timeout: Optional[c.Seconds] = None,
         language: Optional[str] = None,
         output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
     ) -> RunResult:
-        """Runs code and returns everything it produced."""
+        """Runs code and returns everything it produced: output, exit, and
+        ``artifacts`` (whole files, reassembled from their chunks; ``plots``
+        are the captured figures among them)."""
         return self.run(
             code,
             stdin=stdin,
@@ -547,6 +571,7 @@ class Session:
             timeout=timeout,
             language=language,
             output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
         ).collect()
 
     execute = run_collect
@@ -583,6 +608,53 @@ class Session:
         except grpc.RpcError as e:
             raise self._error(e) from None
         return resp.cancelled
+
+    # --- contexts and libraries -----------------------------------------------
+
+    def context(self, language: Optional[str] = None) -> Context:
+        """Opens a persistent interpreter context (like a notebook kernel):
+        variables, imports and functions survive between its runs. Use it
+        as a context manager, or :meth:`Context.delete` it; the lease's end
+        ends it too. ``language`` defaults to the pool's."""
+        self._check()
+        try:
+            resp = self._client.sessions.CreateContext(
+                session_pb2.CreateContextRequest(lease_id=self.lease.id, language=language or ""),
+                timeout=max(self._client.timeout, 60.0),
+                metadata=self._client.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return Context(self, resp.context_id, language or self.lease.language)
+
+    def _delete_context(self, context_id: str) -> None:
+        self._check()
+        try:
+            self._client.sessions.DeleteContext(
+                session_pb2.DeleteContextRequest(lease_id=self.lease.id, context_id=context_id),
+                timeout=self._client.timeout,
+                metadata=self._client.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    def install_libraries(self, libraries: Sequence[str], *, timeout: Optional[float] = None) -> InstallResult:
+        """Installs libraries for this lease only (the reset removes them).
+        Absolute paths of package files already in the container (a wheel
+        uploaded with :meth:`upload`) always work; package names need a pool
+        with ``lease_installs`` (else :class:`FailedPrecondition`)."""
+        self._check()
+        if isinstance(libraries, str):
+            raise TypeError("libraries must be a list of names or paths, not a string")
+        try:
+            resp = self._client.sessions.InstallLibraries(
+                session_pb2.InstallLibrariesRequest(lease_id=self.lease.id, libraries=list(libraries)),
+                timeout=timeout or max(self._client.timeout, c.DEFAULT_INSTALL_TIMEOUT),
+                metadata=self._client.metadata,
+            )
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        return InstallResult(resp.log, seconds_of(resp.duration))
 
     # --- files --------------------------------------------------------------
 
@@ -671,6 +743,87 @@ class Session:
         except grpc.RpcError as e:
             raise self._error(e) from None
         return [ArtifactInfo.from_pb(a) for a in resp.artifacts]
+
+
+class Context:
+    """A persistent interpreter in the session's container: what a run
+    defines stays for the next, like cells of a notebook. An exception ends
+    its run (traceback on stderr, exit code 1) and keeps the context; a
+    timeout interrupts the run, or, if the code ignores the interrupt,
+    restarts the context (``result.context_restarted``).
+
+    ``with session.context() as ctx: ctx.run_collect("x = 1")``; leaving the
+    block deletes the context. Contexts are private to their lease."""
+
+    def __init__(self, session: Session, context_id: str, language: str) -> None:
+        self._session = session
+        self.id = context_id
+        self.language = language
+        self._deleted = False
+
+    def run(
+        self,
+        code: Union[str, bytes],
+        *,
+        timeout: Optional[c.Seconds] = None,
+        output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
+    ) -> RunStream:
+        """Runs code in the context; events stream as for :meth:`Session.run`."""
+        if self._deleted:
+            raise SandpoolError(f"context {self.id} was deleted")
+        req = c.run_request(
+            self._session.lease_id,
+            code=code,
+            timeout=timeout,
+            output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
+            context_id=self.id,
+        )
+        return self._session._start(req, timeout)
+
+    def run_collect(
+        self,
+        code: Union[str, bytes],
+        *,
+        timeout: Optional[c.Seconds] = None,
+        output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
+    ) -> RunResult:
+        """Runs code in the context and returns everything it produced."""
+        return self.run(code, timeout=timeout, output_limit_bytes=output_limit_bytes, plot_format=plot_format).collect()
+
+    execute = run_collect
+
+    def delete(self) -> None:
+        """Ends the context and its interpreter (idempotent; a context whose
+        lease is gone is gone with it)."""
+        if self._deleted:
+            return
+        self._deleted = True
+        try:
+            self._session._delete_context(self.id)
+        except (NotFound, LeaseLost):
+            pass
+
+    close = delete
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc is None:
+            self.delete()
+            return
+        try:
+            self.delete()
+        except SandpoolError:
+            pass
 
 
 class RunStream:

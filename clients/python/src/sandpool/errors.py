@@ -8,7 +8,8 @@ status code the server answered with, so callers never need to look at
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Type
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
 
 import grpc
 
@@ -16,6 +17,8 @@ __all__ = [
     "AlreadyExists",
     "Cancelled",
     "DeadlineExceeded",
+    "ErrorDetails",
+    "ErrorInfo",
     "FailedPrecondition",
     "InvalidArgument",
     "LeaseLost",
@@ -25,8 +28,41 @@ __all__ = [
     "SandpoolError",
     "Unauthenticated",
     "Unavailable",
+    "details_of",
     "from_rpc_error",
 ]
+
+DOMAIN = "sandpool"
+"""The ``domain`` of the server's ``google.rpc.ErrorInfo`` details."""
+
+LEASE_REASONS = ("LEASE_NOT_FOUND", "LEASE_ENDED")
+"""ErrorInfo reasons that say a call's lease is gone."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A ``google.rpc.ErrorInfo`` detail: a machine-readable reason, e.g.
+    ``LEASE_ENDED`` in domain ``sandpool`` with ``metadata["lease_id"]``."""
+
+    reason: str
+    domain: str
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The standard rich error details the server sends with a status
+    (``grpc-status-details-bin``): ErrorInfo, BadRequest field violations
+    ``(field, description)``, PreconditionFailure violations ``(type,
+    subject, description)`` and RetryInfo's delay in seconds."""
+
+    error_info: Optional[ErrorInfo] = None
+    field_violations: List[Tuple[str, str]] = field(default_factory=list)
+    precondition_violations: List[Tuple[str, str, str]] = field(default_factory=list)
+    retry_delay: Optional[float] = None
+
+
+_NO_DETAILS = ErrorDetails()
 
 
 class SandpoolError(Exception):
@@ -36,10 +72,22 @@ class SandpoolError(Exception):
     found by the client itself) and ``message`` the server's explanation.
     """
 
-    def __init__(self, message: str, *, code: Optional[grpc.StatusCode] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[grpc.StatusCode] = None,
+        details: Optional[ErrorDetails] = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.details = details if details is not None else _NO_DETAILS
+
+    @property
+    def error_info(self) -> Optional[ErrorInfo]:
+        """The server's ErrorInfo detail (reason, domain, metadata), if any."""
+        return self.details.error_info
 
     def __str__(self) -> str:
         if self.code is None:
@@ -51,15 +99,29 @@ class PoolExhausted(SandpoolError):
     """RESOURCE_EXHAUSTED: every container of the pool is leased (FAIL_FAST),
     or the wait for one ended (WAIT)."""
 
+    @property
+    def retry_after(self) -> Optional[float]:
+        """The server's suggested wait before retrying, in seconds."""
+        return self.details.retry_delay
+
 
 class LeaseLost(SandpoolError):
     """The session's lease is gone: released, expired, revoked, or not kept
     alive within its TTL. The session cannot be used any more."""
 
-    def __init__(self, lease_id: str, reason: str) -> None:
-        super().__init__(f"lease {lease_id} is lost: {reason}")
+    def __init__(
+        self,
+        lease_id: str,
+        reason: str,
+        *,
+        code: Optional[grpc.StatusCode] = None,
+        details: Optional[ErrorDetails] = None,
+    ) -> None:
+        super().__init__(f"lease {lease_id} is lost: {reason}", code=code, details=details)
         self.lease_id = lease_id
         self.reason = reason
+        """Why the lease is lost, in words (the server's machine-readable
+        reason, when it sent one, is ``error_info.reason``)."""
 
 
 class NotFound(SandpoolError, LookupError):
@@ -76,8 +138,11 @@ class InvalidArgument(SandpoolError, ValueError):
         *,
         code: Optional[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT,
         field: Optional[str] = None,
+        details: Optional[ErrorDetails] = None,
     ) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code=code, details=details)
+        if field is None and self.details.field_violations:
+            field = self.details.field_violations[0][0]
         if field is None:
             m = re.match(r"invalid ([A-Za-z0-9_.\[\]]+): ", message)
             field = m.group(1) if m else None
@@ -145,7 +210,149 @@ def status_of(err: BaseException) -> "tuple[grpc.StatusCode, str]":
 def from_rpc_error(err: BaseException) -> SandpoolError:
     """The :class:`SandpoolError` for a failed gRPC call."""
     code, message = status_of(err)
+    details = details_of(err)
     cls = _BY_CODE.get(code, SandpoolError)
     if cls is InvalidArgument:
-        return InvalidArgument(message, code=code)
-    return cls(message, code=code)
+        return InvalidArgument(message, code=code, details=details)
+    return cls(message, code=code, details=details)
+
+
+def lease_lost_of(err: BaseException, lease_id: str) -> Optional[LeaseLost]:
+    """A :class:`LeaseLost` when a failed call on ``lease_id`` failed because
+    the lease is gone, else ``None``.
+
+    The server says so with an ErrorInfo (domain ``sandpool``, reason
+    ``LEASE_NOT_FOUND`` on NOT_FOUND, ``LEASE_ENDED`` on FAILED_PRECONDITION,
+    ``metadata["lease_id"]``); a container that vanished under the lease is a
+    PreconditionFailure ``CONTAINER_GONE`` about the lease. Servers that send
+    no details are recognised by their message ("lease ID ...")."""
+    code, message = status_of(err)
+    if not lease_id or code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+        return None
+    details = details_of(err)
+    info = details.error_info
+    about_lease = False
+    if info is not None and info.domain == DOMAIN and info.reason in LEASE_REASONS:
+        about_lease = info.metadata.get("lease_id", lease_id) == lease_id
+    elif any(kind == "CONTAINER_GONE" and subject == lease_id for kind, subject, _ in details.precondition_violations):
+        about_lease = True
+    elif info is None:
+        # Fallback for servers without ErrorInfo details.
+        about_lease = message.startswith(f"lease {lease_id} ") or f"the container of lease {lease_id} " in message
+    if not about_lease:
+        return None
+    return LeaseLost(lease_id, message, code=code, details=details)
+
+
+# --- google.rpc.Status details ----------------------------------------------
+#
+# The server sends google.rpc.Status in the ``grpc-status-details-bin``
+# trailer. Its few messages are decoded here from the wire format, so that the
+# client needs neither grpcio-status nor googleapis-common-protos.
+
+_DETAILS_KEY = "grpc-status-details-bin"
+_TYPE_PREFIX = "type.googleapis.com/"
+
+
+def _varint(buf: bytes, at: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[at]
+        at += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[Tuple[int, Any]]:
+    """(field number, value) pairs: ints for varints, bytes for
+    length-delimited fields; fixed-width fields are skipped."""
+    at = 0
+    while at < len(buf):
+        key, at = _varint(buf, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _varint(buf, at)
+            yield number, value
+        elif wire == 2:
+            size, at = _varint(buf, at)
+            if at + size > len(buf):
+                raise ValueError("truncated field")
+            yield number, buf[at : at + size]
+            at += size
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
+
+
+def parse_status_details(raw: bytes) -> ErrorDetails:
+    """The details of a serialized ``google.rpc.Status``."""
+    error_info: Optional[ErrorInfo] = None
+    fields_bad: List[Tuple[str, str]] = []
+    preconditions: List[Tuple[str, str, str]] = []
+    retry: Optional[float] = None
+    for number, value in _fields(raw):
+        if number != 3 or not isinstance(value, bytes):
+            continue  # 1: code, 2: message
+        type_url, body = "", b""
+        for n, v in _fields(value):  # google.protobuf.Any
+            if n == 1:
+                type_url = _text(v)
+            elif n == 2 and isinstance(v, bytes):
+                body = v
+        kind = type_url[len(_TYPE_PREFIX) :] if type_url.startswith(_TYPE_PREFIX) else type_url
+        if kind == "google.rpc.ErrorInfo":
+            reason = domain = ""
+            metadata: Dict[str, str] = {}
+            for n, v in _fields(body):
+                if n == 1:
+                    reason = _text(v)
+                elif n == 2:
+                    domain = _text(v)
+                elif n == 3 and isinstance(v, bytes):
+                    entry = dict(_fields(v))
+                    metadata[_text(entry.get(1, b""))] = _text(entry.get(2, b""))
+            error_info = ErrorInfo(reason, domain, metadata)
+        elif kind == "google.rpc.BadRequest":
+            for n, v in _fields(body):
+                if n == 1 and isinstance(v, bytes):
+                    f = dict(_fields(v))
+                    fields_bad.append((_text(f.get(1, b"")), _text(f.get(2, b""))))
+        elif kind == "google.rpc.PreconditionFailure":
+            for n, v in _fields(body):
+                if n == 1 and isinstance(v, bytes):
+                    f = dict(_fields(v))
+                    preconditions.append((_text(f.get(1, b"")), _text(f.get(2, b"")), _text(f.get(3, b""))))
+        elif kind == "google.rpc.RetryInfo":
+            for n, v in _fields(body):
+                if n == 1 and isinstance(v, bytes):
+                    d = dict(_fields(v))
+                    secs, nanos = d.get(1, 0), d.get(2, 0)
+                    retry = (secs if isinstance(secs, int) else 0) + (nanos if isinstance(nanos, int) else 0) / 1e9
+    return ErrorDetails(error_info, fields_bad, preconditions, retry)
+
+
+def details_of(err: BaseException) -> ErrorDetails:
+    """The rich error details of a (sync or asyncio) gRPC error; empty when
+    it carries none or they cannot be read."""
+    trailing = getattr(err, "trailing_metadata", None)
+    if not callable(trailing):
+        return _NO_DETAILS
+    try:
+        metadata = trailing()
+        for key, value in metadata or ():
+            if key == _DETAILS_KEY and isinstance(value, bytes):
+                return parse_status_details(value)
+    except Exception:  # noqa: BLE001 - malformed details: code and message still hold
+        return _NO_DETAILS
+    return _NO_DETAILS

@@ -23,8 +23,10 @@ __all__ = [
     "EndReason",
     "Exit",
     "FileInfo",
+    "InstallResult",
     "LeaseInfo",
     "LeaseState",
+    "PlotFormat",
     "RunCollector",
     "RunEvent",
     "RunResult",
@@ -82,6 +84,25 @@ _LEASE_STATES: Dict[int, LeaseState] = {
     session_pb2.LEASE_STATE_EXPIRED: LeaseState.EXPIRED,
     session_pb2.LEASE_STATE_NOT_FOUND: LeaseState.NOT_FOUND,
     session_pb2.LEASE_STATE_REVOKED: LeaseState.REVOKED,
+}
+
+
+class PlotFormat(str, enum.Enum):
+    """How captured figures (matplotlib's ``plt.show()`` and figures left
+    open at the end of a run) are saved. A plain string ("svg") works too."""
+
+    PNG = "png"
+    SVG = "svg"
+    PDF = "pdf"
+
+    def to_pb(self) -> "session_pb2.PlotFormat.ValueType":
+        return _PLOT_FORMATS[self]
+
+
+_PLOT_FORMATS: Dict[PlotFormat, "session_pb2.PlotFormat.ValueType"] = {
+    PlotFormat.PNG: session_pb2.PLOT_FORMAT_PNG,
+    PlotFormat.SVG: session_pb2.PLOT_FORMAT_SVG,
+    PlotFormat.PDF: session_pb2.PLOT_FORMAT_PDF,
 }
 
 
@@ -213,6 +234,8 @@ class Exit:
     truncated: bool
     message: str
     seq: int = 0
+    context_restarted: bool = False
+    """The run's context had to be restarted to stop it: its state is gone."""
 
 
 RunEvent = Union[Started, Stdout, Stderr, Artifact, Exit]
@@ -244,6 +267,7 @@ def event_from_pb(resp: session_pb2.RunResponse) -> Optional[RunEvent]:
             truncated=e.truncated,
             message=e.message,
             seq=seq,
+            context_restarted=e.context_restarted,
         )
     return None
 
@@ -268,6 +292,24 @@ class ArtifactFile:
     def mime_type(self) -> str:
         return self.info.mime_type
 
+    @property
+    def path(self) -> str:
+        """Absolute path in the container (for ``Session.download``)."""
+        return self.info.path
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def sha256(self) -> str:
+        return self.info.sha256
+
+    @property
+    def plot(self) -> bool:
+        """A figure captured from a plotting library (``plots/<name>``)."""
+        return self.info.plot
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -285,6 +327,19 @@ class RunResult:
     message: str = ""
     stdout_raw: bytes = b""
     stderr_raw: bytes = b""
+    context_restarted: bool = False
+    """The run's context was restarted to stop it (its state is gone)."""
+
+    @property
+    def plots(self) -> List[ArtifactFile]:
+        """The figures the run's plotting library produced (matplotlib's
+        ``plt.show()`` and figures still open at the end), in order."""
+        return [a for a in self.artifacts if a.info.plot]
+
+    @property
+    def files(self) -> List[ArtifactFile]:
+        """The other artifacts: files the run wrote to the output directory."""
+        return [a for a in self.artifacts if not a.info.plot]
 
     @property
     def ok(self) -> bool:
@@ -354,7 +409,17 @@ class RunCollector:
             message=e.message,
             stdout_raw=bytes(self._out),
             stderr_raw=bytes(self._err),
+            context_restarted=e.context_restarted,
         )
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What ``install_libraries`` did: the installer's output and how long
+    it took, in seconds."""
+
+    log: str
+    duration: float
 
 
 @dataclass(frozen=True)

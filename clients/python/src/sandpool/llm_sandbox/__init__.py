@@ -15,6 +15,7 @@ from __future__ import annotations
 from .const import SandboxBackend, SupportedLanguage
 from .data import ConsoleOutput, ExecutionResult, FileType, PlotOutput, StreamCallback
 from .exceptions import (
+    ContainerError,
     LanguageNotSupportPlotError,
     LibraryInstallationNotSupportedError,
     NotOpenSessionError,
@@ -27,6 +28,7 @@ from .session import ArtifactSandboxSession, SandboxSession, create_session
 __all__ = [
     "ArtifactSandboxSession",
     "ConsoleOutput",
+    "ContainerError",
     "ExecutionResult",
     "FileType",
     "LanguageNotSupportPlotError",

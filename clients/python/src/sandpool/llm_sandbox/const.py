@@ -18,7 +18,7 @@ class SandboxBackend(str, enum.Enum):
 
 class SupportedLanguage(str, enum.Enum):
     """llm-sandbox's language names. The server runs the ones it has a
-    handler for (today: python)."""
+    handler for (python, javascript, go, java, cpp, ruby, r and more)."""
 
     PYTHON = "python"
     JAVA = "java"

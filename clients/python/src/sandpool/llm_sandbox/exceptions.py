@@ -8,6 +8,7 @@ from typing import Optional
 from ..errors import PoolExhausted, SandpoolError
 
 __all__ = [
+    "ContainerError",
     "DuplicateClientError",
     "LanguageNotSupportPlotError",
     "LibraryInstallationNotSupportedError",
@@ -44,9 +45,16 @@ class SessionNotOpenError(NotOpenSessionError, RuntimeError):
     """llm-sandbox's pool module raises this name."""
 
 
+class ContainerError(SandboxError):
+    """The pool cannot make containers, e.g. installing its ``libraries``
+    failed at warm-up (the message has the installer's words)."""
+
+
 class LibraryInstallationNotSupportedError(SandboxError):
-    """Libraries cannot be installed per run: containers have no network
-    while leased. Name them when creating the pool instead."""
+    """The pool does not allow this install on a lease: package names need a
+    pool made with ``lease_installs=True`` (and a reachable index); package
+    files already in the container always install. Name libraries when
+    creating the pool instead."""
 
 
 class LanguageNotSupportPlotError(SandboxError):

@@ -31,9 +31,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Typ
 from .. import _common as c
 from ..client import Client, RunStream, Session
 from ..errors import FailedPrecondition, NotFound, PoolExhausted, SandpoolError
+from ..v1 import pool_pb2
 from ..types import EndReason, RunResult, Stderr, Stdout
 from .data import PLOT_MIME_TYPES, ConsoleOutput, ExecutionResult, PlotOutput, StreamCallback
 from .exceptions import (
+    ContainerError,
     DuplicateClientError,
     LanguageNotSupportPlotError,
     LibraryInstallationNotSupportedError,
@@ -62,7 +64,7 @@ __all__ = [
     "create_pool_manager",
 ]
 
-PLOT_LANGUAGES = ("python",)
+PLOT_LANGUAGES = ("python", "r")
 """Languages whose pools capture plots."""
 
 
@@ -229,6 +231,9 @@ class SandpoolPoolManager:
         pool_name: Optional[str] = None,
         lease_ttl: Optional[float] = None,
         reuse: Optional[bool] = None,
+        package_index_url: Optional[str] = None,
+        install_network: Optional[str] = None,
+        lease_installs: Optional[bool] = None,
         **session_kwargs: Any,
     ) -> None:
         if client is not None and not isinstance(client, Client):
@@ -276,10 +281,22 @@ class SandpoolPoolManager:
             ),
             runtime=runtime_from_configs(self.runtime_configs),
             reuse=reuse,
+            install_network=install_network,
+            lease_installs=lease_installs,
+            package_index_url=package_index_url,
         )
         warm = cfg.enable_prewarming and cfg.min_pool_size > 0
+        # Installing libraries at warm-up can take a while.
+        timeout = 600.0 if self.libraries else None
         try:
-            self.pool = self.client.create_pool_from_spec(spec, wait_ready=warm)
+            self.pool = self.client.create_pool_from_spec(spec, wait_ready=warm, timeout=timeout)
+            if self.pool.phase == pool_pb2.POOL_PHASE_FAILING:
+                message = self.pool.status_message
+                try:
+                    self.client.delete_pool(self.name, wait=True, timeout=60.0)
+                except SandpoolError:
+                    pass
+                raise ContainerError(f"pool {self.name} failed to warm up: {message}")
         except BaseException:
             if self._own_client:
                 self.client.close()
@@ -336,6 +353,8 @@ class SandpoolPoolManager:
         except (FailedPrecondition, NotFound) as e:
             if self._closed or "being deleted" in e.message or "does not exist" in e.message:
                 raise PoolClosedError() from e
+            if any(kind == "POOL_FAILING" for kind, _, _ in e.details.precondition_violations):
+                raise ContainerError(str(e.message)) from e
             raise
         with self._lock:
             if self._closed:
@@ -442,11 +461,16 @@ def create_pool_manager(
     """Creates a pool on the sandpool server and returns its manager.
 
     llm-sandbox's arguments: ``backend`` ("docker", "podman"), ``config``,
-    ``lang``, ``image``, ``libraries`` (installed while containers warm up),
+    ``lang``, ``image``, ``libraries`` (installed into every container while
+    it warms up: the containers must reach a package index then, pip's own
+    or ``package_index_url``; a failed install raises ``ContainerError``),
     ``runtime_configs`` (mem_limit, cpu_period, cpu_quota, nano_cpus,
     pids_limit, network_mode, user, read_only, runtime, environment). sandpool
     additions: ``addr``, ``token``, ``tls`` (default ``$SANDPOOL_ADDR``),
-    ``pool_name`` (default: a unique generated one), ``lease_ttl``, ``reuse``.
+    ``pool_name`` (default: a unique generated one), ``lease_ttl``, ``reuse``,
+    ``package_index_url``, ``install_network`` (the engine network used while
+    installing, default "bridge") and ``lease_installs`` (let per-session
+    installs of package names use the network).
     """
     return SandpoolPoolManager(config=config, lang=lang, backend=backend, client=client, **kwargs)
 
@@ -614,10 +638,7 @@ class PooledSandboxSession:
         on_stderr: Optional[StreamCallback],
     ) -> Tuple[RunResult, ConsoleOutput]:
         if libraries:
-            raise LibraryInstallationNotSupportedError(
-                "sandpool containers have no network while leased: pass libraries= to "
-                "create_pool_manager() so that they are installed while the pool warms up"
-            )
+            self.install(libraries)
         session = self._live()
         actual = self._timeout(timeout)
         stream = session.run(code, working_dir=self.workdir, timeout=actual)
@@ -677,10 +698,20 @@ class PooledSandboxSession:
         return output
 
     def install(self, libraries: Optional[List[str]] = None) -> None:
-        if libraries:
+        """Installs libraries into this session's container only (the reset
+        removes them). Paths of package files in the container always work;
+        names need a pool made with ``lease_installs=True`` that reaches an
+        index, else :class:`LibraryInstallationNotSupportedError`."""
+        if not libraries:
+            return
+        session = self._live()
+        try:
+            session.install_libraries(list(libraries))
+        except FailedPrecondition as e:
             raise LibraryInstallationNotSupportedError(
-                "sandpool containers have no network while leased: pass libraries= to create_pool_manager()"
-            )
+                f"{e.message}; pass libraries= to create_pool_manager() so that they are installed "
+                "while the pool warms up"
+            ) from e
 
     # files
 

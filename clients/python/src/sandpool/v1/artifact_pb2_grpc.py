@@ -5,7 +5,7 @@ import warnings
 
 from sandpool.v1 import artifact_pb2 as sandpool_dot_v1_dot_artifact__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ArtifactServiceStub:
+class ArtifactServiceStub(object):
     """ArtifactService moves files in and out of a leased container.
     """
 
@@ -52,7 +52,7 @@ class ArtifactServiceStub:
                 _registered_method=True)
 
 
-class ArtifactServiceServicer:
+class ArtifactServiceServicer(object):
     """ArtifactService moves files in and out of a leased container.
     """
 
@@ -105,7 +105,7 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ArtifactService:
+class ArtifactService(object):
     """ArtifactService moves files in and out of a leased container.
     """
 

@@ -5,7 +5,7 @@ import warnings
 
 from sandpool.v1 import pool_pb2 as sandpool_dot_v1_dot_pool__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class PoolServiceStub:
+class PoolServiceStub(object):
     """PoolService manages named pools of warm sandbox containers.
 
     A pool keeps containers of one image and language ready ("warm") so that a
@@ -71,7 +71,7 @@ class PoolServiceStub:
                 _registered_method=True)
 
 
-class PoolServiceServicer:
+class PoolServiceServicer(object):
     """PoolService manages named pools of warm sandbox containers.
 
     A pool keeps containers of one image and language ready ("warm") so that a
@@ -166,7 +166,7 @@ def add_PoolServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class PoolService:
+class PoolService(object):
     """PoolService manages named pools of warm sandbox containers.
 
     A pool keeps containers of one image and language ready ("warm") so that a

@@ -5,7 +5,7 @@ import warnings
 
 from sandpool.v1 import session_pb2 as sandpool_dot_v1_dot_session__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SessionServiceStub:
+class SessionServiceStub(object):
     """SessionService leases warm containers and runs code in them.
 
     Every call but Acquire names a lease. An unknown lease is NOT_FOUND; a
@@ -81,7 +81,7 @@ class SessionServiceStub:
                 _registered_method=True)
 
 
-class SessionServiceServicer:
+class SessionServiceServicer(object):
     """SessionService leases warm containers and runs code in them.
 
     Every call but Acquire names a lease. An unknown lease is NOT_FOUND; a
@@ -205,7 +205,7 @@ def add_SessionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class SessionService:
+class SessionService(object):
     """SessionService leases warm containers and runs code in them.
 
     Every call but Acquire names a lease. An unknown lease is NOT_FOUND; a

@@ -462,3 +462,25 @@ async fn lease_installs_from_an_uploaded_npm_tarball() {
     next.release().await.expect("release");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libraries_the_image_already_has_need_no_index() {
+    // llm-sandbox users often list what the image ships (numpy, matplotlib):
+    // that must not need a package index, which no container here reaches.
+    let server = TestServer::start().await;
+    let mut spec = python_pool("preinstalled");
+    spec.libraries = vec!["numpy".into(), "matplotlib>=3.0".into()];
+    server.pool(spec).await;
+    let session = server
+        .client
+        .acquire("preinstalled")
+        .await
+        .expect("acquire");
+    let out = session
+        .run_collect("import numpy, matplotlib; print('ok')")
+        .await
+        .expect("run");
+    assert_eq!(out.stdout_text(), "ok\n");
+    session.release().await.expect("release");
+    server.stop().await;
+}

@@ -83,6 +83,13 @@ pub trait Language: Send + Sync + 'static {
     fn library_env(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// A command that prints, one per line, those of `packages` that are not
+    /// already installed at a satisfying version (the image may have them:
+    /// installing them again would need an index for nothing). `None`: the
+    /// language cannot tell, and every package goes to the installer.
+    fn missing_libraries_command(&self, _packages: &[String]) -> Option<Vec<String>> {
+        None
+    }
     /// The installer's argv for `packages` (names, requirements or paths of
     /// package files in the container), or `None` if the language has no
     /// installer. `index_url` points the installer at a package index.

@@ -64,6 +64,22 @@ const BOOTSTRAP: &str = r#"def _m():
   sys.exit(1)
 _m()"#;
 
+/// Prints the requirements not satisfied by what is installed (package
+/// files always count as missing). Uses pip's own requirement parser.
+const MISSING: &str = r#"import sys
+from importlib import metadata
+from pip._vendor.packaging.requirements import Requirement
+for r in sys.argv[1:]:
+    try:
+        if r.startswith('/'):
+            raise LookupError
+        q = Requirement(r)
+        if q.specifier and not q.specifier.contains(metadata.version(q.name), prereleases=True):
+            raise LookupError
+        metadata.version(q.name)
+    except Exception:
+        print(r)"#;
+
 /// Where the support modules go (a tmpfs the reset leaves alone).
 const SUPPORT_DIR: &str = "/opt/sandpool/python";
 
@@ -144,6 +160,12 @@ impl Language for Python {
             ),
             ("MPLBACKEND".into(), "module://sandpool_mpl".into()),
         ]
+    }
+
+    fn missing_libraries_command(&self, packages: &[String]) -> Option<Vec<String>> {
+        let mut argv = vec!["python3".to_string(), "-c".to_string(), MISSING.to_string()];
+        argv.extend(packages.iter().cloned());
+        Some(argv)
     }
 
     fn install_command(

@@ -276,14 +276,6 @@ pub async fn install_libraries(
     scope: InstallScope,
     network: Option<&str>,
 ) -> Result<String> {
-    let Some(argv) = lang.install_command(packages, scope, spec.package_index_url.as_deref())
-    else {
-        return Err(Error::CommandFailed {
-            what: "installing libraries",
-            exit_code: -1,
-            detail: format!("sandpool has no library installer for {}", lang.name()),
-        });
-    };
     // A pool install runs as the idle user, whose files the sandbox user
     // could not delete: its home and temporary files stay out of the places
     // the reset wipes.
@@ -301,6 +293,20 @@ pub async fn install_libraries(
             .into_iter()
             .map(|(k, v)| format!("{k}={v}")),
     );
+    // What the image (or an earlier install) has already needs neither the
+    // installer nor an index.
+    let missing = missing_libraries(backend, lang, id, packages, &user, &env).await?;
+    if missing.is_empty() {
+        return Ok("every library is installed already\n".to_string());
+    }
+    let Some(argv) = lang.install_command(&missing, scope, spec.package_index_url.as_deref())
+    else {
+        return Err(Error::CommandFailed {
+            what: "installing libraries",
+            exit_code: -1,
+            detail: format!("sandpool has no library installer for {}", lang.name()),
+        });
+    };
     let target = match scope {
         InstallScope::Pool => crate::lang::POOL_LIBRARY_DIR,
         InstallScope::Lease => HOME,
@@ -354,6 +360,39 @@ pub async fn install_libraries(
             detail: tail(&out.diagnostic(), 4000),
         })
     }
+}
+
+/// Those of `packages` the container does not have yet (all of them when
+/// the language cannot tell).
+async fn missing_libraries(
+    backend: &dyn Backend,
+    lang: &dyn Language,
+    id: &str,
+    packages: &[String],
+    user: &str,
+    env: &[String],
+) -> Result<Vec<String>> {
+    let Some(argv) = lang.missing_libraries_command(packages) else {
+        return Ok(packages.to_vec());
+    };
+    let exec = ExecSpec {
+        argv,
+        env: env.to_vec(),
+        user: user.to_string(),
+        working_dir: Some("/".to_string()),
+        stdin: false,
+    };
+    let out = backend::exec_collect(backend, id, exec, None, INTERNAL_OUTPUT_LIMIT).await?;
+    if !out.success() {
+        // Cannot tell: let the installer decide.
+        return Ok(packages.to_vec());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// The end of a long text, where installers say what went wrong.

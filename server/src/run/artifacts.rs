@@ -41,10 +41,11 @@ printf '\036sandpool:%s:%s:%s\036' "$n" "$c" "$n" >&2
 exit $rc"#;
 
 /// Streams the output directory's files newer than the run's start as a tar,
-/// oldest first (figures in the order they were made).
+/// by name (figures are numbered, so in the order they were made). One
+/// process: tar itself skips the older files (directories still appear, as
+/// entries without content; the reader ignores them).
 const COLLECT: &str = r#"cd -- "$1" 2>/dev/null || exit 0
-find . -type f -newermt "@$2" -printf '%T@ %p\0' | sort -z -n | cut -z -d ' ' -f 2- |
-  tar --null --no-recursion --format=gnu -T - -c -f -"#;
+exec tar -c -f - --format=gnu --sort=name --newer-mtime="@$2" ."#;
 
 /// One run's watch on its output directory.
 pub struct ArtifactWatch {

@@ -27,6 +27,8 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// How long the operations of an ended lease may take to stop before its
 /// container is destroyed instead of reset.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Artifact records kept per lease.
+const MAX_RECORDED_ARTIFACTS: usize = 10_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -169,9 +171,13 @@ impl LeaseGuard {
         &self.entry.env
     }
 
-    /// Remembers artifacts a run produced (for ListArtifacts).
+    /// Remembers artifacts a run produced (for ListArtifacts), the most
+    /// recent `MAX_RECORDED_ARTIFACTS`: a long lease must not grow memory.
     pub fn record_artifacts(&self, found: Vec<ArtifactInfo>) {
-        lock(&self.entry.artifacts).extend(found);
+        let mut recorded = lock(&self.entry.artifacts);
+        recorded.extend(found);
+        let excess = recorded.len().saturating_sub(MAX_RECORDED_ARTIFACTS);
+        recorded.drain(..excess);
     }
 
     /// Artifacts the lease's runs produced so far.

@@ -274,3 +274,47 @@ pub fn docker_cli(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A wheel of package `sandpooldemo` (VALUE = 42) in `dir`, built with the
+/// host's Python (zipfile: no build tools, no index).
+pub fn build_wheel(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("sandpooldemo-1.0-py3-none-any.whl");
+    let script = r#"
+import base64, hashlib, sys, zipfile
+files = {
+    'sandpooldemo/__init__.py': b'VALUE = 42\n',
+    'sandpooldemo-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: sandpooldemo\nVersion: 1.0\n',
+    'sandpooldemo-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: sandpool-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+}
+record = ''
+for name, data in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+    record += '%s,sha256=%s,%d\n' % (name, digest, len(data))
+record += 'sandpooldemo-1.0.dist-info/RECORD,,\n'
+files['sandpooldemo-1.0.dist-info/RECORD'] = record.encode()
+with zipfile.ZipFile(sys.argv[1], 'w') as z:
+    for name, data in files.items():
+        z.writestr(name, data)
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "building the test wheel");
+    path
+}
+
+/// A pool of `language` on its default image with one container.
+pub fn language_pool(name: &str, language: &str) -> pb::PoolSpec {
+    pb::PoolSpec {
+        name: name.to_string(),
+        language: language.to_string(),
+        config: Some(pb::PoolConfig {
+            min_pool_size: Some(1),
+            max_pool_size: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

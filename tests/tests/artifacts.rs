@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use sandpool_client::{RunOutput, Session, proto as pb};
-use sandpool_tests::{TestServer, python_pool};
+use sandpool_tests::{TestServer, language_pool, python_pool};
 use sha2::{Digest, Sha256};
 
 /// Reassembles the run's artifacts: name -> (info of the last chunk, bytes).
@@ -180,17 +180,7 @@ async fn commands_and_large_files_and_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_base_and_ggplot2_plots_come_back() {
     let server = TestServer::start().await;
-    let spec = pb::PoolSpec {
-        name: "r".into(),
-        language: "r".into(),
-        config: Some(pb::PoolConfig {
-            min_pool_size: Some(1),
-            max_pool_size: Some(1),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    server.pool(spec).await;
+    server.pool(language_pool("r", "r")).await;
     let session = server.client.acquire("r").await.expect("acquire");
     let code = "plot(1:10)\nlibrary(ggplot2)\nggplot(data.frame(x = 1:5, y = c(2, 4, 1, 5, 3)), aes(x, y)) + geom_line()\ncat('drawn\\n')";
     let out = run(&session, code, pb::PlotFormat::Unspecified).await;

@@ -2,9 +2,11 @@
 //! what they should (they are built by `cargo build --workspace
 //! --all-targets`, which scripts/test.sh runs first).
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use sandpool_tests::{TestServer, python_image, python_pool, wait_for, workspace_binary};
+use sandpool_tests::{
+    TestServer, build_wheel, python_image, python_pool, wait_for, workspace_binary,
+};
 
 const POOL: &str = "examples";
 
@@ -31,36 +33,6 @@ async fn example(server: &TestServer, name: &str, extra: &[(&str, String)]) -> S
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// A wheel of package `sandpooldemo` (VALUE = 42), built with the host's
-/// Python (zipfile: no build tools, no index).
-fn build_wheel(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("sandpooldemo-1.0-py3-none-any.whl");
-    let script = r#"
-import base64, hashlib, sys, zipfile
-files = {
-    'sandpooldemo/__init__.py': b'VALUE = 42\n',
-    'sandpooldemo-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: sandpooldemo\nVersion: 1.0\n',
-    'sandpooldemo-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: sandpool-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
-}
-record = ''
-for name, data in files.items():
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
-    record += '%s,sha256=%s,%d\n' % (name, digest, len(data))
-record += 'sandpooldemo-1.0.dist-info/RECORD,,\n'
-files['sandpooldemo-1.0.dist-info/RECORD'] = record.encode()
-with zipfile.ZipFile(sys.argv[1], 'w') as z:
-    for name, data in files.items():
-        z.writestr(name, data)
-"#;
-    let status = Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .status()
-        .expect("python3");
-    assert!(status.success());
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,38 +11,10 @@ use std::{
 };
 
 use sandpool_client::{AcquireOptions, proto as pb};
-use sandpool_tests::{TestServer, code_of, docker_cli, python_pool, wait_for};
+use sandpool_tests::{
+    TestServer, build_wheel, code_of, docker_cli, language_pool, python_pool, wait_for,
+};
 use tonic::Code;
-
-/// A wheel of package `sandpooldemo` (VALUE = 42), built with the host's
-/// Python.
-fn build_wheel(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("sandpooldemo-1.0-py3-none-any.whl");
-    let script = r#"
-import base64, hashlib, sys, zipfile
-files = {
-    'sandpooldemo/__init__.py': b'VALUE = 42\n',
-    'sandpooldemo-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\nName: sandpooldemo\nVersion: 1.0\n',
-    'sandpooldemo-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\nGenerator: sandpool-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
-}
-record = ''
-for name, data in files.items():
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
-    record += '%s,sha256=%s,%d\n' % (name, digest, len(data))
-record += 'sandpooldemo-1.0.dist-info/RECORD,,\n'
-files['sandpooldemo-1.0.dist-info/RECORD'] = record.encode()
-with zipfile.ZipFile(sys.argv[1], 'w') as z:
-    for name, data in files.items():
-        z.writestr(name, data)
-"#;
-    let status = Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .status()
-        .expect("python3");
-    assert!(status.success());
-    path
-}
 
 /// A PEP 503 "simple" index serving the wheel, on all interfaces.
 struct Index {
@@ -399,17 +371,7 @@ async fn acquire_places_env_and_files_for_the_lease_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_installs_from_an_uploaded_npm_tarball() {
     let server = TestServer::start().await;
-    let spec = pb::PoolSpec {
-        name: "npm".into(),
-        language: "javascript".into(),
-        config: Some(pb::PoolConfig {
-            min_pool_size: Some(1),
-            max_pool_size: Some(1),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    server.pool(spec).await;
+    server.pool(language_pool("npm", "javascript")).await;
     let session = server.client.acquire("npm").await.expect("acquire");
     // A package of our own, packed in the container (npm pack needs no network).
     let manifest = r#"{"name": "sandpool-demo", "version": "1.0.0", "main": "index.js"}"#;

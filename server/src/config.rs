@@ -36,6 +36,24 @@ pub enum ConfigError {
     Invalid { setting: String, message: String },
 }
 
+/// TLS for the gRPC listener: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mTLS); the certificate
+    /// then identifies the caller, and its leases are its own.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -60,6 +78,8 @@ pub struct ServerConfig {
     pub file_limits: FileLimits,
     /// Accepted bearer tokens; empty means no authentication.
     pub tokens: Vec<String>,
+    /// TLS for the gRPC listener (with client certificates: mTLS).
+    pub tls: Option<TlsConfig>,
     pub pools: Vec<PoolSpec>,
 }
 
@@ -77,6 +97,8 @@ struct FileConfig {
     limits: LimitsFile,
     #[serde(default)]
     auth: AuthFile,
+    #[serde(default)]
+    tls: TlsFile,
     #[serde(default)]
     pools: Vec<PoolSpecInput>,
 }
@@ -114,6 +136,27 @@ language = "python"
 min_pool_size = 2
 max_pool_size = 10
 "#;
+
+/// Certificate and key come together; a client CA needs them.
+fn tls_config(
+    setting: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        _ => Err(invalid(
+            setting,
+            "TLS needs both a certificate and a key (and a client CA only with them)",
+        )),
+    }
+}
 
 fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -220,6 +263,7 @@ impl ServerConfig {
                 .map(|r| r.trim_end_matches('/').to_string())
                 .collect();
         }
+        let tls = tls_config("tls", file.tls.cert, file.tls.key, file.tls.client_ca)?;
         let mut pools = Vec::new();
         for (i, input) in file.pools.into_iter().enumerate() {
             let label = format!("pools[{i}] ({})", input.name);
@@ -247,6 +291,7 @@ impl ServerConfig {
             run_limits,
             file_limits,
             tokens: file.auth.tokens,
+            tls,
             pools,
         })
     }
@@ -276,6 +321,24 @@ impl ServerConfig {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
                 .collect();
+        }
+        let cert = var("SANDPOOL_TLS_CERT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let key = var("SANDPOOL_TLS_KEY")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let client_ca = var("SANDPOOL_TLS_CLIENT_CA")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        if cert.is_some() || key.is_some() || client_ca.is_some() {
+            let current = self.tls.clone();
+            self.tls = tls_config(
+                "SANDPOOL_TLS_*",
+                cert.or_else(|| current.as_ref().map(|t| t.cert.clone())),
+                key.or_else(|| current.as_ref().map(|t| t.key.clone())),
+                client_ca.or_else(|| current.and_then(|t| t.client_ca)),
+            )?;
         }
         match var("SANDPOOL_LOG_FORMAT").as_deref() {
             None | Some("") => {}

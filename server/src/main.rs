@@ -24,6 +24,15 @@ struct Args {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// TLS certificate (PEM) for the gRPC listener; needs --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates are required (mutual TLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Check the configuration, print the effective pools and exit.
     #[arg(long)]
     check_config: bool,
@@ -66,6 +75,22 @@ async fn main() -> ExitCode {
     }
     if let Some(metrics) = args.metrics_listen {
         config.metrics_listen = Some(metrics);
+    }
+    match (args.tls_cert, args.tls_key, args.tls_client_ca) {
+        (None, None, None) => {}
+        (Some(cert), Some(key), client_ca) => {
+            config.tls = Some(sandpool_server::config::TlsConfig {
+                cert,
+                key,
+                client_ca,
+            });
+        }
+        _ => {
+            eprintln!(
+                "sandpool-server: TLS needs --tls-cert and --tls-key (and --tls-client-ca only with them)"
+            );
+            return ExitCode::from(2);
+        }
     }
     if let Some(id) = args.server_id {
         config.server_id = Some(id);

@@ -10,13 +10,16 @@ use sandpool_proto::v1::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::interceptor::InterceptedService, transport::Server};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
     api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
     backend::BackendKind,
-    config::ServerConfig,
+    config::{ServerConfig, TlsConfig},
     pool::PoolManager,
 };
 
@@ -148,7 +151,12 @@ pub async fn serve(
         })
     };
 
-    let serving = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)?)?;
+        tracing::info!(mutual = tls.client_ca.is_some(), "TLS is on");
+    }
+    let serving = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         .add_service(health_service)
@@ -179,6 +187,21 @@ pub async fn serve(
     stopped.cancel();
     stopper.await?;
     result.map_err(Into::into)
+}
+
+/// The listener's TLS from PEM files; with a client CA, client certificates
+/// are required (mTLS).
+fn tls_config(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the TLS {what} {}: {e}", path.display()))
+    };
+    let identity = Identity::from_pem(read("certificate", &tls.cert)?, read("key", &tls.key)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("client CA", ca)?));
+    }
+    Ok(config)
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {

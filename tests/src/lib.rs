@@ -93,7 +93,16 @@ impl TestServer {
         Self::start_with(empty_config()).await
     }
 
-    pub async fn start_with(mut config: ServerConfig) -> Self {
+    pub async fn start_with(config: ServerConfig) -> Self {
+        Self::start_with_client(config, |addr| Client::builder(format!("http://{addr}"))).await
+    }
+
+    /// A server whose client is built by `client` from the server's address
+    /// (for TLS, tokens).
+    pub async fn start_with_client(
+        mut config: ServerConfig,
+        client: impl FnOnce(SocketAddr) -> sandpool_client::ClientBuilder,
+    ) -> Self {
         let server_id = config
             .server_id
             .get_or_insert_with(|| unique_id("test"))
@@ -106,7 +115,8 @@ impl TestServer {
         let task = tokio::spawn(sandpool_server::serve(config, listener, async move {
             let _ = stopped.await;
         }));
-        let client = Client::connect(format!("http://{addr}"))
+        let client = client(addr)
+            .connect()
             .await
             .expect("connect to the test server");
         Self {

@@ -1,7 +1,8 @@
 //! Optional bearer-token authentication. With tokens configured, every call
 //! to the sandpool services must carry `authorization: Bearer <token>`; the
 //! caller's identity (a digest of its token) is attached to the request so
-//! that a lease can only be used by the caller that acquired it.
+//! that a lease can only be used by the caller that acquired it. Without
+//! tokens but with mutual TLS, the client certificate is the identity.
 
 use std::sync::Arc;
 
@@ -39,7 +40,13 @@ impl Auth {
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if !self.enabled() {
-            request.extensions_mut().insert(Caller(None));
+            // With mutual TLS, the client's certificate says who it is.
+            let caller = request.peer_certs().and_then(|certs| {
+                certs
+                    .first()
+                    .map(|cert| hex::encode(&Sha256::digest(cert.as_ref())[..16]))
+            });
+            request.extensions_mut().insert(Caller(caller));
             return Ok(request);
         }
         let token = request

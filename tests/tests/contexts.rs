@@ -178,3 +178,57 @@ async fn variables_survive_and_errors_and_interrupts_keep_the_context() {
     session.release().await.expect("release");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_contexts_keep_state_too() {
+    let server = TestServer::start().await;
+    server
+        .pool(sandpool_tests::language_pool("js", "javascript"))
+        .await;
+    let session = server.client.acquire("js").await.expect("acquire");
+    let ctx = create(&session, &server).await;
+
+    let out = cell(
+        &session,
+        &ctx,
+        "let x = 41;\nfunction inc(v) { return v + 1; }\nconsole.log('set');",
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "set\n", "{}", out.stderr_text());
+    let out = cell(&session, &ctx, "console.log(inc(x));", None).await;
+    assert_eq!(out.stdout_text(), "42\n", "{}", out.stderr_text());
+
+    let out = cell(&session, &ctx, "null.boom;", None).await;
+    assert_eq!(out.exit_code(), 1);
+    assert!(
+        out.stderr_text().contains("TypeError"),
+        "{}",
+        out.stderr_text()
+    );
+
+    let out = cell(
+        &session,
+        &ctx,
+        "await new Promise((r) => setTimeout(r, 20));\nconsole.log('awaited', x);",
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "awaited 41\n", "{}", out.stderr_text());
+
+    let out = cell(&session, &ctx, "while (true) {}", Some(1.0)).await;
+    assert_eq!(out.end_reason(), pb::EndReason::Timeout);
+    assert!(
+        !out.exit.as_ref().expect("exit").context_restarted,
+        "the loop was interrupted, not the context"
+    );
+    let out = cell(&session, &ctx, "console.log(x + 1);", None).await;
+    assert_eq!(
+        out.stdout_text(),
+        "42\n",
+        "state kept after the interrupt: {}",
+        out.stderr_text()
+    );
+    session.release().await.expect("release");
+    server.stop().await;
+}

@@ -23,8 +23,23 @@ use crate::{
     sandbox,
 };
 
-/// The kernel program (Python).
-const KERNEL: &str = include_str!("kernel.py");
+/// The kernel programs.
+const PYTHON_KERNEL: &str = include_str!("kernel.py");
+const JAVASCRIPT_KERNEL: &str = include_str!("kernel.js");
+
+/// How a context's kernel starts, for the languages that have one.
+fn kernel_argv(language: &str) -> Option<Vec<String>> {
+    match language {
+        "python" => Some(vec![
+            "python3".into(),
+            "-u".into(),
+            "-c".into(),
+            PYTHON_KERNEL.into(),
+        ]),
+        "javascript" => Some(vec!["node".into(), "-e".into(), JAVASCRIPT_KERNEL.into()]),
+        _ => None,
+    }
+}
 /// Contexts one lease may hold at once.
 const MAX_CONTEXTS: usize = 8;
 /// How long a kernel may take to start.
@@ -78,9 +93,9 @@ pub async fn create(lease: &LeaseGuard, language: Option<&str>) -> Result<String
             message: format!("this lease's pool runs {pool_language}, not {lang}"),
         });
     }
-    if pool_language != "python" {
+    if kernel_argv(pool_language).is_none() {
         return Err(Error::NotAllowed(format!(
-            "persistent contexts exist for python; this lease's pool runs {pool_language}"
+            "persistent contexts exist for python and javascript; this lease's pool runs {pool_language}"
         )));
     }
     let set = ContextSet::of(lease);
@@ -155,7 +170,7 @@ async fn start_kernel(lease: &LeaseGuard, marker: &str, nonce: &str) -> Result<K
     env.push(("SANDPOOL_CONTEXT_NONCE".into(), nonce.to_string()));
     env.push((sandbox::RUN_MARKER.into(), marker.to_string()));
     let exec = ExecSpec {
-        argv: vec!["python3".into(), "-u".into(), "-c".into(), KERNEL.into()],
+        argv: kernel_argv(&spec.language).unwrap_or_default(),
         env: super::merge_env(env),
         user: spec.runtime.user(),
         working_dir: Some(sandbox::WORKSPACE.to_string()),
@@ -203,7 +218,8 @@ async fn start_kernel(lease: &LeaseGuard, marker: &str, nonce: &str) -> Result<K
             return Err(Error::FileFailed {
                 path: "CreateContext".into(),
                 message: format!(
-                    "the python kernel did not start: {}",
+                    "the {} kernel did not start: {}",
+                    spec.language,
                     String::from_utf8_lossy(&early).trim()
                 ),
             });

@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
 
 import pytest
 
@@ -71,7 +71,17 @@ def server_binary() -> Path:
 
 
 class Server:
-    def __init__(self, tmp: Path) -> None:
+    """A sandpool-server process. ``tls_args`` are extra TLS flags
+    (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``); ``client_kwargs``
+    are the arguments of :class:`sandpool.Client` that reach it (``tls``,
+    ``addr``), used for the readiness probe and ``self.client``."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        tls_args: Sequence[str] = (),
+        client_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.server_id = f"pytest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -89,12 +99,14 @@ class Server:
                 str(config),
                 "--server-id",
                 self.server_id,
+                *tls_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
         )
-        self.client = sandpool.Client(self.addr, timeout=10)
+        self.client_kwargs: Dict[str, Any] = {"addr": self.addr, **(client_kwargs or {})}
+        self.client = sandpool.Client(timeout=10, **self.client_kwargs)
 
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -102,7 +114,15 @@ class Server:
             self.client.list_pools()
             return True
 
-        wait_for("the server to answer ListPools", ready, timeout=30)
+        try:
+            wait_for("the server to answer ListPools", ready, timeout=30)
+        except BaseException:
+            self.client.close()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+            raise
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -135,7 +155,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             os.environ.pop("SANDPOOL_ADDR", None)
         else:
             os.environ["SANDPOOL_ADDR"] = old_addr
-        srv.stop()
+        stop_checked(srv)
+
+
+def stop_checked(srv: Server) -> None:
+    """Stops the server; it must exit cleanly and leave no container."""
+    srv.stop()
     rc = srv.proc.returncode
     left = containers_of(srv.server_id)
     assert rc == 0, f"sandpool-server exited with {rc}:\n{srv.log_tail()}"

@@ -10,7 +10,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ArtifactService } from "./gen/sandpool/v1/artifact_pb.js";
 import { PoolService } from "./gen/sandpool/v1/pool_pb.js";
 import { SessionService } from "./gen/sandpool/v1/session_pb.js";
-import { Code, SandpoolError, mapError } from "./errors.js";
+import { Code, InvalidArgument, SandpoolError, mapError } from "./errors.js";
 import { poolFromPb, poolSpecToPb, statsFromPb, type PoolInfo, type PoolSpecInput, type PoolStats } from "./pools.js";
 import { Session } from "./session.js";
 import { drive } from "./streams.js";
@@ -75,6 +75,14 @@ export interface WatchOptions {
 }
 
 function baseUrl(address: string, tls: boolean): string {
+  if (tls && address.startsWith("http://")) {
+    // Asking for TLS and naming a plaintext URL is a contradiction; never
+    // fall back to plaintext quietly.
+    throw new InvalidArgument(
+      Code.InvalidArgument,
+      `tls is set but the address ${address} says http://; use https:// or host:port`,
+    );
+  }
   if (/^https?:\/\//.test(address)) {
     return address;
   }

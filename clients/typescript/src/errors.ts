@@ -152,12 +152,53 @@ function codeName(code: Code): string {
   return CODE_NAMES[code] ?? `CODE_${code}`;
 }
 
+/**
+ * Node.js error codes of a connection that could not be set up or broke
+ * under the call: TLS handshake alerts (ERR_SSL_*), certificate checks
+ * (UNABLE_TO_VERIFY_LEAF_SIGNATURE, ERR_TLS_CERT_ALTNAME_INVALID, ...),
+ * resets. gRPC calls these UNAVAILABLE; the HTTP/2 transport leaves them
+ * INTERNAL (or ABORTED, for a reset).
+ */
+const CONNECTION_FAILURE =
+  /^(ERR_SSL_|ERR_TLS_|ERR_OSSL_)|^(ECONNRESET|EPIPE|EPROTO|ERR_SOCKET_CLOSED)$|^UNABLE_TO_|CERT|^(INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_EXCEEDED|HOSTNAME_MISMATCH)$/;
+
+/**
+ * The message of a call whose HTTP/2 connection closed under it (the stream
+ * ends with CANCEL although the caller aborted nothing): e.g. a plaintext
+ * client talking to a TLS-only server, which hangs up on it.
+ */
+const CONNECTION_CLOSED = /^http\/2 stream closed with error code CANCEL\b/;
+
+/** True when a transport error says the connection failed, not the call. */
+function isConnectionFailure(ce: ConnectError): boolean {
+  if (ce.code === Code.Canceled) {
+    return ce.cause === undefined && CONNECTION_CLOSED.test(ce.rawMessage);
+  }
+  if (ce.code !== Code.Internal && ce.code !== Code.Aborted && ce.code !== Code.Unknown) {
+    return false;
+  }
+  const seen = new Set<unknown>();
+  for (let e: unknown = ce.cause; e instanceof Error && !seen.has(e); e = e.cause) {
+    seen.add(e);
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && CONNECTION_FAILURE.test(code)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 /** Maps any error of a call to a SandpoolError (already mapped ones pass through). */
 export function mapError(err: unknown): SandpoolError {
   if (err instanceof SandpoolError) {
     return err;
   }
   const ce = ConnectError.from(err);
+  if (isConnectionFailure(ce)) {
+    const message =
+      ce.code === Code.Canceled ? `the connection closed under the call (${ce.rawMessage})` : ce.rawMessage;
+    return new Unavailable(Code.Unavailable, message, decodeDetails(ce), { cause: err });
+  }
   const details = decodeDetails(ce);
   const args = [ce.code, ce.rawMessage, details, { cause: err }] as const;
   switch (ce.code) {

@@ -12,7 +12,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
-import { SandpoolClient, type ClientOptions } from "@sandpool/client";
+import { SandpoolClient, type ClientOptions, type TlsOptions } from "@sandpool/client";
 
 const run = promisify(execFile);
 
@@ -26,6 +26,12 @@ export const PYTHON_IMAGE = "sandpool/python:bookworm";
 export interface ServerOptions {
   /** Bearer tokens the server accepts (auth off when empty). */
   tokens?: string[];
+  /**
+   * Serve TLS with these PEM files (`--tls-cert`, `--tls-key`, and with
+   * `clientCa` `--tls-client-ca`: mutual TLS). `client` is the TLS option of
+   * the clients that `client()` makes, the readiness probe's included.
+   */
+  tls?: { cert: string; key: string; clientCa?: string; client: TlsOptions };
 }
 
 export interface TestServer {
@@ -105,9 +111,16 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
   const log = createWriteStream(logFile);
   // The server reads SANDPOOL_* variables: give it only ours.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SANDPOOL_")));
+  const tlsFlags: string[] = [];
+  if (options.tls !== undefined) {
+    tlsFlags.push("--tls-cert", options.tls.cert, "--tls-key", options.tls.key);
+    if (options.tls.clientCa !== undefined) {
+      tlsFlags.push("--tls-client-ca", options.tls.clientCa);
+    }
+  }
   const proc = spawn(
     SERVER_BIN,
-    ["--listen", `127.0.0.1:${port}`, "--config", config, "--server-id", serverId],
+    ["--listen", `127.0.0.1:${port}`, "--config", config, "--server-id", serverId, ...tlsFlags],
     { env: { ...env, RUST_LOG: env["RUST_LOG"] ?? "info" }, stdio: ["ignore", "pipe", "pipe"] },
   );
   // Two sources into one file: neither may end it for the other.
@@ -121,7 +134,13 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
   });
   const address = `127.0.0.1:${port}`;
   const client = (extra: ClientOptions = {}) =>
-    new SandpoolClient({ address, timeoutMs: 10_000, ...(tokens[0] ? { token: tokens[0] } : {}), ...extra });
+    new SandpoolClient({
+      address,
+      timeoutMs: 10_000,
+      ...(tokens[0] ? { token: tokens[0] } : {}),
+      ...(options.tls === undefined ? {} : { tls: options.tls.client }),
+      ...extra,
+    });
 
   const probe = client({ timeoutMs: 1000 });
   try {

@@ -102,11 +102,6 @@ impl PoolManager {
         &self.server_id
     }
 
-    /// The backend of `kind` (connecting lazily), for tools and tests.
-    pub fn backend(&self, kind: BackendKind) -> Result<SharedBackend> {
-        self.engines.get(kind)
-    }
-
     /// Removes containers left by an earlier run of this server (same id).
     pub async fn remove_leftovers(&self, kinds: &[BackendKind]) {
         for &kind in kinds {

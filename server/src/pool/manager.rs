@@ -98,10 +98,6 @@ impl PoolManager {
         manager
     }
 
-    pub fn server_id(&self) -> &str {
-        &self.server_id
-    }
-
     /// Removes containers left by an earlier run of this server (same id).
     pub async fn remove_leftovers(&self, kinds: &[BackendKind]) {
         for &kind in kinds {

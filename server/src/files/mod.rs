@@ -144,13 +144,11 @@ pub fn check_path(field: &str, path: &str, roots: &[String]) -> Result<String> {
     Ok(normal)
 }
 
+/// A command of the server's own as the sandbox user, with stdin if asked.
 fn exec_spec(lease: &LeaseGuard, argv: Vec<String>, stdin: bool) -> ExecSpec {
     ExecSpec {
-        argv,
-        env: Vec::new(),
-        user: lease.spec().runtime.user(),
-        working_dir: Some("/".to_string()),
         stdin,
+        ..sandbox::internal(lease.spec(), argv)
     }
 }
 
@@ -187,7 +185,7 @@ where
     let mut exec = backend
         .exec(lease.container_id(), exec_spec(lease, argv, true))
         .await
-        .map_err(|e| gone(lease, e))?;
+        .map_err(|e| lease.engine_error(e))?;
     let Some(mut stdin) = exec.stdin.take() else {
         return Err(Error::from(backend::Error::Engine {
             op: "exec start",
@@ -264,15 +262,6 @@ async fn collect_stderr(mut output: BoxStream<'static, backend::Result<Output>>)
     err.freeze()
 }
 
-fn gone(lease: &LeaseGuard, e: backend::Error) -> Error {
-    match e {
-        backend::Error::ContainerGone { .. } => Error::ContainerGone {
-            lease_id: lease.id().to_string(),
-        },
-        other => Error::from(other),
-    }
-}
-
 /// Resolves the path (symlinks included) and refuses anything outside the
 /// roots; then sends a header line and the content: a file's bytes or a tar
 /// of a directory (whose symlinks tar stores as links, never following them).
@@ -302,7 +291,7 @@ pub async fn download(
     let exec = backend
         .exec(lease.container_id(), exec_spec(lease, argv, false))
         .await
-        .map_err(|e| gone(lease, e))?;
+        .map_err(|e| lease.engine_error(e))?;
     let mut output = exec.output;
     let mut head = BytesMut::new();
     let mut stderr = BytesMut::new();
@@ -313,7 +302,7 @@ pub async fn download(
         match output.next().await {
             Some(Ok(Output::Stdout(d))) => head.extend_from_slice(&d),
             Some(Ok(Output::Stderr(d))) => stderr.extend_from_slice(&d),
-            Some(Err(e)) => return Err(gone(lease, e)),
+            Some(Err(e)) => return Err(lease.engine_error(e)),
             None => break None,
         }
     };
@@ -386,7 +375,7 @@ pub async fn list_artifacts(lease: &LeaseGuard) -> Result<Vec<ArtifactInfo>> {
     )
     .await
     .map_err(|e| match e {
-        sandbox::Error::Backend(b) => gone(lease, b),
+        sandbox::Error::Backend(b) => lease.engine_error(b),
         other => Error::Sandbox(other),
     })?;
     let mut found: Vec<ArtifactInfo> = out

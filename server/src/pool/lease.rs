@@ -166,6 +166,17 @@ impl LeaseGuard {
         }
     }
 
+    /// An engine error in terms of this lease: a vanished container is the
+    /// lease's `ContainerGone`.
+    pub fn engine_error(&self, e: crate::backend::Error) -> Error {
+        match e {
+            crate::backend::Error::ContainerGone { .. } => Error::ContainerGone {
+                lease_id: self.id().to_string(),
+            },
+            other => Error::from(other),
+        }
+    }
+
     /// Environment variables for every run, from Acquire.
     pub fn env(&self) -> &[(String, String)] {
         &self.entry.env

@@ -19,12 +19,13 @@ use tokio::sync::mpsc;
 
 use super::{ArtifactChunk, RunEvent};
 use crate::{
-    backend::{self, ExecSpec, Output},
+    backend::{self, Output},
     files::{
         ArtifactInfo,
         tar_stream::{TarEvent, TarReader},
     },
     pool::{Error, LeaseGuard, Result},
+    sandbox,
 };
 
 /// Artifact events carry at most this much content each.
@@ -224,13 +225,7 @@ pub async fn collect(
         out_dir.clone(),
         watch.since.clone(),
     ];
-    let spec = ExecSpec {
-        argv,
-        env: Vec::new(),
-        user: lease.spec().runtime.user(),
-        working_dir: Some("/".to_string()),
-        stdin: false,
-    };
+    let spec = sandbox::internal(lease.spec(), argv);
     let mut exec = lease
         .backend()
         .exec(lease.container_id(), spec)

@@ -197,12 +197,7 @@ async fn start_exec(
         .backend()
         .exec(lease.container_id(), exec_spec)
         .await
-        .map_err(|e| match e {
-            backend::Error::ContainerGone { .. } => Error::ContainerGone {
-                lease_id: lease.id().to_string(),
-            },
-            other => Error::from(other),
-        })
+        .map_err(|e| lease.engine_error(e))
 }
 
 /// Where a run's output comes from, and how it is stopped.
@@ -337,10 +332,7 @@ impl Pump {
             let _ = tokio::time::timeout(DRAIN_AFTER_KILL, kill).await;
         }
         let event = match failure {
-            Some(backend::Error::ContainerGone { .. }) => RunEvent::Failed(Error::ContainerGone {
-                lease_id: self.lease.id().to_string(),
-            }),
-            Some(e) => RunEvent::Failed(Error::from(e)),
+            Some(e) => RunEvent::Failed(self.lease.engine_error(e)),
             None => {
                 let exit = self.exit(source).await;
                 self.collect_artifacts().await;

@@ -123,8 +123,8 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
     }
 }
 
-/// An exec of the server's own, as the sandbox user.
-fn internal(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
+/// An exec of the server's own, as the sandbox user, in /, without stdin.
+pub fn internal(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
     ExecSpec {
         argv,
         env: Vec::new(),

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "sandpool/v1/pool.proto",
     "sandpool/v1/session.proto",
     "sandpool/v1/artifact.proto",
+    "sandpool/v1/errors.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -13,12 +13,10 @@ use serde::Deserialize;
 
 use crate::{
     backend::BackendKind,
+    error::Error,
     files::FileLimits,
-    pool::{
-        self,
-        spec::{PoolSpec, PoolSpecInput},
-    },
     run::RunLimits,
+    spec::{PoolSpec, PoolSpecInput},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -151,17 +149,20 @@ fn tls_config(
             client_ca,
         })),
         (None, None) if client_ca.is_none() => Ok(None),
-        _ => Err(invalid(
+        _ => Err(ConfigError::invalid(
             setting,
             "TLS needs both a certificate and a key (and a client CA only with them)",
         )),
     }
 }
 
-fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting: setting.into(),
-        message: message.into(),
+impl ConfigError {
+    /// A setting at fault, named as the file or the environment spells it.
+    fn invalid(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting: setting.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -196,7 +197,7 @@ impl ServerConfig {
         })?;
         let listen_text = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = listen_text.parse().map_err(|_| {
-            invalid(
+            ConfigError::invalid(
                 "listen",
                 format!("{listen_text:?} is not an address like 127.0.0.1:50051"),
             )
@@ -204,7 +205,7 @@ impl ServerConfig {
         let metrics_listen = match file.metrics_listen.as_deref().filter(|m| !m.is_empty()) {
             None => None,
             Some(text) => Some(text.parse().map_err(|_| {
-                invalid(
+                ConfigError::invalid(
                     "metrics_listen",
                     format!("{text:?} is not an address like 127.0.0.1:9464"),
                 )
@@ -214,7 +215,7 @@ impl ServerConfig {
             None => Duration::from_secs(10),
             Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
             Some(s) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "shutdown_grace",
                     format!("{s} is not a number of seconds"),
                 ));
@@ -224,7 +225,7 @@ impl ServerConfig {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "log_format",
                     format!("{other:?} is not text or json"),
                 ));
@@ -252,7 +253,7 @@ impl ServerConfig {
         if let Some(roots) = limits.allowed_roots {
             for root in &roots {
                 if !root.starts_with('/') || root.contains("..") || root.len() < 2 {
-                    return Err(invalid(
+                    return Err(ConfigError::invalid(
                         "limits.allowed_roots",
                         format!("{root:?} must be an absolute directory other than /"),
                     ));
@@ -268,13 +269,13 @@ impl ServerConfig {
         for (i, input) in file.pools.into_iter().enumerate() {
             let label = format!("pools[{i}] ({})", input.name);
             let spec = input.into_spec().map_err(|e| match e {
-                pool::Error::InvalidArgument { field, message } => {
-                    invalid(format!("{label}.{field}"), message)
+                Error::InvalidArgument { field, message } => {
+                    ConfigError::invalid(format!("{label}.{field}"), message)
                 }
-                other => invalid(label.clone(), other.to_string()),
+                other => ConfigError::invalid(label.clone(), other.to_string()),
             })?;
             if pools.iter().any(|p: &PoolSpec| p.name == spec.name) {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     label,
                     format!("a pool named {:?} is defined twice", spec.name),
                 ));
@@ -300,13 +301,13 @@ impl ServerConfig {
     /// SANDPOOL_TOKENS (comma-separated), SANDPOOL_LOG_FORMAT.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(listen) = var("SANDPOOL_LISTEN").filter(|v| !v.is_empty()) {
-            self.listen = listen
-                .parse()
-                .map_err(|_| invalid("SANDPOOL_LISTEN", format!("{listen:?} is not an address")))?;
+            self.listen = listen.parse().map_err(|_| {
+                ConfigError::invalid("SANDPOOL_LISTEN", format!("{listen:?} is not an address"))
+            })?;
         }
         if let Some(metrics) = var("SANDPOOL_METRICS_LISTEN").filter(|v| !v.is_empty()) {
             self.metrics_listen = Some(metrics.parse().map_err(|_| {
-                invalid(
+                ConfigError::invalid(
                     "SANDPOOL_METRICS_LISTEN",
                     format!("{metrics:?} is not an address"),
                 )
@@ -345,7 +346,7 @@ impl ServerConfig {
             Some("text") => self.log_format = LogFormat::Text,
             Some("json") => self.log_format = LogFormat::Json,
             Some(other) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "SANDPOOL_LOG_FORMAT",
                     format!("{other:?} is not text or json"),
                 ));

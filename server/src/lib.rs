@@ -1,12 +1,16 @@
 //! sandpool-server: warm pools of sandbox containers, leased over gRPC.
 //!
-//! Dependencies point one way: `api` -> `pool`/`run`/`files` -> `sandbox` ->
-//! `backend`. The pool layer knows nothing of gRPC; a backend knows nothing of
-//! pools or leases.
+//! Dependencies point one way: `api` -> `run` -> `files` -> `pool` ->
+//! `sandbox` -> `lang`/`backend`. Below them all sit the shared vocabulary:
+//! `spec` (what a pool is), `artifact` (what a run leaves), `error` and
+//! `sync`. The pool layer knows nothing of gRPC; a backend knows nothing of
+//! pools or leases; `server` wires the pieces (engines included) together.
 
 pub mod api;
+pub mod artifact;
 pub mod backend;
 pub mod config;
+pub mod error;
 pub mod files;
 pub mod lang;
 pub mod metrics;
@@ -14,6 +18,8 @@ pub mod pool;
 pub mod run;
 pub mod sandbox;
 pub mod server;
+pub mod spec;
+pub mod sync;
 pub mod telemetry;
 
 pub use config::ServerConfig;

@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
-    backend::BackendKind,
+    backend::{BackendKind, DockerBackend, Engines, SharedBackend},
     config::{ServerConfig, TlsConfig},
     pool::PoolManager,
 };
@@ -52,7 +52,7 @@ pub async fn serve(
         .server_id
         .clone()
         .unwrap_or_else(|| default_server_id(addr));
-    let manager = PoolManager::new(server_id.clone(), config.engines.clone());
+    let manager = PoolManager::new(server_id.clone(), engines(&config));
 
     let mut kinds = vec![BackendKind::Docker];
     kinds.extend(config.pools.iter().map(|p| p.backend));
@@ -187,6 +187,20 @@ pub async fn serve(
     stopped.cancel();
     stopper.await?;
     result.map_err(Into::into)
+}
+
+/// The engines pools may run on, each reached where the config (or the
+/// engine's own environment variables) says. Nothing connects before a pool
+/// needs it.
+fn engines(config: &ServerConfig) -> Engines {
+    Engines::new([BackendKind::Docker, BackendKind::Podman].map(|kind| {
+        let endpoint = config
+            .engines
+            .get(&kind)
+            .cloned()
+            .unwrap_or_else(|| DockerBackend::default_endpoint(kind));
+        Arc::new(DockerBackend::new(kind, endpoint)) as SharedBackend
+    }))
 }
 
 /// The listener's TLS from PEM files; with a client CA, client certificates

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use sandpool_proto::v1::{self as pb, artifact_service_server::ArtifactService};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, caller, convert};
+use super::{AppState, caller, convert, required};
 use crate::{
     files::{self, DownloadKind, UploadTarget},
     pool::Error,
@@ -25,14 +25,6 @@ impl ArtifactApi {
     }
 }
 
-fn invalid(field: &str, message: &str) -> Status {
-    Error::InvalidArgument {
-        field: field.into(),
-        message: message.into(),
-    }
-    .into()
-}
-
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -49,15 +41,13 @@ impl ArtifactService for ArtifactApi {
             })) => h,
             Some(Err(status)) => return Err(status),
             _ => {
-                return Err(invalid(
+                return Err(Status::from(Error::invalid(
                     "header",
                     "the first message of an upload must be its header",
-                ));
+                )));
             }
         };
-        if header.lease_id.is_empty() {
-            return Err(invalid("header.lease_id", "is empty"));
-        }
+        required("header.lease_id", &header.lease_id)?;
         let lease = self
             .state
             .manager
@@ -71,14 +61,11 @@ impl ArtifactService for ArtifactApi {
             Ok(pb::UploadRequest {
                 part: Some(pb::upload_request::Part::Chunk(data)),
             }) => Ok(data),
-            Ok(_) => Err(Error::InvalidArgument {
-                field: "chunk".into(),
-                message: "only the first message of an upload may be a header".into(),
-            }),
-            Err(status) => Err(Error::FileFailed {
-                path: String::new(),
-                message: format!("the upload stream broke: {}", status.message()),
-            }),
+            Ok(_) => Err(Error::invalid(
+                "chunk",
+                "only the first message of an upload may be a header",
+            )),
+            Err(status) => Err(Error::UploadBroken(status.message().to_string())),
         });
         let done = files::upload(&lease, target, chunks, &self.state.file_limits).await?;
         Ok(Response::new(pb::UploadResponse {
@@ -96,9 +83,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let owner = caller(&request);
         let req = request.into_inner();
-        if req.lease_id.is_empty() {
-            return Err(invalid("lease_id", "is empty"));
-        }
+        required("lease_id", &req.lease_id)?;
         let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
         let (header, body) = files::download(&lease, &req.path, &self.state.file_limits).await?;
         let header = pb::DownloadResponse {
@@ -144,9 +129,7 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
         let owner = caller(&request);
         let req = request.into_inner();
-        if req.lease_id.is_empty() {
-            return Err(invalid("lease_id", "is empty"));
-        }
+        required("lease_id", &req.lease_id)?;
         let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
         let artifacts = files::list_artifacts(&lease)
             .await?

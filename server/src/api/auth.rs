@@ -58,7 +58,7 @@ impl Interceptor for Auth {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+                super::status::unauthenticated("missing `authorization: Bearer <token>` metadata")
             })?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         // Compare digests in full against every accepted one: no early exit
@@ -71,7 +71,9 @@ impl Interceptor for Auth {
                     == 0)
         });
         if !known {
-            return Err(Status::unauthenticated("the bearer token is not accepted"));
+            return Err(super::status::unauthenticated(
+                "the bearer token is not accepted",
+            ));
         }
         request
             .extensions_mut()

@@ -1,26 +1,115 @@
 //! Conversions between the protobuf contract and the domain types. Bad input
-//! becomes `pool::Error::InvalidArgument` here, naming the proto field.
+//! becomes `Error::InvalidArgument` here, naming the proto field. Enums go
+//! through `From`/`TryFrom` in both directions, never through strings.
 
 use std::time::{Duration, SystemTime};
 
 use sandpool_proto::v1 as pb;
 
+use tonic::Status;
+
 use crate::{
+    artifact::ArtifactInfo,
     backend::BackendKind,
-    files,
+    error::{Error, LeaseEnd, Result},
     pool::{
-        Error, LeaseEnd, LeaseInfo, Phase, PoolView, Result,
+        LeaseInfo, Phase, PoolView,
         lease::Renewal,
-        spec::{ExhaustionStrategy, PoolSpec, PoolSpecInput, RuntimeInput},
         stats::{LatencySummary, PoolStats},
     },
-    run::{ArtifactChunk, EndReason, PlotFormat, Program, RunExit, RunSpec},
+    run::{ArtifactChunk, EndReason, PlotFormat, Program, RunEvent, RunExit, RunSpec},
+    spec::{ExhaustionStrategy, PoolSpec, PoolSpecInput, RuntimeInput},
 };
 
-fn invalid(field: &str, message: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        field: field.to_string(),
-        message: message.into(),
+/// A proto enum field (an `i32` on the wire) as its enum; a value this
+/// server does not know is an error naming `field`.
+fn enum_field<E: TryFrom<i32>>(field: &str, value: i32) -> Result<E> {
+    E::try_from(value).map_err(|_| Error::invalid(field, format!("unknown value {value}")))
+}
+
+impl From<pb::Backend> for BackendKind {
+    fn from(b: pb::Backend) -> Self {
+        match b {
+            pb::Backend::Unspecified | pb::Backend::Docker => BackendKind::Docker,
+            pb::Backend::Podman => BackendKind::Podman,
+            pb::Backend::Kubernetes => BackendKind::Kubernetes,
+        }
+    }
+}
+
+impl From<BackendKind> for pb::Backend {
+    fn from(b: BackendKind) -> Self {
+        match b {
+            BackendKind::Docker => pb::Backend::Docker,
+            BackendKind::Podman => pb::Backend::Podman,
+            BackendKind::Kubernetes => pb::Backend::Kubernetes,
+        }
+    }
+}
+
+impl From<pb::ExhaustionStrategy> for ExhaustionStrategy {
+    fn from(s: pb::ExhaustionStrategy) -> Self {
+        match s {
+            pb::ExhaustionStrategy::Unspecified | pb::ExhaustionStrategy::Wait => {
+                ExhaustionStrategy::Wait
+            }
+            pb::ExhaustionStrategy::FailFast => ExhaustionStrategy::FailFast,
+            pb::ExhaustionStrategy::Temporary => ExhaustionStrategy::Temporary,
+        }
+    }
+}
+
+impl From<ExhaustionStrategy> for pb::ExhaustionStrategy {
+    fn from(s: ExhaustionStrategy) -> Self {
+        match s {
+            ExhaustionStrategy::Wait => pb::ExhaustionStrategy::Wait,
+            ExhaustionStrategy::FailFast => pb::ExhaustionStrategy::FailFast,
+            ExhaustionStrategy::Temporary => pb::ExhaustionStrategy::Temporary,
+        }
+    }
+}
+
+impl From<pb::PlotFormat> for PlotFormat {
+    fn from(f: pb::PlotFormat) -> Self {
+        match f {
+            pb::PlotFormat::Unspecified | pb::PlotFormat::Png => PlotFormat::Png,
+            pb::PlotFormat::Svg => PlotFormat::Svg,
+            pb::PlotFormat::Pdf => PlotFormat::Pdf,
+        }
+    }
+}
+
+impl From<Phase> for pb::PoolPhase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Warming => pb::PoolPhase::Warming,
+            Phase::Ready => pb::PoolPhase::Ready,
+            Phase::Failing => pb::PoolPhase::Failing,
+            Phase::Draining => pb::PoolPhase::Draining,
+        }
+    }
+}
+
+impl From<EndReason> for pb::EndReason {
+    fn from(r: EndReason) -> Self {
+        match r {
+            EndReason::Exited => pb::EndReason::Exited,
+            EndReason::Signaled => pb::EndReason::Signaled,
+            EndReason::Timeout => pb::EndReason::Timeout,
+            EndReason::Cancelled => pb::EndReason::Cancelled,
+            EndReason::OutputLimit => pb::EndReason::OutputLimit,
+            EndReason::LeaseExpired => pb::EndReason::LeaseExpired,
+        }
+    }
+}
+
+impl From<LeaseEnd> for pb::LeaseState {
+    fn from(end: LeaseEnd) -> Self {
+        match end {
+            LeaseEnd::Released => pb::LeaseState::Released,
+            LeaseEnd::Expired => pb::LeaseState::Expired,
+            LeaseEnd::Revoked => pb::LeaseState::Revoked,
+        }
     }
 }
 
@@ -30,7 +119,7 @@ fn seconds(field: &str, d: Option<prost_types::Duration>) -> Result<Option<f64>>
         None => Ok(None),
         Some(d) => {
             if d.seconds < 0 || d.nanos < 0 {
-                return Err(invalid(field, "must not be negative"));
+                return Err(Error::invalid(field, "must not be negative"));
             }
             Ok(Some(d.seconds as f64 + f64::from(d.nanos) / 1e9))
         }
@@ -43,7 +132,7 @@ pub fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<
         None => Ok(None),
         Some(d) => Duration::try_from(d)
             .map(Some)
-            .map_err(|_| invalid(field, "must not be negative")),
+            .map_err(|_| Error::invalid(field, "must not be negative")),
     }
 }
 
@@ -66,32 +155,13 @@ fn pb_limit(d: Option<Duration>) -> Option<prost_types::Duration> {
 pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
     let config = spec.config.unwrap_or_default();
     let runtime = spec.runtime.unwrap_or_default();
-    let backend = match pb::Backend::try_from(spec.backend) {
-        Ok(pb::Backend::Unspecified | pb::Backend::Docker) => "docker",
-        Ok(pb::Backend::Podman) => "podman",
-        Ok(pb::Backend::Kubernetes) => "kubernetes",
-        Err(_) => {
-            return Err(invalid(
-                "backend",
-                format!("unknown value {}", spec.backend),
-            ));
-        }
-    };
-    let strategy = match pb::ExhaustionStrategy::try_from(config.exhaustion_strategy) {
-        Ok(pb::ExhaustionStrategy::Unspecified | pb::ExhaustionStrategy::Wait) => "wait",
-        Ok(pb::ExhaustionStrategy::FailFast) => "fail_fast",
-        Ok(pb::ExhaustionStrategy::Temporary) => "temporary",
-        Err(_) => {
-            return Err(invalid(
-                "config.exhaustion_strategy",
-                format!("unknown value {}", config.exhaustion_strategy),
-            ));
-        }
-    };
+    let backend: pb::Backend = enum_field("backend", spec.backend)?;
+    let strategy: pb::ExhaustionStrategy =
+        enum_field("config.exhaustion_strategy", config.exhaustion_strategy)?;
     let input = PoolSpecInput {
         name: spec.name,
         language: spec.language,
-        backend: Some(backend.to_string()),
+        backend: Some(backend.into()),
         image: Some(spec.image),
         libraries: spec.libraries,
         max_pool_size: config.max_pool_size,
@@ -107,7 +177,7 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
             config.max_container_lifetime,
         )?,
         max_container_uses: config.max_container_uses,
-        exhaustion_strategy: Some(strategy.to_string()),
+        exhaustion_strategy: Some(strategy.into()),
         enable_prewarming: config.enable_prewarming,
         reuse: spec.reuse,
         default_lease_ttl: seconds("default_lease_ttl", spec.default_lease_ttl)?,
@@ -141,11 +211,7 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
     let rt = &spec.runtime;
     pb::PoolSpec {
         name: spec.name.clone(),
-        backend: match spec.backend {
-            BackendKind::Docker => pb::Backend::Docker,
-            BackendKind::Podman => pb::Backend::Podman,
-            BackendKind::Kubernetes => pb::Backend::Kubernetes,
-        } as i32,
+        backend: pb::Backend::from(spec.backend).into(),
         language: spec.language.clone(),
         image: spec.image.clone(),
         libraries: spec.libraries.clone(),
@@ -157,11 +223,7 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
             health_check_interval: Some(pb_duration(c.health_check_interval)),
             max_container_lifetime: pb_limit(c.max_container_lifetime),
             max_container_uses: Some(c.max_container_uses.unwrap_or(0)),
-            exhaustion_strategy: match c.exhaustion_strategy {
-                ExhaustionStrategy::Wait => pb::ExhaustionStrategy::Wait,
-                ExhaustionStrategy::FailFast => pb::ExhaustionStrategy::FailFast,
-                ExhaustionStrategy::Temporary => pb::ExhaustionStrategy::Temporary,
-            } as i32,
+            exhaustion_strategy: pb::ExhaustionStrategy::from(c.exhaustion_strategy).into(),
             enable_prewarming: Some(c.enable_prewarming),
         }),
         runtime: Some(pb::RuntimeConfig {
@@ -251,12 +313,7 @@ pub fn stats_to_pb(s: &PoolStats) -> pb::PoolStats {
 pub fn pool_to_pb(view: &PoolView) -> pb::Pool {
     pb::Pool {
         spec: Some(spec_to_pb(&view.spec)),
-        phase: match view.phase {
-            Phase::Warming => pb::PoolPhase::Warming,
-            Phase::Ready => pb::PoolPhase::Ready,
-            Phase::Failing => pb::PoolPhase::Failing,
-            Phase::Draining => pb::PoolPhase::Draining,
-        } as i32,
+        phase: pb::PoolPhase::from(view.phase).into(),
         status_message: view.status_message.clone(),
         create_time: Some(pb_time(view.created)),
         stats: Some(stats_to_pb(&view.stats)),
@@ -275,13 +332,9 @@ pub fn lease_to_pb(lease: &LeaseInfo) -> pb::Lease {
     }
 }
 
+/// ACTIVE for a lease that has not ended.
 pub fn lease_state(end: Option<LeaseEnd>) -> pb::LeaseState {
-    match end {
-        None => pb::LeaseState::Active,
-        Some(LeaseEnd::Released) => pb::LeaseState::Released,
-        Some(LeaseEnd::Expired) => pb::LeaseState::Expired,
-        Some(LeaseEnd::Revoked) => pb::LeaseState::Revoked,
-    }
+    end.map_or(pb::LeaseState::Active, pb::LeaseState::from)
 }
 
 pub fn renewal_to_pb(lease_id: String, renewal: Renewal) -> pb::KeepAliveResponse {
@@ -307,7 +360,7 @@ pub fn renewal_to_pb(lease_id: String, renewal: Renewal) -> pb::KeepAliveRespons
 
 pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
     let program = match req.program {
-        None => return Err(invalid("program", "set code or command")),
+        None => return Err(Error::invalid("program", "set code or command")),
         Some(pb::run_request::Program::Code(code)) => {
             let source = match code.source {
                 Some(pb::code::Source::Text(text)) => bytes::Bytes::from(text),
@@ -323,8 +376,10 @@ pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
             match (cmd.argv.is_empty(), cmd.shell.is_empty()) {
                 (false, true) => Program::Argv(cmd.argv),
                 (true, false) => Program::Shell(cmd.shell),
-                (true, true) => return Err(invalid("command", "set argv or shell")),
-                (false, false) => return Err(invalid("command", "set argv or shell, not both")),
+                (true, true) => return Err(Error::invalid("command", "set argv or shell")),
+                (false, false) => {
+                    return Err(Error::invalid("command", "set argv or shell, not both"));
+                }
             }
         }
     };
@@ -337,17 +392,7 @@ pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
         working_dir: Some(req.working_dir).filter(|d| !d.is_empty()),
         timeout: duration("timeout", req.timeout)?,
         output_limit: req.output_limit_bytes,
-        plot_format: match pb::PlotFormat::try_from(req.plot_format) {
-            Ok(pb::PlotFormat::Unspecified | pb::PlotFormat::Png) => PlotFormat::Png,
-            Ok(pb::PlotFormat::Svg) => PlotFormat::Svg,
-            Ok(pb::PlotFormat::Pdf) => PlotFormat::Pdf,
-            Err(_) => {
-                return Err(invalid(
-                    "plot_format",
-                    format!("unknown value {}", req.plot_format),
-                ));
-            }
-        },
+        plot_format: enum_field::<pb::PlotFormat>("plot_format", req.plot_format)?.into(),
         context_id: Some(req.context_id).filter(|c| !c.is_empty()),
     })
 }
@@ -355,14 +400,7 @@ pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
 pub fn exit_to_pb(exit: &RunExit) -> pb::RunExit {
     pb::RunExit {
         exit_code: exit.exit_code,
-        end_reason: match exit.reason {
-            EndReason::Exited => pb::EndReason::Exited,
-            EndReason::Signaled => pb::EndReason::Signaled,
-            EndReason::Timeout => pb::EndReason::Timeout,
-            EndReason::Cancelled => pb::EndReason::Cancelled,
-            EndReason::OutputLimit => pb::EndReason::OutputLimit,
-            EndReason::LeaseExpired => pb::EndReason::LeaseExpired,
-        } as i32,
+        end_reason: pb::EndReason::from(exit.reason).into(),
         signal: exit.signal,
         duration: Some(pb_duration(exit.duration)),
         stdout_bytes: exit.stdout_bytes,
@@ -383,7 +421,7 @@ pub fn artifact_chunk_to_pb(chunk: ArtifactChunk) -> pb::RunArtifact {
     }
 }
 
-pub fn artifact_to_pb(a: &files::ArtifactInfo) -> pb::ArtifactInfo {
+pub fn artifact_to_pb(a: &ArtifactInfo) -> pb::ArtifactInfo {
     pb::ArtifactInfo {
         name: a.name.clone(),
         path: a.path.clone(),
@@ -394,4 +432,25 @@ pub fn artifact_to_pb(a: &files::ArtifactInfo) -> pb::ArtifactInfo {
         modify_time: Some(pb_time(a.modified)),
         plot: a.plot,
     }
+}
+
+/// One event of a run as the `seq`th message of its stream; a run that
+/// failed mid-way ends the stream with its status.
+pub fn run_event_to_pb(seq: u64, event: RunEvent) -> Result<pb::RunResponse, Status> {
+    use pb::run_response::Event;
+    let event = match event {
+        RunEvent::Started { run_id, start_time } => Event::Started(pb::RunStarted {
+            run_id: run_id.to_string(),
+            start_time: Some(pb_time(start_time)),
+        }),
+        RunEvent::Stdout(data) => Event::Stdout(pb::OutputChunk { data }),
+        RunEvent::Stderr(data) => Event::Stderr(pb::OutputChunk { data }),
+        RunEvent::Artifact(chunk) => Event::Artifact(artifact_chunk_to_pb(chunk)),
+        RunEvent::Exit(exit) => Event::Exit(exit_to_pb(&exit)),
+        RunEvent::Failed(err) => return Err(Status::from(err)),
+    };
+    Ok(pb::RunResponse {
+        seq,
+        event: Some(event),
+    })
 }

@@ -39,6 +39,14 @@ fn caller<T>(request: &Request<T>) -> Option<String> {
         .and_then(|c| c.0.clone())
 }
 
+/// A request field that must not be empty: INVALID_ARGUMENT naming it.
+fn required(field: &str, value: &str) -> Result<(), tonic::Status> {
+    if value.is_empty() {
+        return Err(crate::error::Error::invalid(field, "is empty").into());
+    }
+    Ok(())
+}
+
 /// The caller's deadline from the `grpc-timeout` header, a little early so
 /// that the server's own answer (say RESOURCE_EXHAUSTED after a wait) reaches
 /// the client before its deadline fires.

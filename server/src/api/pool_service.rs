@@ -6,7 +6,7 @@ use futures::Stream;
 use sandpool_proto::v1::{self as pb, pool_service_server::PoolService};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, convert, deadline};
+use super::{AppState, convert, deadline, required};
 use crate::pool::Error;
 
 /// WatchPoolStats sends at most one message per this interval.
@@ -24,17 +24,6 @@ impl PoolApi {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPoolStatsResponse, Status>> + Send>>;
 
-fn required_name(name: &str) -> Result<(), Status> {
-    if name.is_empty() {
-        return Err(Error::InvalidArgument {
-            field: "name".into(),
-            message: "is empty; name a pool".into(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl PoolService for PoolApi {
     async fn create_pool(
@@ -43,12 +32,9 @@ impl PoolService for PoolApi {
     ) -> Result<Response<pb::CreatePoolResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        let spec = req.spec.ok_or_else(|| {
-            Status::from(Error::InvalidArgument {
-                field: "spec".into(),
-                message: "is missing".into(),
-            })
-        })?;
+        let spec = req
+            .spec
+            .ok_or_else(|| Status::from(Error::invalid("spec", "is missing")))?;
         let spec = convert::spec_from_pb(spec)?;
         let view = self
             .state
@@ -65,7 +51,7 @@ impl PoolService for PoolApi {
         request: Request<pb::GetPoolRequest>,
     ) -> Result<Response<pb::GetPoolResponse>, Status> {
         let name = request.into_inner().name;
-        required_name(&name)?;
+        required("name", &name)?;
         let view = self.state.manager.get_pool(&name)?;
         Ok(Response::new(pb::GetPoolResponse {
             pool: Some(convert::pool_to_pb(&view)),
@@ -92,7 +78,7 @@ impl PoolService for PoolApi {
     ) -> Result<Response<pb::DeletePoolResponse>, Status> {
         let deadline = deadline(&request);
         let req = request.into_inner();
-        required_name(&req.name)?;
+        required("name", &req.name)?;
         let busy = self
             .state
             .manager
@@ -108,7 +94,7 @@ impl PoolService for PoolApi {
         request: Request<pb::GetPoolStatsRequest>,
     ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
         let name = request.into_inner().name;
-        required_name(&name)?;
+        required("name", &name)?;
         let stats = self.state.manager.stats(&name)?;
         Ok(Response::new(pb::GetPoolStatsResponse {
             stats: Some(convert::stats_to_pb(&stats)),
@@ -122,7 +108,7 @@ impl PoolService for PoolApi {
         request: Request<pb::WatchPoolStatsRequest>,
     ) -> Result<Response<Self::WatchPoolStatsStream>, Status> {
         let name = request.into_inner().name;
-        required_name(&name)?;
+        required("name", &name)?;
         let (mut changes, read) = self.state.manager.watch(&name)?;
         let stop = self.state.streams.clone();
         let stream = async_stream(move |tx| async move {

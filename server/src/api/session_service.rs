@@ -6,11 +6,12 @@ use futures::{Stream, StreamExt};
 use sandpool_proto::v1::{self as pb, session_service_server::SessionService};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, caller, convert, deadline, pool_service::async_stream};
+use super::{AppState, caller, convert, deadline, pool_service::async_stream, required};
 use crate::{
-    files::{self, UploadTarget},
-    pool::Error,
-    run::{self, RunEvent},
+    error::Error,
+    files,
+    pool::{AcquireRequest, LeaseFile},
+    run,
     run::{context, install},
 };
 
@@ -22,17 +23,6 @@ impl SessionApi {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
-}
-
-fn required(field: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(Error::InvalidArgument {
-            field: field.into(),
-            message: "is empty".into(),
-        }
-        .into());
-    }
-    Ok(())
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
@@ -52,42 +42,34 @@ impl SessionService for SessionApi {
         let limits = &self.state.file_limits;
         let mut files = Vec::with_capacity(req.files.len());
         for (i, file) in req.files.into_iter().enumerate() {
-            let path = files::check_path(
-                &format!("files[{i}].path"),
-                &file.path,
-                &limits.allowed_roots,
-            )?;
-            files.push((path, file.content, file.mode.unwrap_or(0o644)));
+            let mode = file.mode.unwrap_or(0o644);
+            if mode > 0o7777 {
+                return Err(Error::invalid(
+                    format!("files[{i}].mode"),
+                    format!("{mode:o} is not a file mode"),
+                )
+                .into());
+            }
+            files.push(LeaseFile {
+                path: files::check_path(
+                    &format!("files[{i}].path"),
+                    &file.path,
+                    &limits.allowed_roots,
+                )?,
+                content: file.content,
+                mode,
+            });
         }
         let mut env: Vec<(String, String)> = req.env.into_iter().collect();
         env.sort();
-        let lease = self
-            .state
-            .manager
-            .acquire(&req.pool, ttl, env, owner.clone(), deadline)
-            .await?;
-        if !files.is_empty() {
-            // Placed on the warm container before the lease is handed out;
-            // if that fails, the lease is given back (and the container reset).
-            let placed = async {
-                let guard = self.state.manager.lease(&lease.id, owner.as_deref())?;
-                for (path, content, mode) in files {
-                    let target = UploadTarget {
-                        path,
-                        mode,
-                        tar: false,
-                    };
-                    let chunks = futures::stream::iter([Ok::<_, Error>(content)]);
-                    files::upload(&guard, target, chunks, limits).await?;
-                }
-                Ok::<(), Error>(())
-            }
-            .await;
-            if let Err(e) = placed {
-                let _ = self.state.manager.release(&lease.id, owner.as_deref());
-                return Err(e.into());
-            }
-        }
+        let request = AcquireRequest {
+            pool: req.pool,
+            ttl,
+            env,
+            owner,
+            files,
+        };
+        let lease = self.state.manager.acquire(request, deadline).await?;
         Ok(Response::new(pb::AcquireResponse {
             lease: Some(convert::lease_to_pb(&lease)),
         }))
@@ -158,34 +140,7 @@ impl SessionService for SessionApi {
         let events = run::start(lease, spec, &self.state.run_limits).await?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events)
             .enumerate()
-            .map(|(i, event)| {
-                let seq = i as u64 + 1;
-                let event = match event {
-                    RunEvent::Started { run_id, start_time } => {
-                        pb::run_response::Event::Started(pb::RunStarted {
-                            run_id,
-                            start_time: Some(convert::pb_time(start_time)),
-                        })
-                    }
-                    RunEvent::Stdout(data) => {
-                        pb::run_response::Event::Stdout(pb::OutputChunk { data })
-                    }
-                    RunEvent::Stderr(data) => {
-                        pb::run_response::Event::Stderr(pb::OutputChunk { data })
-                    }
-                    RunEvent::Artifact(chunk) => {
-                        pb::run_response::Event::Artifact(convert::artifact_chunk_to_pb(chunk))
-                    }
-                    RunEvent::Exit(exit) => {
-                        pb::run_response::Event::Exit(convert::exit_to_pb(&exit))
-                    }
-                    RunEvent::Failed(err) => return Err(Status::from(err)),
-                };
-                Ok(pb::RunResponse {
-                    seq,
-                    event: Some(event),
-                })
-            });
+            .map(|(i, event)| convert::run_event_to_pb(i as u64 + 1, event));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -1,135 +1,220 @@
 //! The one place where errors become gRPC statuses. Exhaustive on purpose: a
-//! new error variant must decide its status here. Details (bad-request field,
-//! retry delay, precondition) travel as standard rich error details, readable
-//! from every gRPC language.
+//! new error variant must decide its status here. Every status carries a
+//! `google.rpc.ErrorInfo` (domain "sandpool") whose reason is an
+//! `ErrorReason` of the contract, so clients tell errors apart without
+//! parsing messages; further details (bad-request field, retry delay,
+//! precondition) travel as the standard rich error details, readable from
+//! every gRPC language.
 
 use std::time::Duration;
 
+use sandpool_proto::v1::{ErrorReason, LeaseState};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{backend, pool::Error, sandbox};
+use crate::{backend, error::Error, sandbox};
 
 /// Suggested wait before retrying an exhausted pool.
 const EXHAUSTED_RETRY: Duration = Duration::from_secs(1);
+/// Suggested wait before retrying while the engine does not answer.
+const ENGINE_RETRY: Duration = Duration::from_secs(1);
 
-/// Machine-readable reasons (ErrorInfo, domain "sandpool"), so that clients
-/// tell a lost lease from other errors without parsing messages.
-const DOMAIN: &str = "sandpool";
+/// The ErrorInfo domain of sandpool's reasons.
+pub const DOMAIN: &str = "sandpool";
 
-fn with_reason(
+/// A status with its reason, the reason's metadata and any further details.
+struct Failure {
     code: Code,
-    message: String,
-    reason: &str,
-    lease_id: &str,
-    mut details: ErrorDetails,
-) -> Status {
-    details.set_error_info(
-        reason,
-        DOMAIN,
-        [("lease_id".to_string(), lease_id.to_string())],
-    );
-    Status::with_error_details(code, message, details)
+    reason: ErrorReason,
+    metadata: Vec<(&'static str, String)>,
+    details: ErrorDetails,
 }
 
-fn precondition(kind: &str, subject: &str, message: String) -> Status {
-    Status::with_error_details(
-        Code::FailedPrecondition,
-        message.clone(),
-        ErrorDetails::with_precondition_failure_violation(kind, subject, message),
-    )
+impl Failure {
+    fn new(code: Code, reason: ErrorReason) -> Self {
+        Self {
+            code,
+            reason,
+            metadata: Vec::new(),
+            details: ErrorDetails::new(),
+        }
+    }
+
+    fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
+    }
+
+    /// A PreconditionFailure violation of `kind` about `subject`.
+    fn precondition(mut self, kind: &str, subject: &str, message: &str) -> Self {
+        self.details
+            .add_precondition_failure_violation(kind, subject, message);
+        self
+    }
+
+    fn retry_after(mut self, delay: Duration) -> Self {
+        self.details.set_retry_info(Some(delay));
+        self
+    }
+
+    fn into_status(mut self, message: String) -> Status {
+        self.details.set_error_info(
+            self.reason.as_str_name(),
+            DOMAIN,
+            self.metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+        Status::with_error_details(self.code, message, self.details)
+    }
+}
+
+/// UNAUTHENTICATED, with its reason.
+pub fn unauthenticated(message: &str) -> Status {
+    Failure::new(Code::Unauthenticated, ErrorReason::Unauthenticated).into_status(message.into())
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let message = err.to_string();
-        match err {
+        use Code as C;
+        use ErrorReason as R;
+        let failure = match err {
             Error::InvalidArgument {
                 field,
                 message: why,
-            } => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                ErrorDetails::with_bad_request_violation(field, why),
-            ),
-            Error::TooLarge(_) => Status::invalid_argument(message),
-            Error::LeaseNotFound(id) => with_reason(
-                Code::NotFound,
-                message,
-                "LEASE_NOT_FOUND",
-                &id,
-                ErrorDetails::new(),
-            ),
-            Error::LeaseEnded { id, .. } => {
-                let mut details = ErrorDetails::new();
-                details.add_precondition_failure_violation("LEASE_ENDED", &id, &message);
-                with_reason(
-                    Code::FailedPrecondition,
-                    message,
-                    "LEASE_ENDED",
-                    &id,
-                    details,
-                )
+            } => {
+                let mut f = Failure::new(C::InvalidArgument, R::InvalidField).with("field", &field);
+                f.details.add_bad_request_violation(field, why);
+                f
             }
-            Error::PoolNotFound(_)
-            | Error::RunNotFound { .. }
-            | Error::ContextNotFound { .. }
-            | Error::PathNotFound { .. } => Status::not_found(message),
-            Error::PoolExists(_) => Status::already_exists(message),
-            Error::Exhausted { .. } => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                ErrorDetails::with_retry_info(Some(EXHAUSTED_RETRY)),
-            ),
-            Error::PoolClosed(pool) => precondition("POOL_CLOSED", &pool, message),
-            Error::PoolFailing { pool, .. } => precondition("POOL_FAILING", &pool, message),
-            Error::ContainerGone { lease_id } => precondition("CONTAINER_GONE", &lease_id, message),
-            Error::FileFailed { path, .. } => precondition("FILE_OPERATION_FAILED", &path, message),
-            Error::NotAllowed(_) => precondition("NOT_ALLOWED", "", message),
-            Error::ShuttingDown => Status::unavailable(message),
-            Error::Sandbox(e) => from_sandbox(e, message),
-        }
+            Error::TooLarge(_) => Failure::new(C::InvalidArgument, R::TooLarge),
+            Error::PoolNotFound(pool) => {
+                Failure::new(C::NotFound, R::PoolNotFound).with("pool", pool)
+            }
+            Error::PoolExists(pool) => {
+                Failure::new(C::AlreadyExists, R::PoolExists).with("pool", pool)
+            }
+            Error::PoolClosed(pool) => Failure::new(C::FailedPrecondition, R::PoolClosed)
+                .precondition("POOL_CLOSED", &pool, &message)
+                .with("pool", pool),
+            Error::PoolFailing { pool, .. } => Failure::new(C::FailedPrecondition, R::PoolFailing)
+                .precondition("POOL_FAILING", &pool, &message)
+                .with("pool", pool),
+            Error::Exhausted { pool, .. } => Failure::new(C::ResourceExhausted, R::PoolExhausted)
+                .retry_after(EXHAUSTED_RETRY)
+                .with("pool", pool),
+            Error::LeaseNotFound(id) => {
+                Failure::new(C::NotFound, R::LeaseNotFound).with("lease_id", id)
+            }
+            Error::LeaseEnded { id, end } => Failure::new(C::FailedPrecondition, R::LeaseEnded)
+                .precondition("LEASE_ENDED", &id, &message)
+                .with("lease_id", id)
+                .with("end", LeaseState::from(end).as_str_name()),
+            Error::RunNotFound { lease_id, run_id } => Failure::new(C::NotFound, R::RunNotFound)
+                .with("lease_id", lease_id)
+                .with("run_id", run_id),
+            Error::ContextNotFound {
+                lease_id,
+                context_id,
+            } => Failure::new(C::NotFound, R::ContextNotFound)
+                .with("lease_id", lease_id)
+                .with("context_id", context_id),
+            Error::ContextFailed { context_id, .. } => {
+                Failure::new(C::FailedPrecondition, R::ContextFailed).with("context_id", context_id)
+            }
+            Error::PathNotFound { path, .. } => {
+                Failure::new(C::NotFound, R::PathNotFound).with("path", path)
+            }
+            Error::FileFailed { path, .. } => {
+                Failure::new(C::FailedPrecondition, R::FileOperationFailed)
+                    .precondition("FILE_OPERATION_FAILED", &path, &message)
+                    .with("path", path)
+            }
+            Error::UploadBroken(_) => Failure::new(C::FailedPrecondition, R::FileOperationFailed),
+            Error::InstallFailed(_) => Failure::new(C::FailedPrecondition, R::InstallFailed)
+                .precondition("INSTALL_FAILED", "", &message),
+            Error::NotAllowed(_) => Failure::new(C::FailedPrecondition, R::NotAllowed)
+                .precondition("NOT_ALLOWED", "", &message),
+            Error::ContainerGone { lease_id } => {
+                Failure::new(C::FailedPrecondition, R::ContainerGone)
+                    .precondition("CONTAINER_GONE", &lease_id, &message)
+                    .with("lease_id", lease_id)
+            }
+            Error::ShuttingDown => Failure::new(C::Unavailable, R::ShuttingDown),
+            Error::Sandbox(e) => from_sandbox(e, &message),
+        };
+        failure.into_status(message)
     }
 }
 
-fn from_sandbox(err: sandbox::Error, message: String) -> Status {
+fn from_sandbox(err: sandbox::Error, message: &str) -> Failure {
+    use Code as C;
+    use ErrorReason as R;
     match err {
         sandbox::Error::Backend(b) => match b {
-            backend::Error::Unreachable { .. } => Status::unavailable(message),
-            backend::Error::ImageMissing { image, .. } => {
-                precondition("IMAGE_MISSING", &image, message)
+            backend::Error::Unreachable { .. } => {
+                Failure::new(C::Unavailable, R::EngineUnavailable).retry_after(ENGINE_RETRY)
             }
-            backend::Error::ContainerGone { id } => precondition("CONTAINER_GONE", &id, message),
-            backend::Error::Engine { .. } => Status::unavailable(message),
-            backend::Error::Unsupported(_) => Status::unimplemented(message),
+            backend::Error::ImageMissing { image, .. } => {
+                Failure::new(C::FailedPrecondition, R::ImageMissing)
+                    .precondition("IMAGE_MISSING", &image, message)
+                    .with("image", image)
+            }
+            backend::Error::ContainerGone { id } => {
+                Failure::new(C::FailedPrecondition, R::ContainerGone)
+                    .precondition("CONTAINER_GONE", &id, message)
+                    .with("container_id", id)
+            }
+            backend::Error::Engine { .. } => Failure::new(C::Unavailable, R::EngineFailed),
+            backend::Error::Unsupported(kind) => {
+                Failure::new(C::Unimplemented, R::BackendUnsupported).with("backend", kind.as_str())
+            }
         },
-        sandbox::Error::CommandFailed { .. } => Status::internal(message),
+        sandbox::Error::CommandFailed { .. } => Failure::new(C::Internal, R::SandboxCommandFailed),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::LeaseEnd;
+    use crate::error::LeaseEnd;
+
+    fn reason_of(status: &Status) -> String {
+        let details = status.get_error_details();
+        let info = details
+            .error_info()
+            .expect("every status carries ErrorInfo");
+        assert_eq!(info.domain, DOMAIN);
+        info.reason.clone()
+    }
 
     #[test]
-    fn codes_follow_the_contract() {
+    fn codes_and_reasons_follow_the_contract() {
         let cases = [
             (
-                Error::InvalidArgument {
-                    field: "config.min_pool_size".into(),
-                    message: "too big".into(),
-                },
+                Error::invalid("config.min_pool_size", "too big"),
                 Code::InvalidArgument,
+                "INVALID_FIELD",
             ),
-            (Error::PoolNotFound("x".into()), Code::NotFound),
-            (Error::LeaseNotFound("x".into()), Code::NotFound),
+            (
+                Error::PoolNotFound("x".into()),
+                Code::NotFound,
+                "POOL_NOT_FOUND",
+            ),
+            (
+                Error::LeaseNotFound("x".into()),
+                Code::NotFound,
+                "LEASE_NOT_FOUND",
+            ),
             (
                 Error::LeaseEnded {
                     id: "x".into(),
                     end: LeaseEnd::Expired,
                 },
                 Code::FailedPrecondition,
+                "LEASE_ENDED",
             ),
             (
                 Error::Exhausted {
@@ -138,46 +223,61 @@ mod tests {
                     waited: Duration::ZERO,
                 },
                 Code::ResourceExhausted,
+                "POOL_EXHAUSTED",
             ),
+            (
+                Error::InstallFailed("pip said no".into()),
+                Code::FailedPrecondition,
+                "INSTALL_FAILED",
+            ),
+            (Error::ShuttingDown, Code::Unavailable, "SHUTTING_DOWN"),
         ];
-        for (err, code) in cases {
-            assert_eq!(Status::from(err).code(), code);
+        for (err, code, reason) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            assert_eq!(reason_of(&status), reason);
         }
     }
 
     #[test]
-    fn lease_errors_carry_a_reason() {
-        for (err, reason) in [
-            (Error::LeaseNotFound("abc".into()), "LEASE_NOT_FOUND"),
-            (
-                Error::LeaseEnded {
-                    id: "abc".into(),
-                    end: LeaseEnd::Released,
-                },
-                "LEASE_ENDED",
-            ),
-        ] {
-            let status = Status::from(err);
-            let details = status.get_error_details();
-            let info = details.error_info().expect("error info");
-            assert_eq!(info.reason, reason);
-            assert_eq!(info.domain, "sandpool");
-            assert_eq!(
-                info.metadata.get("lease_id").map(String::as_str),
-                Some("abc")
-            );
-        }
+    fn lease_errors_name_the_lease_and_how_it_ended() {
+        let status = Status::from(Error::LeaseEnded {
+            id: "abc".into(),
+            end: LeaseEnd::Released,
+        });
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "LEASE_ENDED");
+        assert_eq!(
+            info.metadata.get("lease_id").map(String::as_str),
+            Some("abc")
+        );
+        assert_eq!(
+            info.metadata.get("end").map(String::as_str),
+            Some("LEASE_STATE_RELEASED")
+        );
+        let status = Status::from(Error::LeaseNotFound("abc".into()));
+        assert_eq!(reason_of(&status), "LEASE_NOT_FOUND");
     }
 
     #[test]
     fn invalid_argument_names_the_field_in_details() {
-        let status = Status::from(Error::InvalidArgument {
-            field: "config.min_pool_size".into(),
-            message: "too big".into(),
-        });
+        let status = Status::from(Error::invalid("config.min_pool_size", "too big"));
         let details = status.get_error_details();
         let bad = details.bad_request().expect("bad request details");
         assert_eq!(bad.field_violations[0].field, "config.min_pool_size");
         assert!(status.message().contains("config.min_pool_size"));
+    }
+
+    #[test]
+    fn an_unreachable_engine_is_retryable() {
+        let status = Status::from(Error::from(backend::Error::Unreachable {
+            backend: backend::BackendKind::Docker,
+            endpoint: "unix:///nowhere".into(),
+            detail: "refused".into(),
+        }));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason_of(&status), "ENGINE_UNAVAILABLE");
+        assert!(status.get_error_details().retry_info().is_some());
     }
 }

@@ -13,8 +13,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 pub use docker::DockerBackend;
 
 /// Which engine a pool runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackendKind {
+    #[default]
     Docker,
     Podman,
     Kubernetes,
@@ -26,6 +27,21 @@ impl BackendKind {
             BackendKind::Docker => "docker",
             BackendKind::Podman => "podman",
             BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "docker" => Ok(BackendKind::Docker),
+            "podman" => Ok(BackendKind::Podman),
+            "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
+            other => Err(format!(
+                "{other:?} is not one of docker, podman, kubernetes"
+            )),
         }
     }
 }
@@ -163,6 +179,42 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 pub type SharedBackend = Arc<dyn Backend>;
+
+/// The engines a server may put pools on, one backend per kind, built by
+/// the wiring (`server.rs`). Remembers which ones pools actually used, so
+/// that cleanup talks only to engines that can hold containers of ours.
+pub struct Engines {
+    backends: HashMap<BackendKind, SharedBackend>,
+    used: std::sync::Mutex<std::collections::HashSet<BackendKind>>,
+}
+
+impl Engines {
+    pub fn new(backends: impl IntoIterator<Item = SharedBackend>) -> Self {
+        Self {
+            backends: backends.into_iter().map(|b| (b.kind(), b)).collect(),
+            used: Default::default(),
+        }
+    }
+
+    /// The backend of `kind`, marked as used.
+    pub fn get(&self, kind: BackendKind) -> Result<SharedBackend> {
+        let backend = self
+            .backends
+            .get(&kind)
+            .cloned()
+            .ok_or(Error::Unsupported(kind))?;
+        crate::sync::lock(&self.used).insert(kind);
+        Ok(backend)
+    }
+
+    /// The backends that pools used so far.
+    pub fn used(&self) -> Vec<SharedBackend> {
+        let used = crate::sync::lock(&self.used);
+        used.iter()
+            .filter_map(|k| self.backends.get(k).cloned())
+            .collect()
+    }
+}
 
 /// What a collected exec produced.
 #[derive(Debug, Clone)]

@@ -4,22 +4,20 @@
 //! of the sandbox user, so it works on read-only roots, tmpfs mounts and any
 //! backend, and runs with exactly the sandbox's own permissions.
 
-mod mime;
 pub mod tar_stream;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, stream::BoxStream};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-pub use mime::mime_type;
-
 use crate::{
-    backend::{self, ExecSpec, Output},
-    pool::{Error, LeaseGuard, Result},
-    sandbox::{self, sh},
+    artifact::ArtifactInfo,
+    error::{Error, Result},
+    pool::LeaseGuard,
+    sandbox::{self, EngineResult, Output, WriteKind, sh},
 };
 
 /// Server-wide bounds on file transfer.
@@ -70,61 +68,27 @@ pub struct DownloadHeader {
     pub size: u64,
 }
 
-/// A file in the output directory.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ArtifactInfo {
-    pub name: String,
-    pub path: String,
-    pub mime_type: String,
-    pub size: u64,
-    pub sha256: String,
-    pub run_id: String,
-    pub modified: SystemTime,
-    pub plot: bool,
-}
-
-impl ArtifactInfo {
-    /// A file `name` (relative to `out_dir`); files under plots/ are figures.
-    pub fn new(
-        out_dir: &str,
-        name: String,
-        size: u64,
-        modified: SystemTime,
-        run_id: String,
-    ) -> Self {
-        Self {
-            path: format!("{}/{}", out_dir.trim_end_matches('/'), name),
-            mime_type: mime_type(&name).to_string(),
-            plot: name.starts_with("plots/"),
-            name,
-            size,
-            sha256: String::new(),
-            run_id,
-            modified,
-        }
-    }
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        field: field.to_string(),
-        message: message.into(),
-    }
-}
-
 /// Normalizes an absolute path and checks that it lies under an allowed root.
 pub fn check_path(field: &str, path: &str, roots: &[String]) -> Result<String> {
     if path.contains('\0') {
-        return Err(invalid(field, "must not contain NUL bytes"));
+        return Err(Error::invalid(field, "must not contain NUL bytes"));
     }
     if !path.starts_with('/') {
-        return Err(invalid(field, format!("{path:?} must be an absolute path")));
+        return Err(Error::invalid(
+            field,
+            format!("{path:?} must be an absolute path"),
+        ));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err(invalid(field, format!("{path:?} must not contain '..'"))),
+            ".." => {
+                return Err(Error::invalid(
+                    field,
+                    format!("{path:?} must not contain '..'"),
+                ));
+            }
             p => parts.push(p),
         }
     }
@@ -133,7 +97,7 @@ pub fn check_path(field: &str, path: &str, roots: &[String]) -> Result<String> {
         .iter()
         .any(|root| normal == *root || normal.starts_with(&format!("{root}/")));
     if !inside {
-        return Err(invalid(
+        return Err(Error::invalid(
             field,
             format!(
                 "{path:?} is outside the allowed roots ({})",
@@ -143,21 +107,6 @@ pub fn check_path(field: &str, path: &str, roots: &[String]) -> Result<String> {
     }
     Ok(normal)
 }
-
-/// A command of the server's own as the sandbox user, with stdin if asked.
-fn exec_spec(lease: &LeaseGuard, argv: Vec<String>, stdin: bool) -> ExecSpec {
-    ExecSpec {
-        stdin,
-        ..sandbox::internal(lease.spec(), argv)
-    }
-}
-
-const UPLOAD_SCRIPT: &str = r#"p="$1"
-if [ "$3" = tar ]; then
-  mkdir -p -- "$p" && exec tar -x -f - -C "$p" --no-same-owner
-fi
-if [ -d "$p" ]; then echo "$p is a directory" >&2; exit 45; fi
-mkdir -p -- "$(dirname -- "$p")" && cat > "$p" && chmod "$2" -- "$p""#;
 
 /// Streams `chunks` into a file (or a tar into a directory) in the lease's
 /// container. Parents are created; a failed or oversized upload leaves no
@@ -173,25 +122,23 @@ where
 {
     let path = check_path("path", &target.path, &limits.allowed_roots)?;
     if target.mode > 0o7777 {
-        return Err(invalid(
+        return Err(Error::invalid(
             "mode",
             format!("{:o} is not a file mode", target.mode),
         ));
     }
-    let mode = format!("{:o}", target.mode & 0o777);
-    let kind = if target.tar { "tar" } else { "file" };
-    let argv = sh(UPLOAD_SCRIPT, &[&path, &mode, kind]);
-    let backend = lease.backend();
-    let mut exec = backend
-        .exec(lease.container_id(), exec_spec(lease, argv, true))
+    let kind = if target.tar {
+        WriteKind::Tar
+    } else {
+        WriteKind::File {
+            mode: target.mode & 0o777,
+        }
+    };
+    let container = lease.sandbox();
+    let (exec, mut stdin) = container
+        .start_write(&path, kind)
         .await
         .map_err(|e| lease.engine_error(e))?;
-    let Some(mut stdin) = exec.stdin.take() else {
-        return Err(Error::from(backend::Error::Engine {
-            op: "exec start",
-            detail: "no stdin on an upload exec".into(),
-        }));
-    };
     // Read the output while writing: a process that writes much (tar
     // warnings) must not block on a full pipe while we block on its input.
     let collect = tokio::spawn(collect_stderr(exec.output));
@@ -222,7 +169,7 @@ where
     let _ = stdin.shutdown().await;
     drop(stdin);
     let stderr = collect.await.unwrap_or_default();
-    let code = backend::wait_exit_code(&**backend, &exec.id).await?;
+    let code = container.exit_code(&exec.id).await?;
     if failure.is_none() && code != 0 {
         failure = Some(Error::FileFailed {
             path: path.clone(),
@@ -231,15 +178,9 @@ where
     }
     if let Some(failure) = failure {
         if !target.tar {
-            let rm = sh("rm -f -- \"$1\"", &[&path]);
-            let _ = backend::exec_collect(
-                &**backend,
-                lease.container_id(),
-                exec_spec(lease, rm, false),
-                None,
-                4096,
-            )
-            .await;
+            let _ = container
+                .run_script("rm -f -- \"$1\"", &[&path], None)
+                .await;
         }
         return Err(failure);
     }
@@ -250,7 +191,7 @@ where
     })
 }
 
-async fn collect_stderr(mut output: BoxStream<'static, backend::Result<Output>>) -> Bytes {
+async fn collect_stderr(mut output: BoxStream<'static, EngineResult<Output>>) -> Bytes {
     let mut err = BytesMut::new();
     while let Some(Ok(item)) = output.next().await {
         if let Output::Stderr(data) = item
@@ -287,9 +228,9 @@ pub async fn download(
     let path = check_path("path", path, &limits.allowed_roots)?;
     let mut argv = sh(DOWNLOAD_SCRIPT, &[&path]);
     argv.extend(limits.allowed_roots.iter().cloned());
-    let backend = std::sync::Arc::clone(lease.backend());
-    let exec = backend
-        .exec(lease.container_id(), exec_spec(lease, argv, false))
+    let container = lease.sandbox().clone();
+    let exec = container
+        .start(container.internal(argv))
         .await
         .map_err(|e| lease.engine_error(e))?;
     let mut output = exec.output;
@@ -307,11 +248,11 @@ pub async fn download(
         }
     };
     let Some(newline) = newline else {
-        let code = backend::wait_exit_code(&*backend, &exec.id).await?;
+        let code = container.exit_code(&exec.id).await?;
         let message = String::from_utf8_lossy(&stderr).trim().to_string();
         return Err(match code {
             44 => Error::PathNotFound { path, message },
-            45 | 46 => invalid("path", format!("{path:?} {message}")),
+            45 | 46 => Error::invalid("path", format!("{path:?} {message}")),
             _ => Error::FileFailed { path, message },
         });
     };
@@ -344,7 +285,7 @@ pub async fn download(
         }))
         .chain(futures::stream::once(async move {
             // A non-zero exit after the header means the content is cut.
-            match backend::wait_exit_code(&*backend, &exec_id).await {
+            match container.exit_code(&exec_id).await {
                 Ok(0) => Ok(Bytes::new()),
                 Ok(code) => Err(Error::FileFailed {
                     path,
@@ -365,19 +306,11 @@ find . -type f -printf '%s\t%T@\t%P\0'"#;
 /// Every file under the lease's output directory, oldest first.
 pub async fn list_artifacts(lease: &LeaseGuard) -> Result<Vec<ArtifactInfo>> {
     let out_dir = lease.spec().output_dir.clone();
-    let out = sandbox::run_script(
-        &**lease.backend(),
-        lease.spec(),
-        lease.container_id(),
-        LIST_SCRIPT,
-        &[&out_dir],
-        None,
-    )
-    .await
-    .map_err(|e| match e {
-        sandbox::Error::Backend(b) => lease.engine_error(b),
-        other => Error::Sandbox(other),
-    })?;
+    let out = lease
+        .sandbox()
+        .run_script(LIST_SCRIPT, &[&out_dir], None)
+        .await
+        .map_err(|e| lease.sandbox_error(e))?;
     let mut found: Vec<ArtifactInfo> = out
         .stdout
         .split(|&b| b == 0)

@@ -157,6 +157,14 @@ impl Language for JavaScript {
         node_plan(code, has_stdin, "js")
     }
 
+    fn context_kernel(&self) -> Option<Vec<String>> {
+        Some(vec![
+            "node".into(),
+            "-e".into(),
+            include_str!("support/kernel.js").into(),
+        ])
+    }
+
     fn library_env(&self) -> Vec<(String, String)> {
         node_library_env()
     }

@@ -78,6 +78,12 @@ pub trait Language: Send + Sync + 'static {
     fn support_files(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
+    /// How to start a persistent context's kernel (see `run::context`): a
+    /// process that reads cells from stdin and runs them in one namespace.
+    /// `None`: the language has no contexts.
+    fn context_kernel(&self) -> Option<Vec<String>> {
+        None
+    }
     /// Environment every run and context of the language gets: where
     /// installed libraries are, plotting hooks.
     fn library_env(&self) -> Vec<(String, String)> {

@@ -150,6 +150,15 @@ impl Language for Python {
         )]
     }
 
+    fn context_kernel(&self) -> Option<Vec<String>> {
+        Some(vec![
+            "python3".into(),
+            "-u".into(),
+            "-c".into(),
+            include_str!("support/kernel.py").into(),
+        ])
+    }
+
     fn library_env(&self) -> Vec<(String, String)> {
         vec![
             // Support modules, then the pool's libraries; the lease's own

@@ -6,7 +6,7 @@
 use std::{
     any::{Any, TypeId},
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -15,8 +15,8 @@ use tokio_util::{
     task::{TaskTracker, task_tracker::TaskTrackerToken},
 };
 
-use super::{Error, LeaseEnd, Result, pool::Holding, pool::Pool, spec::PoolSpec};
-use crate::{backend::SharedBackend, files::ArtifactInfo, lang::Language};
+use super::{Error, LeaseEnd, Result, pool::Holding, pool::Pool};
+use crate::{artifact::ArtifactInfo, lang::Language, sandbox, spec::PoolSpec, sync::lock};
 
 /// How often expiry is checked: a dead client holds its container for at
 /// most TTL plus this.
@@ -29,9 +29,53 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Artifact records kept per lease.
 const MAX_RECORDED_ARTIFACTS: usize = 10_000;
+/// Finished runs a lease remembers, so that a late Cancel of one is told
+/// "already finished" rather than "no such run".
+const MAX_FINISHED_RUNS: usize = 1_000;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A run's id: 64 random bits as 16 hex digits. It also marks the run's
+/// processes in the container (`sandbox::RUN_MARKER`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn new() -> Self {
+        Self(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The runs of a lease: those going on, and the most recent finished ones.
+#[derive(Default)]
+struct Runs {
+    active: HashMap<RunId, RunControl>,
+    finished: std::collections::VecDeque<RunId>,
+}
+
+impl Runs {
+    fn finish(&mut self, id: &RunId) {
+        if self.active.remove(id).is_some() {
+            if self.finished.len() >= MAX_FINISHED_RUNS {
+                self.finished.pop_front();
+            }
+            self.finished.push_back(id.clone());
+        }
+    }
 }
 
 /// What a caller sees of a lease.
@@ -93,12 +137,14 @@ pub struct LeaseEntry {
     id: String,
     pool: Arc<Pool>,
     holding: Holding,
+    /// The held container, for the operations of the lease.
+    sandbox: sandbox::Container,
     ttl: Duration,
     owner: Option<String>,
     life: Mutex<Life>,
     /// Operations in flight (runs, uploads, downloads).
     ops: TaskTracker,
-    runs: Mutex<HashMap<String, RunControl>>,
+    runs: Mutex<Runs>,
     /// Environment for every run, from Acquire.
     env: Vec<(String, String)>,
     /// Artifacts the lease's runs produced, in order.
@@ -134,46 +180,57 @@ impl LeaseGuard {
     }
 
     pub fn container_id(&self) -> &str {
-        self.entry.holding.container()
+        self.entry.sandbox.id()
+    }
+
+    /// The lease's container, for work in it.
+    pub fn sandbox(&self) -> &sandbox::Container {
+        &self.entry.sandbox
     }
 
     pub fn spec(&self) -> &Arc<PoolSpec> {
-        &self.entry.pool.spec
-    }
-
-    pub fn backend(&self) -> &SharedBackend {
-        &self.entry.pool.backend
+        self.entry.sandbox.spec()
     }
 
     pub fn lang(&self) -> &'static dyn Language {
-        self.entry.pool.lang
+        self.entry.sandbox.lang()
     }
 
     /// Registers a run so that Cancel and the lease's end can stop it. The
     /// registration ends when the returned value is dropped.
-    pub fn register_run(&self, run_id: &str) -> RunRegistration {
+    pub fn register_run(&self, run_id: &RunId) -> RunRegistration {
         let control = RunControl::new();
         let ended = lock(&self.entry.life).ended;
         if let Some(end) = ended {
             control.stop(StopCause::LeaseEnded(end));
         }
-        lock(&self.entry.runs).insert(run_id.to_string(), control.clone());
+        lock(&self.entry.runs)
+            .active
+            .insert(run_id.clone(), control.clone());
         self.entry.pool.count(|c| c.runs += 1);
         RunRegistration {
             entry: Arc::clone(&self.entry),
-            run_id: run_id.to_string(),
+            run_id: run_id.clone(),
             control,
         }
     }
 
     /// An engine error in terms of this lease: a vanished container is the
     /// lease's `ContainerGone`.
-    pub fn engine_error(&self, e: crate::backend::Error) -> Error {
+    pub fn engine_error(&self, e: sandbox::EngineError) -> Error {
         match e {
-            crate::backend::Error::ContainerGone { .. } => Error::ContainerGone {
+            sandbox::EngineError::ContainerGone { .. } => Error::ContainerGone {
                 lease_id: self.id().to_string(),
             },
             other => Error::from(other),
+        }
+    }
+
+    /// A sandbox error in terms of this lease (see `engine_error`).
+    pub fn sandbox_error(&self, e: sandbox::Error) -> Error {
+        match e {
+            sandbox::Error::Backend(b) => self.engine_error(b),
+            other => Error::Sandbox(other),
         }
     }
 
@@ -228,7 +285,7 @@ impl LeaseGuard {
 /// A run's entry in its lease; removed on drop.
 pub struct RunRegistration {
     entry: Arc<LeaseEntry>,
-    run_id: String,
+    run_id: RunId,
     control: RunControl,
 }
 
@@ -240,7 +297,7 @@ impl RunRegistration {
 
 impl Drop for RunRegistration {
     fn drop(&mut self) {
-        lock(&self.entry.runs).remove(&self.run_id);
+        lock(&self.entry.runs).finish(&self.run_id);
     }
 }
 
@@ -284,10 +341,17 @@ impl LeaseTable {
         env: Vec<(String, String)>,
     ) -> Arc<LeaseEntry> {
         let id = format!("{:032x}", rand::random::<u128>());
+        let sandbox = sandbox::Container::new(
+            Arc::clone(&pool.backend),
+            Arc::clone(&pool.spec),
+            pool.lang,
+            holding.container(),
+        );
         let entry = Arc::new(LeaseEntry {
             id: id.clone(),
             pool,
             holding,
+            sandbox,
             ttl,
             owner,
             life: Mutex::new(Life {
@@ -296,7 +360,7 @@ impl LeaseTable {
                 ended: None,
             }),
             ops: TaskTracker::new(),
-            runs: Mutex::new(HashMap::new()),
+            runs: Mutex::new(Runs::default()),
             env,
             artifacts: Mutex::new(Vec::new()),
             attachments: Mutex::new(HashMap::new()),
@@ -346,19 +410,19 @@ impl LeaseTable {
     /// Stops one run of lease `id`. `Ok(false)` when it had already ended.
     pub fn cancel_run(&self, id: &str, owner: Option<&str>, run_id: &str) -> Result<bool> {
         let entry = self.entry(id, owner)?;
-        if let Some(control) = lock(&entry.runs).get(run_id) {
+        let run_id = RunId(run_id.to_string());
+        let runs = lock(&entry.runs);
+        if let Some(control) = runs.active.get(&run_id) {
             let already = control.token().is_cancelled();
             control.stop(StopCause::Cancelled);
             return Ok(!already);
         }
-        if run_id.len() == 16 && run_id.chars().all(|c| c.is_ascii_hexdigit()) {
-            // Well-formed: most likely a run that finished; runs are not
-            // remembered after they end.
+        if runs.finished.contains(&run_id) {
             return Ok(false);
         }
         Err(Error::RunNotFound {
             lease_id: id.to_string(),
-            run_id: run_id.to_string(),
+            run_id: run_id.0,
         })
     }
 
@@ -412,7 +476,7 @@ impl LeaseTable {
             leases.active.remove(&entry.id);
             leases.ended.insert(entry.id.clone(), (end, Instant::now()));
         }
-        for control in lock(&entry.runs).values() {
+        for control in lock(&entry.runs).active.values() {
             control.stop(StopCause::LeaseEnded(end));
         }
         let entry = Arc::clone(entry);
@@ -471,7 +535,7 @@ impl LeaseTable {
         lock(&self.leases)
             .active
             .values()
-            .map(|e| lock(&e.runs).len())
+            .map(|e| lock(&e.runs).active.len())
             .sum()
     }
 

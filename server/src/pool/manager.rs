@@ -2,8 +2,8 @@
 //! the lease table. The one entry point of the api layer into pools.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, RwLock},
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -13,12 +13,13 @@ use super::{
     Error, LeaseEnd, LeaseGuard, LeaseInfo, Result,
     lease::{LeaseTable, Renewal},
     pool::{Phase, Pool},
-    spec::PoolSpec,
     stats::PoolStats,
 };
 use crate::{
-    backend::{BackendKind, DockerBackend, SharedBackend},
+    backend::{BackendKind, Engines},
     sandbox,
+    spec::{PoolSpec, validate_env_name},
+    sync,
 };
 
 /// A pool as the api layer shows it.
@@ -31,39 +32,36 @@ pub struct PoolView {
     pub stats: PoolStats,
 }
 
-/// Engine connections, one per backend kind, made on first use.
-struct Engines {
-    endpoints: HashMap<BackendKind, String>,
-    connected: Mutex<HashMap<BackendKind, SharedBackend>>,
+/// The shortest lease a caller may ask for: keepalives at a third of it must
+/// stay meaningful over a real network.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for engine work in flight before it removes the
+/// remaining containers by label.
+const SHUTDOWN_SETTLE: Duration = Duration::from_secs(20);
+/// How often shutdown looks whether runs finished within the grace period.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// What a caller asks of Acquire.
+#[derive(Debug, Clone, Default)]
+pub struct AcquireRequest {
+    pub pool: String,
+    /// `None`: the pool's default TTL.
+    pub ttl: Option<Duration>,
+    /// Environment for every run of the lease.
+    pub env: Vec<(String, String)>,
+    /// The identity that will own the lease (`None` without authentication).
+    pub owner: Option<String>,
+    /// Files to place in the container before the lease is handed out; their
+    /// paths are checked by the caller.
+    pub files: Vec<LeaseFile>,
 }
 
-impl Engines {
-    fn get(&self, kind: BackendKind) -> Result<SharedBackend> {
-        let mut connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(backend) = connected.get(&kind) {
-            return Ok(Arc::clone(backend));
-        }
-        let backend: SharedBackend = match kind {
-            BackendKind::Docker | BackendKind::Podman => {
-                let endpoint = self
-                    .endpoints
-                    .get(&kind)
-                    .cloned()
-                    .unwrap_or_else(|| DockerBackend::default_endpoint(kind));
-                Arc::new(DockerBackend::new(kind, endpoint))
-            }
-            BackendKind::Kubernetes => {
-                return Err(Error::from(crate::backend::Error::Unsupported(kind)));
-            }
-        };
-        connected.insert(kind, Arc::clone(&backend));
-        Ok(backend)
-    }
-
-    fn all(&self) -> Vec<SharedBackend> {
-        let connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
-        connected.values().cloned().collect()
-    }
+/// A file placed in a leased container at Acquire.
+#[derive(Debug, Clone)]
+pub struct LeaseFile {
+    pub path: String,
+    pub content: bytes::Bytes,
+    pub mode: u32,
 }
 
 /// Reads a pool's statistics (for watchers).
@@ -78,18 +76,11 @@ pub struct PoolManager {
 }
 
 impl PoolManager {
-    /// A manager whose containers carry `server_id`. `endpoints` overrides
-    /// where each engine is reached.
-    pub fn new(
-        server_id: impl Into<Arc<str>>,
-        endpoints: HashMap<BackendKind, String>,
-    ) -> Arc<Self> {
+    /// A manager whose containers carry `server_id`, with pools on `engines`.
+    pub fn new(server_id: impl Into<Arc<str>>, engines: Engines) -> Arc<Self> {
         let manager = Arc::new(Self {
             server_id: server_id.into(),
-            engines: Engines {
-                endpoints,
-                connected: Mutex::new(HashMap::new()),
-            },
+            engines,
             pools: Arc::new(RwLock::new(BTreeMap::new())),
             leases: LeaseTable::new(),
             stop: CancellationToken::new(),
@@ -117,11 +108,11 @@ impl PoolManager {
     }
 
     fn pools_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
-        self.pools.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.pools)
     }
 
     fn pools_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Pool>>> {
-        self.pools.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.pools)
     }
 
     fn pool(&self, name: &str) -> Result<Arc<Pool>> {
@@ -155,9 +146,8 @@ impl PoolManager {
         }
         let spec = spec.validate()?;
         let backend = self.engines.get(spec.backend)?;
-        let lang = crate::lang::lookup(&spec.language).ok_or_else(|| Error::InvalidArgument {
-            field: "language".into(),
-            message: format!("unknown language {:?}", spec.language),
+        let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
+            Error::invalid("language", format!("unknown language {:?}", spec.language))
         })?;
         let pool = {
             let mut pools = self.pools_write();
@@ -271,54 +261,81 @@ impl PoolManager {
         Ok((changes, read))
     }
 
-    /// Grants a lease on a container of `pool`.
+    /// Grants a lease on a container of `request.pool`, with the request's
+    /// files placed in it. If placing them fails, the lease is given back
+    /// (its container reset) and the caller gets the error.
     pub async fn acquire(
         &self,
-        pool: &str,
-        ttl: Option<Duration>,
-        env: Vec<(String, String)>,
-        owner: Option<String>,
+        request: AcquireRequest,
         deadline: Option<Instant>,
     ) -> Result<LeaseInfo> {
+        let AcquireRequest {
+            pool,
+            ttl,
+            env,
+            owner,
+            files,
+        } = request;
         for (key, value) in &env {
-            super::spec::validate_env_name(key).map_err(|message| Error::InvalidArgument {
-                field: "env".into(),
-                message,
-            })?;
-            if key == crate::sandbox::RUN_MARKER || value.contains('\0') {
-                return Err(Error::InvalidArgument {
-                    field: "env".into(),
-                    message: format!("{key} is reserved or its value holds a NUL byte"),
-                });
+            validate_env_name(key).map_err(|message| Error::invalid("env", message))?;
+            if key == sandbox::RUN_MARKER || value.contains('\0') {
+                return Err(Error::invalid(
+                    "env",
+                    format!("{key} is reserved or its value holds a NUL byte"),
+                ));
             }
         }
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let pool = self.pool(pool)?;
+        let pool = self.pool(&pool)?;
         let spec = &pool.spec;
         let ttl = match ttl {
             None => spec.default_lease_ttl,
-            Some(t) if t < Duration::from_secs(1) => {
-                return Err(Error::InvalidArgument {
-                    field: "ttl".into(),
-                    message: format!("{:.3}s is below the minimum of 1s", t.as_secs_f64()),
-                });
+            Some(t) if t < MIN_LEASE_TTL => {
+                return Err(Error::invalid(
+                    "ttl",
+                    format!(
+                        "{:.3}s is below the minimum of {}s",
+                        t.as_secs_f64(),
+                        MIN_LEASE_TTL.as_secs()
+                    ),
+                ));
             }
             Some(t) if t > spec.max_lease_ttl => {
-                return Err(Error::InvalidArgument {
-                    field: "ttl".into(),
-                    message: format!(
+                return Err(Error::invalid(
+                    "ttl",
+                    format!(
                         "{}s is above the pool's max_lease_ttl of {}s",
                         t.as_secs_f64(),
                         spec.max_lease_ttl.as_secs_f64()
                     ),
-                });
+                ));
             }
             Some(t) => t,
         };
         let holding = pool.acquire(deadline).await?;
-        Ok(self.leases.insert(pool, holding, ttl, owner, env).info())
+        let entry = self.leases.insert(pool, holding, ttl, owner.clone(), env);
+        let lease = entry.info();
+        if !files.is_empty() {
+            let placed = async {
+                let guard = self.leases.guard(&lease.id, owner.as_deref())?;
+                for file in files {
+                    guard
+                        .sandbox()
+                        .write_file(&file.path, file.content, file.mode)
+                        .await
+                        .map_err(|e| guard.sandbox_error(e))?;
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            if let Err(e) = placed {
+                let _ = self.leases.release(&lease.id, owner.as_deref());
+                return Err(e);
+            }
+        }
+        Ok(lease)
     }
 
     pub fn keepalive(&self, lease_id: &str, owner: Option<&str>) -> Renewal {
@@ -345,7 +362,7 @@ impl PoolManager {
         self.stop.cancel();
         let until = Instant::now() + grace;
         while self.leases.running() > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(SHUTDOWN_POLL).await;
         }
         self.leases.revoke_all();
         let pools: Vec<Arc<Pool>> = self.pools_read().values().cloned().collect();
@@ -359,13 +376,10 @@ impl PoolManager {
                 pool.tasks.wait().await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(20), settle)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_SETTLE, settle).await.is_err() {
             tracing::warn!("engine work did not finish in time; removing containers by label");
         }
-        for backend in self.engines.all() {
+        for backend in self.engines.used() {
             match remove_labelled(&*backend, &self.server_id).await {
                 Ok(n) if n > 0 => tracing::info!(removed = n, "removed remaining containers"),
                 Ok(_) => {}
@@ -377,7 +391,7 @@ impl PoolManager {
 }
 
 fn remove_if_same(pools: &RwLock<BTreeMap<String, Arc<Pool>>>, pool: &Arc<Pool>) {
-    let mut map = pools.write().unwrap_or_else(|p| p.into_inner());
+    let mut map = sync::write(pools);
     if map.get(pool.name()).is_some_and(|p| Arc::ptr_eq(p, pool)) {
         map.remove(pool.name());
     }

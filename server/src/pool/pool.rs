@@ -14,10 +14,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     Error, LeaseEnd, Result,
-    spec::{ExhaustionStrategy, PoolSpec},
     stats::{Counters, LatencyWindow, PoolStats, RecycleReason, StateCounts},
 };
-use crate::{backend::SharedBackend, lang::Language, sandbox};
+use crate::{
+    backend::SharedBackend,
+    lang::Language,
+    sandbox,
+    spec::{ExhaustionStrategy, PoolSpec},
+};
 
 /// Longest pause between attempts to create a container while creation fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -208,11 +212,7 @@ impl Pool {
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would be a bug in this module; the
-        // state is still the best information there is, so keep serving.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     pub fn name(&self) -> &str {

@@ -19,13 +19,11 @@ use tokio::sync::mpsc;
 
 use super::{ArtifactChunk, RunEvent};
 use crate::{
-    backend::{self, Output},
-    files::{
-        ArtifactInfo,
-        tar_stream::{TarEvent, TarReader},
-    },
-    pool::{Error, LeaseGuard, Result},
-    sandbox,
+    artifact::ArtifactInfo,
+    error::{Error, Result},
+    files::tar_stream::{TarEvent, TarReader},
+    pool::{LeaseGuard, lease::RunId},
+    sandbox::{Output, sh},
 };
 
 /// Artifact events carry at most this much content each.
@@ -211,26 +209,18 @@ fn partial_prefix(data: &[u8], marker: &[u8]) -> usize {
 /// beyond it, files are announced without content) and returns what was sent.
 pub async fn collect(
     lease: &LeaseGuard,
-    run_id: &str,
+    run_id: &RunId,
     watch: &ArtifactWatch,
     budget: u64,
     tx: &mpsc::Sender<RunEvent>,
 ) -> Result<Vec<ArtifactInfo>> {
     let out_dir = lease.spec().output_dir.clone();
-    let argv = vec![
-        "/bin/sh".to_string(),
-        "-c".to_string(),
-        COLLECT.to_string(),
-        "sh".to_string(),
-        out_dir.clone(),
-        watch.since.clone(),
-    ];
-    let spec = sandbox::internal(lease.spec(), argv);
-    let mut exec = lease
-        .backend()
-        .exec(lease.container_id(), spec)
+    let container = lease.sandbox();
+    let argv = sh(COLLECT, &[&out_dir, &watch.since]);
+    let mut exec = container
+        .start(container.internal(argv))
         .await
-        .map_err(Error::from)?;
+        .map_err(|e| lease.engine_error(e))?;
     let mut reader = TarReader::new();
     let mut sent = Vec::new();
     let mut current: Option<Pending> = None;
@@ -297,7 +287,7 @@ pub async fn collect(
             }
         }
     }
-    let code = backend::wait_exit_code(&**lease.backend(), &exec.id).await?;
+    let code = container.exit_code(&exec.id).await?;
     if code != 0 {
         tracing::warn!(run = %run_id, code, "artifact collection exited with an error");
     }

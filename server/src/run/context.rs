@@ -18,28 +18,12 @@ use tokio::{
 
 use super::artifacts::{ArtifactWatch, FrameScanner};
 use crate::{
-    backend::{self, ExecSpec, ExecStdin, Output},
-    pool::{Error, LeaseGuard, Result},
-    sandbox,
+    error::{Error, Result},
+    pool::LeaseGuard,
+    sandbox::{self, EngineError, EngineResult, ExecSpec, ExecStdin, Output},
+    sync::lock,
 };
 
-/// The kernel programs.
-const PYTHON_KERNEL: &str = include_str!("kernel.py");
-const JAVASCRIPT_KERNEL: &str = include_str!("kernel.js");
-
-/// How a context's kernel starts, for the languages that have one.
-fn kernel_argv(language: &str) -> Option<Vec<String>> {
-    match language {
-        "python" => Some(vec![
-            "python3".into(),
-            "-u".into(),
-            "-c".into(),
-            PYTHON_KERNEL.into(),
-        ]),
-        "javascript" => Some(vec!["node".into(), "-e".into(), JAVASCRIPT_KERNEL.into()]),
-        _ => None,
-    }
-}
 /// Contexts one lease may hold at once.
 const MAX_CONTEXTS: usize = 8;
 /// How long a kernel may take to start.
@@ -64,7 +48,7 @@ struct Kernel {
     pid: String,
     exec_id: String,
     stdin: ExecStdin,
-    output: mpsc::Receiver<backend::Result<Output>>,
+    output: mpsc::Receiver<EngineResult<Output>>,
 }
 
 pub struct Context {
@@ -80,20 +64,16 @@ pub struct Context {
     deleted: std::sync::atomic::AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Opens a context on the lease.
 pub async fn create(lease: &LeaseGuard, language: Option<&str>) -> Result<String> {
     let pool_language = &lease.spec().language;
     if let Some(lang) = language.filter(|l| !l.is_empty() && *l != pool_language) {
-        return Err(Error::InvalidArgument {
-            field: "language".into(),
-            message: format!("this lease's pool runs {pool_language}, not {lang}"),
-        });
+        return Err(Error::invalid(
+            "language",
+            format!("this lease's pool runs {pool_language}, not {lang}"),
+        ));
     }
-    if kernel_argv(pool_language).is_none() {
+    if lease.lang().context_kernel().is_none() {
         return Err(Error::NotAllowed(format!(
             "persistent contexts exist for python and javascript; this lease's pool runs {pool_language}"
         )));
@@ -107,7 +87,7 @@ pub async fn create(lease: &LeaseGuard, language: Option<&str>) -> Result<String
     let id = format!("ctx-{:016x}", rand::random::<u64>());
     let nonce = format!("{:032x}", rand::random::<u128>());
     let marker = format!("{id}-{:08x}", rand::random::<u32>());
-    let kernel = start_kernel(lease, &marker, &nonce).await?;
+    let kernel = start_kernel(lease, &id, &marker, &nonce).await?;
     let context = Arc::new(Context {
         id: id.clone(),
         marker,
@@ -133,13 +113,7 @@ pub async fn delete(lease: &LeaseGuard, id: &str) -> Result<()> {
     context
         .deleted
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    sandbox::kill_run(
-        &**lease.backend(),
-        lease.spec(),
-        lease.container_id(),
-        &context.marker,
-    )
-    .await?;
+    lease.sandbox().kill_run(&context.marker).await?;
     Ok(())
 }
 
@@ -153,7 +127,12 @@ pub fn find(lease: &LeaseGuard, id: &str) -> Result<Arc<Context>> {
         })
 }
 
-async fn start_kernel(lease: &LeaseGuard, marker: &str, nonce: &str) -> Result<Kernel> {
+async fn start_kernel(
+    lease: &LeaseGuard,
+    context_id: &str,
+    marker: &str,
+    nonce: &str,
+) -> Result<Kernel> {
     let spec = lease.spec();
     let out_dir = spec.output_dir.clone();
     let mut env = vec![
@@ -170,19 +149,19 @@ async fn start_kernel(lease: &LeaseGuard, marker: &str, nonce: &str) -> Result<K
     env.push(("SANDPOOL_CONTEXT_NONCE".into(), nonce.to_string()));
     env.push((sandbox::RUN_MARKER.into(), marker.to_string()));
     let exec = ExecSpec {
-        argv: kernel_argv(&spec.language).unwrap_or_default(),
+        argv: lease.lang().context_kernel().unwrap_or_default(),
         env: super::merge_env(env),
         user: spec.runtime.user(),
         working_dir: Some(sandbox::WORKSPACE.to_string()),
         stdin: true,
     };
     let mut started = lease
-        .backend()
-        .exec(lease.container_id(), exec)
+        .sandbox()
+        .start(exec)
         .await
-        .map_err(Error::from)?;
+        .map_err(|e| lease.engine_error(e))?;
     let stdin = started.stdin.take().ok_or_else(|| {
-        Error::from(backend::Error::Engine {
+        Error::from(EngineError::Engine {
             op: "exec start",
             detail: "the kernel has no stdin".into(),
         })
@@ -215,8 +194,8 @@ async fn start_kernel(lease: &LeaseGuard, marker: &str, nonce: &str) -> Result<K
         Ok(Ok(())) if ready.seen() => {}
         Ok(Err(e)) => return Err(e),
         _ => {
-            return Err(Error::FileFailed {
-                path: "CreateContext".into(),
+            return Err(Error::ContextFailed {
+                context_id: context_id.to_string(),
                 message: format!(
                     "the {} kernel did not start: {}",
                     spec.language,
@@ -272,8 +251,8 @@ impl Cell {
             kernel.stdin.flush().await
         };
         if let Err(e) = sent.await {
-            return Err(Error::FileFailed {
-                path: context.id.clone(),
+            return Err(Error::ContextFailed {
+                context_id: context.id.clone(),
                 message: format!(
                     "the context's interpreter is gone ({e}); delete it and create another"
                 ),
@@ -291,7 +270,7 @@ impl Cell {
     }
 
     /// The cell's next output; `None` once it finished (or the kernel died).
-    pub async fn next(&mut self) -> Option<backend::Result<Output>> {
+    pub async fn next(&mut self) -> Option<EngineResult<Output>> {
         if self.done {
             return None;
         }
@@ -314,16 +293,14 @@ impl Cell {
     /// Stops the cell: an interrupt, then (after a grace period, or at once
     /// when `hard`) the kernel is killed.
     pub fn stop(&self, lease: &LeaseGuard, hard: bool) -> tokio::task::JoinHandle<()> {
-        let backend = Arc::clone(lease.backend());
-        let spec = Arc::clone(lease.spec());
-        let container = lease.container_id().to_string();
+        let container = lease.sandbox().clone();
         let context = Arc::clone(&self.context);
         let pid = lock(&context.pid).clone();
         let mut finished = context.finished.subscribe();
         tokio::spawn(async move {
             if !hard {
                 let argv = vec!["kill".to_string(), "-INT".to_string(), pid];
-                let _ = sandbox::run_command(&*backend, &spec, &container, argv).await;
+                let _ = container.run_command(argv).await;
                 if tokio::time::timeout(INTERRUPT_GRACE, finished.changed())
                     .await
                     .is_ok()
@@ -331,7 +308,7 @@ impl Cell {
                     return;
                 }
             }
-            if let Err(e) = sandbox::kill_run(&*backend, &spec, &container, &context.marker).await {
+            if let Err(e) = container.kill_run(&context.marker).await {
                 tracing::warn!(context = %context.id, error = %e, "could not kill the kernel");
             }
         })
@@ -346,7 +323,9 @@ impl Cell {
         }
         // The kernel died: report how, then start a fresh one unless the
         // lease is over.
-        let code = backend::wait_exit_code(&**lease.backend(), &self.kernel.exec_id)
+        let code = lease
+            .sandbox()
+            .exit_code(&self.kernel.exec_id)
             .await
             .map_or(-1, |c| i32::try_from(c).unwrap_or(-1));
         if lease.ended().is_none()
@@ -355,7 +334,14 @@ impl Cell {
                 .deleted
                 .load(std::sync::atomic::Ordering::SeqCst)
         {
-            match start_kernel(lease, &self.context.marker, &self.context.nonce).await {
+            match start_kernel(
+                lease,
+                &self.context.id,
+                &self.context.marker,
+                &self.context.nonce,
+            )
+            .await
+            {
                 Ok(kernel) => {
                     *lock(&self.context.pid) = kernel.pid.clone();
                     *self.kernel = kernel;

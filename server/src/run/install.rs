@@ -5,10 +5,12 @@
 //! runs.
 
 use crate::{
+    error::{Error, Result},
     files::{FileLimits, check_path},
     lang::InstallScope,
-    pool::{Error, LeaseGuard, Result, spec::validate_library},
+    pool::LeaseGuard,
     sandbox,
+    spec::validate_library,
 };
 
 pub async fn install_for_lease(
@@ -17,10 +19,10 @@ pub async fn install_for_lease(
     limits: &FileLimits,
 ) -> Result<String> {
     if libraries.is_empty() {
-        return Err(Error::InvalidArgument {
-            field: "libraries".into(),
-            message: "is empty; name packages or package files".into(),
-        });
+        return Err(Error::invalid(
+            "libraries",
+            "is empty; name packages or package files",
+        ));
     }
     let mut needs_network = false;
     let mut packages = Vec::with_capacity(libraries.len());
@@ -29,7 +31,7 @@ pub async fn install_for_lease(
         if lib.starts_with('/') {
             packages.push(check_path(&field, &lib, &limits.allowed_roots)?);
         } else {
-            validate_library(&lib).map_err(|message| Error::InvalidArgument { field, message })?;
+            validate_library(&lib).map_err(|message| Error::invalid(field, message))?;
             needs_network = true;
             packages.push(lib);
         }
@@ -53,21 +55,12 @@ pub async fn install_for_lease(
         )));
     }
     let network = needs_network.then_some(spec.install_network.as_str());
-    sandbox::install_libraries(
-        &**lease.backend(),
-        spec,
-        lang,
-        lease.container_id(),
-        &packages,
-        InstallScope::Lease,
-        network,
-    )
-    .await
-    .map_err(|e| match e {
-        sandbox::Error::CommandFailed { detail, .. } => Error::FileFailed {
-            path: "InstallLibraries".into(),
-            message: format!("the installer failed: {detail}"),
-        },
-        other => Error::Sandbox(other),
-    })
+    lease
+        .sandbox()
+        .install_libraries(&packages, network)
+        .await
+        .map_err(|e| match e {
+            sandbox::Error::CommandFailed { detail, .. } => Error::InstallFailed(detail),
+            other => lease.sandbox_error(other),
+        })
 }

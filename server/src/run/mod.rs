@@ -15,15 +15,14 @@ use tokio::{io::AsyncWriteExt, sync::mpsc};
 pub use request::{PlotFormat, Program, RunLimits, RunSpec};
 
 use self::artifacts::{ArtifactWatch, FrameScanner};
-use crate::files::ArtifactInfo;
-
 use crate::{
-    backend::{self, ExecSpec, Output},
+    artifact::ArtifactInfo,
+    error::{Error, LeaseEnd, Result},
     pool::{
-        Error, LeaseEnd, LeaseGuard, Result,
-        lease::{RunRegistration, StopCause},
+        LeaseGuard,
+        lease::{RunId, RunRegistration, StopCause},
     },
-    sandbox,
+    sandbox::{self, EngineError, EngineResult, Exec, ExecSpec, Output},
 };
 
 /// After a kill, output still in flight is drained for at most this long.
@@ -31,6 +30,10 @@ const DRAIN_AFTER_KILL: Duration = Duration::from_secs(10);
 /// Events buffered between a run and its client; beyond this the run's
 /// output waits for the client (and the program for its pipe).
 const EVENT_BUFFER: usize = 16;
+/// Exit codes a shell reports for a process killed by signal N: 128 + N.
+const SIGNAL_EXIT_CODES: std::ops::RangeInclusive<i32> = 129..=159;
+/// What a shell adds to a signal's number in an exit code.
+const SIGNAL_EXIT_BASE: i32 = 128;
 
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +91,7 @@ fn merge_env(layers: impl IntoIterator<Item = (String, String)>) -> Vec<String> 
 #[derive(Debug)]
 pub enum RunEvent {
     Started {
-        run_id: String,
+        run_id: RunId,
         start_time: SystemTime,
     },
     Stdout(Bytes),
@@ -107,7 +110,7 @@ pub async fn start(
     limits: &RunLimits,
 ) -> Result<mpsc::Receiver<RunEvent>> {
     let mut plan = request::plan(&lease, spec, limits)?;
-    let run_id = format!("{:016x}", rand::random::<u64>());
+    let run_id = RunId::new();
     let registration = lease.register_run(&run_id);
     if let Some(cause) = registration.control().cause() {
         return Err(ended_error(&lease, cause));
@@ -118,7 +121,7 @@ pub async fn start(
             let context = context::find(&lease, &context_id)?;
             let cell = context::Cell::begin(
                 context,
-                &run_id,
+                run_id.as_str(),
                 &code,
                 plan.plot_format.extension(),
                 &watch,
@@ -160,9 +163,9 @@ pub async fn start(
 async fn start_exec(
     lease: &LeaseGuard,
     plan: &request::Plan,
-    run_id: &str,
+    run_id: &RunId,
     watch: &ArtifactWatch,
-) -> Result<backend::Exec> {
+) -> Result<Exec> {
     let out_dir = lease.spec().output_dir.clone();
     // Layers, later ones winning: the server's own, the language's library
     // paths, the lease's (from Acquire), the language's and the run's.
@@ -194,8 +197,8 @@ async fn start_exec(
         stdin: !plan.input.is_empty(),
     };
     lease
-        .backend()
-        .exec(lease.container_id(), exec_spec)
+        .sandbox()
+        .start(exec_spec)
         .await
         .map_err(|e| lease.engine_error(e))
 }
@@ -203,13 +206,13 @@ async fn start_exec(
 /// Where a run's output comes from, and how it is stopped.
 enum Source {
     /// A process of its own.
-    Exec(backend::Exec),
+    Exec(Exec),
     /// A cell in a persistent context.
     Cell(Box<context::Cell>),
 }
 
 impl Source {
-    async fn next(&mut self) -> Option<backend::Result<Output>> {
+    async fn next(&mut self) -> Option<EngineResult<Output>> {
         match self {
             Source::Exec(exec) => exec.output.next().await,
             Source::Cell(cell) => cell.next().await,
@@ -233,7 +236,7 @@ fn ended_error(lease: &LeaseGuard, cause: StopCause) -> Error {
 struct Pump {
     lease: LeaseGuard,
     registration: RunRegistration,
-    run_id: String,
+    run_id: RunId,
     started: Instant,
     timeout: Duration,
     limit: u64,
@@ -265,7 +268,7 @@ impl Pump {
         let deadline = self.started + self.timeout;
         let control = self.registration.control().clone();
         let mut pending: Option<RunEvent> = None;
-        let mut failure: Option<backend::Error> = None;
+        let mut failure: Option<EngineError> = None;
         let mut output_done = false;
         let tx = self.tx.clone();
         while !(output_done && pending.is_none()) {
@@ -402,12 +405,10 @@ impl Pump {
         self.kill = Some(match source {
             Source::Cell(cell) => cell.stop(&self.lease, reason == EndReason::LeaseExpired),
             Source::Exec(_) => {
-                let backend = std::sync::Arc::clone(self.lease.backend());
-                let spec = std::sync::Arc::clone(self.lease.spec());
-                let container = self.lease.container_id().to_string();
+                let container = self.lease.sandbox().clone();
                 let run_id = self.run_id.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = sandbox::kill_run(&*backend, &spec, &container, &run_id).await {
+                    if let Err(e) = container.kill_run(run_id.as_str()).await {
                         tracing::warn!(run = %run_id, error = %e, "could not kill the run");
                     }
                 })
@@ -417,19 +418,17 @@ impl Pump {
 
     async fn exit(&mut self, source: Source) -> RunExit {
         let (code, context_restarted) = match source {
-            Source::Exec(exec) => {
-                match backend::wait_exit_code(&**self.lease.backend(), &exec.id).await {
-                    Ok(code) => (i32::try_from(code).unwrap_or(-1), false),
-                    Err(e) => {
-                        tracing::warn!(run = %self.run_id, error = %e, "no exit code");
-                        (-1, false)
-                    }
+            Source::Exec(exec) => match self.lease.sandbox().exit_code(&exec.id).await {
+                Ok(code) => (i32::try_from(code).unwrap_or(-1), false),
+                Err(e) => {
+                    tracing::warn!(run = %self.run_id, error = %e, "no exit code");
+                    (-1, false)
                 }
-            }
+            },
             Source::Cell(cell) => cell.finish(&self.lease).await,
         };
-        let signal = if (129..=159).contains(&code) {
-            code - 128
+        let signal = if SIGNAL_EXIT_CODES.contains(&code) {
+            code - SIGNAL_EXIT_BASE
         } else {
             0
         };

@@ -6,8 +6,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::{
-    pool::{Error, LeaseGuard, Result, spec::validate_env_name},
+    error::{Error, Result},
+    pool::LeaseGuard,
     sandbox,
+    spec::validate_env_name,
 };
 
 /// What to run.
@@ -112,16 +114,9 @@ pub(super) struct Plan {
     pub cell: Option<(String, Bytes)>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        field: field.to_string(),
-        message: message.into(),
-    }
-}
-
 fn no_nul(field: &str, text: &str) -> Result<()> {
     if text.contains('\0') {
-        return Err(invalid(field, "must not contain NUL bytes"));
+        return Err(Error::invalid(field, "must not contain NUL bytes"));
     }
     Ok(())
 }
@@ -133,10 +128,15 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
     if let Some(context_id) = spec.context_id.clone() {
         let source = match &spec.program {
             Program::Code { source, .. } => source.clone(),
-            _ => return Err(invalid("context_id", "a context runs code, not commands")),
+            _ => {
+                return Err(Error::invalid(
+                    "context_id",
+                    "a context runs code, not commands",
+                ));
+            }
         };
         if !spec.stdin.is_empty() || !spec.env.is_empty() || spec.working_dir.is_some() {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "context_id",
                 "a context's cells take no stdin, env or working_dir (set them in the code)",
             ));
@@ -148,7 +148,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
             if let Some(language) = language.filter(|l| !l.is_empty())
                 && language != pool.language
             {
-                return Err(invalid(
+                return Err(Error::invalid(
                     "code.language",
                     format!(
                         "this lease's pool {:?} runs {}, not {language}; acquire from a {language} pool",
@@ -157,10 +157,13 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
                 ));
             }
             if source.is_empty() {
-                return Err(invalid("code", "is empty; send the program's source"));
+                return Err(Error::invalid(
+                    "code",
+                    "is empty; send the program's source",
+                ));
             }
             if source.len() > limits.max_code_bytes {
-                return Err(invalid(
+                return Err(Error::invalid(
                     "code",
                     format!(
                         "is {} bytes, above the limit of {} bytes; upload large programs as files and run them as a command",
@@ -175,7 +178,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
         }
         Program::Argv(argv) => {
             if argv.first().is_none_or(|a| a.is_empty()) {
-                return Err(invalid(
+                return Err(Error::invalid(
                     "command.argv",
                     "needs a program name as its first element",
                 ));
@@ -187,7 +190,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
         }
         Program::Shell(line) => {
             if line.trim().is_empty() {
-                return Err(invalid("command.shell", "is empty"));
+                return Err(Error::invalid("command.shell", "is empty"));
             }
             no_nul("command.shell", &line)?;
             (
@@ -198,7 +201,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
         }
     };
     if spec.stdin.len() > limits.max_stdin_bytes {
-        return Err(invalid(
+        return Err(Error::invalid(
             "stdin",
             format!(
                 "is {} bytes, above the limit of {} bytes; upload it as a file instead",
@@ -208,9 +211,12 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
         ));
     }
     for (key, value) in &spec.env {
-        validate_env_name(key).map_err(|m| invalid("env", m))?;
+        validate_env_name(key).map_err(|m| Error::invalid("env", m))?;
         if key == sandbox::RUN_MARKER {
-            return Err(invalid("env", format!("{key} is reserved by sandpool")));
+            return Err(Error::invalid(
+                "env",
+                format!("{key} is reserved by sandpool"),
+            ));
         }
         no_nul("env", value)?;
     }
@@ -220,7 +226,7 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
         Some(dir) => {
             no_nul("working_dir", &dir)?;
             if !dir.starts_with('/') {
-                return Err(invalid(
+                return Err(Error::invalid(
                     "working_dir",
                     format!("{dir:?} must be an absolute path"),
                 ));
@@ -230,9 +236,9 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
     };
     let timeout = match spec.timeout {
         None => pool.default_run_timeout,
-        Some(t) if t.is_zero() => return Err(invalid("timeout", "must be positive")),
+        Some(t) if t.is_zero() => return Err(Error::invalid("timeout", "must be positive")),
         Some(t) if t > pool.max_run_timeout => {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "timeout",
                 format!(
                     "{}s is above the pool's max_run_timeout of {}s",
@@ -245,9 +251,9 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
     };
     let output_limit = match spec.output_limit {
         None => pool.output_limit_bytes,
-        Some(0) => return Err(invalid("output_limit_bytes", "must be positive")),
+        Some(0) => return Err(Error::invalid("output_limit_bytes", "must be positive")),
         Some(n) if n > pool.output_limit_bytes => {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "output_limit_bytes",
                 format!(
                     "{n} is above the pool's output_limit_bytes of {}",

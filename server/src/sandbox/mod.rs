@@ -7,10 +7,20 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use rand::Rng;
 
+mod container;
+
+pub use container::{Container, WriteKind};
+
 use crate::{
-    backend::{self, Backend, ContainerSpec, ExecSpec, Tmpfs},
+    backend::{self, Backend, ContainerSpec, Tmpfs},
     lang::{InstallScope, Language},
-    pool::spec::PoolSpec,
+    spec::PoolSpec,
+};
+
+/// What the layers above use of the engine's types, so that they need not
+/// reach past the sandbox.
+pub use crate::backend::{
+    Collected, Error as EngineError, Exec, ExecSpec, ExecStdin, Output, Result as EngineResult,
 };
 
 /// Label naming the server instance that owns a container.
@@ -40,7 +50,7 @@ const INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600)
 /// Keep this much of an installer's output for messages.
 const INSTALL_LOG_LIMIT: usize = 256 * 1024;
 /// Keep at most this much of the output of internal commands.
-const INTERNAL_OUTPUT_LIMIT: usize = 64 * 1024;
+pub(crate) const INTERNAL_OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// Errors of container operations.
 #[derive(Debug, thiserror::Error)]
@@ -501,42 +511,4 @@ pub async fn kill_run(
 /// The environment entry that marks a run's processes.
 pub fn run_marker(run_id: &str) -> String {
     format!("{RUN_MARKER}={run_id}")
-}
-
-/// Runs a command of the server's own as the sandbox user.
-pub async fn run_command(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    id: &str,
-    argv: Vec<String>,
-) -> Result<backend::Collected> {
-    Ok(backend::exec_collect(
-        backend,
-        id,
-        internal(spec, argv),
-        None,
-        INTERNAL_OUTPUT_LIMIT,
-    )
-    .await?)
-}
-
-/// Runs a shell script of the server's own as the sandbox user and returns
-/// its output (for listing files and the like).
-pub async fn run_script(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    id: &str,
-    script: &str,
-    args: &[&str],
-    stdin: Option<Bytes>,
-) -> Result<backend::Collected> {
-    let out = backend::exec_collect(
-        backend,
-        id,
-        internal(spec, sh(script, args)),
-        stdin,
-        4 << 20,
-    )
-    .await?;
-    Ok(out)
 }

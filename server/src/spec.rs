@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use crate::backend::BackendKind;
 
-use super::Error;
+use crate::error::Error;
 
 /// What Acquire does when every container is leased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,7 +150,7 @@ impl PoolSpec {
     pub fn validate(mut self) -> Result<Self, Error> {
         validate_name(&self.name)?;
         let Some(language) = crate::lang::lookup(&self.language) else {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "language",
                 format!(
                     "unknown language {:?}; known: {}",
@@ -163,23 +163,23 @@ impl PoolSpec {
             self.image = language.default_image().to_string();
         }
         if self.image.chars().any(char::is_whitespace) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "image",
                 format!("{:?} is not an image reference", self.image),
             ));
         }
         let c = &self.config;
         if c.max_pool_size == 0 {
-            return Err(invalid("config.max_pool_size", "must be at least 1".into()));
+            return Err(Error::invalid("config.max_pool_size", "must be at least 1"));
         }
         if c.max_pool_size > 1000 {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "config.max_pool_size",
-                "must be at most 1000".into(),
+                "must be at most 1000",
             ));
         }
         if c.min_pool_size > c.max_pool_size {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "config.min_pool_size",
                 format!(
                     "min_pool_size ({}) must be less than or equal to max_pool_size ({})",
@@ -188,16 +188,16 @@ impl PoolSpec {
             ));
         }
         if c.health_check_interval.is_zero() {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "config.health_check_interval",
-                "must be positive".into(),
+                "must be positive",
             ));
         }
         if self.default_lease_ttl < Duration::from_secs(1) {
-            return Err(invalid("default_lease_ttl", "must be at least 1s".into()));
+            return Err(Error::invalid("default_lease_ttl", "must be at least 1s"));
         }
         if self.max_lease_ttl < self.default_lease_ttl {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "max_lease_ttl",
                 format!(
                     "must be at least default_lease_ttl ({}s)",
@@ -206,10 +206,10 @@ impl PoolSpec {
             ));
         }
         if self.default_run_timeout.is_zero() {
-            return Err(invalid("default_run_timeout", "must be positive".into()));
+            return Err(Error::invalid("default_run_timeout", "must be positive"));
         }
         if self.max_run_timeout < self.default_run_timeout {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "max_run_timeout",
                 format!(
                     "must be at least default_run_timeout ({}s)",
@@ -218,10 +218,10 @@ impl PoolSpec {
             ));
         }
         if self.output_limit_bytes == 0 {
-            return Err(invalid("output_limit_bytes", "must be positive".into()));
+            return Err(Error::invalid("output_limit_bytes", "must be positive"));
         }
         if !self.output_dir.starts_with('/') || self.output_dir.contains("..") {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "output_dir",
                 format!(
                     "{:?} must be an absolute path without '..'",
@@ -230,21 +230,20 @@ impl PoolSpec {
             ));
         }
         if self.backend == BackendKind::Kubernetes {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "backend",
-                "the kubernetes backend is not available in this release; use docker or podman"
-                    .into(),
+                "the kubernetes backend is not available in this release; use docker or podman",
             ));
         }
         for (i, lib) in self.libraries.iter().enumerate() {
-            validate_library(lib).map_err(|m| invalid(&format!("libraries[{i}]"), m))?;
+            validate_library(lib).map_err(|m| Error::invalid(format!("libraries[{i}]"), m))?;
         }
         if !self.libraries.is_empty()
             && language
                 .install_command(&self.libraries, crate::lang::InstallScope::Pool, None)
                 .is_none()
         {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "libraries",
                 format!("sandpool has no library installer for {}", self.language),
             ));
@@ -253,7 +252,7 @@ impl PoolSpec {
             || self.install_network == "host"
             || self.install_network == "none"
         {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "install_network",
                 format!(
                     "{:?} is not a network to install from; name an engine network such as \"bridge\"",
@@ -265,7 +264,7 @@ impl PoolSpec {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
                 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
-                return Err(invalid(
+                return Err(Error::invalid(
                     "package_index_url",
                     format!("{url:?} is not an http(s) URL"),
                 ));
@@ -279,43 +278,43 @@ impl PoolSpec {
 impl RuntimeConfig {
     fn validate(&self) -> Result<(), Error> {
         if self.mem_limit_bytes < 6 << 20 {
-            return Err(invalid("runtime.mem_limit", "must be at least 6m".into()));
+            return Err(Error::invalid("runtime.mem_limit", "must be at least 6m"));
         }
         if !(self.cpus > 0.0 && self.cpus <= 1024.0) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "runtime.cpus",
                 format!("{} is not in (0, 1024]", self.cpus),
             ));
         }
         if self.cpu_quota.is_some_and(|q| q < 1000) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "runtime.cpu_quota",
-                "must be at least 1000 (microseconds)".into(),
+                "must be at least 1000 (microseconds)",
             ));
         }
         if self
             .cpu_period
             .is_some_and(|p| !(1000..=1_000_000).contains(&p))
         {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "runtime.cpu_period",
-                "must be between 1000 and 1000000".into(),
+                "must be between 1000 and 1000000",
             ));
         }
         if self.pids_limit < 16 {
-            return Err(invalid("runtime.pids_limit", "must be at least 16".into()));
+            return Err(Error::invalid("runtime.pids_limit", "must be at least 16"));
         }
         if self.uid == 0 || self.gid == 0 {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "runtime.user",
-                "code never runs as root (uid or gid 0)".into(),
+                "code never runs as root (uid or gid 0)",
             ));
         }
         if self.network.is_empty()
             || self.network == "host"
             || self.network.starts_with("container:")
         {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "runtime.network",
                 format!(
                     "{:?} is not allowed; use \"none\" or a network name",
@@ -324,19 +323,12 @@ impl RuntimeConfig {
             ));
         }
         if self.tmpfs_size_bytes < 1 << 20 {
-            return Err(invalid("runtime.tmpfs_size", "must be at least 1m".into()));
+            return Err(Error::invalid("runtime.tmpfs_size", "must be at least 1m"));
         }
         for key in self.env.keys() {
-            validate_env_name(key).map_err(|m| invalid("runtime.env", m))?;
+            validate_env_name(key).map_err(|m| Error::invalid("runtime.env", m))?;
         }
         Ok(())
-    }
-}
-
-fn invalid(field: &str, message: String) -> Error {
-    Error::InvalidArgument {
-        field: field.to_string(),
-        message,
     }
 }
 
@@ -351,7 +343,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
+        Err(Error::invalid(
             "name",
             format!(
                 "{name:?} is not a pool name: use 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
@@ -430,7 +422,8 @@ pub fn parse_user(text: &str) -> Option<(u32, u32)> {
 pub struct PoolSpecInput {
     pub name: String,
     pub language: String,
-    pub backend: Option<String>,
+    #[serde(default, deserialize_with = "from_text")]
+    pub backend: Option<BackendKind>,
     pub image: Option<String>,
     #[serde(default)]
     pub libraries: Vec<String>,
@@ -441,7 +434,8 @@ pub struct PoolSpecInput {
     pub health_check_interval: Option<f64>,
     pub max_container_lifetime: Option<f64>,
     pub max_container_uses: Option<u32>,
-    pub exhaustion_strategy: Option<String>,
+    #[serde(default, deserialize_with = "from_text")]
+    pub exhaustion_strategy: Option<ExhaustionStrategy>,
     pub enable_prewarming: Option<bool>,
     pub reuse: Option<bool>,
     pub default_lease_ttl: Option<f64>,
@@ -478,12 +472,12 @@ pub struct RuntimeInput {
 /// Seconds to a duration: negative or not finite is an error.
 fn seconds(field: &str, value: f64) -> Result<Duration, Error> {
     if !value.is_finite() || value < 0.0 {
-        return Err(invalid(
+        return Err(Error::invalid(
             field,
             format!("must be a non-negative number of seconds, got {value}"),
         ));
     }
-    Duration::try_from_secs_f64(value).map_err(|e| invalid(field, e.to_string()))
+    Duration::try_from_secs_f64(value).map_err(|e| Error::invalid(field, e.to_string()))
 }
 
 /// A limit where zero means "none" (llm-sandbox's None).
@@ -505,28 +499,34 @@ fn required(field: &str, value: Option<f64>, default: Duration) -> Result<Durati
     value.map_or(Ok(default), |v| seconds(field, v))
 }
 
-pub fn parse_backend(text: &str) -> Result<BackendKind, Error> {
-    match text.to_ascii_lowercase().as_str() {
-        "" | "docker" => Ok(BackendKind::Docker),
-        "podman" => Ok(BackendKind::Podman),
-        "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
-        other => Err(invalid(
-            "backend",
-            format!("{other:?} is not one of docker, podman, kubernetes"),
-        )),
+impl std::str::FromStr for ExhaustionStrategy {
+    type Err = String;
+
+    /// llm-sandbox's names in any case, `-` or `_`: "wait", "FAIL_FAST".
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().replace('-', "_").as_str() {
+            "wait" => Ok(ExhaustionStrategy::Wait),
+            "fail_fast" => Ok(ExhaustionStrategy::FailFast),
+            "temporary" => Ok(ExhaustionStrategy::Temporary),
+            other => Err(format!(
+                "{other:?} is not one of wait, fail_fast, temporary"
+            )),
+        }
     }
 }
 
-pub fn parse_strategy(text: &str) -> Result<ExhaustionStrategy, Error> {
-    match text.to_ascii_lowercase().replace('-', "_").as_str() {
-        "" | "wait" => Ok(ExhaustionStrategy::Wait),
-        "fail_fast" => Ok(ExhaustionStrategy::FailFast),
-        "temporary" => Ok(ExhaustionStrategy::Temporary),
-        other => Err(invalid(
-            "config.exhaustion_strategy",
-            format!("{other:?} is not one of wait, fail_fast, temporary"),
-        )),
-    }
+/// An optional setting written as text and parsed with `FromStr`; empty
+/// text is the same as none.
+fn from_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    use serde::Deserialize;
+    Option::<String>::deserialize(d)?
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 impl PoolSpecInput {
@@ -534,7 +534,7 @@ impl PoolSpecInput {
     pub fn into_spec(self) -> Result<PoolSpec, Error> {
         let mut spec = PoolSpec::new(self.name, self.language);
         let d = PoolConfig::default();
-        spec.backend = parse_backend(self.backend.as_deref().unwrap_or(""))?;
+        spec.backend = self.backend.unwrap_or_default();
         spec.image = self.image.unwrap_or_default();
         spec.libraries = self.libraries;
         spec.config = PoolConfig {
@@ -557,7 +557,7 @@ impl PoolSpecInput {
                 d.max_container_lifetime,
             )?,
             max_container_uses: self.max_container_uses.filter(|&n| n > 0),
-            exhaustion_strategy: parse_strategy(self.exhaustion_strategy.as_deref().unwrap_or(""))?,
+            exhaustion_strategy: self.exhaustion_strategy.unwrap_or_default(),
             enable_prewarming: self.enable_prewarming.unwrap_or(d.enable_prewarming),
         };
         spec.reuse = self.reuse.unwrap_or(true);
@@ -598,7 +598,7 @@ impl RuntimeInput {
         let mut rt = RuntimeConfig::default();
         if let Some(text) = self.mem_limit {
             rt.mem_limit_bytes = parse_size(&text).ok_or_else(|| {
-                invalid(
+                Error::invalid(
                     "runtime.mem_limit",
                     format!("{text:?} is not a size like \"512m\" or \"1g\""),
                 )
@@ -606,7 +606,7 @@ impl RuntimeInput {
         }
         if let Some(text) = self.tmpfs_size {
             rt.tmpfs_size_bytes = parse_size(&text).ok_or_else(|| {
-                invalid(
+                Error::invalid(
                     "runtime.tmpfs_size",
                     format!("{text:?} is not a size like \"512m\""),
                 )
@@ -625,7 +625,7 @@ impl RuntimeInput {
         }
         if let Some(text) = self.user {
             let (uid, gid) = parse_user(&text).ok_or_else(|| {
-                invalid(
+                Error::invalid(
                     "runtime.user",
                     format!("{text:?} is not \"uid:gid\" (numeric)"),
                 )
@@ -700,7 +700,7 @@ mod tests {
             language: "python".into(),
             idle_timeout: Some(0.0),
             max_container_uses: Some(0),
-            exhaustion_strategy: Some("FAIL_FAST".into()),
+            exhaustion_strategy: Some(ExhaustionStrategy::FailFast),
             ..Default::default()
         };
         let spec = input.into_spec().unwrap();

@@ -1,4 +1,5 @@
-//! Errors of the pool layer; mapped to gRPC statuses in `api::status`.
+//! The errors of sandpool's core (pools, leases, runs, files), below the api
+//! layer; mapped to gRPC statuses in one place, `api::status`.
 
 use std::time::Duration;
 
@@ -53,12 +54,20 @@ pub enum Error {
         lease_id: String,
         context_id: String,
     },
+    /// A context's interpreter did not start, or is gone.
+    #[error("context {context_id}: {message}")]
+    ContextFailed { context_id: String, message: String },
     #[error("path {path:?}: {message}")]
     PathNotFound { path: String, message: String },
     #[error("{0}")]
     TooLarge(String),
     #[error("{path}: {message}")]
     FileFailed { path: String, message: String },
+    /// The client's upload stream broke before it ended.
+    #[error("the upload stream broke: {0}")]
+    UploadBroken(String),
+    #[error("the installer failed: {0}")]
+    InstallFailed(String),
     #[error("{0}")]
     NotAllowed(String),
     #[error(
@@ -69,6 +78,16 @@ pub enum Error {
     ShuttingDown,
     #[error("{0}")]
     Sandbox(#[from] sandbox::Error),
+}
+
+impl Error {
+    /// A request field at fault, named as the caller wrote it.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 impl From<backend::Error> for Error {

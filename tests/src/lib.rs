@@ -328,3 +328,124 @@ pub fn language_pool(name: &str, language: &str) -> pb::PoolSpec {
         ..Default::default()
     }
 }
+
+/// A shell command line as a run request, with a timeout in seconds.
+pub fn shell_run(line: &str, timeout: f64) -> pb::RunRequest {
+    pb::RunRequest {
+        program: Some(pb::run_request::Program::Command(pb::Command {
+            argv: Vec::new(),
+            shell: line.to_string(),
+        })),
+        timeout: secs(timeout),
+        ..Default::default()
+    }
+}
+
+/// Whether the Docker engine has gVisor's `runsc` runtime (registered by
+/// scripts/engine-up.sh). With SANDPOOL_REQUIRE_RUNSC set, a missing runtime
+/// fails the test instead of skipping it.
+pub fn runsc_available() -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output();
+    let found = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"runsc\""))
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var("SANDPOOL_REQUIRE_RUNSC").is_err(),
+            "SANDPOOL_REQUIRE_RUNSC is set but docker has no runsc runtime"
+        );
+        eprintln!("skipping: docker has no runsc runtime (scripts/engine-up.sh registers it)");
+    }
+    found
+}
+
+/// The networks a Docker container is attached to, "none" left out.
+pub fn docker_networks(container: &str) -> Vec<String> {
+    let listed = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+        container,
+    ]);
+    listed
+        .split_whitespace()
+        .filter(|n| *n != "none")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Python that prints, as JSON, what a lease can see of earlier ones:
+/// processes other than the container's init, its idle process, the
+/// server's root helper and the probe itself; SysV IPC objects; POSIX
+/// message queues; entries in every place the sandbox user can write.
+pub const LEFTOVERS_PROBE: &str = r#"
+import json, os
+MARK = 'LEFTOVER' + '-PROBE'  # LEFTOVER-PROBE: in this run's own cmdline
+procs = []
+for pid in os.listdir('/proc'):
+    if not pid.isdigit() or pid == '1':
+        continue
+    try:
+        lines = open(f'/proc/{pid}/status').read().splitlines()
+        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\0', b' ').decode(errors='replace').strip()
+    except OSError:
+        continue
+    status = dict(l.split(':', 1) for l in lines if ':' in l)
+    uid = int(status['Uid'].split()[0])
+    state = status['State'].split()[0]
+    if MARK in cmd or state == 'Z':
+        continue
+    if cmd == 'sleep infinity' and uid in (0, 65534):
+        continue
+    if uid == 0 and 'sandpool-warden' in cmd:
+        continue
+    procs.append([int(pid), uid, cmd[:80]])
+ipc = []
+if os.path.isdir('/proc/sysvipc'):
+    for kind in ('shm', 'sem', 'msg'):
+        ipc += [kind + ':' + l.split()[1] for l in open('/proc/sysvipc/' + kind).read().splitlines()[1:] if l.strip()]
+else:  # gVisor has no /proc/sysvipc
+    import subprocess
+    for kind in ('m', 's', 'q'):
+        out = subprocess.run(['ipcs', '-' + kind], capture_output=True, text=True).stdout
+        ipc += [kind + ':' + l.split()[1] for l in out.splitlines() if l.startswith('0x')]
+mq = sorted(os.listdir('/dev/mqueue')) if os.path.isdir('/dev/mqueue') else []
+keep = {'/sandbox/outputs', os.environ.get('MPLCONFIGDIR', '/nonexistent')}
+files = []
+for d in ['/sandbox', '/tmp', os.environ['HOME'], '/dev/shm', '/var/tmp', '/var/lock', '/run/lock']:
+    for root, dirs, names in os.walk(d):
+        for n in dirs + names:
+            p = os.path.join(root, n)
+            if not any(p == k or p.startswith(k + '/') for k in keep):
+                files.append(p)
+modes = {d: oct(os.stat(d).st_mode & 0o7777) + ':' + str(os.stat(d).st_uid) for d in ['/sandbox', os.environ['HOME'], '/tmp']}
+print(json.dumps({'procs': sorted(procs), 'ipc': ipc, 'mq': mq, 'files': sorted(files), 'modes': modes}))
+"#;
+
+/// What `LEFTOVERS_PROBE` prints when nothing is left: only the output
+/// directory and the mount roots as the pool made them.
+pub fn clean_leftovers() -> String {
+    r#"{"procs": [], "ipc": [], "mq": [], "files": [], "modes": {"/sandbox": "0o755:1000", "/home/sandbox": "0o755:1000", "/tmp": "0o1777:0"}}"#
+        .to_string()
+}
+
+/// Shell that leaves everything a reset must clear: daemons (one after
+/// `env -i`, one in its own session, one ignoring SIGTERM), SysV shared
+/// memory, semaphores and a message queue, a POSIX message queue, files in
+/// every writable place (one in a directory without permissions), and
+/// changed modes on the mount roots. Prints "planted".
+pub const PLANT_LEFTOVERS: &str = r#"set -e
+echo secret > /sandbox/a.txt; mkdir -p /sandbox/outputs/d; echo x > /sandbox/outputs/d/f
+echo secret > /tmp/t; echo secret > "$HOME/.h"; echo secret > /dev/shm/s
+for d in /var/tmp /var/lock /run/lock; do if [ -w "$d" ]; then echo secret > "$d/left"; fi; done
+mkdir /sandbox/locked; touch /sandbox/locked/f; chmod 000 /sandbox/locked
+ln -s /etc/passwd /tmp/link; ln -s / /sandbox/rootlink
+ipcmk -M 4096 >/dev/null; ipcmk -S 2 >/dev/null; ipcmk -Q >/dev/null
+python3 -c "import ctypes, os; l = ctypes.CDLL(None); fd = l.mq_open(b'/sandpool-left', os.O_CREAT | os.O_RDWR, 0o600, None); assert fd >= 0" 2>/dev/null || [ ! -d /dev/mqueue ]
+nohup sleep 1001 >/dev/null 2>&1 &
+env -i /usr/bin/setsid /bin/sh -c 'exec sleep 1002' </dev/null >/dev/null 2>&1 &
+setsid sh -c 'trap "" TERM HUP; while :; do sleep 0.1; done' </dev/null >/dev/null 2>&1 &
+chmod 777 /sandbox; chmod 700 "$HOME"
+echo planted"#;

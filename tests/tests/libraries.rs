@@ -12,7 +12,8 @@ use std::{
 
 use sandpool_client::{AcquireOptions, proto as pb};
 use sandpool_tests::{
-    TestServer, build_wheel, code_of, docker_cli, language_pool, python_pool, wait_for,
+    TestServer, build_wheel, code_of, docker_cli, docker_networks, language_pool, python_pool,
+    wait_for,
 };
 use tonic::Code;
 
@@ -30,20 +31,27 @@ impl Drop for Index {
 }
 
 fn serve_index(dir: &std::path::Path, wheel: &std::path::Path) -> Index {
-    let project = dir.join("simple/sandpooldemo");
-    std::fs::create_dir_all(&project).expect("index dir");
-    let name = wheel
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .to_string();
-    std::fs::copy(wheel, dir.join(&name)).expect("copy wheel");
-    let mut page = std::fs::File::create(project.join("index.html")).expect("page");
-    writeln!(
-        page,
-        "<html><body><a href=\"../../{name}\">{name}</a></body></html>"
-    )
-    .expect("write");
+    serve_projects(dir, &[("sandpooldemo", wheel)])
+}
+
+/// An index of `(project, package file)` pairs.
+fn serve_projects(dir: &std::path::Path, files: &[(&str, &std::path::Path)]) -> Index {
+    for (project, file) in files {
+        let project = dir.join("simple").join(project);
+        std::fs::create_dir_all(&project).expect("index dir");
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        std::fs::copy(file, dir.join(&name)).expect("copy package");
+        let mut page = std::fs::File::create(project.join("index.html")).expect("page");
+        writeln!(
+            page,
+            "<html><body><a href=\"../../{name}\">{name}</a></body></html>"
+        )
+        .expect("write");
+    }
     let port = std::net::TcpListener::bind("0.0.0.0:0")
         .expect("bind")
         .local_addr()
@@ -445,4 +453,157 @@ async fn libraries_the_image_already_has_need_no_index() {
     assert_eq!(out.stdout_text(), "ok\n");
     session.release().await.expect("release");
     server.stop().await;
+}
+
+/// A source distribution of package `name` (VALUE = 7) whose in-tree build
+/// backend (no build requirements, so no index is needed to build it) runs
+/// `hook` (Python, at four spaces) before it builds the wheel: what an
+/// install script of a real package may do.
+fn build_sdist(dir: &std::path::Path, name: &str, hook: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}-1.0.tar.gz"));
+    let script = r#"
+import io, sys, tarfile
+name, hook, out = sys.argv[1], sys.argv[2], sys.argv[3]
+backend = '''
+import base64, hashlib, os, subprocess, sys, time, zipfile
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+%s
+    files = {
+        '%s/__init__.py': b'VALUE = 7\\n',
+        '%s-1.0.dist-info/METADATA': b'Metadata-Version: 2.1\\nName: %s\\nVersion: 1.0\\n',
+        '%s-1.0.dist-info/WHEEL': b'Wheel-Version: 1.0\\nGenerator: sandpool-tests\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n',
+    }
+    record = ''
+    for n, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+        record += '%%s,sha256=%%s,%%d\\n' %% (n, digest, len(data))
+    record += '%s-1.0.dist-info/RECORD,,\\n'
+    files['%s-1.0.dist-info/RECORD'] = record.encode()
+    wheel = '%s-1.0-py3-none-any.whl'
+    with zipfile.ZipFile(os.path.join(wheel_directory, wheel), 'w') as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    return wheel
+''' % (hook, name, name, name, name, name, name, name)
+members = {
+    'pyproject.toml': '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+    'backend.py': backend,
+    'PKG-INFO': 'Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n' % name,
+}
+with tarfile.open(out, 'w:gz') as t:
+    for n, text in members.items():
+        data = text.encode()
+        info = tarfile.TarInfo('%s-1.0/%s' % (name, n))
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, name, hook])
+        .arg(&path)
+        .status()
+        .expect("python3");
+    assert!(status.success(), "building the test sdist");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_left_by_a_pool_library_install_is_gone_before_the_first_lease() {
+    let dir = temp_dir("daemon-lib");
+    let hook = "    subprocess.Popen(['/bin/sleep', '1007'], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)";
+    let sdist = build_sdist(&dir, "sandpooldaemon", hook);
+    let index = serve_projects(&dir.join("www"), &[("sandpooldaemon", &sdist)]);
+    let server = TestServer::start().await;
+    let mut spec = python_pool("daemon-lib");
+    spec.libraries = vec!["sandpooldaemon==1.0".into()];
+    spec.package_index_url = index.url.clone();
+    spec.config.as_mut().expect("config").max_pool_size = Some(1);
+    server.pool(spec).await;
+    let session = server.client.acquire("daemon-lib").await.expect("acquire");
+    let out = session
+        .shell("python3 -c 'import sandpooldaemon; print(sandpooldaemon.VALUE)'; ps -eo user=,args= | grep -c '[s]leep 1007' || true; touch /opt/sandpool/lib/python/sandpooldaemon/x 2>/dev/null && echo writable || echo read-only")
+        .await
+        .expect("probe");
+    assert_eq!(
+        out.stdout_text(),
+        "7\n0\nread-only\n",
+        "the install's daemon outlived the warm-up, or the library is writable: {}",
+        out.stderr_text()
+    );
+    session.release().await.expect("release");
+    server.stop().await;
+    drop(index);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_cancelled_midway_leaves_the_container_on_no_network() {
+    let dir = temp_dir("slow-lib");
+    let sdist = build_sdist(&dir, "sandpoolslow", "    time.sleep(60)");
+    let index = serve_projects(&dir.join("www"), &[("sandpoolslow", &sdist)]);
+    let server = TestServer::start().await;
+    let mut spec = python_pool("slow-net");
+    spec.lease_installs = Some(true);
+    spec.package_index_url = index.url.clone();
+    spec.config.as_mut().expect("config").max_pool_size = Some(1);
+    server.pool(spec).await;
+    let session = server.client.acquire("slow-net").await.expect("acquire");
+    let container = session.container_id().to_string();
+    assert!(docker_networks(&container).is_empty());
+    let mut sessions = server.client.sessions();
+    let call = sessions.install_libraries(pb::InstallLibrariesRequest {
+        lease_id: session.lease_id().into(),
+        libraries: vec!["sandpoolslow".into()],
+    });
+    // The client gives up mid-install: the call is dropped.
+    let joined = wait_for_network(&container, true);
+    let raced = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            _ = call => panic!("the slow install finished"),
+            _ = joined => {}
+        }
+    })
+    .await;
+    assert!(
+        raced.is_ok(),
+        "the container never joined the install network"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        "the network to be taken away",
+        Duration::from_secs(5),
+        || async { docker_networks(&container).is_empty().then_some(()) },
+    )
+    .await;
+    // The installer is gone too, and the lease goes on.
+    let out = session
+        .run_collect("import os; print(sorted(os.listdir('/sys/class/net')))")
+        .await
+        .expect("run");
+    assert_eq!(out.stdout_text(), "['lo']\n");
+    let out = session
+        .shell("ps -eo args= | grep -c '[p]ip install' || true")
+        .await
+        .expect("ps");
+    assert_eq!(
+        out.stdout_text(),
+        "0\n",
+        "the cancelled installer still runs"
+    );
+    session.release().await.expect("release");
+    server.stop().await;
+    drop(index);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Resolves once the container is (or, with `on` false, is no longer) on
+/// some network.
+async fn wait_for_network(container: &str, on: bool) {
+    loop {
+        if docker_networks(container).is_empty() != on {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

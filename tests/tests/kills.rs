@@ -1,0 +1,309 @@
+//! Kills that end a run's whole tree in time: a fork bomb against its
+//! timeout, a daemon that cleared its environment against Cancel, and one
+//! run's kill leaving the lease's other runs and contexts alone.
+
+use std::time::{Duration, Instant};
+
+use sandpool_client::{RunEvent, Session, proto as pb};
+use sandpool_tests::{TestServer, python_pool, runsc_available, shell_run};
+
+/// How long after its deadline a killed run may take to end.
+const KILL_SLACK: Duration = Duration::from_secs(1);
+
+/// Every process forks for ever and never exits: the pids limit stays full.
+const FORK_BOMB: &str =
+    "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+
+fn fork_bomb_request(timeout: f64) -> pb::RunRequest {
+    pb::RunRequest {
+        program: Some(pb::run_request::Program::Code(pb::Code {
+            source: Some(pb::code::Source::Text(FORK_BOMB.into())),
+            language: String::new(),
+        })),
+        timeout: sandpool_tests::secs(timeout),
+        ..Default::default()
+    }
+}
+
+async fn session(
+    server: &TestServer,
+    name: &str,
+    tweak: impl FnOnce(&mut pb::PoolSpec),
+) -> Session {
+    let mut spec = python_pool(name);
+    spec.config.as_mut().expect("config").max_pool_size = Some(1);
+    tweak(&mut spec);
+    server.pool(spec).await;
+    server.client.acquire(name).await.expect("acquire")
+}
+
+/// Runs a fork bomb with a 3 s timeout and checks that it ends within a
+/// second of it, and that the next run starts promptly. Returns both times.
+async fn fork_bomb(session: &Session) -> (Duration, Duration) {
+    let timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let out = session
+        .run_request(fork_bomb_request(3.0))
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    let ended = started.elapsed();
+    // Until a run works again (a run may fail while the bomb's processes
+    // still hold the pids limit).
+    let started = Instant::now();
+    let mut failures = 0;
+    let next_took = loop {
+        let next = session.shell("echo next").await.expect("next run");
+        if next.stdout_text() == "next\n" {
+            break started.elapsed();
+        }
+        failures += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no run works a minute after the fork bomb: {}",
+            next.stderr_text()
+        );
+    };
+    println!(
+        "fork bomb: ended {ended:?} after the run started (timeout {timeout:?}, {:?}); \
+         a run worked again {next_took:?} later ({failures} failed before)",
+        out.end_reason()
+    );
+    assert_eq!(out.end_reason(), pb::EndReason::Timeout, "{:?}", out.exit);
+    assert!(
+        ended <= timeout + KILL_SLACK,
+        "the fork bomb ended {ended:?} after it started; its timeout was {timeout:?}"
+    );
+    assert!(
+        next_took < Duration::from_secs(1) && failures == 0,
+        "the next run worked only after {next_took:?} ({failures} failed)"
+    );
+    (ended, next_took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_ends_within_a_second_of_its_timeout() {
+    let server = TestServer::start().await;
+    let session = session(&server, "bomb", |_| {}).await;
+    fork_bomb(&session).await;
+    // Nothing of it is left running.
+    let out = session
+        .shell("ps -eo comm= | grep -c '^python3$' || true")
+        .await
+        .expect("ps");
+    assert_eq!(out.stdout_text().trim(), "0", "{}", out.stderr_text());
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// Starts a run that leaves a daemon which cleared its environment and sits
+/// in its own session, waits until it says so, then stops it with `stop`
+/// and checks that the daemon is gone too.
+async fn daemon_after_env_i_is_killed(session: &Session, cancel: bool) {
+    let line = "env -i /usr/bin/setsid /bin/sh -c 'exec sleep 1003' </dev/null >/dev/null 2>&1 & \
+                echo started; exec sleep 1004";
+    let mut events = session
+        .run_request(shell_run(line, if cancel { 60.0 } else { 2.0 }))
+        .await
+        .expect("run");
+    let run_id = match events.next().await.expect("event").expect("ok") {
+        RunEvent::Started { run_id } => run_id,
+        other => panic!("first event must be Started, got {other:?}"),
+    };
+    let mut stopped_at = None;
+    let mut reason = None;
+    while let Some(event) = events.next().await {
+        match event.expect("event") {
+            RunEvent::Stdout(d) if cancel && d.starts_with(b"started") => {
+                // Give the daemon a moment to detach.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                stopped_at = Some(Instant::now());
+                assert!(session.cancel(&run_id).await.expect("cancel"));
+            }
+            RunEvent::Exit(e) => reason = Some(e.end_reason),
+            _ => {}
+        }
+    }
+    let expected = if cancel {
+        pb::EndReason::Cancelled
+    } else {
+        pb::EndReason::Timeout
+    };
+    assert_eq!(reason, Some(expected as i32));
+    if let Some(at) = stopped_at {
+        let took = at.elapsed();
+        println!("cancel: the run ended {took:?} after Cancel");
+        assert!(took <= KILL_SLACK, "the run ended {took:?} after Cancel");
+    }
+    let out = session
+        .shell("ps -eo args= | grep -c '^sleep 100[34]$' || true")
+        .await
+        .expect("ps");
+    assert_eq!(
+        out.stdout_text().trim(),
+        "0",
+        "the daemon survived: {}",
+        out.stderr_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_daemon_that_cleared_its_environment() {
+    let server = TestServer::start().await;
+    let session = session(&server, "envi", |_| {}).await;
+    daemon_after_env_i_is_killed(&session, true).await;
+    daemon_after_env_i_is_killed(&session, false).await;
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runs_kill_spares_the_leases_other_runs_and_contexts() {
+    let server = TestServer::start().await;
+    let session = session(&server, "spare", |_| {}).await;
+    let context = session.create_context().await.expect("context");
+    let out = context.run_collect("x = 41").await.expect("cell");
+    assert_eq!(out.exit_code(), 0, "{}", out.stderr_text());
+    // A long run, and a daemon an earlier run left on purpose.
+    let out = session
+        .shell("setsid sh -c 'exec sleep 1005' </dev/null >/dev/null 2>&1 & echo ok")
+        .await
+        .expect("daemon");
+    assert_eq!(out.stdout_text(), "ok\n");
+    let long = session
+        .run_request(shell_run("sleep 3; echo survived", 30.0))
+        .await
+        .expect("long run");
+    let long = tokio::spawn(long.collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = session
+        .run_request(shell_run("sleep 1000 & sleep 1000", 1.0))
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(out.end_reason(), pb::EndReason::Timeout);
+    let long = long.await.expect("join").expect("long run");
+    assert_eq!(
+        (long.stdout_text(), long.end_reason()),
+        ("survived\n".to_string(), pb::EndReason::Exited),
+        "{}",
+        long.stderr_text()
+    );
+    let out = context.run_collect("print(x + 1)").await.expect("cell");
+    assert_eq!(out.stdout_text(), "42\n", "{}", out.stderr_text());
+    assert!(!out.context_restarted());
+    let out = session
+        .shell("ps -eo args= | grep -c '^sleep 100[05]$' || true")
+        .await
+        .expect("ps");
+    assert_eq!(
+        out.stdout_text().trim(),
+        "1",
+        "the earlier run's daemon lives, the killed run's sleeps do not"
+    );
+    // Each run has a group of its own; files stay the sandbox user's.
+    let a = session
+        .shell("id -g; touch /sandbox/f; stat -c %u /sandbox/f")
+        .await
+        .expect("id");
+    let b = session.shell("id -g").await.expect("id");
+    let a_text = a.stdout_text();
+    let mut lines = a_text.lines();
+    let gid_a = lines.next().expect("gid");
+    assert_ne!(gid_a, b.stdout_text().trim(), "runs share a group");
+    assert_eq!(
+        lines.next(),
+        Some("1000"),
+        "files belong to the sandbox user"
+    );
+    context.delete().await.expect("delete");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_cap_kills_the_tree() {
+    let server = TestServer::start().await;
+    let session = session(&server, "capkill", |spec| {
+        spec.output_limit_bytes = Some(64 * 1024);
+    })
+    .await;
+    let started = Instant::now();
+    let out = session
+        .run_request(shell_run(
+            "env -i /bin/sh -c 'exec sleep 1006' </dev/null >/dev/null 2>&1 & yes",
+            60.0,
+        ))
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(out.end_reason(), pb::EndReason::OutputLimit);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let out = session
+        .shell("ps -eo args= | grep -c '^sleep 1006$' || true")
+        .await
+        .expect("ps");
+    assert_eq!(out.stdout_text().trim(), "0");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// The same on gVisor: a fork bomb either ends like on runc, or takes the
+/// sandbox down with it (gVisor's ptrace platform needs a host process per
+/// guest address space); then the run ends with the container gone, never
+/// hangs, and the pool replaces the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_on_gvisor() {
+    if !runsc_available() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let session = session(&server, "gvkill", |spec| {
+        let rt = spec.runtime.get_or_insert_with(Default::default);
+        rt.oci_runtime = Some("runsc".into());
+    })
+    .await;
+    daemon_after_env_i_is_killed(&session, true).await;
+    let timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let result = session
+        .run_request(fork_bomb_request(3.0))
+        .await
+        .expect("run")
+        .collect()
+        .await;
+    let ended = started.elapsed();
+    println!(
+        "gvisor fork bomb: {:?} after {ended:?}",
+        result.as_ref().map(|o| o.end_reason())
+    );
+    assert!(ended <= timeout + KILL_SLACK * 2, "ended after {ended:?}");
+    match result {
+        Ok(out) if out.end_reason() == pb::EndReason::Timeout => {
+            let started = Instant::now();
+            let next = session.shell("echo next").await.expect("next run");
+            assert_eq!(next.stdout_text(), "next\n");
+            println!("gvisor: the next run took {:?}", started.elapsed());
+            session.release().await.expect("release");
+        }
+        other => {
+            println!("gvisor: the fork bomb took the sandbox down: {other:?}");
+            drop(session);
+            let again = server
+                .client
+                .acquire("gvkill")
+                .await
+                .expect("a replacement");
+            let out = again.shell("echo fresh").await.expect("run");
+            assert_eq!(out.stdout_text(), "fresh\n");
+            again.release().await.expect("release");
+        }
+    }
+    server.stop().await;
+}

@@ -248,14 +248,12 @@ impl PoolSpec {
                 format!("sandpool has no library installer for {}", self.language),
             ));
         }
-        if self.install_network.is_empty()
-            || self.install_network == "host"
-            || self.install_network == "none"
-        {
+        if self.install_network == "none" || !is_network_name(&self.install_network) {
             return Err(Error::invalid(
                 "install_network",
                 format!(
-                    "{:?} is not a network to install from; name an engine network such as \"bridge\"",
+                    "{:?} is not a network to install from; name an engine network such as \"bridge\" \
+                     (never host, another container's or a namespace's)",
                     self.install_network
                 ),
             ));
@@ -310,14 +308,12 @@ impl RuntimeConfig {
                 "code never runs as root (uid or gid 0)",
             ));
         }
-        if self.network.is_empty()
-            || self.network == "host"
-            || self.network.starts_with("container:")
-        {
+        if !is_network_name(&self.network) {
             return Err(Error::invalid(
                 "runtime.network",
                 format!(
-                    "{:?} is not allowed; use \"none\" or a network name",
+                    "{:?} is not allowed; use \"none\" or a network name (never host, another \
+                     container's or a namespace's)",
                     self.network
                 ),
             ));
@@ -330,6 +326,19 @@ impl RuntimeConfig {
         }
         Ok(())
     }
+}
+
+/// The name of an engine network a pool's containers may join: what Docker
+/// and Podman accept as a network's name ([a-zA-Z0-9][a-zA-Z0-9_.-]*), which
+/// leaves out the modes that share another namespace ("container:<id>",
+/// "ns:<path>", "slirp4netns:...") and "host", the host's own.
+pub fn is_network_name(name: &str) -> bool {
+    name.len() <= 128
+        && name != "host"
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Pool names end up in container names and labels: keep them to a safe set.

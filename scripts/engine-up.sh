@@ -2,9 +2,10 @@
 # Make sure a container engine is installed and answering. Idempotent.
 #
 # Usage: scripts/engine-up.sh [--podman]
-#   (default)  install docker.io + debootstrap when missing, start dockerd
-#              (log: /tmp/sandpool-dockerd.log) when `docker info` fails, and
-#              wait until it answers.
+#   (default)  install docker.io + debootstrap + runsc when missing, start
+#              dockerd (log: /tmp/sandpool-dockerd.log) when `docker info`
+#              fails, and wait until it answers; register gVisor's runsc as
+#              the docker runtime "runsc" (/etc/docker/daemon.json).
 #   --podman   also install podman + catatonit, write
 #              /etc/containers/containers.conf and start
 #              `podman system service` on unix:///run/podman/podman.sock
@@ -16,7 +17,7 @@ PODMAN=0
 for a in "$@"; do
   case "$a" in
     --podman) PODMAN=1 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "engine-up: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -28,6 +29,7 @@ export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l NEEDRESTART_SUSPEND=1
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v runsc >/dev/null || need+=(runsc)
 if [ "$PODMAN" = 1 ]; then
   command -v podman >/dev/null || need+=(podman)
   [ -x /usr/bin/catatonit ] || [ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
@@ -58,6 +60,35 @@ wait_for() {  # wait_for NAME LOG CMD...: poll CMD until it succeeds or TIMEOUT
   done
 }
 
+# ------------------------------------------------------------ runsc
+# gVisor as the docker runtime "runsc", for pools with oci_runtime = "runsc".
+# --network=none: Debian's runsc (2022) cannot use the network namespace
+# Docker gives a container; with its own loopback only, such pools run with
+# network "none" (and install libraries from package files only). The rest of
+# daemon.json is kept. dockerd reloads its runtimes on SIGHUP, so a change
+# never restarts it (which would kill every running container).
+register_runsc() {  # prints "changed" when daemon.json was rewritten
+  python3 - "$1" <<'PY'
+import json, os, sys
+path = sys.argv[1]
+try:
+    with open(path) as f:
+        conf = json.load(f)
+except FileNotFoundError:
+    conf = {}
+want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+if conf.get("runtimes", {}).get("runsc") != want:
+    conf.setdefault("runtimes", {})["runsc"] = want
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(conf, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    print("changed")
+PY
+}
+runsc_changed=$(register_runsc /etc/docker/daemon.json)
+
 # ------------------------------------------------------------ docker
 if docker info >/dev/null 2>&1; then
   echo "engine-up: docker already answering"
@@ -72,6 +103,12 @@ else
   fi
   wait_for dockerd "$DLOG" docker info
   echo "engine-up: docker answering ($(docker version -f '{{.Server.Version}}'))"
+fi
+runsc_registered() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+if [ -n "$runsc_changed" ] || ! runsc_registered; then
+  echo "engine-up: registering runsc with dockerd (reload, no restart)"
+  kill -HUP "$(cat /var/run/docker.pid)"
+  wait_for "dockerd (runsc)" /tmp/sandpool-dockerd.log runsc_registered
 fi
 
 # ------------------------------------------------------------ podman

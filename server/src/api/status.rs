@@ -173,6 +173,14 @@ fn from_sandbox(err: sandbox::Error, message: &str) -> Failure {
             }
         },
         sandbox::Error::CommandFailed { .. } => Failure::new(C::Internal, R::SandboxCommandFailed),
+        sandbox::Error::Warden { .. } => Failure::new(C::Internal, R::SandboxCommandFailed),
+        sandbox::Error::OnNetwork { container, .. } => {
+            Failure::new(C::FailedPrecondition, R::ContainerGone)
+                .precondition("CONTAINER_GONE", &container, message)
+                .with("container_id", container)
+        }
+        sandbox::Error::NoRunGroup(_) => Failure::new(C::FailedPrecondition, R::NotAllowed)
+            .precondition("NOT_ALLOWED", "", message),
     }
 }
 

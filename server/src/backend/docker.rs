@@ -21,8 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use super::{
-    Backend, BackendKind, ContainerSpec, Error, Exec, ExecSpec, ListedContainer, Output, Result,
-    Tmpfs,
+    Backend, BackendKind, ContainerInfo, ContainerSpec, Error, Exec, ExecSpec, ListedContainer,
+    Output, Result, Tmpfs,
+    privilege::{self, Mode, Privileges},
 };
 
 /// How long a pull may take before the image counts as missing. No registry
@@ -32,6 +33,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// Read buffer of an attached exec's output.
 const EXEC_READ_CAPACITY: usize = 64 * 1024;
+/// The environment of the engine-side commands of the backend itself.
+const FIXED_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A Docker (or Podman) engine reached over its local socket. Connects on
 /// first use and retries on the next call while the engine cannot be reached,
@@ -40,6 +43,7 @@ pub struct DockerBackend {
     kind: BackendKind,
     endpoint: String,
     docker: OnceCell<Docker>,
+    privileges: Privileges,
 }
 
 impl DockerBackend {
@@ -48,6 +52,7 @@ impl DockerBackend {
             kind,
             endpoint: endpoint.into(),
             docker: OnceCell::new(),
+            privileges: Privileges::default(),
         }
     }
 
@@ -124,11 +129,28 @@ impl DockerBackend {
             argv.push(m.path.clone());
         }
         argv[2] = script;
+        let (code, output) = self.privileged_command(id, argv).await?;
+        match code {
+            0 => Ok(()),
+            code => Err(Error::Engine {
+                op: "tmpfs ownership",
+                detail: format!(
+                    "setting the owner of the writable mounts failed with exit code {code}: {}",
+                    String::from_utf8_lossy(&output).trim()
+                ),
+            }),
+        }
+    }
+
+    /// Runs a fixed command of the backend's own as a privileged exec, with a
+    /// fixed environment; returns its exit code and output.
+    async fn privileged_command(&self, id: &str, argv: Vec<String>) -> Result<(i64, Vec<u8>)> {
         let docker = self.client().await?;
         let config = ExecConfig {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             cmd: Some(argv),
+            env: Some(vec![FIXED_PATH.to_string()]),
             user: Some("0:0".to_string()),
             privileged: Some(true),
             ..Default::default()
@@ -137,22 +159,123 @@ impl DockerBackend {
             .create_exec(id, config)
             .await
             .map_err(|e| container_error("exec create", id, e))?;
+        let mut collected = Vec::new();
         if let StartExecResults::Attached { mut output, .. } = docker
             .start_exec(&exec.id, None)
             .await
             .map_err(|e| container_error("exec start", id, e))?
         {
-            while output.next().await.is_some() {}
+            while let Some(item) = output.next().await {
+                if let Ok(chunk) = item
+                    && collected.len() < 64 * 1024
+                {
+                    collected.extend_from_slice(&chunk.into_bytes());
+                }
+            }
         }
-        match super::wait_exit_code(self, &exec.id).await? {
-            0 => Ok(()),
-            code => Err(Error::Engine {
-                op: "tmpfs ownership",
+        let code = super::wait_exit_code(self, &exec.id).await?;
+        Ok((code, collected))
+    }
+
+    /// Whether this container's runtime grants privileged execs, learned
+    /// from it if nobody knows yet (see `privilege`).
+    async fn probe_privileged_exec(&self, id: &str, runtime: &Option<String>) -> Result<Mode> {
+        let (code, output) = self
+            .privileged_command(id, vec!["/bin/true".to_string()])
+            .await?;
+        let mode = if code == 0 {
+            Mode::PrivilegedExec
+        } else if privilege::refused(code, &output) {
+            Mode::RootExec
+        } else {
+            return Err(Error::Engine {
+                op: "privileged exec",
                 detail: format!(
-                    "setting the owner of the writable mounts failed with exit code {code}"
+                    "a privileged /bin/true failed with exit code {code}: {}",
+                    String::from_utf8_lossy(&output).trim()
                 ),
-            }),
+            });
+        };
+        self.privileges.learn(runtime, mode);
+        Ok(mode)
+    }
+
+    /// Creates and starts a container; with `root_exec`, for root execs
+    /// with the helper's capabilities (see `privilege`).
+    async fn create_started(&self, spec: &ContainerSpec, root_exec: bool) -> Result<String> {
+        let root_exec = root_exec && !spec.helper_caps.is_empty();
+        let host_config = HostConfig {
+            memory: spec.memory_bytes,
+            // Swap would let a container exceed its memory limit on disk.
+            memory_swap: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
+            cpu_period: spec.cpu_period,
+            cpu_quota: spec.cpu_quota,
+            pids_limit: spec.pids_limit,
+            network_mode: Some(spec.network.clone()),
+            readonly_rootfs: Some(spec.read_only_root),
+            tmpfs: Some(self.tmpfs_options(&spec.tmpfs)),
+            runtime: spec.oci_runtime.clone(),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            cap_add: root_exec.then(|| spec.helper_caps.clone()),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            // An init as PID 1 reaps orphans and makes stop instant.
+            init: Some(true),
+            ..Default::default()
+        };
+        let user = if root_exec {
+            "0:0".to_string()
+        } else {
+            spec.main_user.clone()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            // Whatever the image's entrypoint, the container just idles; all
+            // work arrives through exec.
+            entrypoint: Some(vec!["sleep".to_string()]),
+            cmd: Some(vec!["infinity".to_string()]),
+            user: Some(user),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            working_dir: Some("/".to_string()),
+            host_config: Some(host_config),
+            stop_signal: Some("SIGKILL".to_string()),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .client()
+            .await?
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => Error::ImageMissing {
+                    image: spec.image.clone(),
+                    detail: e.to_string(),
+                },
+                _ => engine_error("container create", e),
+            })?;
+        if root_exec {
+            self.privileges.made_for_root_exec(&created.id);
         }
+        let started = self
+            .client()
+            .await?
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| engine_error("container start", e));
+        let ready = match started {
+            Ok(()) => self.fix_ownership(&created.id, &spec.tmpfs).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            // Do not leave a created-but-dead container behind.
+            let _ = self.remove_container(&created.id).await;
+            return Err(e);
+        }
+        Ok(created.id)
     }
 
     /// The engine endpoint from the environment, as the engine's own CLI
@@ -242,72 +365,28 @@ impl Backend for DockerBackend {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
-        let host_config = HostConfig {
-            memory: spec.memory_bytes,
-            // Swap would let a container exceed its memory limit on disk.
-            memory_swap: spec.memory_bytes,
-            nano_cpus: spec.nano_cpus,
-            cpu_period: spec.cpu_period,
-            cpu_quota: spec.cpu_quota,
-            pids_limit: spec.pids_limit,
-            network_mode: Some(spec.network.clone()),
-            readonly_rootfs: Some(spec.read_only_root),
-            tmpfs: Some(self.tmpfs_options(&spec.tmpfs)),
-            runtime: spec.oci_runtime.clone(),
-            cap_drop: Some(vec!["ALL".to_string()]),
-            security_opt: Some(vec!["no-new-privileges".to_string()]),
-            // An init as PID 1 reaps orphans and makes stop instant.
-            init: Some(true),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            // Whatever the image's entrypoint, the container just idles; all
-            // work arrives through exec.
-            entrypoint: Some(vec!["sleep".to_string()]),
-            cmd: Some(vec!["infinity".to_string()]),
-            user: Some(spec.main_user.clone()),
-            env: Some(spec.env.clone()),
-            labels: Some(spec.labels.clone()),
-            working_dir: Some("/".to_string()),
-            host_config: Some(host_config),
-            stop_signal: Some("SIGKILL".to_string()),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
-        let created = self
-            .client()
-            .await?
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => Error::ImageMissing {
-                    image: spec.image.clone(),
-                    detail: e.to_string(),
-                },
-                _ => engine_error("container create", e),
-            })?;
-        let started = self
-            .client()
-            .await?
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| engine_error("container start", e));
-        let ready = match started {
-            Ok(()) => self.fix_ownership(&created.id, &spec.tmpfs).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = ready {
-            // Do not leave a created-but-dead container behind.
-            let _ = self.remove_container(&created.id).await;
-            return Err(e);
+        let runtime = &spec.oci_runtime;
+        let mode = self.privileges.mode(runtime);
+        let id = self.create_started(spec, mode == Mode::RootExec).await?;
+        if spec.helper_caps.is_empty() || mode != Mode::Unknown {
+            return Ok(id);
         }
-        Ok(created.id)
+        match self.probe_privileged_exec(&id, runtime).await {
+            Ok(Mode::RootExec) => {
+                // The name is taken until this one is gone.
+                self.remove_container(&id).await?;
+                self.create_started(spec, true).await
+            }
+            Ok(_) => Ok(id),
+            Err(e) => {
+                let _ = self.remove_container(&id).await;
+                Err(e)
+            }
+        }
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {
+        self.privileges.forget(id);
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -370,6 +449,13 @@ impl Backend for DockerBackend {
     }
 
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<Exec> {
+        let (user, privileged) = if !spec.privileged {
+            (spec.user, false)
+        } else if self.privileges.uses_root_exec(container_id) {
+            ("0:0".to_string(), false)
+        } else {
+            ("0:0".to_string(), true)
+        };
         let config = ExecConfig {
             attach_stdin: Some(spec.stdin),
             attach_stdout: Some(true),
@@ -377,7 +463,8 @@ impl Backend for DockerBackend {
             tty: Some(false),
             env: Some(spec.env),
             cmd: Some(spec.argv),
-            user: Some(spec.user),
+            user: Some(user),
+            privileged: Some(privileged),
             working_dir: spec.working_dir,
             ..Default::default()
         };
@@ -483,5 +570,22 @@ impl Backend for DockerBackend {
                 Ok(())
             }
         }
+    }
+
+    async fn inspect(&self, container_id: &str) -> Result<ContainerInfo> {
+        let info = self
+            .client()
+            .await?
+            .inspect_container(container_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| container_error("container inspect", container_id, e))?;
+        let networks = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        Ok(ContainerInfo {
+            networks: networks.into_keys().filter(|n| n != "none").collect(),
+            env: info.config.and_then(|c| c.env).unwrap_or_default(),
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! it knows nothing of pools, leases or languages.
 
 mod docker;
+mod privilege;
 
 use std::{collections::HashMap, fmt, pin::Pin, sync::Arc};
 
@@ -94,6 +95,11 @@ pub struct ContainerSpec {
     pub tmpfs: Vec<Tmpfs>,
     pub oci_runtime: Option<String>,
     pub env: Vec<String>,
+    /// Capabilities (Docker names: "KILL") that the server's privileged
+    /// execs need. The container itself keeps none; an engine that cannot
+    /// grant a privileged exec keeps these in the container's bounding set
+    /// instead, and gives them to root execs (see `ExecSpec::privileged`).
+    pub helper_caps: Vec<String>,
 }
 
 /// A tmpfs mount. Executables may run from it (compiled programs do).
@@ -116,6 +122,10 @@ pub struct ExecSpec {
     pub working_dir: Option<String>,
     /// Attach standard input (the caller must then shut it down).
     pub stdin: bool,
+    /// Run as root with the container's helper capabilities (a privileged
+    /// exec, or a root exec where the engine cannot grant one): only ever
+    /// for a fixed command of the server's own.
+    pub privileged: bool,
 }
 
 /// One piece of output of an exec.
@@ -176,6 +186,21 @@ pub trait Backend: Send + Sync + 'static {
     /// Connects the container to `network`, or disconnects it from every
     /// network when `None`.
     async fn set_network(&self, container_id: &str, network: Option<&str>) -> Result<()>;
+
+    /// What the engine reports of a running container: its networks and
+    /// its environment.
+    async fn inspect(&self, container_id: &str) -> Result<ContainerInfo>;
+}
+
+/// What `Backend::inspect` reports.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerInfo {
+    /// The networks the container is attached to ("none", the engine's name
+    /// for no network, left out).
+    pub networks: Vec<String>,
+    /// "KEY=value" entries every exec starts with: the image's environment
+    /// and the container's own.
+    pub env: Vec<String>,
 }
 
 pub type SharedBackend = Arc<dyn Backend>;

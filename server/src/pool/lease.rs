@@ -341,12 +341,7 @@ impl LeaseTable {
         env: Vec<(String, String)>,
     ) -> Arc<LeaseEntry> {
         let id = format!("{:032x}", rand::random::<u128>());
-        let sandbox = sandbox::Container::new(
-            Arc::clone(&pool.backend),
-            Arc::clone(&pool.spec),
-            pool.lang,
-            holding.container(),
-        );
+        let sandbox = pool.sandbox(holding.container());
         let entry = Arc::new(LeaseEntry {
             id: id.clone(),
             pool,

@@ -102,8 +102,8 @@ impl Pool {
         let results = futures::future::join_all(checks.into_iter().map(|(slot, container)| {
             let pool = Arc::clone(self);
             async move {
-                let check =
-                    sandbox::check_toolchain(&*pool.backend, &pool.spec, pool.lang, &container);
+                let sandbox = pool.sandbox(&container);
+                let check = sandbox::check_health(&sandbox);
                 let outcome = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),

@@ -158,6 +158,8 @@ pub(crate) struct Pool {
     pub(super) tasks: TaskTracker,
     /// Stops the maintainer.
     pub(super) stop: CancellationToken,
+    /// The live containers, with what the server keeps for each.
+    sandboxes: sandbox::Sandboxes,
 }
 
 impl Pool {
@@ -197,6 +199,20 @@ impl Pool {
             wake: Notify::new(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            sandboxes: sandbox::Sandboxes::default(),
+        })
+    }
+
+    /// The handle of one of the pool's containers (shared by everyone who
+    /// uses it: see `sandbox::Container`).
+    pub fn sandbox(&self, id: &str) -> sandbox::Container {
+        self.sandboxes.get_or_insert(id, || {
+            sandbox::Container::new(
+                Arc::clone(&self.backend),
+                Arc::clone(&self.spec),
+                self.lang,
+                id,
+            )
         })
     }
 
@@ -569,11 +585,19 @@ impl Pool {
             self.lock().image_checked = true;
         }
         let container = sandbox::container_spec(&self.spec, &self.server_id, temporary);
-        let result = sandbox::provision(&*self.backend, &self.spec, self.lang, &container).await;
+        let result = sandbox::provision(
+            Arc::clone(&self.backend),
+            Arc::clone(&self.spec),
+            self.lang,
+            &container,
+        )
+        .await;
         if let Err(sandbox::Error::Backend(crate::backend::Error::ImageMissing { .. })) = &result {
             self.lock().image_checked = false;
         }
-        result
+        let sandbox = result?;
+        self.sandboxes.insert(&sandbox);
+        Ok(sandbox.id().to_string())
     }
 
     async fn create(self: Arc<Self>, slot: u64) {
@@ -675,7 +699,7 @@ impl Pool {
     }
 
     async fn reset(self: Arc<Self>, slot: u64, container: String) {
-        let result = sandbox::reset(&*self.backend, &self.spec, self.lang, &container).await;
+        let result = sandbox::reset(&self.sandbox(&container)).await;
         let mut st = self.lock();
         match result {
             Ok(()) if st.closed => self.begin_remove(&mut st, slot, RecycleReason::Drained),
@@ -683,9 +707,8 @@ impl Pool {
             Err(e) => {
                 tracing::warn!(pool = %self.spec.name, %container, error = %e, "reset failed; replacing the container");
                 let reason = match e {
-                    sandbox::Error::Backend(crate::backend::Error::ContainerGone { .. }) => {
-                        RecycleReason::Unhealthy
-                    }
+                    sandbox::Error::Backend(crate::backend::Error::ContainerGone { .. })
+                    | sandbox::Error::OnNetwork { .. } => RecycleReason::Unhealthy,
                     _ => RecycleReason::ResetFailed,
                 };
                 self.begin_remove(&mut st, slot, reason);
@@ -712,7 +735,7 @@ impl Pool {
         let pool = Arc::clone(self);
         self.tasks.spawn(async move {
             if let Some(container) = container
-                && let Err(e) = pool.backend.remove_container(&container).await
+                && let Err(e) = pool.remove_container(&container).await
             {
                 tracing::warn!(pool = %pool.spec.name, %container, error = %e, "could not remove container");
             }
@@ -724,10 +747,17 @@ impl Pool {
         });
     }
 
+    /// Removes a container, and what the server kept for it (its warden's
+    /// stdin closes).
+    async fn remove_container(&self, container: &str) -> crate::backend::Result<()> {
+        self.sandboxes.remove(container);
+        self.backend.remove_container(container).await
+    }
+
     fn spawn_remove_container(self: &Arc<Self>, container: String) {
         let pool = Arc::clone(self);
         self.tasks.spawn(async move {
-            if let Err(e) = pool.backend.remove_container(&container).await {
+            if let Err(e) = pool.remove_container(&container).await {
                 tracing::warn!(pool = %pool.spec.name, %container, error = %e, "could not remove container");
             }
             pool.changed();

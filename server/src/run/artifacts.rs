@@ -32,10 +32,14 @@ const CHUNK: usize = 256 * 1024;
 /// before the run's start as the server reads it; look back this far.
 const CLOCK_SLACK: Duration = Duration::from_millis(5);
 
-/// Marks the end of a run that does not report its artifacts itself.
+/// Marks the end of a run that does not report its artifacts itself. It
+/// runs as part of the run, in its environment: programs by absolute path,
+/// so that the run's PATH cannot turn the report off by accident (a run
+/// that fakes it on purpose only hides its own files: the report is a hint,
+/// the listing is the server's own).
 const WRAPPER: &str = r#"out=$1 t=$2 n=$3; shift 3
 "$@"; rc=$?
-c=0; [ -n "$(find "$out" -type f -newermt "@$t" -print -quit 2>/dev/null)" ] && c=1
+c=0; [ -n "$(/usr/bin/find "$out" -type f -newermt "@$t" -print -quit 2>/dev/null)" ] && c=1
 printf '\036sandpool:%s:%s:%s\036' "$n" "$c" "$n" >&2
 exit $rc"#;
 

@@ -53,8 +53,11 @@ struct Kernel {
 
 pub struct Context {
     pub id: String,
-    /// Marks the kernel and everything it starts, for killing them.
+    /// Carried in the kernel's environment as its run id.
     marker: String,
+    /// The group of the kernel and everything it starts, by which they are
+    /// killed (its cells' processes included); held while the context lives.
+    group: sandbox::RunGroup,
     nonce: String,
     kernel: Arc<tokio::sync::Mutex<Kernel>>,
     /// Bumped whenever a cell finishes, for interrupt escalation.
@@ -87,10 +90,15 @@ pub async fn create(lease: &LeaseGuard, language: Option<&str>) -> Result<String
     let id = format!("ctx-{:016x}", rand::random::<u64>());
     let nonce = format!("{:032x}", rand::random::<u128>());
     let marker = format!("{id}-{:08x}", rand::random::<u32>());
-    let kernel = start_kernel(lease, &id, &marker, &nonce).await?;
+    let group = lease
+        .sandbox()
+        .run_group()
+        .map_err(|e| lease.sandbox_error(e))?;
+    let kernel = start_kernel(lease, &id, &marker, &group, &nonce).await?;
     let context = Arc::new(Context {
         id: id.clone(),
         marker,
+        group,
         nonce,
         pid: Mutex::new(kernel.pid.clone()),
         kernel: Arc::new(tokio::sync::Mutex::new(kernel)),
@@ -113,7 +121,7 @@ pub async fn delete(lease: &LeaseGuard, id: &str) -> Result<()> {
     context
         .deleted
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    lease.sandbox().kill_run(&context.marker).await?;
+    lease.sandbox().kill_group(context.group.gid()).await?;
     Ok(())
 }
 
@@ -131,11 +139,19 @@ async fn start_kernel(
     lease: &LeaseGuard,
     context_id: &str,
     marker: &str,
+    group: &sandbox::RunGroup,
     nonce: &str,
 ) -> Result<Kernel> {
     let spec = lease.spec();
     let out_dir = spec.output_dir.clone();
-    let mut env = vec![
+    // The pool's runtime.env first: the kernel is the lease's process.
+    let mut env: Vec<(String, String)> = spec
+        .runtime
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
         ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
         ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
         ("SANDPOOL_OUTPUT_DIR".to_string(), out_dir.clone()),
@@ -143,7 +159,7 @@ async fn start_kernel(
             "SANDPOOL_PLOT_DIR".to_string(),
             format!("{}/plots", out_dir.trim_end_matches('/')),
         ),
-    ];
+    ]);
     env.extend(lease.lang().library_env());
     env.extend(lease.env().iter().cloned());
     env.push(("SANDPOOL_CONTEXT_NONCE".into(), nonce.to_string()));
@@ -151,9 +167,10 @@ async fn start_kernel(
     let exec = ExecSpec {
         argv: lease.lang().context_kernel().unwrap_or_default(),
         env: super::merge_env(env),
-        user: spec.runtime.user(),
+        user: lease.sandbox().run_user(group),
         working_dir: Some(sandbox::WORKSPACE.to_string()),
         stdin: true,
+        privileged: false,
     };
     let mut started = lease
         .sandbox()
@@ -291,8 +308,9 @@ impl Cell {
     }
 
     /// Stops the cell: an interrupt, then (after a grace period, or at once
-    /// when `hard`) the kernel is killed.
-    pub fn stop(&self, lease: &LeaseGuard, hard: bool) -> tokio::task::JoinHandle<()> {
+    /// when `hard`) the kernel is killed. The task's result: whether the
+    /// container is gone (see `run::Pump`).
+    pub fn stop(&self, lease: &LeaseGuard, hard: bool) -> tokio::task::JoinHandle<bool> {
         let container = lease.sandbox().clone();
         let context = Arc::clone(&self.context);
         let pid = lock(&context.pid).clone();
@@ -305,11 +323,15 @@ impl Cell {
                     .await
                     .is_ok()
                 {
-                    return;
+                    return false;
                 }
             }
-            if let Err(e) = container.kill_run(&context.marker).await {
-                tracing::warn!(context = %context.id, error = %e, "could not kill the kernel");
+            match container.kill_group(context.group.gid()).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(context = %context.id, error = %e, "could not kill the kernel");
+                    true
+                }
             }
         })
     }
@@ -338,6 +360,7 @@ impl Cell {
                 lease,
                 &self.context.id,
                 &self.context.marker,
+                &self.context.group,
                 &self.context.nonce,
             )
             .await

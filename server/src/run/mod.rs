@@ -116,6 +116,8 @@ pub async fn start(
         return Err(ended_error(&lease, cause));
     }
     let watch = ArtifactWatch::start();
+    // A cell runs in its context's kernel, under the context's group.
+    let mut group = None;
     let source = match plan.cell.take() {
         Some((context_id, code)) => {
             let context = context::find(&lease, &context_id)?;
@@ -129,7 +131,15 @@ pub async fn start(
             .await?;
             Source::Cell(Box::new(cell))
         }
-        None => Source::Exec(start_exec(&lease, &plan, &run_id, &watch).await?),
+        None => {
+            let run_group = lease
+                .sandbox()
+                .run_group()
+                .map_err(|e| lease.sandbox_error(e))?;
+            let exec = start_exec(&lease, &plan, &run_id, &run_group, &watch).await?;
+            group = Some(run_group);
+            Source::Exec(exec)
+        }
     };
     let started = Instant::now();
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
@@ -142,6 +152,7 @@ pub async fn start(
         lease,
         registration,
         run_id,
+        group,
         started,
         timeout: plan.timeout,
         limit: plan.output_limit,
@@ -159,20 +170,27 @@ pub async fn start(
     Ok(rx)
 }
 
-/// Starts the run's own process.
+/// Starts the run's own process, in its own group (see `sandbox::RunGroup`).
 async fn start_exec(
     lease: &LeaseGuard,
     plan: &request::Plan,
     run_id: &RunId,
+    group: &sandbox::RunGroup,
     watch: &ArtifactWatch,
 ) -> Result<Exec> {
     let out_dir = lease.spec().output_dir.clone();
-    // Layers, later ones winning: the server's own, the language's library
-    // paths, the lease's (from Acquire), the language's and the run's.
+    // Layers, later ones winning: the pool's runtime.env (the lease's
+    // processes get it, never the server's own), the server's own, the
+    // language's library paths, the lease's (from Acquire), the language's
+    // and the run's.
     let env = merge_env(
-        watch
-            .env(&out_dir)
-            .into_iter()
+        lease
+            .spec()
+            .runtime
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(watch.env(&out_dir))
             .chain([(
                 "SANDPOOL_PLOT_FORMAT".to_string(),
                 plan.plot_format.extension().to_string(),
@@ -190,11 +208,12 @@ async fn start_exec(
     let exec_spec = ExecSpec {
         argv,
         env,
-        user: lease.spec().runtime.user(),
+        user: lease.sandbox().run_user(group),
         working_dir: Some(plan.working_dir.clone()),
         // Without input, no stdin is attached (the program reads EOF): the
         // engine spends a few milliseconds less per exec.
         stdin: !plan.input.is_empty(),
+        privileged: false,
     };
     lease
         .sandbox()
@@ -237,6 +256,9 @@ struct Pump {
     lease: LeaseGuard,
     registration: RunRegistration,
     run_id: RunId,
+    /// The run's group (a cell's is its context's); given back when the
+    /// run is over, its kill included.
+    group: Option<sandbox::RunGroup>,
     started: Instant,
     timeout: Duration,
     limit: u64,
@@ -245,7 +267,9 @@ struct Pump {
     counts: [u64; 2],
     truncated: bool,
     stop: Option<(EndReason, String)>,
-    kill: Option<tokio::task::JoinHandle<()>>,
+    /// The kill in flight: true when it found the container gone (or had to
+    /// destroy it), whose output then never ends.
+    kill: Option<tokio::task::JoinHandle<bool>>,
     drain_until: Option<Instant>,
     /// Takes the artifact report out of stderr.
     scanner: FrameScanner,
@@ -325,6 +349,16 @@ impl Pump {
                 _ = tx.closed(), if self.stop.is_none() && pending.is_none() => {
                     self.request_stop(&source, EndReason::Cancelled, "the client went away".into());
                 }
+                gone = kill_outcome(&mut self.kill), if self.kill.is_some() => {
+                    self.kill = None;
+                    if gone {
+                        tracing::warn!(run = %self.run_id, "the container is gone; the run's output will not end");
+                        failure = Some(EngineError::ContainerGone {
+                            id: self.lease.sandbox().id().to_string(),
+                        });
+                        break;
+                    }
+                }
                 _ = sleep_until_opt(drain_until), if drain_until.is_some() => {
                     tracing::warn!(run = %self.run_id, "output did not end after the kill; giving up on it");
                     break;
@@ -338,11 +372,27 @@ impl Pump {
             Some(e) => RunEvent::Failed(self.lease.engine_error(e)),
             None => {
                 let exit = self.exit(source).await;
-                self.collect_artifacts().await;
-                RunEvent::Exit(exit)
+                if self.container_died(&exit).await {
+                    RunEvent::Failed(self.lease.engine_error(EngineError::ContainerGone {
+                        id: self.lease.sandbox().id().to_string(),
+                    }))
+                } else {
+                    self.collect_artifacts().await;
+                    RunEvent::Exit(exit)
+                }
             }
         };
         let _ = self.tx.send(event).await;
+    }
+
+    /// Whether the run ended because its container died (a gVisor sandbox
+    /// can, under a fork bomb): the engine then reports an exit code of its
+    /// own (126 and up, or none), and the container no longer runs.
+    async fn container_died(&self, exit: &RunExit) -> bool {
+        if (0..126).contains(&exit.exit_code) || exit.signal != 0 {
+            return false;
+        }
+        matches!(self.lease.sandbox().is_running().await, Ok(false))
     }
 
     /// Streams the files the run left in the output directory, unless its
@@ -407,9 +457,16 @@ impl Pump {
             Source::Exec(_) => {
                 let container = self.lease.sandbox().clone();
                 let run_id = self.run_id.clone();
+                let gid = self.group.as_ref().map(|g| g.gid());
                 tokio::spawn(async move {
-                    if let Err(e) = container.kill_run(run_id.as_str()).await {
-                        tracing::warn!(run = %run_id, error = %e, "could not kill the run");
+                    let Some(gid) = gid else { return false };
+                    match container.kill_group(gid).await {
+                        Ok(()) => false,
+                        Err(e) => {
+                            // Gone, or destroyed because the kill failed.
+                            tracing::warn!(run = %run_id, error = %e, "could not kill the run");
+                            true
+                        }
                     }
                 })
             }
@@ -451,6 +508,15 @@ impl Pump {
             message,
             context_restarted,
         }
+    }
+}
+
+/// Whether the kill in flight found the container gone; never resolves
+/// without one.
+async fn kill_outcome(kill: &mut Option<tokio::task::JoinHandle<bool>>) -> bool {
+    match kill {
+        Some(handle) => handle.await.unwrap_or(false),
+        None => std::future::pending().await,
     }
 }
 

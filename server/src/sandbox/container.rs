@@ -1,14 +1,23 @@
 //! One container as the layers above the sandbox see it: its engine, the
-//! pool spec it was made from, its language and its id. Runs, transfers,
-//! contexts and installs reach the engine only through this handle.
+//! pool spec it was made from, its language and its id, plus what the
+//! server keeps for it while it lives (its warden, its runs' groups). Runs,
+//! transfers, contexts and installs reach the engine only through this
+//! handle. Clones share that state: get the handle of a pool's container
+//! from the pool's `Sandboxes`, never make a second one.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use rand::Rng;
 
-use super::{INTERNAL_OUTPUT_LIMIT, Result, internal, sh};
+use super::{
+    Error, INTERNAL_OUTPUT_LIMIT, Result,
+    groups::{Groups, RunGroup},
+    internal, sh,
+    warden::{self, Warden},
+};
 use crate::{
-    backend::{self, Collected, Exec, ExecSpec, ExecStdin, SharedBackend},
+    backend::{self, Backend, Collected, Exec, ExecSpec, ExecStdin, SharedBackend},
     lang::{InstallScope, Language},
     spec::PoolSpec,
 };
@@ -31,6 +40,21 @@ pub enum WriteKind {
 
 /// Output of the server's own listing scripts is kept up to this size.
 const SCRIPT_OUTPUT_LIMIT: usize = 4 << 20;
+/// How long the warden may take to kill a run (it does not wait for the
+/// killed to exit: under a fork bomb it answers in about 0.4 s), and then a
+/// one-shot exec; after that the container is destroyed.
+const KILL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Throwaway uids for pool installs: neither root, the sandbox user, the
+/// idle user nor a run's group number.
+const INSTALL_UIDS: std::ops::RangeInclusive<u32> = 40_000..=49_999;
+
+/// What the server keeps for one container while it lives.
+struct Resident {
+    warden: Warden,
+    groups: Arc<Groups>,
+    /// The uid pool libraries are installed as (see `install`).
+    install_uid: u32,
+}
 
 #[derive(Clone)]
 pub struct Container {
@@ -38,6 +62,7 @@ pub struct Container {
     spec: Arc<PoolSpec>,
     lang: &'static dyn Language,
     id: String,
+    resident: Arc<Resident>,
 }
 
 impl Container {
@@ -47,11 +72,23 @@ impl Container {
         lang: &'static dyn Language,
         id: impl Into<String>,
     ) -> Self {
+        let mut rng = rand::rng();
+        let install_uid = loop {
+            let uid = rng.random_range(INSTALL_UIDS);
+            if uid != spec.runtime.uid && uid != spec.runtime.gid {
+                break uid;
+            }
+        };
         Self {
             backend,
             spec,
             lang,
             id: id.into(),
+            resident: Arc::new(Resident {
+                warden: Warden::default(),
+                groups: Arc::new(Groups::default()),
+                install_uid,
+            }),
         }
     }
 
@@ -67,16 +104,42 @@ impl Container {
         self.lang
     }
 
+    pub(super) fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub(super) fn install_uid(&self) -> u32 {
+        self.resident.install_uid
+    }
+
     /// An exec of the server's own in this container: as the sandbox user, in
-    /// /, without stdin.
+    /// /, without stdin, with a fixed environment.
     pub fn internal(&self, argv: Vec<String>) -> ExecSpec {
         internal(&self.spec, argv)
+    }
+
+    /// A group for a new run (or kernel, or install) of the lease.
+    pub fn run_group(&self) -> Result<RunGroup> {
+        self.resident
+            .groups
+            .allocate()
+            .ok_or_else(|| Error::NoRunGroup(self.id.clone()))
+    }
+
+    /// "uid:gid" of a process of the lease in `group`.
+    pub fn run_user(&self, group: &RunGroup) -> String {
+        format!("{}:{}", self.spec.runtime.uid, group.gid())
     }
 
     /// Starts a process (a run's program, a kernel, a transfer) and returns
     /// its streams.
     pub async fn start(&self, exec: ExecSpec) -> backend::Result<Exec> {
         self.backend.exec(&self.id, exec).await
+    }
+
+    /// Whether the container exists and runs.
+    pub async fn is_running(&self) -> backend::Result<bool> {
+        self.backend.container_running(&self.id).await
     }
 
     /// The exit code of a process whose output has ended.
@@ -160,10 +223,22 @@ impl Container {
             .await?)
     }
 
-    /// Kills every process of a run (or a context's kernel), found by the
-    /// marker `run_id` in its environment.
-    pub async fn kill_run(&self, run_id: &str) -> Result<()> {
-        super::kill_run(&*self.backend, &self.spec, &self.id, run_id).await
+    /// Kills every process of a run, a context's kernel or an install: every
+    /// process with the group `gid`, wherever it went (other sessions, an
+    /// emptied environment). A run that cannot be killed must not outlive
+    /// its lease in a container that is used again: if neither the warden
+    /// nor a one-shot exec manages, the container is destroyed.
+    pub async fn kill_group(&self, gid: u32) -> Result<()> {
+        let command = format!("kill gid {gid}");
+        match self.warden_command(&command, KILL_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(e @ Error::Backend(backend::Error::ContainerGone { .. })) => Err(e),
+            Err(e) => {
+                tracing::warn!(container = %self.id, error = %e, "cannot kill a run; destroying the container");
+                self.destroy().await;
+                Err(e)
+            }
+        }
     }
 
     /// Installs libraries for the lease that holds this container.
@@ -172,15 +247,45 @@ impl Container {
         packages: &[String],
         network: Option<&str>,
     ) -> Result<String> {
-        super::install_libraries(
-            &*self.backend,
-            &self.spec,
-            self.lang,
-            &self.id,
-            packages,
-            InstallScope::Lease,
-            network,
-        )
-        .await
+        super::install::install_libraries(self, packages, InstallScope::Lease, network).await
+    }
+
+    /// Removes the container from the engine (what a pool does with one it
+    /// can no longer trust); the lease that holds it sees it gone.
+    pub async fn destroy(&self) {
+        if let Err(e) = self.backend.remove_container(&self.id).await {
+            tracing::warn!(container = %self.id, error = %e, "could not remove a container");
+        }
+    }
+
+    /// Starts the warden (warm-up: before anything else runs).
+    pub(super) async fn start_warden(&self) -> Result<()> {
+        self.resident.warden.ensure_started(self).await
+    }
+
+    /// Checks that the warden answers, starting a new one if it is gone.
+    pub(super) async fn ping_warden(&self) -> Result<()> {
+        self.warden_command("ping", KILL_TIMEOUT).await.map(|_| ())
+    }
+
+    /// One command to the warden (see `warden::Warden::command`).
+    pub(super) async fn warden_command(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<warden::Answer> {
+        self.resident.warden.command(self, command, timeout).await
+    }
+
+    /// A command to the warden, asked again while it answers "busy".
+    pub(super) async fn warden_until_done(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        self.resident
+            .warden
+            .until_done(self, command, timeout)
+            .await
     }
 }

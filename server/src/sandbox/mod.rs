@@ -1,19 +1,39 @@
 //! What sandpool does to one container: create and warm it, reset it between
 //! leases, check its health, kill a run's processes. Pools decide *when*;
 //! this module knows *how*, on any backend.
+//!
+//! Who runs what inside a container:
+//! - the lease's own processes (runs, context kernels, installs on a lease)
+//!   run as the sandbox user with a group of their own (`groups`), with the
+//!   pool's `runtime.env` in their environment;
+//! - the server's own commands (transfers, listings, support files) run as
+//!   the sandbox user or the idle user with a fixed environment (`internal`):
+//!   nothing a lease planted (a PATH entry, LD_PRELOAD) runs in them;
+//! - toolchain checks and the languages' warm-up and after-reset snippets
+//!   run as the sandbox user with the image's environment only;
+//! - kills, resets and the sealing of pool installs are the warden's, a
+//!   root helper started by a privileged exec of a fixed command (`warden`).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use rand::Rng;
 
 mod container;
+mod groups;
+mod install;
+mod network;
+mod registry;
+mod reset;
+mod warden;
 
 pub use container::{Container, WriteKind};
+pub use groups::RunGroup;
+pub use registry::Sandboxes;
 
 use crate::{
-    backend::{self, Backend, ContainerSpec, Tmpfs},
-    lang::{InstallScope, Language},
+    backend::{self, Backend, ContainerSpec, SharedBackend, Tmpfs},
+    lang::Language,
     spec::PoolSpec,
 };
 
@@ -34,21 +54,22 @@ pub const LABEL_TEMPORARY: &str = "sandpool.temporary";
 pub const WORKSPACE: &str = "/sandbox";
 /// Home of the sandbox user: writable, wiped on reset.
 pub const HOME: &str = "/home/sandbox";
-/// Environment variable that marks every process of a run, so that the whole
-/// tree (forked, double-forked, setsid'd children included) can be found and
-/// killed.
+/// Environment variable that carries a run's id into its processes (the R
+/// plot profile names files by it). Kills do not rely on it: a process may
+/// clear its environment; they go by the run's group (`groups`).
 pub const RUN_MARKER: &str = "SANDPOOL_RUN_ID";
 /// The container's idle main process runs as this user, which is not the
-/// sandbox user: a reset kills every process of the sandbox user without
-/// killing the container.
+/// sandbox user; the server writes support files as it.
 const IDLE_USER: &str = "65534:65534";
+const IDLE_UID: u32 = 65534;
 /// Support files and pool-wide libraries: a tmpfs owned by the idle user,
 /// so the sandbox user can use but not change it, and the reset leaves it.
 pub const SUPPORT_ROOT: &str = "/opt/sandpool";
-/// How long installing libraries may take.
-const INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-/// Keep this much of an installer's output for messages.
-const INSTALL_LOG_LIMIT: usize = 256 * 1024;
+/// Places the sandbox user can write on any pool: the pool's tmpfs mounts
+/// and the engine's /dev/shm. With a read-only root there is nothing else
+/// (/dev/mqueue, the engine's other writable mount, the warden empties on
+/// its own); a writable root is searched at warm-up.
+const WRITABLE: &[&str] = &[WORKSPACE, HOME, "/tmp", "/dev/shm"];
 /// Keep at most this much of the output of internal commands.
 pub(crate) const INTERNAL_OUTPUT_LIMIT: usize = 64 * 1024;
 
@@ -63,6 +84,20 @@ pub enum Error {
         exit_code: i64,
         detail: String,
     },
+    /// The container's root helper failed a command (and so did the
+    /// one-shot exec tried instead).
+    #[error("the warden could not {command:?}: {detail}")]
+    Warden { command: String, detail: String },
+    /// The container is on a network its pool does not allow while leased;
+    /// it is destroyed.
+    #[error("container {container} is on network(s) {networks:?} where its pool has none")]
+    OnNetwork {
+        container: String,
+        networks: Vec<String>,
+    },
+    /// Every run group of the container is held by a live run.
+    #[error("too many runs at once in container {0}")]
+    NoRunGroup(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -92,7 +127,7 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
             path: SUPPORT_ROOT.to_string(),
             size_bytes: rt.tmpfs_size_bytes,
             mode: 0o755,
-            owner: Some((65534, 65534)),
+            owner: Some((IDLE_UID, IDLE_UID)),
         },
         Tmpfs {
             path: "/tmp".to_string(),
@@ -105,8 +140,6 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         Some(quota) => (None, Some(rt.cpu_period.unwrap_or(100_000)), Some(quota)),
         None => (Some((rt.cpus * 1e9) as i64), None, None),
     };
-    let mut env = vec![format!("HOME={HOME}"), "LANG=C.UTF-8".to_string()];
-    env.extend(rt.env.iter().map(|(k, v)| format!("{k}={v}")));
     ContainerSpec {
         name,
         image: spec.image.clone(),
@@ -129,18 +162,62 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         read_only_root: rt.read_only_root,
         tmpfs,
         oci_runtime: rt.oci_runtime.clone(),
-        env,
+        // The pool's runtime.env is not here: every exec would inherit it,
+        // the server's own included. The lease's processes get it instead.
+        env: vec![format!("HOME={HOME}"), "LANG=C.UTF-8".to_string()],
+        helper_caps: warden::HELPER_CAPS.iter().map(|c| c.to_string()).collect(),
     }
 }
 
-/// An exec of the server's own, as the sandbox user, in /, without stdin.
+/// The exec-level environment of the server's own commands: what the image
+/// may set for the loader is blanked, so that even `env` itself loads clean.
+fn fixed_exec_env() -> Vec<String> {
+    vec![
+        warden::FIXED_PATH.to_string(),
+        "LD_PRELOAD=".to_string(),
+        "LD_LIBRARY_PATH=".to_string(),
+        "LD_AUDIT=".to_string(),
+    ]
+}
+
+/// An exec of the server's own as `user`, in /, without stdin, with a fixed
+/// environment: `env -i` leaves only a PATH of root-owned directories, HOME
+/// and LANG, whatever the image's or the pool's environment says.
+fn internal_as(user: String, argv: Vec<String>) -> ExecSpec {
+    let mut full: Vec<String> = vec![
+        "/usr/bin/env".into(),
+        "-i".into(),
+        warden::FIXED_PATH.into(),
+        format!("HOME={HOME}"),
+        "LANG=C.UTF-8".into(),
+    ];
+    full.extend(argv);
+    ExecSpec {
+        argv: full,
+        env: fixed_exec_env(),
+        user,
+        working_dir: Some("/".to_string()),
+        stdin: false,
+        privileged: false,
+    }
+}
+
+/// An exec of the server's own as the sandbox user (see `internal_as`).
 pub fn internal(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
+    internal_as(spec.runtime.user(), argv)
+}
+
+/// A toolchain command of the server's (a check, a warm-up or after-reset
+/// snippet) as the sandbox user, in /: with the image's environment, which
+/// finds the toolchain, and nothing of the pool's or a lease's.
+fn toolchain(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
     ExecSpec {
         argv,
         env: Vec::new(),
         user: spec.runtime.user(),
         working_dir: Some("/".to_string()),
         stdin: false,
+        privileged: false,
     }
 }
 
@@ -175,62 +252,61 @@ async fn run_checked(
     }
 }
 
-/// Creates a container and warms it: started, the toolchain verified, the
-/// output directory made. A container that fails to warm is removed.
+/// Creates a container and warms it: started, its warden running, support
+/// files and pool libraries in place, the install network gone, reset once,
+/// the toolchain verified. A container that fails to warm is removed.
 pub async fn provision(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    lang: &dyn Language,
+    backend: SharedBackend,
+    spec: Arc<PoolSpec>,
+    lang: &'static dyn Language,
     container: &ContainerSpec,
-) -> Result<String> {
+) -> Result<Container> {
     let id = backend.create_container(container).await?;
-    match warm(backend, spec, lang, &id).await {
-        Ok(()) => Ok(id),
+    let sandbox = Container::new(backend, spec, lang, id);
+    match warm(&sandbox).await {
+        Ok(()) => Ok(sandbox),
         Err(e) => {
-            if let Err(rm) = backend.remove_container(&id).await {
-                tracing::warn!(container = %id, error = %rm, "could not remove a container that failed to warm");
-            }
+            sandbox.destroy().await;
             Err(e)
         }
     }
 }
 
-async fn warm(backend: &dyn Backend, spec: &PoolSpec, lang: &dyn Language, id: &str) -> Result<()> {
-    for (path, content) in lang.support_files() {
-        write_as_idle_user(backend, id, path, content).await?;
+async fn warm(c: &Container) -> Result<()> {
+    let spec = c.spec();
+    // First, while the idle process is the only other one: the warden
+    // records which it is.
+    c.start_warden().await?;
+    for (path, content) in c.lang().support_files() {
+        write_as_idle_user(c, path, content).await?;
     }
     if !spec.libraries.is_empty() {
-        install_libraries(
-            backend,
-            spec,
-            lang,
-            id,
-            &spec.libraries,
-            InstallScope::Pool,
-            None,
-        )
-        .await?;
+        install::pool_libraries(c).await?;
     }
     if installs_need_network(spec) {
         // Cut the install network before any client code can run.
-        backend.set_network(id, None).await?;
+        c.backend().set_network(c.id(), None).await?;
         if spec.runtime.network != "none" {
-            backend.set_network(id, Some(&spec.runtime.network)).await?;
+            c.backend()
+                .set_network(c.id(), Some(&spec.runtime.network))
+                .await?;
         }
     }
-    let prepare = sh("mkdir -p \"$1\"", &[&spec.output_dir]);
-    run_checked(
-        backend,
-        id,
-        internal(spec, prepare),
-        "preparing the workspace",
-    )
-    .await?;
-    check_toolchain(backend, spec, lang, id).await?;
-    if let Some(script) = lang.warm_up() {
-        run_checked(backend, id, internal(spec, sh(script, &[])), "the warm-up").await?;
+    reset::discover(c).await?;
+    // The state every later reset returns to (and anything an install left
+    // is gone).
+    reset::wipe(c).await?;
+    check_toolchain(c).await?;
+    if let Some(script) = c.lang().warm_up() {
+        run_checked(
+            c.backend(),
+            c.id(),
+            toolchain(spec, sh(script, &[])),
+            "the warm-up",
+        )
+        .await?;
     }
-    Ok(())
+    network::verify(c).await
 }
 
 /// Whether the container starts on the install network (and leaves it
@@ -240,22 +316,17 @@ fn installs_need_network(spec: &PoolSpec) -> bool {
 }
 
 /// Writes a support file as the idle user (readable, not writable, by code).
-async fn write_as_idle_user(
-    backend: &dyn Backend,
-    id: &str,
-    path: &str,
-    content: &'static str,
-) -> Result<()> {
+async fn write_as_idle_user(c: &Container, path: &str, content: &'static str) -> Result<()> {
     let exec = ExecSpec {
-        argv: sh("mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"", &[path]),
-        env: Vec::new(),
-        user: IDLE_USER.to_string(),
-        working_dir: Some("/".to_string()),
         stdin: true,
+        ..internal_as(
+            IDLE_USER.to_string(),
+            sh("mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"", &[path]),
+        )
     };
     let out = backend::exec_collect(
-        backend,
-        id,
+        c.backend(),
+        c.id(),
         exec,
         Some(Bytes::from_static(content.as_bytes())),
         INTERNAL_OUTPUT_LIMIT,
@@ -272,161 +343,17 @@ async fn write_as_idle_user(
     }
 }
 
-/// Installs libraries with the language's installer: for the pool (as the
-/// idle user, into the support tmpfs) or for a lease (as the sandbox user,
-/// into its home). With `network`, the container joins that network for the
-/// install and leaves it afterwards, whatever happened. Returns the
-/// installer's output.
-pub async fn install_libraries(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    lang: &dyn Language,
-    id: &str,
-    packages: &[String],
-    scope: InstallScope,
-    network: Option<&str>,
-) -> Result<String> {
-    // A pool install runs as the idle user, whose files the sandbox user
-    // could not delete: its home and temporary files stay out of the places
-    // the reset wipes.
-    let (user, home, tmp) = match scope {
-        InstallScope::Pool => (
-            IDLE_USER.to_string(),
-            format!("{SUPPORT_ROOT}/.install"),
-            format!("{SUPPORT_ROOT}/.install/tmp"),
-        ),
-        InstallScope::Lease => (spec.runtime.user(), HOME.to_string(), "/tmp".to_string()),
-    };
-    let mut env = vec![format!("HOME={home}"), format!("TMPDIR={tmp}")];
-    env.extend(
-        lang.library_env()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}")),
-    );
-    // What the image (or an earlier install) has already needs neither the
-    // installer nor an index.
-    let missing = missing_libraries(backend, lang, id, packages, &user, &env).await?;
-    if missing.is_empty() {
-        return Ok("every library is installed already\n".to_string());
-    }
-    let Some(argv) = lang.install_command(&missing, scope, spec.package_index_url.as_deref())
-    else {
-        return Err(Error::CommandFailed {
-            what: "installing libraries",
-            exit_code: -1,
-            detail: format!("sandpool has no library installer for {}", lang.name()),
-        });
-    };
-    let target = match scope {
-        InstallScope::Pool => crate::lang::POOL_LIBRARY_DIR,
-        InstallScope::Lease => HOME,
-    };
-    // The installer runs without a shell: the script only makes the
-    // directories, then execs the installer's argv as given.
-    let mut full = sh(
-        "mkdir -p \"$HOME\" \"$TMPDIR\" \"$1\" 2>/dev/null; shift; exec \"$@\"",
-        &[target],
-    );
-    full.extend(argv);
-    let exec = ExecSpec {
-        argv: full,
-        env,
-        user,
-        working_dir: Some("/".to_string()),
-        stdin: false,
-    };
-    if let Some(net) = network {
-        backend.set_network(id, Some(net)).await?;
-    }
-    let result = tokio::time::timeout(
-        INSTALL_TIMEOUT,
-        backend::exec_collect(backend, id, exec, None, INSTALL_LOG_LIMIT),
-    )
-    .await;
-    if network.is_some() {
-        backend.set_network(id, None).await?;
-    }
-    let out = match result {
-        Ok(out) => out?,
-        Err(_) => {
-            return Err(Error::CommandFailed {
-                what: "installing libraries",
-                exit_code: -1,
-                detail: format!(
-                    "the installer did not finish within {}s",
-                    INSTALL_TIMEOUT.as_secs()
-                ),
-            });
-        }
-    };
-    let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
-    log.push_str(&String::from_utf8_lossy(&out.stderr));
-    if out.success() {
-        Ok(log)
-    } else {
-        Err(Error::CommandFailed {
-            what: "installing libraries",
-            exit_code: out.exit_code,
-            detail: tail(&out.diagnostic(), 4000),
-        })
-    }
-}
-
-/// Those of `packages` the container does not have yet (all of them when
-/// the language cannot tell).
-async fn missing_libraries(
-    backend: &dyn Backend,
-    lang: &dyn Language,
-    id: &str,
-    packages: &[String],
-    user: &str,
-    env: &[String],
-) -> Result<Vec<String>> {
-    let Some(argv) = lang.missing_libraries_command(packages) else {
-        return Ok(packages.to_vec());
-    };
-    let exec = ExecSpec {
-        argv,
-        env: env.to_vec(),
-        user: user.to_string(),
-        working_dir: Some("/".to_string()),
-        stdin: false,
-    };
-    let out = backend::exec_collect(backend, id, exec, None, INTERNAL_OUTPUT_LIMIT).await?;
-    if !out.success() {
-        // Cannot tell: let the installer decide.
-        return Ok(packages.to_vec());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
-}
-
-/// The end of a long text, where installers say what went wrong.
-fn tail(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("...{}", &text[start..])
-}
-
 /// Runs the language's check command: the container is alive and its
 /// toolchain works.
-pub async fn check_toolchain(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    lang: &dyn Language,
-    id: &str,
-) -> Result<()> {
-    let (argv, expect) = lang.check();
-    let out = run_checked(backend, id, internal(spec, argv), "the toolchain check").await?;
+async fn check_toolchain(c: &Container) -> Result<()> {
+    let (argv, expect) = c.lang().check();
+    let out = run_checked(
+        c.backend(),
+        c.id(),
+        toolchain(c.spec(), argv),
+        "the toolchain check",
+    )
+    .await?;
     if String::from_utf8_lossy(&out.stdout).contains(expect) {
         Ok(())
     } else {
@@ -438,77 +365,15 @@ pub async fn check_toolchain(
     }
 }
 
-/// Kills every process of the sandbox user, twice (a process forking during
-/// the first sweep is caught by the second), then empties every writable
-/// place but keeps the output directory itself. One `find` does the common
-/// case (this runs after every lease, beside the next client's runs); only if
-/// something resisted deletion (a directory without write permission) does
-/// it fix permissions and try again, and fail if that does not help. Runs as
-/// the sandbox user, so it can neither touch the container's main process nor
-/// anything outside the sandbox's own files.
-const RESET_SCRIPT: &str = r#"kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null
-out="$1"; shift
-if ! find "$@" -mindepth 1 ! \( -path "$out" -type d \) -delete 2>/dev/null; then
-  chmod -R u+rwX "$@" 2>/dev/null
-  find "$@" -mindepth 1 ! \( -path "$out" -type d \) -delete || { echo "could not empty $*" >&2; exit 1; }
-fi
-[ -d "$out" ] || mkdir -p "$out""#;
-
-/// Returns the container to the state of a fresh one: no process of the
-/// sandbox user, empty workspace, /tmp, home and /dev/shm.
-pub async fn reset(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    lang: &dyn Language,
-    id: &str,
-) -> Result<()> {
-    let script = match lang.after_reset() {
-        Some(extra) => format!("{RESET_SCRIPT}\n{extra}"),
-        None => RESET_SCRIPT.to_string(),
-    };
-    let argv = sh(
-        &script,
-        &[&spec.output_dir, WORKSPACE, "/tmp", HOME, "/dev/shm"],
-    );
-    run_checked(backend, id, internal(spec, argv), "the reset").await?;
-    Ok(())
+/// The health check of an idle container: its toolchain works and its
+/// warden answers (a new one is started if it is gone).
+pub async fn check_health(c: &Container) -> Result<()> {
+    check_toolchain(c).await?;
+    c.ping_warden().await
 }
 
-/// Kills every process of one run, found by its marker in their environment,
-/// until none is left (processes may fork while being killed).
-const KILL_RUN_SCRIPT: &str = r#"i=0
-while [ $i -lt 50 ]; do
-  found=
-  for p in /proc/[0-9]*; do
-    if grep -qxz "$1" "$p/environ" 2>/dev/null; then
-      kill -9 "${p#/proc/}" 2>/dev/null && found=1
-    fi
-  done
-  [ -z "$found" ] && exit 0
-  i=$((i+1))
-done
-echo "processes of the run kept appearing" >&2
-exit 1"#;
-
-/// Kills every process of run `run_id` in the container.
-pub async fn kill_run(
-    backend: &dyn Backend,
-    spec: &PoolSpec,
-    id: &str,
-    run_id: &str,
-) -> Result<()> {
-    let marker = format!("{RUN_MARKER}={run_id}");
-    run_checked(
-        backend,
-        id,
-        internal(spec, sh(KILL_RUN_SCRIPT, &[&marker])),
-        "killing the run",
-    )
-    .await?;
-    Ok(())
-}
-
-/// The environment entry that marks a run's processes.
-pub fn run_marker(run_id: &str) -> String {
-    format!("{RUN_MARKER}={run_id}")
+/// Returns a released container to the state of a fresh one: nothing of the
+/// lease left (see `reset`), and on no network its pool does not allow.
+pub async fn reset(c: &Container) -> Result<()> {
+    reset::reset(c).await
 }

@@ -93,7 +93,12 @@ impl TestServer {
         Self::start_with(empty_config()).await
     }
 
+    /// With SANDPOOL_TEST_LOG set, the server's logs go to stderr (levels
+    /// from RUST_LOG).
     pub async fn start_with(config: ServerConfig) -> Self {
+        if std::env::var_os("SANDPOOL_TEST_LOG").is_some() {
+            sandpool_server::telemetry::init(sandpool_server::config::LogFormat::Text);
+        }
         Self::start_with_client(config, |addr| Client::builder(format!("http://{addr}"))).await
     }
 

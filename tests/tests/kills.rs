@@ -283,7 +283,15 @@ async fn kills_on_gvisor() {
         "gvisor fork bomb: {:?} after {ended:?}",
         result.as_ref().map(|o| o.end_reason())
     );
-    assert!(ended <= timeout + KILL_SLACK * 2, "ended after {ended:?}");
+    // gVisor's ptrace platform runs a host process per guest address space
+    // and host threads for its kernel, all under the pids limit: a fork bomb
+    // may wedge or crash the sandbox. Then the kill fails, the server gives
+    // up on the container after its kill deadlines (2 s for the warden, 2 s
+    // for a one-shot exec) and the run ends with the container gone.
+    assert!(
+        ended <= timeout + Duration::from_millis(4500),
+        "ended after {ended:?}"
+    );
     match result {
         Ok(out) if out.end_reason() == pb::EndReason::Timeout => {
             let started = Instant::now();

@@ -346,6 +346,23 @@ pub fn shell_run(line: &str, timeout: f64) -> pb::RunRequest {
     }
 }
 
+/// Python in which every process forks for ever and never exits: the pids
+/// limit stays full.
+pub const FORK_BOMB: &str =
+    "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+
+/// The fork bomb as a run with a timeout in seconds.
+pub fn fork_bomb_run(timeout: f64) -> pb::RunRequest {
+    pb::RunRequest {
+        program: Some(pb::run_request::Program::Code(pb::Code {
+            source: Some(pb::code::Source::Text(FORK_BOMB.into())),
+            language: String::new(),
+        })),
+        timeout: secs(timeout),
+        ..Default::default()
+    }
+}
+
 /// Whether the Docker engine has gVisor's `runsc` runtime (registered by
 /// scripts/engine-up.sh). With SANDPOOL_REQUIRE_RUNSC set, a missing runtime
 /// fails the test instead of skipping it.

@@ -82,7 +82,7 @@ async fn containers_are_locked_down_by_default() {
     let probe = r#"
 import os, socket
 status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
-print('caps', status['CapEff'].strip(), status['CapBnd'].strip())
+print('caps', status['CapEff'].strip(), status['CapPrm'].strip(), status['CapBnd'].strip())
 print('nnp', status['NoNewPrivs'].strip())
 print('uid', os.getuid(), os.getgid())
 try:
@@ -101,12 +101,36 @@ print('init', open('/proc/1/cmdline').read().split('\0')[0])
 "#;
     let out = session.run_collect(probe).await.expect("probe");
     let text = out.stdout_text();
+    // No capability, none to gain. The bounding set is empty too, except
+    // on an engine that refuses privileged execs (see backend::privilege):
+    // there it keeps what the server's root helper needs, which the sandbox
+    // user cannot use (not root, no-new-privileges).
+    let cap_add = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{json .HostConfig.CapAdd}}",
+        session.container_id(),
+    ]);
+    let bounding = if cap_add == "null" || cap_add == "[]" {
+        "0000000000000000"
+    } else {
+        // chown, dac_override, fowner, kill, setgid, setuid, sys_nice
+        "00000000008000eb"
+    };
     assert!(
-        text.contains("caps 0000000000000000 0000000000000000"),
-        "{text}"
+        text.contains(&format!(
+            "caps 0000000000000000 0000000000000000 {bounding}"
+        )),
+        "{text} (CapAdd {cap_add})"
     );
     assert!(text.contains("nnp 1"), "{text}");
-    assert!(text.contains("uid 1000 1000"), "{text}");
+    // The sandbox user, with a group of the run's own.
+    let gid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("uid 1000 "))
+        .and_then(|g| g.trim().parse().ok())
+        .unwrap_or_else(|| panic!("uid 1000 and a gid: {text}"));
+    assert!((20_000..30_000).contains(&gid), "{text}");
     assert!(text.contains("rootfs 30"), "read-only root (EROFS): {text}");
     assert!(text.contains("nets ['lo']"), "{text}");
     assert!(text.contains("network none"), "{text}");
@@ -152,6 +176,54 @@ async fn runtime_settings_are_applied() {
         .await
         .expect("run");
     assert_eq!(out.stdout_text(), "blue\n");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// The same lock-down on gVisor, as far as its kernel shows it: no
+/// capabilities at all (its privileged execs get gVisor's own), the sandbox
+/// user with a run's group, a root file system it cannot write (gVisor says
+/// EACCES where Linux says EROFS), no network but loopback. Its /proc shows
+/// no NoNewPrivs line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_are_locked_down_on_gvisor() {
+    if !sandpool_tests::runsc_available() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut spec = python_pool("gvlocked");
+    spec.runtime = Some(sandpool_client::proto::RuntimeConfig {
+        oci_runtime: Some("runsc".into()),
+        ..Default::default()
+    });
+    server.pool(spec).await;
+    let session = server.client.acquire("gvlocked").await.expect("acquire");
+    let probe = r#"
+import os
+status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
+print('caps', status['CapEff'].strip(), status['CapPrm'].strip(), status['CapBnd'].strip())
+print('uid', os.getuid(), 20000 <= os.getgid() < 30000)
+try:
+    open('/usr/lib/evil', 'w')
+    print('rootfs writable')
+except OSError as e:
+    print('rootfs', 'refused' if e.errno in (13, 30) else e.errno)
+print('nets', sorted(os.listdir('/sys/class/net')))
+"#;
+    let out = session.run_collect(probe).await.expect("probe");
+    assert_eq!(
+        out.stdout_text(),
+        "caps 0000000000000000 0000000000000000 0000000000000000\nuid 1000 True\nrootfs refused\nnets ['lo']\n",
+        "{}",
+        out.stderr_text()
+    );
+    let runtime = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Runtime}}",
+        session.container_id(),
+    ]);
+    assert_eq!(runtime, "runsc");
     session.release().await.expect("release");
     server.stop().await;
 }

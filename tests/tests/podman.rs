@@ -11,7 +11,10 @@ use sandpool_server::{
     backend::{Backend, BackendKind, DockerBackend},
     sandbox::LABEL_SERVER,
 };
-use sandpool_tests::{TestServer, python_pool, secs};
+use sandpool_tests::{
+    LEFTOVERS_PROBE, PLANT_LEFTOVERS, TestServer, clean_leftovers, fork_bomb_run, python_pool,
+    secs, shell_run,
+};
 
 fn podman() -> Option<DockerBackend> {
     let endpoint = DockerBackend::default_endpoint(BackendKind::Podman);
@@ -104,4 +107,93 @@ async fn pools_work_on_podman() {
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(mine().await.is_empty(), "podman containers left behind");
+}
+
+/// The kills and the reset on Podman: a fork bomb ends within a second of
+/// its timeout and the next run starts at once; a daemon that cleared its
+/// environment dies with Cancel; nothing of a lease survives its reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_and_resets_on_podman() {
+    if podman().is_none() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut spec = python_pool("podkill");
+    spec.backend = pb::Backend::Podman as i32;
+    spec.config.as_mut().expect("config").max_pool_size = Some(1);
+    server.pool(spec).await;
+    let session = server.client.acquire("podkill").await.expect("acquire");
+    let container = session.container_id().to_string();
+
+    let started = std::time::Instant::now();
+    let out = session
+        .run_request(fork_bomb_run(3.0))
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    let ended = started.elapsed();
+    let started = std::time::Instant::now();
+    let next = session.shell("echo next").await.expect("next run");
+    let next_took = started.elapsed();
+    println!(
+        "podman fork bomb: ended {:?} after it started by its own clock, {ended:?} by the \
+         client's; the next run took {next_took:?}",
+        out.duration()
+    );
+    assert_eq!(out.end_reason(), pb::EndReason::Timeout);
+    assert!(
+        out.duration() <= Duration::from_secs(4),
+        "{:?}",
+        out.duration()
+    );
+    assert!(ended <= Duration::from_secs(5), "ended after {ended:?}");
+    assert_eq!(next.stdout_text(), "next\n", "{}", next.stderr_text());
+    assert!(next_took < Duration::from_secs(1), "{next_took:?}");
+
+    let mut events = session
+        .run_request(shell_run(
+            "env -i /usr/bin/setsid /bin/sh -c 'exec sleep 1003' </dev/null >/dev/null 2>&1 & echo started; exec sleep 1004",
+            60.0,
+        ))
+        .await
+        .expect("run");
+    let mut run_id = String::new();
+    let mut cancelled = false;
+    while let Some(event) = events.next().await {
+        match event.expect("event") {
+            sandpool_client::RunEvent::Started { run_id: id } => run_id = id,
+            sandpool_client::RunEvent::Stdout(_) if !cancelled => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert!(session.cancel(&run_id).await.expect("cancel"));
+                cancelled = true;
+            }
+            _ => {}
+        }
+    }
+    let out = session
+        .shell("ps -eo args= | grep -c '^sleep 100[34]$' || true")
+        .await
+        .expect("ps");
+    assert_eq!(out.stdout_text().trim(), "0", "the daemon survived Cancel");
+
+    let out = session.shell(PLANT_LEFTOVERS).await.expect("plant");
+    assert_eq!(out.stdout_text(), "planted\n", "{}", out.stderr_text());
+    session.release().await.expect("release");
+    let again = server
+        .client
+        .acquire("podkill")
+        .await
+        .expect("acquire again");
+    assert_eq!(again.container_id(), container);
+    let out = again.run_collect(LEFTOVERS_PROBE).await.expect("probe");
+    assert_eq!(
+        out.stdout_text().trim(),
+        clean_leftovers(),
+        "{}",
+        out.stderr_text()
+    );
+    again.release().await.expect("release");
+    server.stop().await;
 }

@@ -373,9 +373,14 @@ impl Backend for DockerBackend {
         }
         match self.probe_privileged_exec(&id, runtime).await {
             Ok(Mode::RootExec) => {
-                // The name is taken until this one is gone.
                 self.remove_container(&id).await?;
-                self.create_started(spec, true).await
+                // A name of its own: the first one's may still be taken
+                // while the engine finishes removing it.
+                let again = ContainerSpec {
+                    name: format!("{}-r", spec.name),
+                    ..spec.clone()
+                };
+                self.create_started(&again, true).await
             }
             Ok(_) => Ok(id),
             Err(e) => {

@@ -322,6 +322,9 @@ impl Pump {
                     }
                     None => {
                         output_done = true;
+                        if self.stop.is_some() {
+                            tracing::debug!(run = %self.run_id, after_start_ms = self.started.elapsed().as_millis() as u64, "output ended after the stop");
+                        }
                         let held = self.scanner.finish();
                         pending = self.accept(&source, 1, held);
                     }
@@ -350,6 +353,7 @@ impl Pump {
                     self.request_stop(&source, EndReason::Cancelled, "the client went away".into());
                 }
                 gone = kill_outcome(&mut self.kill), if self.kill.is_some() => {
+                    tracing::debug!(run = %self.run_id, after_start_ms = self.started.elapsed().as_millis() as u64, gone, "kill done");
                     self.kill = None;
                     if gone {
                         tracing::warn!(run = %self.run_id, "the container is gone; the run's output will not end");
@@ -382,6 +386,7 @@ impl Pump {
                 }
             }
         };
+        tracing::debug!(run = %self.run_id, after_start_ms = self.started.elapsed().as_millis() as u64, "run over");
         let _ = self.tx.send(event).await;
     }
 

@@ -265,7 +265,16 @@ impl Container {
 
     /// Checks that the warden answers, starting a new one if it is gone.
     pub(super) async fn ping_warden(&self) -> Result<()> {
+        self.resident.warden.ensure_started(self).await?;
         self.warden_command("ping", KILL_TIMEOUT).await.map(|_| ())
+    }
+
+    /// Starts a new warden if the last one is gone; if that fails, commands
+    /// go by one-shot execs.
+    pub(super) async fn revive_warden(&self) {
+        if let Err(e) = self.resident.warden.ensure_started(self).await {
+            tracing::warn!(container = %self.id, error = %e, "could not start a warden; one-shot execs instead");
+        }
     }
 
     /// One command to the warden (see `warden::Warden::command`).

@@ -26,8 +26,9 @@ pub async fn verify(c: &Container) -> Result<()> {
 }
 
 /// What must happen when an install on a lease ends, however it ends: its
-/// processes killed, and the network it joined taken away (checked; if
-/// either fails, the container is destroyed). `finish` does it in line;
+/// processes killed, the network it joined taken away, and the engine asked
+/// that the container is on no network (if that fails, the container is
+/// destroyed). `finish` does it in line;
 /// dropping the guard unfinished (the caller went away mid-install) does it
 /// in a task of its own.
 pub struct InstallGuard {
@@ -89,13 +90,15 @@ async fn clean_up(c: Container, group: Option<RunGroup>, joined: bool) -> Result
         None => Ok(()),
     };
     drop(group);
-    if joined {
-        let left = leave_install_network(&c).await;
-        if let Err(e) = left {
-            tracing::error!(container = %c.id(), error = %e, "could not take the install network away; destroying the container");
-            c.destroy().await;
-            return Err(e);
-        }
+    let checked = if joined {
+        leave_install_network(&c).await
+    } else {
+        verify(&c).await
+    };
+    if let Err(e) = checked {
+        tracing::error!(container = %c.id(), error = %e, "the container is on a network after an install; destroying it");
+        c.destroy().await;
+        return Err(e);
     }
     killed
 }

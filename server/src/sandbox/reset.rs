@@ -51,8 +51,10 @@ pub async fn discover(c: &Container) -> Result<()> {
     Ok(())
 }
 
-/// The warden's part of the reset (also run once at warm-up).
+/// The warden's part of the reset (also run once at warm-up). The reset
+/// always has a warden: a new one if the last is gone.
 pub async fn wipe(c: &Container) -> Result<()> {
+    c.revive_warden().await;
     c.warden_until_done("reset", RESET_TIMEOUT).await?;
     Ok(())
 }

@@ -10,9 +10,10 @@
 //!
 //! The sandbox user can neither signal, trace nor replace it (another uid,
 //! no capabilities of its own). When the server's connection dies its stdin
-//! closes and it exits. When it is gone, a command starts a new one, and if
-//! even that fails (no pid left for an exec), a one-shot privileged exec of
-//! the same script is tried until a deadline.
+//! closes and it exits. When it is gone, a command runs as a one-shot
+//! privileged exec of the same script (tried until a deadline: under a fork
+//! bomb no exec may start), and the next reset or health check starts a new
+//! warden.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -211,24 +212,13 @@ pub struct Warden {
 }
 
 impl Warden {
-    /// Sends `command` to the container's warden (starting one if none
-    /// runs) and returns its answer. A warden that cannot be started, or
-    /// that does not answer within `timeout`, is dropped (a later command
-    /// starts a new one) and the command is run once by a privileged exec of
-    /// the same script.
+    /// Sends `command` to the container's warden and returns its answer. A
+    /// warden that is gone, or that does not answer within `timeout`, is
+    /// dropped, and the command is run once by a privileged exec of the
+    /// same script instead. No new warden is started here (under a fork
+    /// bomb that fails anyway): the reset and the health check do that.
     pub async fn command(&self, c: &Container, command: &str, timeout: Duration) -> Result<Answer> {
         let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            match tokio::time::timeout(timeout.min(START_TIMEOUT), start(c)).await {
-                Ok(Ok(started)) => *conn = Some(started),
-                Ok(Err(e)) => {
-                    tracing::debug!(container = %c.id(), error = %e, "no warden; one-shot exec instead");
-                }
-                Err(_) => {
-                    tracing::debug!(container = %c.id(), "no warden started in time; one-shot exec instead");
-                }
-            }
-        }
         if let Some(running) = conn.as_mut() {
             match tokio::time::timeout(timeout, ask(running, command)).await {
                 Ok(Ok(line)) => return parse(command, &line),
@@ -245,12 +235,18 @@ impl Warden {
         once(c, command, timeout).await
     }
 
-    /// Starts the warden now if none runs (warm-up: before anything else
-    /// runs in the container).
+    /// Starts a warden if none runs: at warm-up (before anything else runs
+    /// in the container), before a reset and at a health check.
     pub async fn ensure_started(&self, c: &Container) -> Result<()> {
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
-            *conn = Some(start(c).await?);
+            let started = tokio::time::timeout(START_TIMEOUT, start(c))
+                .await
+                .map_err(|_| Error::Warden {
+                    command: "start".into(),
+                    detail: format!("not ready within {}s", START_TIMEOUT.as_secs()),
+                })??;
+            *conn = Some(started);
         }
         Ok(())
     }

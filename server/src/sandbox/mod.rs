@@ -66,9 +66,9 @@ const IDLE_UID: u32 = 65534;
 /// so the sandbox user can use but not change it, and the reset leaves it.
 pub const SUPPORT_ROOT: &str = "/opt/sandpool";
 /// Places the sandbox user can write on any pool: the pool's tmpfs mounts
-/// and the engine's /dev/shm. With a read-only root there is nothing else
-/// (/dev/mqueue, the engine's other writable mount, the warden empties on
-/// its own); a writable root is searched at warm-up.
+/// and the engine's /dev/shm. The warden adds what else it finds on the
+/// writable mounts at warm-up (Podman's /var/tmp, a writable root);
+/// /dev/mqueue it empties on its own.
 const WRITABLE: &[&str] = &[WORKSPACE, HOME, "/tmp", "/dev/shm"];
 /// Keep at most this much of the output of internal commands.
 pub(crate) const INTERNAL_OUTPUT_LIMIT: usize = 64 * 1024;

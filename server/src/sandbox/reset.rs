@@ -22,14 +22,13 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(120);
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Records, once per container at warm-up, what the sandbox user can write:
-/// the pool's own mounts, and with a writable root every other directory it
-/// can write (searched as the sandbox user). Writable files outside those
-/// (which no reset can restore) are counted and reported.
+/// the pool's own mounts, and every other directory it can write on a file
+/// system mounted writable (searched as the sandbox user: with a read-only
+/// root that is the engine's tmpfs mounts, a quick search; with a writable
+/// root, the whole root file system). Writable files outside those (which no
+/// reset can restore) are counted and reported.
 pub async fn discover(c: &Container) -> Result<()> {
     let mut command = String::from("discover");
-    if !c.spec().runtime.read_only_root {
-        command.push_str(" scan");
-    }
     for dir in WRITABLE {
         command.push(' ');
         command.push_str(dir);

@@ -376,18 +376,21 @@ async fn once(c: &Container, command: &str, timeout: Duration) -> Result<Answer>
         let failure = match launch(c).await {
             Ok(launch) => {
                 let exec = exec_spec(command_line(c.spec(), &launch, &extra), false);
-                match backend::exec_collect(c.backend(), c.id(), exec, None, INTERNAL_OUTPUT_LIMIT)
-                    .await
-                {
-                    Ok(out) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // An exec may hang as well as fail while no pid is free.
+                let run =
+                    backend::exec_collect(c.backend(), c.id(), exec, None, INTERNAL_OUTPUT_LIMIT);
+                match tokio::time::timeout(left, run).await {
+                    Ok(Ok(out)) => {
                         let text = String::from_utf8_lossy(&out.stdout);
                         match text.lines().next() {
                             Some(line) if out.exit_code == 0 => return parse(command, line),
                             _ => format!("exit code {}: {}", out.exit_code, out.diagnostic()),
                         }
                     }
-                    Err(e @ backend::Error::ContainerGone { .. }) => return Err(e.into()),
-                    Err(e) => e.to_string(),
+                    Ok(Err(e @ backend::Error::ContainerGone { .. })) => return Err(e.into()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "it did not finish in time".to_string(),
                 }
             }
             Err(Error::Backend(e @ backend::Error::ContainerGone { .. })) => return Err(e.into()),

@@ -16,7 +16,7 @@
 #   ping                 ok PID IDLE
 #   kill gid|uid N       ok KILLED      every process with N among its ids
 #   reset                ok | busy N | err WHY   see reset() below
-#   discover scan? DIR.. ok DIRS FILES  record what the sandbox user can write
+#   discover DIR...      ok DIRS FILES  record what the sandbox user can write
 #   install-begin U      ok             pool library dirs owned by uid U
 #   install-end U        ok | busy N    U's processes killed, libraries sealed
 # The sandbox user can neither signal, trace nor replace it (another uid,
@@ -218,26 +218,42 @@ after_reset() {
 }
 
 # Records every directory the sandbox user can write, with its owner and
-# mode as they are now: the given ones (the pool's own mounts), and with
-# "scan" every other one found (a root file system that is not read-only).
-# Writable files outside them cannot be restored by a reset: counted.
+# mode as they are now: the given ones (the pool's own mounts), and every
+# other one found, as the sandbox user, on a file system mounted writable
+# (with a read-only root, the engine's tmpfs mounts: Podman adds /var/tmp and
+# /run; with a writable root, the whole root file system too). Writable files
+# outside those directories, which no reset can restore, are counted.
 discover() {
-  scan=
-  [ "$1" = scan ] && { scan=1; shift; }
   : >"$state/writable.new" || { echo "err cannot write $state"; return 1; }
   : >"$state/unrestorable"
+  given=" $* "
   # find, not stat: gVisor's older kernels refuse statx, which stat uses.
   for dir in "$@"; do
     [ -d "$dir" ] && /usr/bin/find "$dir" -maxdepth 0 -printf '%m %U %G %p\n' >>"$state/writable.new"
   done
-  if [ -n "$scan" ]; then
+  set -f
+  set --
+  if [ -r /proc/self/mountinfo ]; then
+    while read -r _ _ _ _ mp opts _; do
+      case $opts in rw | rw,*) ;; *) continue ;; esac
+      case $mp in
+        /proc | /proc/* | /sys | /sys/* | /dev | /dev/* | /opt/sandpool | /opt/sandpool/*) continue ;;
+        *\\*) echo "$mp" >>"$state/unrestorable"; continue ;;
+      esac
+      set -- "$@" "$mp"
+    done </proc/self/mountinfo
+  fi
+  set +f
+  if [ $# -gt 0 ]; then
     /usr/bin/setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all \
-      /usr/bin/find / '(' -path /proc -o -path /sys -o -path /dev -o -path /opt/sandpool ')' -prune \
-      -o -type d -writable -printf 'd %m %U %G %p\n' -prune \
-      -o ! -type l -writable -printf 'f %p\n' 2>/dev/null |
+      /usr/bin/find "$@" -xdev '(' -type d -writable -printf 'd %m %U %G %p\n' -prune ')' \
+      -o '(' ! -type d ! -type l -writable -printf 'f %p\n' ')' 2>/dev/null |
       while read -r kind rest; do
         case $kind in
-          d) echo "$rest" >>"$state/writable.new" ;;
+          d)
+            case $given in *" ${rest#* * * } "*) continue ;; esac
+            echo "$rest" >>"$state/writable.new"
+            ;;
           f) echo "$rest" >>"$state/unrestorable" ;;
         esac
       done

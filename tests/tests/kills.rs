@@ -274,7 +274,10 @@ async fn kills_on_gvisor() {
     let ended = started.elapsed();
     println!(
         "gvisor fork bomb: {:?} after {ended:?}",
-        result.as_ref().map(|o| o.end_reason())
+        result
+            .as_ref()
+            .map(|o| o.end_reason())
+            .map_err(|e| e.reason())
     );
     // gVisor's ptrace platform runs a host process per guest address space
     // and host threads for its kernel, all under the pids limit: a fork bomb
@@ -293,8 +296,14 @@ async fn kills_on_gvisor() {
             println!("gvisor: the next run took {:?}", started.elapsed());
             session.release().await.expect("release");
         }
-        other => {
-            println!("gvisor: the fork bomb took the sandbox down: {other:?}");
+        Err(e) => {
+            // A typed end: the container is gone (never a plain exit).
+            assert_eq!(
+                e.reason().as_deref(),
+                Some("CONTAINER_GONE"),
+                "the fork bomb's run ended with {e:?}"
+            );
+            println!("gvisor: the fork bomb took the sandbox down; the run ended CONTAINER_GONE");
             drop(session);
             let again = server
                 .client
@@ -305,6 +314,7 @@ async fn kills_on_gvisor() {
             assert_eq!(out.stdout_text(), "fresh\n");
             again.release().await.expect("release");
         }
+        Ok(out) => panic!("the fork bomb's run ended {:?}", out.exit),
     }
     server.stop().await;
 }

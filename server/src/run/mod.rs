@@ -392,12 +392,22 @@ impl Pump {
 
     /// Whether the run ended because its container died (a gVisor sandbox
     /// can, under a fork bomb): the engine then reports an exit code of its
-    /// own (126 and up, or none), and the container no longer runs.
+    /// own (126 and up, or none), and the container no longer runs. runsc
+    /// reports 128 a moment before the engine calls the container stopped:
+    /// for that code (or none), ask once more after a moment.
     async fn container_died(&self, exit: &RunExit) -> bool {
         if (0..126).contains(&exit.exit_code) || exit.signal != 0 {
             return false;
         }
-        matches!(self.lease.sandbox().is_running().await, Ok(false))
+        let container = self.lease.sandbox();
+        if matches!(container.is_running().await, Ok(false)) {
+            return true;
+        }
+        if exit.exit_code == 128 || exit.exit_code < 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            return matches!(container.is_running().await, Ok(false));
+        }
+        false
     }
 
     /// Streams the files the run left in the output directory, unless its

@@ -235,7 +235,10 @@ impl Container {
             Err(e @ Error::Backend(backend::Error::ContainerGone { .. })) => Err(e),
             Err(e) => {
                 tracing::warn!(container = %self.id, error = %e, "cannot kill a run; destroying the container");
-                self.destroy().await;
+                // In the background: the run ends now (its container is
+                // doomed), not once a loaded engine has removed it.
+                let doomed = self.clone();
+                tokio::spawn(async move { doomed.destroy().await });
                 Err(e)
             }
         }

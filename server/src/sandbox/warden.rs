@@ -367,40 +367,46 @@ async fn ask(conn: &mut Conn, command: &str) -> std::io::Result<String> {
 
 /// Runs one command by a privileged exec of the warden script, retried
 /// until `timeout` while the engine cannot start it (a fork bomb may hold
-/// every pid).
+/// every pid). The whole of it is bounded: a loaded engine answers late.
 async fn once(c: &Container, command: &str, timeout: Duration) -> Result<Answer> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(20);
+    match tokio::time::timeout(timeout, once_until_done(c, command)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Error::Warden {
+            command: command.to_string(),
+            detail: format!(
+                "no warden, and no one-shot exec managed within {}s",
+                timeout.as_secs_f64()
+            ),
+        }),
+    }
+}
+
+async fn once_until_done(c: &Container, command: &str) -> Result<Answer> {
     let extra: Vec<&str> = command.split(' ').collect();
+    let launch = launch(c).await?;
+    let mut delay = Duration::from_millis(20);
     loop {
-        let failure = match launch(c).await {
-            Ok(launch) => {
-                let exec = exec_spec(command_line(c.spec(), &launch, &extra), false);
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                // An exec may hang as well as fail while no pid is free.
-                let run =
-                    backend::exec_collect(c.backend(), c.id(), exec, None, INTERNAL_OUTPUT_LIMIT);
-                match tokio::time::timeout(left, run).await {
-                    Ok(Ok(out)) => {
-                        let text = String::from_utf8_lossy(&out.stdout);
-                        match text.lines().next() {
-                            Some(line) if out.exit_code == 0 => return parse(command, line),
-                            _ => format!("exit code {}: {}", out.exit_code, out.diagnostic()),
-                        }
-                    }
-                    Ok(Err(e @ backend::Error::ContainerGone { .. })) => return Err(e.into()),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "it did not finish in time".to_string(),
+        let exec = exec_spec(command_line(c.spec(), &launch, &extra), false);
+        match backend::exec_collect(c.backend(), c.id(), exec, None, INTERNAL_OUTPUT_LIMIT).await {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                if let (Some(line), 0) = (text.lines().next(), out.exit_code) {
+                    return parse(command, line);
                 }
+                tracing::debug!(container = %c.id(), code = out.exit_code, error = %out.diagnostic(), "one-shot warden exec failed");
             }
-            Err(Error::Backend(e @ backend::Error::ContainerGone { .. })) => return Err(e.into()),
-            Err(e) => e.to_string(),
-        };
-        if tokio::time::Instant::now() + delay > deadline {
-            return Err(Error::Warden {
-                command: command.to_string(),
-                detail: format!("no warden, and a one-shot exec failed: {failure}"),
-            });
+            Err(e @ backend::Error::ContainerGone { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(container = %c.id(), error = %e, "one-shot warden exec failed")
+            }
+        }
+        // A container that died (a gVisor sandbox can, under a fork bomb)
+        // answers execs with runtime errors: no point trying again.
+        if let Ok(false) = c.backend().container_running(c.id()).await {
+            return Err(backend::Error::ContainerGone {
+                id: c.id().to_string(),
+            }
+            .into());
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(200));

@@ -42,6 +42,21 @@ def wait_for(what: str, check: Callable[[], Optional[T]], timeout: float = 20.0,
         time.sleep(every)
 
 
+def stop_keepalive(session: sandpool.Session) -> None:
+    """Stops a session's keepalive, as a client process that stalls would."""
+    from sandpool.client import _LOOP
+
+    _LOOP.run(session._aio._keeper.stop())
+
+
+def pretend_held(session: sandpool.Session) -> None:
+    """Makes the session believe its lease is still held, so that its next
+    call reaches the server."""
+    keeper = session._aio._keeper
+    keeper._lost = None
+    keeper._confirmed_until = float("inf")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from sandpool import ErrorReason, LeaseState
 from sandpool.errors import _BY_REASON, from_rpc_error, lease_lost_of
 from sandpool.v1 import session_pb2
 
-from conftest import DEMO_WHEEL, PNG_MAGIC, PoolFactory, Server, build_wheel
+from conftest import DEMO_WHEEL, PNG_MAGIC, PoolFactory, Server, build_wheel, pretend_held, stop_keepalive
 
 TWO_FIGURES = """
 import matplotlib.pyplot as plt
@@ -253,9 +253,8 @@ def test_lease_errors_from_the_server_carry_error_info(client: sandpool.Client, 
     client.sessions.Release(session_pb2.ReleaseRequest(lease_id=s.lease_id), timeout=5)
     # Pretend the keepalive has not noticed yet, so that the call reaches the
     # server, whose answer alone must make it LeaseLost.
-    s._keeper.stop()
-    s._keeper._lost = None
-    s._keeper._confirmed_until = float("inf")
+    stop_keepalive(s)
+    pretend_held(s)
     with pytest.raises(sandpool.LeaseLost) as lost:
         s.upload("/sandbox/x.txt", b"x")
     assert lost.value.error_info is not None and lost.value.error_info.reason == "LEASE_ENDED"

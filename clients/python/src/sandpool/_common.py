@@ -55,6 +55,10 @@ MIN_KEEPALIVE = 0.1
 KEEPALIVE_STREAM_LIFETIME = 600.0
 """A KeepAlive stream is reopened after this long (it has a deadline too)."""
 
+KEEPALIVE_RETRY = 0.5
+"""Pause before a renewal is tried again on a new stream after the last one
+broke (while the lease's time allows)."""
+
 Seconds = Union[float, int, _dt.timedelta]
 TLS = Union[bool, grpc.ChannelCredentials, None]
 Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
@@ -455,6 +459,3 @@ def kind_name(kind: int) -> str:
         return "file"
     return "unknown"
 
-
-def lease_codes() -> Tuple[grpc.StatusCode, ...]:
-    return (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)

@@ -37,6 +37,7 @@ export {
   Cancelled,
   Code,
   DeadlineExceeded,
+  ErrorReason,
   FailedPrecondition,
   InvalidArgument,
   LeaseLost,

@@ -139,6 +139,8 @@ export class SandpoolClient {
    * (PoolExhausted) or get a temporary container.
    */
   async acquire(pool: string, options: AcquireOptions = {}): Promise<Session> {
+    // The lease's TTL counts from the call: the session's clock is on the safe side.
+    const startedAt = performance.now();
     try {
       const r = await this.sessions.acquire(
         {
@@ -157,7 +159,7 @@ export class SandpoolClient {
         throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
       }
       const ctx = { sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
-      return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true });
+      return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt });
     } catch (err) {
       throw mapError(err);
     }
@@ -226,7 +228,7 @@ export class SandpoolClient {
    */
   async *watchStats(name: string, options: WatchOptions = {}): AsyncGenerator<PoolStats> {
     try {
-      const stream = drive((call) => this.pools.watchPoolStats({ name }, call), options.timeoutMs, options.signal);
+      const stream = drive((call) => this.pools.watchPoolStats({ name }, call), options.timeoutMs, [options.signal]);
       for await (const m of stream) {
         yield statsFromPb(m.stats);
       }

@@ -1,6 +1,7 @@
 // A lease held by this process: kept alive in the background over the
-// KeepAlive stream at a third of its TTL, released by `release()` or
-// `await using`. Once the lease is lost every call rejects with LeaseLost.
+// KeepAlive stream at a third of its TTL (the keepalive contract shared with
+// the Python and Rust clients: see `keepAliveLoop`), released by `release()`
+// or `await using`. Once the lease is lost every call rejects with LeaseLost.
 
 import { createReadStream, createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
@@ -8,7 +9,7 @@ import { Readable } from "node:stream";
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
-import type { Client as ConnectClient } from "@connectrpc/connect";
+import type { CallOptions, Client as ConnectClient } from "@connectrpc/connect";
 
 import { ArtifactService, DownloadKind, type UploadRequestSchema } from "./gen/sandpool/v1/artifact_pb.js";
 import {
@@ -22,7 +23,7 @@ import {
 } from "./gen/sandpool/v1/session_pb.js";
 import { Code, LeaseLost, SandpoolError, mapError, mapLeaseError } from "./errors.js";
 import { durationToMs } from "./pools.js";
-import { drive, streamCall } from "./streams.js";
+import { drive, streamCall, type StreamCall } from "./streams.js";
 import {
   EventDecoder,
   artifactFromPb,
@@ -38,10 +39,12 @@ import {
 
 /** Shortest keepalive period, whatever the TTL. */
 const MIN_KEEPALIVE_MS = 100;
-/** Longest pause between two attempts to reopen a broken keepalive stream. */
-const MAX_RETRY_PAUSE_MS = 500;
+/** Pause before a renewal is tried again on a new stream after the last one broke. */
+const KEEPALIVE_RETRY_MS = 500;
 /** A keepalive stream is reopened at least this often (it has a deadline too). */
 const KEEPALIVE_STREAM_DEADLINE_MS = 10 * 60 * 1000;
+/** The TTL of a lease whose Acquire answer names none. */
+const DEFAULT_TTL_MS = 30_000;
 /** Added to a run's timeout for its call's deadline. */
 const RUN_DEADLINE_SLACK_MS = 30_000;
 /** Default run call deadline when no timeout is given: max_run_timeout's default plus slack. */
@@ -168,6 +171,18 @@ const STATE_REASONS: Partial<Record<LeaseState, string>> = {
   [LeaseState.NOT_FOUND]: "the server does not know the lease",
 };
 
+/** Why a lease is lost, by the state a keepalive answer gives. */
+function stateReason(state: LeaseState): string {
+  const words = STATE_REASONS[state];
+  const reason = `the server answered the keepalive with ${LeaseState[state] ?? state}`;
+  return words === undefined ? reason : `${reason}: ${words}`;
+}
+
+/** A fresh error for a loss thrown again. */
+function copyOf(lost: LeaseLost): LeaseLost {
+  return new LeaseLost(lost.leaseId, lost.reason, lost.code, { details: lost.details, state: lost.state });
+}
+
 const PLOT_FORMATS = { png: PlotFormat.PNG, svg: PlotFormat.SVG, pdf: PlotFormat.PDF } as const;
 
 export function leaseFromPb(l: PbLease): LeaseInfo {
@@ -245,19 +260,36 @@ export class Context implements AsyncDisposable {
 export class Session implements AsyncDisposable {
   readonly lease: LeaseInfo;
   private readonly ctx: SessionContext;
-  private lostReason: string | undefined;
-  private lostCode: Code = Code.FailedPrecondition;
+  /** The loss, once the lease is lost. */
+  #lost: LeaseLost | undefined;
+  #ttlMs: number;
+  /** Until when (performance.now()) the last confirmed renewal holds the lease; Infinity without a keepalive. */
+  #confirmedUntil: number;
+  #renewals = 0;
+  /** Ends the keepalive (release, loss). */
   private readonly stop = new AbortController();
+  /** Aborted when the keepalive gives up on the lease: the calls in flight end with LeaseLost. */
+  readonly #cut = new AbortController();
   private releasing: Promise<void> | undefined;
   /** The background keepalive loop; it never rejects. */
   readonly #keepalive: Promise<void>;
 
-  /** @internal Use `SandpoolClient.acquire`. */
-  constructor(ctx: SessionContext, lease: PbLease, options: { keepAlive?: boolean } = {}) {
+  /**
+   * @internal Use `SandpoolClient.acquire`. `startedAt` (performance.now())
+   * is when Acquire was called: the lease's TTL counts from then.
+   */
+  constructor(ctx: SessionContext, lease: PbLease, options: { keepAlive?: boolean; startedAt?: number } = {}) {
     this.ctx = ctx;
     this.lease = leaseFromPb(lease);
-    this.#keepalive =
-      options.keepAlive === false ? Promise.resolve() : this.keepAliveLoop().catch(() => undefined);
+    this.#ttlMs = this.lease.ttlMs > 0 ? this.lease.ttlMs : DEFAULT_TTL_MS;
+    const startedAt = options.startedAt ?? performance.now();
+    if (options.keepAlive === false) {
+      this.#confirmedUntil = Infinity;
+      this.#keepalive = Promise.resolve();
+    } else {
+      this.#confirmedUntil = startedAt + this.#ttlMs;
+      this.#keepalive = this.keepAliveLoop(startedAt).catch(() => undefined);
+    }
   }
 
   get leaseId(): string {
@@ -270,7 +302,7 @@ export class Session implements AsyncDisposable {
 
   /** Why the lease is lost, once it is; undefined while it is usable. */
   get lost(): string | undefined {
-    return this.lostReason;
+    return this.#loss()?.reason;
   }
 
   /** True once `release()` was called. */
@@ -278,30 +310,64 @@ export class Session implements AsyncDisposable {
     return this.releasing !== undefined;
   }
 
-  private markLost(reason: string, code: Code = Code.FailedPrecondition): void {
-    if (this.lostReason === undefined) {
-      this.lostReason = reason;
-      this.lostCode = code;
+  /** Keepalives the server confirmed so far. */
+  get renewals(): number {
+    return this.#renewals;
+  }
+
+  /** The loss, once the lease is lost (by the clock, too). */
+  #loss(): LeaseLost | undefined {
+    if (this.#lost === undefined && performance.now() > this.#confirmedUntil) {
+      this.#lost = new LeaseLost(
+        this.lease.id,
+        `keepalive failed for longer than the ${this.#ttlMs / 1000}s TTL: the lease counts as expired`,
+        Code.Unavailable,
+      );
     }
+    return this.#lost;
+  }
+
+  private markLost(lost: LeaseLost): void {
+    this.#lost ??= lost;
     this.stop.abort();
   }
 
   private check(): void {
     if (this.releasing !== undefined) {
-      throw new LeaseLost(this.lease.id, "the lease was released by this session");
+      throw new LeaseLost(this.lease.id, "the lease was released by this session", Code.FailedPrecondition, {
+        state: LeaseState.RELEASED,
+      });
     }
-    if (this.lostReason !== undefined) {
-      throw new LeaseLost(this.lease.id, this.lostReason, this.lostCode);
+    const lost = this.#loss();
+    if (lost !== undefined) {
+      throw copyOf(lost);
     }
   }
 
-  /** Maps a call's error; an error about the lease marks the session lost. */
+  /**
+   * Maps a call's error; an error about the lease marks the session lost. A
+   * call cut because the keepalive gave up rejects with that loss.
+   */
   private fail(err: unknown): Error {
     const mapped = mapLeaseError(err, this.lease.id);
+    const lost = this.#loss();
+    if (this.#cut.signal.aborted && mapped.code === Code.Canceled && lost !== undefined) {
+      return copyOf(lost);
+    }
     if (mapped instanceof LeaseLost) {
-      this.markLost(mapped.reason, mapped.code);
+      this.markLost(mapped);
     }
     return mapped;
+  }
+
+  /** A unary call on the lease: checked first, cut when the keepalive gives up, its error mapped. */
+  private async unary<T>(invoke: (options: CallOptions) => Promise<T>, timeoutMs = this.ctx.timeoutMs): Promise<T> {
+    this.check();
+    try {
+      return await invoke({ timeoutMs, signal: this.#cut.signal });
+    } catch (err) {
+      throw this.fail(err);
+    }
   }
 
   // ------------------------------------------------------------ runs
@@ -358,12 +424,12 @@ export class Session implements AsyncDisposable {
     const decoder = new EventDecoder();
     try {
       // Leaving the loop early aborts the call, and the server kills the run.
-      const responses = drive((call) => this.ctx.sessions.run(request, call), deadline, options.signal);
+      const responses = drive((call) => this.ctx.sessions.run(request, call), deadline, [options.signal, this.#cut.signal]);
       for await (const response of responses) {
         const event = decoder.decode(response);
         if (event?.type === "exit" && event.endReason === "lease_expired") {
           // The server killed the run because the lease ended under it.
-          this.markLost(`the lease ended during run: ${event.message}`);
+          this.markLost(new LeaseLost(this.lease.id, `the lease ended during run: ${event.message}`));
         }
         if (event !== undefined) {
           yield event;
@@ -376,13 +442,8 @@ export class Session implements AsyncDisposable {
 
   /** Kills a running run (by the id of its started event). False if it had already ended. */
   async cancel(runId: string): Promise<boolean> {
-    this.check();
-    try {
-      const r = await this.ctx.sessions.cancel({ leaseId: this.lease.id, runId }, { timeoutMs: this.ctx.timeoutMs });
-      return r.cancelled;
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary((call) => this.ctx.sessions.cancel({ leaseId: this.lease.id, runId }, call));
+    return r.cancelled;
   }
 
   // ------------------------------------------------------------ contexts and libraries
@@ -392,31 +453,25 @@ export class Session implements AsyncDisposable {
    * the pool's). Use it with `await using`, or `delete()` it.
    */
   async createContext(options: { language?: string; timeoutMs?: number } = {}): Promise<Context> {
-    this.check();
-    try {
-      const r = await this.ctx.sessions.createContext(
-        { leaseId: this.lease.id, language: options.language ?? "" },
-        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 60_000) },
-      );
-      return new Context(this, r.contextId, options.language ?? this.lease.language);
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary(
+      (call) => this.ctx.sessions.createContext({ leaseId: this.lease.id, language: options.language ?? "" }, call),
+      options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 60_000),
+    );
+    return new Context(this, r.contextId, options.language ?? this.lease.language);
   }
 
   /** @internal Use `Context.delete`. */
   async deleteContext(contextId: string): Promise<void> {
-    if (this.releasing !== undefined || this.lostReason !== undefined) {
+    if (this.releasing !== undefined || this.#loss() !== undefined) {
       return; // the lease's end took its contexts along
     }
     try {
-      await this.ctx.sessions.deleteContext({ leaseId: this.lease.id, contextId }, { timeoutMs: this.ctx.timeoutMs });
+      await this.unary((call) => this.ctx.sessions.deleteContext({ leaseId: this.lease.id, contextId }, call));
     } catch (err) {
-      const mapped = this.fail(err);
-      if (mapped instanceof LeaseLost || (mapped instanceof SandpoolError && mapped.code === Code.NotFound)) {
+      if (err instanceof LeaseLost || (err instanceof SandpoolError && err.code === Code.NotFound)) {
         return;
       }
-      throw mapped;
+      throw err;
     }
   }
 
@@ -426,16 +481,11 @@ export class Session implements AsyncDisposable {
    * the container (e.g. a wheel you uploaded) always work.
    */
   async installLibraries(libraries: string[], options: { timeoutMs?: number } = {}): Promise<InstallResult> {
-    this.check();
-    try {
-      const r = await this.ctx.sessions.installLibraries(
-        { leaseId: this.lease.id, libraries },
-        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 600_000) },
-      );
-      return { log: r.log, durationMs: durationToMs(r.duration) };
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary(
+      (call) => this.ctx.sessions.installLibraries({ leaseId: this.lease.id, libraries }, call),
+      options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 600_000),
+    );
+    return { log: r.log, durationMs: durationToMs(r.duration) };
   }
 
   // ------------------------------------------------------------ files
@@ -452,7 +502,7 @@ export class Session implements AsyncDisposable {
         }
       }
     }
-    const call = streamCall(options.timeoutMs ?? this.ctx.timeoutMs);
+    const call = streamCall(options.timeoutMs ?? this.ctx.timeoutMs, [this.#cut.signal]);
     try {
       const r = await this.ctx.artifacts.upload(messages(), call.options);
       return { path: r.path, size: Number(r.size), sha256: r.sha256 };
@@ -478,6 +528,7 @@ export class Session implements AsyncDisposable {
       const stream = drive(
         (call) => this.ctx.artifacts.download({ leaseId: this.lease.id, path }, call),
         options.timeoutMs ?? this.ctx.timeoutMs,
+        [this.#cut.signal],
       );
       for await (const m of stream) {
         if (m.part.case === "header") {
@@ -510,13 +561,8 @@ export class Session implements AsyncDisposable {
 
   /** Files the lease's runs left in the pool's output directory, oldest first. */
   async listArtifacts(runId = ""): Promise<ArtifactMeta[]> {
-    this.check();
-    try {
-      const r = await this.ctx.artifacts.listArtifacts({ leaseId: this.lease.id, runId }, { timeoutMs: this.ctx.timeoutMs });
-      return r.artifacts.map(artifactFromPb);
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary((call) => this.ctx.artifacts.listArtifacts({ leaseId: this.lease.id, runId }, call));
+    return r.artifacts.map(artifactFromPb);
   }
 
   // ------------------------------------------------------------ end
@@ -533,6 +579,8 @@ export class Session implements AsyncDisposable {
   }
 
   private async doRelease(): Promise<void> {
+    this.#loss(); // a loss before the release stays the reason; none comes after it
+    this.#confirmedUntil = Infinity;
     this.stop.abort();
     await this.#keepalive;
     try {
@@ -554,66 +602,107 @@ export class Session implements AsyncDisposable {
   // ------------------------------------------------------------ keepalive
 
   /**
-   * Renews the lease every TTL/3 over one KeepAlive stream, reopening it when
-   * it breaks, until release, until the server answers that the lease is
-   * gone, or until renewals have failed for longer than the TTL. Its timers
-   * are unref'd and every error is caught here.
+   * The keepalive, under the contract shared with the Python and Rust
+   * clients:
+   * - a renewal goes out a third of the TTL after the last confirmed one was
+   *   sent (the first, a third of the TTL after Acquire), on one KeepAlive
+   *   stream that is reopened when it breaks;
+   * - an ACTIVE answer confirms the lease until that renewal's send time
+   *   plus the TTL the server answers;
+   * - no wait (opening the stream, sending, the answer) outlasts that time:
+   *   when it passes unconfirmed the lease is lost ("keepalive failed for
+   *   longer than the TTL"), the calls in flight reject with LeaseLost, and
+   *   the server is told with a best-effort Release;
+   * - an answer in another state (EXPIRED, RELEASED, REVOKED, NOT_FOUND), or
+   *   an error saying the lease is gone, loses it with that state;
+   * - the clock decides too: once the time has passed, `lost` says so and
+   *   every call rejects with LeaseLost without a round trip, even before
+   *   this loop runs.
+   * Its timers are unref'd and every error is caught here.
    */
-  private async keepAliveLoop(): Promise<void> {
+  private async keepAliveLoop(startedAt: number): Promise<void> {
     const stop = this.stop.signal;
-    let ttl = Math.max(this.lease.ttlMs, 1000);
-    let period = Math.max(ttl / 3, MIN_KEEPALIVE_MS);
-    let lastRenewal = Date.now();
-    await pause(period, stop);
-    while (!stop.aborted) {
-      // Ends with `stop` (release, loss) or at its deadline (then reopened).
-      const call = streamCall(KEEPALIVE_STREAM_DEADLINE_MS, stop);
-      const requests = new RequestQueue<KeepAliveInit>();
-      try {
-        const responses = this.ctx.sessions.keepAlive(requests, call.options)[Symbol.asyncIterator]();
-        while (!stop.aborted) {
-          requests.push({ leaseId: this.lease.id });
-          const next = responses.next();
+    let period = Math.max(this.#ttlMs / 3, MIN_KEEPALIVE_MS);
+    let nextAt = startedAt + period;
+    let stream:
+      | { call: StreamCall; requests: RequestQueue<KeepAliveInit>; responses: AsyncIterator<KeepAliveResponse> }
+      | undefined;
+    const close = () => {
+      stream?.call.abort();
+      stream?.call.dispose();
+      stream?.requests.close();
+      stream = undefined;
+    };
+    try {
+      for (;;) {
+        await pause(nextAt - performance.now(), stop);
+        if (stop.aborted) {
+          return;
+        }
+        const left = this.#confirmedUntil - performance.now();
+        if (left <= 0) {
+          break;
+        }
+        const sent = performance.now();
+        nextAt = sent + KEEPALIVE_RETRY_MS;
+        try {
+          if (stream === undefined) {
+            // Ends with `stop` (release, loss) or at its deadline (then reopened).
+            const call = streamCall(Math.max(KEEPALIVE_STREAM_DEADLINE_MS, 10 * this.#ttlMs), [stop]);
+            const requests = new RequestQueue<KeepAliveInit>();
+            const responses = this.ctx.sessions.keepAlive(requests, call.options)[Symbol.asyncIterator]();
+            stream = { call, requests, responses };
+          }
+          stream.requests.push({ leaseId: this.lease.id });
+          const next = stream.responses.next();
           // Settled later when the call is aborted: never unhandled.
           next.catch(() => undefined);
-          const answer = await Promise.race([
-            next,
-            pause(period, call.options.signal ?? stop).then(() => "timeout" as const),
-          ]);
-          if (answer === "timeout" || answer.done === true) {
-            break;
-          }
-          const r: KeepAliveResponse = answer.value;
-          if (r.state !== LeaseState.ACTIVE) {
-            if (!stop.aborted) {
-              this.markLost(STATE_REASONS[r.state] ?? `the server answered the keepalive with state ${r.state}`);
-            }
+          const answer = await Promise.race([next, pause(left, stop).then(() => "timeout" as const)]);
+          if (stop.aborted) {
             return;
           }
-          lastRenewal = Date.now();
-          if (r.ttl !== undefined && durationToMs(r.ttl) > 0) {
-            ttl = durationToMs(r.ttl);
-            period = Math.max(ttl / 3, MIN_KEEPALIVE_MS);
+          if (answer === "timeout") {
+            close();
+            nextAt = sent + left; // the lease's time is up: give up then
+            continue;
           }
-          await pause(period, stop);
+          if (answer.done === true) {
+            close(); // the server ended the stream (say, it is stopping): reopen
+            continue;
+          }
+          const r = answer.value;
+          if (r.state !== LeaseState.ACTIVE) {
+            this.markLost(new LeaseLost(this.lease.id, stateReason(r.state), Code.FailedPrecondition, { state: r.state }));
+            return;
+          }
+          if (r.ttl !== undefined && durationToMs(r.ttl) > 0) {
+            this.#ttlMs = durationToMs(r.ttl);
+            period = Math.max(this.#ttlMs / 3, MIN_KEEPALIVE_MS);
+          }
+          this.#confirmedUntil = sent + this.#ttlMs;
+          this.#renewals += 1;
+          nextAt = sent + period;
+        } catch (err) {
+          close();
+          if (stop.aborted) {
+            return;
+          }
+          const mapped = mapLeaseError(err, this.lease.id);
+          if (mapped instanceof LeaseLost) {
+            this.markLost(mapped);
+            return;
+          }
+          if (mapped.code === Code.DeadlineExceeded) {
+            nextAt = sent; // the stream's own deadline ended it: reopen now
+          }
         }
-      } catch {
-        // The stream broke: reopened below while the TTL allows.
-      } finally {
-        call.abort();
-        call.dispose();
-        requests.close();
       }
-      if (stop.aborted) {
-        return;
-      }
-      if (Date.now() - lastRenewal >= ttl) {
-        this.markLost(`keepalive failed for longer than the ${ttl / 1000}s TTL`, Code.Unavailable);
-        // Best effort, in case a renewal reached the server after all.
-        this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs }).catch(() => undefined);
-        return;
-      }
-      await pause(Math.min(period, MAX_RETRY_PAUSE_MS), stop);
+      // No renewal was confirmed within the TTL.
+      this.#loss();
+      this.#cut.abort();
+      this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs }).catch(() => undefined);
+    } finally {
+      close();
     }
   }
 }

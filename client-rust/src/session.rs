@@ -165,6 +165,7 @@ impl Session {
                 lease_id: self.lease.id.clone(),
                 reason,
                 status: None,
+                state: None,
             }),
             None => Ok(()),
         }

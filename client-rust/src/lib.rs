@@ -15,6 +15,7 @@
 
 mod client;
 mod error;
+mod keepalive;
 mod run;
 mod session;
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import os
 import time
 import weakref
 from types import TracebackType
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Generator,
+    Generic,
     List,
     Mapping,
     Optional,
@@ -60,9 +65,15 @@ from .v1 import (
     session_pb2_grpc,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Concatenate, ParamSpec
+
+    P = ParamSpec("P")
+
 __all__ = ["AsyncClient", "AsyncContext", "AsyncRunStream", "AsyncSession"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # The end-of-stream marker of grpc.aio reads (missing from the type stubs).
 _EOF: object = getattr(grpc.aio, "EOF")
@@ -164,11 +175,11 @@ class AsyncClient:
         *,
         env: Optional[Mapping[str, str]] = None,
         files: Optional[c.LeaseFiles] = None,
-    ) -> _Acquiring:
+    ) -> _Opening[AsyncSession]:
         """Leases a warm container of ``pool``: ``session = await
         client.acquire(pool)`` or ``async with client.acquire(pool) as
         session``. Arguments as for :meth:`sandpool.Client.acquire`."""
-        return _Acquiring(self._acquire(pool, ttl, wait, env, files))
+        return _Opening(self._acquire(pool, ttl, wait, env, files))
 
     async def _acquire(
         self,
@@ -317,20 +328,13 @@ class AsyncClient:
             call.cancel()
 
 
-class _Acquiring:
-    """What :meth:`AsyncClient.acquire` returns: awaitable, or an async
-    context manager that releases the session on exit."""
+class _Ends:
+    """``async with`` support for what ends with ``_end()`` (a session's
+    release, a context's delete): on an exception in the body, a failing end
+    never hides it."""
 
-    def __init__(self, coro: Awaitable[AsyncSession]) -> None:
-        self._coro = coro
-        self._session: Optional[AsyncSession] = None
-
-    def __await__(self) -> Generator[Any, None, AsyncSession]:
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> AsyncSession:
-        self._session = await self._coro
-        return self._session
+    async def _end(self) -> Any:
+        raise NotImplementedError
 
     async def __aexit__(
         self,
@@ -338,8 +342,42 @@ class _Acquiring:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        if self._session is not None:
-            await self._session.__aexit__(exc_type, exc, tb)
+        if exc is None:
+            await self._end()
+            return
+        try:
+            await self._end()
+        except SandpoolError:
+            pass
+
+
+E = TypeVar("E", bound=_Ends)
+
+
+class _Opening(Generic[E]):
+    """What :meth:`AsyncClient.acquire` and :meth:`AsyncSession.context`
+    return: awaitable, or an async context manager that ends what it opened
+    on exit."""
+
+    def __init__(self, coro: Awaitable[E]) -> None:
+        self._coro = coro
+        self._opened: Optional[E] = None
+
+    def __await__(self) -> Generator[Any, None, E]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> E:
+        self._opened = await self._coro
+        return self._opened
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self._opened is not None:
+            await self._opened.__aexit__(exc_type, exc, tb)
 
 
 # --- the keepalive ----------------------------------------------------------
@@ -495,6 +533,23 @@ class _Keeper:
 # --- sessions ---------------------------------------------------------------
 
 
+def _collected(
+    run: "Callable[Concatenate[S, P], AsyncRunStream]", name: str, doc: str
+) -> "Callable[Concatenate[S, P], Coroutine[Any, Any, RunResult]]":
+    """The method ``name``: it makes the run that ``run`` makes (same
+    arguments) and returns its collected result."""
+
+    async def collected(self: S, /, *args: "P.args", **kwargs: "P.kwargs") -> RunResult:
+        return await run(self, *args, **kwargs).collect()
+
+    functools.update_wrapper(collected, run)
+    collected.__doc__ = doc
+    collected.__name__ = name
+    collected.__qualname__ = f"{run.__qualname__.rsplit('.', 1)[0]}.{name}"
+    setattr(collected, "__signature__", inspect.signature(run).replace(return_annotation="RunResult"))
+    return collected
+
+
 class _Calls:
     """The in-flight calls of a session, which are cut when the keepalive
     gives up on the lease: no call waits on a dead connection past the TTL."""
@@ -519,7 +574,7 @@ class _Calls:
         self._live.clear()
 
 
-class AsyncSession:
+class AsyncSession(_Ends):
     """A lease on one warm container, kept alive by a background task.
 
     Use ``async with client.acquire(pool) as s`` or ``await s.release()``.
@@ -616,23 +671,10 @@ class AsyncSession:
             raise from_rpc_error(e) from None
         return LeaseState.from_pb(resp.previous_state)
 
+    _end = release
+
     async def __aenter__(self) -> AsyncSession:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if exc is None:
-            await self.release()
-            return
-        # Never hide the body's own exception behind a failed release.
-        try:
-            await self.release()
-        except SandpoolError:
-            pass
 
     # --- runs ---------------------------------------------------------------
 
@@ -653,10 +695,11 @@ class AsyncSession:
         output_limit_bytes: Optional[int] = None,
         plot_format: c.PlotFormatArg = None,
     ) -> AsyncRunStream:
-        """Runs code in the pool's language (or ``language``): ``async for
-        event in session.run(code)``, events as they are produced. Figures
-        the code shows or leaves open come back as plot artifacts in
-        ``plot_format`` (``"png"`` by default, ``"svg"``, ``"pdf"``)."""
+        """Runs code in the pool's language (or ``language``); iterate the
+        returned stream (``async for`` in the asyncio API) for the events as
+        they are produced. Figures the code shows or leaves open come back as
+        plot artifacts in ``plot_format`` (``"png"`` by default, ``"svg"``,
+        ``"pdf"``)."""
         req = c.run_request(
             self.lease.id,
             code=code,
@@ -693,53 +736,17 @@ class AsyncSession:
         )
         return self._start(req, timeout)
 
-    async def run_collect(
-        self,
-        code: Union[str, bytes],
-        *,
-        stdin: Optional[Union[str, bytes]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        working_dir: Optional[str] = None,
-        timeout: Optional[c.Seconds] = None,
-        language: Optional[str] = None,
-        output_limit_bytes: Optional[int] = None,
-        plot_format: c.PlotFormatArg = None,
-    ) -> RunResult:
+    run_collect = _collected(
+        run,
+        "run_collect",
         """Runs code and returns everything it produced: output, exit, and
         ``artifacts`` (whole files, reassembled from their chunks; ``plots``
-        are the captured figures among them)."""
-        return await self.run(
-            code,
-            stdin=stdin,
-            env=env,
-            working_dir=working_dir,
-            timeout=timeout,
-            language=language,
-            output_limit_bytes=output_limit_bytes,
-            plot_format=plot_format,
-        ).collect()
-
+        are the captured figures among them).""",
+    )
     execute = run_collect
-
-    async def execute_command(
-        self,
-        command: Union[str, Sequence[str]],
-        *,
-        stdin: Optional[Union[str, bytes]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        working_dir: Optional[str] = None,
-        timeout: Optional[c.Seconds] = None,
-        output_limit_bytes: Optional[int] = None,
-    ) -> RunResult:
-        """Runs a command (see :meth:`run_command`) and collects its output."""
-        return await self.run_command(
-            command,
-            stdin=stdin,
-            env=env,
-            working_dir=working_dir,
-            timeout=timeout,
-            output_limit_bytes=output_limit_bytes,
-        ).collect()
+    execute_command = _collected(
+        run_command, "execute_command", """Runs a command (see :meth:`run_command`) and collects its output."""
+    )
 
     async def cancel(self, run_id: str) -> bool:
         """Kills a run and everything it started; ``False`` if it had ended."""
@@ -749,13 +756,13 @@ class AsyncSession:
 
     # --- contexts and libraries -----------------------------------------------
 
-    def context(self, language: Optional[str] = None) -> _OpeningContext:
+    def context(self, language: Optional[str] = None) -> _Opening[AsyncContext]:
         """Opens a persistent interpreter context (like a notebook kernel):
         variables, imports and functions survive between its runs. ``ctx =
         await session.context()``, or ``async with session.context() as
         ctx`` (which deletes it on exit); the lease's end ends it too.
         ``language`` defaults to the pool's."""
-        return _OpeningContext(self._create_context(language))
+        return _Opening(self._create_context(language))
 
     async def _create_context(self, language: Optional[str]) -> AsyncContext:
         req = session_pb2.CreateContextRequest(lease_id=self.lease.id, language=language or "")
@@ -864,7 +871,7 @@ def _copy(lost: LeaseLost) -> LeaseLost:
     return LeaseLost(lost.lease_id, lost.reason, code=lost.code, details=lost.details, state=lost.state)
 
 
-class AsyncContext:
+class AsyncContext(_Ends):
     """A persistent interpreter in the session's container: what a run
     defines stays for the next, like cells of a notebook. An exception ends
     its run (traceback on stderr, exit code 1) and keeps the context; a
@@ -889,7 +896,7 @@ class AsyncContext:
         output_limit_bytes: Optional[int] = None,
         plot_format: c.PlotFormatArg = None,
     ) -> AsyncRunStream:
-        """Runs code in the context; events stream as for :meth:`AsyncSession.run`."""
+        """Runs code in the context; events stream as for a session's run."""
         if self._deleted:
             raise SandpoolError(f"context {self.id} was deleted")
         req = c.run_request(
@@ -902,19 +909,7 @@ class AsyncContext:
         )
         return self._session._start(req, timeout)
 
-    async def run_collect(
-        self,
-        code: Union[str, bytes],
-        *,
-        timeout: Optional[c.Seconds] = None,
-        output_limit_bytes: Optional[int] = None,
-        plot_format: c.PlotFormatArg = None,
-    ) -> RunResult:
-        """Runs code in the context and returns everything it produced."""
-        return await self.run(
-            code, timeout=timeout, output_limit_bytes=output_limit_bytes, plot_format=plot_format
-        ).collect()
-
+    run_collect = _collected(run, "run_collect", """Runs code in the context and returns everything it produced.""")
     execute = run_collect
 
     async def delete(self) -> None:
@@ -929,48 +924,10 @@ class AsyncContext:
             pass
 
     close = delete
+    _end = delete
 
     async def __aenter__(self) -> AsyncContext:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if exc is None:
-            await self.delete()
-            return
-        try:
-            await self.delete()
-        except SandpoolError:
-            pass
-
-
-class _OpeningContext:
-    """What :meth:`AsyncSession.context` returns: awaitable, or an async
-    context manager that deletes the context on exit."""
-
-    def __init__(self, coro: Awaitable[AsyncContext]) -> None:
-        self._coro = coro
-        self._context: Optional[AsyncContext] = None
-
-    def __await__(self) -> Generator[Any, None, AsyncContext]:
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> AsyncContext:
-        self._context = await self._coro
-        return self._context
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if self._context is not None:
-            await self._context.__aexit__(exc_type, exc, tb)
 
 
 class AsyncRunStream:

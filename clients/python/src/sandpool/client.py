@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import inspect
 import os
 import threading
 import weakref
@@ -25,19 +26,16 @@ from typing import (
     Iterator,
     Mapping,
     Optional,
-    Sequence,
     Tuple,
     Type,
     TypeVar,
-    Union,
 )
 
 import grpc
 
 from . import _common as c
 from .aio import AsyncClient, AsyncContext, AsyncRunStream, AsyncSession
-from .errors import SandpoolError
-from .types import Exit, LeaseInfo, LeaseState, RunEvent, RunResult
+from .types import Exit, LeaseInfo, LeaseState, RunEvent
 from .v1 import (
     artifact_pb2_grpc,
     pool_pb2,
@@ -153,6 +151,13 @@ def _at_exit() -> None:
     _LOOP.stop()
 
 
+def _like(sync: Callable[..., Any], method: Callable[..., Any]) -> None:
+    """Gives a sync method the name, docs and signature of the async one."""
+    functools.update_wrapper(sync, method)
+    sync.__module__ = __name__
+    sync.__qualname__ = method.__qualname__.replace("Async", "", 1)
+
+
 def _blocking(method: "Callable[Concatenate[Any, P], Awaitable[T]]") -> "Callable[Concatenate[Any, P], T]":
     """The blocking form of an async method of the asyncio class that the
     sync object wraps (as ``self._aio``): same signature and docs."""
@@ -160,32 +165,20 @@ def _blocking(method: "Callable[Concatenate[Any, P], Awaitable[T]]") -> "Callabl
     def blocking(self: Any, /, *args: "P.args", **kwargs: "P.kwargs") -> T:
         return _LOOP.run(method(self._aio, *args, **kwargs))
 
-    functools.update_wrapper(blocking, method)
-    blocking.__module__ = __name__
-    blocking.__qualname__ = method.__qualname__.replace("Async", "", 1)
+    _like(blocking, method)
     return blocking
 
 
-class _ExitMixin:
-    """``with`` support for objects whose end is ``_end()``: on an exception
-    in the body, a failing end never hides it."""
+def _streaming(method: "Callable[Concatenate[Any, P], AsyncRunStream]") -> "Callable[Concatenate[Any, P], RunStream]":
+    """The sync form of a method that starts a run: the call is made on the
+    loop, its events are read through a :class:`RunStream`."""
 
-    def _end(self) -> Any:
-        raise NotImplementedError
+    def streaming(self: Any, /, *args: "P.args", **kwargs: "P.kwargs") -> RunStream:
+        return RunStream(_LOOP.call(lambda: method(self._aio, *args, **kwargs)))
 
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if exc is None:
-            self._end()
-            return
-        try:
-            self._end()
-        except SandpoolError:
-            pass
+    _like(streaming, method)
+    setattr(streaming, "__signature__", inspect.signature(method).replace(return_annotation="RunStream"))
+    return streaming
 
 
 # --- the client -------------------------------------------------------------
@@ -347,7 +340,7 @@ async def _session_of(client: AsyncClient, lease: session_pb2.Lease, started: fl
     return AsyncSession(client, lease, started)
 
 
-class Session(_ExitMixin):
+class Session:
     """A lease on one warm container, kept alive in the background.
 
     Use it as a context manager (``with client.acquire("python") as s:``) or
@@ -397,69 +390,22 @@ class Session(_ExitMixin):
         self._finalizer.detach()
         return _LOOP.run(self._aio.release())
 
-    _end = release
-
     def __enter__(self) -> Session:
         return self
 
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self._finalizer.detach()
+        _LOOP.run(self._aio.__aexit__(exc_type, exc, tb))
+
     # --- runs ---------------------------------------------------------------
 
-    def run(
-        self,
-        code: Union[str, bytes],
-        *,
-        stdin: Optional[Union[str, bytes]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        working_dir: Optional[str] = None,
-        timeout: Optional[c.Seconds] = None,
-        language: Optional[str] = None,
-        output_limit_bytes: Optional[int] = None,
-        plot_format: c.PlotFormatArg = None,
-    ) -> RunStream:
-        """Runs code in the pool's language (or ``language``); iterate the
-        returned stream for events as they are produced. Figures the code
-        shows or leaves open come back as plot artifacts in ``plot_format``
-        (``"png"`` by default, ``"svg"``, ``"pdf"``)."""
-        return RunStream(
-            _LOOP.call(
-                lambda: self._aio.run(
-                    code,
-                    stdin=stdin,
-                    env=env,
-                    working_dir=working_dir,
-                    timeout=timeout,
-                    language=language,
-                    output_limit_bytes=output_limit_bytes,
-                    plot_format=plot_format,
-                )
-            )
-        )
-
-    def run_command(
-        self,
-        command: Union[str, Sequence[str]],
-        *,
-        stdin: Optional[Union[str, bytes]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        working_dir: Optional[str] = None,
-        timeout: Optional[c.Seconds] = None,
-        output_limit_bytes: Optional[int] = None,
-    ) -> RunStream:
-        """Runs a command: a string is a shell command line (``/bin/sh -c``), a
-        sequence is an argv executed without a shell."""
-        return RunStream(
-            _LOOP.call(
-                lambda: self._aio.run_command(
-                    command,
-                    stdin=stdin,
-                    env=env,
-                    working_dir=working_dir,
-                    timeout=timeout,
-                    output_limit_bytes=output_limit_bytes,
-                )
-            )
-        )
-
+    run = _streaming(AsyncSession.run)
+    run_command = _streaming(AsyncSession.run_command)
     run_collect = _blocking(AsyncSession.run_collect)
     execute = run_collect
     execute_command = _blocking(AsyncSession.execute_command)
@@ -486,7 +432,7 @@ class Session(_ExitMixin):
     list_artifacts = _blocking(AsyncSession.list_artifacts)
 
 
-class Context(_ExitMixin):
+class Context:
     """A persistent interpreter in the session's container: what a run
     defines stays for the next, like cells of a notebook. An exception ends
     its run (traceback on stderr, exit code 1) and keeps the context; a
@@ -508,31 +454,16 @@ class Context(_ExitMixin):
     def language(self) -> str:
         return self._aio.language
 
-    def run(
-        self,
-        code: Union[str, bytes],
-        *,
-        timeout: Optional[c.Seconds] = None,
-        output_limit_bytes: Optional[int] = None,
-        plot_format: c.PlotFormatArg = None,
-    ) -> RunStream:
-        """Runs code in the context; events stream as for :meth:`Session.run`."""
-        return RunStream(
-            _LOOP.call(
-                lambda: self._aio.run(
-                    code, timeout=timeout, output_limit_bytes=output_limit_bytes, plot_format=plot_format
-                )
-            )
-        )
-
+    run = _streaming(AsyncContext.run)
     run_collect = _blocking(AsyncContext.run_collect)
     execute = run_collect
     delete = _blocking(AsyncContext.delete)
     close = delete
-    _end = delete
 
     def __enter__(self) -> Context:
         return self
+
+    __exit__ = _blocking(AsyncContext.__aexit__)
 
 
 class RunStream:

@@ -26,7 +26,7 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, TypeVar, Union
 
 from .. import _common as c
 from ..client import Client, RunStream, Session
@@ -750,8 +750,44 @@ def _looks_like_tar(data: bytes) -> bool:
     return len(data) >= 512 and data[257:262] == b"ustar"
 
 
-class ArtifactPooledSandboxSession:
+class _Facade:
+    """A session that stands in front of another (named by ``_inner``):
+    entering, leaving, opening and closing are the other's, and what this
+    one does not have is read from it."""
+
+    _inner = ""
+
+    def __enter__(self: _F) -> _F:
+        getattr(self, self._inner).__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        getattr(self, self._inner).__exit__(exc_type, exc, tb)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._inner:  # not set yet
+            raise AttributeError(name)
+        return getattr(getattr(self, self._inner), name)
+
+    def open(self) -> None:
+        getattr(self, self._inner).open()
+
+    def close(self) -> None:
+        getattr(self, self._inner).close()
+
+
+_F = TypeVar("_F", bound=_Facade)
+
+
+class ArtifactPooledSandboxSession(_Facade):
     """A pooled session that also returns the plots a run produced."""
+
+    _inner = "_session"
 
     def __init__(
         self,
@@ -773,27 +809,6 @@ class ArtifactPooledSandboxSession:
             **kwargs,
         )
         self.enable_plotting = enable_plotting
-
-    def __enter__(self) -> ArtifactPooledSandboxSession:
-        self._session.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self._session.__exit__(exc_type, exc, tb)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-    def open(self) -> None:
-        self._session.open()
-
-    def close(self) -> None:
-        self._session.close()
 
     def run(
         self,

@@ -10,7 +10,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ArtifactService } from "./gen/sandpool/v1/artifact_pb.js";
 import { PoolService } from "./gen/sandpool/v1/pool_pb.js";
 import { SessionService } from "./gen/sandpool/v1/session_pb.js";
-import { Code, InvalidArgument, SandpoolError, mapError } from "./errors.js";
+import { Code, InvalidArgument, SandpoolError, mapError, mapped } from "./errors.js";
 import { poolFromPb, poolSpecToPb, statsFromPb, type PoolInfo, type PoolSpecInput, type PoolStats } from "./pools.js";
 import { Session } from "./session.js";
 import { drive } from "./streams.js";
@@ -141,8 +141,8 @@ export class SandpoolClient {
   async acquire(pool: string, options: AcquireOptions = {}): Promise<Session> {
     // The lease's TTL counts from the call: the session's clock is on the safe side.
     const startedAt = performance.now();
-    try {
-      const r = await this.sessions.acquire(
+    const r = await mapped(() =>
+      this.sessions.acquire(
         {
           pool,
           ttl: options.ttlMs === undefined ? undefined : durationFromMs(options.ttlMs),
@@ -154,47 +154,35 @@ export class SandpoolClient {
           })),
         },
         { timeoutMs: options.waitMs ?? this.timeoutMs, signal: options.signal },
-      );
-      if (r.lease === undefined) {
-        throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
-      }
-      const ctx = { sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
-      return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt });
-    } catch (err) {
-      throw mapError(err);
+      ),
+    );
+    if (r.lease === undefined) {
+      throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
     }
+    const ctx = { sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
+    return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt });
   }
 
   // ------------------------------------------------------------ pools
 
   /** Creates a pool; with `waitReady`, answers once min_pool_size containers are warm. */
   async createPool(spec: PoolSpecInput, options: { waitReady?: boolean; timeoutMs?: number } = {}): Promise<PoolInfo> {
-    try {
-      const r = await this.pools.createPool(
+    const r = await mapped(() =>
+      this.pools.createPool(
         { spec: poolSpecToPb(spec), waitReady: options.waitReady ?? false },
         { timeoutMs: options.timeoutMs ?? this.timeoutMs },
-      );
-      return poolFromPb(r.pool);
-    } catch (err) {
-      throw mapError(err);
-    }
+      ),
+    );
+    return poolFromPb(r.pool);
   }
 
   async getPool(name: string): Promise<PoolInfo> {
-    try {
-      return poolFromPb((await this.pools.getPool({ name }, { timeoutMs: this.timeoutMs })).pool);
-    } catch (err) {
-      throw mapError(err);
-    }
+    return poolFromPb((await mapped(() => this.pools.getPool({ name }, { timeoutMs: this.timeoutMs }))).pool);
   }
 
   /** Every pool, sorted by name. */
   async listPools(): Promise<PoolInfo[]> {
-    try {
-      return (await this.pools.listPools({}, { timeoutMs: this.timeoutMs })).pools.map(poolFromPb);
-    } catch (err) {
-      throw mapError(err);
-    }
+    return (await mapped(() => this.pools.listPools({}, { timeoutMs: this.timeoutMs }))).pools.map(poolFromPb);
   }
 
   /**
@@ -202,23 +190,14 @@ export class SandpoolClient {
    * lease ends. With `wait`, answers once every container is removed.
    */
   async deletePool(name: string, options: { wait?: boolean; timeoutMs?: number } = {}): Promise<{ busyRemaining: number }> {
-    try {
-      const r = await this.pools.deletePool(
-        { name, wait: options.wait ?? false },
-        { timeoutMs: options.timeoutMs ?? this.timeoutMs },
-      );
-      return { busyRemaining: r.busyRemaining };
-    } catch (err) {
-      throw mapError(err);
-    }
+    const r = await mapped(() =>
+      this.pools.deletePool({ name, wait: options.wait ?? false }, { timeoutMs: options.timeoutMs ?? this.timeoutMs }),
+    );
+    return { busyRemaining: r.busyRemaining };
   }
 
   async getStats(name: string): Promise<PoolStats> {
-    try {
-      return statsFromPb((await this.pools.getPoolStats({ name }, { timeoutMs: this.timeoutMs })).stats);
-    } catch (err) {
-      throw mapError(err);
-    }
+    return statsFromPb((await mapped(() => this.pools.getPoolStats({ name }, { timeoutMs: this.timeoutMs }))).stats);
   }
 
   /**

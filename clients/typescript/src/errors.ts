@@ -299,6 +299,15 @@ export function mapError(err: unknown): SandpoolError {
   return new (cls as ErrorClass)(ce.code, ce.rawMessage, details, { cause: err });
 }
 
+/** Makes a call and maps its error (one thrown at once as well). */
+export async function mapped<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw mapError(err);
+  }
+}
+
 /**
  * Maps an error of a call made on a lease: the server saying that this
  * lease is gone becomes LeaseLost; anything else maps as usual. The server

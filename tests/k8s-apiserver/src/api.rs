@@ -72,10 +72,17 @@ async fn route(app: Arc<App>, req: Request<Body>) -> ApiResult<Response> {
         let (ns, name) = (ns.to_string(), name.to_string());
         return exec::handle(app, req, &ns, &name).await;
     }
-    // No OpenAPI documents: kubectl then validates nothing client-side
-    // (`create -f` works; `apply` needs them and is not served).
-    if segments.first() == Some(&"openapi") {
-        return Err(not_found_path());
+    // OpenAPI: v3 only, and only what kubectl needs to leave validation to
+    // the server. v2 is not served.
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["openapi", "v3"]) => return ok(crate::openapi::root()),
+        (&Method::GET, ["openapi", "v3", rest @ ..]) => {
+            return crate::openapi::group_version(&rest.join("/"))
+                .map(|d| json_response(StatusCode::OK, &d))
+                .ok_or_else(not_found_path);
+        }
+        (_, ["openapi", ..]) => return Err(not_found_path()),
+        _ => {}
     }
     check_accept(req.headers())?;
 

@@ -23,6 +23,7 @@ mod exec;
 mod kinds;
 mod logs;
 mod netpol;
+mod openapi;
 mod pods;
 mod quantity;
 mod query;

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{IMAGE, docker_ps, require_image};
+use common::{IMAGE, docker_ps, eventually, require_image};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
@@ -177,12 +177,12 @@ async fn pods_exec_and_limits() {
     assert_eq!(rest, "second\n");
 
     // Pod labels are on the container (sandpool's leftover check).
-    assert_eq!(docker_ps("sandpool.server=test").len(), 1);
+    assert_eq!(docker_ps(&["sandpool.server=test", &instance]).len(), 1);
     api.delete(&name, &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
     assert!(api.get_opt(&name).await.unwrap().is_none());
-    assert!(docker_ps(&instance).is_empty());
+    assert!(docker_ps(&[&instance]).is_empty());
     server.shutdown().await;
 }
 
@@ -224,8 +224,31 @@ async fn watcher_sees_a_pod_removed_behind_its_back() {
     .await
     .expect("the watcher's initial list");
 
+    // The streaming-list strategy (sendInitialEvents, then a bookmark that
+    // ends the initial events) reaches the same state.
+    let mut streamed = watcher(
+        api.clone(),
+        watcher::Config::default()
+            .labels("app=watched")
+            .streaming_lists(),
+    )
+    .boxed();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match streamed.try_next().await.unwrap() {
+                Some(watcher::Event::InitApply(p)) => seen.extend(p.metadata.name),
+                Some(watcher::Event::InitDone) => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the streaming list's initial events");
+    assert_eq!(seen, [name.clone()]);
+
     // `docker rm -f` the pod's container, as an operator or a crash would.
-    let container = docker_ps(&format!("{LABEL_POD}=watch-test/{name}"));
+    let container = docker_ps(&[&format!("{LABEL_POD}=watch-test/{name}")]);
     assert_eq!(container.len(), 1);
     let rm = std::process::Command::new("docker")
         .args(["rm", "-f", &container[0]])
@@ -246,7 +269,7 @@ async fn watcher_sees_a_pod_removed_behind_its_back() {
     assert!(api.get_opt(&name).await.unwrap().is_none());
 
     server.shutdown().await;
-    assert!(docker_ps(&instance).is_empty());
+    assert!(docker_ps(&[&instance]).is_empty());
 }
 
 fn lease(name: &str, holder: &str) -> Lease {
@@ -359,5 +382,110 @@ async fn leases_conflicts_and_gone() {
         Some(WatchEvent::Deleted(l)) => assert_eq!(l.metadata.name.as_deref(), Some("other")),
         other => panic!("expected DELETED, got {other:?}"),
     }
+    server.shutdown().await;
+}
+
+/// The phase and the container's waiting reason or exit code of a pod.
+async fn state_of(api: &Api<Pod>, name: &str) -> (String, String) {
+    let pod = api.get(name).await.unwrap();
+    let status = pod.status.unwrap_or_default();
+    let phase = status.phase.unwrap_or_default();
+    let state = status
+        .container_statuses
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state)
+        .unwrap_or_default();
+    let detail = match (state.waiting, state.terminated) {
+        (Some(w), _) => w.reason.unwrap_or_default(),
+        (_, Some(t)) => format!("exit {}", t.exit_code),
+        _ => status.reason.unwrap_or_default(),
+    };
+    (phase, detail)
+}
+
+#[tokio::test]
+async fn pods_that_cannot_run() {
+    require_image();
+    let server = serve(Config::default()).await.unwrap();
+    let instance = format!("{LABEL_INSTANCE}={}", server.instance_id());
+    let api: Api<Pod> = Api::namespaced(client(&server), "failing");
+
+    // Refused at once: host namespaces, a second container.
+    let mut p = pod("refused");
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    let err = api.create(&PostParams::default(), &p).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.is_invalid()),
+        "{err:?}"
+    );
+    let mut p = pod("refused");
+    let second = p.spec.as_ref().unwrap().containers[0].clone();
+    p.spec.as_mut().unwrap().containers.push(second);
+    let err = api.create(&PostParams::default(), &p).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+
+    let create = |mutate: fn(&mut Pod)| {
+        let api = api.clone();
+        async move {
+            let mut p = pod("failing");
+            mutate(&mut p);
+            let created = api.create(&PostParams::default(), &p).await.unwrap();
+            created.metadata.name.unwrap()
+        }
+    };
+    let no_image = create(|p| {
+        p.spec.as_mut().unwrap().containers[0].image = Some("sandpool/absent:never".into())
+    })
+    .await;
+    let no_runtime =
+        create(|p| p.spec.as_mut().unwrap().runtime_class_name = Some("no-such-runtime".into()))
+            .await;
+    let exits = create(|p| {
+        p.spec.as_mut().unwrap().containers[0].command =
+            Some(vec!["sh".into(), "-c".into(), "exit 4".into()])
+    })
+    .await;
+    let root = create(|p| {
+        p.spec.as_mut().unwrap().security_context =
+            Some(serde_json::from_value(json!({"runAsUser": 0, "runAsNonRoot": true})).unwrap())
+    })
+    .await;
+    for (name, want) in [
+        (&no_image, ("Pending", "ImagePullBackOff")),
+        (&no_runtime, ("Failed", "RuntimeClassNotFound")),
+        (&exits, ("Failed", "exit 4")),
+        (&root, ("Pending", "CreateContainerConfigError")),
+    ] {
+        eventually(
+            &format!("{name} in {want:?}"),
+            Duration::from_secs(30),
+            || async {
+                let (phase, detail) = state_of(&api, name).await;
+                (phase == want.0 && detail == want.1).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Delete them all by label (deletecollection): pods and containers go.
+    api.delete_collection(
+        &DeleteParams::default().grace_period(0),
+        &ListParams::default().labels("app=failing"),
+    )
+    .await
+    .unwrap();
+    eventually("pods gone", Duration::from_secs(20), || async {
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(docker_ps(&[&instance]).is_empty());
     server.shutdown().await;
 }

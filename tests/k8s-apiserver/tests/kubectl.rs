@@ -98,13 +98,16 @@ impl Kubectl {
         out.stdout
     }
 
-    /// `kubectl create -f` of a manifest. Validation is off: it needs the
-    /// OpenAPI documents, which the test server does not serve.
+    /// `kubectl create -f` (or `apply -f`) of a manifest, with kubectl's
+    /// default validation (left to the server through `fieldValidation`).
     async fn create(&self, manifest: &Value) -> String {
+        self.file_verb("create", manifest).await
+    }
+
+    async fn file_verb(&self, verb: &str, manifest: &Value) -> String {
         let file = self.dir.path().join(format!("{}.json", rand_name()));
         std::fs::write(&file, manifest.to_string()).unwrap();
-        self.ok(&["create", "--validate=false", "-f", file.to_str().unwrap()])
-            .await
+        self.ok(&[verb, "-f", file.to_str().unwrap()]).await
     }
 
     async fn wait_running(&self, selector: &str) -> Value {
@@ -199,8 +202,18 @@ async fn kubectl_create_get_exec_delete() {
     assert_eq!(out.stdout, "out\n");
     assert!(out.stderr.contains("to-stderr"), "{}", out.stderr);
 
-    // NetworkPolicies list through kubectl, by resource name and short name.
-    k.create(&deny_all("deny-db", "db")).await;
+    // Labels change through kubectl (a merge patch).
+    k.ok(&["label", "pod", "web-1", "leased=yes"]).await;
+    let leased = k
+        .ok(&["get", "pods", "-l", "leased=yes", "-o", "name"])
+        .await;
+    assert_eq!(leased.trim(), "pod/web-1");
+
+    // NetworkPolicies: apply (create, then a patch), list by resource name
+    // and short name.
+    k.file_verb("apply", &deny_all("deny-db", "db")).await;
+    let changed = k.file_verb("apply", &deny_all("deny-db", "db2")).await;
+    assert!(changed.contains("configured"), "{changed}");
     let table = k.ok(&["get", "networkpolicies"]).await;
     assert!(table.contains("deny-db"), "{table}");
     let listed = k.ok(&["get", "netpol", "-o", "json"]).await;
@@ -211,7 +224,7 @@ async fn kubectl_create_get_exec_delete() {
     );
 
     // Delete: kubectl waits until the pod is gone; so is its container.
-    assert_eq!(docker_ps(&instance).len(), 1);
+    assert_eq!(docker_ps(&[&instance]).len(), 1);
     k.ok(&["delete", "pod", "web-1"]).await;
     let gone = k.run(&["get", "pod", "web-1"]).await;
     assert_ne!(gone.code, 0);
@@ -221,13 +234,13 @@ async fn kubectl_create_get_exec_delete() {
         gone.stderr
     );
     assert!(
-        docker_ps(&instance).is_empty(),
+        docker_ps(&[&instance]).is_empty(),
         "container left after delete"
     );
     k.ok(&["delete", "networkpolicy", "deny-db"]).await;
 
     server.shutdown().await;
-    assert!(docker_ps(&instance).is_empty());
+    assert!(docker_ps(&[&instance]).is_empty());
 }
 
 /// `/proc/net/dev` of the pod: the interfaces it has.
@@ -276,5 +289,5 @@ async fn deny_all_policy_takes_the_network_away() {
     assert!(interfaces(&k, "free-1").await.len() > 1);
 
     server.shutdown().await;
-    assert!(docker_ps(&instance).is_empty());
+    assert!(docker_ps(&[&instance]).is_empty());
 }

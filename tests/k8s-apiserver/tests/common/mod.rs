@@ -28,13 +28,15 @@ where
     }
 }
 
-/// Containers (any state) that carry `label`, by the docker CLI: what an
-/// operator's leftover check sees.
-pub fn docker_ps(label: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={label}")])
-        .output()
-        .expect("docker ps");
+/// Containers (any state) that carry every one of `labels`, by the docker
+/// CLI: what an operator's leftover check sees.
+pub fn docker_ps(labels: &[&str]) -> Vec<String> {
+    let mut cmd = Command::new("docker");
+    cmd.args(["ps", "-aq"]);
+    for label in labels {
+        cmd.args(["--filter", &format!("label={label}")]);
+    }
+    let out = cmd.output().expect("docker ps");
     assert!(out.status.success(), "docker ps: {out:?}");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()

@@ -245,7 +245,7 @@ async fn watcher_sees_a_pod_removed_behind_its_back() {
     })
     .await
     .expect("the streaming list's initial events");
-    assert_eq!(seen, [name.clone()]);
+    assert_eq!(seen, std::slice::from_ref(&name));
 
     // `docker rm -f` the pod's container, as an operator or a crash would.
     let container = docker_ps(&[&format!("{LABEL_POD}=watch-test/{name}")]);

@@ -8,69 +8,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{IMAGE, docker_ps, eventually, require_image};
+use common::{client, create_running, docker_ps, eventually, pod, require_image};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
     apimachinery::pkg::apis::meta::v1::Status,
 };
 use kube::{
-    Api, Client,
+    Api,
     api::{AttachParams, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams},
-    runtime::{
-        WatchStreamExt,
-        wait::{await_condition, conditions},
-        watcher,
-    },
+    runtime::{WatchStreamExt, watcher},
 };
-use sandpool_k8s_testserver::{Config, LABEL_INSTANCE, LABEL_POD, TestServer, serve};
+use sandpool_k8s_testserver::{Config, LABEL_INSTANCE, LABEL_POD, serve};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn client(server: &TestServer) -> Client {
-    let config = kube::Config::new(server.url().parse().unwrap());
-    Client::try_from(config).unwrap()
-}
-
-fn pod(app: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"generateName": format!("{app}-"), "labels": {"app": app, "sandpool.server": "test"}},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "restartPolicy": "Never",
-            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true},
-            "containers": [{
-                "name": "sandbox",
-                "image": IMAGE,
-                "command": ["sleep", "infinity"],
-                "workingDir": "/sandbox",
-                "securityContext": {
-                    "readOnlyRootFilesystem": true,
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
-                "volumeMounts": [{"name": "sandbox", "mountPath": "/sandbox"}],
-            }],
-            "volumes": [{"name": "sandbox", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}],
-        },
-    }))
-    .unwrap()
-}
-
-async fn create_running(api: &Api<Pod>, app: &str) -> String {
-    let created = api.create(&PostParams::default(), &pod(app)).await.unwrap();
-    let name = created.metadata.name.unwrap();
-    let running = tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(api.clone(), &name, conditions::is_pod_running()),
-    )
-    .await
-    .expect("pod Running within 60s")
-    .unwrap();
-    assert!(running.is_some());
-    name
-}
 
 fn exit_code(status: &Status) -> Option<String> {
     if status.status.as_deref() == Some("Success") {
@@ -96,6 +47,11 @@ async fn pods_exec_and_limits() {
     let started = Instant::now();
     let name = create_running(&api, "exec").await;
     eprintln!("pod create to Running: {:?}", started.elapsed());
+
+    // pods/status answers too.
+    let status = api.get_status(&name).await.unwrap().status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.qos_class.as_deref(), Some("Guaranteed"));
 
     // stdin in, stdout and stderr apart, exit status through take_status.
     let params = AttachParams::default()

@@ -5,6 +5,15 @@
 
 use std::{future::Future, process::Command, time::Duration};
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    api::PostParams,
+    runtime::wait::{await_condition, conditions},
+};
+use sandpool_k8s_testserver::TestServer;
+use serde_json::json;
+
 /// A small local sandbox image (built by scripts/build-images.sh; never
 /// pulled).
 pub const IMAGE: &str = "sandpool/bash:bookworm";
@@ -53,4 +62,53 @@ pub fn require_image() {
         ok,
         "image {IMAGE} is missing: build it with scripts/build-images.sh"
     );
+}
+
+/// A kube client for the server (no credentials, namespace "default").
+pub fn client(server: &TestServer) -> Client {
+    let config = kube::Config::new(server.url().parse().unwrap());
+    Client::try_from(config).unwrap()
+}
+
+/// A sandbox pod as sandpool's backend makes one: non-root, read-only
+/// root, no capabilities, limits, a size-limited in-memory emptyDir.
+pub fn pod(app: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{app}-"), "labels": {"app": app, "sandpool.server": "test"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true},
+            "containers": [{
+                "name": "sandbox",
+                "image": IMAGE,
+                "command": ["sleep", "infinity"],
+                "workingDir": "/sandbox",
+                "securityContext": {
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
+                "volumeMounts": [{"name": "sandbox", "mountPath": "/sandbox"}],
+            }],
+            "volumes": [{"name": "sandbox", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}],
+        },
+    }))
+    .unwrap()
+}
+
+/// Creates `pod(app)` and waits (through a watch) until it runs.
+pub async fn create_running(api: &Api<Pod>, app: &str) -> String {
+    let created = api.create(&PostParams::default(), &pod(app)).await.unwrap();
+    let name = created.metadata.name.unwrap();
+    let running = tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(api.clone(), &name, conditions::is_pod_running()),
+    )
+    .await
+    .expect("pod Running within 60s")
+    .unwrap();
+    assert!(running.is_some());
+    name
 }

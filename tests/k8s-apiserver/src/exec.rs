@@ -380,11 +380,15 @@ async fn session(
 /// The exit code, once Docker says the exec finished.
 async fn exit_code(app: &App, exec_id: &str) -> Option<i64> {
     let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    // Docker usually knows the code when the output ends, or a moment
+    // later: poll fast first, this is on every exec's path.
+    let mut pause = Duration::from_millis(1);
     loop {
         match app.docker.inspect_exec(exec_id).await {
             Ok(info) if info.running != Some(true) => return info.exit_code,
             Ok(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
             }
             Ok(_) => return None,
             Err(e) => {

@@ -132,6 +132,15 @@ async fn pods_exec_and_limits() {
     stdout.read_to_string(&mut rest).await.unwrap();
     assert_eq!(rest, "second\n");
 
+    // The round trip of a trivial exec (API server hop + Docker exec).
+    let t0 = Instant::now();
+    for _ in 0..10 {
+        let mut proc = api.exec(&name, ["true"], &params).await.unwrap();
+        let status = proc.take_status().unwrap();
+        assert_eq!(exit_code(&status.await.unwrap()).as_deref(), Some("0"));
+    }
+    eprintln!("exec round trip: {:?} per exec", t0.elapsed() / 10);
+
     // Pod labels are on the container (sandpool's leftover check).
     assert_eq!(docker_ps(&["sandpool.server=test", &instance]).len(), 1);
     api.delete(&name, &DeleteParams::default().grace_period(0))

@@ -17,6 +17,7 @@
 
 mod api;
 mod app;
+mod decode;
 mod discovery;
 mod error;
 mod exec;

@@ -3,9 +3,6 @@
 //! `kubectl apply -f` leave validation to the server instead of fetching
 //! full schemas (which are not served). kubectl looks for a PATCH operation
 //! tagged with the kind's group-version-kind that lists the parameter.
-//!
-//! The server accepts `fieldValidation` and ignores it: unknown fields are
-//! dropped, never reported.
 
 use serde_json::{Value, json};
 

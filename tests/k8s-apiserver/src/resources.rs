@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::Response,
 };
 use serde_json::{Value, json};
 
 use crate::{
     app::App,
+    decode::{self, FieldValidation},
     error::{ApiError, ApiResult, json_response},
     kinds::Kind,
     netpol, pods,
@@ -47,12 +48,16 @@ pub async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
         (&Method::GET, None, ns) => ok(&list(&app, req.kind, ns.as_deref(), &req.query)?),
         (&Method::GET, Some(name), Some(ns)) => ok(&app.store.get(req.kind, ns, name)?),
         (&Method::POST, None, Some(ns)) => {
-            let created = create(&app, req.kind, ns, &req.body).await?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            let body = json_body(&req.headers, &req.body, false)?;
+            let validation = FieldValidation::from_query(&req.query)?;
+            let (created, warnings) = create(&app, req.kind, ns, body, validation).await?;
+            Ok(with_warnings(StatusCode::CREATED, &created, &warnings))
         }
         (&Method::PUT, Some(name), Some(ns)) => {
             let body = json_body(&req.headers, &req.body, false)?;
-            ok(&update(&app, req.kind, ns, name, body).await?)
+            let validation = FieldValidation::from_query(&req.query)?;
+            let (updated, warnings) = update(&app, req.kind, ns, name, body, validation).await?;
+            Ok(with_warnings(StatusCode::OK, &updated, &warnings))
         }
         (&Method::PATCH, Some(name), Some(ns)) => {
             let patch = json_body(&req.headers, &req.body, true)?;
@@ -63,7 +68,9 @@ pub async fn handle(app: Arc<App>, req: Request) -> ApiResult<Response> {
             if patch.pointer("/metadata/resourceVersion").is_none() {
                 set_meta(&mut merged, "resourceVersion", json!(rv_of(&current)));
             }
-            ok(&update(&app, req.kind, ns, name, merged).await?)
+            let validation = FieldValidation::from_query(&req.query)?;
+            let (updated, warnings) = update(&app, req.kind, ns, name, merged, validation).await?;
+            Ok(with_warnings(StatusCode::OK, &updated, &warnings))
         }
         (&Method::DELETE, Some(name), Some(ns)) => {
             delete(&app, req.kind, ns, name, &req.query, &req.body).await
@@ -172,10 +179,28 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A JSON response with one `Warning` header per message, as the API
+/// server sends them (kubectl prints them, kube logs them).
+fn with_warnings(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut response = json_response(code, body);
+    for w in warnings {
+        let text = format!("299 - {}", Value::String(w.clone()));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
 /// Checks a body's kind and namespace against the URL, and normalizes it
-/// through the typed object (unknown fields drop out, as with a real
-/// server's decoding).
-fn typed(kind: Kind, ns: &str, body: &Value) -> ApiResult<Value> {
+/// through the typed object. Unknown fields drop out, and are reported as
+/// `fieldValidation` says (warnings by default), as by a real server.
+fn typed(
+    kind: Kind,
+    ns: &str,
+    body: &Value,
+    validation: FieldValidation,
+) -> ApiResult<(Value, Vec<String>)> {
     if let Some(k) = body.get("kind").and_then(Value::as_str)
         && k != kind.kind()
     {
@@ -195,12 +220,13 @@ fn typed(kind: Kind, ns: &str, body: &Value) -> ApiResult<Value> {
     let mut body = body.clone();
     body["apiVersion"] = json!(kind.api_version());
     body["kind"] = json!(kind.kind());
-    match kind {
+    decode::quantities_as_strings(&mut body);
+    let decoded = match kind {
         Kind::Pod => serde_json::to_value(pods::parse(&body)?),
-        Kind::NetworkPolicy => return netpol::parse(&body),
+        Kind::NetworkPolicy => Ok(netpol::parse(&body)?),
         Kind::Lease => {
-            let lease: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(body)
-                .map_err(|e| {
+            let lease: k8s_openapi::api::coordination::v1::Lease =
+                serde_json::from_value(body.clone()).map_err(|e| {
                     ApiError::bad_request(format!(
                         "Lease in version \"v1\" cannot be handled as a Lease: {e}"
                     ))
@@ -208,13 +234,20 @@ fn typed(kind: Kind, ns: &str, body: &Value) -> ApiResult<Value> {
             serde_json::to_value(lease)
         }
     }
-    .map_err(|e| ApiError::internal(e.to_string()))
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let warnings = validation.check(decode::unknown_fields(&body, &decoded))?;
+    Ok((decoded, warnings))
 }
 
-async fn create(app: &Arc<App>, kind: Kind, ns: &str, body: &Bytes) -> ApiResult<Value> {
-    let headers = HeaderMap::new();
-    let body = typed(kind, ns, &json_body(&headers, body, false)?)?;
-    match kind {
+async fn create(
+    app: &Arc<App>,
+    kind: Kind,
+    ns: &str,
+    body: Value,
+    validation: FieldValidation,
+) -> ApiResult<(Value, Vec<String>)> {
+    let (body, warnings) = typed(kind, ns, &body, validation)?;
+    let created = match kind {
         Kind::Pod => {
             let pod = pods::prepare(body)?;
             let created = app.store.create(kind, ns, pod)?;
@@ -224,7 +257,7 @@ async fn create(app: &Arc<App>, kind: Kind, ns: &str, body: &Bytes) -> ApiResult
                 name_of(&created).to_string(),
                 uid_of(&created).to_string(),
             ));
-            Ok(created)
+            created
         }
         Kind::NetworkPolicy => {
             let created = app.store.create(kind, ns, body)?;
@@ -234,14 +267,22 @@ async fn create(app: &Arc<App>, kind: Kind, ns: &str, body: &Bytes) -> ApiResult
             // Answer once Docker has applied it: a client that created a
             // deny-all policy may rely on selected pods being cut off.
             runner::enforce_namespace(app, ns).await;
-            Ok(created)
+            created
         }
-        Kind::Lease => app.store.create(kind, ns, body),
-    }
+        Kind::Lease => app.store.create(kind, ns, body)?,
+    };
+    Ok((created, warnings))
 }
 
-async fn update(app: &Arc<App>, kind: Kind, ns: &str, name: &str, body: Value) -> ApiResult<Value> {
-    let body = typed(kind, ns, &body)?;
+async fn update(
+    app: &Arc<App>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    body: Value,
+    validation: FieldValidation,
+) -> ApiResult<(Value, Vec<String>)> {
+    let (body, warnings) = typed(kind, ns, &body, validation)?;
     let body_name = name_of(&body);
     if !body_name.is_empty() && body_name != name {
         return Err(ApiError::bad_request(format!(
@@ -283,7 +324,7 @@ async fn update(app: &Arc<App>, kind: Kind, ns: &str, name: &str, body: Value) -
     if matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
         runner::enforce_namespace(app, ns).await;
     }
-    Ok(updated)
+    Ok((updated, warnings))
 }
 
 /// A pod update's spec compared with the stored one: fields the server

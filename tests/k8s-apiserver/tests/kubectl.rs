@@ -160,7 +160,24 @@ async fn kubectl_create_get_exec_delete() {
     let instance = format!("{LABEL_INSTANCE}={}", server.instance_id());
     let k = Kubectl::new(path, &server, "kubectl-test");
 
-    k.create(&pod("web-1", "web")).await;
+    // Strict field validation (kubectl's default) refuses a misspelt field;
+    // quantities may be numbers, as in YAML.
+    let mut typo = pod("typo", "web");
+    typo["spec"]["containers"][0]["imagePullPolicyy"] = json!("Never");
+    let file = k.dir.path().join("typo.json");
+    std::fs::write(&file, typo.to_string()).unwrap();
+    let refused = k.run(&["create", "-f", file.to_str().unwrap()]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains(
+            r#"strict decoding error: unknown field "spec.containers[0].imagePullPolicyy""#
+        ),
+        "{}",
+        refused.stderr
+    );
+    let mut web = pod("web-1", "web");
+    web["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": 1, "memory": "64Mi"}});
+    k.create(&web).await;
     let running = k.wait_running("app=web").await;
     assert_eq!(running["metadata"]["name"], "web-1");
     assert_eq!(running["status"]["containerStatuses"][0]["ready"], true);

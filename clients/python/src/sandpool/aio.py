@@ -568,10 +568,10 @@ class _Calls:
         return call in self._cut
 
     def cut(self) -> None:
-        self._cut.update(self._live)
-        for call in self._live:
+        live, self._live = self._live, set()
+        self._cut.update(live)
+        for call in live:
             call.cancel()
-        self._live.clear()
 
 
 class AsyncSession(_Ends):
@@ -1014,6 +1014,7 @@ class AsyncRunStream:
         # An abandoned stream must not keep its run going.
         if getattr(self, "exit", True) is None:
             try:
+                self._calls.discard(self._call)
                 self._call.cancel()
             except Exception:  # noqa: BLE001 - loop already closed
                 pass

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bollard::Docker;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::store::Store;
 
@@ -29,6 +29,9 @@ pub struct App {
     pub runtimes: BTreeSet<String>,
     pub bookmark_interval: Duration,
     pub cancel: CancellationToken,
+    /// Pod starts and deletions in flight: shutdown waits for them before
+    /// it removes containers, so none is created after the sweep.
+    pub tasks: TaskTracker,
     /// Pod uid -> Docker container id, once the container exists.
     pub containers: Mutex<HashMap<String, String>>,
     /// One lifecycle lock per pod uid: creating a pod's container and

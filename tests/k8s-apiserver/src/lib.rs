@@ -120,6 +120,7 @@ pub async fn serve(config: Config) -> Result<TestServer, Error> {
         runtimes,
         bookmark_interval: config.bookmark_interval,
         cancel: cancel.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
         containers: Mutex::new(HashMap::new()),
         pod_locks: Mutex::new(HashMap::new()),
         net_lock: tokio::sync::Mutex::new(()),
@@ -140,6 +141,8 @@ pub async fn serve(config: Config) -> Result<TestServer, Error> {
         // a short grace.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
         let _ = events.await;
+        app.tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait()).await;
         runner::remove_all(&app).await;
         tracing::info!(instance = %app.instance, "stopped; containers removed");
     });
@@ -245,15 +248,22 @@ impl Drop for TestServer {
                 let Ok(docker) = docker.negotiate_version().await else {
                     return;
                 };
-                let ids = instance_containers(&docker, &instance)
-                    .await
-                    .unwrap_or_default();
                 let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
                     .force(true)
                     .v(true)
                     .build();
-                for id in ids {
-                    let _ = docker.remove_container(&id, Some(options.clone())).await;
+                // Twice: a create the engine was still doing when the
+                // runtime stopped shows up a moment later.
+                for pass in 0..2 {
+                    if pass > 0 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    let ids = instance_containers(&docker, &instance)
+                        .await
+                        .unwrap_or_default();
+                    for id in ids {
+                        let _ = docker.remove_container(&id, Some(options.clone())).await;
+                    }
                 }
             });
         });

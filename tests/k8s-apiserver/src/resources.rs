@@ -251,7 +251,7 @@ async fn create(
         Kind::Pod => {
             let pod = pods::prepare(body)?;
             let created = app.store.create(kind, ns, pod)?;
-            tokio::spawn(runner::run_pod(
+            app.tasks.spawn(runner::run_pod(
                 app.clone(),
                 ns.to_string(),
                 name_of(&created).to_string(),
@@ -395,7 +395,7 @@ async fn delete(
                 // A forced delete: gone, container and all, when it answers.
                 job.await;
             } else {
-                tokio::spawn(job);
+                app.tasks.spawn(job);
             }
             Ok(json_response(StatusCode::OK, &marked))
         }

@@ -164,6 +164,11 @@ pub async fn run_pod(app: Arc<App>, ns: String, name: String, uid: String) {
             return;
         }
     };
+    if app.cancel.is_cancelled() {
+        // Shutting down: the sweep may already have run.
+        remove_container(&app, &id).await;
+        return;
+    }
     {
         // Cut the network before the container ever runs when a deny-all
         // policy selects the pod; register it so later policies see it.

@@ -454,3 +454,27 @@ async fn pods_that_cannot_run() {
     assert!(docker_ps(&[&instance]).is_empty());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_while_pods_start_leaves_nothing() {
+    require_image();
+    for drop_it in [false, true] {
+        let server = serve(Config::default()).await.unwrap();
+        let instance = format!("{LABEL_INSTANCE}={}", server.instance_id());
+        let api: Api<Pod> = Api::namespaced(client(&server), "racing");
+        for _ in 0..3 {
+            api.create(&PostParams::default(), &pod("racing"))
+                .await
+                .unwrap();
+        }
+        if drop_it {
+            drop(server);
+        } else {
+            server.shutdown().await;
+        }
+        assert!(
+            docker_ps(&[&instance]).is_empty(),
+            "left behind (drop: {drop_it})"
+        );
+    }
+}

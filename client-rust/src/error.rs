@@ -51,6 +51,11 @@ pub enum Error {
     DeadlineExceeded(Status),
     #[error("unauthenticated: {}", .0.message())]
     Unauthenticated(Status),
+    /// The caller's role or pool list does not allow the call
+    /// (`NOT_PERMITTED`), or a pool it asked for is outside the server's
+    /// policy (`POLICY_VIOLATION`).
+    #[error("permission denied: {}", .0.message())]
+    PermissionDenied(Status),
     #[error("server unavailable: {}", .0.message())]
     Unavailable(Status),
     #[error("{}: {}", .0.code(), .0.message())]
@@ -106,6 +111,9 @@ fn meaning(reason: ErrorReason) -> Option<Meaning> {
             Meaning::Error(Error::Unavailable)
         }
         R::Unauthenticated => Meaning::Error(Error::Unauthenticated),
+        // A quota is as full as an exhausted pool: wait and retry.
+        R::QuotaExceeded => Meaning::Error(Error::PoolExhausted),
+        R::NotPermitted | R::PolicyViolation => Meaning::Error(Error::PermissionDenied),
         R::PoolExists | R::BackendUnsupported | R::SandboxCommandFailed => {
             Meaning::Error(Error::Rpc)
         }
@@ -135,6 +143,7 @@ impl From<Status> for Error {
             Code::FailedPrecondition => Error::FailedPrecondition(status),
             Code::DeadlineExceeded => Error::DeadlineExceeded(status),
             Code::Unauthenticated => Error::Unauthenticated(status),
+            Code::PermissionDenied => Error::PermissionDenied(status),
             Code::Unavailable => Error::Unavailable(status),
             _ => Error::Rpc(status),
         }
@@ -151,6 +160,7 @@ impl Error {
             | Error::FailedPrecondition(s)
             | Error::DeadlineExceeded(s)
             | Error::Unauthenticated(s)
+            | Error::PermissionDenied(s)
             | Error::Unavailable(s)
             | Error::Rpc(s) => Some(s),
             Error::LeaseLost { status, .. } => status.as_deref(),

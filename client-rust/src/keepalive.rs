@@ -219,6 +219,9 @@ fn state_reason(state: LeaseState) -> String {
             ": the server revoked the lease (its pool was deleted or the server is stopping)"
         }
         LeaseState::NotFound => ": the server does not know the lease",
+        LeaseState::LifetimeExceeded => {
+            ": the lease reached its pool's max_lease_lifetime (acquire a new one)"
+        }
         _ => "",
     };
     format!("the server answered the keepalive with {name}{words}")

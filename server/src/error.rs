@@ -12,6 +12,8 @@ pub enum LeaseEnd {
     Expired,
     /// The server is stopping. (A deleted pool lets its leases run to their end.)
     Revoked,
+    /// It reached its pool's max_lease_lifetime.
+    LifetimeExceeded,
 }
 
 impl LeaseEnd {
@@ -20,6 +22,9 @@ impl LeaseEnd {
             LeaseEnd::Released => "was released",
             LeaseEnd::Expired => "expired (no keepalive within its TTL)",
             LeaseEnd::Revoked => "was revoked (the server is stopping)",
+            LeaseEnd::LifetimeExceeded => {
+                "reached its pool's max_lease_lifetime; acquire a new one"
+            }
         }
     }
 }
@@ -76,6 +81,25 @@ pub enum Error {
     ContainerGone { lease_id: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The caller's role or pool list does not allow the operation.
+    #[error("{message}")]
+    PermissionDenied {
+        identity: String,
+        pool: Option<String>,
+        message: String,
+    },
+    /// A pool made at run time is outside the server's policy.
+    #[error("invalid {field}: {message} (allowed: {limit})")]
+    PolicyViolation {
+        field: String,
+        limit: String,
+        message: String,
+    },
+    #[error(
+        "{} holds as many {} as its quota allows ({}); give some back first",
+        .0.identity, .0.quota.as_str(), .0.limit
+    )]
+    QuotaExceeded(crate::identity::QuotaExceeded),
     #[error("{0}")]
     Sandbox(#[from] sandbox::Error),
 }

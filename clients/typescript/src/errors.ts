@@ -115,6 +115,13 @@ export class DeadlineExceeded extends SandpoolError {}
 /** UNAUTHENTICATED: missing or rejected bearer token. */
 export class Unauthenticated extends SandpoolError {}
 
+/**
+ * PERMISSION_DENIED: the caller's role or pool list does not allow the call
+ * (reason NOT_PERMITTED), or a pool it asked for is outside the server's
+ * policy (POLICY_VIOLATION; `details.fieldViolations` names the field).
+ */
+export class PermissionDenied extends SandpoolError {}
+
 /** UNAVAILABLE: the server cannot be reached, or is shutting down. */
 export class Unavailable extends SandpoolError {}
 
@@ -187,6 +194,9 @@ const BY_REASON: Record<Exclude<ErrorReason, ErrorReason.ERROR_REASON_UNSPECIFIE
   [ErrorReason.SANDBOX_COMMAND_FAILED]: SandpoolError,
   [ErrorReason.SHUTTING_DOWN]: Unavailable,
   [ErrorReason.UNAUTHENTICATED]: Unauthenticated,
+  [ErrorReason.NOT_PERMITTED]: PermissionDenied,
+  [ErrorReason.POLICY_VIOLATION]: PermissionDenied,
+  [ErrorReason.QUOTA_EXCEEDED]: PoolExhausted,
 };
 
 /** The error of a status without a reason this client knows. */
@@ -198,6 +208,7 @@ const BY_CODE: Partial<Record<Code, ErrorClass>> = {
   [Code.FailedPrecondition]: FailedPrecondition,
   [Code.DeadlineExceeded]: DeadlineExceeded,
   [Code.Unauthenticated]: Unauthenticated,
+  [Code.PermissionDenied]: PermissionDenied,
   [Code.Unavailable]: Unavailable,
   [Code.Canceled]: Cancelled,
 };

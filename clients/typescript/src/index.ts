@@ -44,6 +44,7 @@ export {
   NotFound,
   PoolExhausted,
   SandpoolError,
+  PermissionDenied,
   Unauthenticated,
   Unavailable,
 } from "./errors.js";

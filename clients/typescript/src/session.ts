@@ -169,6 +169,7 @@ const STATE_REASONS: Partial<Record<LeaseState, string>> = {
   [LeaseState.RELEASED]: "the lease was released",
   [LeaseState.REVOKED]: "the server revoked the lease (its pool was deleted or the server is stopping)",
   [LeaseState.NOT_FOUND]: "the server does not know the lease",
+  [LeaseState.LIFETIME_EXCEEDED]: "the lease reached its pool's max_lease_lifetime (acquire a new one)",
 };
 
 /** Why a lease is lost, by the state a keepalive answer gives. */

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Error, LeaseEnd, LeaseGuard, LeaseInfo, Result,
     lease::{LeaseTable, Renewal},
-    pool::{Phase, Pool},
+    pool::{Ownership, Phase, Pool, TemporaryBudget},
     stats::PoolStats,
 };
 use crate::{
     backend::{BackendKind, Engines},
+    identity::{Identity, Quota, QuotaBook, QuotaGuard},
+    policy::Policy,
     sandbox,
     spec::{PoolSpec, validate_env_name},
     sync,
@@ -30,6 +32,26 @@ pub struct PoolView {
     pub status_message: String,
     pub created: SystemTime,
     pub stats: PoolStats,
+    /// The identity that created it at run time; `None`: the config file's.
+    pub owner: Option<String>,
+}
+
+/// What the wiring decides for the manager: the policy floor of pools made
+/// at run time and the server-wide bounds.
+#[derive(Debug, Clone)]
+pub struct ManagerSettings {
+    pub policy: Policy,
+    /// TEMPORARY containers across all pools at once.
+    pub max_temporaries: u32,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            max_temporaries: 100,
+        }
+    }
 }
 
 /// The shortest lease a caller may ask for: keepalives at a third of it must
@@ -49,8 +71,6 @@ pub struct AcquireRequest {
     pub ttl: Option<Duration>,
     /// Environment for every run of the lease.
     pub env: Vec<(String, String)>,
-    /// The identity that will own the lease (`None` without authentication).
-    pub owner: Option<String>,
     /// Files to place in the container before the lease is handed out; their
     /// paths are checked by the caller.
     pub files: Vec<LeaseFile>,
@@ -70,6 +90,9 @@ pub type StatsReader = Arc<dyn Fn() -> PoolStats + Send + Sync>;
 pub struct PoolManager {
     server_id: Arc<str>,
     engines: Engines,
+    policy: Policy,
+    temporaries: Arc<TemporaryBudget>,
+    quotas: Arc<QuotaBook>,
     pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
     leases: Arc<LeaseTable>,
     stop: CancellationToken,
@@ -77,10 +100,17 @@ pub struct PoolManager {
 
 impl PoolManager {
     /// A manager whose containers carry `server_id`, with pools on `engines`.
-    pub fn new(server_id: impl Into<Arc<str>>, engines: Engines) -> Arc<Self> {
+    pub fn new(
+        server_id: impl Into<Arc<str>>,
+        engines: Engines,
+        settings: ManagerSettings,
+    ) -> Arc<Self> {
         let manager = Arc::new(Self {
             server_id: server_id.into(),
             engines,
+            policy: settings.policy,
+            temporaries: TemporaryBudget::new(settings.max_temporaries),
+            quotas: QuotaBook::new(),
             pools: Arc::new(RwLock::new(BTreeMap::new())),
             leases: LeaseTable::new(),
             stop: CancellationToken::new(),
@@ -130,14 +160,75 @@ impl PoolManager {
             status_message,
             created: pool.created,
             stats: pool.stats(),
+            owner: pool.ownership.owner.clone(),
         }
     }
 
-    /// Creates a pool and starts warming it. With `wait_ready`, returns once it
-    /// is warm or failing, or at `deadline`.
+    /// The pool `name`, if `who` may use it.
+    fn usable_pool(&self, who: &Identity, name: &str) -> Result<Arc<Pool>> {
+        let pool = self.pool(name)?;
+        if who.may_use(name, pool.ownership.owner.as_deref()) {
+            return Ok(pool);
+        }
+        Err(Error::PermissionDenied {
+            identity: who.name.clone(),
+            pool: Some(name.to_string()),
+            message: format!(
+                "{} may not use pool {name:?}: it is neither on its list of pools nor its own",
+                who.name
+            ),
+        })
+    }
+
+    /// A unit of `quota` for `who`.
+    fn take_quota(&self, who: &Identity, quota: Quota) -> Result<QuotaGuard> {
+        self.quotas.take(who, quota).map_err(Error::QuotaExceeded)
+    }
+
+    /// The book of what every identity holds (the api layer takes stream
+    /// quotas from it).
+    pub fn quotas(&self) -> &Arc<QuotaBook> {
+        &self.quotas
+    }
+
+    /// Creates one of the config file's pools (trusted: no policy, no owner).
+    pub async fn create_config_pool(&self, spec: PoolSpec) -> Result<PoolView> {
+        self.create(
+            spec,
+            Ownership {
+                owner: None,
+                quota: None,
+            },
+            false,
+            None,
+        )
+        .await
+    }
+
+    /// Creates a pool at `who`'s request: it must fit the policy, counts
+    /// against `who`'s pool quota and belongs to `who`. With `wait_ready`,
+    /// returns once it is warm or failing, or at `deadline`.
     pub async fn create_pool(
         &self,
+        who: &Identity,
         spec: PoolSpec,
+        wait_ready: bool,
+        deadline: Option<Instant>,
+    ) -> Result<PoolView> {
+        let spec = spec.validate()?;
+        self.policy.check(&spec)?;
+        let quota = self.take_quota(who, Quota::Pools)?;
+        let ownership = Ownership {
+            owner: Some(who.name.clone()),
+            quota: Some(quota),
+        };
+        self.create(spec, ownership, wait_ready, deadline).await
+    }
+
+    async fn create(
+        &self,
+        spec: PoolSpec,
+        ownership: Ownership,
         wait_ready: bool,
         deadline: Option<Instant>,
     ) -> Result<PoolView> {
@@ -154,7 +245,14 @@ impl PoolManager {
             if pools.contains_key(&spec.name) {
                 return Err(Error::PoolExists(spec.name));
             }
-            let pool = Pool::new(spec, lang, backend, Arc::clone(&self.server_id));
+            let pool = Pool::new(
+                spec,
+                lang,
+                backend,
+                Arc::clone(&self.server_id),
+                ownership,
+                Arc::clone(&self.temporaries),
+            );
             pools.insert(pool.name().to_string(), Arc::clone(&pool));
             pool
         };
@@ -179,12 +277,22 @@ impl PoolManager {
         Ok(Self::view(&pool))
     }
 
-    pub fn get_pool(&self, name: &str) -> Result<PoolView> {
-        Ok(Self::view(&*self.pool(name)?))
+    pub fn get_pool(&self, who: &Identity, name: &str) -> Result<PoolView> {
+        Ok(Self::view(&*self.usable_pool(who, name)?))
     }
 
-    pub fn list_pools(&self) -> Vec<PoolView> {
+    /// Every pool, for the server's own reports (metrics).
+    pub fn all_pools(&self) -> Vec<PoolView> {
         self.pools_read().values().map(|p| Self::view(p)).collect()
+    }
+
+    /// The pools `who` may use.
+    pub fn list_pools(&self, who: &Identity) -> Vec<PoolView> {
+        self.pools_read()
+            .values()
+            .filter(|p| who.may_use(p.name(), p.ownership.owner.as_deref()))
+            .map(|p| Self::view(p))
+            .collect()
     }
 
     /// Whether every pool is warm (or failing: it will not get warmer).
@@ -196,11 +304,26 @@ impl PoolManager {
     /// `wait`, returns only then (or at `deadline`).
     pub async fn delete_pool(
         &self,
+        who: &Identity,
         name: &str,
         wait: bool,
         deadline: Option<Instant>,
     ) -> Result<u32> {
-        let pool = self.pool(name)?;
+        let pool = self.usable_pool(who, name)?;
+        let owner = pool.ownership.owner.as_deref();
+        if !who.may_manage(owner) {
+            let whose = match owner {
+                None => "the operator's (from the config file)".to_string(),
+                Some(other) => format!("{other}'s"),
+            };
+            return Err(Error::PermissionDenied {
+                identity: who.name.clone(),
+                pool: Some(name.to_string()),
+                message: format!(
+                    "pool {name:?} is {whose}; only its creator or an admin may delete it"
+                ),
+            });
+        }
         let busy = pool.close();
         let mut changes = pool.subscribe();
         let drained = {
@@ -248,14 +371,18 @@ impl PoolManager {
         }
     }
 
-    pub fn stats(&self, name: &str) -> Result<PoolStats> {
-        Ok(self.pool(name)?.stats())
+    pub fn stats(&self, who: &Identity, name: &str) -> Result<PoolStats> {
+        Ok(self.usable_pool(who, name)?.stats())
     }
 
     /// A stream of change notifications for a pool, with a way to read its
     /// statistics.
-    pub fn watch(&self, name: &str) -> Result<(tokio::sync::watch::Receiver<u64>, StatsReader)> {
-        let pool = self.pool(name)?;
+    pub fn watch(
+        &self,
+        who: &Identity,
+        name: &str,
+    ) -> Result<(tokio::sync::watch::Receiver<u64>, StatsReader)> {
+        let pool = self.usable_pool(who, name)?;
         let changes = pool.subscribe();
         let read: StatsReader = Arc::new(move || pool.stats());
         Ok((changes, read))
@@ -266,6 +393,7 @@ impl PoolManager {
     /// (its container reset) and the caller gets the error.
     pub async fn acquire(
         &self,
+        who: &Identity,
         request: AcquireRequest,
         deadline: Option<Instant>,
     ) -> Result<LeaseInfo> {
@@ -273,9 +401,9 @@ impl PoolManager {
             pool,
             ttl,
             env,
-            owner,
             files,
         } = request;
+        let owner = who.name.as_str();
         for (key, value) in &env {
             validate_env_name(key).map_err(|message| Error::invalid("env", message))?;
             if key == sandbox::RUN_MARKER || value.contains('\0') {
@@ -288,7 +416,7 @@ impl PoolManager {
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let pool = self.pool(&pool)?;
+        let pool = self.usable_pool(who, &pool)?;
         let spec = &pool.spec;
         let ttl = match ttl {
             None => spec.default_lease_ttl,
@@ -314,12 +442,18 @@ impl PoolManager {
             }
             Some(t) => t,
         };
-        let holding = pool.acquire(deadline).await?;
-        let entry = self.leases.insert(pool, holding, ttl, owner.clone(), env);
+        let lease_quota = self.take_quota(who, Quota::Leases)?;
+        let holding = {
+            let _waiting = self.take_quota(who, Quota::Waiters)?;
+            pool.acquire(deadline).await?
+        };
+        let entry = self
+            .leases
+            .insert(pool, holding, ttl, owner.to_string(), lease_quota, env);
         let lease = entry.info();
         if !files.is_empty() {
             let placed = async {
-                let guard = self.leases.guard(&lease.id, owner.as_deref())?;
+                let guard = self.leases.guard(&lease.id, owner)?;
                 for file in files {
                     guard
                         .sandbox()
@@ -331,28 +465,28 @@ impl PoolManager {
             }
             .await;
             if let Err(e) = placed {
-                let _ = self.leases.release(&lease.id, owner.as_deref());
+                let _ = self.leases.release(&lease.id, owner);
                 return Err(e);
             }
         }
         Ok(lease)
     }
 
-    pub fn keepalive(&self, lease_id: &str, owner: Option<&str>) -> Renewal {
+    pub fn keepalive(&self, lease_id: &str, owner: &str) -> Renewal {
         self.leases.renew(lease_id, owner)
     }
 
     /// Ends a lease. Returns how it had ended before, `None` if this call did.
-    pub fn release(&self, lease_id: &str, owner: Option<&str>) -> Result<Option<LeaseEnd>> {
+    pub fn release(&self, lease_id: &str, owner: &str) -> Result<Option<LeaseEnd>> {
         self.leases.release(lease_id, owner)
     }
 
     /// Access to a live lease for one operation.
-    pub fn lease(&self, lease_id: &str, owner: Option<&str>) -> Result<LeaseGuard> {
+    pub fn lease(&self, lease_id: &str, owner: &str) -> Result<LeaseGuard> {
         self.leases.guard(lease_id, owner)
     }
 
-    pub fn cancel_run(&self, lease_id: &str, owner: Option<&str>, run_id: &str) -> Result<bool> {
+    pub fn cancel_run(&self, lease_id: &str, owner: &str, run_id: &str) -> Result<bool> {
         self.leases.cancel_run(lease_id, owner, run_id)
     }
 

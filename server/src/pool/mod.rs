@@ -10,6 +10,6 @@ pub mod stats;
 
 pub use crate::error::{Error, LeaseEnd, Result};
 pub use lease::{LeaseGuard, LeaseInfo};
-pub use manager::{AcquireRequest, LeaseFile, PoolManager, PoolView};
-pub use pool::Holding;
+pub use manager::{AcquireRequest, LeaseFile, ManagerSettings, PoolManager, PoolView};
 pub use pool::Phase;
+pub use pool::{Holding, Ownership, TemporaryBudget};

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     backend::SharedBackend,
+    identity::QuotaGuard,
     lang::Language,
     sandbox,
     spec::{ExhaustionStrategy, PoolSpec},
@@ -25,6 +26,49 @@ use crate::{
 
 /// Longest pause between attempts to create a container while creation fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The TEMPORARY containers the whole server may run at once, shared by
+/// every pool (each pool also has its own `max_temporary`).
+#[derive(Debug)]
+pub struct TemporaryBudget {
+    max: u32,
+    used: std::sync::atomic::AtomicU32,
+}
+
+impl TemporaryBudget {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: Default::default(),
+        })
+    }
+
+    fn try_take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+}
+
+/// Who a pool belongs to.
+pub struct Ownership {
+    /// The identity that created it at run time; `None`: the config file's.
+    pub owner: Option<String>,
+    /// Its place in the owner's pool quota, held as long as the pool lives.
+    pub quota: Option<QuotaGuard>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -149,6 +193,8 @@ pub(crate) struct Pool {
     pub lang: &'static dyn Language,
     pub backend: SharedBackend,
     pub created: SystemTime,
+    pub ownership: Ownership,
+    temporary_budget: Arc<TemporaryBudget>,
     server_id: Arc<str>,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
@@ -166,6 +212,8 @@ impl Pool {
         lang: &'static dyn Language,
         backend: SharedBackend,
         server_id: Arc<str>,
+        ownership: Ownership,
+        temporary_budget: Arc<TemporaryBudget>,
     ) -> Arc<Self> {
         let now = Instant::now();
         let interval = spec.config.health_check_interval;
@@ -174,6 +222,8 @@ impl Pool {
             lang,
             backend,
             created: SystemTime::now(),
+            ownership,
+            temporary_budget,
             server_id,
             state: Mutex::new(State {
                 slots: HashMap::new(),
@@ -342,6 +392,25 @@ impl Pool {
                 });
             }
             ExhaustionStrategy::Temporary if exhausted => {
+                let limit = self.spec.temporary_limit();
+                if st.temporaries >= limit || !self.temporary_budget.try_take() {
+                    st.counters.fail_fast_refusals += 1;
+                    let detail = if st.temporaries >= limit {
+                        format!(
+                            "all {} containers are leased and so are the pool's {limit} temporary ones (max_temporary)",
+                            config.max_pool_size
+                        )
+                    } else {
+                        "all containers are leased and the server runs as many temporary containers as it allows".to_string()
+                    };
+                    drop(st);
+                    self.changed();
+                    return Attempt::Failed(Error::Exhausted {
+                        pool: self.spec.name.clone(),
+                        detail,
+                        waited: Duration::ZERO,
+                    });
+                }
                 st.counters.temporaries += 1;
                 st.temporaries += 1;
                 drop(st);
@@ -445,6 +514,7 @@ impl Pool {
             Err(e) => {
                 st.counters.create_failures += 1;
                 st.temporaries -= 1;
+                self.temporary_budget.give_back();
                 Err(Error::PoolFailing {
                     pool: self.spec.name.clone(),
                     message: describe_failure(&self.spec, &e),
@@ -626,12 +696,13 @@ impl Pool {
         st.active_leases = st.active_leases.saturating_sub(1);
         match end {
             LeaseEnd::Released => st.counters.releases += 1,
-            LeaseEnd::Expired => st.counters.lease_expirations += 1,
+            LeaseEnd::Expired | LeaseEnd::LifetimeExceeded => st.counters.lease_expirations += 1,
             LeaseEnd::Revoked => {}
         }
         match holding {
             Holding::Temporary { container } => {
                 st.temporaries = st.temporaries.saturating_sub(1);
+                self.temporary_budget.give_back();
                 drop(st);
                 self.spawn_remove_container(container);
             }

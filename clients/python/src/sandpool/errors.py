@@ -116,7 +116,8 @@ class SandpoolError(Exception):
 
 class PoolExhausted(SandpoolError):
     """RESOURCE_EXHAUSTED: every container of the pool is leased (FAIL_FAST),
-    or the wait for one ended (WAIT)."""
+    or the wait for one ended (WAIT), or the caller holds as much as its
+    quota allows (reason ``QUOTA_EXCEEDED``)."""
 
     @property
     def retry_after(self) -> Optional[float]:
@@ -187,7 +188,10 @@ class Unauthenticated(SandpoolError):
 
 
 class PermissionDenied(SandpoolError):
-    """PERMISSION_DENIED."""
+    """PERMISSION_DENIED: the caller's role or pool list does not allow the
+    call (reason ``NOT_PERMITTED``), or a pool it asked for is outside the
+    server's policy (``POLICY_VIOLATION``; ``details.field_violations``
+    names the field)."""
 
 
 class Unavailable(SandpoolError, ConnectionError):
@@ -228,6 +232,9 @@ _BY_REASON: Dict[ErrorReason, Type[SandpoolError]] = {
     ErrorReason.SANDBOX_COMMAND_FAILED: SandpoolError,
     ErrorReason.SHUTTING_DOWN: Unavailable,
     ErrorReason.UNAUTHENTICATED: Unauthenticated,
+    ErrorReason.NOT_PERMITTED: PermissionDenied,
+    ErrorReason.POLICY_VIOLATION: PermissionDenied,
+    ErrorReason.QUOTA_EXCEEDED: PoolExhausted,
 }
 """The exception of every reason the server gives (each one's class is that
 of its status code). The lease reasons are :class:`LeaseLost` on a call

@@ -72,6 +72,7 @@ class LeaseState(str, enum.Enum):
     EXPIRED = "expired"
     NOT_FOUND = "not_found"
     REVOKED = "revoked"
+    LIFETIME_EXCEEDED = "lifetime_exceeded"
 
     @classmethod
     def from_pb(cls, value: int) -> LeaseState:
@@ -84,6 +85,7 @@ _LEASE_STATES: Dict[int, LeaseState] = {
     session_pb2.LEASE_STATE_EXPIRED: LeaseState.EXPIRED,
     session_pb2.LEASE_STATE_NOT_FOUND: LeaseState.NOT_FOUND,
     session_pb2.LEASE_STATE_REVOKED: LeaseState.REVOKED,
+    session_pb2.LEASE_STATE_LIFETIME_EXCEEDED: LeaseState.LIFETIME_EXCEEDED,
 }
 
 

@@ -42,6 +42,10 @@ class _LeaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseState
     """Ended because the server is stopping (a deleted pool lets its leases run
     to their end).
     """
+    LEASE_STATE_LIFETIME_EXCEEDED: _LeaseState.ValueType  # 6
+    """Ended because it reached its pool's max_lease_lifetime, whatever its
+    keepalives.
+    """
 
 class LeaseState(_LeaseState, metaclass=_LeaseStateEnumTypeWrapper):
     """The state of a lease named in a keepalive."""
@@ -59,6 +63,10 @@ LEASE_STATE_NOT_FOUND: LeaseState.ValueType  # 4
 LEASE_STATE_REVOKED: LeaseState.ValueType  # 5
 """Ended because the server is stopping (a deleted pool lets its leases run
 to their end).
+"""
+LEASE_STATE_LIFETIME_EXCEEDED: LeaseState.ValueType  # 6
+"""Ended because it reached its pool's max_lease_lifetime, whatever its
+keepalives.
 """
 Global___LeaseState: _TypeAlias = LeaseState  # noqa: Y015
 

@@ -219,6 +219,12 @@ fn state_reason(state: LeaseState) -> String {
             ": the server revoked the lease (its pool was deleted or the server is stopping)"
         }
         LeaseState::NotFound => ": the server does not know the lease",
+        LeaseState::ContainerLost => {
+            ": the lease's container died or was removed outside sandpool (acquire a new one)"
+        }
+        LeaseState::PoolDeleted => {
+            ": the lease's pool was deleted because its owner stopped keeping it alive"
+        }
         LeaseState::LifetimeExceeded => {
             ": the lease reached its pool's max_lease_lifetime (acquire a new one)"
         }
@@ -255,6 +261,7 @@ async fn renew(
     };
     let ask = pb::KeepAliveRequest {
         lease_id: lease_id.to_string(),
+        ..Default::default()
     };
     if requests.send(ask).await.is_err() {
         return Ok(None);

@@ -14,6 +14,11 @@ pub enum LeaseEnd {
     Revoked,
     /// It reached its pool's max_lease_lifetime.
     LifetimeExceeded,
+    /// Its container died or was removed behind the pool's back.
+    ContainerLost,
+    /// Its pool was deleted because the pool's owner stopped keeping it
+    /// alive.
+    PoolDeleted,
 }
 
 impl LeaseEnd {
@@ -25,6 +30,10 @@ impl LeaseEnd {
             LeaseEnd::LifetimeExceeded => {
                 "reached its pool's max_lease_lifetime; acquire a new one"
             }
+            LeaseEnd::ContainerLost => {
+                "lost its container (it died or was removed outside sandpool); acquire a new one"
+            }
+            LeaseEnd::PoolDeleted => "ended with its pool, whose owner stopped keeping it alive",
         }
     }
 }
@@ -81,6 +90,12 @@ pub enum Error {
     ContainerGone { lease_id: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The pool's container engine does not answer (retryable).
+    #[error("the {backend} engine is unavailable: {detail}")]
+    EngineUnavailable {
+        backend: crate::backend::BackendKind,
+        detail: String,
+    },
     /// The caller's role or pool list does not allow the operation.
     #[error("{message}")]
     PermissionDenied {

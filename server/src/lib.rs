@@ -22,6 +22,7 @@ pub mod run;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod supervise;
 pub mod sync;
 pub mod telemetry;
 

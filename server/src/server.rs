@@ -78,18 +78,6 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    {
-        let health = health.clone();
-        let manager = Arc::clone(&manager);
-        tokio::spawn(async move {
-            while !manager.all_settled() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            set_health(&health, ServingStatus::Serving).await;
-            tracing::info!("pools are warm; serving");
-        });
-    }
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sandpool_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -103,6 +91,49 @@ pub async fn serve(
     if insecure {
         warn_insecure(addr, streams.clone());
     }
+    {
+        let health = health.clone();
+        let manager = Arc::clone(&manager);
+        let stop = streams.clone();
+        crate::supervise::spawn("health poller", move || {
+            let health = health.clone();
+            let manager = Arc::clone(&manager);
+            let stop = stop.clone();
+            async move {
+                while !manager.all_settled() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                set_health(&health, ServingStatus::Serving).await;
+                tracing::info!("pools are warm; serving");
+                // Per engine: NOT_SERVING while it does not answer.
+                let engines = [BackendKind::Docker, BackendKind::Podman]
+                    .map(|kind| manager.engine_health(kind));
+                let mut watches = engines.each_ref().map(|e| e.subscribe());
+                loop {
+                    for (engine, watch) in engines.iter().zip(watches.iter_mut()) {
+                        let status = if *watch.borrow_and_update() {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        };
+                        health
+                            .set_service_status(format!("sandpool.backend.{}", engine.kind), status)
+                            .await;
+                    }
+                    let [a, b] = &mut watches;
+                    tokio::select! {
+                        r = a.changed() => if r.is_err() { return },
+                        r = b.changed() => if r.is_err() { return },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        });
+    }
+
     let state = Arc::new(AppState {
         manager: Arc::clone(&manager),
         run_limits: config.run_limits.clone(),

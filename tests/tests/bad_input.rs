@@ -46,6 +46,7 @@ async fn bad_requests_get_the_right_status() {
         .create_pool(pb::CreatePoolRequest {
             spec: None,
             wait_ready: false,
+            ..Default::default()
         })
         .await
         .expect_err("no spec");

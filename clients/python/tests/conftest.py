@@ -96,13 +96,15 @@ class Server:
         tmp: Path,
         tls_args: Sequence[str] = (),
         client_kwargs: Optional[Dict[str, Any]] = None,
+        config_extra: str = "",
     ) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.server_id = f"pytest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         config = tmp / "sandpool.toml"
-        # No pools: every test creates its own through CreatePool.
-        config.write_text("shutdown_grace = 2\n")
+        # No pools (unless `config_extra` has some): every test creates its
+        # own through CreatePool.
+        config.write_text("shutdown_grace = 2\n" + config_extra)
         self.log_path = tmp / "server.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

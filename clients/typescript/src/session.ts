@@ -169,6 +169,8 @@ const STATE_REASONS: Partial<Record<LeaseState, string>> = {
   [LeaseState.RELEASED]: "the lease was released",
   [LeaseState.REVOKED]: "the server revoked the lease (its pool was deleted or the server is stopping)",
   [LeaseState.NOT_FOUND]: "the server does not know the lease",
+  [LeaseState.CONTAINER_LOST]: "the lease's container died or was removed outside sandpool (acquire a new one)",
+  [LeaseState.POOL_DELETED]: "the lease's pool was deleted because its owner stopped keeping it alive",
   [LeaseState.LIFETIME_EXCEEDED]: "the lease reached its pool's max_lease_lifetime (acquire a new one)",
 };
 

@@ -110,6 +110,8 @@ impl From<LeaseEnd> for pb::LeaseState {
             LeaseEnd::Expired => pb::LeaseState::Expired,
             LeaseEnd::Revoked => pb::LeaseState::Revoked,
             LeaseEnd::LifetimeExceeded => pb::LeaseState::LifetimeExceeded,
+            LeaseEnd::ContainerLost => pb::LeaseState::ContainerLost,
+            LeaseEnd::PoolDeleted => pb::LeaseState::PoolDeleted,
         }
     }
 }
@@ -329,6 +331,7 @@ pub fn pool_to_pb(view: &PoolView, redact: bool) -> pb::Pool {
         create_time: Some(pb_time(view.created)),
         stats: Some(stats_to_pb(&view.stats)),
         owner: view.owner.clone().unwrap_or_default(),
+        owner_expire_time: view.owner_expire_time.map(pb_time),
     }
 }
 
@@ -377,24 +380,24 @@ pub fn lease_state(end: Option<LeaseEnd>) -> pb::LeaseState {
     end.map_or(pb::LeaseState::Active, pb::LeaseState::from)
 }
 
-pub fn renewal_to_pb(lease_id: String, renewal: Renewal) -> pb::KeepAliveResponse {
-    match renewal {
-        Renewal::Active { expire_time, ttl } => pb::KeepAliveResponse {
-            lease_id,
-            state: pb::LeaseState::Active as i32,
-            expire_time: Some(pb_time(expire_time)),
-            ttl: Some(pb_duration(ttl)),
-        },
-        Renewal::Ended(end) => pb::KeepAliveResponse {
-            lease_id,
-            state: lease_state(Some(end)) as i32,
-            ..Default::default()
-        },
-        Renewal::NotFound => pb::KeepAliveResponse {
-            lease_id,
-            state: pb::LeaseState::NotFound as i32,
-            ..Default::default()
-        },
+/// The answer to a keepalive of a lease (or, with an empty `lease_id` and
+/// a `pool`, of an owned pool).
+pub fn renewal_to_pb(lease_id: String, pool: String, renewal: Renewal) -> pb::KeepAliveResponse {
+    let (state, expire_time, ttl) = match renewal {
+        Renewal::Active { expire_time, ttl } => (
+            pb::LeaseState::Active,
+            Some(pb_time(expire_time)),
+            Some(pb_duration(ttl)),
+        ),
+        Renewal::Ended(end) => (lease_state(Some(end)), None, None),
+        Renewal::NotFound => (pb::LeaseState::NotFound, None, None),
+    };
+    pb::KeepAliveResponse {
+        lease_id,
+        state: state as i32,
+        expire_time,
+        ttl,
+        pool,
     }
 }
 
@@ -515,6 +518,7 @@ mod tests {
             phase: Phase::Ready,
             status_message: String::new(),
             created: SystemTime::now(),
+            owner_expire_time: None,
             stats: PoolStats {
                 pool: "p".into(),
                 total_size: 0,

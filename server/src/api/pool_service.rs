@@ -38,10 +38,11 @@ impl PoolService for PoolApi {
                 .spec
                 .ok_or_else(|| Status::from(Error::invalid("spec", "is missing")))?;
             let spec = convert::spec_from_pb(spec)?;
+            let owner_ttl = convert::duration("owner_ttl", req.owner_ttl)?;
             let view = self
                 .state
                 .manager
-                .create_pool(&who, spec, req.wait_ready, deadline)
+                .create_pool(&who, spec, owner_ttl, req.wait_ready, deadline)
                 .await?;
             audit::pool_created(&who, &view.spec);
             Ok(Response::new(pb::CreatePoolResponse {

@@ -106,7 +106,7 @@ impl SessionService for SessionApi {
             let mut incoming = request.into_inner();
             let manager = Arc::clone(&self.state.manager);
             let stop = self.state.streams.clone();
-            let owner = who.name.clone();
+            let who = Arc::clone(&who);
             let stream = async_stream(move |tx| async move {
                 let _held = held;
                 loop {
@@ -120,9 +120,14 @@ impl SessionService for SessionApi {
                             tracing::debug!(%status, "keepalive stream broke");
                             return;
                         }
+                        Some(Ok(req)) if req.lease_id.is_empty() && !req.pool.is_empty() => {
+                            let renewal = manager.keepalive_pool(&who, &req.pool);
+                            convert::renewal_to_pb(String::new(), req.pool, renewal)
+                        }
                         Some(Ok(req)) => convert::renewal_to_pb(
                             req.lease_id.clone(),
-                            manager.keepalive(&req.lease_id, &owner),
+                            String::new(),
+                            manager.keepalive(&req.lease_id, &who.name),
                         ),
                     };
                     if tx.send(Ok(reply)).await.is_err() {

@@ -145,6 +145,11 @@ impl From<Error> for Status {
                     .with("lease_id", lease_id)
             }
             Error::ShuttingDown => Failure::new(C::Unavailable, R::ShuttingDown),
+            Error::EngineUnavailable { backend, .. } => {
+                Failure::new(C::Unavailable, R::EngineUnavailable)
+                    .retry_after(ENGINE_RETRY)
+                    .with("backend", backend.as_str())
+            }
             Error::PermissionDenied { identity, pool, .. } => {
                 let f =
                     Failure::new(C::PermissionDenied, R::NotPermitted).with("identity", identity);

@@ -541,16 +541,57 @@ impl LeaseTable {
 
     pub fn spawn_reaper(self: &Arc<Self>, stop: CancellationToken) {
         let table = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REAP_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => table.reap(),
-                    _ = stop.cancelled() => return,
+        crate::supervise::spawn("lease reaper", move || {
+            let table = Arc::clone(&table);
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(REAP_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => table.reap(),
+                        _ = stop.cancelled() => return,
+                    }
                 }
             }
         });
+    }
+
+    /// Ends the leases that hold `container` (it died).
+    pub fn end_by_container(&self, container: &str, end: LeaseEnd) {
+        let holders: Vec<Arc<LeaseEntry>> = lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| e.holding.container() == container)
+            .cloned()
+            .collect();
+        for entry in holders {
+            tracing::warn!(lease = %entry.id, %container, ?end, "the lease's container is gone; ending the lease");
+            self.end(&entry, end);
+        }
+    }
+
+    /// Ends the leases on pool `pool` (it is being deleted).
+    pub fn end_by_pool(&self, pool: &str, end: LeaseEnd) {
+        let on_pool: Vec<Arc<LeaseEntry>> = lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| e.pool.name() == pool)
+            .cloned()
+            .collect();
+        for entry in on_pool {
+            self.end(&entry, end);
+        }
+    }
+
+    /// The containers of leases on temporary containers.
+    pub fn temporary_containers(&self) -> Vec<String> {
+        lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| matches!(e.holding, Holding::Temporary { .. }))
+            .map(|e| e.holding.container().to_string())
+            .collect()
     }
 
     /// Revokes every lease (server stopping).

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Error, LeaseEnd, LeaseGuard, LeaseInfo, Result,
     lease::{LeaseTable, Renewal},
-    pool::{Ownership, Phase, Pool, TemporaryBudget},
+    pool::{EngineHealth, Ownership, Phase, Pool, PoolContext, TemporaryBudget},
     stats::PoolStats,
 };
 use crate::{
@@ -34,6 +34,8 @@ pub struct PoolView {
     pub stats: PoolStats,
     /// The identity that created it at run time; `None`: the config file's.
     pub owner: Option<String>,
+    /// When it lapses unless its owner keeps it alive.
+    pub owner_expire_time: Option<SystemTime>,
 }
 
 /// What the wiring decides for the manager: the policy floor of pools made
@@ -60,6 +62,8 @@ const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for engine work in flight before it removes the
 /// remaining containers by label.
 const SHUTDOWN_SETTLE: Duration = Duration::from_secs(20);
+/// How often owned pools are checked for a lapsed owner.
+const OWNER_REAP_INTERVAL: Duration = Duration::from_millis(100);
 /// How often shutdown looks whether runs finished within the grace period.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
@@ -88,14 +92,23 @@ pub struct LeaseFile {
 pub type StatsReader = Arc<dyn Fn() -> PoolStats + Send + Sync>;
 
 pub struct PoolManager {
-    server_id: Arc<str>,
+    pub(super) server_id: Arc<str>,
     engines: Engines,
     policy: Policy,
     temporaries: Arc<TemporaryBudget>,
     quotas: Arc<QuotaBook>,
+    /// Per engine: whether it answers.
+    health: std::sync::Mutex<std::collections::HashMap<BackendKind, Arc<EngineHealth>>>,
+    /// Engines being watched (see `engine_watch`).
+    pub(super) watches:
+        std::sync::Mutex<std::collections::HashMap<BackendKind, Arc<super::engine_watch::Watch>>>,
+    /// Another instance's marker died: remove its containers.
+    pub(super) sweep_requested: tokio::sync::Notify,
+    /// Our own marker is gone: put up another.
+    pub(super) reannounce: tokio::sync::Notify,
     pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
-    leases: Arc<LeaseTable>,
-    stop: CancellationToken,
+    pub(super) leases: Arc<LeaseTable>,
+    pub(super) stop: CancellationToken,
 }
 
 impl PoolManager {
@@ -111,11 +124,16 @@ impl PoolManager {
             policy: settings.policy,
             temporaries: TemporaryBudget::new(settings.max_temporaries),
             quotas: QuotaBook::new(),
+            health: Default::default(),
+            watches: Default::default(),
+            sweep_requested: Default::default(),
+            reannounce: Default::default(),
             pools: Arc::new(RwLock::new(BTreeMap::new())),
             leases: LeaseTable::new(),
             stop: CancellationToken::new(),
         });
         manager.leases.spawn_reaper(manager.stop.clone());
+        manager.spawn_owner_reaper();
         manager
     }
 
@@ -137,7 +155,16 @@ impl PoolManager {
         }
     }
 
-    fn pools_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
+    /// Whether the engine of `kind` answers, shared by its pools.
+    pub fn engine_health(&self, kind: BackendKind) -> Arc<EngineHealth> {
+        Arc::clone(
+            sync::lock(&self.health)
+                .entry(kind)
+                .or_insert_with(|| EngineHealth::new(kind)),
+        )
+    }
+
+    pub(super) fn pools_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
         sync::read(&self.pools)
     }
 
@@ -161,6 +188,7 @@ impl PoolManager {
             created: pool.created,
             stats: pool.stats(),
             owner: pool.ownership.owner.clone(),
+            owner_expire_time: pool.owner_deadline().map(|d| d.expire_time),
         }
     }
 
@@ -192,12 +220,13 @@ impl PoolManager {
     }
 
     /// Creates one of the config file's pools (trusted: no policy, no owner).
-    pub async fn create_config_pool(&self, spec: PoolSpec) -> Result<PoolView> {
+    pub async fn create_config_pool(self: &Arc<Self>, spec: PoolSpec) -> Result<PoolView> {
         self.create(
             spec,
             Ownership {
                 owner: None,
                 quota: None,
+                ttl: None,
             },
             false,
             None,
@@ -209,24 +238,39 @@ impl PoolManager {
     /// against `who`'s pool quota and belongs to `who`. With `wait_ready`,
     /// returns once it is warm or failing, or at `deadline`.
     pub async fn create_pool(
-        &self,
+        self: &Arc<Self>,
         who: &Identity,
         spec: PoolSpec,
+        owner_ttl: Option<Duration>,
         wait_ready: bool,
         deadline: Option<Instant>,
     ) -> Result<PoolView> {
         let spec = spec.validate()?;
         self.policy.check(&spec)?;
+        if let Some(ttl) = owner_ttl
+            && !(MIN_LEASE_TTL..=spec.max_lease_ttl).contains(&ttl)
+        {
+            return Err(Error::invalid(
+                "owner_ttl",
+                format!(
+                    "{}s is not between {}s and the pool's max_lease_ttl ({}s)",
+                    ttl.as_secs_f64(),
+                    MIN_LEASE_TTL.as_secs(),
+                    spec.max_lease_ttl.as_secs_f64()
+                ),
+            ));
+        }
         let quota = self.take_quota(who, Quota::Pools)?;
         let ownership = Ownership {
             owner: Some(who.name.clone()),
             quota: Some(quota),
+            ttl: owner_ttl,
         };
         self.create(spec, ownership, wait_ready, deadline).await
     }
 
     async fn create(
-        &self,
+        self: &Arc<Self>,
         spec: PoolSpec,
         ownership: Ownership,
         wait_ready: bool,
@@ -240,19 +284,24 @@ impl PoolManager {
         let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
             Error::invalid("language", format!("unknown language {:?}", spec.language))
         })?;
+        if self.pools_read().contains_key(&spec.name) {
+            return Err(Error::PoolExists(spec.name));
+        }
+        // This instance is announced on the engine before any container of
+        // it is: another instance never takes them for a dead one's.
+        self.ensure_watched(&backend, &spec.image).await;
         let pool = {
             let mut pools = self.pools_write();
             if pools.contains_key(&spec.name) {
                 return Err(Error::PoolExists(spec.name));
             }
-            let pool = Pool::new(
-                spec,
-                lang,
-                backend,
-                Arc::clone(&self.server_id),
-                ownership,
-                Arc::clone(&self.temporaries),
-            );
+            let context = PoolContext {
+                server_id: Arc::clone(&self.server_id),
+                temporary_budget: Arc::clone(&self.temporaries),
+                engine: self.engine_health(backend.kind()),
+                server_stop: self.stop.clone(),
+            };
+            let pool = Pool::new(spec, lang, backend, context, ownership);
             pools.insert(pool.name().to_string(), Arc::clone(&pool));
             pool
         };
@@ -325,35 +374,111 @@ impl PoolManager {
             });
         }
         let busy = pool.close();
+        if wait {
+            self.wait_drained(&pool, deadline).await;
+            self.forget_if_drained(&pool);
+            return Ok(pool.busy_count());
+        }
+        self.forget_when_drained(pool);
+        Ok(busy)
+    }
+
+    /// Waits until `pool`'s last container is gone, or `deadline`.
+    async fn wait_drained(&self, pool: &Arc<Pool>, deadline: Option<Instant>) {
         let mut changes = pool.subscribe();
-        let drained = {
+        let drained = async {
+            while !pool.is_drained() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        match deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout_at(d.into(), drained).await;
+            }
+            None => drained.await,
+        }
+    }
+
+    /// Takes a closed pool off the map once its last container is gone.
+    fn forget_when_drained(&self, pool: Arc<Pool>) {
+        let manager_pools = self.pools_weak();
+        let name = format!("drain watcher ({})", pool.name());
+        crate::supervise::spawn(name, move || {
             let pool = Arc::clone(&pool);
+            let manager_pools = manager_pools.clone();
             async move {
+                let mut changes = pool.subscribe();
                 while !pool.is_drained() {
                     if changes.changed().await.is_err() {
                         break;
                     }
                 }
-            }
-        };
-        if wait {
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d.into(), drained).await;
+                if let Some(pools) = manager_pools.upgrade() {
+                    remove_if_same(&pools, &pool);
                 }
-                None => drained.await,
-            }
-            self.forget_if_drained(&pool);
-            return Ok(pool.busy_count());
-        }
-        let manager_pools = self.pools_weak();
-        tokio::spawn(async move {
-            drained.await;
-            if let Some(pools) = manager_pools.upgrade() {
-                remove_if_same(&pools, &pool);
             }
         });
-        Ok(busy)
+    }
+
+    /// Checks owned pools for lapsed owners, as often as leases are reaped.
+    fn spawn_owner_reaper(self: &Arc<Self>) {
+        let manager = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        crate::supervise::spawn("owned-pool reaper", move || {
+            let manager = manager.clone();
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(OWNER_REAP_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    let Some(manager) = manager.upgrade() else {
+                        return;
+                    };
+                    manager.lapse_owned_pools();
+                }
+            }
+        });
+    }
+
+    /// The owner of `name` keeps it alive.
+    pub fn keepalive_pool(&self, who: &Identity, name: &str) -> Renewal {
+        let Ok(pool) = self.pool(name) else {
+            return Renewal::NotFound;
+        };
+        if !who.may_manage(pool.ownership.owner.as_deref()) {
+            return Renewal::NotFound;
+        }
+        match (pool.renew_owner(), pool.ownership.ttl) {
+            (Some(deadline), Some(ttl)) => Renewal::Active {
+                expire_time: deadline.expire_time,
+                ttl,
+            },
+            _ => Renewal::NotFound,
+        }
+    }
+
+    /// Deletes the owned pools whose owner stopped keeping them alive; their
+    /// leases end with `PoolDeleted`.
+    fn lapse_owned_pools(&self) {
+        let now = Instant::now();
+        let lapsed: Vec<Arc<Pool>> = self
+            .pools_read()
+            .values()
+            .filter(|p| p.owner_deadline().is_some_and(|d| d.at <= now) && !p.is_closed())
+            .cloned()
+            .collect();
+        for pool in lapsed {
+            tracing::info!(pool = %pool.name(), owner = ?pool.ownership.owner, "the pool's owner stopped keeping it alive; deleting it");
+            pool.close();
+            self.leases.end_by_pool(pool.name(), LeaseEnd::PoolDeleted);
+            self.forget_when_drained(pool);
+        }
     }
 
     /// A handle on the pool map that does not keep it alive, for drain
@@ -532,7 +657,7 @@ fn remove_if_same(pools: &RwLock<BTreeMap<String, Arc<Pool>>>, pool: &Arc<Pool>)
 }
 
 /// Removes every container labelled with `server_id`; returns how many.
-async fn remove_labelled(
+pub(super) async fn remove_labelled(
     backend: &dyn crate::backend::Backend,
     server_id: &str,
 ) -> crate::backend::Result<usize> {

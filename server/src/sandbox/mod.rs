@@ -23,12 +23,7 @@ pub use crate::backend::{
     Collected, Error as EngineError, Exec, ExecSpec, ExecStdin, Output, Result as EngineResult,
 };
 
-/// Label naming the server instance that owns a container.
-pub const LABEL_SERVER: &str = "sandpool.server";
-/// Label naming the pool a container belongs to.
-pub const LABEL_POOL: &str = "sandpool.pool";
-/// Label set on temporary (TEMPORARY strategy) containers.
-pub const LABEL_TEMPORARY: &str = "sandpool.temporary";
+pub use crate::backend::{LABEL_POOL, LABEL_SERVER, LABEL_TEMPORARY};
 
 /// The workspace: writable, wiped on reset, the default working directory.
 pub const WORKSPACE: &str = "/sandbox";

@@ -495,6 +495,7 @@ class Pool(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    OWNER_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     phase: Global___PoolPhase.ValueType
     """Where the pool is in its life."""
     status_message: _builtins.str
@@ -515,6 +516,10 @@ class Pool(_message.Message):
     def stats(self) -> Global___PoolStats:
         """Current statistics."""
 
+    @_builtins.property
+    def owner_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """For a pool created with an owner_ttl: when it lapses unless kept alive."""
+
     def __init__(
         self,
         *,
@@ -524,10 +529,11 @@ class Pool(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         stats: Global___PoolStats | None = ...,
         owner: _builtins.str = ...,
+        owner_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner_expire_time", b"owner_expire_time", "spec", b"spec", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner", b"owner", "phase", b"phase", "spec", b"spec", "stats", b"stats", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner", b"owner", "owner_expire_time", b"owner_expire_time", "phase", b"phase", "spec", b"spec", "stats", b"stats", "status_message", b"status_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -817,6 +823,7 @@ class CreatePoolRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     WAIT_READY_FIELD_NUMBER: _builtins.int
+    OWNER_TTL_FIELD_NUMBER: _builtins.int
     wait_ready: _builtins.bool
     """Answer only once min_pool_size containers are warm (or warming failed),
     bounded by the call's deadline.
@@ -825,15 +832,25 @@ class CreatePoolRequest(_message.Message):
     def spec(self) -> Global___PoolSpec:
         """The pool to create."""
 
+    @_builtins.property
+    def owner_ttl(self) -> _duration_pb2.Duration:
+        """Ties the pool to its creator: the creator keeps it alive on the
+        KeepAlive stream (naming the pool), and when no keepalive arrives within
+        this TTL the pool is drained and deleted, its leases ending with
+        LEASE_STATE_POOL_DELETED. Unset: the pool lives until DeletePool. At
+        least 1 s, at most the pool's max_lease_ttl.
+        """
+
     def __init__(
         self,
         *,
         spec: Global___PoolSpec | None = ...,
         wait_ready: _builtins.bool = ...,
+        owner_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner_ttl", b"owner_ttl", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "wait_ready", b"wait_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_ttl", b"owner_ttl", "spec", b"spec", "wait_ready", b"wait_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

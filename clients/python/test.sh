@@ -106,6 +106,7 @@ elif [ "$#" -eq 0 ]; then
     tests/test_aio.py::test_async_round_trip_and_streaming \
     tests/test_lease.py::test_exiting_process_releases_its_lease \
     tests/test_keepalive.py \
+    tests/test_owned_pools.py::test_a_killed_llm_sandbox_process_leaves_no_pool_and_its_leases_end \
     tests/test_llm_sandbox_compat.py::test_quick_start)
 fi
 

@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 from . import errors
-from .aio import AsyncClient, AsyncContext, AsyncRunStream, AsyncSession
-from .client import Client, Context, RunStream, Session
+from .aio import AsyncClient, AsyncContext, AsyncOwnedPool, AsyncRunStream, AsyncSession
+from .client import Client, Context, OwnedPool, RunStream, Session
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -30,6 +30,7 @@ from .errors import (
     LeaseLost,
     NotFound,
     PoolExhausted,
+    PoolLost,
     SandpoolError,
     Unauthenticated,
     Unavailable,
@@ -62,6 +63,7 @@ __all__ = [
     "ArtifactInfo",
     "AsyncClient",
     "AsyncContext",
+    "AsyncOwnedPool",
     "AsyncRunStream",
     "AsyncSession",
     "Client",
@@ -80,8 +82,10 @@ __all__ = [
     "LeaseLost",
     "LeaseState",
     "NotFound",
+    "OwnedPool",
     "PlotFormat",
     "PoolExhausted",
+    "PoolLost",
     "RunEvent",
     "RunResult",
     "RunStream",

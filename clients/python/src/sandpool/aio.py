@@ -40,7 +40,16 @@ import grpc
 import grpc.aio
 
 from . import _common as c
-from .errors import LeaseLost, NotFound, SandpoolError, from_rpc_error, status_of
+from .errors import (
+    LeaseLost,
+    NotFound,
+    PoolLost,
+    SandpoolError,
+    from_rpc_error,
+    lease_lost_of,
+    pool_lost_of,
+    status_of,
+)
 from .types import (
     ArtifactInfo,
     Exit,
@@ -66,11 +75,11 @@ from .v1 import (
 )
 
 if TYPE_CHECKING:
-    from typing_extensions import Concatenate, ParamSpec
+    from typing_extensions import Concatenate, ParamSpec, Unpack
 
     P = ParamSpec("P")
 
-__all__ = ["AsyncClient", "AsyncContext", "AsyncRunStream", "AsyncSession"]
+__all__ = ["AsyncClient", "AsyncContext", "AsyncOwnedPool", "AsyncRunStream", "AsyncSession"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -292,6 +301,63 @@ class AsyncClient:
         deadline = timeout or (max(self.timeout, 120.0) if wait_ready else self.timeout)
         return (await self._unary(self.pools.CreatePool, req, deadline)).pool
 
+    def create_owned_pool(
+        self,
+        name: str,
+        *,
+        owner_ttl: c.Seconds = c.DEFAULT_OWNER_TTL,
+        wait_ready: bool = False,
+        timeout: Optional[float] = None,
+        **options: Unpack[c.PoolOptions],
+    ) -> _Opening[AsyncOwnedPool]:
+        """Creates a pool that belongs to this client: ``pool = await
+        client.create_owned_pool(name, ...)``, or ``async with
+        client.create_owned_pool(name, ...) as pool`` (which deletes it on
+        exit). ``options`` are the keyword arguments of :meth:`create_pool`.
+
+        The pool is kept alive in the background over the KeepAlive stream at
+        a third of ``owner_ttl`` (at least 1 s, at most the pool's
+        max_lease_ttl), as a lease is. When this process dies or stops
+        renewing, the server deletes the pool within ``owner_ttl`` (its
+        leases end with ``LeaseState.POOL_DELETED``); :meth:`AsyncOwnedPool.delete`
+        deletes it at once. A pool the keepalive loses (the server answers
+        that it has no such pool, or no renewal is confirmed within the TTL)
+        is reported by ``pool.lost``, and its calls raise :class:`PoolLost`.
+        """
+        spec = c.spec_of(name, options)
+        return self.create_owned_pool_from_spec(spec, owner_ttl=owner_ttl, wait_ready=wait_ready, timeout=timeout)
+
+    def create_owned_pool_from_spec(
+        self,
+        spec: pool_pb2.PoolSpec,
+        *,
+        owner_ttl: c.Seconds = c.DEFAULT_OWNER_TTL,
+        wait_ready: bool = False,
+        timeout: Optional[float] = None,
+    ) -> _Opening[AsyncOwnedPool]:
+        """:meth:`create_owned_pool` from a ready-made ``PoolSpec`` message."""
+        return _Opening(self._create_owned(spec, c.to_seconds(owner_ttl), wait_ready, timeout))
+
+    async def _create_owned(
+        self, spec: pool_pb2.PoolSpec, owner_ttl: float, wait_ready: bool, timeout: Optional[float]
+    ) -> AsyncOwnedPool:
+        req = pool_pb2.CreatePoolRequest(spec=spec, wait_ready=wait_ready, owner_ttl=c.owner_ttl_pb(owner_ttl))
+        deadline = timeout or (max(self.timeout, 120.0) if wait_ready else self.timeout)
+        # The keepalive starts with the call: the server's clock for the pool
+        # starts when it makes the pool, and a wait_ready call may outlast
+        # the owner TTL.
+        started = time.monotonic()
+        owned = AsyncOwnedPool(self, spec.name, owner_ttl, started)
+        try:
+            resp = await self._unary(self.pools.CreatePool, req, deadline)
+        except BaseException:
+            # Nothing keeps a pool made half-way alive: the server deletes it
+            # within owner_ttl.
+            await owned._keeper.stop()
+            raise
+        owned._exists(resp.pool)
+        return owned
+
     async def get_pool(self, name: str) -> pool_pb2.Pool:
         """One pool: its effective spec, phase and stats."""
         return (await self._unary(self.pools.GetPool, pool_pb2.GetPoolRequest(name=name))).pool
@@ -393,52 +459,181 @@ _STATE_REASONS = {
 }
 """Why a lease is lost, by the state a keepalive answer gives."""
 
+_POOL_STATE_REASONS = {
+    LeaseState.NOT_FOUND: (
+        "the server has no such pool owned by this caller"
+        " (deleted, or lapsed: no keepalive arrived within its owner TTL)"
+    ),
+}
+"""Why an owned pool is lost, by the state a keepalive answer gives."""
 
-class _Keeper:
-    """The keepalive of one lease: an asyncio task on the session's loop.
+L = TypeVar("L", bound=SandpoolError)
+
+
+class _Target(Generic[L]):
+    """What a keepalive renews: a lease (:class:`_Lease`) or an owned pool
+    (:class:`_OwnedPool`), with the loss (``L``) it raises once it is gone."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def request(self) -> session_pb2.KeepAliveRequest:
+        raise NotImplementedError
+
+    def loss(self, reason: str, state: Optional[LeaseState] = None) -> L:
+        """The loss, for a reason the client found (or a keepalive answer)."""
+        raise NotImplementedError
+
+    def expired(self, ttl: float) -> L:
+        """The loss when no renewal was confirmed within the TTL."""
+        raise NotImplementedError
+
+    def answered(self, state: LeaseState) -> L:
+        """The loss when a keepalive is answered with ``state``."""
+        raise NotImplementedError
+
+    def gone(self, err: BaseException) -> Optional[L]:
+        """The loss when the error of a call says the target is gone."""
+        raise NotImplementedError
+
+    def copy(self, lost: L) -> L:
+        """A fresh exception for a loss raised again."""
+        raise NotImplementedError
+
+    async def abandon(self, client: AsyncClient) -> None:
+        """Tells the server, best effort, that this client gave the target up
+        (a Release, a DeletePool): bounded by the client's deadline."""
+        raise NotImplementedError
+
+
+def _answer_reason(state: LeaseState, reasons: Mapping[LeaseState, str]) -> str:
+    reason = f"the server answered the keepalive with {state.name}"
+    return f"{reason}: {reasons[state]}" if state in reasons else reason
+
+
+class _Lease(_Target[LeaseLost]):
+    """A lease, kept alive by its session."""
+
+    def request(self) -> session_pb2.KeepAliveRequest:
+        return session_pb2.KeepAliveRequest(lease_id=self.name)
+
+    def loss(self, reason: str, state: Optional[LeaseState] = None) -> LeaseLost:
+        return LeaseLost(self.name, reason, state=state)
+
+    def expired(self, ttl: float) -> LeaseLost:
+        return self.loss(f"keepalive failed for longer than the {ttl:g}s TTL: the lease counts as expired")
+
+    def answered(self, state: LeaseState) -> LeaseLost:
+        return self.loss(_answer_reason(state, _STATE_REASONS), state)
+
+    def gone(self, err: BaseException) -> Optional[LeaseLost]:
+        return lease_lost_of(err, self.name)
+
+    def copy(self, lost: LeaseLost) -> LeaseLost:
+        return _copy(lost)
+
+    async def abandon(self, client: AsyncClient) -> None:
+        with contextlib.suppress(Exception):
+            await client.sessions.Release(
+                session_pb2.ReleaseRequest(lease_id=self.name), timeout=client.timeout, metadata=client.metadata
+            )
+
+
+class _OwnedPool(_Target[PoolLost]):
+    """A pool created with an owner TTL, kept alive by its creator."""
+
+    def request(self) -> session_pb2.KeepAliveRequest:
+        return session_pb2.KeepAliveRequest(pool=self.name)
+
+    def loss(self, reason: str, state: Optional[LeaseState] = None) -> PoolLost:
+        return PoolLost(self.name, reason, state=state)
+
+    def expired(self, ttl: float) -> PoolLost:
+        return self.loss(
+            f"keepalive failed for longer than the {ttl:g}s owner TTL: the server deletes the pool by itself"
+        )
+
+    def answered(self, state: LeaseState) -> PoolLost:
+        return self.loss(_answer_reason(state, _POOL_STATE_REASONS), state)
+
+    def gone(self, err: BaseException) -> Optional[PoolLost]:
+        return pool_lost_of(err, self.name)
+
+    def copy(self, lost: PoolLost) -> PoolLost:
+        return PoolLost(lost.pool, lost.reason, code=lost.code, details=lost.details, state=lost.state)
+
+    async def abandon(self, client: AsyncClient) -> None:
+        with contextlib.suppress(Exception):
+            await client.pools.DeletePool(
+                pool_pb2.DeletePoolRequest(name=self.name), timeout=client.timeout, metadata=client.metadata
+            )
+
+
+class _Keeper(Generic[L]):
+    """The keepalive of one lease or owned pool (its ``target``): an asyncio
+    task on the loop of the object that holds it (its ``holder``: a session,
+    an owned pool).
 
     The contract, the same in the TypeScript and Rust clients:
 
     - a renewal goes out a third of the TTL after the last confirmed one was
-      sent (the first, a third of the TTL after Acquire), on one KeepAlive
-      stream that is reopened when it breaks;
-    - an ACTIVE answer confirms the lease until that renewal's send time plus
-      the TTL the server answers;
+      sent (the first, a third of the TTL after Acquire or CreatePool was
+      sent), on one KeepAlive stream that is reopened when it breaks;
+    - an ACTIVE answer confirms the target until that renewal's send time
+      plus the TTL the server answers;
     - no wait (opening the stream, sending, the answer) outlasts that time:
-      when it passes unconfirmed the lease is lost ("keepalive failed for
-      longer than the TTL"), in-flight calls of the session end with
-      :class:`LeaseLost`, and the server is told with a best-effort Release;
-    - an answer in another state (EXPIRED, RELEASED, REVOKED, NOT_FOUND), or
-      an error saying the lease is gone, loses it with that state;
-    - the clock decides too: once the time has passed, the session reports
-      the loss and every call raises :class:`LeaseLost` without a round trip,
-      even before this task has run.
+      when it passes unconfirmed the target is lost ("keepalive failed for
+      longer than the TTL"), in-flight calls of the holder end with the loss
+      (:class:`LeaseLost`, :class:`PoolLost`), and the server is told with a
+      best-effort Release or DeletePool;
+    - an answer in another state (EXPIRED, RELEASED, REVOKED, NOT_FOUND...),
+      or an error saying the target is gone, loses it with that state; a
+      NOT_FOUND answer to a renewal sent before the target was known to exist
+      (an owned pool whose CreatePool has not answered yet) only means "not
+      yet": the renewal is tried again;
+    - the clock decides too: once the time has passed, the holder reports the
+      loss and every call raises it without a round trip, even before this
+      task has run.
 
-    It holds only a weak reference to its session: when the session is
-    garbage collected unreleased, the task releases the lease and ends.
+    It holds only a weak reference to its holder: when the holder is garbage
+    collected unclosed, the task abandons the target (releases the lease,
+    deletes the pool) and ends.
     """
 
-    def __init__(self, client: AsyncClient, session: AsyncSession, ttl: float, started: float) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        holder: object,
+        target: _Target[L],
+        ttl: float,
+        started: float,
+        *,
+        exists: bool = True,
+    ) -> None:
         self._client = client
-        self._session_ref = weakref.ref(session)
-        self.lease_id = session.lease.id
+        self._holder_ref = weakref.ref(holder)
+        self.target = target
         self.ttl = ttl
-        self._lost: Optional[LeaseLost] = None
+        self._lost: Optional[L] = None
         self._confirmed_until = started + ttl
+        # Since when the target is known to exist on the server (+inf: not yet).
+        self._exists_since = float("-inf") if exists else float("inf")
         self._call: Any = None
         self._on_give_up: Optional[Callable[[], None]] = None
         self.renewals = 0
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def lost(self) -> Optional[LeaseLost]:
-        """The loss, once the lease is lost (by the clock, too)."""
+    def exists(self) -> None:
+        """The target is known to exist from now on (its CreatePool answered)."""
+        self._exists_since = time.monotonic()
+
+    def lost(self) -> Optional[L]:
+        """The loss, once the target is lost (by the clock, too)."""
         if self._lost is None and time.monotonic() > self._confirmed_until:
-            self._lost = LeaseLost(
-                self.lease_id, f"keepalive failed for longer than the {self.ttl:g}s TTL: the lease counts as expired"
-            )
+            self._lost = self.target.expired(self.ttl)
         return self._lost
 
-    def mark_lost(self, lost: LeaseLost) -> None:
+    def mark_lost(self, lost: L) -> None:
         if self._lost is None:
             self._lost = lost
 
@@ -460,18 +655,9 @@ class _Keeper:
         if self._call is None:
             lifetime = max(c.KEEPALIVE_STREAM_LIFETIME, 10 * self.ttl)
             self._call = self._client.sessions.KeepAlive(None, timeout=lifetime, metadata=self._client.metadata)
-        await self._call.write(session_pb2.KeepAliveRequest(lease_id=self.lease_id))
+        await self._call.write(self.target.request())
         resp = await self._call.read()
         return None if resp is _EOF else resp
-
-    async def _release(self) -> None:
-        """A best-effort Release, for a lease this client gave up on."""
-        with contextlib.suppress(Exception):
-            await self._client.sessions.Release(
-                session_pb2.ReleaseRequest(lease_id=self.lease_id),
-                timeout=self._client.timeout,
-                metadata=self._client.metadata,
-            )
 
     async def _run(self) -> None:
         interval = max(self.ttl / 3.0, c.MIN_KEEPALIVE)
@@ -479,8 +665,8 @@ class _Keeper:
         try:
             while True:
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                if self._session_ref() is None:
-                    await self._release()  # dropped without release()
+                if self._holder_ref() is None:
+                    await self.target.abandon(self._client)  # dropped unclosed
                     return
                 if self._lost is not None:
                     return
@@ -493,12 +679,12 @@ class _Keeper:
                     resp = await asyncio.wait_for(self._renew(), timeout=left)
                 except asyncio.TimeoutError:
                     self._close_stream()
-                    next_at = sent + left  # the lease's time is up: give up there
+                    next_at = sent + left  # the target's time is up: give up there
                     continue
                 except grpc.RpcError as e:
                     self._close_stream()
-                    lost = from_rpc_error(e, self.lease_id)
-                    if isinstance(lost, LeaseLost):
+                    lost = self.target.gone(e)
+                    if lost is not None:
                         self.mark_lost(lost)
                         return
                     if status_of(e)[0] == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -511,11 +697,13 @@ class _Keeper:
                     self._close_stream()
                     continue
                 state = LeaseState.from_pb(resp.state)
+                if state is LeaseState.NOT_FOUND and sent < self._exists_since:
+                    # Not there yet (its CreatePool is still on its way): a
+                    # target made after this answer lives at least a TTL.
+                    self._confirmed_until = max(self._confirmed_until, sent + self.ttl)
+                    continue
                 if state is not LeaseState.ACTIVE:
-                    reason = f"the server answered the keepalive with {state.name}"
-                    if state in _STATE_REASONS:
-                        reason += f": {_STATE_REASONS[state]}"
-                    self.mark_lost(LeaseLost(self.lease_id, reason, state=state))
+                    self.mark_lost(self.target.answered(state))
                     return
                 if resp.HasField("ttl") and seconds_of(resp.ttl) > 0:
                     self.ttl = seconds_of(resp.ttl)
@@ -528,7 +716,7 @@ class _Keeper:
             if self._on_give_up is not None:
                 self._on_give_up()
             self._close_stream()
-            await self._release()
+            await self.target.abandon(self._client)
         finally:
             self._close_stream()
 
@@ -590,7 +778,7 @@ class AsyncSession(_Ends):
         ttl = self.lease.ttl if self.lease.ttl > 0 else 30.0
         self._released = False
         self._calls = _Calls()
-        self._keeper = _Keeper(client, self, ttl, started)
+        self._keeper: _Keeper[LeaseLost] = _Keeper(client, self, _Lease(self.lease.id), ttl, started)
         self._keeper._on_give_up = self._calls.cut
 
     # --- the lease ------------------------------------------------------------
@@ -867,6 +1055,182 @@ class AsyncSession(_Ends):
         req = artifact_pb2.ListArtifactsRequest(lease_id=self.lease.id, run_id=run_id or "")
         resp = await self._call(self._client.artifacts.ListArtifacts, req, self._client.timeout)
         return [ArtifactInfo.from_pb(a) for a in resp.artifacts]
+
+
+class AsyncOwnedPool(_Ends):
+    """A pool that belongs to this client, made by
+    :meth:`AsyncClient.create_owned_pool`: kept alive in the background at a
+    third of its owner TTL, deleted by :meth:`delete` (or on leaving ``async
+    with``), by the server when this client stops keeping it alive, and, when
+    garbage collected undeleted, by its keepalive task.
+
+    ``pool`` is the pool as CreatePool (or the last :meth:`get`) answered.
+    Once the pool is lost (``lost`` says why), every call raises
+    :class:`PoolLost`.
+    """
+
+    def __init__(self, client: AsyncClient, name: str, owner_ttl: float, started: float) -> None:
+        self._client = client
+        self.name = name
+        self.pool = pool_pb2.Pool()
+        self._deleted = False
+        self._calls = _Calls()
+        self._keeper: _Keeper[PoolLost] = _Keeper(
+            client, self, _OwnedPool(name), owner_ttl, started, exists=False
+        )
+        self._keeper._on_give_up = self._calls.cut
+
+    def _exists(self, pool: pool_pb2.Pool) -> None:
+        """CreatePool answered."""
+        self.pool = pool
+        self._keeper.exists()
+
+    @property
+    def owner_ttl(self) -> float:
+        """Seconds without a keepalive after which the server deletes the pool."""
+        return self._keeper.ttl
+
+    @property
+    def renewals(self) -> int:
+        """Keepalives the server confirmed so far."""
+        return self._keeper.renewals
+
+    @property
+    def lost(self) -> Optional[str]:
+        """Why the pool is lost (or that this client deleted it), or ``None``
+        while it is held."""
+        lost = self._lost()
+        return lost.reason if lost is not None else None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`delete` was called."""
+        return self._deleted
+
+    def _lost(self) -> Optional[PoolLost]:
+        if self._deleted:
+            return PoolLost(self.name, "the pool was deleted by this client")
+        return self._keeper.lost()
+
+    def check(self) -> None:
+        """Raises :class:`PoolLost` once the pool is lost or deleted."""
+        lost = self._lost()
+        if lost is not None:
+            raise self._keeper.target.copy(lost)
+
+    def _error(self, err: BaseException) -> SandpoolError:
+        """The exception of a failed call about the pool; one that says the
+        pool is gone marks it lost."""
+        lost = pool_lost_of(err, self.name)
+        if lost is not None:
+            self._keeper.mark_lost(lost)
+            return lost
+        return from_rpc_error(err)
+
+    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float) -> Any:
+        """A call about the pool: checked first, cut when the keepalive gives
+        up on the pool, its error mapped."""
+        self.check()
+        call = fn(request, timeout=timeout, metadata=self._client.metadata)
+        self._calls.add(call)
+        try:
+            return await call
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        except asyncio.CancelledError:
+            if not self._calls.was_cut(call):
+                raise
+            raise self._keeper.target.copy(
+                self._keeper.lost() or PoolLost(self.name, "the keepalive gave up on the pool")
+            ) from None
+        finally:
+            self._calls.discard(call)
+
+    def acquire(
+        self,
+        ttl: Optional[c.Seconds] = None,
+        wait: Optional[c.Seconds] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        files: Optional[c.LeaseFiles] = None,
+    ) -> _Opening[AsyncSession]:
+        """Leases a warm container of this pool, as :meth:`AsyncClient.acquire`
+        does; raises :class:`PoolLost` once the pool is lost."""
+        return _Opening(self._acquire(ttl, wait, env, files))
+
+    async def _acquire(
+        self,
+        ttl: Optional[c.Seconds],
+        wait: Optional[c.Seconds],
+        env: Optional[Mapping[str, str]],
+        files: Optional[c.LeaseFiles],
+    ) -> AsyncSession:
+        lease, started = await self._acquire_lease(ttl, wait, env, files)
+        return AsyncSession(self._client, lease, started)
+
+    async def _acquire_lease(
+        self,
+        ttl: Optional[c.Seconds],
+        wait: Optional[c.Seconds],
+        env: Optional[Mapping[str, str]],
+        files: Optional[c.LeaseFiles],
+    ) -> Tuple[session_pb2.Lease, float]:
+        req = c.acquire_request(self.name, ttl=ttl, env=env, files=files)
+        deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
+        started = time.monotonic()
+        resp = await self._call(self._client.sessions.Acquire, req, deadline)
+        return resp.lease, started
+
+    async def get(self) -> pool_pb2.Pool:
+        """The pool now (its spec, phase, stats, ``owner_expire_time``); also
+        kept as ``pool``."""
+        req = pool_pb2.GetPoolRequest(name=self.name)
+        resp: pool_pb2.GetPoolResponse = await self._call(self._client.pools.GetPool, req, self._client.timeout)
+        self.pool = resp.pool
+        return self.pool
+
+    async def stats(self) -> pool_pb2.PoolStats:
+        """The pool's statistics."""
+        req = pool_pb2.GetPoolStatsRequest(name=self.name)
+        resp: pool_pb2.GetPoolStatsResponse = await self._call(
+            self._client.pools.GetPoolStats, req, self._client.timeout
+        )
+        return resp.stats
+
+    async def delete(self, *, wait: bool = False, timeout: Optional[float] = None) -> int:
+        """Deletes the pool now (idempotent) and stops its keepalive; returns
+        the containers still busy (their leases end with the drain). With
+        ``wait``, returns once every container is removed. Without, the call
+        waits at most the owner TTL (or the client's timeout, if shorter):
+        past it the server deletes the pool by itself. A lost pool is gone
+        already: nothing is sent."""
+        if self._deleted:
+            return 0
+        lost = self._keeper.lost()
+        self._deleted = True
+        await self._keeper.stop()
+        if lost is not None:
+            return 0
+        req = pool_pb2.DeletePoolRequest(name=self.name, wait=wait)
+        if timeout is not None:
+            deadline = timeout
+        elif wait:
+            deadline = max(self._client.timeout, 60.0)
+        else:
+            deadline = min(self._client.timeout, max(self.owner_ttl, 1.0))
+        try:
+            resp = await self._client.pools.DeletePool(req, timeout=deadline, metadata=self._client.metadata)
+        except grpc.RpcError as e:
+            if status_of(e)[0] == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise from_rpc_error(e) from None
+        return int(resp.busy_remaining)
+
+    close = delete
+    _end = delete
+
+    async def __aenter__(self) -> AsyncOwnedPool:
+        return self
 
 
 def _copy(lost: LeaseLost) -> LeaseLost:

@@ -34,7 +34,7 @@ from typing import (
 import grpc
 
 from . import _common as c
-from .aio import AsyncClient, AsyncContext, AsyncRunStream, AsyncSession
+from .aio import AsyncClient, AsyncContext, AsyncOwnedPool, AsyncRunStream, AsyncSession
 from .types import Exit, LeaseInfo, LeaseState, RunEvent
 from .v1 import (
     artifact_pb2_grpc,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     P = ParamSpec("P")
 
-__all__ = ["Client", "Context", "RunStream", "Session"]
+__all__ = ["Client", "Context", "OwnedPool", "RunStream", "Session"]
 
 T = TypeVar("T")
 
@@ -134,16 +134,23 @@ async def _awaited(aw: Awaitable[T]) -> T:
 _LOOP = _Loop()
 _LIVE_CLIENTS: "weakref.WeakSet[Client]" = weakref.WeakSet()
 _LIVE_SESSIONS: "weakref.WeakSet[Session]" = weakref.WeakSet()
+_LIVE_POOLS: "weakref.WeakSet[OwnedPool]" = weakref.WeakSet()
 
 
 @atexit.register
 def _at_exit() -> None:
-    """Releases the leases of sessions still open, closes the clients'
-    channels, then stops the loop. Registered at import, so it runs after
-    the atexit functions of code that uses the client. (Their finalizers are
-    run from here: weakref's own exit hook may have run already, after which
-    a finalizer does nothing when called.)"""
-    for finalizer in [s._finalizer for s in list(_LIVE_SESSIONS)] + [c._finalizer for c in list(_LIVE_CLIENTS)]:
+    """Releases the leases of sessions still open, deletes the owned pools
+    still open, closes the clients' channels, then stops the loop.
+    Registered at import, so it runs after the atexit functions of code that
+    uses the client. (Their finalizers are run from here: weakref's own exit
+    hook may have run already, after which a finalizer does nothing when
+    called.)"""
+    finalizers = (
+        [s._finalizer for s in list(_LIVE_SESSIONS)]
+        + [p._finalizer for p in list(_LIVE_POOLS)]
+        + [c._finalizer for c in list(_LIVE_CLIENTS)]
+    )
+    for finalizer in finalizers:
         pending = finalizer.detach()
         if pending is not None:
             _, func, args, kwargs = pending
@@ -167,6 +174,19 @@ def _blocking(method: "Callable[Concatenate[Any, P], Awaitable[T]]") -> "Callabl
 
     _like(blocking, method)
     return blocking
+
+
+def _owned(
+    method: "Callable[Concatenate[Any, P], Awaitable[AsyncOwnedPool]]",
+) -> "Callable[Concatenate[Client, P], OwnedPool]":
+    """The sync form of a method of AsyncClient that creates an owned pool."""
+
+    def owned(self: Client, /, *args: "P.args", **kwargs: "P.kwargs") -> OwnedPool:
+        return OwnedPool(self, _LOOP.run(method(self._aio, *args, **kwargs)))
+
+    _like(owned, method)
+    setattr(owned, "__signature__", inspect.signature(method).replace(return_annotation="OwnedPool"))
+    return owned
 
 
 def _streaming(method: "Callable[Concatenate[Any, P], AsyncRunStream]") -> "Callable[Concatenate[Any, P], RunStream]":
@@ -287,6 +307,8 @@ class Client:
 
     create_pool = _blocking(AsyncClient.create_pool)
     create_pool_from_spec = _blocking(AsyncClient.create_pool_from_spec)
+    create_owned_pool = _owned(AsyncClient.create_owned_pool)
+    create_owned_pool_from_spec = _owned(AsyncClient.create_owned_pool_from_spec)
     get_pool = _blocking(AsyncClient.get_pool)
     list_pools = _blocking(AsyncClient.list_pools)
     delete_pool = _blocking(AsyncClient.delete_pool)
@@ -430,6 +452,114 @@ class Session:
     download = _blocking(AsyncSession.download)
     download_file = _blocking(AsyncSession.download_file)
     list_artifacts = _blocking(AsyncSession.list_artifacts)
+
+
+# --- owned pools --------------------------------------------------------------
+
+
+def _delete_dropped(pool: AsyncOwnedPool) -> None:
+    """Deletes an owned pool dropped without delete(), when it is garbage
+    collected or at interpreter exit."""
+    if _LOOP.on_loop_thread():
+        _LOOP.submit(pool.delete())
+        return
+    try:
+        _LOOP.run(pool.delete())
+    except Exception:  # noqa: BLE001 - best effort; the server lets it lapse anyway
+        pass
+
+
+class OwnedPool:
+    """A pool that belongs to this client, made by
+    :meth:`Client.create_owned_pool`: kept alive in the background at a third
+    of its owner TTL; deleted by :meth:`delete` (or on leaving a ``with``
+    block), when garbage collected, at interpreter exit, and by the server
+    within the owner TTL when this process dies.
+
+    ``pool`` is the pool as CreatePool (or the last :meth:`get`) answered.
+    Once the pool is lost (``lost`` says why), every call raises
+    :class:`PoolLost`.
+    """
+
+    def __init__(self, client: Client, pool: AsyncOwnedPool) -> None:
+        self._client = client
+        self._aio = pool
+        self._finalizer = weakref.finalize(self, _delete_dropped, self._aio)
+        self._finalizer.atexit = False
+        _LIVE_POOLS.add(self)
+
+    @property
+    def name(self) -> str:
+        return self._aio.name
+
+    @property
+    def pool(self) -> pool_pb2.Pool:
+        """The pool as CreatePool (or the last :meth:`get`) answered."""
+        return self._aio.pool
+
+    @property
+    def owner_ttl(self) -> float:
+        """Seconds without a keepalive after which the server deletes the pool."""
+        return self._aio.owner_ttl
+
+    @property
+    def renewals(self) -> int:
+        """Keepalives the server confirmed so far."""
+        return self._aio.renewals
+
+    @property
+    def lost(self) -> Optional[str]:
+        """Why the pool is lost (or that this client deleted it), or ``None``
+        while it is held."""
+        return self._aio.lost
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`delete` was called."""
+        return self._aio.closed
+
+    def check(self) -> None:
+        """Raises :class:`PoolLost` once the pool is lost or deleted."""
+        self._aio.check()
+
+    def acquire(
+        self,
+        ttl: Optional[c.Seconds] = None,
+        wait: Optional[c.Seconds] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        files: Optional[c.LeaseFiles] = None,
+    ) -> Session:
+        """Leases a warm container of this pool, as :meth:`Client.acquire`
+        does; raises :class:`PoolLost` once the pool is lost."""
+        lease, started = _LOOP.run(self._aio._acquire_lease(ttl, wait, env, files))
+        return Session(self._client, lease, started)
+
+    get = _blocking(AsyncOwnedPool.get)
+    stats = _blocking(AsyncOwnedPool.stats)
+
+    def delete(self, *, wait: bool = False, timeout: Optional[float] = None) -> int:
+        """Deletes the pool now (idempotent) and stops its keepalive; returns
+        the containers still busy. With ``wait``, returns once every
+        container is removed. Without, the call waits at most the owner TTL
+        (or the client's timeout, if shorter): past it the server deletes
+        the pool by itself. A lost pool is gone already: nothing is sent."""
+        self._finalizer.detach()
+        return _LOOP.run(self._aio.delete(wait=wait, timeout=timeout))
+
+    close = delete
+
+    def __enter__(self) -> OwnedPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self._finalizer.detach()
+        _LOOP.run(self._aio.__aexit__(exc_type, exc, tb))
 
 
 class Context:

@@ -30,11 +30,13 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PoolExhausted",
+    "PoolLost",
     "SandpoolError",
     "Unauthenticated",
     "Unavailable",
     "details_of",
     "from_rpc_error",
+    "pool_lost_of",
 ]
 
 DOMAIN = "sandpool"
@@ -147,6 +149,32 @@ class LeaseLost(SandpoolError):
         """How the lease ended (EXPIRED, RELEASED, REVOKED, NOT_FOUND) when
         the server said so, in a keepalive answer or an error; ``None`` when
         the client gave up on it (no keepalive confirmed within the TTL)."""
+
+
+class PoolLost(SandpoolError):
+    """An owned pool (see :meth:`sandpool.Client.create_owned_pool`) is gone:
+    its owner TTL ran out on the server, someone deleted it, or this client
+    confirmed no keepalive within the owner TTL (then the server deletes it
+    by itself). The handle cannot be used any more; leases on the pool end
+    with :attr:`LeaseState.POOL_DELETED`."""
+
+    def __init__(
+        self,
+        pool: str,
+        reason: str,
+        *,
+        code: Optional[grpc.StatusCode] = None,
+        details: Optional[ErrorDetails] = None,
+        state: Optional[LeaseState] = None,
+    ) -> None:
+        super().__init__(f"pool {pool} is lost: {reason}", code=code, details=details)
+        self.pool = pool
+        self.reason = reason
+        """Why the pool is lost, in words."""
+        self.state = state
+        """``NOT_FOUND`` when the server said it has no such pool of this
+        owner (a keepalive answer or a POOL_NOT_FOUND error); ``None`` when
+        the client gave up on it or the server said it is being deleted."""
 
 
 class NotFound(SandpoolError, LookupError):
@@ -293,6 +321,25 @@ def lease_lost_of(err: BaseException, lease_id: str) -> Optional[LeaseLost]:
     the lease is gone, else ``None``."""
     lost = from_rpc_error(err, lease_id)
     return lost if isinstance(lost, LeaseLost) else None
+
+
+def pool_lost_of(err: BaseException, pool: str) -> Optional[PoolLost]:
+    """A :class:`PoolLost` when a failed call about the owned pool ``pool``
+    failed because the pool is gone (reason ``POOL_NOT_FOUND`` or
+    ``POOL_CLOSED`` about it; without details, NOT_FOUND), else ``None``."""
+    code, message = status_of(err)
+    details = details_of(err)
+    info = details.error_info
+    reason = info.error_reason if info is not None else None
+    if info is not None and reason is not None and reason is not ErrorReason.ERROR_REASON_UNSPECIFIED:
+        if reason not in (ErrorReason.POOL_NOT_FOUND, ErrorReason.POOL_CLOSED):
+            return None
+        if info.metadata.get("pool", pool) != pool:
+            return None
+    elif code != grpc.StatusCode.NOT_FOUND:
+        return None
+    state = LeaseState.NOT_FOUND if code == grpc.StatusCode.NOT_FOUND else None
+    return PoolLost(pool, message, code=code, details=details, state=state)
 
 
 def _lease_is_gone(

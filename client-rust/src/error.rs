@@ -41,6 +41,20 @@ pub enum Error {
         status: Option<Box<Status>>,
         state: Option<LeaseState>,
     },
+    /// An owned pool (see [`crate::Client::create_owned_pool`]) is gone:
+    /// its owner TTL ran out on the server, someone deleted it, or this
+    /// client confirmed no keepalive within the owner TTL (then the server
+    /// deletes it by itself). `status` is the server's answer when a call
+    /// found out; `state` is `NotFound` when the server said it has no such
+    /// pool of this owner, `None` when the client gave up on it (or the
+    /// server said it is being deleted).
+    #[error("pool {pool} is lost: {reason}")]
+    PoolLost {
+        pool: String,
+        reason: String,
+        status: Option<Box<Status>>,
+        state: Option<LeaseState>,
+    },
     #[error("not found: {}", .0.message())]
     NotFound(Status),
     #[error("invalid argument: {}", .0.message())]
@@ -163,7 +177,7 @@ impl Error {
             | Error::PermissionDenied(s)
             | Error::Unavailable(s)
             | Error::Rpc(s) => Some(s),
-            Error::LeaseLost { status, .. } => status.as_deref(),
+            Error::LeaseLost { status, .. } | Error::PoolLost { status, .. } => status.as_deref(),
             _ => None,
         }
     }
@@ -216,6 +230,36 @@ impl Error {
             };
         }
         Error::from(status)
+    }
+}
+
+impl Error {
+    /// An error of a call about the owned pool `pool`: the server saying
+    /// that this pool is gone (reason `POOL_NOT_FOUND` or `POOL_CLOSED`
+    /// whose metadata `pool` is this pool; without details, NOT_FOUND)
+    /// becomes `PoolLost`.
+    pub(crate) fn on_pool(pool: &str, status: Status) -> Self {
+        let details = status.get_error_details();
+        let gone = match details.error_info().and_then(|info| {
+            reason_of(info)
+                .filter(|r| *r != ErrorReason::Unspecified)
+                .map(|r| (r, info))
+        }) {
+            Some((reason, info)) => {
+                matches!(reason, ErrorReason::PoolNotFound | ErrorReason::PoolClosed)
+                    && info.metadata.get("pool").is_none_or(|p| p == pool)
+            }
+            None => status.code() == Code::NotFound,
+        };
+        if !gone {
+            return Error::from(status);
+        }
+        Error::PoolLost {
+            pool: pool.to_string(),
+            reason: status.message().to_string(),
+            state: (status.code() == Code::NotFound).then_some(LeaseState::NotFound),
+            status: Some(Box::new(status)),
+        }
     }
 }
 

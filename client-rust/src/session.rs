@@ -106,6 +106,16 @@ fn duration_of(d: Option<prost_types::Duration>) -> Duration {
 
 impl Session {
     pub(crate) async fn acquire(client: Client, options: AcquireOptions) -> Result<Self, Error> {
+        let (lease, started) = Self::ask(&client, options).await?;
+        Self::hold(client, lease, started)
+    }
+
+    /// The Acquire call: the lease, and when it was asked for (its TTL
+    /// counts from then: the session's clock is on the safe side).
+    pub(crate) async fn ask(
+        client: &Client,
+        options: AcquireOptions,
+    ) -> Result<(Option<pb::Lease>, Instant), tonic::Status> {
         let request = with_deadline(
             pb::AcquireRequest {
                 pool: options.pool,
@@ -115,16 +125,20 @@ impl Session {
             },
             options.wait.unwrap_or(DEFAULT_ACQUIRE_WAIT),
         );
-        // The lease's TTL counts from the call: the session's clock is on
-        // the safe side.
         let started = Instant::now();
-        let lease = client
-            .sessions()
-            .acquire(request)
-            .await?
-            .into_inner()
-            .lease
-            .ok_or_else(|| Error::Protocol("Acquire answered without a lease".into()))?;
+        let lease = client.sessions().acquire(request).await?.into_inner().lease;
+        Ok((lease, started))
+    }
+
+    /// The session of a lease that an Acquire sent at `started` granted:
+    /// its keepalive starts.
+    pub(crate) fn hold(
+        client: Client,
+        lease: Option<pb::Lease>,
+        started: Instant,
+    ) -> Result<Self, Error> {
+        let lease =
+            lease.ok_or_else(|| Error::Protocol("Acquire answered without a lease".into()))?;
         let held = Held::new(lease.id.clone(), duration_of(lease.ttl), started);
         let keepalive = tokio::spawn(keep_alive(client.clone(), Arc::clone(&held), started));
         Ok(Self {

@@ -157,6 +157,36 @@ export class LeaseLost extends SandpoolError {
   }
 }
 
+/**
+ * An owned pool (`SandpoolClient.createOwnedPool`) is gone: its owner TTL ran
+ * out on the server, someone deleted it, or this client confirmed no
+ * keepalive within the owner TTL (then the server deletes it by itself).
+ * Leases on the pool end with LeaseState.POOL_DELETED.
+ */
+export class PoolLost extends SandpoolError {
+  readonly pool: string;
+  /** Why the pool is gone, in words. */
+  readonly reason: string;
+  /**
+   * NOT_FOUND when the server said it has no such pool of this owner (a
+   * keepalive answer, or a POOL_NOT_FOUND error); undefined when the client
+   * gave up on it, or the server said it is being deleted.
+   */
+  readonly state: LeaseState | undefined;
+
+  constructor(
+    pool: string,
+    reason: string,
+    code: Code = Code.FailedPrecondition,
+    options?: { cause?: unknown; details?: ErrorDetails; state?: LeaseState },
+  ) {
+    super(code, `pool ${pool} is lost: ${reason}`, options?.details, options);
+    this.pool = pool;
+    this.reason = reason;
+    this.state = options?.state;
+  }
+}
+
 /** The ErrorInfo domain of the server's reasons. */
 export const ERROR_DOMAIN = "sandpool";
 
@@ -336,6 +366,34 @@ export function mapLeaseError(err: unknown, leaseId: string): SandpoolError {
     cause: err,
     details: mapped.details,
     state: endOf(mapped),
+  });
+}
+
+/**
+ * Maps an error of a call about an owned pool: the server saying that this
+ * pool is gone (reason POOL_NOT_FOUND or POOL_CLOSED whose metadata pool is
+ * this pool; without details, NOT_FOUND) becomes PoolLost; anything else
+ * maps as usual.
+ */
+export function mapPoolError(err: unknown, pool: string): SandpoolError {
+  const mapped = mapError(err);
+  if (mapped instanceof PoolLost) {
+    return mapped;
+  }
+  const info = mapped.details.errorInfo;
+  const reason = mapped.errorReason;
+  const gone =
+    info !== undefined && reason !== undefined && reason !== ErrorReason.ERROR_REASON_UNSPECIFIED
+      ? (reason === ErrorReason.POOL_NOT_FOUND || reason === ErrorReason.POOL_CLOSED) &&
+        (info.metadata["pool"] ?? pool) === pool
+      : mapped.code === Code.NotFound;
+  if (!gone) {
+    return mapped;
+  }
+  return new PoolLost(pool, mapped.rawMessage, mapped.code, {
+    cause: err,
+    details: mapped.details,
+    state: mapped.code === Code.NotFound ? LeaseState.NOT_FOUND : undefined,
   });
 }
 

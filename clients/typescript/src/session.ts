@@ -1,7 +1,8 @@
 // A lease held by this process: kept alive in the background over the
 // KeepAlive stream at a third of its TTL (the keepalive contract shared with
-// the Python and Rust clients: see `keepAliveLoop`), released by `release()`
-// or `await using`. Once the lease is lost every call rejects with LeaseLost.
+// the Python and Rust clients: see `Keeper` in keepalive.ts), released by
+// `release()` or `await using`. Once the lease is lost every call rejects
+// with LeaseLost.
 
 import { createReadStream, createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
@@ -16,14 +17,14 @@ import {
   LeaseState,
   PlotFormat,
   SessionService,
-  type KeepAliveRequestSchema,
-  type KeepAliveResponse,
+  type AcquireRequestSchema,
   type Lease as PbLease,
   type RunRequestSchema,
 } from "./gen/sandpool/v1/session_pb.js";
 import { Code, LeaseLost, SandpoolError, mapError, mapLeaseError } from "./errors.js";
 import { durationToMs } from "./pools.js";
-import { drive, streamCall, type StreamCall } from "./streams.js";
+import { Keeper, answerReason, type KeepAliveInit, type KeepAliveTarget } from "./keepalive.js";
+import { drive, streamCall } from "./streams.js";
 import {
   EventDecoder,
   artifactFromPb,
@@ -37,12 +38,6 @@ import {
   type RunResult,
 } from "./run.js";
 
-/** Shortest keepalive period, whatever the TTL. */
-const MIN_KEEPALIVE_MS = 100;
-/** Pause before a renewal is tried again on a new stream after the last one broke. */
-const KEEPALIVE_RETRY_MS = 500;
-/** A keepalive stream is reopened at least this often (it has a deadline too). */
-const KEEPALIVE_STREAM_DEADLINE_MS = 10 * 60 * 1000;
 /** The TTL of a lease whose Acquire answer names none. */
 const DEFAULT_TTL_MS = 30_000;
 /** Added to a run's timeout for its call's deadline. */
@@ -51,6 +46,38 @@ const RUN_DEADLINE_SLACK_MS = 30_000;
 const RUN_DEFAULT_DEADLINE_MS = 3600_000 + RUN_DEADLINE_SLACK_MS;
 /** Upload chunk size. */
 const UPLOAD_CHUNK = 1 << 20;
+
+export interface AcquireOptions {
+  /** Lease TTL; default the pool's default_lease_ttl. At least 1 s. */
+  ttlMs?: number;
+  /**
+   * How long the call may wait for a container (the call's deadline; the
+   * server also stops at the pool's acquisition_timeout). Default: the
+   * client's timeoutMs.
+   */
+  waitMs?: number;
+  signal?: AbortSignal;
+  /** Keep the lease alive in the background (default true). */
+  keepAlive?: boolean;
+  /** Environment variables for every run of the lease. */
+  env?: Record<string, string>;
+  /** Files placed in the container before the lease is handed out. */
+  files?: { path: string; content: string | Uint8Array; mode?: number }[];
+}
+
+/** @internal The Acquire request for `pool` with `options`. */
+export function acquireRequest(pool: string, options: AcquireOptions): MessageInitShape<typeof AcquireRequestSchema> {
+  return {
+    pool,
+    ttl: options.ttlMs === undefined ? undefined : durationFromMs(options.ttlMs),
+    env: options.env ?? {},
+    files: (options.files ?? []).map((f) => ({
+      path: f.path,
+      content: typeof f.content === "string" ? new TextEncoder().encode(f.content) : f.content,
+      mode: f.mode,
+    })),
+  };
+}
 
 /** What a Session needs of its client. */
 export interface SessionContext {
@@ -102,67 +129,7 @@ export interface Download {
 /** What `upload` accepts: bytes, text (UTF-8), or a stream of chunks. */
 export type UploadSource = Uint8Array | string | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
 
-type KeepAliveInit = MessageInitShape<typeof KeepAliveRequestSchema>;
 type UploadInit = MessageInitShape<typeof UploadRequestSchema>;
-
-/** A queue that a bidi or client stream reads its requests from. */
-class RequestQueue<T> implements AsyncIterable<T> {
-  private readonly items: T[] = [];
-  private wake: (() => void) | undefined;
-  private closed = false;
-
-  push(item: T): void {
-    if (this.closed) {
-      return;
-    }
-    this.items.push(item);
-    this.notify();
-  }
-
-  close(): void {
-    this.closed = true;
-    this.notify();
-  }
-
-  private notify(): void {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<T> {
-    for (;;) {
-      const item = this.items.shift();
-      if (item !== undefined) {
-        yield item;
-      } else if (this.closed) {
-        return;
-      } else {
-        await new Promise<void>((resolve) => {
-          this.wake = resolve;
-        });
-      }
-    }
-  }
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. Never holds the process open. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) {
-      resolve();
-      return;
-    }
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    timer.unref();
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
 
 const STATE_REASONS: Partial<Record<LeaseState, string>> = {
   [LeaseState.EXPIRED]: "the lease expired on the server (no keepalive arrived within its TTL)",
@@ -174,11 +141,37 @@ const STATE_REASONS: Partial<Record<LeaseState, string>> = {
   [LeaseState.LIFETIME_EXCEEDED]: "the lease reached its pool's max_lease_lifetime (acquire a new one)",
 };
 
-/** Why a lease is lost, by the state a keepalive answer gives. */
-function stateReason(state: LeaseState): string {
-  const words = STATE_REASONS[state];
-  const reason = `the server answered the keepalive with ${LeaseState[state] ?? state}`;
-  return words === undefined ? reason : `${reason}: ${words}`;
+/** A lease, as its keepalive renews it. */
+class LeaseTarget implements KeepAliveTarget<LeaseLost> {
+  readonly request: KeepAliveInit;
+
+  constructor(
+    private readonly ctx: SessionContext,
+    private readonly leaseId: string,
+  ) {
+    this.request = { leaseId };
+  }
+
+  expired(ttlMs: number): LeaseLost {
+    return new LeaseLost(
+      this.leaseId,
+      `keepalive failed for longer than the ${ttlMs / 1000}s TTL: the lease counts as expired`,
+      Code.Unavailable,
+    );
+  }
+
+  answered(state: LeaseState): LeaseLost {
+    return new LeaseLost(this.leaseId, answerReason(state, STATE_REASONS), Code.FailedPrecondition, { state });
+  }
+
+  gone(err: unknown): LeaseLost | undefined {
+    const mapped = mapLeaseError(err, this.leaseId);
+    return mapped instanceof LeaseLost ? mapped : undefined;
+  }
+
+  abandon(): Promise<unknown> {
+    return this.ctx.sessions.release({ leaseId: this.leaseId }, { timeoutMs: this.ctx.timeoutMs });
+  }
 }
 
 /** A fresh error for a loss thrown again. */
@@ -263,19 +256,11 @@ export class Context implements AsyncDisposable {
 export class Session implements AsyncDisposable {
   readonly lease: LeaseInfo;
   private readonly ctx: SessionContext;
-  /** The loss, once the lease is lost. */
-  #lost: LeaseLost | undefined;
-  #ttlMs: number;
-  /** Until when (performance.now()) the last confirmed renewal holds the lease; Infinity without a keepalive. */
-  #confirmedUntil: number;
-  #renewals = 0;
-  /** Ends the keepalive (release, loss). */
-  private readonly stop = new AbortController();
   /** Aborted when the keepalive gives up on the lease: the calls in flight end with LeaseLost. */
   readonly #cut = new AbortController();
+  /** The lease's keepalive (and what is known of its loss). */
+  readonly #keeper: Keeper<LeaseLost>;
   private releasing: Promise<void> | undefined;
-  /** The background keepalive loop; it never rejects. */
-  readonly #keepalive: Promise<void>;
 
   /**
    * @internal Use `SandpoolClient.acquire`. `startedAt` (performance.now())
@@ -284,15 +269,13 @@ export class Session implements AsyncDisposable {
   constructor(ctx: SessionContext, lease: PbLease, options: { keepAlive?: boolean; startedAt?: number } = {}) {
     this.ctx = ctx;
     this.lease = leaseFromPb(lease);
-    this.#ttlMs = this.lease.ttlMs > 0 ? this.lease.ttlMs : DEFAULT_TTL_MS;
-    const startedAt = options.startedAt ?? performance.now();
-    if (options.keepAlive === false) {
-      this.#confirmedUntil = Infinity;
-      this.#keepalive = Promise.resolve();
-    } else {
-      this.#confirmedUntil = startedAt + this.#ttlMs;
-      this.#keepalive = this.keepAliveLoop(startedAt).catch(() => undefined);
-    }
+    this.#keeper = new Keeper(
+      ctx.sessions,
+      new LeaseTarget(ctx, this.lease.id),
+      this.lease.ttlMs > 0 ? this.lease.ttlMs : DEFAULT_TTL_MS,
+      options.startedAt ?? performance.now(),
+      { run: options.keepAlive !== false, onGiveUp: () => this.#cut.abort() },
+    );
   }
 
   get leaseId(): string {
@@ -315,24 +298,16 @@ export class Session implements AsyncDisposable {
 
   /** Keepalives the server confirmed so far. */
   get renewals(): number {
-    return this.#renewals;
+    return this.#keeper.renewals;
   }
 
   /** The loss, once the lease is lost (by the clock, too). */
   #loss(): LeaseLost | undefined {
-    if (this.#lost === undefined && performance.now() > this.#confirmedUntil) {
-      this.#lost = new LeaseLost(
-        this.lease.id,
-        `keepalive failed for longer than the ${this.#ttlMs / 1000}s TTL: the lease counts as expired`,
-        Code.Unavailable,
-      );
-    }
-    return this.#lost;
+    return this.#keeper.loss();
   }
 
   private markLost(lost: LeaseLost): void {
-    this.#lost ??= lost;
-    this.stop.abort();
+    this.#keeper.markLost(lost);
   }
 
   private check(): void {
@@ -582,10 +557,7 @@ export class Session implements AsyncDisposable {
   }
 
   private async doRelease(): Promise<void> {
-    this.#loss(); // a loss before the release stays the reason; none comes after it
-    this.#confirmedUntil = Infinity;
-    this.stop.abort();
-    await this.#keepalive;
+    await this.#keeper.end(); // a loss before the release stays the reason; none comes after it
     try {
       await this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs });
     } catch (err) {
@@ -600,113 +572,6 @@ export class Session implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
-  }
-
-  // ------------------------------------------------------------ keepalive
-
-  /**
-   * The keepalive, under the contract shared with the Python and Rust
-   * clients:
-   * - a renewal goes out a third of the TTL after the last confirmed one was
-   *   sent (the first, a third of the TTL after Acquire), on one KeepAlive
-   *   stream that is reopened when it breaks;
-   * - an ACTIVE answer confirms the lease until that renewal's send time
-   *   plus the TTL the server answers;
-   * - no wait (opening the stream, sending, the answer) outlasts that time:
-   *   when it passes unconfirmed the lease is lost ("keepalive failed for
-   *   longer than the TTL"), the calls in flight reject with LeaseLost, and
-   *   the server is told with a best-effort Release;
-   * - an answer in another state (EXPIRED, RELEASED, REVOKED, NOT_FOUND), or
-   *   an error saying the lease is gone, loses it with that state;
-   * - the clock decides too: once the time has passed, `lost` says so and
-   *   every call rejects with LeaseLost without a round trip, even before
-   *   this loop runs.
-   * Its timers are unref'd and every error is caught here.
-   */
-  private async keepAliveLoop(startedAt: number): Promise<void> {
-    const stop = this.stop.signal;
-    let period = Math.max(this.#ttlMs / 3, MIN_KEEPALIVE_MS);
-    let nextAt = startedAt + period;
-    let stream:
-      | { call: StreamCall; requests: RequestQueue<KeepAliveInit>; responses: AsyncIterator<KeepAliveResponse> }
-      | undefined;
-    const close = () => {
-      stream?.call.abort();
-      stream?.call.dispose();
-      stream?.requests.close();
-      stream = undefined;
-    };
-    try {
-      for (;;) {
-        await pause(nextAt - performance.now(), stop);
-        if (stop.aborted) {
-          return;
-        }
-        const left = this.#confirmedUntil - performance.now();
-        if (left <= 0) {
-          break;
-        }
-        const sent = performance.now();
-        nextAt = sent + KEEPALIVE_RETRY_MS;
-        try {
-          if (stream === undefined) {
-            // Ends with `stop` (release, loss) or at its deadline (then reopened).
-            const call = streamCall(Math.max(KEEPALIVE_STREAM_DEADLINE_MS, 10 * this.#ttlMs), [stop]);
-            const requests = new RequestQueue<KeepAliveInit>();
-            const responses = this.ctx.sessions.keepAlive(requests, call.options)[Symbol.asyncIterator]();
-            stream = { call, requests, responses };
-          }
-          stream.requests.push({ leaseId: this.lease.id });
-          const next = stream.responses.next();
-          // Settled later when the call is aborted: never unhandled.
-          next.catch(() => undefined);
-          const answer = await Promise.race([next, pause(left, stop).then(() => "timeout" as const)]);
-          if (stop.aborted) {
-            return;
-          }
-          if (answer === "timeout") {
-            close();
-            nextAt = sent + left; // the lease's time is up: give up then
-            continue;
-          }
-          if (answer.done === true) {
-            close(); // the server ended the stream (say, it is stopping): reopen
-            continue;
-          }
-          const r = answer.value;
-          if (r.state !== LeaseState.ACTIVE) {
-            this.markLost(new LeaseLost(this.lease.id, stateReason(r.state), Code.FailedPrecondition, { state: r.state }));
-            return;
-          }
-          if (r.ttl !== undefined && durationToMs(r.ttl) > 0) {
-            this.#ttlMs = durationToMs(r.ttl);
-            period = Math.max(this.#ttlMs / 3, MIN_KEEPALIVE_MS);
-          }
-          this.#confirmedUntil = sent + this.#ttlMs;
-          this.#renewals += 1;
-          nextAt = sent + period;
-        } catch (err) {
-          close();
-          if (stop.aborted) {
-            return;
-          }
-          const mapped = mapLeaseError(err, this.lease.id);
-          if (mapped instanceof LeaseLost) {
-            this.markLost(mapped);
-            return;
-          }
-          if (mapped.code === Code.DeadlineExceeded) {
-            nextAt = sent; // the stream's own deadline ended it: reopen now
-          }
-        }
-      }
-      // No renewal was confirmed within the TTL.
-      this.#loss();
-      this.#cut.abort();
-      this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs }).catch(() => undefined);
-    } finally {
-      close();
-    }
   }
 }
 

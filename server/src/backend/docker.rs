@@ -26,7 +26,8 @@ use super::{
     LABEL_MARKER, LABEL_SERVER, ListedContainer, Liveness, Output, Result, Tmpfs,
 };
 
-/// A marker younger than this that does not run yet is starting, not dead.
+/// A marker younger than this that has not started yet is starting, not
+/// dead (one that ran and exited is dead at once).
 const MARKER_STARTUP_GRACE_SECS: i64 = 60;
 
 /// How long a pull may take before the image counts as missing. No registry
@@ -369,6 +370,7 @@ impl Backend for DockerBackend {
                     id: c.id?,
                     labels: c.labels.unwrap_or_default(),
                     running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+                    starting: c.state == Some(bollard::models::ContainerSummaryStateEnum::CREATED),
                     created: c.created.unwrap_or(0),
                 })
             })
@@ -511,39 +513,89 @@ impl Backend for DockerBackend {
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             ("label".to_string(), vec![label.to_string()]),
+            // `kill` comes first: `docker rm -f` and `docker kill` send it
+            // before the process is even gone, so the pool hears of the
+            // death well before the command that caused it returns.
             (
                 "event".to_string(),
-                vec!["die".to_string(), "destroy".to_string()],
+                vec!["kill".to_string(), "die".to_string(), "destroy".to_string()],
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
-        let stream = self
-            .client()
-            .await?
-            .events(Some(options))
-            .filter_map(|item| {
-                futures::future::ready(match item {
-                    Err(e) => Some(Err(engine_error("events", e))),
-                    Ok(message) => {
-                        let kind = match message.action.as_deref() {
-                            Some("die") => Some(ContainerEventKind::Died),
-                            Some("destroy") => Some(ContainerEventKind::Removed),
-                            _ => None,
-                        };
-                        let actor = message.actor.unwrap_or_default();
-                        match (kind, actor.id) {
-                            (Some(kind), Some(id)) => Some(Ok(ContainerEvent {
-                                id,
-                                labels: actor.attributes.unwrap_or_default(),
-                                kind,
-                            })),
-                            _ => None,
-                        }
+        // The stream is read on a thread of its own, with a connection of its
+        // own: an event is in the channel as soon as the engine sends it,
+        // however busy the server's runtime is, so a pool that asks "anything
+        // new?" before handing out a container sees it (see
+        // `EngineHealth::catch_up`).
+        let endpoint = self.endpoint.clone();
+        let kind = self.kind;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("sandpool-{kind}-events"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::Engine {
+                            op: "events",
+                            detail: e.to_string(),
+                        }));
+                        return;
                     }
-                })
+                };
+                runtime.block_on(async move {
+                    let own = DockerBackend::new(kind, endpoint);
+                    let docker = match own.client().await {
+                        Ok(docker) => docker.clone(),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let mut events = docker.events(Some(options));
+                    let forward = async {
+                        while let Some(item) = events.next().await {
+                            let mapped = match item {
+                                Err(e) => Some(Err(engine_error("events", e))),
+                                Ok(message) => container_event(message).map(Ok),
+                            };
+                            if let Some(event) = mapped
+                                && tx.send(event).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = forward => {}
+                        _ = stopped => {}
+                    }
+                });
             })
-            .boxed();
-        Ok(stream)
+            .map_err(|e| Error::Engine {
+                op: "events",
+                detail: e.to_string(),
+            })?;
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Engine {
+                    op: "events",
+                    detail: "the event reader ended before it started".into(),
+                });
+            }
+        }
+        let stream = futures::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+            rx.recv().await.map(|event| (event, (rx, stop)))
+        });
+        Ok(stream.boxed())
     }
 
     async fn announce(&self, server_id: &str, image: &str) -> Result<Liveness> {
@@ -637,7 +689,7 @@ impl Backend for DockerBackend {
             };
             let alive = instances.entry(id.clone()).or_insert(false);
             if c.labels.contains_key(LABEL_MARKER)
-                && (c.running || now - c.created < MARKER_STARTUP_GRACE_SECS)
+                && (c.running || (c.starting && now - c.created < MARKER_STARTUP_GRACE_SECS))
             {
                 *alive = true;
             }
@@ -647,6 +699,21 @@ impl Backend for DockerBackend {
             .filter_map(|(id, alive)| (!alive).then_some(id))
             .collect())
     }
+}
+
+/// A lifecycle event of the engine as ours, if it is one we follow.
+fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    let kind = match message.action.as_deref() {
+        Some("kill" | "die") => ContainerEventKind::Died,
+        Some("destroy") => ContainerEventKind::Removed,
+        _ => return None,
+    };
+    let actor = message.actor.unwrap_or_default();
+    Some(ContainerEvent {
+        id: actor.id?,
+        labels: actor.attributes.unwrap_or_default(),
+        kind,
+    })
 }
 
 /// `text` in the characters a container name allows.

@@ -151,6 +151,8 @@ pub struct ListedContainer {
     pub labels: HashMap<String, String>,
     /// Its main process runs.
     pub running: bool,
+    /// Created and not started yet.
+    pub starting: bool,
     /// When it was created (seconds since the epoch).
     pub created: i64,
 }
@@ -165,7 +167,8 @@ pub struct ContainerEvent {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerEventKind {
-    /// Its main process ended (killed, crashed, OOM): it runs nothing more.
+    /// Its main process ended, or is being killed (killed, crashed, OOM):
+    /// it is not to be used any more.
     Died,
     /// It was removed.
     Removed,

@@ -10,7 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{
     LeaseEnd, PoolManager,
@@ -105,6 +105,7 @@ impl PoolManager {
 
     /// What the engine says about a container of ours, or a marker.
     fn on_event(&self, event: ContainerEvent) {
+        tracing::debug!(container = %event.id, kind = ?event.kind, "engine event");
         let server = event.labels.get(LABEL_SERVER).map(String::as_str);
         if event.labels.contains_key(LABEL_MARKER) {
             if server != Some(&*self.server_id) {
@@ -220,6 +221,9 @@ impl PoolManager {
 
 /// Follows one engine until the manager is gone.
 async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) {
+    let Some(mut catch_up) = crate::sync::lock(&watch.health.catch_up_requests).take() else {
+        return;
+    };
     // `ensure_watched` announced already: the first connection need not.
     let mut announced = crate::sync::lock(&watch.liveness).is_some();
     loop {
@@ -241,6 +245,17 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
                 loop {
                     let Some(m) = manager.upgrade() else { return };
                     tokio::select! {
+                        biased;
+                        Some(done) = catch_up.recv() => {
+                            // Handle what has arrived already, then answer.
+                            while let Some(Some(event)) = events.next().now_or_never() {
+                                match event {
+                                    Ok(event) => m.on_event(event),
+                                    Err(_) => break,
+                                }
+                            }
+                            let _ = done.send(());
+                        }
                         event = events.next() => match event {
                             Some(Ok(event)) => m.on_event(event),
                             Some(Err(e)) => {

@@ -266,7 +266,19 @@ impl PoolManager {
             quota: Some(quota),
             ttl: owner_ttl,
         };
-        self.create(spec, ownership, wait_ready, deadline).await
+        let name = spec.name.clone();
+        // Whether CreatePool answers or its caller goes away mid-way, the
+        // owner's clock starts then.
+        let _clock = StartOwnerClock {
+            pools: self.pools_weak(),
+            name,
+        };
+        let mut view = self.create(spec, ownership, wait_ready, deadline).await?;
+        if let Ok(pool) = self.pool(&view.spec.name) {
+            pool.renew_owner();
+            view.owner_expire_time = pool.owner_deadline().map(|d| d.expire_time);
+        }
+        Ok(view)
     }
 
     async fn create(
@@ -446,12 +458,13 @@ impl PoolManager {
         });
     }
 
-    /// The owner of `name` keeps it alive.
+    /// The owner of `name` keeps it alive. A pool being deleted is gone
+    /// for its owner.
     pub fn keepalive_pool(&self, who: &Identity, name: &str) -> Renewal {
         let Ok(pool) = self.pool(name) else {
             return Renewal::NotFound;
         };
-        if !who.may_manage(pool.ownership.owner.as_deref()) {
+        if !who.may_manage(pool.ownership.owner.as_deref()) || pool.is_closed() {
             return Renewal::NotFound;
         }
         match (pool.renew_owner(), pool.ownership.ttl) {
@@ -646,6 +659,26 @@ impl PoolManager {
             }
         }
         self.pools_write().clear();
+    }
+}
+
+/// Starts an owned pool's clock when dropped (see `create_pool`).
+struct StartOwnerClock {
+    pools: std::sync::Weak<RwLock<BTreeMap<String, Arc<Pool>>>>,
+    name: String,
+}
+
+impl Drop for StartOwnerClock {
+    fn drop(&mut self) {
+        let Some(pools) = self.pools.upgrade() else {
+            return;
+        };
+        let pool = sync::read(&pools).get(&self.name).cloned();
+        if let Some(pool) = pool
+            && pool.owner_deadline().is_none()
+        {
+            pool.renew_owner();
+        }
     }
 }
 

@@ -72,16 +72,37 @@ pub struct EngineHealth {
     pub(super) suspect: Notify,
     /// Tells watchers of the server's health when `up` changes.
     changes: watch::Sender<bool>,
+    /// Asks the engine watcher to handle every event already received.
+    catch_up: tokio::sync::mpsc::Sender<oneshot::Sender<()>>,
+    /// The watcher's end of `catch_up`, taken when it starts.
+    pub(super) catch_up_requests: Mutex<Option<tokio::sync::mpsc::Receiver<oneshot::Sender<()>>>>,
 }
+
+/// Longest an acquire waits for the engine watcher to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_millis(20);
 
 impl EngineHealth {
     pub fn new(kind: crate::backend::BackendKind) -> Arc<Self> {
+        let (catch_up, requests) = tokio::sync::mpsc::channel(64);
         Arc::new(Self {
             kind,
             up: std::sync::atomic::AtomicBool::new(true),
             suspect: Notify::new(),
             changes: watch::channel(true).0,
+            catch_up,
+            catch_up_requests: Mutex::new(Some(requests)),
         })
+    }
+
+    /// Waits (briefly) until the watcher handled every engine event that has
+    /// reached this process: a container the engine reported dead a moment
+    /// ago must not be handed out. An in-memory round trip to the watcher,
+    /// no engine call; skipped when no watcher runs or it is busy.
+    pub(super) async fn catch_up(&self) {
+        let (done, handled) = oneshot::channel();
+        if self.catch_up.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, handled).await;
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -307,7 +328,10 @@ impl Pool {
             lang,
             backend,
             created: SystemTime::now(),
-            owner_deadline: Mutex::new(ownership.ttl.map(OwnerDeadline::after)),
+            // The owner's clock starts when CreatePool answers (or is
+            // abandoned): a warm-up longer than the TTL must not delete the
+            // pool before its creator even knows it exists.
+            owner_deadline: Mutex::new(None),
             ownership,
             context,
             state: Mutex::new(State {
@@ -427,6 +451,7 @@ impl Pool {
     /// `deadline` is the caller's own (its gRPC deadline), if any.
     pub async fn acquire(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Holding> {
         let arrived = Instant::now();
+        self.context.engine.catch_up().await;
         let ticket = match self.try_acquire(arrived) {
             Attempt::Granted(holding) => return Ok(holding),
             Attempt::Failed(e) => return Err(e),

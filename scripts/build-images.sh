@@ -2,7 +2,7 @@
 # Build the sandpool sandbox images from Debian packages, without any
 # container registry: debootstrap + chroot + `docker import`.
 #
-# Usage: scripts/build-images.sh [--force] [--jobs N] [--no-test] [--check] [--podman] [--list] [LANG...]
+# Usage: scripts/build-images.sh [--force] [--jobs N] [--no-test] [--check] [--podman] [--list] [--base] [LANG...]
 #   LANG       python node go java cpp rust ruby r bash (default: all; c = cpp,
 #              javascript = typescript = node)
 #   --force    rebuild even if the image tag already exists
@@ -12,6 +12,8 @@
 #   --check    only smoke-test the existing images (build nothing)
 #   --podman   also copy the images into podman's store (docker save | podman
 #              load) when podman lacks them
+#   --base     only make sure the cached minbase tarball exists; print its
+#              path on the last line (scripts/build-server-image.sh uses it)
 #
 # How: debootstrap a minbase ONCE into a cached tarball (keyed by a hash of
 # the settings and code that make it), then per language: unpack it, run
@@ -50,7 +52,7 @@ die() { echo "build-images: error: $*" >&2; exit 1; }
 log() { echo "build-images: $*" >&2; }
 elapsed() { echo $(( $(date +%s) - $1 )); }
 
-FORCE=0 TEST=1 CHECK=0 PODMAN=0 JOBS=${SANDPOOL_BUILD_JOBS:-2}
+FORCE=0 TEST=1 CHECK=0 PODMAN=0 BASE_ONLY=0 JOBS=${SANDPOOL_BUILD_JOBS:-2}
 LANGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,10 +60,11 @@ while [ $# -gt 0 ]; do
     --no-test) TEST=0 ;;
     --podman) PODMAN=1 ;;
     --check) CHECK=1 ;;
+    --base) BASE_ONLY=1 ;;
     --jobs) JOBS=${2:?--jobs needs a number}; shift ;;
     --jobs=*) JOBS=${1#--jobs=} ;;
     --list) for l in "${ALL_LANGS[@]}"; do echo "$l $(tag_of "$l")"; done; exit 0 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     c) LANGS+=(cpp) ;;
     javascript|typescript) LANGS+=(node) ;;
@@ -140,6 +143,7 @@ fi
 # ---------------------------------------------------------------- what to build
 TODO=()
 for l in "${LANGS[@]}"; do
+  [ "$BASE_ONLY" = 0 ] || break
   case " ${TODO[*]} " in *" $l "*) continue ;; esac
   if [ "$FORCE" = 0 ] && docker image inspect "$(tag_of "$l")" >/dev/null 2>&1; then
     echo "$(tag_of "$l"): exists, skipped (--force rebuilds)"
@@ -159,7 +163,7 @@ to_podman() {  # copy images that podman lacks from docker (same tags)
     echo "$tag: loaded into podman in $(elapsed "$t")s"
   done
 }
-[ ${#TODO[@]} -gt 0 ] || { to_podman; exit 0; }
+[ ${#TODO[@]} -gt 0 ] || [ "$BASE_ONLY" = 1 ] || { to_podman; exit 0; }
 for t in debootstrap chroot tar mount umount findmnt flock; do
   command -v "$t" >/dev/null || die "$t not found; run scripts/engine-up.sh first"
 done
@@ -288,6 +292,7 @@ if [ -f "$BASE_TAR" ] && [ -n "$(find "$BASE_TAR" -mtime "+${SANDPOOL_BASE_MAX_A
   log "cached base is old: rebuilding"; rm -f "$BASE_TAR"
 fi
 [ -f "$BASE_TAR" ] || build_base
+if [ "$BASE_ONLY" = 1 ]; then echo "$BASE_TAR"; exit 0; fi
 
 # ---------------------------------------------------------------- one image
 build_one() {

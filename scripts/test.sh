@@ -3,8 +3,10 @@
 #
 #   scripts/test.sh            everything: proto lint, Rust unit and
 #                              end-to-end tests, the client suites, the
-#                              generated-code drift check, then a check that
-#                              no container of ours is left on the engines
+#                              generated-code drift check, the deploy/ checks
+#                              (manifests, compose) and the server image run
+#                              in Docker, then a check that no container of
+#                              ours is left on the engines
 #   scripts/test.sh --rust     only the Rust tests (ARGS after it go to cargo test)
 #
 # Sets up what it needs first (engines, images): idempotent, a second or two
@@ -36,11 +38,14 @@ s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 cargo test --workspace "$@"; t "cargo t
 if [ "$RUST_ONLY" = 0 ]; then
   s=$(date +%s); scripts/lint-proto.sh; t "proto lint" "$s"
   s=$(date +%s); scripts/check-generated.sh; t "generated code drift check" "$s"
+  s=$(date +%s); scripts/check-deploy.sh; t "deploy manifests check (kustomize, kubernetes-validate, compose)" "$s"
   for suite in clients/*/test.sh; do
     [ -x "$suite" ] || continue
     s=$(date +%s); "$suite"; t "$suite" "$s"
   done
   s=$(date +%s); scripts/smoke-reflection.sh; t "grpc reflection smoke (buf curl)" "$s"
+  s=$(date +%s); scripts/build-server-image.sh; t "server image (release build, offline image)" "$s"
+  s=$(date +%s); tests/deploy/server-image.sh; tests/deploy/compose.sh; t "server image in Docker, compose" "$s"
 fi
 
 after=$(leftovers)

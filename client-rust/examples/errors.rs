@@ -29,9 +29,11 @@ async fn main() -> Result<(), Error> {
         })
         .await?;
     match session.run_collect("print(1)").await {
-        Err(err @ Error::LeaseLost { .. }) => {
-            println!("LeaseLost, reason {}", err.reason().unwrap_or_default())
-        }
+        // The server's reason, typed: the ErrorReason enum of errors.proto.
+        Err(err @ Error::LeaseLost { .. }) => println!(
+            "LeaseLost, reason {}",
+            err.error_reason().map_or("none", |r| r.as_str_name())
+        ),
         other => println!("unexpected: {other:?}"),
     }
     drop(session);

@@ -15,23 +15,21 @@ async fn main() -> Result<(), Error> {
     let started = Instant::now();
     let mut run = session.run(code).await?;
     // Chunks come as the program writes them (a line may come in pieces):
-    // print each line once it is complete, with the time it arrived.
-    let mut line = Vec::new();
+    // print each line once it is complete, stdout's with the time it arrived.
+    let (mut out_line, mut err_line) = (Vec::new(), Vec::new());
     while let Some(event) = run.next().await {
         match event? {
             RunEvent::Started { run_id } => println!("started {run_id}"),
             RunEvent::Stdout(data) => {
-                for byte in data {
-                    if byte == b'\n' {
-                        let at = started.elapsed().as_secs_f64();
-                        println!("[{at:4.1}s] {}", String::from_utf8_lossy(&line));
-                        line.clear();
-                    } else {
-                        line.push(byte);
-                    }
+                for line in complete_lines(&mut out_line, &data) {
+                    println!("[{:4.1}s] {line}", started.elapsed().as_secs_f64());
                 }
             }
-            RunEvent::Stderr(data) => print!("stderr: {}", String::from_utf8_lossy(&data)),
+            RunEvent::Stderr(data) => {
+                for line in complete_lines(&mut err_line, &data) {
+                    println!("stderr: {line}");
+                }
+            }
             RunEvent::Artifact(_) => {}
             RunEvent::Exit(exit) => println!("exit {} after {:?}", exit.exit_code, exit.duration),
         }
@@ -52,4 +50,19 @@ async fn main() -> Result<(), Error> {
     print!("{}", out.stdout_text());
     println!("ended by {:?}", out.end_reason());
     session.release().await
+}
+
+/// The lines that `data` completes, after what `pending` held of a line;
+/// keeps the rest in `pending`.
+fn complete_lines(pending: &mut Vec<u8>, data: &[u8]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for &byte in data {
+        if byte == b'\n' {
+            lines.push(String::from_utf8_lossy(pending).into_owned());
+            pending.clear();
+        } else {
+            pending.push(byte);
+        }
+    }
+    lines
 }

@@ -242,6 +242,7 @@ impl Client {
                 pb::CreatePoolRequest {
                     spec: Some(spec),
                     wait_ready,
+                    ..Default::default()
                 },
                 if wait_ready {
                     self.long()

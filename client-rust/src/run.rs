@@ -1,12 +1,12 @@
 //! A run's events as they arrive, and a collector for the common case.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use sandpool_proto::v1::{self as pb, run_response::Event};
 use tonic::Streaming;
 
-use crate::Error;
+use crate::{Error, keepalive::Held};
 
 /// Options of a run, for `Session::run_with` and `Context::run_with`.
 #[derive(Debug, Clone, Default)]
@@ -105,26 +105,31 @@ pub enum RunEvent {
 
 /// The events of a run, in order, as the server streams them.
 pub struct RunStream {
-    lease_id: String,
+    held: Arc<Held>,
     inner: Streaming<pb::RunResponse>,
     last_seq: u64,
 }
 
 impl RunStream {
-    pub(crate) fn new(lease_id: String, inner: Streaming<pb::RunResponse>) -> Self {
+    pub(crate) fn new(held: Arc<Held>, inner: Streaming<pb::RunResponse>) -> Self {
         Self {
-            lease_id,
+            held,
             inner,
             last_seq: 0,
         }
     }
 
-    /// The next event; `None` after the exit event.
+    /// The next event; `None` after the exit event. Ends with `LeaseLost`
+    /// when the session's keepalive gives up on the lease.
     pub async fn next(&mut self) -> Option<Result<RunEvent, Error>> {
-        let message = match self.inner.message().await {
+        let message = tokio::select! {
+            message = self.inner.message() => message,
+            lost = self.held.cut() => return Some(Err(lost)),
+        };
+        let message = match message {
             Ok(Some(m)) => m,
             Ok(None) => return None,
-            Err(status) => return Some(Err(Error::on_lease(&self.lease_id, status))),
+            Err(status) => return Some(Err(self.held.fail(status))),
         };
         if message.seq != self.last_seq + 1 {
             return Some(Err(Error::Protocol(format!(

@@ -1,8 +1,8 @@
-//! A lease held by this process: kept alive in the background, released on
-//! `release()` or drop.
+//! A lease held by this process: kept alive in the background (see
+//! [`crate::keepalive`] for the contract), released on `release()` or drop.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,13 +15,12 @@ use tonic::{Code, Request};
 use crate::{
     Client, Error, RunOptions, RunOutput, RunStream,
     client::{DEFAULT_ACQUIRE_WAIT, TRANSFER_TIMEOUT, with_deadline},
+    keepalive::{Held, keep_alive},
     run::duration_pb,
 };
 
 /// Upload chunk size.
 const UPLOAD_CHUNK: usize = 1 << 20;
-/// Shortest keepalive period, whatever the TTL.
-const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
 
 /// How to acquire.
 #[derive(Debug, Clone)]
@@ -91,14 +90,11 @@ impl AcquireOptions {
     }
 }
 
-/// Why the lease was lost, once it is.
-type Lost = Arc<Mutex<Option<String>>>;
-
 /// A lease on a warm container.
 pub struct Session {
     client: Client,
     lease: pb::Lease,
-    lost: Lost,
+    held: Arc<Held>,
     keepalive: Option<JoinHandle<()>>,
     released: bool,
 }
@@ -110,6 +106,16 @@ fn duration_of(d: Option<prost_types::Duration>) -> Duration {
 
 impl Session {
     pub(crate) async fn acquire(client: Client, options: AcquireOptions) -> Result<Self, Error> {
+        let (lease, started) = Self::ask(&client, options).await?;
+        Self::hold(client, lease, started)
+    }
+
+    /// The Acquire call: the lease, and when it was asked for (its TTL
+    /// counts from then: the session's clock is on the safe side).
+    pub(crate) async fn ask(
+        client: &Client,
+        options: AcquireOptions,
+    ) -> Result<(Option<pb::Lease>, Instant), tonic::Status> {
         let request = with_deadline(
             pb::AcquireRequest {
                 pool: options.pool,
@@ -119,24 +125,26 @@ impl Session {
             },
             options.wait.unwrap_or(DEFAULT_ACQUIRE_WAIT),
         );
-        let lease = client
-            .sessions()
-            .acquire(request)
-            .await?
-            .into_inner()
-            .lease
-            .ok_or_else(|| Error::Protocol("Acquire answered without a lease".into()))?;
-        let lost: Lost = Arc::default();
-        let keepalive = tokio::spawn(keep_alive(
-            client.clone(),
-            lease.id.clone(),
-            duration_of(lease.ttl),
-            Arc::clone(&lost),
-        ));
+        let started = Instant::now();
+        let lease = client.sessions().acquire(request).await?.into_inner().lease;
+        Ok((lease, started))
+    }
+
+    /// The session of a lease that an Acquire sent at `started` granted:
+    /// its keepalive starts.
+    pub(crate) fn hold(
+        client: Client,
+        lease: Option<pb::Lease>,
+        started: Instant,
+    ) -> Result<Self, Error> {
+        let lease =
+            lease.ok_or_else(|| Error::Protocol("Acquire answered without a lease".into()))?;
+        let held = Held::new(lease.id.clone(), duration_of(lease.ttl), started);
+        let keepalive = tokio::spawn(keep_alive(client.clone(), Arc::clone(&held), started));
         Ok(Self {
             client,
             lease,
-            lost,
+            held,
             keepalive: Some(keepalive),
             released: false,
         })
@@ -156,27 +164,12 @@ impl Session {
 
     /// Why the lease is lost, if it is.
     pub fn lost(&self) -> Option<String> {
-        self.lost.lock().ok().and_then(|l| l.clone())
+        self.held.lost()
     }
 
-    fn check(&self) -> Result<(), Error> {
-        match self.lost() {
-            Some(reason) => Err(Error::LeaseLost {
-                lease_id: self.lease.id.clone(),
-                reason,
-                status: None,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Maps a failed call on the lease; a lost lease marks the session lost.
-    fn fail(&self, status: tonic::Status) -> Error {
-        let err = Error::on_lease(&self.lease.id, status);
-        if let Error::LeaseLost { reason, .. } = &err {
-            set_lost(&self.lost, reason.clone());
-        }
-        err
+    /// Keepalives the server confirmed so far.
+    pub fn renewals(&self) -> u64 {
+        self.held.renewals()
     }
 
     fn unary<T>(&self, message: T) -> Request<T> {
@@ -240,16 +233,13 @@ impl Session {
 
     /// Runs a full request (stdin, env, timeout...). The lease id is filled in.
     pub async fn run_request(&self, mut request: pb::RunRequest) -> Result<RunStream, Error> {
-        self.check()?;
         request.lease_id = self.lease.id.clone();
         let stream = self
-            .client
-            .sessions()
-            .run(request)
-            .await
-            .map_err(|s| self.fail(s))?
+            .held
+            .call(self.client.sessions().run(request))
+            .await?
             .into_inner();
-        Ok(RunStream::new(self.lease.id.clone(), stream))
+        Ok(RunStream::new(Arc::clone(&self.held), stream))
     }
 
     /// Opens a persistent interpreter context in the pool's language:
@@ -260,19 +250,17 @@ impl Session {
 
     /// Opens a context in `language` (empty: the pool's).
     pub async fn create_context_in(&self, language: &str) -> Result<Context<'_>, Error> {
-        self.check()?;
+        let mut sessions = self.client.sessions();
         let response = self
-            .client
-            .sessions()
-            .create_context(with_deadline(
+            .held
+            .call(sessions.create_context(with_deadline(
                 pb::CreateContextRequest {
                     lease_id: self.lease.id.clone(),
                     language: language.to_string(),
                 },
                 self.client.timeout().max(Duration::from_secs(60)),
-            ))
-            .await
-            .map_err(|s| self.fail(s))?;
+            )))
+            .await?;
         Ok(Context {
             session: self,
             id: response.into_inner().context_id,
@@ -288,34 +276,30 @@ impl Session {
         &self,
         libraries: &[S],
     ) -> Result<pb::InstallLibrariesResponse, Error> {
-        self.check()?;
+        let mut sessions = self.client.sessions();
         let response = self
-            .client
-            .sessions()
-            .install_libraries(with_deadline(
+            .held
+            .call(sessions.install_libraries(with_deadline(
                 pb::InstallLibrariesRequest {
                     lease_id: self.lease.id.clone(),
                     libraries: libraries.iter().map(|l| l.as_ref().to_string()).collect(),
                 },
                 self.client.long(),
-            ))
-            .await
-            .map_err(|s| self.fail(s))?;
+            )))
+            .await?;
         Ok(response.into_inner())
     }
 
     /// Kills a running run.
     pub async fn cancel(&self, run_id: &str) -> Result<bool, Error> {
-        self.check()?;
+        let mut sessions = self.client.sessions();
         let response = self
-            .client
-            .sessions()
-            .cancel(self.unary(pb::CancelRequest {
+            .held
+            .call(sessions.cancel(self.unary(pb::CancelRequest {
                 lease_id: self.lease.id.clone(),
                 run_id: run_id.to_string(),
-            }))
-            .await
-            .map_err(|s| self.fail(s))?;
+            })))
+            .await?;
         Ok(response.into_inner().cancelled)
     }
 
@@ -345,7 +329,7 @@ impl Session {
         mode: Option<u32>,
         tar: bool,
     ) -> Result<pb::UploadResponse, Error> {
-        self.check()?;
+        self.held.check()?;
         let (tx, rx) = mpsc::channel(4);
         let header = pb::UploadRequest {
             part: Some(pb::upload_request::Part::Header(pb::UploadHeader {
@@ -369,40 +353,40 @@ impl Session {
                 }
             }
         });
+        let mut artifacts = self.client.artifacts();
         let response = self
-            .client
-            .artifacts()
-            .upload(with_deadline(ReceiverStream::new(rx), TRANSFER_TIMEOUT))
-            .await
-            .map_err(|s| self.fail(s))?;
+            .held
+            .call(artifacts.upload(with_deadline(ReceiverStream::new(rx), TRANSFER_TIMEOUT)))
+            .await?;
         Ok(response.into_inner())
     }
 
     /// Reads a file (or a directory, as a tar) from the container.
     pub async fn download(&self, path: &str) -> Result<(pb::DownloadHeader, Bytes), Error> {
-        self.check()?;
-        let mut stream = self
-            .client
-            .artifacts()
-            .download(with_deadline(
-                pb::DownloadRequest {
-                    lease_id: self.lease.id.clone(),
-                    path: path.to_string(),
-                },
-                TRANSFER_TIMEOUT,
-            ))
-            .await
-            .map_err(|s| self.fail(s))?
-            .into_inner();
-        let mut header = None;
-        let mut body = BytesMut::new();
-        while let Some(message) = stream.message().await.map_err(|s| self.fail(s))? {
-            match message.part {
-                Some(Part::Header(h)) => header = Some(h),
-                Some(Part::Chunk(c)) => body.extend_from_slice(&c),
-                None => {}
-            }
-        }
+        let mut artifacts = self.client.artifacts();
+        let request = with_deadline(
+            pb::DownloadRequest {
+                lease_id: self.lease.id.clone(),
+                path: path.to_string(),
+            },
+            TRANSFER_TIMEOUT,
+        );
+        let (header, body) = self
+            .held
+            .call(async move {
+                let mut stream = artifacts.download(request).await?.into_inner();
+                let mut header = None;
+                let mut body = BytesMut::new();
+                while let Some(message) = stream.message().await? {
+                    match message.part {
+                        Some(Part::Header(h)) => header = Some(h),
+                        Some(Part::Chunk(c)) => body.extend_from_slice(&c),
+                        None => {}
+                    }
+                }
+                Ok((header, body))
+            })
+            .await?;
         let header = header.ok_or_else(|| Error::Protocol("download without a header".into()))?;
         Ok((header, body.freeze()))
     }
@@ -414,22 +398,23 @@ impl Session {
 
     /// Files one run left (all runs' when `run_id` is empty).
     pub async fn list_artifacts_of(&self, run_id: &str) -> Result<Vec<pb::ArtifactInfo>, Error> {
-        self.check()?;
+        let mut artifacts = self.client.artifacts();
         let response = self
-            .client
-            .artifacts()
-            .list_artifacts(self.unary(pb::ListArtifactsRequest {
-                lease_id: self.lease.id.clone(),
-                run_id: run_id.to_string(),
-            }))
-            .await
-            .map_err(|s| self.fail(s))?;
+            .held
+            .call(
+                artifacts.list_artifacts(self.unary(pb::ListArtifactsRequest {
+                    lease_id: self.lease.id.clone(),
+                    run_id: run_id.to_string(),
+                })),
+            )
+            .await?;
         Ok(response.into_inner().artifacts)
     }
 
     /// Ends the lease now. The container is reset for the next client.
     pub async fn release(mut self) -> Result<(), Error> {
         self.released = true;
+        self.held.released();
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
@@ -512,16 +497,16 @@ impl Context<'_> {
     /// Ends the context and its interpreter.
     pub async fn delete(mut self) -> Result<(), Error> {
         self.deleted = true;
-        self.session.check()?;
+        let mut sessions = self.session.client.sessions();
         self.session
-            .client
-            .sessions()
-            .delete_context(self.session.unary(pb::DeleteContextRequest {
-                lease_id: self.session.lease.id.clone(),
-                context_id: self.id.clone(),
-            }))
-            .await
-            .map_err(|s| self.session.fail(s))?;
+            .held
+            .call(
+                sessions.delete_context(self.session.unary(pb::DeleteContextRequest {
+                    lease_id: self.session.lease.id.clone(),
+                    context_id: self.id.clone(),
+                })),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -541,66 +526,5 @@ impl Drop for Context<'_> {
                 let _ = sessions.delete_context(request).await;
             });
         }
-    }
-}
-
-fn set_lost(lost: &Lost, reason: String) {
-    if let Ok(mut l) = lost.lock() {
-        l.get_or_insert(reason);
-    }
-}
-
-/// Renews the lease every TTL/3 over one KeepAlive stream, reconnecting when
-/// the stream breaks, until the server says the lease is gone or renewals
-/// have failed for longer than the TTL.
-async fn keep_alive(client: Client, lease_id: String, ttl: Duration, lost: Lost) {
-    let period = (ttl / 3).max(MIN_KEEPALIVE);
-    let mut last_renewal = Instant::now();
-    // The lease was granted just now with a full TTL: nothing to renew yet.
-    // Short sessions (the common case) never open the stream at all.
-    tokio::time::sleep(period).await;
-    loop {
-        let (tx, rx) = mpsc::channel(1);
-        if let Ok(response) = client.sessions().keep_alive(ReceiverStream::new(rx)).await {
-            let mut answers = response.into_inner();
-            loop {
-                let ask = pb::KeepAliveRequest {
-                    lease_id: lease_id.clone(),
-                };
-                if tx.send(ask).await.is_err() {
-                    break;
-                }
-                match tokio::time::timeout(period, answers.message()).await {
-                    Ok(Ok(Some(answer))) => {
-                        let state = pb::LeaseState::try_from(answer.state)
-                            .unwrap_or(pb::LeaseState::Unspecified);
-                        if state != pb::LeaseState::Active {
-                            let reason = match state {
-                                pb::LeaseState::Expired => "the lease expired on the server",
-                                pb::LeaseState::Released => "the lease was released",
-                                pb::LeaseState::Revoked => "the server revoked the lease",
-                                _ => "the server does not know the lease",
-                            };
-                            set_lost(&lost, reason.to_string());
-                            return;
-                        }
-                        last_renewal = Instant::now();
-                    }
-                    _ => break,
-                }
-                tokio::time::sleep(period).await;
-            }
-        }
-        if last_renewal.elapsed() >= ttl {
-            set_lost(
-                &lost,
-                format!(
-                    "keepalive failed for longer than the {}s TTL",
-                    ttl.as_secs_f64()
-                ),
-            );
-            return;
-        }
-        tokio::time::sleep(period.min(Duration::from_millis(500))).await;
     }
 }

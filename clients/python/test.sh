@@ -11,7 +11,8 @@
 #    (in its own venv, clients/python/.venv-gen: the generator's protobuf 6
 #    would clash with the test venv's protobuf 7)
 # 3. mypy --strict on the package (the generated stubs included) and examples
-# 4. cargo build -p sandpool-server (a no-op when it is up to date)
+# 4. cargo build -p sandpool-server (a no-op when it is up to date), unless
+#    SANDPOOL_SERVER_BIN names the server binary to test against
 # 5. pytest against a live server that the tests start and stop themselves,
 #    with the newest pinned grpcio/protobuf (requirements-test.txt)
 # 6. when a Python 3.9 interpreter is found (SANDPOOL_PYTHON39, python3.9 on
@@ -60,8 +61,10 @@ SANDPOOL_PY_VENV="$GEN_VENV" "$ROOT/scripts/gen-python.sh" --check
 stage "mypy --strict"
 (cd "$PY_DIR" && "$VENV/bin/mypy" --strict src/sandpool examples)
 
-stage "cargo build -p sandpool-server"
-(cd "$ROOT" && cargo build -p sandpool-server)
+if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
+  stage "cargo build -p sandpool-server"
+  (cd "$ROOT" && cargo build -p sandpool-server)
+fi
 
 stage "docker engine and image check"
 docker info --format '{{.ServerVersion}}' >/dev/null || {
@@ -101,6 +104,9 @@ elif [ "$#" -eq 0 ]; then
     tests/test_features.py::test_context_keeps_state_and_is_private_to_its_lease \
     tests/test_features.py::test_lease_errors_from_the_server_carry_error_info \
     tests/test_aio.py::test_async_round_trip_and_streaming \
+    tests/test_lease.py::test_exiting_process_releases_its_lease \
+    tests/test_keepalive.py \
+    tests/test_owned_pools.py::test_a_killed_llm_sandbox_process_leaves_no_pool_and_its_leases_end \
     tests/test_llm_sandbox_compat.py::test_quick_start)
 fi
 

@@ -15,8 +15,10 @@ use crate::{
     backend::BackendKind,
     error::Error,
     files::FileLimits,
+    identity::{Identity, Quotas, Role},
+    policy::Policy,
     run::RunLimits,
-    spec::{PoolSpec, PoolSpecInput},
+    spec::{PoolSpec, PoolSpecInput, parse_size},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -74,8 +76,12 @@ pub struct ServerConfig {
     pub engines: HashMap<BackendKind, String>,
     pub run_limits: RunLimits,
     pub file_limits: FileLimits,
-    /// Accepted bearer tokens; empty means no authentication.
-    pub tokens: Vec<String>,
+    /// Who may call, and how each proves it.
+    pub auth: AuthConfig,
+    /// What pools created at run time may be.
+    pub policy: Policy,
+    /// TEMPORARY containers across all pools at once.
+    pub max_temporaries: u32,
     /// TLS for the gRPC listener (with client certificates: mTLS).
     pub tls: Option<TlsConfig>,
     pub pools: Vec<PoolSpec>,
@@ -98,6 +104,8 @@ struct FileConfig {
     #[serde(default)]
     tls: TlsFile,
     #[serde(default)]
+    policy: PolicyFile,
+    #[serde(default)]
     pools: Vec<PoolSpecInput>,
 }
 
@@ -117,11 +125,284 @@ struct LimitsFile {
     allowed_roots: Option<Vec<String>>,
 }
 
+/// An identity and the credentials that prove it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentialed {
+    pub identity: Identity,
+    /// SHA-256 of its bearer token (the token itself is not kept).
+    pub token_sha256: Option<[u8; 32]>,
+    /// SHA-256 of its client certificate (DER).
+    pub client_cert_sha256: Option<[u8; 32]>,
+}
+
+/// Authentication and authorization settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub identities: Vec<Credentialed>,
+    /// The role of a client certificate (mutual TLS) that no identity names;
+    /// `None`: such certificates are refused.
+    pub client_cert_role: Option<Role>,
+    /// Quotas of identities that set none, and of unlisted certificates.
+    pub default_quotas: Quotas,
+    /// Accept every caller as admin on a non-loopback address without auth.
+    pub insecure: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            identities: Vec::new(),
+            client_cert_role: Some(Role::Tenant),
+            default_quotas: Quotas::default(),
+            insecure: false,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Adds bearer tokens given in short form (the `tokens` list,
+    /// SANDPOOL_TOKENS): each is an identity of `role` named after a prefix
+    /// of its digest.
+    pub fn add_tokens(&mut self, tokens: &[String], role: Role) {
+        for token in tokens {
+            let digest = sha256(token.as_bytes());
+            self.identities.retain(|c| c.token_sha256 != Some(digest));
+            self.identities.push(Credentialed {
+                identity: Identity {
+                    name: format!("{role}-{}", hex::encode(&digest[..4])),
+                    role,
+                    pools: None,
+                    quotas: self.default_quotas,
+                },
+                token_sha256: Some(digest),
+                client_cert_sha256: None,
+            });
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// A SHA-256 written as hex, with or without colons (as `openssl x509
+/// -fingerprint -sha256` prints it).
+fn parse_digest(setting: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+    let clean: String = text.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(clean.to_ascii_lowercase())
+        .map_err(|_| ConfigError::invalid(setting, "is not a hex SHA-256"))?;
+    bytes
+        .try_into()
+        .map_err(|_| ConfigError::invalid(setting, "is not 32 bytes (a SHA-256)"))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuthFile {
+    /// Short form: bearer tokens of tenants.
     #[serde(default)]
     tokens: Vec<String>,
+    /// Short form: bearer tokens of admins.
+    #[serde(default)]
+    admin_tokens: Vec<String>,
+    #[serde(default)]
+    identities: Vec<IdentityFile>,
+    client_cert_role: Option<String>,
+    #[serde(default)]
+    quotas: QuotasFile,
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    name: String,
+    role: Option<Role>,
+    token: Option<String>,
+    token_sha256: Option<String>,
+    client_cert_sha256: Option<String>,
+    pools: Option<Vec<String>>,
+    max_leases: Option<u32>,
+    max_waiters: Option<u32>,
+    max_streams: Option<u32>,
+    max_pools: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct QuotasFile {
+    max_leases: Option<u32>,
+    max_waiters: Option<u32>,
+    max_streams: Option<u32>,
+    max_pools: Option<u32>,
+}
+
+impl QuotasFile {
+    fn over(self, base: Quotas) -> Quotas {
+        Quotas {
+            max_leases: self.max_leases.unwrap_or(base.max_leases),
+            max_waiters: self.max_waiters.unwrap_or(base.max_waiters),
+            max_streams: self.max_streams.unwrap_or(base.max_streams),
+            max_pools: self.max_pools.unwrap_or(base.max_pools),
+        }
+    }
+}
+
+impl AuthFile {
+    fn into_config(self) -> Result<AuthConfig, ConfigError> {
+        let mut auth = AuthConfig {
+            default_quotas: self.quotas.over(Quotas::default()),
+            insecure: self.insecure,
+            ..AuthConfig::default()
+        };
+        auth.client_cert_role = match self.client_cert_role.as_deref() {
+            None | Some("tenant") => Some(Role::Tenant),
+            Some("admin") => Some(Role::Admin),
+            Some("none") => None,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "auth.client_cert_role",
+                    format!("{other:?} is not tenant, admin or none"),
+                ));
+            }
+        };
+        auth.add_tokens(&self.tokens, Role::Tenant);
+        auth.add_tokens(&self.admin_tokens, Role::Admin);
+        for (i, entry) in self.identities.into_iter().enumerate() {
+            let at = format!("auth.identities[{i}]");
+            crate::spec::validate_name(&entry.name).map_err(|_| {
+                ConfigError::invalid(
+                    format!("{at}.name"),
+                    format!("{:?} is not a name (a-z, 0-9, '-', '_', '.')", entry.name),
+                )
+            })?;
+            if auth
+                .identities
+                .iter()
+                .any(|c| c.identity.name == entry.name)
+            {
+                return Err(ConfigError::invalid(
+                    format!("{at}.name"),
+                    format!("{:?} is defined twice", entry.name),
+                ));
+            }
+            let token_sha256 = match (entry.token, entry.token_sha256) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        &at,
+                        "set token or token_sha256, not both",
+                    ));
+                }
+                (Some(token), None) => Some(sha256(token.as_bytes())),
+                (None, Some(hex)) => Some(parse_digest(&format!("{at}.token_sha256"), &hex)?),
+                (None, None) => None,
+            };
+            let client_cert_sha256 = entry
+                .client_cert_sha256
+                .map(|hex| parse_digest(&format!("{at}.client_cert_sha256"), &hex))
+                .transpose()?;
+            if token_sha256.is_none() && client_cert_sha256.is_none() {
+                return Err(ConfigError::invalid(
+                    &at,
+                    "needs a token, token_sha256 or client_cert_sha256",
+                ));
+            }
+            let taken = auth.identities.iter().any(|c| {
+                (token_sha256.is_some() && c.token_sha256 == token_sha256)
+                    || (client_cert_sha256.is_some() && c.client_cert_sha256 == client_cert_sha256)
+            });
+            if taken {
+                return Err(ConfigError::invalid(
+                    &at,
+                    "its credential belongs to another identity",
+                ));
+            }
+            let quotas = QuotasFile {
+                max_leases: entry.max_leases,
+                max_waiters: entry.max_waiters,
+                max_streams: entry.max_streams,
+                max_pools: entry.max_pools,
+            };
+            auth.identities.push(Credentialed {
+                identity: Identity {
+                    name: entry.name,
+                    role: entry.role.unwrap_or(Role::Tenant),
+                    pools: entry.pools,
+                    quotas: quotas.over(auth.default_quotas),
+                },
+                token_sha256,
+                client_cert_sha256,
+            });
+        }
+        Ok(auth)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    images: Option<Vec<String>>,
+    networks: Option<Vec<String>>,
+    install_networks: Option<Vec<String>>,
+    runtimes: Option<Vec<String>>,
+    max_memory: Option<String>,
+    max_cpus: Option<f64>,
+    max_pids: Option<i64>,
+    max_tmpfs_size: Option<String>,
+    max_pool_size: Option<u32>,
+    max_temporary: Option<u32>,
+    max_temporaries_total: Option<u32>,
+}
+
+impl PolicyFile {
+    fn into_policy(self) -> Result<(Policy, u32), ConfigError> {
+        let d = Policy::default();
+        let size = |setting: &str, text: Option<String>, default: i64| match text {
+            None => Ok(default),
+            Some(t) => parse_size(&t).filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError::invalid(setting, format!("{t:?} is not a size like 2g"))
+            }),
+        };
+        for (setting, list) in [
+            ("policy.networks", &self.networks),
+            ("policy.install_networks", &self.install_networks),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .flatten()
+                .find(|n| crate::policy::shares_a_namespace(n))
+            {
+                return Err(ConfigError::invalid(
+                    setting,
+                    format!("{bad:?} would share a namespace with the host or another container"),
+                ));
+            }
+        }
+        let policy = Policy {
+            images: self.images.unwrap_or(d.images),
+            networks: self.networks.unwrap_or(d.networks),
+            install_networks: self.install_networks.unwrap_or(d.install_networks),
+            runtimes: self.runtimes.unwrap_or(d.runtimes),
+            max_memory_bytes: size("policy.max_memory", self.max_memory, d.max_memory_bytes)?,
+            max_cpus: match self.max_cpus {
+                Some(c) if !(c > 0.0 && c.is_finite()) => {
+                    return Err(ConfigError::invalid("policy.max_cpus", "must be positive"));
+                }
+                other => other.unwrap_or(d.max_cpus),
+            },
+            max_pids: self.max_pids.unwrap_or(d.max_pids),
+            max_tmpfs_bytes: size(
+                "policy.max_tmpfs_size",
+                self.max_tmpfs_size,
+                d.max_tmpfs_bytes,
+            )?,
+            max_pool_size: self.max_pool_size.unwrap_or(d.max_pool_size),
+            max_temporary: self.max_temporary.unwrap_or(d.max_temporary),
+        };
+        Ok((policy, self.max_temporaries_total.unwrap_or(100)))
+    }
 }
 
 /// The built-in configuration: one warm `python` pool.
@@ -154,6 +435,22 @@ fn tls_config(
             "TLS needs both a certificate and a key (and a client CA only with them)",
         )),
     }
+}
+
+/// Where /metrics is served: an address, or just a port (`9464`, `:9464`),
+/// which means loopback: metrics name every pool, so they stay on this
+/// machine unless the operator names an address.
+pub fn parse_metrics_listen(setting: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let port = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        ConfigError::invalid(
+            setting,
+            format!("{text:?} is not a port or an address like 127.0.0.1:9464"),
+        )
+    })
 }
 
 impl ConfigError {
@@ -202,15 +499,12 @@ impl ServerConfig {
                 format!("{listen_text:?} is not an address like 127.0.0.1:50051"),
             )
         })?;
-        let metrics_listen = match file.metrics_listen.as_deref().filter(|m| !m.is_empty()) {
-            None => None,
-            Some(text) => Some(text.parse().map_err(|_| {
-                ConfigError::invalid(
-                    "metrics_listen",
-                    format!("{text:?} is not an address like 127.0.0.1:9464"),
-                )
-            })?),
-        };
+        let metrics_listen = file
+            .metrics_listen
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .map(|text| parse_metrics_listen("metrics_listen", text))
+            .transpose()?;
         let shutdown_grace = match file.shutdown_grace {
             None => Duration::from_secs(10),
             Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
@@ -265,6 +559,8 @@ impl ServerConfig {
                 .collect();
         }
         let tls = tls_config("tls", file.tls.cert, file.tls.key, file.tls.client_ca)?;
+        let auth = file.auth.into_config()?;
+        let (mut policy, max_temporaries) = file.policy.into_policy()?;
         let mut pools = Vec::new();
         for (i, input) in file.pools.into_iter().enumerate() {
             let label = format!("pools[{i}] ({})", input.name);
@@ -282,6 +578,7 @@ impl ServerConfig {
             }
             pools.push(spec);
         }
+        policy.trust_config_pools(&pools);
         Ok(Self {
             listen,
             metrics_listen,
@@ -291,7 +588,9 @@ impl ServerConfig {
             engines,
             run_limits,
             file_limits,
-            tokens: file.auth.tokens,
+            auth,
+            policy,
+            max_temporaries,
             tls,
             pools,
         })
@@ -306,23 +605,25 @@ impl ServerConfig {
             })?;
         }
         if let Some(metrics) = var("SANDPOOL_METRICS_LISTEN").filter(|v| !v.is_empty()) {
-            self.metrics_listen = Some(metrics.parse().map_err(|_| {
-                ConfigError::invalid(
-                    "SANDPOOL_METRICS_LISTEN",
-                    format!("{metrics:?} is not an address"),
-                )
-            })?);
+            self.metrics_listen = Some(parse_metrics_listen("SANDPOOL_METRICS_LISTEN", &metrics)?);
+        }
+        if let Some(flag) = var("SANDPOOL_INSECURE").filter(|v| !v.is_empty()) {
+            self.auth.insecure = matches!(flag.as_str(), "1" | "true" | "yes");
         }
         if let Some(id) = var("SANDPOOL_SERVER_ID").filter(|v| !v.is_empty()) {
             self.server_id = Some(id);
         }
-        if let Some(tokens) = var("SANDPOOL_TOKENS").filter(|v| !v.is_empty()) {
-            self.tokens = tokens
+        let list = |name: &str| -> Vec<String> {
+            var(name)
+                .unwrap_or_default()
                 .split(',')
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
-                .collect();
-        }
+                .collect()
+        };
+        self.auth.add_tokens(&list("SANDPOOL_TOKENS"), Role::Tenant);
+        self.auth
+            .add_tokens(&list("SANDPOOL_ADMIN_TOKENS"), Role::Admin);
         let cert = var("SANDPOOL_TLS_CERT")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
@@ -394,6 +695,12 @@ max_pool_size = 1
             "the example documents the defaults"
         );
         assert_eq!(example.listen, builtin.listen);
+        assert_eq!(
+            example.policy, builtin.policy,
+            "the example documents the policy"
+        );
+        assert_eq!(example.auth, builtin.auth, "and the auth defaults");
+        assert_eq!(example.max_temporaries, builtin.max_temporaries);
     }
 
     #[test]
@@ -420,6 +727,100 @@ max_pool_size = 1
         })
         .unwrap();
         assert_eq!(c.listen.port(), 6000);
-        assert_eq!(c.tokens, vec!["a".to_string(), "b".to_string()]);
+        let tokens: Vec<_> = c.auth.identities.iter().map(|i| i.token_sha256).collect();
+        assert_eq!(tokens, vec![Some(sha256(b"a")), Some(sha256(b"b"))]);
+        assert!(
+            c.auth
+                .identities
+                .iter()
+                .all(|i| i.identity.role == Role::Tenant)
+        );
+    }
+
+    #[test]
+    fn metrics_on_a_bare_port_stay_on_loopback() {
+        let at = parse_metrics_listen("m", "9464").unwrap();
+        assert!(at.ip().is_loopback());
+        assert_eq!(parse_metrics_listen("m", ":9").unwrap().port(), 9);
+        assert!(
+            !parse_metrics_listen("m", "0.0.0.0:9464")
+                .unwrap()
+                .ip()
+                .is_loopback()
+        );
+        assert!(parse_metrics_listen("m", "nine").is_err());
+    }
+
+    #[test]
+    fn identities_have_roles_pools_and_quotas() {
+        let text = r#"
+[auth]
+tokens = ["t1"]
+quotas = { max_leases = 5 }
+[[auth.identities]]
+name = "ops"
+role = "admin"
+token = "s3cret"
+[[auth.identities]]
+name = "team-a"
+token_sha256 = "AB:CD:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:01"
+pools = ["data-*"]
+max_pools = 1
+[policy]
+runtimes = ["runsc"]
+max_memory = "4g"
+
+[[pools]]
+name = "python"
+language = "python"
+"#;
+        let c = ServerConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        let by_name = |n: &str| {
+            c.auth
+                .identities
+                .iter()
+                .find(|i| i.identity.name == n)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_name("ops").identity.role, Role::Admin);
+        assert_eq!(by_name("ops").token_sha256, Some(sha256(b"s3cret")));
+        let team = by_name("team-a").identity;
+        assert_eq!(team.role, Role::Tenant);
+        assert_eq!(team.pools, Some(vec!["data-*".to_string()]));
+        assert_eq!(team.quotas.max_pools, 1);
+        assert_eq!(team.quotas.max_leases, 5, "the defaults fill the rest");
+        assert_eq!(c.policy.runtimes, vec!["runsc".to_string()]);
+        assert_eq!(c.policy.max_memory_bytes, 4 << 30);
+        assert!(
+            c.policy
+                .images
+                .contains(&"sandpool/python:bookworm".to_string())
+        );
+    }
+
+    #[test]
+    fn bad_auth_and_policy_name_the_setting() {
+        for (text, setting) in [
+            ("[[auth.identities]]\nname = \"x\"\n", "auth.identities[0]"),
+            (
+                "[[auth.identities]]\nname = \"x\"\ntoken_sha256 = \"zz\"\n",
+                "auth.identities[0].token_sha256",
+            ),
+            ("[policy]\nnetworks = [\"host\"]\n", "policy.networks"),
+            (
+                "[policy]\ninstall_networks = [\"container:x\"]\n",
+                "policy.install_networks",
+            ),
+            (
+                "[auth]\nclient_cert_role = \"root\"\n",
+                "auth.client_cert_role",
+            ),
+        ] {
+            let err = ServerConfig::from_toml(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(setting), "{setting}: {err}");
+        }
     }
 }

@@ -12,6 +12,13 @@ pub enum LeaseEnd {
     Expired,
     /// The server is stopping. (A deleted pool lets its leases run to their end.)
     Revoked,
+    /// It reached its pool's max_lease_lifetime.
+    LifetimeExceeded,
+    /// Its container died or was removed behind the pool's back.
+    ContainerLost,
+    /// Its pool was deleted because the pool's owner stopped keeping it
+    /// alive.
+    PoolDeleted,
 }
 
 impl LeaseEnd {
@@ -20,6 +27,13 @@ impl LeaseEnd {
             LeaseEnd::Released => "was released",
             LeaseEnd::Expired => "expired (no keepalive within its TTL)",
             LeaseEnd::Revoked => "was revoked (the server is stopping)",
+            LeaseEnd::LifetimeExceeded => {
+                "reached its pool's max_lease_lifetime; acquire a new one"
+            }
+            LeaseEnd::ContainerLost => {
+                "lost its container (it died or was removed outside sandpool); acquire a new one"
+            }
+            LeaseEnd::PoolDeleted => "ended with its pool, whose owner stopped keeping it alive",
         }
     }
 }
@@ -76,6 +90,31 @@ pub enum Error {
     ContainerGone { lease_id: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The pool's container engine does not answer (retryable).
+    #[error("the {backend} engine is unavailable: {detail}")]
+    EngineUnavailable {
+        backend: crate::backend::BackendKind,
+        detail: String,
+    },
+    /// The caller's role or pool list does not allow the operation.
+    #[error("{message}")]
+    PermissionDenied {
+        identity: String,
+        pool: Option<String>,
+        message: String,
+    },
+    /// A pool made at run time is outside the server's policy.
+    #[error("invalid {field}: {message} (allowed: {limit})")]
+    PolicyViolation {
+        field: String,
+        limit: String,
+        message: String,
+    },
+    #[error(
+        "{} holds as many {} as its quota allows ({}); give some back first",
+        .0.identity, .0.quota.as_str(), .0.limit
+    )]
+    QuotaExceeded(crate::identity::QuotaExceeded),
     #[error("{0}")]
     Sandbox(#[from] sandbox::Error),
 }

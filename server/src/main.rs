@@ -12,9 +12,14 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:50051, or the config's `listen`].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics (a bare port means
+    /// 127.0.0.1:PORT).
     #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
+    metrics_listen: Option<String>,
+    /// Accept every caller as admin even on a non-loopback address without
+    /// authentication (warned about at start and every 10 minutes).
+    #[arg(long)]
+    insecure: bool,
     /// TOML config file; without it, the built-in default (one `python` pool).
     #[arg(long, env = "SANDPOOL_CONFIG")]
     config: Option<PathBuf>,
@@ -74,7 +79,16 @@ async fn main() -> ExitCode {
         config.listen = listen;
     }
     if let Some(metrics) = args.metrics_listen {
-        config.metrics_listen = Some(metrics);
+        match sandpool_server::config::parse_metrics_listen("--metrics-listen", &metrics) {
+            Ok(addr) => config.metrics_listen = Some(addr),
+            Err(e) => {
+                eprintln!("sandpool-server: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if args.insecure {
+        config.auth.insecure = true;
     }
     match (args.tls_cert, args.tls_key, args.tls_client_ca) {
         (None, None, None) => {}

@@ -27,7 +27,7 @@ pub async fn serve(
                     )],
                     render(
                         &manager
-                            .list_pools()
+                            .all_pools()
                             .into_iter()
                             .map(|p| p.stats)
                             .collect::<Vec<_>>(),

@@ -20,7 +20,7 @@ use crate::{
     api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
     backend::{BackendKind, DockerBackend, Engines, SharedBackend},
     config::{ServerConfig, TlsConfig},
-    pool::PoolManager,
+    pool::{ManagerSettings, PoolManager},
 };
 
 /// Largest request message: room for the biggest accepted code and stdin,
@@ -52,7 +52,16 @@ pub async fn serve(
         .server_id
         .clone()
         .unwrap_or_else(|| default_server_id(addr));
-    let manager = PoolManager::new(server_id.clone(), engines(&config));
+    let auth = Auth::new(
+        &config.auth,
+        config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+    );
+    let insecure = check_exposure(addr, auth.enabled(), config.auth.insecure)?;
+    let settings = ManagerSettings {
+        policy: config.policy.clone(),
+        max_temporaries: config.max_temporaries,
+    };
+    let manager = PoolManager::new(server_id.clone(), engines(&config), settings);
 
     let mut kinds = vec![BackendKind::Docker];
     kinds.extend(config.pools.iter().map(|p| p.backend));
@@ -62,25 +71,13 @@ pub async fn serve(
 
     for spec in config.pools.iter().cloned() {
         let name = spec.name.clone();
-        if let Err(e) = manager.create_pool(spec, false, None).await {
+        if let Err(e) = manager.create_config_pool(spec).await {
             tracing::error!(pool = %name, error = %e, "could not create pool");
         }
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    {
-        let health = health.clone();
-        let manager = Arc::clone(&manager);
-        tokio::spawn(async move {
-            while !manager.all_settled() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            set_health(&health, ServingStatus::Serving).await;
-            tracing::info!("pools are warm; serving");
-        });
-    }
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sandpool_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -91,17 +88,62 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let streams = CancellationToken::new();
+    if insecure {
+        warn_insecure(addr, streams.clone());
+    }
+    {
+        let health = health.clone();
+        let manager = Arc::clone(&manager);
+        let stop = streams.clone();
+        crate::supervise::spawn("health poller", move || {
+            let health = health.clone();
+            let manager = Arc::clone(&manager);
+            let stop = stop.clone();
+            async move {
+                while !manager.all_settled() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                set_health(&health, ServingStatus::Serving).await;
+                tracing::info!("pools are warm; serving");
+                // Per engine: NOT_SERVING while it does not answer.
+                let engines = [BackendKind::Docker, BackendKind::Podman]
+                    .map(|kind| manager.engine_health(kind));
+                let mut watches = engines.each_ref().map(|e| e.subscribe());
+                loop {
+                    for (engine, watch) in engines.iter().zip(watches.iter_mut()) {
+                        let status = if *watch.borrow_and_update() {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        };
+                        health
+                            .set_service_status(format!("sandpool.backend.{}", engine.kind), status)
+                            .await;
+                    }
+                    let [a, b] = &mut watches;
+                    tokio::select! {
+                        r = a.changed() => if r.is_err() { return },
+                        r = b.changed() => if r.is_err() { return },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        });
+    }
+
     let state = Arc::new(AppState {
         manager: Arc::clone(&manager),
         run_limits: config.run_limits.clone(),
         file_limits: config.file_limits.clone(),
         streams: streams.clone(),
     });
-    let auth = Auth::new(&config.tokens);
     if auth.enabled() {
         tracing::info!(
-            tokens = config.tokens.len(),
-            "bearer-token authentication is on"
+            identities = config.auth.identities.len(),
+            "authentication is on"
         );
     }
     let pools = PoolServiceServer::new(PoolApi::new(Arc::clone(&state)))
@@ -187,6 +229,45 @@ pub async fn serve(
     stopped.cancel();
     stopper.await?;
     result.map_err(Into::into)
+}
+
+/// How often a server that accepts every caller as admin on a non-loopback
+/// address says so again.
+const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
+
+/// Without authentication every caller is the admin: that is only safe where
+/// only this machine can connect. Anything else is refused unless the
+/// operator said `insecure`, and then warned about, now and every 10 minutes.
+/// Returns whether the server runs insecure (and must keep saying so).
+fn check_exposure(addr: SocketAddr, auth: bool, insecure: bool) -> anyhow::Result<bool> {
+    if auth || addr.ip().is_loopback() {
+        return Ok(false);
+    }
+    if !insecure {
+        anyhow::bail!(
+            "refusing to listen on {addr} without authentication: every caller would be an admin. \
+             Configure [auth] tokens or [[auth.identities]] (or SANDPOOL_TOKENS), or mutual TLS \
+             (tls.client_ca); listen on 127.0.0.1; or, to accept anyone anyway, set \
+             auth.insecure = true (--insecure)"
+        );
+    }
+    Ok(true)
+}
+
+/// Warns now and every 10 minutes until `stop`.
+fn warn_insecure(addr: SocketAddr, stop: CancellationToken) {
+    let warn = move || tracing::warn!(%addr, "INSECURE: no authentication on a non-loopback address; every caller is an admin");
+    warn();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(INSECURE_WARNING_EVERY);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => warn(),
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// The engines pools may run on, each reached where the config (or the

@@ -66,6 +66,12 @@ pub struct RuntimeConfig {
 }
 
 pub const SANDBOX_UID: u32 = 1000;
+/// The uid and gid of a container's idle main process: never the code's.
+pub const IDLE_UID: u32 = 65534;
+/// The largest output cap of a run (per stream): output beyond the cap is
+/// cut, but counting it must not overflow and clients must not be promised
+/// more than a stream can sensibly carry.
+pub const MAX_OUTPUT_LIMIT: u64 = 1 << 40;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -116,9 +122,23 @@ pub struct PoolSpec {
     pub lease_installs: bool,
     /// Package index for installers; `None`: the installer's default.
     pub package_index_url: Option<String>,
+    /// Most TEMPORARY containers at once; `None` until validated, then
+    /// max_pool_size unless set.
+    pub max_temporary: Option<u32>,
+    /// Longest a lease lives, whatever its keepalives.
+    pub max_lease_lifetime: Duration,
 }
 
 pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
+/// The longest duration a pool setting may hold (TTLs, timeouts, intervals):
+/// far beyond any sensible value, and far from what `Instant` arithmetic
+/// could overflow on.
+pub const LONGEST_SETTING: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest `max_lease_lifetime`.
+pub const LONGEST_LEASE_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Health checks run at most this often: each is an engine call per idle
+/// container.
+pub const SHORTEST_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl PoolSpec {
     /// A spec with every default, for `language`; the image is the
@@ -142,7 +162,14 @@ impl PoolSpec {
             install_network: "bridge".to_string(),
             lease_installs: false,
             package_index_url: None,
+            max_temporary: None,
+            max_lease_lifetime: Duration::from_secs(24 * 3600),
         }
+    }
+
+    /// Most TEMPORARY containers at once (validated specs always have it).
+    pub fn temporary_limit(&self) -> u32 {
+        self.max_temporary.unwrap_or(self.config.max_pool_size)
     }
 
     /// Checks the spec as a whole and fills the image from the language.
@@ -187,12 +214,51 @@ impl PoolSpec {
                 ),
             ));
         }
-        if c.health_check_interval.is_zero() {
+        if c.health_check_interval < SHORTEST_HEALTH_CHECK_INTERVAL {
             return Err(Error::invalid(
                 "config.health_check_interval",
-                "must be positive",
+                format!(
+                    "must be at least {}s",
+                    SHORTEST_HEALTH_CHECK_INTERVAL.as_secs()
+                ),
             ));
         }
+        let settings = [
+            ("config.idle_timeout", c.idle_timeout),
+            ("config.acquisition_timeout", c.acquisition_timeout),
+            (
+                "config.health_check_interval",
+                Some(c.health_check_interval),
+            ),
+            ("config.max_container_lifetime", c.max_container_lifetime),
+            ("default_lease_ttl", Some(self.default_lease_ttl)),
+            ("max_lease_ttl", Some(self.max_lease_ttl)),
+            ("default_run_timeout", Some(self.default_run_timeout)),
+            ("max_run_timeout", Some(self.max_run_timeout)),
+        ];
+        for (field, value) in settings {
+            if value.is_some_and(|d| d > LONGEST_SETTING) {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be at most {} days", LONGEST_SETTING.as_secs() / 86400),
+                ));
+            }
+        }
+        if self.max_lease_lifetime < Duration::from_secs(1)
+            || self.max_lease_lifetime > LONGEST_LEASE_LIFETIME
+        {
+            return Err(Error::invalid(
+                "max_lease_lifetime",
+                format!(
+                    "must be between 1s and {} days",
+                    LONGEST_LEASE_LIFETIME.as_secs() / 86400
+                ),
+            ));
+        }
+        if self.max_temporary.is_some_and(|n| n > 1000) {
+            return Err(Error::invalid("max_temporary", "must be at most 1000"));
+        }
+        self.max_temporary = Some(self.temporary_limit());
         if self.default_lease_ttl < Duration::from_secs(1) {
             return Err(Error::invalid("default_lease_ttl", "must be at least 1s"));
         }
@@ -217,8 +283,11 @@ impl PoolSpec {
                 ),
             ));
         }
-        if self.output_limit_bytes == 0 {
-            return Err(Error::invalid("output_limit_bytes", "must be positive"));
+        if self.output_limit_bytes == 0 || self.output_limit_bytes > MAX_OUTPUT_LIMIT {
+            return Err(Error::invalid(
+                "output_limit_bytes",
+                format!("must be between 1 and {MAX_OUTPUT_LIMIT}"),
+            ));
         }
         if !self.output_dir.starts_with('/') || self.output_dir.contains("..") {
             return Err(Error::invalid(
@@ -306,6 +375,24 @@ impl RuntimeConfig {
             return Err(Error::invalid(
                 "runtime.user",
                 "code never runs as root (uid or gid 0)",
+            ));
+        }
+        if self.uid == IDLE_UID {
+            return Err(Error::invalid(
+                "runtime.user",
+                format!("uid {IDLE_UID} is the containers' idle user, never the code's"),
+            ));
+        }
+        if self.pids_limit > 1 << 22 {
+            return Err(Error::invalid(
+                "runtime.pids_limit",
+                "must be at most 4194304",
+            ));
+        }
+        if self.tmpfs_size_bytes > self.mem_limit_bytes.saturating_mul(64) {
+            return Err(Error::invalid(
+                "runtime.tmpfs_size",
+                "must be at most 64 times mem_limit",
             ));
         }
         if !is_network_name(&self.network) {
@@ -456,6 +543,8 @@ pub struct PoolSpecInput {
     pub install_network: Option<String>,
     pub lease_installs: Option<bool>,
     pub package_index_url: Option<String>,
+    pub max_temporary: Option<u32>,
+    pub max_lease_lifetime: Option<f64>,
     #[serde(default)]
     pub runtime: RuntimeInput,
 }
@@ -597,6 +686,12 @@ impl PoolSpecInput {
         }
         spec.lease_installs = self.lease_installs.unwrap_or(false);
         spec.package_index_url = self.package_index_url.filter(|u| !u.is_empty());
+        spec.max_temporary = self.max_temporary;
+        spec.max_lease_lifetime = required(
+            "max_lease_lifetime",
+            self.max_lease_lifetime,
+            spec.max_lease_lifetime,
+        )?;
         spec.runtime = self.runtime.into_runtime()?;
         spec.validate()
     }

@@ -12,6 +12,7 @@ use std::{
 use sandpool_client::{Client, proto as pb};
 use sandpool_server::{
     ServerConfig,
+    backend::LABEL_MARKER,
     backend::{Backend, BackendKind, DockerBackend},
     sandbox::LABEL_SERVER,
 };
@@ -31,15 +32,24 @@ pub fn docker() -> DockerBackend {
     )
 }
 
-/// Ids of the containers on the engine labelled with `server_id`.
+/// Ids of the sandbox containers on the engine labelled with `server_id`
+/// (not its liveness marker).
 pub async fn containers_of(server_id: &str) -> Vec<String> {
+    labelled(server_id)
+        .await
+        .into_iter()
+        .filter(|c| !c.labels.contains_key(LABEL_MARKER))
+        .map(|c| c.id)
+        .collect()
+}
+
+/// Every container on the engine labelled with `server_id`, its marker
+/// included.
+pub async fn labelled(server_id: &str) -> Vec<sandpool_server::backend::ListedContainer> {
     docker()
         .list_containers(LABEL_SERVER, Some(server_id))
         .await
         .expect("the docker engine must answer (run scripts/engine-up.sh)")
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
 }
 
 /// Polls `check` until it yields a value or `timeout` passes.
@@ -170,7 +180,11 @@ impl TestServer {
             }
         }
         self.shutdown().await;
-        let left = containers_of(&self.server_id).await;
+        let left: Vec<String> = labelled(&self.server_id)
+            .await
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         assert!(
             left.is_empty(),
             "server {} left containers behind: {left:?}",

@@ -46,6 +46,7 @@ async fn bad_requests_get_the_right_status() {
         .create_pool(pb::CreatePoolRequest {
             spec: None,
             wait_ready: false,
+            ..Default::default()
         })
         .await
         .expect_err("no spec");
@@ -184,7 +185,10 @@ async fn bad_requests_get_the_right_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_is_usable_only_by_its_caller_when_auth_is_on() {
     let mut config = sandpool_tests::empty_config();
-    config.tokens = vec!["alice-token".into(), "bob-token".into()];
+    config.auth.add_tokens(
+        &["alice-token".into(), "bob-token".into()],
+        sandpool_server::identity::Role::Tenant,
+    );
     let server = TestServer::start_with(config).await;
     let addr = format!("http://{}", server.addr);
     let anonymous = &server.client;

@@ -109,9 +109,12 @@ async fn keepalive_holds_a_lease_past_three_ttls_and_reports_gone_leases() {
         .expect("keepalive stream")
         .into_inner();
     for lease_id in [id.clone(), "0".repeat(32)] {
-        tx.send(pb::KeepAliveRequest { lease_id })
-            .await
-            .expect("send");
+        tx.send(pb::KeepAliveRequest {
+            lease_id,
+            ..Default::default()
+        })
+        .await
+        .expect("send");
     }
     let first = answers.message().await.expect("answer").expect("some");
     assert_eq!(first.state, pb::LeaseState::Released as i32);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sandpool_client::proto as pb;
 use sandpool_server::{
+    backend::LABEL_MARKER,
     backend::{Backend, BackendKind, DockerBackend},
     sandbox::LABEL_SERVER,
 };
@@ -44,6 +45,9 @@ async fn pools_work_on_podman() {
             .list_containers(LABEL_SERVER, Some(&id))
             .await
             .expect("podman answers")
+            .into_iter()
+            .filter(|c| !c.labels.contains_key(LABEL_MARKER))
+            .collect::<Vec<_>>()
     };
     assert_eq!(mine().await.len(), 1, "the container lives in podman");
 
@@ -106,7 +110,14 @@ async fn pools_work_on_podman() {
     again.release().await.expect("release");
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(mine().await.is_empty(), "podman containers left behind");
+    let left = podman
+        .list_containers(LABEL_SERVER, Some(&id))
+        .await
+        .expect("podman answers");
+    assert!(
+        left.is_empty(),
+        "podman containers (or the marker) left behind: {left:?}"
+    );
 }
 
 /// The kills and the reset on Podman: a fork bomb ends within a second of

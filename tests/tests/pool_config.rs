@@ -339,7 +339,7 @@ async fn health_checks_replace_a_container_removed_behind_our_back() {
         .pool(with_config("health", |c| {
             c.min_pool_size = Some(1);
             c.max_pool_size = Some(1);
-            c.health_check_interval = secs(0.5);
+            c.health_check_interval = secs(1.0);
         }))
         .await;
     let victim = containers_of(&server.server_id)

@@ -10,10 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import pytest
 
@@ -40,6 +41,21 @@ def wait_for(what: str, check: Callable[[], Optional[T]], timeout: float = 20.0,
         if time.monotonic() > until:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
         time.sleep(every)
+
+
+def stop_keepalive(session: sandpool.Session) -> None:
+    """Stops a session's keepalive, as a client process that stalls would."""
+    from sandpool.client import _LOOP
+
+    _LOOP.run(session._aio._keeper.stop())
+
+
+def pretend_held(session: sandpool.Session) -> None:
+    """Makes the session believe its lease is still held, so that its next
+    call reaches the server."""
+    keeper = session._aio._keeper
+    keeper._lost = None
+    keeper._confirmed_until = float("inf")
 
 
 def free_port() -> int:
@@ -81,13 +97,15 @@ class Server:
         tmp: Path,
         tls_args: Sequence[str] = (),
         client_kwargs: Optional[Dict[str, Any]] = None,
+        config_extra: str = "",
     ) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.server_id = f"pytest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         config = tmp / "sandpool.toml"
-        # No pools: every test creates its own through CreatePool.
-        config.write_text("shutdown_grace = 2\n")
+        # No pools (unless `config_extra` has some): every test creates its
+        # own through CreatePool.
+        config.write_text("shutdown_grace = 2\n" + config_extra)
         self.log_path = tmp / "server.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -305,3 +323,74 @@ def package_index(tmp_path: Path) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class BlackholeProxy:
+    """A TCP proxy from 127.0.0.1 to ``target``. After :meth:`blackhole` it
+    forwards nothing more in either direction and accepts new connections
+    without forwarding them, yet closes nothing (no FIN, no RST): a network
+    that silently drops everything."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target: Tuple[str, int] = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._silent = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: List[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def blackhole(self) -> None:
+        self._silent.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            for s in self._sockets:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _keep(self, s: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(s)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._keep(conn)
+            if self._silent.is_set():
+                continue  # held open, never forwarded
+            upstream = socket.create_connection(self._target)
+            self._keep(upstream)
+            threading.Thread(target=self._pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                if self._silent.is_set():
+                    self._closed.wait()  # hold the data and the connection
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+
+@pytest.fixture
+def proxy(server: Server) -> Iterator[BlackholeProxy]:
+    p = BlackholeProxy(server.addr)
+    try:
+        yield p
+    finally:
+        p.close()

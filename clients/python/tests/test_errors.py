@@ -87,7 +87,8 @@ def test_file_errors_are_not_lease_errors(client: sandpool.Client, make_pool: Po
         with pytest.raises(sandpool.NotFound) as run_nf:
             s.cancel("not-a-run")
         assert not isinstance(run_nf.value, sandpool.LeaseLost)
-        assert s.cancel("0123456789abcdef") is False  # a run that already ended
+        ended = s.execute("print('done')")
+        assert s.cancel(ended.run_id) is False  # a run that already ended
         # The session is still good.
         assert s.lost is None
         assert s.execute("print('alive')").stdout == "alive\n"

@@ -13,10 +13,11 @@ import pytest
 
 import sandpool
 from sandpool import Artifact, Exit, PlotFormat
-from sandpool.errors import from_rpc_error, lease_lost_of
+from sandpool import ErrorReason, LeaseState
+from sandpool.errors import _BY_REASON, from_rpc_error, lease_lost_of
 from sandpool.v1 import session_pb2
 
-from conftest import DEMO_WHEEL, PNG_MAGIC, PoolFactory, Server, build_wheel
+from conftest import DEMO_WHEEL, PNG_MAGIC, PoolFactory, Server, build_wheel, pretend_held, stop_keepalive
 
 TWO_FIGURES = """
 import matplotlib.pyplot as plt
@@ -151,14 +152,19 @@ def test_acquire_places_env_and_files_for_the_lease_only(client: sandpool.Client
 
 
 def _pb_field(number: int, data: bytes) -> bytes:
-    """One length-delimited protobuf field (numbers and sizes < 128 here)."""
-    assert number < 16 and len(data) < 128
-    return bytes([number << 3 | 2, len(data)]) + data
+    """One length-delimited protobuf field (numbers < 16 here)."""
+    assert number < 16
+    size, length = len(data), b""
+    while size >= 0x80:
+        length += bytes([size & 0x7F | 0x80])
+        size >>= 7
+    return bytes([number << 3 | 2]) + length + bytes([size]) + data
 
 
-def _status_with_error_info(reason: str, lease_id: str) -> bytes:
-    entry = _pb_field(1, b"lease_id") + _pb_field(2, lease_id.encode())
-    info = _pb_field(1, reason.encode()) + _pb_field(2, b"sandpool") + _pb_field(3, entry)
+def _status_with_error_info(reason: str, lease_id: str, **more: str) -> bytes:
+    info = _pb_field(1, reason.encode()) + _pb_field(2, b"sandpool")
+    for key, value in {"lease_id": lease_id, **more}.items():
+        info += _pb_field(3, _pb_field(1, key.encode()) + _pb_field(2, value.encode()))
     anything = _pb_field(1, b"type.googleapis.com/google.rpc.ErrorInfo") + _pb_field(2, info)
     return _pb_field(2, b"gone") + _pb_field(3, anything)
 
@@ -199,6 +205,37 @@ def test_lease_lost_is_told_by_error_info_not_by_the_message() -> None:
     assert isinstance(from_rpc_error(bad), sandpool.NotFound)
 
 
+def test_every_error_reason_has_its_exception() -> None:
+    """A reason added to errors.proto fails here until the client maps it."""
+    assert set(_BY_REASON) == set(ErrorReason) - {ErrorReason.ERROR_REASON_UNSPECIFIED}
+
+
+def test_the_typed_reason_maps_the_error() -> None:
+    lease = "ab" * 16
+    trailer = _status_with_error_info("LEASE_ENDED", lease, end="LEASE_STATE_EXPIRED")
+    ended = _FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, f"lease {lease} expired", trailer)
+    lost = lease_lost_of(ended, lease)
+    assert lost is not None and lost.error_reason is ErrorReason.LEASE_ENDED
+    assert lost.state is LeaseState.EXPIRED
+    # Not on a call about that lease: the status code's class.
+    plain = from_rpc_error(ended)
+    assert type(plain) is sandpool.FailedPrecondition and plain.error_reason is ErrorReason.LEASE_ENDED
+    unknown = from_rpc_error(
+        _FakeRpcError(grpc.StatusCode.NOT_FOUND, "gone", _status_with_error_info("LEASE_NOT_FOUND", lease)), lease
+    )
+    assert isinstance(unknown, sandpool.LeaseLost) and unknown.state is LeaseState.NOT_FOUND
+    full = _FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", _status_with_error_info("POOL_EXHAUSTED", ""))
+    assert isinstance(from_rpc_error(full), sandpool.PoolExhausted)
+    # A reason this client does not know: unspecified, its name kept, mapped
+    # by the status code (and never a lease loss).
+    newer = _FakeRpcError(grpc.StatusCode.NOT_FOUND, f"lease {lease} x", _status_with_error_info("SOMETHING_NEW", lease))
+    err = from_rpc_error(newer, lease)
+    assert type(err) is sandpool.NotFound and err.error_reason is ErrorReason.ERROR_REASON_UNSPECIFIED
+    assert err.error_info is not None and err.error_info.reason == "SOMETHING_NEW"
+    # No ErrorInfo: no reason.
+    assert from_rpc_error(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down", None)).error_reason is None
+
+
 def test_lease_errors_from_the_server_carry_error_info(client: sandpool.Client, make_pool: PoolFactory) -> None:
     pool = make_pool()
     unknown = "0" * 32
@@ -216,9 +253,8 @@ def test_lease_errors_from_the_server_carry_error_info(client: sandpool.Client, 
     client.sessions.Release(session_pb2.ReleaseRequest(lease_id=s.lease_id), timeout=5)
     # Pretend the keepalive has not noticed yet, so that the call reaches the
     # server, whose answer alone must make it LeaseLost.
-    s._keeper.stop()
-    s._keeper._lost = None
-    s._keeper._confirmed_until = float("inf")
+    stop_keepalive(s)
+    pretend_held(s)
     with pytest.raises(sandpool.LeaseLost) as lost:
         s.upload("/sandbox/x.txt", b"x")
     assert lost.value.error_info is not None and lost.value.error_info.reason == "LEASE_ENDED"

@@ -13,7 +13,7 @@ import pytest
 import sandpool
 from sandpool.v1.session_pb2 import ReleaseRequest
 
-from conftest import PoolFactory, Server, python_env, wait_for
+from conftest import PoolFactory, Server, pretend_held, python_env, stop_keepalive, wait_for
 
 
 def test_keepalive_holds_a_lease_past_three_ttls(client: sandpool.Client, make_pool: PoolFactory) -> None:
@@ -33,7 +33,7 @@ def test_lease_expired_by_the_server_raises_lease_lost(client: sandpool.Client, 
     pool = make_pool()
     s = client.acquire(pool, ttl=1)
     # Simulate a client that stalls: its keepalive stops.
-    s._keeper.stop()
+    stop_keepalive(s)
     wait_for("the server to expire the lease", lambda: client.get_stats(pool).counters.lease_expirations == 1, timeout=5)
     assert client.get_stats(pool).active_leases == 0
     # The client notices by itself: no keepalive was confirmed within the TTL.
@@ -44,10 +44,9 @@ def test_lease_expired_by_the_server_raises_lease_lost(client: sandpool.Client, 
     # And from the server's answer: make the client believe the lease is
     # alive, so that the call reaches the server, which says it expired.
     s2 = client.acquire(pool, ttl=1)
-    s2._keeper.stop()
+    stop_keepalive(s2)
     wait_for("the second expiry", lambda: client.get_stats(pool).counters.lease_expirations == 2, timeout=5)
-    s2._keeper._confirmed_until = float("inf")
-    s2._keeper._lost = None
+    pretend_held(s2)
     with pytest.raises(sandpool.LeaseLost) as err:
         s2.run_collect("print(1)")
     assert "expired" in err.value.reason

@@ -22,7 +22,7 @@ import sandpool
 from sandpool.errors import lease_lost_of
 from sandpool.v1 import session_pb2
 
-from conftest import IMAGE, Server, stop_checked
+from conftest import IMAGE, Server, stop_checked, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -72,13 +72,13 @@ def certs() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def start(certs: Path, name: str, client_ca: bool, identity: Optional[str]) -> Server:
+def start(certs: Path, name: str, client_ca: bool, identity: Optional[str], config_extra: str = "") -> Server:
     tmp = certs / name
     tmp.mkdir()
     flags = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")]
     if client_ca:
         flags += ["--tls-client-ca", str(certs / "ca.pem")]
-    return Server(tmp, flags, {"tls": credentials(certs, identity)})
+    return Server(tmp, flags, {"tls": credentials(certs, identity)}, config_extra)
 
 
 def warm_pool(srv: Server) -> str:
@@ -99,10 +99,15 @@ def tls_server(certs: Path) -> Iterator[Tuple[Server, str]]:
 
 @pytest.fixture(scope="module")
 def mtls_server(certs: Path) -> Iterator[Tuple[Server, str]]:
-    """A mutual-TLS server whose ``client`` is alice's, and a warm pool on it."""
-    srv = start(certs, "mtls", client_ca=True, identity="alice")
+    """A mutual-TLS server whose ``client`` is alice's, and a warm pool on it.
+    Each certificate is a tenant of its own, and a pool a tenant creates is
+    its own: the pool alice and bob share is the operator's (config file)."""
+    name = f"tls-{uuid.uuid4().hex[:6]}"
+    pool = f'[[pools]]\nname = "{name}"\nlanguage = "python"\nimage = "{IMAGE}"\nmin_pool_size = 1\nmax_pool_size = 2\n'
+    srv = start(certs, "mtls", client_ca=True, identity="alice", config_extra=pool)
     try:
-        yield srv, warm_pool(srv)
+        wait_for("the shared pool to warm", lambda: srv.client.get_stats(name).state_counts.idle >= 1, timeout=60)
+        yield srv, name
     finally:
         stop_checked(srv)
 

@@ -10,10 +10,13 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ArtifactService } from "./gen/sandpool/v1/artifact_pb.js";
 import { PoolService } from "./gen/sandpool/v1/pool_pb.js";
 import { SessionService } from "./gen/sandpool/v1/session_pb.js";
-import { Code, InvalidArgument, SandpoolError, mapError } from "./errors.js";
+import { Code, InvalidArgument, SandpoolError, mapError, mapped } from "./errors.js";
 import { poolFromPb, poolSpecToPb, statsFromPb, type PoolInfo, type PoolSpecInput, type PoolStats } from "./pools.js";
-import { Session } from "./session.js";
+import { OwnedPool } from "./owned.js";
+import { Session, acquireRequest, type AcquireOptions } from "./session.js";
 import { drive } from "./streams.js";
+
+export type { AcquireOptions } from "./session.js";
 
 /** The address used when neither the option nor SANDPOOL_ADDR is set. */
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
@@ -50,22 +53,16 @@ export interface ClientOptions {
   interceptors?: Interceptor[];
 }
 
-export interface AcquireOptions {
-  /** Lease TTL; default the pool's default_lease_ttl. At least 1 s. */
-  ttlMs?: number;
-  /**
-   * How long the call may wait for a container (the call's deadline; the
-   * server also stops at the pool's acquisition_timeout). Default: the
-   * client's timeoutMs.
-   */
-  waitMs?: number;
-  signal?: AbortSignal;
-  /** Keep the lease alive in the background (default true). */
-  keepAlive?: boolean;
-  /** Environment variables for every run of the lease. */
-  env?: Record<string, string>;
-  /** Files placed in the container before the lease is handed out. */
-  files?: { path: string; content: string | Uint8Array; mode?: number }[];
+/** The owner TTL of `createOwnedPool` when none is given. */
+export const DEFAULT_OWNER_TTL_MS = 30_000;
+
+export interface OwnedPoolOptions {
+  /** Without a keepalive for this long, the server deletes the pool. Default 30 s. */
+  ownerTtlMs?: number;
+  /** Answer once min_pool_size containers are warm (or warming failed). */
+  waitReady?: boolean;
+  /** Deadline of the CreatePool call; default the client's timeoutMs. */
+  timeoutMs?: number;
 }
 
 export interface WatchOptions {
@@ -139,60 +136,78 @@ export class SandpoolClient {
    * (PoolExhausted) or get a temporary container.
    */
   async acquire(pool: string, options: AcquireOptions = {}): Promise<Session> {
-    try {
-      const r = await this.sessions.acquire(
-        {
-          pool,
-          ttl: options.ttlMs === undefined ? undefined : durationFromMs(options.ttlMs),
-          env: options.env ?? {},
-          files: (options.files ?? []).map((f) => ({
-            path: f.path,
-            content: typeof f.content === "string" ? new TextEncoder().encode(f.content) : f.content,
-            mode: f.mode,
-          })),
-        },
-        { timeoutMs: options.waitMs ?? this.timeoutMs, signal: options.signal },
-      );
-      if (r.lease === undefined) {
-        throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
-      }
-      const ctx = { sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
-      return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true });
-    } catch (err) {
-      throw mapError(err);
+    // The lease's TTL counts from the call: the session's clock is on the safe side.
+    const startedAt = performance.now();
+    const r = await mapped(() =>
+      this.sessions.acquire(acquireRequest(pool, options), {
+        timeoutMs: options.waitMs ?? this.timeoutMs,
+        signal: options.signal,
+      }),
+    );
+    if (r.lease === undefined) {
+      throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
     }
+    const ctx = { sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
+    return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt });
   }
 
   // ------------------------------------------------------------ pools
 
   /** Creates a pool; with `waitReady`, answers once min_pool_size containers are warm. */
   async createPool(spec: PoolSpecInput, options: { waitReady?: boolean; timeoutMs?: number } = {}): Promise<PoolInfo> {
-    try {
-      const r = await this.pools.createPool(
+    const r = await mapped(() =>
+      this.pools.createPool(
         { spec: poolSpecToPb(spec), waitReady: options.waitReady ?? false },
         { timeoutMs: options.timeoutMs ?? this.timeoutMs },
+      ),
+    );
+    return poolFromPb(r.pool);
+  }
+
+  /**
+   * Creates a pool that belongs to this client: kept alive in the background
+   * over the KeepAlive stream at a third of `ownerTtlMs` (default 30 s; at
+   * least 1 s, at most the pool's maxLeaseTtl), as a lease is; deleted by
+   * `delete()` or `await using`, and by the server within the owner TTL
+   * when this process dies or stops renewing (its leases then end with
+   * LeaseState.POOL_DELETED). A pool the keepalive loses (the server answers
+   * that it has no such pool, or no renewal is confirmed within the TTL) is
+   * reported by `lost`, and its calls reject with PoolLost.
+   */
+  async createOwnedPool(spec: PoolSpecInput, options: OwnedPoolOptions = {}): Promise<OwnedPool> {
+    const ownerTtlMs = options.ownerTtlMs ?? DEFAULT_OWNER_TTL_MS;
+    const ctx = { pools: this.pools, sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
+    // The keepalive starts with the call: the server's clock for the pool
+    // starts when it makes the pool, and a waitReady call may outlast the
+    // owner TTL.
+    const owned = new OwnedPool(ctx, spec.name, ownerTtlMs, performance.now());
+    try {
+      const r = await mapped(() =>
+        this.pools.createPool(
+          { spec: poolSpecToPb(spec), waitReady: options.waitReady ?? false, ownerTtl: durationFromMs(ownerTtlMs) },
+          { timeoutMs: options.timeoutMs ?? this.timeoutMs },
+        ),
       );
-      return poolFromPb(r.pool);
+      if (r.pool === undefined) {
+        throw new SandpoolError(Code.Internal, "CreatePool answered without a pool");
+      }
+      owned.created(r.pool);
+      return owned;
     } catch (err) {
-      throw mapError(err);
+      // Nothing keeps a pool made half-way alive: the server deletes it
+      // within the owner TTL.
+      await owned.abandoned();
+      throw err;
     }
   }
 
   async getPool(name: string): Promise<PoolInfo> {
-    try {
-      return poolFromPb((await this.pools.getPool({ name }, { timeoutMs: this.timeoutMs })).pool);
-    } catch (err) {
-      throw mapError(err);
-    }
+    return poolFromPb((await mapped(() => this.pools.getPool({ name }, { timeoutMs: this.timeoutMs }))).pool);
   }
 
   /** Every pool, sorted by name. */
   async listPools(): Promise<PoolInfo[]> {
-    try {
-      return (await this.pools.listPools({}, { timeoutMs: this.timeoutMs })).pools.map(poolFromPb);
-    } catch (err) {
-      throw mapError(err);
-    }
+    return (await mapped(() => this.pools.listPools({}, { timeoutMs: this.timeoutMs }))).pools.map(poolFromPb);
   }
 
   /**
@@ -200,23 +215,14 @@ export class SandpoolClient {
    * lease ends. With `wait`, answers once every container is removed.
    */
   async deletePool(name: string, options: { wait?: boolean; timeoutMs?: number } = {}): Promise<{ busyRemaining: number }> {
-    try {
-      const r = await this.pools.deletePool(
-        { name, wait: options.wait ?? false },
-        { timeoutMs: options.timeoutMs ?? this.timeoutMs },
-      );
-      return { busyRemaining: r.busyRemaining };
-    } catch (err) {
-      throw mapError(err);
-    }
+    const r = await mapped(() =>
+      this.pools.deletePool({ name, wait: options.wait ?? false }, { timeoutMs: options.timeoutMs ?? this.timeoutMs }),
+    );
+    return { busyRemaining: r.busyRemaining };
   }
 
   async getStats(name: string): Promise<PoolStats> {
-    try {
-      return statsFromPb((await this.pools.getPoolStats({ name }, { timeoutMs: this.timeoutMs })).stats);
-    } catch (err) {
-      throw mapError(err);
-    }
+    return statsFromPb((await mapped(() => this.pools.getPoolStats({ name }, { timeoutMs: this.timeoutMs }))).stats);
   }
 
   /**
@@ -226,7 +232,7 @@ export class SandpoolClient {
    */
   async *watchStats(name: string, options: WatchOptions = {}): AsyncGenerator<PoolStats> {
     try {
-      const stream = drive((call) => this.pools.watchPoolStats({ name }, call), options.timeoutMs, options.signal);
+      const stream = drive((call) => this.pools.watchPoolStats({ name }, call), options.timeoutMs, [options.signal]);
       for await (const m of stream) {
         yield statsFromPb(m.stats);
       }

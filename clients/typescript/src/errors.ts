@@ -1,11 +1,16 @@
 // Errors: every failed call rejects with a SandpoolError subclass chosen by
-// the gRPC status code, carrying the standard rich error details the server
-// sends (bad-request field, retry delay, precondition violations).
+// the server's reason (the generated ErrorReason enum of errors.proto), or by
+// the gRPC status code when it gave none, carrying the standard rich error
+// details the server sends (bad-request field, retry delay, precondition
+// violations).
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 
-export { Code };
+import { ErrorReason } from "./gen/sandpool/v1/errors_pb.js";
+import { LeaseState } from "./gen/sandpool/v1/session_pb.js";
+
+export { Code, ErrorReason };
 
 /** A google.rpc.PreconditionFailure violation. */
 export interface PreconditionViolation {
@@ -68,6 +73,15 @@ export class SandpoolError extends Error {
   get errorInfo(): ErrorInfo | undefined {
     return this.details.errorInfo;
   }
+
+  /**
+   * The server's reason, typed: undefined when it sent none,
+   * ERROR_REASON_UNSPECIFIED for one this client does not know (its name is
+   * in `errorInfo.reason`).
+   */
+  get errorReason(): ErrorReason | undefined {
+    return reasonOf(this.details.errorInfo);
+  }
 }
 
 /** RESOURCE_EXHAUSTED: every container is leased (FAIL_FAST, or the wait ended). */
@@ -101,6 +115,13 @@ export class DeadlineExceeded extends SandpoolError {}
 /** UNAUTHENTICATED: missing or rejected bearer token. */
 export class Unauthenticated extends SandpoolError {}
 
+/**
+ * PERMISSION_DENIED: the caller's role or pool list does not allow the call
+ * (reason NOT_PERMITTED), or a pool it asked for is outside the server's
+ * policy (POLICY_VIOLATION; `details.fieldViolations` names the field).
+ */
+export class PermissionDenied extends SandpoolError {}
+
 /** UNAVAILABLE: the server cannot be reached, or is shutting down. */
 export class Unavailable extends SandpoolError {}
 
@@ -114,20 +135,132 @@ export class Cancelled extends SandpoolError {}
  */
 export class LeaseLost extends SandpoolError {
   readonly leaseId: string;
-  /** Why the lease is gone, in words (the server's machine-readable reason, if it sent one, is `errorInfo.reason`). */
+  /** Why the lease is gone, in words (the server's machine-readable reason, if it sent one, is `errorReason`). */
   readonly reason: string;
+  /**
+   * How the lease ended (EXPIRED, RELEASED, REVOKED, NOT_FOUND) when the
+   * server said so, in a keepalive answer or an error; undefined when the
+   * client gave up on it (no keepalive confirmed within the TTL).
+   */
+  readonly state: LeaseState | undefined;
 
-  constructor(leaseId: string, reason: string, code: Code = Code.FailedPrecondition, options?: { cause?: unknown; details?: ErrorDetails }) {
+  constructor(
+    leaseId: string,
+    reason: string,
+    code: Code = Code.FailedPrecondition,
+    options?: { cause?: unknown; details?: ErrorDetails; state?: LeaseState },
+  ) {
     super(code, `lease ${leaseId} is lost: ${reason}`, options?.details, options);
     this.leaseId = leaseId;
     this.reason = reason;
+    this.state = options?.state;
+  }
+}
+
+/**
+ * An owned pool (`SandpoolClient.createOwnedPool`) is gone: its owner TTL ran
+ * out on the server, someone deleted it, or this client confirmed no
+ * keepalive within the owner TTL (then the server deletes it by itself).
+ * Leases on the pool end with LeaseState.POOL_DELETED.
+ */
+export class PoolLost extends SandpoolError {
+  readonly pool: string;
+  /** Why the pool is gone, in words. */
+  readonly reason: string;
+  /**
+   * NOT_FOUND when the server said it has no such pool of this owner (a
+   * keepalive answer, or a POOL_NOT_FOUND error); undefined when the client
+   * gave up on it, or the server said it is being deleted.
+   */
+  readonly state: LeaseState | undefined;
+
+  constructor(
+    pool: string,
+    reason: string,
+    code: Code = Code.FailedPrecondition,
+    options?: { cause?: unknown; details?: ErrorDetails; state?: LeaseState },
+  ) {
+    super(code, `pool ${pool} is lost: ${reason}`, options?.details, options);
+    this.pool = pool;
+    this.reason = reason;
+    this.state = options?.state;
   }
 }
 
 /** The ErrorInfo domain of the server's reasons. */
 export const ERROR_DOMAIN = "sandpool";
+
+type ErrorClass = new (code: Code, rawMessage: string, details?: ErrorDetails, options?: { cause?: unknown }) => SandpoolError;
+
+/**
+ * The error of every reason the server gives (each one's class is that of
+ * its status code); the compiler holds it complete. The lease reasons are
+ * LeaseLost on a call about that lease, else their status code's class. A
+ * reason this client does not know, and a status without one, map by the
+ * status code.
+ */
+const BY_REASON: Record<Exclude<ErrorReason, ErrorReason.ERROR_REASON_UNSPECIFIED>, ErrorClass | typeof LeaseLost> = {
+  [ErrorReason.INVALID_FIELD]: InvalidArgument,
+  [ErrorReason.TOO_LARGE]: InvalidArgument,
+  [ErrorReason.POOL_NOT_FOUND]: NotFound,
+  [ErrorReason.POOL_EXISTS]: AlreadyExists,
+  [ErrorReason.POOL_CLOSED]: FailedPrecondition,
+  [ErrorReason.POOL_FAILING]: FailedPrecondition,
+  [ErrorReason.POOL_EXHAUSTED]: PoolExhausted,
+  [ErrorReason.LEASE_NOT_FOUND]: LeaseLost,
+  [ErrorReason.LEASE_ENDED]: LeaseLost,
+  [ErrorReason.CONTAINER_GONE]: LeaseLost,
+  [ErrorReason.RUN_NOT_FOUND]: NotFound,
+  [ErrorReason.CONTEXT_NOT_FOUND]: NotFound,
+  [ErrorReason.CONTEXT_FAILED]: FailedPrecondition,
+  [ErrorReason.PATH_NOT_FOUND]: NotFound,
+  [ErrorReason.FILE_OPERATION_FAILED]: FailedPrecondition,
+  [ErrorReason.NOT_ALLOWED]: FailedPrecondition,
+  [ErrorReason.INSTALL_FAILED]: FailedPrecondition,
+  [ErrorReason.IMAGE_MISSING]: FailedPrecondition,
+  [ErrorReason.ENGINE_UNAVAILABLE]: Unavailable,
+  [ErrorReason.ENGINE_FAILED]: Unavailable,
+  [ErrorReason.BACKEND_UNSUPPORTED]: SandpoolError,
+  [ErrorReason.SANDBOX_COMMAND_FAILED]: SandpoolError,
+  [ErrorReason.SHUTTING_DOWN]: Unavailable,
+  [ErrorReason.UNAUTHENTICATED]: Unauthenticated,
+  [ErrorReason.NOT_PERMITTED]: PermissionDenied,
+  [ErrorReason.POLICY_VIOLATION]: PermissionDenied,
+  [ErrorReason.QUOTA_EXCEEDED]: PoolExhausted,
+};
+
+/** The error of a status without a reason this client knows. */
+const BY_CODE: Partial<Record<Code, ErrorClass>> = {
+  [Code.ResourceExhausted]: PoolExhausted,
+  [Code.NotFound]: NotFound,
+  [Code.AlreadyExists]: AlreadyExists,
+  [Code.InvalidArgument]: InvalidArgument,
+  [Code.FailedPrecondition]: FailedPrecondition,
+  [Code.DeadlineExceeded]: DeadlineExceeded,
+  [Code.Unauthenticated]: Unauthenticated,
+  [Code.PermissionDenied]: PermissionDenied,
+  [Code.Unavailable]: Unavailable,
+  [Code.Canceled]: Cancelled,
+};
+
 /** ErrorInfo reasons that say the call's lease is gone. */
-export const LEASE_REASONS: readonly string[] = ["LEASE_NOT_FOUND", "LEASE_ENDED"];
+export const LEASE_REASONS: readonly ErrorReason[] = Object.entries(BY_REASON)
+  .filter(([, cls]) => cls === LeaseLost)
+  .map(([reason]) => Number(reason) as ErrorReason);
+
+/** The typed reason of an ErrorInfo (see `SandpoolError.errorReason`). */
+function reasonOf(info: ErrorInfo | undefined): ErrorReason | undefined {
+  if (info === undefined || info.domain !== ERROR_DOMAIN) {
+    return undefined;
+  }
+  const value: unknown = (ErrorReason as unknown as Record<string, unknown>)[info.reason];
+  return typeof value === "number" ? (value as ErrorReason) : ErrorReason.ERROR_REASON_UNSPECIFIED;
+}
+
+/** The class a known reason maps to. */
+function classOf(reason: ErrorReason | undefined): ErrorClass | typeof LeaseLost | undefined {
+  return reason === undefined || reason === ErrorReason.ERROR_REASON_UNSPECIFIED ? undefined : BY_REASON[reason];
+}
 
 const CODE_NAMES: Record<number, string> = {
   [Code.Canceled]: "CANCELLED",
@@ -200,63 +333,96 @@ export function mapError(err: unknown): SandpoolError {
     return new Unavailable(Code.Unavailable, message, decodeDetails(ce), { cause: err });
   }
   const details = decodeDetails(ce);
-  const args = [ce.code, ce.rawMessage, details, { cause: err }] as const;
-  switch (ce.code) {
-    case Code.ResourceExhausted:
-      return new PoolExhausted(...args);
-    case Code.NotFound:
-      return new NotFound(...args);
-    case Code.AlreadyExists:
-      return new AlreadyExists(...args);
-    case Code.InvalidArgument:
-      return new InvalidArgument(...args);
-    case Code.FailedPrecondition:
-      return new FailedPrecondition(...args);
-    case Code.DeadlineExceeded:
-      return new DeadlineExceeded(...args);
-    case Code.Unauthenticated:
-      return new Unauthenticated(...args);
-    case Code.Unavailable:
-      return new Unavailable(...args);
-    case Code.Canceled:
-      return new Cancelled(...args);
-    default:
-      return new SandpoolError(...args);
+  let cls = classOf(reasonOf(details.errorInfo));
+  if (cls === undefined || cls === LeaseLost) {
+    cls = BY_CODE[ce.code] ?? SandpoolError;
+  }
+  return new (cls as ErrorClass)(ce.code, ce.rawMessage, details, { cause: err });
+}
+
+/** Makes a call and maps its error (one thrown at once as well). */
+export async function mapped<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw mapError(err);
   }
 }
 
 /**
- * Maps an error of a call made on a lease: NOT_FOUND or FAILED_PRECONDITION
- * because the lease itself is gone becomes LeaseLost; anything else maps as
- * usual. The server says so with an ErrorInfo (domain "sandpool", reason
- * LEASE_NOT_FOUND or LEASE_ENDED, metadata lease_id); a container that
- * vanished under the lease is a CONTAINER_GONE precondition violation.
- * Without details, the message ("lease <id> ...") is the fallback.
+ * Maps an error of a call made on a lease: the server saying that this
+ * lease is gone becomes LeaseLost; anything else maps as usual. The server
+ * says so with a lease reason (LEASE_NOT_FOUND, LEASE_ENDED, CONTAINER_GONE)
+ * whose metadata lease_id is this lease. Servers without ErrorInfo details:
+ * a CONTAINER_GONE precondition violation about the lease, or a message that
+ * starts with the lease.
  */
 export function mapLeaseError(err: unknown, leaseId: string): SandpoolError {
   const mapped = mapError(err);
-  if (mapped instanceof LeaseLost) {
+  if (mapped instanceof LeaseLost || !leaseIsGone(mapped, leaseId)) {
     return mapped;
   }
-  if (mapped.code !== Code.NotFound && mapped.code !== Code.FailedPrecondition) {
+  return new LeaseLost(leaseId, mapped.rawMessage, mapped.code, {
+    cause: err,
+    details: mapped.details,
+    state: endOf(mapped),
+  });
+}
+
+/**
+ * Maps an error of a call about an owned pool: the server saying that this
+ * pool is gone (reason POOL_NOT_FOUND or POOL_CLOSED whose metadata pool is
+ * this pool; without details, NOT_FOUND) becomes PoolLost; anything else
+ * maps as usual.
+ */
+export function mapPoolError(err: unknown, pool: string): SandpoolError {
+  const mapped = mapError(err);
+  if (mapped instanceof PoolLost) {
     return mapped;
   }
   const info = mapped.details.errorInfo;
-  let aboutLease: boolean;
-  if (info !== undefined && info.domain === ERROR_DOMAIN && LEASE_REASONS.includes(info.reason)) {
-    aboutLease = (info.metadata["lease_id"] ?? leaseId) === leaseId;
-  } else if (mapped.details.preconditionViolations.some((v) => v.subject === leaseId && v.type === "CONTAINER_GONE")) {
-    aboutLease = true;
-  } else {
-    aboutLease =
-      info === undefined &&
-      (mapped.rawMessage.startsWith(`lease ${leaseId} `) ||
-        mapped.rawMessage.startsWith(`the container of lease ${leaseId} is gone`));
-  }
-  if (!aboutLease) {
+  const reason = mapped.errorReason;
+  const gone =
+    info !== undefined && reason !== undefined && reason !== ErrorReason.ERROR_REASON_UNSPECIFIED
+      ? (reason === ErrorReason.POOL_NOT_FOUND || reason === ErrorReason.POOL_CLOSED) &&
+        (info.metadata["pool"] ?? pool) === pool
+      : mapped.code === Code.NotFound;
+  if (!gone) {
     return mapped;
   }
-  return new LeaseLost(leaseId, mapped.rawMessage, mapped.code, { cause: err, details: mapped.details });
+  return new PoolLost(pool, mapped.rawMessage, mapped.code, {
+    cause: err,
+    details: mapped.details,
+    state: mapped.code === Code.NotFound ? LeaseState.NOT_FOUND : undefined,
+  });
+}
+
+function leaseIsGone(mapped: SandpoolError, leaseId: string): boolean {
+  const info = mapped.details.errorInfo;
+  const cls = classOf(mapped.errorReason);
+  if (info !== undefined && cls !== undefined) {
+    return cls === LeaseLost && (info.metadata["lease_id"] ?? leaseId) === leaseId;
+  }
+  if (mapped.details.preconditionViolations.some((v) => v.subject === leaseId && v.type === "CONTAINER_GONE")) {
+    return true;
+  }
+  return (
+    info === undefined &&
+    (mapped.code === Code.NotFound || mapped.code === Code.FailedPrecondition) &&
+    (mapped.rawMessage.startsWith(`lease ${leaseId} `) ||
+      mapped.rawMessage.startsWith(`the container of lease ${leaseId} is gone`))
+  );
+}
+
+/** How the lease ended, by the reason and its `end` metadata (a LeaseState name). */
+function endOf(mapped: SandpoolError): LeaseState | undefined {
+  const reason = mapped.errorReason;
+  if (reason === ErrorReason.LEASE_NOT_FOUND) {
+    return LeaseState.NOT_FOUND;
+  }
+  const end = (mapped.details.errorInfo?.metadata["end"] ?? "").replace(/^LEASE_STATE_/, "");
+  const state: unknown = (LeaseState as unknown as Record<string, unknown>)[end];
+  return reason === ErrorReason.LEASE_ENDED && typeof state === "number" ? (state as LeaseState) : undefined;
 }
 
 // ---------------------------------------------------------------- details

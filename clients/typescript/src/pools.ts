@@ -146,6 +146,10 @@ export interface PoolInfo {
   statusMessage: string;
   createTime: Date | undefined;
   stats: PoolStats;
+  /** The identity that created the pool at run time; empty for the config file's pools. */
+  owner: string;
+  /** For an owned pool (created with an owner TTL): when it lapses unless its owner keeps it alive. */
+  ownerExpireTime: Date | undefined;
 }
 
 const BACKENDS: Record<BackendName, Backend> = {
@@ -301,5 +305,7 @@ export function poolFromPb(p: PbPool | undefined): PoolInfo {
     statusMessage: p?.statusMessage ?? "",
     createTime: dateOf(p?.createTime),
     stats: statsFromPb(p?.stats),
+    owner: p?.owner ?? "",
+    ownerExpireTime: dateOf(p?.ownerExpireTime),
   };
 }

@@ -1,6 +1,8 @@
 // A lease held by this process: kept alive in the background over the
-// KeepAlive stream at a third of its TTL, released by `release()` or
-// `await using`. Once the lease is lost every call rejects with LeaseLost.
+// KeepAlive stream at a third of its TTL (the keepalive contract shared with
+// the Python and Rust clients: see `Keeper` in keepalive.ts), released by
+// `release()` or `await using`. Once the lease is lost every call rejects
+// with LeaseLost.
 
 import { createReadStream, createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
@@ -8,20 +10,20 @@ import { Readable } from "node:stream";
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
-import type { Client as ConnectClient } from "@connectrpc/connect";
+import type { CallOptions, Client as ConnectClient } from "@connectrpc/connect";
 
 import { ArtifactService, DownloadKind, type UploadRequestSchema } from "./gen/sandpool/v1/artifact_pb.js";
 import {
   LeaseState,
   PlotFormat,
   SessionService,
-  type KeepAliveRequestSchema,
-  type KeepAliveResponse,
+  type AcquireRequestSchema,
   type Lease as PbLease,
   type RunRequestSchema,
 } from "./gen/sandpool/v1/session_pb.js";
 import { Code, LeaseLost, SandpoolError, mapError, mapLeaseError } from "./errors.js";
 import { durationToMs } from "./pools.js";
+import { Keeper, answerReason, type KeepAliveInit, type KeepAliveTarget } from "./keepalive.js";
 import { drive, streamCall } from "./streams.js";
 import {
   EventDecoder,
@@ -36,18 +38,46 @@ import {
   type RunResult,
 } from "./run.js";
 
-/** Shortest keepalive period, whatever the TTL. */
-const MIN_KEEPALIVE_MS = 100;
-/** Longest pause between two attempts to reopen a broken keepalive stream. */
-const MAX_RETRY_PAUSE_MS = 500;
-/** A keepalive stream is reopened at least this often (it has a deadline too). */
-const KEEPALIVE_STREAM_DEADLINE_MS = 10 * 60 * 1000;
+/** The TTL of a lease whose Acquire answer names none. */
+const DEFAULT_TTL_MS = 30_000;
 /** Added to a run's timeout for its call's deadline. */
 const RUN_DEADLINE_SLACK_MS = 30_000;
 /** Default run call deadline when no timeout is given: max_run_timeout's default plus slack. */
 const RUN_DEFAULT_DEADLINE_MS = 3600_000 + RUN_DEADLINE_SLACK_MS;
 /** Upload chunk size. */
 const UPLOAD_CHUNK = 1 << 20;
+
+export interface AcquireOptions {
+  /** Lease TTL; default the pool's default_lease_ttl. At least 1 s. */
+  ttlMs?: number;
+  /**
+   * How long the call may wait for a container (the call's deadline; the
+   * server also stops at the pool's acquisition_timeout). Default: the
+   * client's timeoutMs.
+   */
+  waitMs?: number;
+  signal?: AbortSignal;
+  /** Keep the lease alive in the background (default true). */
+  keepAlive?: boolean;
+  /** Environment variables for every run of the lease. */
+  env?: Record<string, string>;
+  /** Files placed in the container before the lease is handed out. */
+  files?: { path: string; content: string | Uint8Array; mode?: number }[];
+}
+
+/** @internal The Acquire request for `pool` with `options`. */
+export function acquireRequest(pool: string, options: AcquireOptions): MessageInitShape<typeof AcquireRequestSchema> {
+  return {
+    pool,
+    ttl: options.ttlMs === undefined ? undefined : durationFromMs(options.ttlMs),
+    env: options.env ?? {},
+    files: (options.files ?? []).map((f) => ({
+      path: f.path,
+      content: typeof f.content === "string" ? new TextEncoder().encode(f.content) : f.content,
+      mode: f.mode,
+    })),
+  };
+}
 
 /** What a Session needs of its client. */
 export interface SessionContext {
@@ -99,74 +129,55 @@ export interface Download {
 /** What `upload` accepts: bytes, text (UTF-8), or a stream of chunks. */
 export type UploadSource = Uint8Array | string | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
 
-type KeepAliveInit = MessageInitShape<typeof KeepAliveRequestSchema>;
 type UploadInit = MessageInitShape<typeof UploadRequestSchema>;
-
-/** A queue that a bidi or client stream reads its requests from. */
-class RequestQueue<T> implements AsyncIterable<T> {
-  private readonly items: T[] = [];
-  private wake: (() => void) | undefined;
-  private closed = false;
-
-  push(item: T): void {
-    if (this.closed) {
-      return;
-    }
-    this.items.push(item);
-    this.notify();
-  }
-
-  close(): void {
-    this.closed = true;
-    this.notify();
-  }
-
-  private notify(): void {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<T> {
-    for (;;) {
-      const item = this.items.shift();
-      if (item !== undefined) {
-        yield item;
-      } else if (this.closed) {
-        return;
-      } else {
-        await new Promise<void>((resolve) => {
-          this.wake = resolve;
-        });
-      }
-    }
-  }
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. Never holds the process open. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) {
-      resolve();
-      return;
-    }
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    timer.unref();
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
 
 const STATE_REASONS: Partial<Record<LeaseState, string>> = {
   [LeaseState.EXPIRED]: "the lease expired on the server (no keepalive arrived within its TTL)",
   [LeaseState.RELEASED]: "the lease was released",
   [LeaseState.REVOKED]: "the server revoked the lease (its pool was deleted or the server is stopping)",
   [LeaseState.NOT_FOUND]: "the server does not know the lease",
+  [LeaseState.CONTAINER_LOST]: "the lease's container died or was removed outside sandpool (acquire a new one)",
+  [LeaseState.POOL_DELETED]: "the lease's pool was deleted because its owner stopped keeping it alive",
+  [LeaseState.LIFETIME_EXCEEDED]: "the lease reached its pool's max_lease_lifetime (acquire a new one)",
 };
+
+/** A lease, as its keepalive renews it. */
+class LeaseTarget implements KeepAliveTarget<LeaseLost> {
+  readonly request: KeepAliveInit;
+
+  constructor(
+    private readonly ctx: SessionContext,
+    private readonly leaseId: string,
+  ) {
+    this.request = { leaseId };
+  }
+
+  expired(ttlMs: number): LeaseLost {
+    return new LeaseLost(
+      this.leaseId,
+      `keepalive failed for longer than the ${ttlMs / 1000}s TTL: the lease counts as expired`,
+      Code.Unavailable,
+    );
+  }
+
+  answered(state: LeaseState): LeaseLost {
+    return new LeaseLost(this.leaseId, answerReason(state, STATE_REASONS), Code.FailedPrecondition, { state });
+  }
+
+  gone(err: unknown): LeaseLost | undefined {
+    const mapped = mapLeaseError(err, this.leaseId);
+    return mapped instanceof LeaseLost ? mapped : undefined;
+  }
+
+  abandon(): Promise<unknown> {
+    return this.ctx.sessions.release({ leaseId: this.leaseId }, { timeoutMs: this.ctx.timeoutMs });
+  }
+}
+
+/** A fresh error for a loss thrown again. */
+function copyOf(lost: LeaseLost): LeaseLost {
+  return new LeaseLost(lost.leaseId, lost.reason, lost.code, { details: lost.details, state: lost.state });
+}
 
 const PLOT_FORMATS = { png: PlotFormat.PNG, svg: PlotFormat.SVG, pdf: PlotFormat.PDF } as const;
 
@@ -245,19 +256,26 @@ export class Context implements AsyncDisposable {
 export class Session implements AsyncDisposable {
   readonly lease: LeaseInfo;
   private readonly ctx: SessionContext;
-  private lostReason: string | undefined;
-  private lostCode: Code = Code.FailedPrecondition;
-  private readonly stop = new AbortController();
+  /** Aborted when the keepalive gives up on the lease: the calls in flight end with LeaseLost. */
+  readonly #cut = new AbortController();
+  /** The lease's keepalive (and what is known of its loss). */
+  readonly #keeper: Keeper<LeaseLost>;
   private releasing: Promise<void> | undefined;
-  /** The background keepalive loop; it never rejects. */
-  readonly #keepalive: Promise<void>;
 
-  /** @internal Use `SandpoolClient.acquire`. */
-  constructor(ctx: SessionContext, lease: PbLease, options: { keepAlive?: boolean } = {}) {
+  /**
+   * @internal Use `SandpoolClient.acquire`. `startedAt` (performance.now())
+   * is when Acquire was called: the lease's TTL counts from then.
+   */
+  constructor(ctx: SessionContext, lease: PbLease, options: { keepAlive?: boolean; startedAt?: number } = {}) {
     this.ctx = ctx;
     this.lease = leaseFromPb(lease);
-    this.#keepalive =
-      options.keepAlive === false ? Promise.resolve() : this.keepAliveLoop().catch(() => undefined);
+    this.#keeper = new Keeper(
+      ctx.sessions,
+      new LeaseTarget(ctx, this.lease.id),
+      this.lease.ttlMs > 0 ? this.lease.ttlMs : DEFAULT_TTL_MS,
+      options.startedAt ?? performance.now(),
+      { run: options.keepAlive !== false, onGiveUp: () => this.#cut.abort() },
+    );
   }
 
   get leaseId(): string {
@@ -270,7 +288,7 @@ export class Session implements AsyncDisposable {
 
   /** Why the lease is lost, once it is; undefined while it is usable. */
   get lost(): string | undefined {
-    return this.lostReason;
+    return this.#loss()?.reason;
   }
 
   /** True once `release()` was called. */
@@ -278,30 +296,56 @@ export class Session implements AsyncDisposable {
     return this.releasing !== undefined;
   }
 
-  private markLost(reason: string, code: Code = Code.FailedPrecondition): void {
-    if (this.lostReason === undefined) {
-      this.lostReason = reason;
-      this.lostCode = code;
-    }
-    this.stop.abort();
+  /** Keepalives the server confirmed so far. */
+  get renewals(): number {
+    return this.#keeper.renewals;
+  }
+
+  /** The loss, once the lease is lost (by the clock, too). */
+  #loss(): LeaseLost | undefined {
+    return this.#keeper.loss();
+  }
+
+  private markLost(lost: LeaseLost): void {
+    this.#keeper.markLost(lost);
   }
 
   private check(): void {
     if (this.releasing !== undefined) {
-      throw new LeaseLost(this.lease.id, "the lease was released by this session");
+      throw new LeaseLost(this.lease.id, "the lease was released by this session", Code.FailedPrecondition, {
+        state: LeaseState.RELEASED,
+      });
     }
-    if (this.lostReason !== undefined) {
-      throw new LeaseLost(this.lease.id, this.lostReason, this.lostCode);
+    const lost = this.#loss();
+    if (lost !== undefined) {
+      throw copyOf(lost);
     }
   }
 
-  /** Maps a call's error; an error about the lease marks the session lost. */
+  /**
+   * Maps a call's error; an error about the lease marks the session lost. A
+   * call cut because the keepalive gave up rejects with that loss.
+   */
   private fail(err: unknown): Error {
     const mapped = mapLeaseError(err, this.lease.id);
+    const lost = this.#loss();
+    if (this.#cut.signal.aborted && mapped.code === Code.Canceled && lost !== undefined) {
+      return copyOf(lost);
+    }
     if (mapped instanceof LeaseLost) {
-      this.markLost(mapped.reason, mapped.code);
+      this.markLost(mapped);
     }
     return mapped;
+  }
+
+  /** A unary call on the lease: checked first, cut when the keepalive gives up, its error mapped. */
+  private async unary<T>(invoke: (options: CallOptions) => Promise<T>, timeoutMs = this.ctx.timeoutMs): Promise<T> {
+    this.check();
+    try {
+      return await invoke({ timeoutMs, signal: this.#cut.signal });
+    } catch (err) {
+      throw this.fail(err);
+    }
   }
 
   // ------------------------------------------------------------ runs
@@ -358,12 +402,12 @@ export class Session implements AsyncDisposable {
     const decoder = new EventDecoder();
     try {
       // Leaving the loop early aborts the call, and the server kills the run.
-      const responses = drive((call) => this.ctx.sessions.run(request, call), deadline, options.signal);
+      const responses = drive((call) => this.ctx.sessions.run(request, call), deadline, [options.signal, this.#cut.signal]);
       for await (const response of responses) {
         const event = decoder.decode(response);
         if (event?.type === "exit" && event.endReason === "lease_expired") {
           // The server killed the run because the lease ended under it.
-          this.markLost(`the lease ended during run: ${event.message}`);
+          this.markLost(new LeaseLost(this.lease.id, `the lease ended during run: ${event.message}`));
         }
         if (event !== undefined) {
           yield event;
@@ -376,13 +420,8 @@ export class Session implements AsyncDisposable {
 
   /** Kills a running run (by the id of its started event). False if it had already ended. */
   async cancel(runId: string): Promise<boolean> {
-    this.check();
-    try {
-      const r = await this.ctx.sessions.cancel({ leaseId: this.lease.id, runId }, { timeoutMs: this.ctx.timeoutMs });
-      return r.cancelled;
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary((call) => this.ctx.sessions.cancel({ leaseId: this.lease.id, runId }, call));
+    return r.cancelled;
   }
 
   // ------------------------------------------------------------ contexts and libraries
@@ -392,31 +431,25 @@ export class Session implements AsyncDisposable {
    * the pool's). Use it with `await using`, or `delete()` it.
    */
   async createContext(options: { language?: string; timeoutMs?: number } = {}): Promise<Context> {
-    this.check();
-    try {
-      const r = await this.ctx.sessions.createContext(
-        { leaseId: this.lease.id, language: options.language ?? "" },
-        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 60_000) },
-      );
-      return new Context(this, r.contextId, options.language ?? this.lease.language);
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary(
+      (call) => this.ctx.sessions.createContext({ leaseId: this.lease.id, language: options.language ?? "" }, call),
+      options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 60_000),
+    );
+    return new Context(this, r.contextId, options.language ?? this.lease.language);
   }
 
   /** @internal Use `Context.delete`. */
   async deleteContext(contextId: string): Promise<void> {
-    if (this.releasing !== undefined || this.lostReason !== undefined) {
+    if (this.releasing !== undefined || this.#loss() !== undefined) {
       return; // the lease's end took its contexts along
     }
     try {
-      await this.ctx.sessions.deleteContext({ leaseId: this.lease.id, contextId }, { timeoutMs: this.ctx.timeoutMs });
+      await this.unary((call) => this.ctx.sessions.deleteContext({ leaseId: this.lease.id, contextId }, call));
     } catch (err) {
-      const mapped = this.fail(err);
-      if (mapped instanceof LeaseLost || (mapped instanceof SandpoolError && mapped.code === Code.NotFound)) {
+      if (err instanceof LeaseLost || (err instanceof SandpoolError && err.code === Code.NotFound)) {
         return;
       }
-      throw mapped;
+      throw err;
     }
   }
 
@@ -426,16 +459,11 @@ export class Session implements AsyncDisposable {
    * the container (e.g. a wheel you uploaded) always work.
    */
   async installLibraries(libraries: string[], options: { timeoutMs?: number } = {}): Promise<InstallResult> {
-    this.check();
-    try {
-      const r = await this.ctx.sessions.installLibraries(
-        { leaseId: this.lease.id, libraries },
-        { timeoutMs: options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 600_000) },
-      );
-      return { log: r.log, durationMs: durationToMs(r.duration) };
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary(
+      (call) => this.ctx.sessions.installLibraries({ leaseId: this.lease.id, libraries }, call),
+      options.timeoutMs ?? Math.max(this.ctx.timeoutMs, 600_000),
+    );
+    return { log: r.log, durationMs: durationToMs(r.duration) };
   }
 
   // ------------------------------------------------------------ files
@@ -452,7 +480,7 @@ export class Session implements AsyncDisposable {
         }
       }
     }
-    const call = streamCall(options.timeoutMs ?? this.ctx.timeoutMs);
+    const call = streamCall(options.timeoutMs ?? this.ctx.timeoutMs, [this.#cut.signal]);
     try {
       const r = await this.ctx.artifacts.upload(messages(), call.options);
       return { path: r.path, size: Number(r.size), sha256: r.sha256 };
@@ -478,6 +506,7 @@ export class Session implements AsyncDisposable {
       const stream = drive(
         (call) => this.ctx.artifacts.download({ leaseId: this.lease.id, path }, call),
         options.timeoutMs ?? this.ctx.timeoutMs,
+        [this.#cut.signal],
       );
       for await (const m of stream) {
         if (m.part.case === "header") {
@@ -510,13 +539,8 @@ export class Session implements AsyncDisposable {
 
   /** Files the lease's runs left in the pool's output directory, oldest first. */
   async listArtifacts(runId = ""): Promise<ArtifactMeta[]> {
-    this.check();
-    try {
-      const r = await this.ctx.artifacts.listArtifacts({ leaseId: this.lease.id, runId }, { timeoutMs: this.ctx.timeoutMs });
-      return r.artifacts.map(artifactFromPb);
-    } catch (err) {
-      throw this.fail(err);
-    }
+    const r = await this.unary((call) => this.ctx.artifacts.listArtifacts({ leaseId: this.lease.id, runId }, call));
+    return r.artifacts.map(artifactFromPb);
   }
 
   // ------------------------------------------------------------ end
@@ -533,8 +557,7 @@ export class Session implements AsyncDisposable {
   }
 
   private async doRelease(): Promise<void> {
-    this.stop.abort();
-    await this.#keepalive;
+    await this.#keeper.end(); // a loss before the release stays the reason; none comes after it
     try {
       await this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs });
     } catch (err) {
@@ -549,72 +572,6 @@ export class Session implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();
-  }
-
-  // ------------------------------------------------------------ keepalive
-
-  /**
-   * Renews the lease every TTL/3 over one KeepAlive stream, reopening it when
-   * it breaks, until release, until the server answers that the lease is
-   * gone, or until renewals have failed for longer than the TTL. Its timers
-   * are unref'd and every error is caught here.
-   */
-  private async keepAliveLoop(): Promise<void> {
-    const stop = this.stop.signal;
-    let ttl = Math.max(this.lease.ttlMs, 1000);
-    let period = Math.max(ttl / 3, MIN_KEEPALIVE_MS);
-    let lastRenewal = Date.now();
-    await pause(period, stop);
-    while (!stop.aborted) {
-      // Ends with `stop` (release, loss) or at its deadline (then reopened).
-      const call = streamCall(KEEPALIVE_STREAM_DEADLINE_MS, stop);
-      const requests = new RequestQueue<KeepAliveInit>();
-      try {
-        const responses = this.ctx.sessions.keepAlive(requests, call.options)[Symbol.asyncIterator]();
-        while (!stop.aborted) {
-          requests.push({ leaseId: this.lease.id });
-          const next = responses.next();
-          // Settled later when the call is aborted: never unhandled.
-          next.catch(() => undefined);
-          const answer = await Promise.race([
-            next,
-            pause(period, call.options.signal ?? stop).then(() => "timeout" as const),
-          ]);
-          if (answer === "timeout" || answer.done === true) {
-            break;
-          }
-          const r: KeepAliveResponse = answer.value;
-          if (r.state !== LeaseState.ACTIVE) {
-            if (!stop.aborted) {
-              this.markLost(STATE_REASONS[r.state] ?? `the server answered the keepalive with state ${r.state}`);
-            }
-            return;
-          }
-          lastRenewal = Date.now();
-          if (r.ttl !== undefined && durationToMs(r.ttl) > 0) {
-            ttl = durationToMs(r.ttl);
-            period = Math.max(ttl / 3, MIN_KEEPALIVE_MS);
-          }
-          await pause(period, stop);
-        }
-      } catch {
-        // The stream broke: reopened below while the TTL allows.
-      } finally {
-        call.abort();
-        call.dispose();
-        requests.close();
-      }
-      if (stop.aborted) {
-        return;
-      }
-      if (Date.now() - lastRenewal >= ttl) {
-        this.markLost(`keepalive failed for longer than the ${ttl / 1000}s TTL`, Code.Unavailable);
-        // Best effort, in case a renewal reached the server after all.
-        this.ctx.sessions.release({ leaseId: this.lease.id }, { timeoutMs: this.ctx.timeoutMs }).catch(() => undefined);
-        return;
-      }
-      await pause(Math.min(period, MAX_RETRY_PAUSE_MS), stop);
-    }
   }
 }
 

@@ -24,14 +24,17 @@ export interface StreamCall {
 
 /**
  * Call options with a deadline of `deadlineMs` (none when undefined or <= 0)
- * that also abort when `outer` does.
+ * that also abort when one of the `outer` signals does.
  */
-export function streamCall(deadlineMs: number | undefined, outer?: AbortSignal): StreamCall {
+export function streamCall(deadlineMs: number | undefined, outer: (AbortSignal | undefined)[] = []): StreamCall {
   const abort = new AbortController();
-  const onAbort = () => abort.abort(outer?.reason);
-  outer?.addEventListener("abort", onAbort, { once: true });
-  if (outer?.aborted === true) {
-    abort.abort(outer.reason);
+  const signals = outer.filter((s): s is AbortSignal => s !== undefined);
+  const onAbort = (event: Event) => abort.abort((event.target as AbortSignal).reason);
+  for (const signal of signals) {
+    signal.addEventListener("abort", onAbort, { once: true });
+    if (signal.aborted) {
+      abort.abort(signal.reason);
+    }
   }
   let timer: NodeJS.Timeout | undefined;
   const headers: Record<string, string> = {};
@@ -47,20 +50,22 @@ export function streamCall(deadlineMs: number | undefined, outer?: AbortSignal):
     abort: () => abort.abort(),
     dispose: () => {
       clearTimeout(timer);
-      outer?.removeEventListener("abort", onAbort);
+      for (const signal of signals) {
+        signal.removeEventListener("abort", onAbort);
+      }
     },
   };
 }
 
 /**
  * Iterates the response stream of a call opened with `open(options)`.
- * Leaving early (break, return, a throw in the loop body), aborting `outer`
- * or reaching the deadline aborts the call.
+ * Leaving early (break, return, a throw in the loop body), aborting one of
+ * the `outer` signals or reaching the deadline aborts the call.
  */
 export async function* drive<T>(
   open: (options: CallOptions) => AsyncIterable<T>,
   deadlineMs: number | undefined,
-  outer?: AbortSignal,
+  outer: (AbortSignal | undefined)[] = [],
 ): AsyncGenerator<T> {
   const call = streamCall(deadlineMs, outer);
   try {

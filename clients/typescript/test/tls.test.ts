@@ -170,6 +170,9 @@ describe("tls", () => {
     let pool: string;
 
     before(async () => {
+      // Each certificate is a tenant of its own, and a pool a tenant creates
+      // is its own: the pool alice and bob share is the operator's.
+      pool = poolName("tls");
       server = await startServer({
         tls: {
           cert: join(dir, "server.pem"),
@@ -177,8 +180,8 @@ describe("tls", () => {
           clientCa: join(dir, "ca.pem"),
           client: tlsOf("alice"),
         },
+        configExtra: `[[pools]]\nname = "${pool}"\nlanguage = "python"\nimage = "${PYTHON_IMAGE}"\nmin_pool_size = 1\nmax_pool_size = 2\n`,
       });
-      pool = await warmPool(server);
     });
 
     after(async () => {

@@ -1,83 +1,193 @@
-//! Optional bearer-token authentication. With tokens configured, every call
-//! to the sandpool services must carry `authorization: Bearer <token>`; the
-//! caller's identity (a digest of its token) is attached to the request so
-//! that a lease can only be used by the caller that acquired it. Without
-//! tokens but with mutual TLS, the client certificate is the identity.
+//! Authentication: every call to the sandpool services is made by an
+//! `Identity`, attached to the request by this interceptor.
+//!
+//! - A bearer token (`authorization: Bearer <token>`) names the identity
+//!   whose token digest it matches (tokens themselves are never kept).
+//! - Without a token, a client certificate (mutual TLS) names the identity
+//!   configured for its digest; an unlisted certificate from the client CA
+//!   is an identity of its own (named after its digest) with the configured
+//!   role for such certificates.
+//! - With no credentials configured at all (a developer's machine, loopback
+//!   only), every caller is the one local admin.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use sha2::{Digest, Sha256};
 use tonic::{Request, Status, service::Interceptor};
 
-/// Who is calling: `None` when authentication is off.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Option<String>);
+use crate::{
+    config::{AuthConfig, sha256},
+    identity::{Identity, Quotas, Role},
+};
 
-/// Checks bearer tokens; a no-op when none are configured.
+/// The identity making a call.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Identity>);
+
+/// Resolves the caller of every request.
 #[derive(Clone)]
 pub struct Auth {
-    /// Digests of the accepted tokens (the tokens themselves are not kept).
-    accepted: Arc<Vec<[u8; 32]>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// By token digest. Digests are compared through the map's hash of a
+    /// digest, never byte by byte against the secret itself.
+    by_token: HashMap<[u8; 32], Arc<Identity>>,
+    by_cert: HashMap<[u8; 32], Arc<Identity>>,
+    /// Role and quotas of a client certificate no identity names.
+    unlisted_cert: Option<(Role, Quotas)>,
+    /// The caller of a server without credentials.
+    local: Option<Arc<Identity>>,
 }
 
 impl Auth {
-    pub fn new(tokens: &[String]) -> Self {
+    /// `mutual_tls`: the listener requires client certificates.
+    pub fn new(config: &AuthConfig, mutual_tls: bool) -> Self {
+        let mut by_token = HashMap::new();
+        let mut by_cert = HashMap::new();
+        for c in &config.identities {
+            let identity = Arc::new(c.identity.clone());
+            if let Some(digest) = c.token_sha256 {
+                by_token.insert(digest, Arc::clone(&identity));
+            }
+            if let Some(digest) = c.client_cert_sha256 {
+                by_cert.insert(digest, identity);
+            }
+        }
+        let unlisted_cert = if mutual_tls {
+            config.client_cert_role.map(|r| (r, config.default_quotas))
+        } else {
+            None
+        };
+        let configured = !config.identities.is_empty() || mutual_tls;
         Self {
-            accepted: Arc::new(
-                tokens
-                    .iter()
-                    .map(|t| Sha256::digest(t.as_bytes()).into())
-                    .collect(),
-            ),
+            inner: Arc::new(Inner {
+                by_token,
+                by_cert,
+                unlisted_cert,
+                local: (!configured).then(|| Arc::new(Identity::local_admin())),
+            }),
         }
     }
 
+    /// Whether callers must prove who they are.
     pub fn enabled(&self) -> bool {
-        !self.accepted.is_empty()
+        self.inner.local.is_none()
+    }
+
+    fn resolve<T>(&self, request: &Request<T>) -> Result<Arc<Identity>, Status> {
+        let inner = &self.inner;
+        if let Some(local) = &inner.local {
+            return Ok(Arc::clone(local));
+        }
+        if let Some(value) = request.metadata().get("authorization") {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .ok_or_else(|| {
+                    super::status::unauthenticated(
+                        "the authorization metadata must be `Bearer <token>`",
+                    )
+                })?;
+            return inner
+                .by_token
+                .get(&sha256(token.trim().as_bytes()))
+                .cloned()
+                .ok_or_else(|| super::status::unauthenticated("the bearer token is not accepted"));
+        }
+        let cert = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| sha256(c.as_ref())));
+        if let Some(digest) = cert {
+            if let Some(identity) = inner.by_cert.get(&digest) {
+                return Ok(Arc::clone(identity));
+            }
+            if let Some((role, quotas)) = inner.unlisted_cert {
+                return Ok(Arc::new(Identity {
+                    name: format!("cert-{}", hex::encode(&digest[..8])),
+                    role,
+                    pools: None,
+                    quotas,
+                }));
+            }
+            return Err(super::status::unauthenticated(
+                "the client certificate names no identity of this server",
+            ));
+        }
+        Err(super::status::unauthenticated(
+            "missing `authorization: Bearer <token>` metadata (or a client certificate)",
+        ))
     }
 }
 
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if !self.enabled() {
-            // With mutual TLS, the client's certificate says who it is.
-            let caller = request.peer_certs().and_then(|certs| {
-                certs
-                    .first()
-                    .map(|cert| hex::encode(&Sha256::digest(cert.as_ref())[..16]))
-            });
-            request.extensions_mut().insert(Caller(caller));
-            return Ok(request);
-        }
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                super::status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-            })?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        // Compare digests in full against every accepted one: no early exit
-        // that would time-leak a token.
-        let known = self.accepted.iter().fold(false, |found, d| {
-            found
-                | (d.iter()
-                    .zip(digest.iter())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0)
-        });
-        if !known {
-            return Err(super::status::unauthenticated(
-                "the bearer token is not accepted",
-            ));
-        }
-        request
-            .extensions_mut()
-            .insert(Caller(Some(hex::encode(&digest[..16]))));
+        let caller = self.resolve(&request).inspect_err(|status| {
+            let peer = request
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            super::audit::refused(&format!("unauthenticated {peer}"), "-", status);
+        })?;
+        request.extensions_mut().insert(Caller(caller));
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Credentialed;
+
+    fn config() -> AuthConfig {
+        let mut config = AuthConfig::default();
+        config.identities.push(Credentialed {
+            identity: Identity {
+                name: "ops".into(),
+                role: Role::Admin,
+                pools: None,
+                quotas: Quotas::default(),
+            },
+            token_sha256: Some(sha256(b"ops-token")),
+            client_cert_sha256: None,
+        });
+        config
+    }
+
+    fn request(token: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(t) = token {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn without_credentials_everyone_is_the_local_admin() {
+        let auth = Auth::new(&AuthConfig::default(), false);
+        assert!(!auth.enabled());
+        let who = auth.resolve(&request(None)).expect("local");
+        assert!(who.is_admin());
+    }
+
+    #[test]
+    fn tokens_name_identities_and_unknown_ones_are_refused() {
+        let auth = Auth::new(&config(), false);
+        assert!(auth.enabled());
+        assert_eq!(
+            auth.resolve(&request(Some("ops-token"))).expect("ops").name,
+            "ops"
+        );
+        let refused = auth.resolve(&request(Some("nope"))).expect_err("unknown");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let missing = auth.resolve(&request(None)).expect_err("none");
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
     }
 }

@@ -109,6 +109,9 @@ impl From<LeaseEnd> for pb::LeaseState {
             LeaseEnd::Released => pb::LeaseState::Released,
             LeaseEnd::Expired => pb::LeaseState::Expired,
             LeaseEnd::Revoked => pb::LeaseState::Revoked,
+            LeaseEnd::LifetimeExceeded => pb::LeaseState::LifetimeExceeded,
+            LeaseEnd::ContainerLost => pb::LeaseState::ContainerLost,
+            LeaseEnd::PoolDeleted => pb::LeaseState::PoolDeleted,
         }
     }
 }
@@ -189,6 +192,8 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
         install_network: Some(spec.install_network),
         lease_installs: spec.lease_installs,
         package_index_url: Some(spec.package_index_url),
+        max_temporary: spec.max_temporary,
+        max_lease_lifetime: seconds("max_lease_lifetime", spec.max_lease_lifetime)?,
         runtime: RuntimeInput {
             mem_limit: runtime.mem_limit,
             cpu_period: runtime.cpu_period,
@@ -249,6 +254,8 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
         install_network: spec.install_network.clone(),
         lease_installs: Some(spec.lease_installs),
         package_index_url: spec.package_index_url.clone().unwrap_or_default(),
+        max_temporary: spec.max_temporary,
+        max_lease_lifetime: Some(pb_duration(spec.max_lease_lifetime)),
     }
 }
 
@@ -310,13 +317,49 @@ pub fn stats_to_pb(s: &PoolStats) -> pb::PoolStats {
     }
 }
 
-pub fn pool_to_pb(view: &PoolView) -> pb::Pool {
+/// A pool as the caller may see it: with `redact`, environment values and
+/// credentials in URLs are hidden (only admins see secrets).
+pub fn pool_to_pb(view: &PoolView, redact: bool) -> pb::Pool {
+    let mut spec = spec_to_pb(&view.spec);
+    if redact {
+        redact_secrets(&mut spec);
+    }
     pb::Pool {
-        spec: Some(spec_to_pb(&view.spec)),
+        spec: Some(spec),
         phase: pb::PoolPhase::from(view.phase).into(),
         status_message: view.status_message.clone(),
         create_time: Some(pb_time(view.created)),
         stats: Some(stats_to_pb(&view.stats)),
+        owner: view.owner.clone().unwrap_or_default(),
+        owner_expire_time: view.owner_expire_time.map(pb_time),
+    }
+}
+
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "<redacted>";
+
+fn redact_secrets(spec: &mut pb::PoolSpec) {
+    if let Some(runtime) = spec.runtime.as_mut() {
+        for value in runtime.env.values_mut() {
+            *value = REDACTED.to_string();
+        }
+    }
+    spec.package_index_url = redact_url(&spec.package_index_url);
+    for library in &mut spec.libraries {
+        *library = redact_url(library);
+    }
+}
+
+/// `scheme://user:password@host/...` without its user information; other
+/// text unchanged.
+fn redact_url(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}@{}", &rest[at + 1..]),
+        None => text.to_string(),
     }
 }
 
@@ -337,24 +380,24 @@ pub fn lease_state(end: Option<LeaseEnd>) -> pb::LeaseState {
     end.map_or(pb::LeaseState::Active, pb::LeaseState::from)
 }
 
-pub fn renewal_to_pb(lease_id: String, renewal: Renewal) -> pb::KeepAliveResponse {
-    match renewal {
-        Renewal::Active { expire_time, ttl } => pb::KeepAliveResponse {
-            lease_id,
-            state: pb::LeaseState::Active as i32,
-            expire_time: Some(pb_time(expire_time)),
-            ttl: Some(pb_duration(ttl)),
-        },
-        Renewal::Ended(end) => pb::KeepAliveResponse {
-            lease_id,
-            state: lease_state(Some(end)) as i32,
-            ..Default::default()
-        },
-        Renewal::NotFound => pb::KeepAliveResponse {
-            lease_id,
-            state: pb::LeaseState::NotFound as i32,
-            ..Default::default()
-        },
+/// The answer to a keepalive of a lease (or, with an empty `lease_id` and
+/// a `pool`, of an owned pool).
+pub fn renewal_to_pb(lease_id: String, pool: String, renewal: Renewal) -> pb::KeepAliveResponse {
+    let (state, expire_time, ttl) = match renewal {
+        Renewal::Active { expire_time, ttl } => (
+            pb::LeaseState::Active,
+            Some(pb_time(expire_time)),
+            Some(pb_duration(ttl)),
+        ),
+        Renewal::Ended(end) => (lease_state(Some(end)), None, None),
+        Renewal::NotFound => (pb::LeaseState::NotFound, None, None),
+    };
+    pb::KeepAliveResponse {
+        lease_id,
+        state: state as i32,
+        expire_time,
+        ttl,
+        pool,
     }
 }
 
@@ -453,4 +496,55 @@ pub fn run_event_to_pb(seq: u64, event: RunEvent) -> Result<pb::RunResponse, Sta
         seq,
         event: Some(event),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_for_tenants() {
+        assert_eq!(
+            redact_url("https://user:pw@pypi.example/simple"),
+            "https://<redacted>@pypi.example/simple"
+        );
+        assert_eq!(redact_url("https://host/a@b"), "https://host/a@b");
+        assert_eq!(redact_url("numpy"), "numpy");
+        let mut spec = PoolSpec::new("p", "python").validate().expect("valid");
+        spec.runtime.env.insert("API_KEY".into(), "hunter2".into());
+        spec.package_index_url = Some("https://u:p@index.example/simple".into());
+        let view = PoolView {
+            spec: std::sync::Arc::new(spec),
+            phase: Phase::Ready,
+            status_message: String::new(),
+            created: SystemTime::now(),
+            owner_expire_time: None,
+            stats: PoolStats {
+                pool: "p".into(),
+                total_size: 0,
+                max_size: 10,
+                min_size: 0,
+                state_counts: Default::default(),
+                closed: false,
+                counters: Default::default(),
+                acquire_latency: LatencySummary {
+                    samples: 0,
+                    p50: Duration::ZERO,
+                    p90: Duration::ZERO,
+                    p99: Duration::ZERO,
+                    max: Duration::ZERO,
+                },
+                temporary_containers: 0,
+                waiting: 0,
+                active_leases: 0,
+                time: SystemTime::now(),
+            },
+            owner: None,
+        };
+        let shown = pool_to_pb(&view, true).spec.expect("spec");
+        assert_eq!(shown.runtime.expect("rt").env["API_KEY"], REDACTED);
+        assert!(!shown.package_index_url.contains("u:p"));
+        let admin = pool_to_pb(&view, false).spec.expect("spec");
+        assert_eq!(admin.runtime.expect("rt").env["API_KEY"], "hunter2");
+    }
 }

@@ -2,6 +2,7 @@
 //! map errors (in `status`).
 
 mod artifact_service;
+pub mod audit;
 pub mod auth;
 pub mod convert;
 mod pool_service;
@@ -20,7 +21,7 @@ pub use artifact_service::ArtifactApi;
 pub use pool_service::PoolApi;
 pub use session_service::SessionApi;
 
-use crate::{files::FileLimits, pool::PoolManager, run::RunLimits};
+use crate::{files::FileLimits, identity::Identity, pool::PoolManager, run::RunLimits};
 
 /// What every service shares.
 pub struct AppState {
@@ -31,12 +32,15 @@ pub struct AppState {
     pub streams: CancellationToken,
 }
 
-/// The identity of the caller (from its bearer token), if auth is on.
-fn caller<T>(request: &Request<T>) -> Option<String> {
+/// The identity making the call, as the auth interceptor found it. A
+/// service reached without the interceptor would be a wiring bug: it is
+/// refused rather than trusted.
+fn caller<T>(request: &Request<T>) -> Result<Arc<Identity>, tonic::Status> {
     request
         .extensions()
         .get::<auth::Caller>()
-        .and_then(|c| c.0.clone())
+        .map(|c| Arc::clone(&c.0))
+        .ok_or_else(|| status::unauthenticated("the call reached a service without authentication"))
 }
 
 /// A request field that must not be empty: INVALID_ARGUMENT naming it.

@@ -6,8 +6,8 @@ use futures::Stream;
 use sandpool_proto::v1::{self as pb, pool_service_server::PoolService};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, convert, deadline, required};
-use crate::pool::Error;
+use super::{AppState, audit, caller, convert, deadline, required, session_service::open_stream};
+use crate::error::Error;
 
 /// WatchPoolStats sends at most one message per this interval.
 const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -30,44 +30,56 @@ impl PoolService for PoolApi {
         &self,
         request: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::CreatePoolResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        let spec = req
-            .spec
-            .ok_or_else(|| Status::from(Error::invalid("spec", "is missing")))?;
-        let spec = convert::spec_from_pb(spec)?;
-        let view = self
-            .state
-            .manager
-            .create_pool(spec, req.wait_ready, deadline)
-            .await?;
-        Ok(Response::new(pb::CreatePoolResponse {
-            pool: Some(convert::pool_to_pb(&view)),
-        }))
+        let who = caller(&request)?;
+        let result = async {
+            let deadline = deadline(&request);
+            let req = request.into_inner();
+            let spec = req
+                .spec
+                .ok_or_else(|| Status::from(Error::invalid("spec", "is missing")))?;
+            let spec = convert::spec_from_pb(spec)?;
+            let owner_ttl = convert::duration("owner_ttl", req.owner_ttl)?;
+            let view = self
+                .state
+                .manager
+                .create_pool(&who, spec, owner_ttl, req.wait_ready, deadline)
+                .await?;
+            audit::pool_created(&who, &view.spec);
+            Ok(Response::new(pb::CreatePoolResponse {
+                pool: Some(convert::pool_to_pb(&view, !who.is_admin())),
+            }))
+        }
+        .await;
+        audit::outcome(&who, "CreatePool", result)
     }
 
     async fn get_pool(
         &self,
         request: Request<pb::GetPoolRequest>,
     ) -> Result<Response<pb::GetPoolResponse>, Status> {
-        let name = request.into_inner().name;
-        required("name", &name)?;
-        let view = self.state.manager.get_pool(&name)?;
-        Ok(Response::new(pb::GetPoolResponse {
-            pool: Some(convert::pool_to_pb(&view)),
-        }))
+        let who = caller(&request)?;
+        let result = (|| {
+            let name = request.into_inner().name;
+            required("name", &name)?;
+            let view = self.state.manager.get_pool(&who, &name)?;
+            Ok(Response::new(pb::GetPoolResponse {
+                pool: Some(convert::pool_to_pb(&view, !who.is_admin())),
+            }))
+        })();
+        audit::outcome(&who, "GetPool", result)
     }
 
     async fn list_pools(
         &self,
-        _request: Request<pb::ListPoolsRequest>,
+        request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let who = caller(&request)?;
         let pools = self
             .state
             .manager
-            .list_pools()
+            .list_pools(&who)
             .iter()
-            .map(convert::pool_to_pb)
+            .map(|view| convert::pool_to_pb(view, !who.is_admin()))
             .collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
@@ -76,29 +88,39 @@ impl PoolService for PoolApi {
         &self,
         request: Request<pb::DeletePoolRequest>,
     ) -> Result<Response<pb::DeletePoolResponse>, Status> {
-        let deadline = deadline(&request);
-        let req = request.into_inner();
-        required("name", &req.name)?;
-        let busy = self
-            .state
-            .manager
-            .delete_pool(&req.name, req.wait, deadline)
-            .await?;
-        Ok(Response::new(pb::DeletePoolResponse {
-            busy_remaining: busy,
-        }))
+        let who = caller(&request)?;
+        let result = async {
+            let deadline = deadline(&request);
+            let req = request.into_inner();
+            required("name", &req.name)?;
+            let busy = self
+                .state
+                .manager
+                .delete_pool(&who, &req.name, req.wait, deadline)
+                .await?;
+            audit::pool_deleted(&who, &req.name);
+            Ok(Response::new(pb::DeletePoolResponse {
+                busy_remaining: busy,
+            }))
+        }
+        .await;
+        audit::outcome(&who, "DeletePool", result)
     }
 
     async fn get_pool_stats(
         &self,
         request: Request<pb::GetPoolStatsRequest>,
     ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
-        let name = request.into_inner().name;
-        required("name", &name)?;
-        let stats = self.state.manager.stats(&name)?;
-        Ok(Response::new(pb::GetPoolStatsResponse {
-            stats: Some(convert::stats_to_pb(&stats)),
-        }))
+        let who = caller(&request)?;
+        let result = (|| {
+            let name = request.into_inner().name;
+            required("name", &name)?;
+            let stats = self.state.manager.stats(&who, &name)?;
+            Ok(Response::new(pb::GetPoolStatsResponse {
+                stats: Some(convert::stats_to_pb(&stats)),
+            }))
+        })();
+        audit::outcome(&who, "GetPoolStats", result)
     }
 
     type WatchPoolStatsStream = WatchStream;
@@ -107,11 +129,15 @@ impl PoolService for PoolApi {
         &self,
         request: Request<pb::WatchPoolStatsRequest>,
     ) -> Result<Response<Self::WatchPoolStatsStream>, Status> {
+        let who = caller(&request)?;
         let name = request.into_inner().name;
-        required("name", &name)?;
-        let (mut changes, read) = self.state.manager.watch(&name)?;
+        let opened = required("name", &name)
+            .and_then(|()| Ok(self.state.manager.watch(&who, &name)?))
+            .and_then(|watch| Ok((watch, open_stream(&self.state, &who)?)));
+        let ((mut changes, read), held) = audit::outcome(&who, "WatchPoolStats", opened)?;
         let stop = self.state.streams.clone();
         let stream = async_stream(move |tx| async move {
+            let _held = held;
             loop {
                 let stats = read();
                 let closed =

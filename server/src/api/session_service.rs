@@ -6,13 +6,13 @@ use futures::{Stream, StreamExt};
 use sandpool_proto::v1::{self as pb, session_service_server::SessionService};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, caller, convert, deadline, pool_service::async_stream, required};
+use super::{AppState, audit, caller, convert, deadline, pool_service::async_stream, required};
 use crate::{
     error::Error,
     files,
+    identity::{Identity, Quota},
     pool::{AcquireRequest, LeaseFile},
-    run,
-    run::{context, install},
+    run::{self, Program, RunEvent, context, install},
 };
 
 pub struct SessionApi {
@@ -28,51 +28,71 @@ impl SessionApi {
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
 type RunStream = Pin<Box<dyn Stream<Item = Result<pb::RunResponse, Status>> + Send>>;
 
+/// The files of an Acquire request, checked.
+fn lease_files(files: Vec<pb::LeaseFile>, roots: &[String]) -> Result<Vec<LeaseFile>, Status> {
+    let mut checked = Vec::with_capacity(files.len());
+    for (i, file) in files.into_iter().enumerate() {
+        let mode = file.mode.unwrap_or(0o644);
+        if mode > 0o7777 {
+            return Err(Error::invalid(
+                format!("files[{i}].mode"),
+                format!("{mode:o} is not a file mode"),
+            )
+            .into());
+        }
+        checked.push(LeaseFile {
+            path: files::check_path(&format!("files[{i}].path"), &file.path, roots)?,
+            content: file.content,
+            mode,
+        });
+    }
+    Ok(checked)
+}
+
+/// What a run's audit record says it ran.
+fn run_subject(lease_id: &str, pool_language: &str, program: &Program) -> audit::RunSubject {
+    match program {
+        Program::Code { source, language } => audit::RunSubject::new(
+            lease_id,
+            language.as_deref().unwrap_or(pool_language),
+            source,
+        ),
+        Program::Argv(argv) => {
+            audit::RunSubject::new(lease_id, "command", argv.join("\0").as_bytes())
+        }
+        Program::Shell(line) => audit::RunSubject::new(lease_id, "shell", line.as_bytes()),
+    }
+}
+
 #[tonic::async_trait]
 impl SessionService for SessionApi {
     async fn acquire(
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let deadline = deadline(&request);
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("pool", &req.pool)?;
-        let ttl = convert::duration("ttl", req.ttl)?;
-        let limits = &self.state.file_limits;
-        let mut files = Vec::with_capacity(req.files.len());
-        for (i, file) in req.files.into_iter().enumerate() {
-            let mode = file.mode.unwrap_or(0o644);
-            if mode > 0o7777 {
-                return Err(Error::invalid(
-                    format!("files[{i}].mode"),
-                    format!("{mode:o} is not a file mode"),
-                )
-                .into());
-            }
-            files.push(LeaseFile {
-                path: files::check_path(
-                    &format!("files[{i}].path"),
-                    &file.path,
-                    &limits.allowed_roots,
-                )?,
-                content: file.content,
-                mode,
-            });
+        let who = caller(&request)?;
+        let result = async {
+            let deadline = deadline(&request);
+            let req = request.into_inner();
+            required("pool", &req.pool)?;
+            let request = AcquireRequest {
+                pool: req.pool,
+                ttl: convert::duration("ttl", req.ttl)?,
+                env: {
+                    let mut env: Vec<(String, String)> = req.env.into_iter().collect();
+                    env.sort();
+                    env
+                },
+                files: lease_files(req.files, &self.state.file_limits.allowed_roots)?,
+            };
+            let lease = self.state.manager.acquire(&who, request, deadline).await?;
+            audit::acquired(&who, &lease);
+            Ok(Response::new(pb::AcquireResponse {
+                lease: Some(convert::lease_to_pb(&lease)),
+            }))
         }
-        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
-        env.sort();
-        let request = AcquireRequest {
-            pool: req.pool,
-            ttl,
-            env,
-            owner,
-            files,
-        };
-        let lease = self.state.manager.acquire(request, deadline).await?;
-        Ok(Response::new(pb::AcquireResponse {
-            lease: Some(convert::lease_to_pb(&lease)),
-        }))
+        .await;
+        audit::outcome(&who, "Acquire", result)
     }
 
     type KeepAliveStream = KeepAliveStream;
@@ -81,49 +101,63 @@ impl SessionService for SessionApi {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
-        let owner = caller(&request);
-        let mut incoming = request.into_inner();
-        let manager = Arc::clone(&self.state.manager);
-        let stop = self.state.streams.clone();
-        let stream = async_stream(move |tx| async move {
-            loop {
-                let next = tokio::select! {
-                    next = incoming.next() => next,
-                    _ = stop.cancelled() => return,
-                };
-                let reply = match next {
-                    None => return,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "keepalive stream broke");
+        let who = caller(&request)?;
+        let result = open_stream(&self.state, &who).map(|held| {
+            let mut incoming = request.into_inner();
+            let manager = Arc::clone(&self.state.manager);
+            let stop = self.state.streams.clone();
+            let who = Arc::clone(&who);
+            let stream = async_stream(move |tx| async move {
+                let _held = held;
+                loop {
+                    let next = tokio::select! {
+                        next = incoming.next() => next,
+                        _ = stop.cancelled() => return,
+                    };
+                    let reply = match next {
+                        None => return,
+                        Some(Err(status)) => {
+                            tracing::debug!(%status, "keepalive stream broke");
+                            return;
+                        }
+                        Some(Ok(req)) if req.lease_id.is_empty() && !req.pool.is_empty() => {
+                            let renewal = manager.keepalive_pool(&who, &req.pool);
+                            convert::renewal_to_pb(String::new(), req.pool, renewal)
+                        }
+                        Some(Ok(req)) => convert::renewal_to_pb(
+                            req.lease_id.clone(),
+                            String::new(),
+                            manager.keepalive(&req.lease_id, &who.name),
+                        ),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
                         return;
                     }
-                    Some(Ok(req)) => convert::renewal_to_pb(
-                        req.lease_id.clone(),
-                        manager.keepalive(&req.lease_id, owner.as_deref()),
-                    ),
-                };
-                if tx.send(Ok(reply)).await.is_err() {
-                    return;
                 }
-            }
+            });
+            Response::new(stream)
         });
-        Ok(Response::new(stream))
+        audit::outcome(&who, "KeepAlive", result)
     }
 
     async fn release(
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("lease_id", &req.lease_id)?;
-        let before = self
-            .state
-            .manager
-            .release(&req.lease_id, owner.as_deref())?;
-        Ok(Response::new(pb::ReleaseResponse {
-            previous_state: convert::lease_state(before) as i32,
-        }))
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            let before = self.state.manager.release(&req.lease_id, &who.name)?;
+            if before.is_none() {
+                audit::released(&who, &req.lease_id);
+            }
+            Ok(Response::new(pb::ReleaseResponse {
+                previous_state: convert::lease_state(before) as i32,
+            }))
+        }
+        .await;
+        audit::outcome(&who, "Release", result)
     }
 
     type RunStream = RunStream;
@@ -132,72 +166,117 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("lease_id", &req.lease_id)?;
-        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
-        let spec = convert::run_spec_from_pb(req)?;
-        let events = run::start(lease, spec, &self.state.run_limits).await?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(events)
-            .enumerate()
-            .map(|(i, event)| convert::run_event_to_pb(i as u64 + 1, event));
-        Ok(Response::new(Box::pin(stream)))
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            let held = open_stream(&self.state, &who)?;
+            let lease_id = req.lease_id.clone();
+            let spec = convert::run_spec_from_pb(req)?;
+            let subject = run_subject(&lease_id, &lease.spec().language, &spec.program);
+            let events = run::start(lease, spec, &self.state.run_limits).await?;
+            let who = Arc::clone(&who);
+            let mut run_id = String::new();
+            let stream = tokio_stream::wrappers::ReceiverStream::new(events)
+                .enumerate()
+                .map(move |(i, event)| {
+                    let _held = &held;
+                    match &event {
+                        RunEvent::Started { run_id: id, .. } => run_id = id.to_string(),
+                        RunEvent::Exit(exit) => audit::run_ended(&who, &subject, &run_id, exit),
+                        _ => {}
+                    }
+                    convert::run_event_to_pb(i as u64 + 1, event)
+                });
+            Ok(Response::new(Box::pin(stream) as RunStream))
+        }
+        .await;
+        audit::outcome(&who, "Run", result)
     }
 
     async fn install_libraries(
         &self,
         request: Request<pb::InstallLibrariesRequest>,
     ) -> Result<Response<pb::InstallLibrariesResponse>, Status> {
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("lease_id", &req.lease_id)?;
-        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
-        let started = std::time::Instant::now();
-        let log =
-            install::install_for_lease(&lease, req.libraries, &self.state.file_limits).await?;
-        Ok(Response::new(pb::InstallLibrariesResponse {
-            log,
-            duration: Some(convert::pb_duration(started.elapsed())),
-        }))
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            let started = std::time::Instant::now();
+            let log =
+                install::install_for_lease(&lease, req.libraries, &self.state.file_limits).await?;
+            Ok(Response::new(pb::InstallLibrariesResponse {
+                log,
+                duration: Some(convert::pb_duration(started.elapsed())),
+            }))
+        }
+        .await;
+        audit::outcome(&who, "InstallLibraries", result)
     }
 
     async fn create_context(
         &self,
         request: Request<pb::CreateContextRequest>,
     ) -> Result<Response<pb::CreateContextResponse>, Status> {
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("lease_id", &req.lease_id)?;
-        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
-        let context_id = context::create(&lease, Some(&req.language)).await?;
-        Ok(Response::new(pb::CreateContextResponse { context_id }))
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            let context_id = context::create(&lease, Some(&req.language)).await?;
+            Ok(Response::new(pb::CreateContextResponse { context_id }))
+        }
+        .await;
+        audit::outcome(&who, "CreateContext", result)
     }
 
     async fn delete_context(
         &self,
         request: Request<pb::DeleteContextRequest>,
     ) -> Result<Response<pb::DeleteContextResponse>, Status> {
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("lease_id", &req.lease_id)?;
-        required("context_id", &req.context_id)?;
-        let lease = self.state.manager.lease(&req.lease_id, owner.as_deref())?;
-        context::delete(&lease, &req.context_id).await?;
-        Ok(Response::new(pb::DeleteContextResponse {}))
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            required("context_id", &req.context_id)?;
+            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            context::delete(&lease, &req.context_id).await?;
+            Ok(Response::new(pb::DeleteContextResponse {}))
+        }
+        .await;
+        audit::outcome(&who, "DeleteContext", result)
     }
 
     async fn cancel(
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        let owner = caller(&request);
-        let req = request.into_inner();
-        required("lease_id", &req.lease_id)?;
-        required("run_id", &req.run_id)?;
-        let cancelled =
-            self.state
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            required("run_id", &req.run_id)?;
+            let cancelled = self
+                .state
                 .manager
-                .cancel_run(&req.lease_id, owner.as_deref(), &req.run_id)?;
-        Ok(Response::new(pb::CancelResponse { cancelled }))
+                .cancel_run(&req.lease_id, &who.name, &req.run_id)?;
+            Ok(Response::new(pb::CancelResponse { cancelled }))
+        }
+        .await;
+        audit::outcome(&who, "Cancel", result)
     }
+}
+
+/// One of `who`'s open streams, counted against its quota until dropped.
+pub(super) fn open_stream(
+    state: &AppState,
+    who: &Identity,
+) -> Result<crate::identity::QuotaGuard, Status> {
+    state
+        .manager
+        .quotas()
+        .take(who, Quota::Streams)
+        .map_err(|e| Status::from(Error::QuotaExceeded(e)))
 }

@@ -16,6 +16,8 @@ use crate::{backend, error::Error, sandbox};
 
 /// Suggested wait before retrying an exhausted pool.
 const EXHAUSTED_RETRY: Duration = Duration::from_secs(1);
+/// Suggested wait before retrying when a quota is full.
+const QUOTA_RETRY: Duration = Duration::from_secs(1);
 /// Suggested wait before retrying while the engine does not answer.
 const ENGINE_RETRY: Duration = Duration::from_secs(1);
 
@@ -143,6 +145,31 @@ impl From<Error> for Status {
                     .with("lease_id", lease_id)
             }
             Error::ShuttingDown => Failure::new(C::Unavailable, R::ShuttingDown),
+            Error::EngineUnavailable { backend, .. } => {
+                Failure::new(C::Unavailable, R::EngineUnavailable)
+                    .retry_after(ENGINE_RETRY)
+                    .with("backend", backend.as_str())
+            }
+            Error::PermissionDenied { identity, pool, .. } => {
+                let f =
+                    Failure::new(C::PermissionDenied, R::NotPermitted).with("identity", identity);
+                match pool {
+                    Some(pool) => f.with("pool", pool),
+                    None => f,
+                }
+            }
+            Error::PolicyViolation { field, limit, .. } => {
+                let mut f = Failure::new(C::PermissionDenied, R::PolicyViolation)
+                    .with("field", &field)
+                    .with("limit", limit);
+                f.details.add_bad_request_violation(field, &message);
+                f
+            }
+            Error::QuotaExceeded(q) => Failure::new(C::ResourceExhausted, R::QuotaExceeded)
+                .retry_after(QUOTA_RETRY)
+                .with("identity", q.identity)
+                .with("quota", q.quota.as_str())
+                .with("limit", q.limit.to_string()),
             Error::Sandbox(e) => from_sandbox(e, &message),
         };
         failure.into_status(message)

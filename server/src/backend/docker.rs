@@ -13,18 +13,23 @@ use bollard::{
         NetworkDisconnectRequest,
     },
     query_parameters::{
-        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
-        ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+        AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+        EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+        RemoveContainerOptionsBuilder, StartContainerOptions,
     },
 };
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use super::{
-    Backend, BackendKind, ContainerInfo, ContainerSpec, Error, Exec, ExecSpec, ListedContainer,
-    Output, Result, Tmpfs,
+    Backend, BackendKind, ContainerEvent, ContainerEventKind, ContainerInfo, ContainerSpec, Error,
+    Exec, ExecSpec, LABEL_MARKER, LABEL_SERVER, ListedContainer, Liveness, Output, Result, Tmpfs,
     privilege::{self, Mode, Privileges},
 };
+
+/// A marker younger than this that has not started yet is starting, not
+/// dead (one that ran and exited is dead at once).
+const MARKER_STARTUP_GRACE_SECS: i64 = 60;
 
 /// How long a pull may take before the image counts as missing. No registry
 /// may be reachable at all, so this must fail in reasonable time.
@@ -448,6 +453,9 @@ impl Backend for DockerBackend {
                 Some(ListedContainer {
                     id: c.id?,
                     labels: c.labels.unwrap_or_default(),
+                    running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+                    starting: c.state == Some(bollard::models::ContainerSummaryStateEnum::CREATED),
+                    created: c.created.unwrap_or(0),
                 })
             })
             .collect())
@@ -593,4 +601,239 @@ impl Backend for DockerBackend {
             env: info.config.and_then(|c| c.env).unwrap_or_default(),
         })
     }
+
+    async fn ping(&self) -> Result<()> {
+        self.client()
+            .await?
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unreachable {
+                backend: self.kind,
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    async fn events(
+        &self,
+        label: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<ContainerEvent>>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![label.to_string()]),
+            // `kill` comes first: `docker rm -f` and `docker kill` send it
+            // before the process is even gone, so the pool hears of the
+            // death well before the command that caused it returns.
+            (
+                "event".to_string(),
+                vec!["kill".to_string(), "die".to_string(), "destroy".to_string()],
+            ),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        // The stream is read on a thread of its own, with a connection of its
+        // own: an event is in the channel as soon as the engine sends it,
+        // however busy the server's runtime is, so a pool that asks "anything
+        // new?" before handing out a container sees it (see
+        // `EngineHealth::catch_up`).
+        let endpoint = self.endpoint.clone();
+        let kind = self.kind;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("sandpool-{kind}-events"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::Engine {
+                            op: "events",
+                            detail: e.to_string(),
+                        }));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let own = DockerBackend::new(kind, endpoint);
+                    let docker = match own.client().await {
+                        Ok(docker) => docker.clone(),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let mut events = docker.events(Some(options));
+                    let forward = async {
+                        while let Some(item) = events.next().await {
+                            let mapped = match item {
+                                Err(e) => Some(Err(engine_error("events", e))),
+                                Ok(message) => container_event(message).map(Ok),
+                            };
+                            if let Some(event) = mapped
+                                && tx.send(event).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = forward => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .map_err(|e| Error::Engine {
+                op: "events",
+                detail: e.to_string(),
+            })?;
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::Engine {
+                    op: "events",
+                    detail: "the event reader ended before it started".into(),
+                });
+            }
+        }
+        let stream = futures::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+            rx.recv().await.map(|event| (event, (rx, stop)))
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn announce(&self, server_id: &str, image: &str) -> Result<Liveness> {
+        let docker = self.client().await?;
+        // A fresh name each time: a new marker is up before an old one (of a
+        // broken connection) goes, so the instance never looks dead.
+        let name = format!(
+            "sandpool-marker-{}-{:08x}",
+            container_name_part(server_id),
+            rand::random::<u32>()
+        );
+        let labels = HashMap::from([
+            (LABEL_SERVER.to_string(), server_id.to_string()),
+            (LABEL_MARKER.to_string(), "true".to_string()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            // `cat` ends when its standard input does: when the engine closes
+            // it because our attached connection is gone.
+            entrypoint: Some(vec!["cat".to_string()]),
+            cmd: Some(Vec::new()),
+            user: Some("65534:65534".to_string()),
+            labels: Some(labels),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_string()),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                memory: Some(16 << 20),
+                pids_limit: Some(8),
+                ..Default::default()
+            }),
+            stop_signal: Some("SIGKILL".to_string()),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => Error::ImageMissing {
+                    image: image.to_string(),
+                    detail: e.to_string(),
+                },
+                _ => engine_error("marker create", e),
+            })?;
+        let attached = async {
+            let options = AttachContainerOptionsBuilder::default()
+                .stdin(true)
+                .stream(true)
+                .build();
+            let attached = docker
+                .attach_container(&created.id, Some(options))
+                .await
+                .map_err(|e| engine_error("marker attach", e))?;
+            docker
+                .start_container(&created.id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| engine_error("marker start", e))?;
+            Ok::<_, Error>(attached.input)
+        }
+        .await;
+        match attached {
+            Ok(input) => Ok(Liveness {
+                id: created.id,
+                hold: Box::new(std::sync::Mutex::new(input)),
+            }),
+            Err(e) => {
+                let _ = self.remove_container(&created.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn dead_instances(&self) -> Result<Vec<String>> {
+        let all = self.list_containers(LABEL_SERVER, None).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut instances: HashMap<String, bool> = HashMap::new();
+        for c in &all {
+            let Some(id) = c.labels.get(LABEL_SERVER) else {
+                continue;
+            };
+            let alive = instances.entry(id.clone()).or_insert(false);
+            if c.labels.contains_key(LABEL_MARKER)
+                && (c.running || (c.starting && now - c.created < MARKER_STARTUP_GRACE_SECS))
+            {
+                *alive = true;
+            }
+        }
+        Ok(instances
+            .into_iter()
+            .filter_map(|(id, alive)| (!alive).then_some(id))
+            .collect())
+    }
+}
+
+/// A lifecycle event of the engine as ours, if it is one we follow.
+fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    let kind = match message.action.as_deref() {
+        Some("kill" | "die") => ContainerEventKind::Died,
+        Some("destroy") => ContainerEventKind::Removed,
+        _ => return None,
+    };
+    let actor = message.actor.unwrap_or_default();
+    Some(ContainerEvent {
+        id: actor.id?,
+        labels: actor.attributes.unwrap_or_default(),
+        kind,
+    })
+}
+
+/// `text` in the characters a container name allows.
+fn container_name_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }

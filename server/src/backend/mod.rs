@@ -13,6 +13,15 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use docker::DockerBackend;
 
+/// Label naming the server instance that owns a container.
+pub const LABEL_SERVER: &str = "sandpool.server";
+/// Label naming the pool a container belongs to.
+pub const LABEL_POOL: &str = "sandpool.pool";
+/// Label set on temporary (TEMPORARY strategy) containers.
+pub const LABEL_TEMPORARY: &str = "sandpool.temporary";
+/// Label of an instance's liveness marker.
+pub const LABEL_MARKER: &str = "sandpool.marker";
+
 /// Which engine a pool runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackendKind {
@@ -150,6 +159,38 @@ pub struct Exec {
 pub struct ListedContainer {
     pub id: String,
     pub labels: HashMap<String, String>,
+    /// Its main process runs.
+    pub running: bool,
+    /// Created and not started yet.
+    pub starting: bool,
+    /// When it was created (seconds since the epoch).
+    pub created: i64,
+}
+
+/// Something the engine reports about a container of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    pub kind: ContainerEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEventKind {
+    /// Its main process ended, or is being killed (killed, crashed, OOM):
+    /// it is not to be used any more.
+    Died,
+    /// It was removed.
+    Removed,
+}
+
+/// While held, other server instances on the same engine see this one as
+/// alive. Dropping it (or this process dying) ends it.
+pub struct Liveness {
+    /// The engine object that shows it (a marker container).
+    pub id: String,
+    /// Whatever keeps it alive (an attached stream).
+    pub hold: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// A container engine.
@@ -190,6 +231,22 @@ pub trait Backend: Send + Sync + 'static {
     /// What the engine reports of a running container: its networks and
     /// its environment.
     async fn inspect(&self, container_id: &str) -> Result<ContainerInfo>;
+
+    /// Whether the engine answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Deaths and removals of containers that carry `label`, as the engine
+    /// reports them. The stream ends when the connection to the engine does.
+    async fn events(&self, label: &str) -> Result<BoxStream<'static, Result<ContainerEvent>>>;
+
+    /// Announces server instance `server_id` on the engine, so that other
+    /// instances can tell whether it is alive (`dead_instances`). `image` is
+    /// an image the engine has, for engines that need one.
+    async fn announce(&self, server_id: &str, image: &str) -> Result<Liveness>;
+
+    /// Ids of server instances that have containers on the engine (label
+    /// `sandpool.server`) but are no longer alive.
+    async fn dead_instances(&self) -> Result<Vec<String>>;
 }
 
 /// What `Backend::inspect` reports.

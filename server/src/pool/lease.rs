@@ -16,7 +16,10 @@ use tokio_util::{
 };
 
 use super::{Error, LeaseEnd, Result, pool::Holding, pool::Pool};
-use crate::{artifact::ArtifactInfo, lang::Language, sandbox, spec::PoolSpec, sync::lock};
+use crate::{
+    artifact::ArtifactInfo, identity::QuotaGuard, lang::Language, sandbox, spec::PoolSpec,
+    sync::lock,
+};
 
 /// How often expiry is checked: a dead client holds its container for at
 /// most TTL plus this.
@@ -96,6 +99,16 @@ struct Life {
     ended: Option<LeaseEnd>,
 }
 
+impl Life {
+    /// Renews the deadline to `ttl` from now, but never past `last`.
+    fn renew(&mut self, ttl: Duration, last: Instant) {
+        let now = Instant::now();
+        let deadline = (now + ttl).min(last);
+        self.expire_time = SystemTime::now() + deadline.saturating_duration_since(now);
+        self.deadline = deadline;
+    }
+}
+
 /// Why a run was stopped from outside the run itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopCause {
@@ -140,8 +153,13 @@ pub struct LeaseEntry {
     /// The held container, for the operations of the lease.
     sandbox: sandbox::Container,
     ttl: Duration,
-    owner: Option<String>,
+    /// The identity that acquired it: the only one that may use it.
+    owner: String,
+    /// When it ends whatever its keepalives (its pool's max_lease_lifetime).
+    last: Instant,
     life: Mutex<Life>,
+    /// Its place in the owner's lease quota, given back when it ends.
+    quota: Mutex<Option<QuotaGuard>>,
     /// Operations in flight (runs, uploads, downloads).
     ops: TaskTracker,
     runs: Mutex<Runs>,
@@ -337,10 +355,18 @@ impl LeaseTable {
         pool: Arc<Pool>,
         holding: Holding,
         ttl: Duration,
-        owner: Option<String>,
+        owner: String,
+        quota: QuotaGuard,
         env: Vec<(String, String)>,
     ) -> Arc<LeaseEntry> {
         let id = format!("{:032x}", rand::random::<u128>());
+        let last = Instant::now() + pool.spec.max_lease_lifetime;
+        let mut life = Life {
+            deadline: last,
+            expire_time: SystemTime::now(),
+            ended: None,
+        };
+        life.renew(ttl, last);
         let sandbox = pool.sandbox(holding.container());
         let entry = Arc::new(LeaseEntry {
             id: id.clone(),
@@ -349,11 +375,9 @@ impl LeaseTable {
             sandbox,
             ttl,
             owner,
-            life: Mutex::new(Life {
-                deadline: Instant::now() + ttl,
-                expire_time: SystemTime::now() + ttl,
-                ended: None,
-            }),
+            last,
+            life: Mutex::new(life),
+            quota: Mutex::new(Some(quota)),
             ops: TaskTracker::new(),
             runs: Mutex::new(Runs::default()),
             env,
@@ -365,10 +389,10 @@ impl LeaseTable {
     }
 
     /// The live lease `id`, if `owner` may use it.
-    fn entry(&self, id: &str, owner: Option<&str>) -> Result<Arc<LeaseEntry>> {
+    fn entry(&self, id: &str, owner: &str) -> Result<Arc<LeaseEntry>> {
         let leases = lock(&self.leases);
         if let Some(entry) = leases.active.get(id) {
-            if entry.owner.as_deref() == owner {
+            if entry.owner == owner {
                 return Ok(Arc::clone(entry));
             }
             return Err(Error::LeaseNotFound(id.to_string()));
@@ -383,7 +407,7 @@ impl LeaseTable {
     }
 
     /// A guard for one operation on lease `id`.
-    pub fn guard(&self, id: &str, owner: Option<&str>) -> Result<LeaseGuard> {
+    pub fn guard(&self, id: &str, owner: &str) -> Result<LeaseGuard> {
         let entry = self.entry(id, owner)?;
         let life = lock(&entry.life);
         if let Some(end) = life.ended {
@@ -403,7 +427,7 @@ impl LeaseTable {
     }
 
     /// Stops one run of lease `id`. `Ok(false)` when it had already ended.
-    pub fn cancel_run(&self, id: &str, owner: Option<&str>, run_id: &str) -> Result<bool> {
+    pub fn cancel_run(&self, id: &str, owner: &str, run_id: &str) -> Result<bool> {
         let entry = self.entry(id, owner)?;
         let run_id = RunId(run_id.to_string());
         let runs = lock(&entry.runs);
@@ -421,15 +445,14 @@ impl LeaseTable {
         })
     }
 
-    pub fn renew(&self, id: &str, owner: Option<&str>) -> Renewal {
+    pub fn renew(&self, id: &str, owner: &str) -> Renewal {
         match self.entry(id, owner) {
             Ok(entry) => {
                 let mut life = lock(&entry.life);
                 if let Some(end) = life.ended {
                     return Renewal::Ended(end);
                 }
-                life.deadline = Instant::now() + entry.ttl;
-                life.expire_time = SystemTime::now() + entry.ttl;
+                life.renew(entry.ttl, entry.last);
                 Renewal::Active {
                     expire_time: life.expire_time,
                     ttl: entry.ttl,
@@ -442,7 +465,7 @@ impl LeaseTable {
 
     /// Ends lease `id` by its client's wish. Returns how it had already ended,
     /// or `None` if this call ended it.
-    pub fn release(&self, id: &str, owner: Option<&str>) -> Result<Option<LeaseEnd>> {
+    pub fn release(&self, id: &str, owner: &str) -> Result<Option<LeaseEnd>> {
         match self.entry(id, owner) {
             Ok(entry) => Ok(if self.end(&entry, LeaseEnd::Released) {
                 None
@@ -466,6 +489,9 @@ impl LeaseTable {
             life.ended = Some(end);
             entry.ops.close();
         }
+        // The lease no longer counts against its owner, even while its
+        // container is still being handed back.
+        drop(lock(&entry.quota).take());
         {
             let mut leases = lock(&self.leases);
             leases.active.remove(&entry.id);
@@ -495,8 +521,13 @@ impl LeaseTable {
             .cloned()
             .collect();
         for entry in due {
-            tracing::info!(lease = %entry.id, pool = %entry.pool.name(), "lease expired");
-            self.end(&entry, LeaseEnd::Expired);
+            let end = if now >= entry.last {
+                LeaseEnd::LifetimeExceeded
+            } else {
+                LeaseEnd::Expired
+            };
+            tracing::info!(lease = %entry.id, pool = %entry.pool.name(), ?end, "lease ended by the server");
+            self.end(&entry, end);
         }
         lock(&self.leases)
             .ended
@@ -505,16 +536,57 @@ impl LeaseTable {
 
     pub fn spawn_reaper(self: &Arc<Self>, stop: CancellationToken) {
         let table = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REAP_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => table.reap(),
-                    _ = stop.cancelled() => return,
+        crate::supervise::spawn("lease reaper", move || {
+            let table = Arc::clone(&table);
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(REAP_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => table.reap(),
+                        _ = stop.cancelled() => return,
+                    }
                 }
             }
         });
+    }
+
+    /// Ends the leases that hold `container` (it died).
+    pub fn end_by_container(&self, container: &str, end: LeaseEnd) {
+        let holders: Vec<Arc<LeaseEntry>> = lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| e.holding.container() == container)
+            .cloned()
+            .collect();
+        for entry in holders {
+            tracing::warn!(lease = %entry.id, %container, ?end, "the lease's container is gone; ending the lease");
+            self.end(&entry, end);
+        }
+    }
+
+    /// Ends the leases on pool `pool` (it is being deleted).
+    pub fn end_by_pool(&self, pool: &str, end: LeaseEnd) {
+        let on_pool: Vec<Arc<LeaseEntry>> = lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| e.pool.name() == pool)
+            .cloned()
+            .collect();
+        for entry in on_pool {
+            self.end(&entry, end);
+        }
+    }
+
+    /// The containers of leases on temporary containers.
+    pub fn temporary_containers(&self) -> Vec<String> {
+        lock(&self.leases)
+            .active
+            .values()
+            .filter(|e| matches!(e.holding, Holding::Temporary { .. }))
+            .map(|e| e.holding.container().to_string())
+            .collect()
     }
 
     /// Revokes every lease (server stopping).

@@ -21,17 +21,24 @@ const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Pool {
     pub(super) fn spawn_maintainer(self: &Arc<Self>) {
-        let pool = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                let (checks, next) = pool.sweep();
-                if !checks.is_empty() {
-                    pool.check_health(checks).await;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next.into()) => {}
-                    _ = pool.wake.notified() => {}
-                    _ = pool.stop.cancelled() => return,
+        // Weak: a deleted pool's maintainer must not keep it alive.
+        let pool = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        crate::supervise::spawn(format!("maintainer ({})", self.name()), move || {
+            let pool = pool.clone();
+            let stop = stop.clone();
+            async move {
+                loop {
+                    let Some(pool) = pool.upgrade() else { return };
+                    let (checks, next) = pool.sweep();
+                    if !checks.is_empty() {
+                        pool.check_health(checks).await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next.into()) => {}
+                        _ = pool.wake.notified() => {}
+                        _ = stop.cancelled() => return,
+                    }
                 }
             }
         });

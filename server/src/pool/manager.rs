@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Error, LeaseEnd, LeaseGuard, LeaseInfo, Result,
     lease::{LeaseTable, Renewal},
-    pool::{Phase, Pool},
+    pool::{EngineHealth, Ownership, Phase, Pool, PoolContext, TemporaryBudget},
     stats::PoolStats,
 };
 use crate::{
     backend::{BackendKind, Engines},
+    identity::{Identity, Quota, QuotaBook, QuotaGuard},
+    policy::Policy,
     sandbox,
     spec::{PoolSpec, validate_env_name},
     sync,
@@ -30,6 +32,28 @@ pub struct PoolView {
     pub status_message: String,
     pub created: SystemTime,
     pub stats: PoolStats,
+    /// The identity that created it at run time; `None`: the config file's.
+    pub owner: Option<String>,
+    /// When it lapses unless its owner keeps it alive.
+    pub owner_expire_time: Option<SystemTime>,
+}
+
+/// What the wiring decides for the manager: the policy floor of pools made
+/// at run time and the server-wide bounds.
+#[derive(Debug, Clone)]
+pub struct ManagerSettings {
+    pub policy: Policy,
+    /// TEMPORARY containers across all pools at once.
+    pub max_temporaries: u32,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            max_temporaries: 100,
+        }
+    }
 }
 
 /// The shortest lease a caller may ask for: keepalives at a third of it must
@@ -38,6 +62,8 @@ const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for engine work in flight before it removes the
 /// remaining containers by label.
 const SHUTDOWN_SETTLE: Duration = Duration::from_secs(20);
+/// How often owned pools are checked for a lapsed owner.
+const OWNER_REAP_INTERVAL: Duration = Duration::from_millis(100);
 /// How often shutdown looks whether runs finished within the grace period.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
@@ -49,8 +75,6 @@ pub struct AcquireRequest {
     pub ttl: Option<Duration>,
     /// Environment for every run of the lease.
     pub env: Vec<(String, String)>,
-    /// The identity that will own the lease (`None` without authentication).
-    pub owner: Option<String>,
     /// Files to place in the container before the lease is handed out; their
     /// paths are checked by the caller.
     pub files: Vec<LeaseFile>,
@@ -68,24 +92,48 @@ pub struct LeaseFile {
 pub type StatsReader = Arc<dyn Fn() -> PoolStats + Send + Sync>;
 
 pub struct PoolManager {
-    server_id: Arc<str>,
+    pub(super) server_id: Arc<str>,
     engines: Engines,
+    policy: Policy,
+    temporaries: Arc<TemporaryBudget>,
+    quotas: Arc<QuotaBook>,
+    /// Per engine: whether it answers.
+    health: std::sync::Mutex<std::collections::HashMap<BackendKind, Arc<EngineHealth>>>,
+    /// Engines being watched (see `engine_watch`).
+    pub(super) watches:
+        std::sync::Mutex<std::collections::HashMap<BackendKind, Arc<super::engine_watch::Watch>>>,
+    /// Another instance's marker died: remove its containers.
+    pub(super) sweep_requested: tokio::sync::Notify,
+    /// Our own marker is gone: put up another.
+    pub(super) reannounce: tokio::sync::Notify,
     pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
-    leases: Arc<LeaseTable>,
-    stop: CancellationToken,
+    pub(super) leases: Arc<LeaseTable>,
+    pub(super) stop: CancellationToken,
 }
 
 impl PoolManager {
     /// A manager whose containers carry `server_id`, with pools on `engines`.
-    pub fn new(server_id: impl Into<Arc<str>>, engines: Engines) -> Arc<Self> {
+    pub fn new(
+        server_id: impl Into<Arc<str>>,
+        engines: Engines,
+        settings: ManagerSettings,
+    ) -> Arc<Self> {
         let manager = Arc::new(Self {
             server_id: server_id.into(),
             engines,
+            policy: settings.policy,
+            temporaries: TemporaryBudget::new(settings.max_temporaries),
+            quotas: QuotaBook::new(),
+            health: Default::default(),
+            watches: Default::default(),
+            sweep_requested: Default::default(),
+            reannounce: Default::default(),
             pools: Arc::new(RwLock::new(BTreeMap::new())),
             leases: LeaseTable::new(),
             stop: CancellationToken::new(),
         });
         manager.leases.spawn_reaper(manager.stop.clone());
+        manager.spawn_owner_reaper();
         manager
     }
 
@@ -107,7 +155,16 @@ impl PoolManager {
         }
     }
 
-    fn pools_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
+    /// Whether the engine of `kind` answers, shared by its pools.
+    pub fn engine_health(&self, kind: BackendKind) -> Arc<EngineHealth> {
+        Arc::clone(
+            sync::lock(&self.health)
+                .entry(kind)
+                .or_insert_with(|| EngineHealth::new(kind)),
+        )
+    }
+
+    pub(super) fn pools_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
         sync::read(&self.pools)
     }
 
@@ -130,14 +187,104 @@ impl PoolManager {
             status_message,
             created: pool.created,
             stats: pool.stats(),
+            owner: pool.ownership.owner.clone(),
+            owner_expire_time: pool.owner_deadline().map(|d| d.expire_time),
         }
     }
 
-    /// Creates a pool and starts warming it. With `wait_ready`, returns once it
-    /// is warm or failing, or at `deadline`.
+    /// The pool `name`, if `who` may use it.
+    fn usable_pool(&self, who: &Identity, name: &str) -> Result<Arc<Pool>> {
+        let pool = self.pool(name)?;
+        if who.may_use(name, pool.ownership.owner.as_deref()) {
+            return Ok(pool);
+        }
+        Err(Error::PermissionDenied {
+            identity: who.name.clone(),
+            pool: Some(name.to_string()),
+            message: format!(
+                "{} may not use pool {name:?}: it is neither on its list of pools nor its own",
+                who.name
+            ),
+        })
+    }
+
+    /// A unit of `quota` for `who`.
+    fn take_quota(&self, who: &Identity, quota: Quota) -> Result<QuotaGuard> {
+        self.quotas.take(who, quota).map_err(Error::QuotaExceeded)
+    }
+
+    /// The book of what every identity holds (the api layer takes stream
+    /// quotas from it).
+    pub fn quotas(&self) -> &Arc<QuotaBook> {
+        &self.quotas
+    }
+
+    /// Creates one of the config file's pools (trusted: no policy, no owner).
+    pub async fn create_config_pool(self: &Arc<Self>, spec: PoolSpec) -> Result<PoolView> {
+        self.create(
+            spec,
+            Ownership {
+                owner: None,
+                quota: None,
+                ttl: None,
+            },
+            false,
+            None,
+        )
+        .await
+    }
+
+    /// Creates a pool at `who`'s request: it must fit the policy, counts
+    /// against `who`'s pool quota and belongs to `who`. With `wait_ready`,
+    /// returns once it is warm or failing, or at `deadline`.
     pub async fn create_pool(
-        &self,
+        self: &Arc<Self>,
+        who: &Identity,
         spec: PoolSpec,
+        owner_ttl: Option<Duration>,
+        wait_ready: bool,
+        deadline: Option<Instant>,
+    ) -> Result<PoolView> {
+        let spec = spec.validate()?;
+        self.policy.check(&spec)?;
+        if let Some(ttl) = owner_ttl
+            && !(MIN_LEASE_TTL..=spec.max_lease_ttl).contains(&ttl)
+        {
+            return Err(Error::invalid(
+                "owner_ttl",
+                format!(
+                    "{}s is not between {}s and the pool's max_lease_ttl ({}s)",
+                    ttl.as_secs_f64(),
+                    MIN_LEASE_TTL.as_secs(),
+                    spec.max_lease_ttl.as_secs_f64()
+                ),
+            ));
+        }
+        let quota = self.take_quota(who, Quota::Pools)?;
+        let ownership = Ownership {
+            owner: Some(who.name.clone()),
+            quota: Some(quota),
+            ttl: owner_ttl,
+        };
+        let name = spec.name.clone();
+        // Whether CreatePool answers or its caller goes away mid-way, the
+        // owner's clock starts then.
+        let _clock = StartOwnerClock {
+            pools: self.pools_weak(),
+            name,
+        };
+        let mut view = self.create(spec, ownership, wait_ready, deadline).await?;
+        if let Ok(pool) = self.pool(&view.spec.name) {
+            pool.renew_owner();
+            view.owner_expire_time = pool.owner_deadline().map(|d| d.expire_time);
+        }
+        Ok(view)
+    }
+
+    async fn create(
+        self: &Arc<Self>,
+        spec: PoolSpec,
+        ownership: Ownership,
         wait_ready: bool,
         deadline: Option<Instant>,
     ) -> Result<PoolView> {
@@ -149,12 +296,24 @@ impl PoolManager {
         let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
             Error::invalid("language", format!("unknown language {:?}", spec.language))
         })?;
+        if self.pools_read().contains_key(&spec.name) {
+            return Err(Error::PoolExists(spec.name));
+        }
+        // This instance is announced on the engine before any container of
+        // it is: another instance never takes them for a dead one's.
+        self.ensure_watched(&backend, &spec.image).await;
         let pool = {
             let mut pools = self.pools_write();
             if pools.contains_key(&spec.name) {
                 return Err(Error::PoolExists(spec.name));
             }
-            let pool = Pool::new(spec, lang, backend, Arc::clone(&self.server_id));
+            let context = PoolContext {
+                server_id: Arc::clone(&self.server_id),
+                temporary_budget: Arc::clone(&self.temporaries),
+                engine: self.engine_health(backend.kind()),
+                server_stop: self.stop.clone(),
+            };
+            let pool = Pool::new(spec, lang, backend, context, ownership);
             pools.insert(pool.name().to_string(), Arc::clone(&pool));
             pool
         };
@@ -179,12 +338,22 @@ impl PoolManager {
         Ok(Self::view(&pool))
     }
 
-    pub fn get_pool(&self, name: &str) -> Result<PoolView> {
-        Ok(Self::view(&*self.pool(name)?))
+    pub fn get_pool(&self, who: &Identity, name: &str) -> Result<PoolView> {
+        Ok(Self::view(&*self.usable_pool(who, name)?))
     }
 
-    pub fn list_pools(&self) -> Vec<PoolView> {
+    /// Every pool, for the server's own reports (metrics).
+    pub fn all_pools(&self) -> Vec<PoolView> {
         self.pools_read().values().map(|p| Self::view(p)).collect()
+    }
+
+    /// The pools `who` may use.
+    pub fn list_pools(&self, who: &Identity) -> Vec<PoolView> {
+        self.pools_read()
+            .values()
+            .filter(|p| who.may_use(p.name(), p.ownership.owner.as_deref()))
+            .map(|p| Self::view(p))
+            .collect()
     }
 
     /// Whether every pool is warm (or failing: it will not get warmer).
@@ -196,41 +365,133 @@ impl PoolManager {
     /// `wait`, returns only then (or at `deadline`).
     pub async fn delete_pool(
         &self,
+        who: &Identity,
         name: &str,
         wait: bool,
         deadline: Option<Instant>,
     ) -> Result<u32> {
-        let pool = self.pool(name)?;
+        let pool = self.usable_pool(who, name)?;
+        let owner = pool.ownership.owner.as_deref();
+        if !who.may_manage(owner) {
+            let whose = match owner {
+                None => "the operator's (from the config file)".to_string(),
+                Some(other) => format!("{other}'s"),
+            };
+            return Err(Error::PermissionDenied {
+                identity: who.name.clone(),
+                pool: Some(name.to_string()),
+                message: format!(
+                    "pool {name:?} is {whose}; only its creator or an admin may delete it"
+                ),
+            });
+        }
         let busy = pool.close();
+        if wait {
+            self.wait_drained(&pool, deadline).await;
+            self.forget_if_drained(&pool);
+            return Ok(pool.busy_count());
+        }
+        self.forget_when_drained(pool);
+        Ok(busy)
+    }
+
+    /// Waits until `pool`'s last container is gone, or `deadline`.
+    async fn wait_drained(&self, pool: &Arc<Pool>, deadline: Option<Instant>) {
         let mut changes = pool.subscribe();
-        let drained = {
+        let drained = async {
+            while !pool.is_drained() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        match deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout_at(d.into(), drained).await;
+            }
+            None => drained.await,
+        }
+    }
+
+    /// Takes a closed pool off the map once its last container is gone.
+    fn forget_when_drained(&self, pool: Arc<Pool>) {
+        let manager_pools = self.pools_weak();
+        let name = format!("drain watcher ({})", pool.name());
+        crate::supervise::spawn(name, move || {
             let pool = Arc::clone(&pool);
+            let manager_pools = manager_pools.clone();
             async move {
+                let mut changes = pool.subscribe();
                 while !pool.is_drained() {
                     if changes.changed().await.is_err() {
                         break;
                     }
                 }
-            }
-        };
-        if wait {
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d.into(), drained).await;
+                if let Some(pools) = manager_pools.upgrade() {
+                    remove_if_same(&pools, &pool);
                 }
-                None => drained.await,
-            }
-            self.forget_if_drained(&pool);
-            return Ok(pool.busy_count());
-        }
-        let manager_pools = self.pools_weak();
-        tokio::spawn(async move {
-            drained.await;
-            if let Some(pools) = manager_pools.upgrade() {
-                remove_if_same(&pools, &pool);
             }
         });
-        Ok(busy)
+    }
+
+    /// Checks owned pools for lapsed owners, as often as leases are reaped.
+    fn spawn_owner_reaper(self: &Arc<Self>) {
+        let manager = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        crate::supervise::spawn("owned-pool reaper", move || {
+            let manager = manager.clone();
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(OWNER_REAP_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    let Some(manager) = manager.upgrade() else {
+                        return;
+                    };
+                    manager.lapse_owned_pools();
+                }
+            }
+        });
+    }
+
+    /// The owner of `name` keeps it alive. A pool being deleted is gone
+    /// for its owner.
+    pub fn keepalive_pool(&self, who: &Identity, name: &str) -> Renewal {
+        let Ok(pool) = self.pool(name) else {
+            return Renewal::NotFound;
+        };
+        if !who.may_manage(pool.ownership.owner.as_deref()) || pool.is_closed() {
+            return Renewal::NotFound;
+        }
+        match (pool.renew_owner(), pool.ownership.ttl) {
+            (Some(deadline), Some(ttl)) => Renewal::Active {
+                expire_time: deadline.expire_time,
+                ttl,
+            },
+            _ => Renewal::NotFound,
+        }
+    }
+
+    /// Deletes the owned pools whose owner stopped keeping them alive; their
+    /// leases end with `PoolDeleted`.
+    fn lapse_owned_pools(&self) {
+        let now = Instant::now();
+        let lapsed: Vec<Arc<Pool>> = self
+            .pools_read()
+            .values()
+            .filter(|p| p.owner_deadline().is_some_and(|d| d.at <= now) && !p.is_closed())
+            .cloned()
+            .collect();
+        for pool in lapsed {
+            tracing::info!(pool = %pool.name(), owner = ?pool.ownership.owner, "the pool's owner stopped keeping it alive; deleting it");
+            pool.close();
+            self.leases.end_by_pool(pool.name(), LeaseEnd::PoolDeleted);
+            self.forget_when_drained(pool);
+        }
     }
 
     /// A handle on the pool map that does not keep it alive, for drain
@@ -248,14 +509,18 @@ impl PoolManager {
         }
     }
 
-    pub fn stats(&self, name: &str) -> Result<PoolStats> {
-        Ok(self.pool(name)?.stats())
+    pub fn stats(&self, who: &Identity, name: &str) -> Result<PoolStats> {
+        Ok(self.usable_pool(who, name)?.stats())
     }
 
     /// A stream of change notifications for a pool, with a way to read its
     /// statistics.
-    pub fn watch(&self, name: &str) -> Result<(tokio::sync::watch::Receiver<u64>, StatsReader)> {
-        let pool = self.pool(name)?;
+    pub fn watch(
+        &self,
+        who: &Identity,
+        name: &str,
+    ) -> Result<(tokio::sync::watch::Receiver<u64>, StatsReader)> {
+        let pool = self.usable_pool(who, name)?;
         let changes = pool.subscribe();
         let read: StatsReader = Arc::new(move || pool.stats());
         Ok((changes, read))
@@ -266,6 +531,7 @@ impl PoolManager {
     /// (its container reset) and the caller gets the error.
     pub async fn acquire(
         &self,
+        who: &Identity,
         request: AcquireRequest,
         deadline: Option<Instant>,
     ) -> Result<LeaseInfo> {
@@ -273,9 +539,9 @@ impl PoolManager {
             pool,
             ttl,
             env,
-            owner,
             files,
         } = request;
+        let owner = who.name.as_str();
         for (key, value) in &env {
             validate_env_name(key).map_err(|message| Error::invalid("env", message))?;
             if key == sandbox::RUN_MARKER || value.contains('\0') {
@@ -288,7 +554,7 @@ impl PoolManager {
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let pool = self.pool(&pool)?;
+        let pool = self.usable_pool(who, &pool)?;
         let spec = &pool.spec;
         let ttl = match ttl {
             None => spec.default_lease_ttl,
@@ -314,12 +580,18 @@ impl PoolManager {
             }
             Some(t) => t,
         };
-        let holding = pool.acquire(deadline).await?;
-        let entry = self.leases.insert(pool, holding, ttl, owner.clone(), env);
+        let lease_quota = self.take_quota(who, Quota::Leases)?;
+        let holding = {
+            let _waiting = self.take_quota(who, Quota::Waiters)?;
+            pool.acquire(deadline).await?
+        };
+        let entry = self
+            .leases
+            .insert(pool, holding, ttl, owner.to_string(), lease_quota, env);
         let lease = entry.info();
         if !files.is_empty() {
             let placed = async {
-                let guard = self.leases.guard(&lease.id, owner.as_deref())?;
+                let guard = self.leases.guard(&lease.id, owner)?;
                 for file in files {
                     guard
                         .sandbox()
@@ -331,28 +603,28 @@ impl PoolManager {
             }
             .await;
             if let Err(e) = placed {
-                let _ = self.leases.release(&lease.id, owner.as_deref());
+                let _ = self.leases.release(&lease.id, owner);
                 return Err(e);
             }
         }
         Ok(lease)
     }
 
-    pub fn keepalive(&self, lease_id: &str, owner: Option<&str>) -> Renewal {
+    pub fn keepalive(&self, lease_id: &str, owner: &str) -> Renewal {
         self.leases.renew(lease_id, owner)
     }
 
     /// Ends a lease. Returns how it had ended before, `None` if this call did.
-    pub fn release(&self, lease_id: &str, owner: Option<&str>) -> Result<Option<LeaseEnd>> {
+    pub fn release(&self, lease_id: &str, owner: &str) -> Result<Option<LeaseEnd>> {
         self.leases.release(lease_id, owner)
     }
 
     /// Access to a live lease for one operation.
-    pub fn lease(&self, lease_id: &str, owner: Option<&str>) -> Result<LeaseGuard> {
+    pub fn lease(&self, lease_id: &str, owner: &str) -> Result<LeaseGuard> {
         self.leases.guard(lease_id, owner)
     }
 
-    pub fn cancel_run(&self, lease_id: &str, owner: Option<&str>, run_id: &str) -> Result<bool> {
+    pub fn cancel_run(&self, lease_id: &str, owner: &str, run_id: &str) -> Result<bool> {
         self.leases.cancel_run(lease_id, owner, run_id)
     }
 
@@ -390,6 +662,26 @@ impl PoolManager {
     }
 }
 
+/// Starts an owned pool's clock when dropped (see `create_pool`).
+struct StartOwnerClock {
+    pools: std::sync::Weak<RwLock<BTreeMap<String, Arc<Pool>>>>,
+    name: String,
+}
+
+impl Drop for StartOwnerClock {
+    fn drop(&mut self) {
+        let Some(pools) = self.pools.upgrade() else {
+            return;
+        };
+        let pool = sync::read(&pools).get(&self.name).cloned();
+        if let Some(pool) = pool
+            && pool.owner_deadline().is_none()
+        {
+            pool.renew_owner();
+        }
+    }
+}
+
 fn remove_if_same(pools: &RwLock<BTreeMap<String, Arc<Pool>>>, pool: &Arc<Pool>) {
     let mut map = sync::write(pools);
     if map.get(pool.name()).is_some_and(|p| Arc::ptr_eq(p, pool)) {
@@ -398,7 +690,7 @@ fn remove_if_same(pools: &RwLock<BTreeMap<String, Arc<Pool>>>, pool: &Arc<Pool>)
 }
 
 /// Removes every container labelled with `server_id`; returns how many.
-async fn remove_labelled(
+pub(super) async fn remove_labelled(
     backend: &dyn crate::backend::Backend,
     server_id: &str,
 ) -> crate::backend::Result<usize> {

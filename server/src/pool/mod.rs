@@ -1,6 +1,7 @@
 //! Pools of warm containers and the leases on them. Knows nothing of gRPC;
 //! works over any backend.
 
+mod engine_watch;
 pub mod lease;
 mod maintainer;
 mod manager;
@@ -10,6 +11,6 @@ pub mod stats;
 
 pub use crate::error::{Error, LeaseEnd, Result};
 pub use lease::{LeaseGuard, LeaseInfo};
-pub use manager::{AcquireRequest, LeaseFile, PoolManager, PoolView};
-pub use pool::Holding;
+pub use manager::{AcquireRequest, LeaseFile, ManagerSettings, PoolManager, PoolView};
 pub use pool::Phase;
+pub use pool::{EngineHealth, Holding, Ownership, TemporaryBudget};

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     backend::SharedBackend,
+    identity::QuotaGuard,
     lang::Language,
     sandbox,
     spec::{ExhaustionStrategy, PoolSpec},
@@ -25,6 +26,152 @@ use crate::{
 
 /// Longest pause between attempts to create a container while creation fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The TEMPORARY containers the whole server may run at once, shared by
+/// every pool (each pool also has its own `max_temporary`).
+#[derive(Debug)]
+pub struct TemporaryBudget {
+    max: u32,
+    used: std::sync::atomic::AtomicU32,
+}
+
+impl TemporaryBudget {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: Default::default(),
+        })
+    }
+
+    fn try_take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+}
+
+/// Whether an engine answers, shared by every pool on it and kept by the
+/// manager's engine watcher.
+#[derive(Debug)]
+pub struct EngineHealth {
+    pub kind: crate::backend::BackendKind,
+    up: std::sync::atomic::AtomicBool,
+    /// Something suspects the engine is down: the watcher probes at once.
+    pub(super) suspect: Notify,
+    /// Tells watchers of the server's health when `up` changes.
+    changes: watch::Sender<bool>,
+    /// Asks the engine watcher to handle every event already received.
+    catch_up: tokio::sync::mpsc::Sender<oneshot::Sender<()>>,
+    /// The watcher's end of `catch_up`, taken when it starts.
+    pub(super) catch_up_requests: Mutex<Option<tokio::sync::mpsc::Receiver<oneshot::Sender<()>>>>,
+}
+
+/// Longest an acquire waits for the engine watcher to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_millis(20);
+
+impl EngineHealth {
+    pub fn new(kind: crate::backend::BackendKind) -> Arc<Self> {
+        let (catch_up, requests) = tokio::sync::mpsc::channel(64);
+        Arc::new(Self {
+            kind,
+            up: std::sync::atomic::AtomicBool::new(true),
+            suspect: Notify::new(),
+            changes: watch::channel(true).0,
+            catch_up,
+            catch_up_requests: Mutex::new(Some(requests)),
+        })
+    }
+
+    /// Waits (briefly) until the watcher handled every engine event that has
+    /// reached this process: a container the engine reported dead a moment
+    /// ago must not be handed out. An in-memory round trip to the watcher,
+    /// no engine call; skipped when no watcher runs or it is busy.
+    pub(super) async fn catch_up(&self) {
+        let (done, handled) = oneshot::channel();
+        if self.catch_up.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(CATCH_UP_TIMEOUT, handled).await;
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(super) fn set_up(&self, up: bool) {
+        if self.up.swap(up, std::sync::atomic::Ordering::AcqRel) != up {
+            tracing::warn!(backend = %self.kind, up, "engine availability changed");
+            self.changes.send_replace(up);
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.changes.subscribe()
+    }
+}
+
+/// What a pool shares with the rest of the server.
+pub struct PoolContext {
+    pub server_id: Arc<str>,
+    pub temporary_budget: Arc<TemporaryBudget>,
+    pub engine: Arc<EngineHealth>,
+    /// Cancelled when the server stops: removals stop retrying then (the
+    /// shutdown removes what is left by label).
+    pub server_stop: CancellationToken,
+}
+
+/// Where the engine reported a container gone, as the pool saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Not one of the pool's (anymore).
+    Unknown,
+    /// It was idle: taken out and replaced; no lease ever sees it.
+    Idle,
+    /// A lease holds it: the lease must end.
+    Leased,
+    /// Being created, reset or removed: that work finds out by itself.
+    InFlight,
+}
+
+/// Longest pause between attempts to remove a container while removal fails.
+const MAX_REMOVE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Who a pool belongs to.
+pub struct Ownership {
+    /// The identity that created it at run time; `None`: the config file's.
+    pub owner: Option<String>,
+    /// Its place in the owner's pool quota, held as long as the pool lives.
+    pub quota: Option<QuotaGuard>,
+    /// The pool lapses unless its owner keeps it alive within this TTL.
+    pub ttl: Option<Duration>,
+}
+
+/// When an owned pool lapses.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerDeadline {
+    pub at: Instant,
+    pub expire_time: SystemTime,
+}
+
+impl OwnerDeadline {
+    fn after(ttl: Duration) -> Self {
+        Self {
+            at: Instant::now() + ttl,
+            expire_time: SystemTime::now() + ttl,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -64,6 +211,7 @@ impl Holding {
 enum WaitFailure {
     Closed,
     Failing(String),
+    EngineDown(String),
 }
 
 /// What the synchronous part of an acquire decided.
@@ -96,6 +244,8 @@ pub(super) struct State {
     warmed: bool,
     /// Why the last creation failed; cleared by the next success.
     pub failure: Option<String>,
+    /// The last failure was the engine not answering.
+    pub engine_down: bool,
     pub retry_at: Option<Instant>,
     backoff: Duration,
     image_checked: bool,
@@ -149,7 +299,10 @@ pub(crate) struct Pool {
     pub lang: &'static dyn Language,
     pub backend: SharedBackend,
     pub created: SystemTime,
-    server_id: Arc<str>,
+    pub ownership: Ownership,
+    /// For a pool with an owner TTL: when it lapses.
+    owner_deadline: Mutex<Option<OwnerDeadline>>,
+    pub(super) context: PoolContext,
     state: Mutex<State>,
     changes: watch::Sender<u64>,
     /// Wakes the maintainer early (a failure to retry, a slot to refill).
@@ -167,7 +320,8 @@ impl Pool {
         spec: PoolSpec,
         lang: &'static dyn Language,
         backend: SharedBackend,
-        server_id: Arc<str>,
+        context: PoolContext,
+        ownership: Ownership,
     ) -> Arc<Self> {
         let now = Instant::now();
         let interval = spec.config.health_check_interval;
@@ -176,7 +330,12 @@ impl Pool {
             lang,
             backend,
             created: SystemTime::now(),
-            server_id,
+            // The owner's clock starts when CreatePool answers (or is
+            // abandoned): a warm-up longer than the TTL must not delete the
+            // pool before its creator even knows it exists.
+            owner_deadline: Mutex::new(None),
+            ownership,
+            context,
             state: Mutex::new(State {
                 slots: HashMap::new(),
                 idle: Vec::new(),
@@ -185,6 +344,7 @@ impl Pool {
                 closed: false,
                 warmed: false,
                 failure: None,
+                engine_down: false,
                 retry_at: None,
                 backoff: Duration::ZERO,
                 image_checked: false,
@@ -265,6 +425,10 @@ impl Pool {
         st.warmed || st.failure.is_some() || st.closed
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Closed, and every container it had is gone.
     pub fn is_drained(&self) -> bool {
         let st = self.lock();
@@ -303,6 +467,7 @@ impl Pool {
     /// `deadline` is the caller's own (its gRPC deadline), if any.
     pub async fn acquire(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Holding> {
         let arrived = Instant::now();
+        self.context.engine.catch_up().await;
         let ticket = match self.try_acquire(arrived) {
             Attempt::Granted(holding) => return Ok(holding),
             Attempt::Failed(e) => return Err(e),
@@ -319,6 +484,11 @@ impl Pool {
         if st.closed {
             return Attempt::Failed(Error::PoolClosed(self.spec.name.clone()));
         }
+        if !self.context.engine.is_up() {
+            // Whatever is idle died with the engine or cannot be reached:
+            // handing it out would only fail the first run.
+            return Attempt::Failed(self.engine_down(String::new()));
+        }
         st.lazy_started = true;
         if let Some(slot) = st.idle.pop() {
             let container = self.grant(&mut st, slot, arrived);
@@ -330,6 +500,9 @@ impl Pool {
         if live(&counts) == 0
             && let Some(message) = st.failure.clone()
         {
+            if st.engine_down {
+                return Attempt::Failed(self.engine_down(message));
+            }
             return Attempt::Failed(Error::PoolFailing {
                 pool: self.spec.name.clone(),
                 message,
@@ -358,6 +531,25 @@ impl Pool {
                 });
             }
             ExhaustionStrategy::Temporary if exhausted => {
+                let limit = self.spec.temporary_limit();
+                if st.temporaries >= limit || !self.context.temporary_budget.try_take() {
+                    st.counters.fail_fast_refusals += 1;
+                    let detail = if st.temporaries >= limit {
+                        format!(
+                            "all {} containers are leased and so are the pool's {limit} temporary ones (max_temporary)",
+                            config.max_pool_size
+                        )
+                    } else {
+                        "all containers are leased and the server runs as many temporary containers as it allows".to_string()
+                    };
+                    drop(st);
+                    self.changed();
+                    return Attempt::Failed(Error::Exhausted {
+                        pool: self.spec.name.clone(),
+                        detail,
+                        waited: Duration::ZERO,
+                    });
+                }
                 st.counters.temporaries += 1;
                 st.temporaries += 1;
                 drop(st);
@@ -423,6 +615,10 @@ impl Pool {
                     message,
                 })
             }
+            Some(Ok(Err(WaitFailure::EngineDown(detail)))) => {
+                ticket.rx = None;
+                Err(self.engine_down(detail))
+            }
             None => {
                 // The ticket's drop hands back a container granted at the
                 // last moment.
@@ -461,10 +657,16 @@ impl Pool {
             Err(e) => {
                 st.counters.create_failures += 1;
                 st.temporaries -= 1;
-                Err(Error::PoolFailing {
-                    pool: self.spec.name.clone(),
-                    message: describe_failure(&self.spec, &e),
-                })
+                self.context.temporary_budget.give_back();
+                if engine_unreachable(&e) {
+                    self.context.engine.suspect.notify_one();
+                    Err(self.engine_down(e.to_string()))
+                } else {
+                    Err(Error::PoolFailing {
+                        pool: self.spec.name.clone(),
+                        message: describe_failure(&self.spec, &e),
+                    })
+                }
             }
         };
         drop(st);
@@ -552,9 +754,11 @@ impl Pool {
         let pending = counts.initializing + counts.resetting;
         let for_min = min_target.saturating_sub(live);
         let for_waiters = (st.waiters.len() as u32).saturating_sub(pending);
+        // Containers on their way out still exist on the engine: the pool
+        // never holds more than max_pool_size of them at once.
         let mut n = for_min
             .max(for_waiters)
-            .min(config.max_pool_size.saturating_sub(live));
+            .min(config.max_pool_size.saturating_sub(counts.total()));
         if st.failure.is_some() {
             // While creation fails, probe with one container, not a burst.
             n = n.min(u32::from(counts.initializing == 0));
@@ -584,7 +788,7 @@ impl Pool {
             self.backend.ensure_image(&self.spec.image).await?;
             self.lock().image_checked = true;
         }
-        let container = sandbox::container_spec(&self.spec, &self.server_id, temporary);
+        let container = sandbox::container_spec(&self.spec, &self.context.server_id, temporary);
         let result = sandbox::provision(
             Arc::clone(&self.backend),
             Arc::clone(&self.spec),
@@ -607,6 +811,7 @@ impl Pool {
             Ok(container) => {
                 st.counters.containers_created += 1;
                 st.failure = None;
+                st.engine_down = false;
                 st.retry_at = None;
                 st.backoff = Duration::ZERO;
                 let Some(s) = st.slots.get_mut(&slot) else {
@@ -628,13 +833,25 @@ impl Pool {
                 st.slots.remove(&slot);
                 st.counters.create_failures += 1;
                 st.failure = Some(message.clone());
+                st.engine_down = engine_unreachable(&e);
                 st.backoff = (st.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
                 st.retry_at = Some(Instant::now() + st.backoff);
+                if st.engine_down {
+                    // The engine watcher probes it and calls `engine_back`
+                    // the moment it answers: no need to sit out the backoff.
+                    self.context.engine.suspect.notify_one();
+                }
                 if live(&st.counts()) == 0 {
                     // Nothing is on its way: waiting acquirers would only
                     // time out. Tell them why now.
+                    let engine_down = st.engine_down;
                     for w in st.waiters.drain(..) {
-                        let _ = w.tx.send(Err(WaitFailure::Failing(message.clone())));
+                        let failure = if engine_down {
+                            WaitFailure::EngineDown(message.clone())
+                        } else {
+                            WaitFailure::Failing(message.clone())
+                        };
+                        let _ = w.tx.send(Err(failure));
                     }
                 }
                 self.wake.notify_one();
@@ -650,12 +867,13 @@ impl Pool {
         st.active_leases = st.active_leases.saturating_sub(1);
         match end {
             LeaseEnd::Released => st.counters.releases += 1,
-            LeaseEnd::Expired => st.counters.lease_expirations += 1,
-            LeaseEnd::Revoked => {}
+            LeaseEnd::Expired | LeaseEnd::LifetimeExceeded => st.counters.lease_expirations += 1,
+            LeaseEnd::Revoked | LeaseEnd::ContainerLost | LeaseEnd::PoolDeleted => {}
         }
         match holding {
             Holding::Temporary { container } => {
                 st.temporaries = st.temporaries.saturating_sub(1);
+                self.context.temporary_budget.give_back();
                 drop(st);
                 self.spawn_remove_container(container);
             }
@@ -701,7 +919,9 @@ impl Pool {
     async fn reset(self: Arc<Self>, slot: u64, container: String) {
         let result = sandbox::reset(&self.sandbox(&container)).await;
         let mut st = self.lock();
+        let died = st.slots.get(&slot).is_some_and(|s| s.poisoned);
         match result {
+            Ok(()) if died => self.begin_remove(&mut st, slot, RecycleReason::Unhealthy),
             Ok(()) if st.closed => self.begin_remove(&mut st, slot, RecycleReason::Drained),
             Ok(()) => self.make_available(&mut st, slot),
             Err(e) => {
@@ -734,10 +954,8 @@ impl Pool {
         let container = s.container.clone();
         let pool = Arc::clone(self);
         self.tasks.spawn(async move {
-            if let Some(container) = container
-                && let Err(e) = pool.remove_container(&container).await
-            {
-                tracing::warn!(pool = %pool.spec.name, %container, error = %e, "could not remove container");
+            if let Some(container) = container {
+                pool.remove_until_gone(&container).await;
             }
             let mut st = pool.lock();
             st.slots.remove(&slot);
@@ -749,19 +967,124 @@ impl Pool {
 
     /// Removes a container, and what the server kept for it (its warden's
     /// stdin closes).
-    async fn remove_container(&self, container: &str) -> crate::backend::Result<()> {
-        self.sandboxes.remove(container);
-        self.backend.remove_container(container).await
-    }
-
     fn spawn_remove_container(self: &Arc<Self>, container: String) {
         let pool = Arc::clone(self);
         self.tasks.spawn(async move {
-            if let Err(e) = pool.remove_container(&container).await {
-                tracing::warn!(pool = %pool.spec.name, %container, error = %e, "could not remove container");
-            }
+            pool.remove_until_gone(&container).await;
             pool.changed();
         });
+    }
+
+    /// Removes a container, retrying with backoff until the engine confirms
+    /// or the server stops (whose shutdown removes what is left by label).
+    /// Its slot stays on the books meanwhile: the container still exists.
+    async fn remove_until_gone(&self, container: &str) {
+        self.sandboxes.remove(container);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.backend.remove_container(container).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(pool = %self.spec.name, %container, error = %e, retry_in = ?delay, "could not remove container; retrying");
+                    if engine_unreachable(&sandbox::Error::Backend(e)) {
+                        self.context.engine.suspect.notify_one();
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.context.server_stop.cancelled() => return,
+            }
+            delay = (delay * 2).min(MAX_REMOVE_BACKOFF);
+        }
+    }
+
+    /// When the pool lapses unless its owner keeps it alive.
+    pub fn owner_deadline(&self) -> Option<OwnerDeadline> {
+        *crate::sync::lock(&self.owner_deadline)
+    }
+
+    /// The owner kept it alive: returns the new deadline (`None`: the pool
+    /// has no owner TTL).
+    pub(super) fn renew_owner(&self) -> Option<OwnerDeadline> {
+        let ttl = self.ownership.ttl?;
+        let mut deadline = crate::sync::lock(&self.owner_deadline);
+        let renewed = OwnerDeadline::after(ttl);
+        *deadline = Some(renewed);
+        Some(renewed)
+    }
+
+    /// The engine reported `container` gone (died or removed behind our back).
+    pub(super) fn container_gone(self: &Arc<Self>, container: &str) -> Gone {
+        let mut st = self.lock();
+        let found = st
+            .slots
+            .iter()
+            .find(|(_, s)| s.container.as_deref() == Some(container))
+            .map(|(&slot, s)| (slot, s.state));
+        let Some((slot, state)) = found else {
+            return Gone::Unknown;
+        };
+        let gone = match state {
+            SlotState::Idle => {
+                tracing::warn!(pool = %self.spec.name, %container, "an idle container died; replacing it");
+                st.counters.health_failures += 1;
+                self.begin_remove(&mut st, slot, RecycleReason::Unhealthy);
+                Gone::Idle
+            }
+            SlotState::Busy => {
+                if let Some(s) = st.slots.get_mut(&slot) {
+                    s.poisoned = true;
+                }
+                Gone::Leased
+            }
+            SlotState::Resetting => {
+                if let Some(s) = st.slots.get_mut(&slot) {
+                    s.poisoned = true;
+                }
+                Gone::InFlight
+            }
+            SlotState::Initializing | SlotState::Unhealthy | SlotState::Removing => Gone::InFlight,
+        };
+        self.fill(&mut st);
+        drop(st);
+        self.changed();
+        gone
+    }
+
+    /// The containers the pool holds on the engine (for reconciling with
+    /// what the engine says).
+    pub(super) fn containers(&self) -> Vec<String> {
+        self.lock()
+            .slots
+            .values()
+            .filter(|s| !matches!(s.state, SlotState::Unhealthy | SlotState::Removing))
+            .filter_map(|s| s.container.clone())
+            .collect()
+    }
+
+    /// The engine answers again: retry creating at once instead of after the
+    /// backoff.
+    pub(super) fn engine_back(self: &Arc<Self>) {
+        let mut st = self.lock();
+        st.retry_at = None;
+        st.backoff = Duration::ZERO;
+        self.fill(&mut st);
+        drop(st);
+        self.wake.notify_one();
+        self.changed();
+    }
+
+    /// The error for a call while the pool's engine does not answer.
+    fn engine_down(&self, detail: String) -> Error {
+        Error::EngineUnavailable {
+            backend: self.spec.backend,
+            detail: if detail.is_empty() {
+                "it does not answer; retrying".to_string()
+            } else {
+                detail
+            },
+        }
     }
 
     /// Stops granting leases: waiters are told, idle containers removed now,
@@ -808,6 +1131,14 @@ impl Drop for WaitTicket {
         drop(st);
         self.pool.changed();
     }
+}
+
+/// Whether a failure means the engine itself does not answer.
+fn engine_unreachable(e: &sandbox::Error) -> bool {
+    matches!(
+        e,
+        sandbox::Error::Backend(crate::backend::Error::Unreachable { .. })
+    )
 }
 
 /// A creation failure as a person can act on it.

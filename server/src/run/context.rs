@@ -185,12 +185,20 @@ async fn start_kernel(
     })?;
     // The engine's stream goes to a channel that cells read in turn.
     let (tx, mut output) = mpsc::channel(64);
-    let mut stream = started.output;
-    tokio::spawn(async move {
-        use futures::StreamExt;
-        while let Some(item) = stream.next().await {
-            if tx.send(item).await.is_err() {
-                return;
+    // Supervised for the log line a panic deserves; the stream cannot be
+    // had twice, so a second run ends at once and the kernel counts as dead
+    // (the next cell restarts it).
+    let stream = Arc::new(Mutex::new(Some(started.output)));
+    crate::supervise::spawn("context kernel forwarder", move || {
+        let stream = lock(&stream).take();
+        let tx = tx.clone();
+        async move {
+            use futures::StreamExt;
+            let Some(mut stream) = stream else { return };
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
             }
         }
     });

@@ -342,10 +342,24 @@ impl Pump {
                             EndReason::LeaseExpired,
                             "killed: the lease was revoked (the server is stopping)".to_string(),
                         ),
+                        Some(StopCause::LeaseEnded(LeaseEnd::LifetimeExceeded)) => (
+                            EndReason::LeaseExpired,
+                            "killed: the lease reached its pool's max_lease_lifetime".to_string(),
+                        ),
+                        Some(StopCause::LeaseEnded(LeaseEnd::ContainerLost)) => (
+                            EndReason::LeaseExpired,
+                            "stopped: the lease's container died".to_string(),
+                        ),
+                        Some(StopCause::LeaseEnded(LeaseEnd::PoolDeleted)) => (
+                            EndReason::LeaseExpired,
+                            "killed: the lease's pool was deleted (its owner went away)".to_string(),
+                        ),
                         Some(StopCause::LeaseEnded(LeaseEnd::Released)) => {
                             (EndReason::Cancelled, "killed: the lease was released".to_string())
                         }
-                        _ => (EndReason::Cancelled, "cancelled by the client".to_string()),
+                        Some(StopCause::Cancelled) | None => {
+                            (EndReason::Cancelled, "cancelled by the client".to_string())
+                        }
                     };
                     self.request_stop(&source, reason, message);
                 }

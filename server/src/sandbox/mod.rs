@@ -43,12 +43,7 @@ pub use crate::backend::{
     Collected, Error as EngineError, Exec, ExecSpec, ExecStdin, Output, Result as EngineResult,
 };
 
-/// Label naming the server instance that owns a container.
-pub const LABEL_SERVER: &str = "sandpool.server";
-/// Label naming the pool a container belongs to.
-pub const LABEL_POOL: &str = "sandpool.pool";
-/// Label set on temporary (TEMPORARY strategy) containers.
-pub const LABEL_TEMPORARY: &str = "sandpool.temporary";
+pub use crate::backend::{LABEL_POOL, LABEL_SERVER, LABEL_TEMPORARY};
 
 /// The workspace: writable, wiped on reset, the default working directory.
 pub const WORKSPACE: &str = "/sandbox";
@@ -58,10 +53,10 @@ pub const HOME: &str = "/home/sandbox";
 /// plot profile names files by it). Kills do not rely on it: a process may
 /// clear its environment; they go by the run's group (`groups`).
 pub const RUN_MARKER: &str = "SANDPOOL_RUN_ID";
-/// The container's idle main process runs as this user, which is not the
-/// sandbox user; the server writes support files as it.
+/// The container's idle main process runs as this user (`spec::IDLE_UID`),
+/// which is not the sandbox user; the server writes support files as it.
 const IDLE_USER: &str = "65534:65534";
-const IDLE_UID: u32 = 65534;
+use crate::spec::IDLE_UID;
 /// Support files and pool-wide libraries: a tmpfs owned by the idle user,
 /// so the sandbox user can use but not change it, and the reset leaves it.
 pub const SUPPORT_ROOT: &str = "/opt/sandpool";

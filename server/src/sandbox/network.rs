@@ -60,7 +60,7 @@ impl InstallGuard {
     pub async fn finish(mut self) -> Result<()> {
         let group = self.group.take();
         let joined = std::mem::take(&mut self.joined);
-        clean_up(self.container.clone(), group, joined).await
+        clean_up(self.container.clone(), group, joined, false).await
     }
 }
 
@@ -74,7 +74,7 @@ impl Drop for InstallGuard {
         let joined = self.joined;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = clean_up(container, group, joined).await {
+                if let Err(e) = clean_up(container, group, joined, true).await {
                     tracing::warn!(error = %e, "cleaning up after a cancelled install");
                 }
             });
@@ -82,14 +82,23 @@ impl Drop for InstallGuard {
     }
 }
 
-async fn clean_up(c: Container, group: Option<RunGroup>, joined: bool) -> Result<()> {
+/// How long after a cancelled install its group is killed again: an exec
+/// the engine was asked to start just before the call went away may start
+/// after the first kill.
+const LATE_EXEC: std::time::Duration = std::time::Duration::from_millis(300);
+
+async fn clean_up(
+    c: Container,
+    group: Option<RunGroup>,
+    joined: bool,
+    cancelled: bool,
+) -> Result<()> {
     // The installer first: it must not run on once the network is gone (nor
     // keep it busy while it goes).
     let killed = match &group {
         Some(g) => c.kill_group(g.gid()).await,
         None => Ok(()),
     };
-    drop(group);
     let checked = if joined {
         leave_install_network(&c).await
     } else {
@@ -100,6 +109,12 @@ async fn clean_up(c: Container, group: Option<RunGroup>, joined: bool) -> Result
         c.destroy().await;
         return Err(e);
     }
+    if cancelled && let Some(g) = &group {
+        tokio::time::sleep(LATE_EXEC).await;
+        c.kill_group(g.gid()).await?;
+    }
+    // Only now may another run have this group.
+    drop(group);
     killed
 }
 

@@ -327,9 +327,22 @@ async fn start(c: &Container) -> Result<Conn> {
     let ready = tokio::time::timeout(START_TIMEOUT, lines.recv()).await;
     match ready {
         Ok(Some(line)) => match parse("start", &line)? {
-            Answer::Done(_) => Ok(Conn {
-                stdin: Some(stdin),
-                lines,
+            // "ok PID IDLE": without the idle process known, a reset would
+            // kill it (and with it the container).
+            Answer::Done(ids)
+                if ids
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|idle| idle != "0") =>
+            {
+                Ok(Conn {
+                    stdin: Some(stdin),
+                    lines,
+                })
+            }
+            Answer::Done(ids) => Err(Error::Warden {
+                command: "start".into(),
+                detail: format!("found no idle process (answered {ids:?})"),
             }),
             Answer::Busy => Err(Error::Warden {
                 command: "start".into(),

@@ -59,16 +59,22 @@ inspect() {
 }
 
 # The idle process: at the first start, the only child of the container's
-# init (every exec has parent 0 in the container); remembered after that.
+# init (every exec has parent 0 in the container), looked for again until the
+# init has started it (the warden may be the container's first exec);
+# remembered after that. None found: "ok PID 0", which the server refuses.
 find_idle() {
-  for p in /proc/[0-9]*; do
-    ppid=
-    { while read -r k v _; do
-        [ "$k" = PPid: ] && { ppid=$v; break; }
-      done <"$p/status"; } 2>/dev/null
-    [ "$ppid" = 1 ] && { idle=${p#/proc/}; break; }
+  tries=0
+  while [ -z "$idle" ] && [ "$tries" -lt 20000 ]; do
+    for p in /proc/[0-9]*; do
+      ppid=
+      { while read -r k v _; do
+          [ "$k" = PPid: ] && { ppid=$v; break; }
+        done <"$p/status"; } 2>/dev/null
+      [ "$ppid" = 1 ] && { idle=${p#/proc/}; break; }
+    done
+    tries=$((tries + 1))
   done
-  echo "${idle:-0}" >"$state/idle"
+  [ -z "$idle" ] || echo "$idle" >"$state/idle"
 }
 [ -n "$idle" ] || find_idle
 

@@ -17,18 +17,20 @@
 from __future__ import annotations
 
 from . import errors
-from .aio import AsyncClient, AsyncContext, AsyncRunStream, AsyncSession
-from .client import Client, Context, RunStream, Session
+from .aio import AsyncClient, AsyncContext, AsyncOwnedPool, AsyncRunStream, AsyncSession
+from .client import Client, Context, OwnedPool, RunStream, Session
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
     ErrorDetails,
     ErrorInfo,
+    ErrorReason,
     FailedPrecondition,
     InvalidArgument,
     LeaseLost,
     NotFound,
     PoolExhausted,
+    PoolLost,
     SandpoolError,
     Unauthenticated,
     Unavailable,
@@ -61,6 +63,7 @@ __all__ = [
     "ArtifactInfo",
     "AsyncClient",
     "AsyncContext",
+    "AsyncOwnedPool",
     "AsyncRunStream",
     "AsyncSession",
     "Client",
@@ -69,6 +72,7 @@ __all__ = [
     "EndReason",
     "ErrorDetails",
     "ErrorInfo",
+    "ErrorReason",
     "Exit",
     "FailedPrecondition",
     "FileInfo",
@@ -78,8 +82,10 @@ __all__ = [
     "LeaseLost",
     "LeaseState",
     "NotFound",
+    "OwnedPool",
     "PlotFormat",
     "PoolExhausted",
+    "PoolLost",
     "RunEvent",
     "RunResult",
     "RunStream",

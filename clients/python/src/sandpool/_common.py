@@ -10,12 +10,14 @@ import tarfile
 from typing import (
     IO,
     Any,
+    Dict,
     Iterator,
     List,
     Mapping,
     Optional,
     Sequence,
     Tuple,
+    TypedDict,
     Union,
 )
 
@@ -31,6 +33,9 @@ DEFAULT_ADDR = "127.0.0.1:50051"
 
 DEFAULT_TIMEOUT = 30.0
 """Deadline of unary calls, in seconds."""
+
+DEFAULT_OWNER_TTL = 30.0
+"""Owner TTL of an owned pool when the caller names none, in seconds."""
 
 DEFAULT_ACQUIRE_WAIT = 300.0
 """Deadline of Acquire when the caller names none; the pool's own
@@ -54,6 +59,10 @@ MIN_KEEPALIVE = 0.1
 
 KEEPALIVE_STREAM_LIFETIME = 600.0
 """A KeepAlive stream is reopened after this long (it has a deadline too)."""
+
+KEEPALIVE_RETRY = 0.5
+"""Pause before a renewal is tried again on a new stream after the last one
+broke (while the lease's time allows)."""
 
 Seconds = Union[float, int, _dt.timedelta]
 TLS = Union[bool, grpc.ChannelCredentials, None]
@@ -456,5 +465,58 @@ def kind_name(kind: int) -> str:
     return "unknown"
 
 
-def lease_codes() -> Tuple[grpc.StatusCode, ...]:
-    return (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+class PoolOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`sandpool.Client.create_pool` that
+    make the pool's spec (``None`` takes the server's default)."""
+
+    language: str
+    image: Optional[str]
+    backend: object
+    libraries: Optional[Sequence[str]]
+    max_pool_size: Optional[int]
+    min_pool_size: Optional[int]
+    idle_timeout: Optional[Seconds]
+    acquisition_timeout: Optional[Seconds]
+    health_check_interval: Optional[Seconds]
+    max_container_lifetime: Optional[Seconds]
+    max_container_uses: Optional[int]
+    exhaustion_strategy: object
+    enable_prewarming: Optional[bool]
+    runtime: Optional[Mapping[str, Any]]
+    reuse: Optional[bool]
+    default_lease_ttl: Optional[Seconds]
+    max_lease_ttl: Optional[Seconds]
+    default_run_timeout: Optional[Seconds]
+    max_run_timeout: Optional[Seconds]
+    output_limit_bytes: Optional[int]
+    output_dir: Optional[str]
+    install_network: Optional[str]
+    lease_installs: Optional[bool]
+    package_index_url: Optional[str]
+
+
+_CONFIG_OPTIONS = (
+    "max_pool_size",
+    "min_pool_size",
+    "idle_timeout",
+    "acquisition_timeout",
+    "health_check_interval",
+    "max_container_lifetime",
+    "max_container_uses",
+    "exhaustion_strategy",
+    "enable_prewarming",
+)
+
+
+def spec_of(name: str, options: PoolOptions) -> pool_pb2.PoolSpec:
+    """The PoolSpec of pool ``name`` made with ``options`` (an unknown key
+    raises ``TypeError``, as a wrong keyword argument does)."""
+    rest: Dict[str, Any] = dict(options)
+    config = pool_config_pb(**{k: rest.pop(k) for k in _CONFIG_OPTIONS if k in rest})
+    return pool_spec_pb(name, config=config, **rest)
+
+
+def owner_ttl_pb(ttl: Seconds) -> duration_pb2.Duration:
+    """An owner TTL as a Duration (validated by the server: 1 s up to the
+    pool's max_lease_ttl)."""
+    return duration(ttl, "owner_ttl")

@@ -1,24 +1,35 @@
 """The asyncio client: :class:`AsyncClient`, :class:`AsyncSession`,
-:class:`AsyncRunStream`. Same calls as the sync client, awaited."""
+:class:`AsyncRunStream`, :class:`AsyncContext`.
+
+This is the one implementation of the client: the sync API
+(:mod:`sandpool.client`) drives these same objects on a background event
+loop, so a call behaves the same whichever API makes it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import os
 import time
 import weakref
 from types import TracebackType
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Generator,
+    Generic,
     List,
     Mapping,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Type,
     TypeVar,
@@ -29,7 +40,16 @@ import grpc
 import grpc.aio
 
 from . import _common as c
-from .errors import LeaseLost, NotFound, SandpoolError, from_rpc_error, lease_lost_of, status_of
+from .errors import (
+    LeaseLost,
+    NotFound,
+    PoolLost,
+    SandpoolError,
+    from_rpc_error,
+    lease_lost_of,
+    pool_lost_of,
+    status_of,
+)
 from .types import (
     ArtifactInfo,
     Exit,
@@ -54,9 +74,15 @@ from .v1 import (
     session_pb2_grpc,
 )
 
-__all__ = ["AsyncClient", "AsyncContext", "AsyncRunStream", "AsyncSession"]
+if TYPE_CHECKING:
+    from typing_extensions import Concatenate, ParamSpec, Unpack
+
+    P = ParamSpec("P")
+
+__all__ = ["AsyncClient", "AsyncContext", "AsyncOwnedPool", "AsyncRunStream", "AsyncSession"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # The end-of-stream marker of grpc.aio reads (missing from the type stubs).
 _EOF: object = getattr(grpc.aio, "EOF")
@@ -65,9 +91,13 @@ _EOF: object = getattr(grpc.aio, "EOF")
 class AsyncClient:
     """A connection to a sandpool server for asyncio code.
 
-    Arguments as for :class:`sandpool.Client`. The channel is opened on first
-    use, inside the running event loop; close it with ``await
-    client.close()`` or ``async with AsyncClient() as client``.
+    ``addr`` defaults to ``$SANDPOOL_ADDR``, else ``127.0.0.1:50051``;
+    ``token`` (default ``$SANDPOOL_TOKEN``) is sent as a bearer token; ``tls``
+    is ``None``/``False`` for plaintext, ``True`` for TLS with the system
+    roots, or ``grpc.ChannelCredentials``. Every unary call has a deadline of
+    ``timeout`` seconds. The channel is opened on first use, inside the
+    running event loop; close it with ``await client.close()`` or ``async
+    with AsyncClient() as client``.
     """
 
     def __init__(
@@ -154,17 +184,38 @@ class AsyncClient:
         *,
         env: Optional[Mapping[str, str]] = None,
         files: Optional[c.LeaseFiles] = None,
-    ) -> _Acquiring:
+    ) -> _Opening[AsyncSession]:
         """Leases a warm container of ``pool``: ``session = await
         client.acquire(pool)`` or ``async with client.acquire(pool) as
         session``. Arguments as for :meth:`sandpool.Client.acquire`."""
-        return _Acquiring(self._acquire(c.acquire_request(pool, ttl=ttl, env=env, files=files), wait))
+        return _Opening(self._acquire(pool, ttl, wait, env, files))
 
-    async def _acquire(self, req: session_pb2.AcquireRequest, wait: Optional[c.Seconds]) -> AsyncSession:
+    async def _acquire(
+        self,
+        pool: str,
+        ttl: Optional[c.Seconds],
+        wait: Optional[c.Seconds],
+        env: Optional[Mapping[str, str]],
+        files: Optional[c.LeaseFiles],
+    ) -> AsyncSession:
+        lease, started = await self._acquire_lease(pool, ttl, wait, env, files)
+        return AsyncSession(self, lease, started)
+
+    async def _acquire_lease(
+        self,
+        pool: str,
+        ttl: Optional[c.Seconds],
+        wait: Optional[c.Seconds],
+        env: Optional[Mapping[str, str]],
+        files: Optional[c.LeaseFiles],
+    ) -> Tuple[session_pb2.Lease, float]:
+        """The Acquire call: the lease, and when it was asked for (its TTL
+        counts from then)."""
+        req = c.acquire_request(pool, ttl=ttl, env=env, files=files)
         deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
         started = time.monotonic()
         resp = await self._unary(self.sessions.Acquire, req, deadline)
-        return AsyncSession(self, resp.lease, started)
+        return resp.lease, started
 
     # --- pools --------------------------------------------------------------
 
@@ -199,7 +250,17 @@ class AsyncClient:
         wait_ready: bool = False,
         timeout: Optional[float] = None,
     ) -> pool_pb2.Pool:
-        """See :meth:`sandpool.Client.create_pool`."""
+        """Creates a pool. The PoolConfig fields are keyword arguments (``None``
+        takes the server's default, which is llm-sandbox's); ``runtime`` maps
+        RuntimeConfig field names (``mem_limit``, ``cpus``, ``network``, ...).
+        ``libraries`` are installed into every container at warm-up, over
+        ``install_network`` (default "bridge") from ``package_index_url``
+        (default: the installer's own index); ``lease_installs`` lets
+        :meth:`Session.install_libraries` fetch names over the network too.
+        With ``wait_ready`` the call returns once ``min_pool_size`` containers
+        are warm (or warming failed: then ``phase`` is FAILING and
+        ``status_message`` says why). Returns the pool with every default
+        filled in."""
         config = c.pool_config_pb(
             max_pool_size=max_pool_size,
             min_pool_size=min_pool_size,
@@ -230,26 +291,97 @@ class AsyncClient:
             lease_installs=lease_installs,
             package_index_url=package_index_url,
         )
+        return await self.create_pool_from_spec(spec, wait_ready=wait_ready, timeout=timeout)
+
+    async def create_pool_from_spec(
+        self, spec: pool_pb2.PoolSpec, *, wait_ready: bool = False, timeout: Optional[float] = None
+    ) -> pool_pb2.Pool:
+        """Creates a pool from a ready-made ``PoolSpec`` message."""
         req = pool_pb2.CreatePoolRequest(spec=spec, wait_ready=wait_ready)
         deadline = timeout or (max(self.timeout, 120.0) if wait_ready else self.timeout)
         return (await self._unary(self.pools.CreatePool, req, deadline)).pool
 
+    def create_owned_pool(
+        self,
+        name: str,
+        *,
+        owner_ttl: c.Seconds = c.DEFAULT_OWNER_TTL,
+        wait_ready: bool = False,
+        timeout: Optional[float] = None,
+        **options: Unpack[c.PoolOptions],
+    ) -> _Opening[AsyncOwnedPool]:
+        """Creates a pool that belongs to this client: ``pool = await
+        client.create_owned_pool(name, ...)``, or ``async with
+        client.create_owned_pool(name, ...) as pool`` (which deletes it on
+        exit). ``options`` are the keyword arguments of :meth:`create_pool`.
+
+        The pool is kept alive in the background over the KeepAlive stream at
+        a third of ``owner_ttl`` (at least 1 s, at most the pool's
+        max_lease_ttl), as a lease is. When this process dies or stops
+        renewing, the server deletes the pool within ``owner_ttl`` (its
+        leases end with ``LeaseState.POOL_DELETED``); :meth:`AsyncOwnedPool.delete`
+        deletes it at once. A pool the keepalive loses (the server answers
+        that it has no such pool, or no renewal is confirmed within the TTL)
+        is reported by ``pool.lost``, and its calls raise :class:`PoolLost`.
+        """
+        spec = c.spec_of(name, options)
+        return self.create_owned_pool_from_spec(spec, owner_ttl=owner_ttl, wait_ready=wait_ready, timeout=timeout)
+
+    def create_owned_pool_from_spec(
+        self,
+        spec: pool_pb2.PoolSpec,
+        *,
+        owner_ttl: c.Seconds = c.DEFAULT_OWNER_TTL,
+        wait_ready: bool = False,
+        timeout: Optional[float] = None,
+    ) -> _Opening[AsyncOwnedPool]:
+        """:meth:`create_owned_pool` from a ready-made ``PoolSpec`` message."""
+        return _Opening(self._create_owned(spec, c.to_seconds(owner_ttl), wait_ready, timeout))
+
+    async def _create_owned(
+        self, spec: pool_pb2.PoolSpec, owner_ttl: float, wait_ready: bool, timeout: Optional[float]
+    ) -> AsyncOwnedPool:
+        req = pool_pb2.CreatePoolRequest(spec=spec, wait_ready=wait_ready, owner_ttl=c.owner_ttl_pb(owner_ttl))
+        deadline = timeout or (max(self.timeout, 120.0) if wait_ready else self.timeout)
+        # The keepalive starts with the call: the server's clock for the pool
+        # starts when it makes the pool, and a wait_ready call may outlast
+        # the owner TTL.
+        started = time.monotonic()
+        owned = AsyncOwnedPool(self, spec.name, owner_ttl, started)
+        try:
+            resp = await self._unary(self.pools.CreatePool, req, deadline)
+        except BaseException:
+            # Nothing keeps a pool made half-way alive: the server deletes it
+            # within owner_ttl.
+            await owned._keeper.stop()
+            raise
+        owned._exists(resp.pool)
+        return owned
+
     async def get_pool(self, name: str) -> pool_pb2.Pool:
+        """One pool: its effective spec, phase and stats."""
         return (await self._unary(self.pools.GetPool, pool_pb2.GetPoolRequest(name=name))).pool
 
     async def list_pools(self) -> List[pool_pb2.Pool]:
+        """Every pool, sorted by name."""
         return list((await self._unary(self.pools.ListPools, pool_pb2.ListPoolsRequest())).pools)
 
     async def delete_pool(self, name: str, *, wait: bool = False, timeout: Optional[float] = None) -> int:
+        """Deletes (drains) a pool; returns the containers still busy. With
+        ``wait``, returns once every container of the pool is removed."""
         req = pool_pb2.DeletePoolRequest(name=name, wait=wait)
         deadline = timeout or (max(self.timeout, 60.0) if wait else self.timeout)
         return (await self._unary(self.pools.DeletePool, req, deadline)).busy_remaining
 
     async def get_stats(self, name: str) -> pool_pb2.PoolStats:
+        """A pool's statistics: sizes, state counts, counters, latencies."""
         return (await self._unary(self.pools.GetPoolStats, pool_pb2.GetPoolStatsRequest(name=name))).stats
 
     async def watch_stats(self, name: str, *, timeout: Optional[float] = None) -> AsyncIterator[pool_pb2.PoolStats]:
-        """See :meth:`sandpool.Client.watch_stats`."""
+        """Yields the pool's stats now and after every change, until the pool
+        is deleted (the last one has ``closed`` set) or the caller closes the
+        generator. With ``timeout``, the stream's deadline: when it passes,
+        :class:`DeadlineExceeded` is raised (``None``: no deadline)."""
         call = self.pools.WatchPoolStats(
             pool_pb2.WatchPoolStatsRequest(name=name), timeout=timeout, metadata=self._metadata
         )
@@ -262,20 +394,13 @@ class AsyncClient:
             call.cancel()
 
 
-class _Acquiring:
-    """What :meth:`AsyncClient.acquire` returns: awaitable, or an async
-    context manager that releases the session on exit."""
+class _Ends:
+    """``async with`` support for what ends with ``_end()`` (a session's
+    release, a context's delete): on an exception in the body, a failing end
+    never hides it."""
 
-    def __init__(self, coro: Awaitable[AsyncSession]) -> None:
-        self._coro = coro
-        self._session: Optional[AsyncSession] = None
-
-    def __await__(self) -> Generator[Any, None, AsyncSession]:
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> AsyncSession:
-        self._session = await self._coro
-        return self._session
+    async def _end(self) -> Any:
+        raise NotImplementedError
 
     async def __aexit__(
         self,
@@ -283,35 +408,234 @@ class _Acquiring:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        if self._session is not None:
-            await self._session.__aexit__(exc_type, exc, tb)
+        if exc is None:
+            await self._end()
+            return
+        try:
+            await self._end()
+        except SandpoolError:
+            pass
 
 
-class _AsyncKeeper:
-    """The keepalive of one lease, as an asyncio task (see the sync
-    ``_Keeper``). It holds only a weak reference to its session: when the
-    session is garbage collected unreleased, the task releases the lease and
-    ends."""
+E = TypeVar("E", bound=_Ends)
 
-    def __init__(self, client: AsyncClient, session: AsyncSession, ttl: float, started: float) -> None:
+
+class _Opening(Generic[E]):
+    """What :meth:`AsyncClient.acquire` and :meth:`AsyncSession.context`
+    return: awaitable, or an async context manager that ends what it opened
+    on exit."""
+
+    def __init__(self, coro: Awaitable[E]) -> None:
+        self._coro = coro
+        self._opened: Optional[E] = None
+
+    def __await__(self) -> Generator[Any, None, E]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> E:
+        self._opened = await self._coro
+        return self._opened
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if self._opened is not None:
+            await self._opened.__aexit__(exc_type, exc, tb)
+
+
+# --- the keepalive ----------------------------------------------------------
+
+_STATE_REASONS = {
+    LeaseState.EXPIRED: "the lease expired on the server (no keepalive arrived within its TTL)",
+    LeaseState.RELEASED: "the lease was released",
+    LeaseState.REVOKED: "the server revoked the lease (its pool was deleted or the server is stopping)",
+    LeaseState.NOT_FOUND: "the server does not know the lease",
+    LeaseState.CONTAINER_LOST: "the lease's container died or was removed outside sandpool (acquire a new one)",
+    LeaseState.POOL_DELETED: "the lease's pool was deleted because its owner stopped keeping it alive",
+    LeaseState.LIFETIME_EXCEEDED: "the lease reached its pool's max_lease_lifetime (acquire a new one)",
+}
+"""Why a lease is lost, by the state a keepalive answer gives."""
+
+_POOL_STATE_REASONS = {
+    LeaseState.NOT_FOUND: (
+        "the server has no such pool owned by this caller"
+        " (deleted, or lapsed: no keepalive arrived within its owner TTL)"
+    ),
+}
+"""Why an owned pool is lost, by the state a keepalive answer gives."""
+
+L = TypeVar("L", bound=SandpoolError)
+
+
+class _Target(Generic[L]):
+    """What a keepalive renews: a lease (:class:`_Lease`) or an owned pool
+    (:class:`_OwnedPool`), with the loss (``L``) it raises once it is gone."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def request(self) -> session_pb2.KeepAliveRequest:
+        raise NotImplementedError
+
+    def loss(self, reason: str, state: Optional[LeaseState] = None) -> L:
+        """The loss, for a reason the client found (or a keepalive answer)."""
+        raise NotImplementedError
+
+    def expired(self, ttl: float) -> L:
+        """The loss when no renewal was confirmed within the TTL."""
+        raise NotImplementedError
+
+    def answered(self, state: LeaseState) -> L:
+        """The loss when a keepalive is answered with ``state``."""
+        raise NotImplementedError
+
+    def gone(self, err: BaseException) -> Optional[L]:
+        """The loss when the error of a call says the target is gone."""
+        raise NotImplementedError
+
+    def copy(self, lost: L) -> L:
+        """A fresh exception for a loss raised again."""
+        raise NotImplementedError
+
+    async def abandon(self, client: AsyncClient) -> None:
+        """Tells the server, best effort, that this client gave the target up
+        (a Release, a DeletePool): bounded by the client's deadline."""
+        raise NotImplementedError
+
+
+def _answer_reason(state: LeaseState, reasons: Mapping[LeaseState, str]) -> str:
+    reason = f"the server answered the keepalive with {state.name}"
+    return f"{reason}: {reasons[state]}" if state in reasons else reason
+
+
+class _Lease(_Target[LeaseLost]):
+    """A lease, kept alive by its session."""
+
+    def request(self) -> session_pb2.KeepAliveRequest:
+        return session_pb2.KeepAliveRequest(lease_id=self.name)
+
+    def loss(self, reason: str, state: Optional[LeaseState] = None) -> LeaseLost:
+        return LeaseLost(self.name, reason, state=state)
+
+    def expired(self, ttl: float) -> LeaseLost:
+        return self.loss(f"keepalive failed for longer than the {ttl:g}s TTL: the lease counts as expired")
+
+    def answered(self, state: LeaseState) -> LeaseLost:
+        return self.loss(_answer_reason(state, _STATE_REASONS), state)
+
+    def gone(self, err: BaseException) -> Optional[LeaseLost]:
+        return lease_lost_of(err, self.name)
+
+    def copy(self, lost: LeaseLost) -> LeaseLost:
+        return _copy(lost)
+
+    async def abandon(self, client: AsyncClient) -> None:
+        with contextlib.suppress(Exception):
+            await client.sessions.Release(
+                session_pb2.ReleaseRequest(lease_id=self.name), timeout=client.timeout, metadata=client.metadata
+            )
+
+
+class _OwnedPool(_Target[PoolLost]):
+    """A pool created with an owner TTL, kept alive by its creator."""
+
+    def request(self) -> session_pb2.KeepAliveRequest:
+        return session_pb2.KeepAliveRequest(pool=self.name)
+
+    def loss(self, reason: str, state: Optional[LeaseState] = None) -> PoolLost:
+        return PoolLost(self.name, reason, state=state)
+
+    def expired(self, ttl: float) -> PoolLost:
+        return self.loss(
+            f"keepalive failed for longer than the {ttl:g}s owner TTL: the server deletes the pool by itself"
+        )
+
+    def answered(self, state: LeaseState) -> PoolLost:
+        return self.loss(_answer_reason(state, _POOL_STATE_REASONS), state)
+
+    def gone(self, err: BaseException) -> Optional[PoolLost]:
+        return pool_lost_of(err, self.name)
+
+    def copy(self, lost: PoolLost) -> PoolLost:
+        return PoolLost(lost.pool, lost.reason, code=lost.code, details=lost.details, state=lost.state)
+
+    async def abandon(self, client: AsyncClient) -> None:
+        with contextlib.suppress(Exception):
+            await client.pools.DeletePool(
+                pool_pb2.DeletePoolRequest(name=self.name), timeout=client.timeout, metadata=client.metadata
+            )
+
+
+class _Keeper(Generic[L]):
+    """The keepalive of one lease or owned pool (its ``target``): an asyncio
+    task on the loop of the object that holds it (its ``holder``: a session,
+    an owned pool).
+
+    The contract, the same in the TypeScript and Rust clients:
+
+    - a renewal goes out a third of the TTL after the last confirmed one was
+      sent (the first, a third of the TTL after Acquire or CreatePool was
+      sent), on one KeepAlive stream that is reopened when it breaks;
+    - an ACTIVE answer confirms the target until that renewal's send time
+      plus the TTL the server answers;
+    - no wait (opening the stream, sending, the answer) outlasts that time:
+      when it passes unconfirmed the target is lost ("keepalive failed for
+      longer than the TTL"), in-flight calls of the holder end with the loss
+      (:class:`LeaseLost`, :class:`PoolLost`), and the server is told with a
+      best-effort Release or DeletePool;
+    - an answer in another state (EXPIRED, RELEASED, REVOKED, NOT_FOUND...),
+      or an error saying the target is gone, loses it with that state; a
+      NOT_FOUND answer to a renewal sent before the target was known to exist
+      (an owned pool whose CreatePool has not answered yet) only means "not
+      yet": the renewal is tried again;
+    - the clock decides too: once the time has passed, the holder reports the
+      loss and every call raises it without a round trip, even before this
+      task has run.
+
+    It holds only a weak reference to its holder: when the holder is garbage
+    collected unclosed, the task abandons the target (releases the lease,
+    deletes the pool) and ends.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        holder: object,
+        target: _Target[L],
+        ttl: float,
+        started: float,
+        *,
+        exists: bool = True,
+    ) -> None:
         self._client = client
-        self._session_ref = weakref.ref(session)
-        self.lease_id = session.lease.id
+        self._holder_ref = weakref.ref(holder)
+        self.target = target
         self.ttl = ttl
-        self._lost: Optional[str] = None
+        self._lost: Optional[L] = None
         self._confirmed_until = started + ttl
+        # Since when the target is known to exist on the server (+inf: not yet).
+        self._exists_since = float("-inf") if exists else float("inf")
         self._call: Any = None
+        self._on_give_up: Optional[Callable[[], None]] = None
         self.renewals = 0
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def lost_reason(self) -> Optional[str]:
+    def exists(self) -> None:
+        """The target is known to exist from now on (its CreatePool answered)."""
+        self._exists_since = time.monotonic()
+
+    def lost(self) -> Optional[L]:
+        """The loss, once the target is lost (by the clock, too)."""
         if self._lost is None and time.monotonic() > self._confirmed_until:
-            self._lost = f"no keepalive was confirmed within the lease TTL ({self.ttl:g}s)"
+            self._lost = self.target.expired(self.ttl)
         return self._lost
 
-    def mark_lost(self, reason: str) -> None:
+    def mark_lost(self, lost: L) -> None:
         if self._lost is None:
-            self._lost = reason
+            self._lost = lost
 
     def _close_stream(self) -> None:
         call, self._call = self._call, None
@@ -325,73 +649,123 @@ class _AsyncKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _renew(self) -> Any:
+        """One renewal on the stream (opened when there is none): the answer,
+        or ``None`` when the server ended the stream."""
+        if self._call is None:
+            lifetime = max(c.KEEPALIVE_STREAM_LIFETIME, 10 * self.ttl)
+            self._call = self._client.sessions.KeepAlive(None, timeout=lifetime, metadata=self._client.metadata)
+        await self._call.write(self.target.request())
+        resp = await self._call.read()
+        return None if resp is _EOF else resp
+
     async def _run(self) -> None:
         interval = max(self.ttl / 3.0, c.MIN_KEEPALIVE)
-        retry = min(interval, 1.0)
-        wait = interval
-        request = session_pb2.KeepAliveRequest(lease_id=self.lease_id)
-        lifetime = max(c.KEEPALIVE_STREAM_LIFETIME, 10 * self.ttl)
+        next_at = self._confirmed_until - self.ttl + interval
         try:
             while True:
-                await asyncio.sleep(wait)
-                if self._session_ref() is None:
-                    # Dropped without release(): release it ourselves.
-                    with contextlib.suppress(Exception):
-                        await self._client.sessions.Release(
-                            session_pb2.ReleaseRequest(lease_id=self.lease_id),
-                            timeout=self._client.timeout,
-                            metadata=self._client.metadata,
-                        )
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                if self._holder_ref() is None:
+                    await self.target.abandon(self._client)  # dropped unclosed
                     return
+                if self._lost is not None:
+                    return
+                left = self._confirmed_until - time.monotonic()
+                if left <= 0:
+                    break
+                sent = time.monotonic()
+                next_at = sent + c.KEEPALIVE_RETRY
                 try:
-                    if self._call is None:
-                        self._call = self._client.sessions.KeepAlive(
-                            None, timeout=lifetime, metadata=self._client.metadata
-                        )
-                    call = self._call
-                    sent = time.monotonic()
-                    await call.write(request)
-                    resp = await asyncio.wait_for(call.read(), timeout=max(self.ttl, 1.0))
+                    resp = await asyncio.wait_for(self._renew(), timeout=left)
                 except asyncio.TimeoutError:
                     self._close_stream()
-                    wait = 0.0
-                    if self.lost_reason() is not None:
-                        return
+                    next_at = sent + left  # the target's time is up: give up there
                     continue
                 except grpc.RpcError as e:
                     self._close_stream()
-                    code, message = status_of(e)
-                    if code in c.lease_codes():
-                        self.mark_lost(message)
+                    lost = self.target.gone(e)
+                    if lost is not None:
+                        self.mark_lost(lost)
                         return
-                    wait = 0.0 if code == grpc.StatusCode.DEADLINE_EXCEEDED else retry
-                    if self.lost_reason() is not None:
-                        return
+                    if status_of(e)[0] == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        next_at = sent  # the stream's own lifetime ended: reopen now
                     continue
                 except Exception:  # noqa: BLE001 - e.g. the client's channel was closed
                     self._close_stream()
-                    wait = retry
-                    if self.lost_reason() is not None:
-                        return
                     continue
-                if resp is _EOF:
+                if resp is None:  # the server ended the stream (say, it is stopping): reopen
                     self._close_stream()
-                    wait = retry
                     continue
                 state = LeaseState.from_pb(resp.state)
-                if state is LeaseState.ACTIVE:
-                    ttl = seconds_of(resp.ttl) if resp.HasField("ttl") else self.ttl
-                    self._confirmed_until = sent + ttl
-                    self.renewals += 1
-                    wait = interval
-                else:
-                    self.mark_lost(f"the server answered the keepalive with {state.name}")
+                if state is LeaseState.NOT_FOUND and sent < self._exists_since:
+                    # Not there yet (its CreatePool is still on its way): a
+                    # target made after this answer lives at least a TTL.
+                    self._confirmed_until = max(self._confirmed_until, sent + self.ttl)
+                    continue
+                if state is not LeaseState.ACTIVE:
+                    self.mark_lost(self.target.answered(state))
                     return
+                if resp.HasField("ttl") and seconds_of(resp.ttl) > 0:
+                    self.ttl = seconds_of(resp.ttl)
+                    interval = max(self.ttl / 3.0, c.MIN_KEEPALIVE)
+                self._confirmed_until = sent + self.ttl
+                self.renewals += 1
+                next_at = sent + interval
+            # No renewal was confirmed within the TTL.
+            self.lost()
+            if self._on_give_up is not None:
+                self._on_give_up()
+            self._close_stream()
+            await self.target.abandon(self._client)
         finally:
             self._close_stream()
 
 
-class AsyncSession:
+# --- sessions ---------------------------------------------------------------
+
+
+def _collected(
+    run: "Callable[Concatenate[S, P], AsyncRunStream]", name: str, doc: str
+) -> "Callable[Concatenate[S, P], Coroutine[Any, Any, RunResult]]":
+    """The method ``name``: it makes the run that ``run`` makes (same
+    arguments) and returns its collected result."""
+
+    async def collected(self: S, /, *args: "P.args", **kwargs: "P.kwargs") -> RunResult:
+        return await run(self, *args, **kwargs).collect()
+
+    functools.update_wrapper(collected, run)
+    collected.__doc__ = doc
+    collected.__name__ = name
+    collected.__qualname__ = f"{run.__qualname__.rsplit('.', 1)[0]}.{name}"
+    setattr(collected, "__signature__", inspect.signature(run).replace(return_annotation="RunResult"))
+    return collected
+
+
+class _Calls:
+    """The in-flight calls of a session, which are cut when the keepalive
+    gives up on the lease: no call waits on a dead connection past the TTL."""
+
+    def __init__(self) -> None:
+        self._live: Set[Any] = set()
+        self._cut: Set[Any] = set()
+
+    def add(self, call: Any) -> None:
+        self._live.add(call)
+
+    def discard(self, call: Any) -> None:
+        self._live.discard(call)
+
+    def was_cut(self, call: Any) -> bool:
+        return call in self._cut
+
+    def cut(self) -> None:
+        live, self._live = self._live, set()
+        self._cut.update(live)
+        for call in live:
+            call.cancel()
+
+
+class AsyncSession(_Ends):
     """A lease on one warm container, kept alive by a background task.
 
     Use ``async with client.acquire(pool) as s`` or ``await s.release()``.
@@ -403,7 +777,11 @@ class AsyncSession:
         self.lease = LeaseInfo.from_pb(lease)
         ttl = self.lease.ttl if self.lease.ttl > 0 else 30.0
         self._released = False
-        self._keeper = _AsyncKeeper(client, self, ttl, started)
+        self._calls = _Calls()
+        self._keeper: _Keeper[LeaseLost] = _Keeper(client, self, _Lease(self.lease.id), ttl, started)
+        self._keeper._on_give_up = self._calls.cut
+
+    # --- the lease ------------------------------------------------------------
 
     @property
     def lease_id(self) -> str:
@@ -419,28 +797,57 @@ class AsyncSession:
 
     @property
     def renewals(self) -> int:
+        """Keepalives the server confirmed so far."""
         return self._keeper.renewals
 
     @property
     def lost(self) -> Optional[str]:
+        """Why the lease is lost, or ``None`` while it is held."""
+        lost = self._lost()
+        return lost.reason if lost is not None else None
+
+    def _lost(self) -> Optional[LeaseLost]:
         if self._released:
-            return "the lease was released by this client"
-        return self._keeper.lost_reason()
+            return LeaseLost(self.lease.id, "the lease was released by this client", state=LeaseState.RELEASED)
+        return self._keeper.lost()
 
     def _check(self) -> None:
-        reason = self.lost
-        if reason is not None:
-            raise LeaseLost(self.lease.id, reason)
+        lost = self._lost()
+        if lost is not None:
+            raise _copy(lost)
 
     def _error(self, err: BaseException) -> SandpoolError:
-        lost = lease_lost_of(err, self.lease.id)
-        if lost is not None:
-            self._keeper.mark_lost(lost.reason)
-            return lost
-        return from_rpc_error(err)
+        """The exception of a failed call on the lease; one that says the
+        lease is gone marks the session lost."""
+        mapped = from_rpc_error(err, self.lease.id)
+        if isinstance(mapped, LeaseLost):
+            self._keeper.mark_lost(mapped)
+        return mapped
+
+    def _cut_error(self) -> LeaseLost:
+        """The exception of a call cut because the keepalive gave up."""
+        return _copy(self._keeper.lost() or LeaseLost(self.lease.id, "the keepalive gave up on the lease"))
+
+    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float) -> Any:
+        """A unary (or stream-unary) call on the lease: checked first, cut
+        when the keepalive gives up on the lease, its error mapped."""
+        self._check()
+        call = fn(request, timeout=timeout, metadata=self._client.metadata)
+        self._calls.add(call)
+        try:
+            return await call
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        except asyncio.CancelledError:
+            if not self._calls.was_cut(call):
+                raise
+            raise self._cut_error() from None
+        finally:
+            self._calls.discard(call)
 
     async def release(self) -> LeaseState:
-        """Ends the lease (idempotent); returns how it stood before."""
+        """Ends the lease (idempotent). Returns how it stood before: ACTIVE
+        when this call ended it."""
         if self._released:
             return LeaseState.RELEASED
         self._released = True
@@ -455,29 +862,17 @@ class AsyncSession:
             raise from_rpc_error(e) from None
         return LeaseState.from_pb(resp.previous_state)
 
+    _end = release
+
     async def __aenter__(self) -> AsyncSession:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if exc is None:
-            await self.release()
-            return
-        try:
-            await self.release()
-        except SandpoolError:
-            pass
 
     # --- runs ---------------------------------------------------------------
 
     def _start(self, request: session_pb2.RunRequest, timeout: Optional[c.Seconds]) -> AsyncRunStream:
         self._check()
         call = self._client.sessions.Run(request, timeout=c.run_deadline(timeout), metadata=self._client.metadata)
-        return AsyncRunStream(call, self._error)
+        return AsyncRunStream(call, self._error, (self._calls, self._cut_error))
 
     def run(
         self,
@@ -491,7 +886,11 @@ class AsyncSession:
         output_limit_bytes: Optional[int] = None,
         plot_format: c.PlotFormatArg = None,
     ) -> AsyncRunStream:
-        """Runs code; ``async for event in session.run(code)``."""
+        """Runs code in the pool's language (or ``language``); iterate the
+        returned stream (``async for`` in the asyncio API) for the events as
+        they are produced. Figures the code shows or leaves open come back as
+        plot artifacts in ``plot_format`` (``"png"`` by default, ``"svg"``,
+        ``"pdf"``)."""
         req = c.run_request(
             self.lease.id,
             code=code,
@@ -515,7 +914,8 @@ class AsyncSession:
         timeout: Optional[c.Seconds] = None,
         output_limit_bytes: Optional[int] = None,
     ) -> AsyncRunStream:
-        """Runs a command: a string through ``/bin/sh -c``, a sequence as argv."""
+        """Runs a command: a string is a shell command line (``/bin/sh -c``), a
+        sequence is an argv executed without a shell."""
         req = c.run_request(
             self.lease.id,
             command=command,
@@ -527,109 +927,53 @@ class AsyncSession:
         )
         return self._start(req, timeout)
 
-    async def run_collect(
-        self,
-        code: Union[str, bytes],
-        *,
-        stdin: Optional[Union[str, bytes]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        working_dir: Optional[str] = None,
-        timeout: Optional[c.Seconds] = None,
-        language: Optional[str] = None,
-        output_limit_bytes: Optional[int] = None,
-        plot_format: c.PlotFormatArg = None,
-    ) -> RunResult:
-        """Runs code and returns everything it produced (see
-        :meth:`sandpool.Session.run_collect`)."""
-        return await self.run(
-            code,
-            stdin=stdin,
-            env=env,
-            working_dir=working_dir,
-            timeout=timeout,
-            language=language,
-            output_limit_bytes=output_limit_bytes,
-            plot_format=plot_format,
-        ).collect()
-
+    run_collect = _collected(
+        run,
+        "run_collect",
+        """Runs code and returns everything it produced: output, exit, and
+        ``artifacts`` (whole files, reassembled from their chunks; ``plots``
+        are the captured figures among them).""",
+    )
     execute = run_collect
-
-    async def execute_command(
-        self,
-        command: Union[str, Sequence[str]],
-        *,
-        stdin: Optional[Union[str, bytes]] = None,
-        env: Optional[Mapping[str, str]] = None,
-        working_dir: Optional[str] = None,
-        timeout: Optional[c.Seconds] = None,
-        output_limit_bytes: Optional[int] = None,
-    ) -> RunResult:
-        return await self.run_command(
-            command,
-            stdin=stdin,
-            env=env,
-            working_dir=working_dir,
-            timeout=timeout,
-            output_limit_bytes=output_limit_bytes,
-        ).collect()
+    execute_command = _collected(
+        run_command, "execute_command", """Runs a command (see :meth:`run_command`) and collects its output."""
+    )
 
     async def cancel(self, run_id: str) -> bool:
-        self._check()
-        try:
-            resp = await self._client.sessions.Cancel(
-                session_pb2.CancelRequest(lease_id=self.lease.id, run_id=run_id),
-                timeout=self._client.timeout,
-                metadata=self._client.metadata,
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
-        return resp.cancelled
+        """Kills a run and everything it started; ``False`` if it had ended."""
+        req = session_pb2.CancelRequest(lease_id=self.lease.id, run_id=run_id)
+        resp = await self._call(self._client.sessions.Cancel, req, self._client.timeout)
+        return bool(resp.cancelled)
 
     # --- contexts and libraries -----------------------------------------------
 
-    def context(self, language: Optional[str] = None) -> _OpeningContext:
-        """Opens a persistent interpreter context: ``ctx = await
-        session.context()`` or ``async with session.context() as ctx`` (which
-        deletes it on exit). See :meth:`sandpool.Session.context`."""
-        return _OpeningContext(self._create_context(language))
+    def context(self, language: Optional[str] = None) -> _Opening[AsyncContext]:
+        """Opens a persistent interpreter context (like a notebook kernel):
+        variables, imports and functions survive between its runs. ``ctx =
+        await session.context()``, or ``async with session.context() as
+        ctx`` (which deletes it on exit); the lease's end ends it too.
+        ``language`` defaults to the pool's."""
+        return _Opening(self._create_context(language))
 
     async def _create_context(self, language: Optional[str]) -> AsyncContext:
-        self._check()
-        try:
-            resp = await self._client.sessions.CreateContext(
-                session_pb2.CreateContextRequest(lease_id=self.lease.id, language=language or ""),
-                timeout=max(self._client.timeout, 60.0),
-                metadata=self._client.metadata,
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        req = session_pb2.CreateContextRequest(lease_id=self.lease.id, language=language or "")
+        resp = await self._call(self._client.sessions.CreateContext, req, max(self._client.timeout, 60.0))
         return AsyncContext(self, resp.context_id, language or self.lease.language)
 
     async def _delete_context(self, context_id: str) -> None:
-        self._check()
-        try:
-            await self._client.sessions.DeleteContext(
-                session_pb2.DeleteContextRequest(lease_id=self.lease.id, context_id=context_id),
-                timeout=self._client.timeout,
-                metadata=self._client.metadata,
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        req = session_pb2.DeleteContextRequest(lease_id=self.lease.id, context_id=context_id)
+        await self._call(self._client.sessions.DeleteContext, req, self._client.timeout)
 
     async def install_libraries(self, libraries: Sequence[str], *, timeout: Optional[float] = None) -> InstallResult:
-        """Installs libraries for this lease only; see
-        :meth:`sandpool.Session.install_libraries`."""
-        self._check()
+        """Installs libraries for this lease only (the reset removes them).
+        Absolute paths of package files already in the container (a wheel
+        uploaded with :meth:`upload`) always work; package names need a pool
+        with ``lease_installs`` (else :class:`FailedPrecondition`)."""
         if isinstance(libraries, str):
             raise TypeError("libraries must be a list of names or paths, not a string")
-        try:
-            resp = await self._client.sessions.InstallLibraries(
-                session_pb2.InstallLibrariesRequest(lease_id=self.lease.id, libraries=list(libraries)),
-                timeout=timeout or max(self._client.timeout, c.DEFAULT_INSTALL_TIMEOUT),
-                metadata=self._client.metadata,
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        req = session_pb2.InstallLibrariesRequest(lease_id=self.lease.id, libraries=list(libraries))
+        deadline = timeout or max(self._client.timeout, c.DEFAULT_INSTALL_TIMEOUT)
+        resp = await self._call(self._client.sessions.InstallLibraries, req, deadline)
         return InstallResult(resp.log, seconds_of(resp.duration))
 
     # --- files --------------------------------------------------------------
@@ -642,81 +986,268 @@ class AsyncSession:
         mode: Optional[int] = None,
         timeout: float = c.DEFAULT_TRANSFER_TIMEOUT,
     ) -> UploadResult:
-        """See :meth:`sandpool.Session.upload` (a local file is read in a
-        blocking way, chunk by chunk)."""
-        self._check()
+        """Writes ``source`` (bytes, a local file path or a binary file object)
+        to the absolute path ``dest`` in the container, in chunks."""
         requests = c.upload_requests(self.lease.id, dest, source, mode=mode)
-        try:
-            resp = await self._client.artifacts.Upload(
-                iter(requests), timeout=timeout, metadata=self._client.metadata
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        resp = await self._call(self._client.artifacts.Upload, iter(requests), timeout)
         return UploadResult(resp.path, resp.size, resp.sha256)
 
     async def upload_dir(
         self, local_dir: Union[str, "os.PathLike[str]"], dest: str, *, timeout: float = c.DEFAULT_TRANSFER_TIMEOUT
     ) -> UploadResult:
-        self._check()
+        """Copies a local directory's contents into ``dest`` (as a tar)."""
         requests = c.upload_requests(self.lease.id, dest, c.tar_of_directory(local_dir), tar=True)
-        try:
-            resp = await self._client.artifacts.Upload(
-                iter(requests), timeout=timeout, metadata=self._client.metadata
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        resp = await self._call(self._client.artifacts.Upload, iter(requests), timeout)
         return UploadResult(resp.path, resp.size, resp.sha256)
 
-    async def _download(self, path: str, timeout: float) -> Tuple[Optional[FileInfo], bytes]:
+    async def _download(self, path: str, timeout: float) -> AsyncIterator[Union[FileInfo, bytes]]:
+        """The header, then the chunks, of a download."""
         self._check()
         call = self._client.artifacts.Download(
             artifact_pb2.DownloadRequest(lease_id=self.lease.id, path=path),
             timeout=timeout,
             metadata=self._client.metadata,
         )
-        info: Optional[FileInfo] = None
-        out = bytearray()
+        self._calls.add(call)
         try:
             async for resp in call:
                 part = resp.WhichOneof("part")
                 if part == "header":
                     h = resp.header
-                    info = FileInfo(h.path, c.kind_name(h.kind), h.mode, h.size)
+                    yield FileInfo(h.path, c.kind_name(h.kind), h.mode, h.size)
                 elif part == "chunk":
-                    out += resp.chunk
+                    yield resp.chunk
         except grpc.RpcError as e:
             raise self._error(e) from None
-        return info, bytes(out)
+        except asyncio.CancelledError:
+            if not self._calls.was_cut(call):
+                raise
+            raise self._cut_error() from None
+        finally:
+            self._calls.discard(call)
+            call.cancel()
 
     async def download(self, path: str, *, timeout: float = c.DEFAULT_TRANSFER_TIMEOUT) -> bytes:
-        return (await self._download(path, timeout))[1]
+        """The bytes of a file in the container (a directory comes as a tar)."""
+        out = bytearray()
+        async for part in self._download(path, timeout):
+            if isinstance(part, bytes):
+                out += part
+        return bytes(out)
 
     async def download_file(
         self, path: str, dest: Union[str, "os.PathLike[str]"], *, timeout: float = c.DEFAULT_TRANSFER_TIMEOUT
     ) -> FileInfo:
-        info, data = await self._download(path, timeout)
+        """Streams a file of the container into the local file ``dest``."""
+        info: Optional[FileInfo] = None
+        with open(dest, "wb") as f:
+            async for part in self._download(path, timeout):
+                if isinstance(part, FileInfo):
+                    info = part
+                else:
+                    f.write(part)
         if info is None:
             raise SandpoolError(f"download of {path} ended without a header")
-        with open(dest, "wb") as f:
-            f.write(data)
         return info
 
     async def list_artifacts(self, run_id: Optional[str] = None) -> List[ArtifactInfo]:
-        self._check()
-        try:
-            resp = await self._client.artifacts.ListArtifacts(
-                artifact_pb2.ListArtifactsRequest(lease_id=self.lease.id, run_id=run_id or ""),
-                timeout=self._client.timeout,
-                metadata=self._client.metadata,
-            )
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        """Files in the pool's output directory (of one run, or of all)."""
+        req = artifact_pb2.ListArtifactsRequest(lease_id=self.lease.id, run_id=run_id or "")
+        resp = await self._call(self._client.artifacts.ListArtifacts, req, self._client.timeout)
         return [ArtifactInfo.from_pb(a) for a in resp.artifacts]
 
 
-class AsyncContext:
-    """A persistent interpreter in the session's container, for asyncio
-    code; see :class:`sandpool.Context`."""
+class AsyncOwnedPool(_Ends):
+    """A pool that belongs to this client, made by
+    :meth:`AsyncClient.create_owned_pool`: kept alive in the background at a
+    third of its owner TTL, deleted by :meth:`delete` (or on leaving ``async
+    with``), by the server when this client stops keeping it alive, and, when
+    garbage collected undeleted, by its keepalive task.
+
+    ``pool`` is the pool as CreatePool (or the last :meth:`get`) answered.
+    Once the pool is lost (``lost`` says why), every call raises
+    :class:`PoolLost`.
+    """
+
+    def __init__(self, client: AsyncClient, name: str, owner_ttl: float, started: float) -> None:
+        self._client = client
+        self.name = name
+        self.pool = pool_pb2.Pool()
+        self._deleted = False
+        self._calls = _Calls()
+        self._keeper: _Keeper[PoolLost] = _Keeper(
+            client, self, _OwnedPool(name), owner_ttl, started, exists=False
+        )
+        self._keeper._on_give_up = self._calls.cut
+
+    def _exists(self, pool: pool_pb2.Pool) -> None:
+        """CreatePool answered."""
+        self.pool = pool
+        self._keeper.exists()
+
+    @property
+    def owner_ttl(self) -> float:
+        """Seconds without a keepalive after which the server deletes the pool."""
+        return self._keeper.ttl
+
+    @property
+    def renewals(self) -> int:
+        """Keepalives the server confirmed so far."""
+        return self._keeper.renewals
+
+    @property
+    def lost(self) -> Optional[str]:
+        """Why the pool is lost (or that this client deleted it), or ``None``
+        while it is held."""
+        lost = self._lost()
+        return lost.reason if lost is not None else None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`delete` was called."""
+        return self._deleted
+
+    def _lost(self) -> Optional[PoolLost]:
+        if self._deleted:
+            return PoolLost(self.name, "the pool was deleted by this client")
+        return self._keeper.lost()
+
+    def check(self) -> None:
+        """Raises :class:`PoolLost` once the pool is lost or deleted."""
+        lost = self._lost()
+        if lost is not None:
+            raise self._keeper.target.copy(lost)
+
+    def _error(self, err: BaseException) -> SandpoolError:
+        """The exception of a failed call about the pool; one that says the
+        pool is gone marks it lost."""
+        lost = pool_lost_of(err, self.name)
+        if lost is not None:
+            self._keeper.mark_lost(lost)
+            return lost
+        return from_rpc_error(err)
+
+    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float) -> Any:
+        """A call about the pool: checked first, cut when the keepalive gives
+        up on the pool, its error mapped."""
+        self.check()
+        call = fn(request, timeout=timeout, metadata=self._client.metadata)
+        self._calls.add(call)
+        try:
+            return await call
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+        except asyncio.CancelledError:
+            if not self._calls.was_cut(call):
+                raise
+            raise self._keeper.target.copy(
+                self._keeper.lost() or PoolLost(self.name, "the keepalive gave up on the pool")
+            ) from None
+        finally:
+            self._calls.discard(call)
+
+    def acquire(
+        self,
+        ttl: Optional[c.Seconds] = None,
+        wait: Optional[c.Seconds] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        files: Optional[c.LeaseFiles] = None,
+    ) -> _Opening[AsyncSession]:
+        """Leases a warm container of this pool, as :meth:`AsyncClient.acquire`
+        does; raises :class:`PoolLost` once the pool is lost."""
+        return _Opening(self._acquire(ttl, wait, env, files))
+
+    async def _acquire(
+        self,
+        ttl: Optional[c.Seconds],
+        wait: Optional[c.Seconds],
+        env: Optional[Mapping[str, str]],
+        files: Optional[c.LeaseFiles],
+    ) -> AsyncSession:
+        lease, started = await self._acquire_lease(ttl, wait, env, files)
+        return AsyncSession(self._client, lease, started)
+
+    async def _acquire_lease(
+        self,
+        ttl: Optional[c.Seconds],
+        wait: Optional[c.Seconds],
+        env: Optional[Mapping[str, str]],
+        files: Optional[c.LeaseFiles],
+    ) -> Tuple[session_pb2.Lease, float]:
+        req = c.acquire_request(self.name, ttl=ttl, env=env, files=files)
+        deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
+        started = time.monotonic()
+        resp = await self._call(self._client.sessions.Acquire, req, deadline)
+        return resp.lease, started
+
+    async def get(self) -> pool_pb2.Pool:
+        """The pool now (its spec, phase, stats, ``owner_expire_time``); also
+        kept as ``pool``."""
+        req = pool_pb2.GetPoolRequest(name=self.name)
+        resp: pool_pb2.GetPoolResponse = await self._call(self._client.pools.GetPool, req, self._client.timeout)
+        self.pool = resp.pool
+        return self.pool
+
+    async def stats(self) -> pool_pb2.PoolStats:
+        """The pool's statistics."""
+        req = pool_pb2.GetPoolStatsRequest(name=self.name)
+        resp: pool_pb2.GetPoolStatsResponse = await self._call(
+            self._client.pools.GetPoolStats, req, self._client.timeout
+        )
+        return resp.stats
+
+    async def delete(self, *, wait: bool = False, timeout: Optional[float] = None) -> int:
+        """Deletes the pool now (idempotent) and stops its keepalive; returns
+        the containers still busy (their leases end with the drain). With
+        ``wait``, returns once every container is removed. Without, the call
+        waits at most the owner TTL (or the client's timeout, if shorter):
+        past it the server deletes the pool by itself. A lost pool is gone
+        already: nothing is sent."""
+        if self._deleted:
+            return 0
+        lost = self._keeper.lost()
+        self._deleted = True
+        await self._keeper.stop()
+        if lost is not None:
+            return 0
+        req = pool_pb2.DeletePoolRequest(name=self.name, wait=wait)
+        if timeout is not None:
+            deadline = timeout
+        elif wait:
+            deadline = max(self._client.timeout, 60.0)
+        else:
+            deadline = min(self._client.timeout, max(self.owner_ttl, 1.0))
+        try:
+            resp = await self._client.pools.DeletePool(req, timeout=deadline, metadata=self._client.metadata)
+        except grpc.RpcError as e:
+            if status_of(e)[0] == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise from_rpc_error(e) from None
+        return int(resp.busy_remaining)
+
+    close = delete
+    _end = delete
+
+    async def __aenter__(self) -> AsyncOwnedPool:
+        return self
+
+
+def _copy(lost: LeaseLost) -> LeaseLost:
+    """A fresh exception for a loss raised again."""
+    return LeaseLost(lost.lease_id, lost.reason, code=lost.code, details=lost.details, state=lost.state)
+
+
+class AsyncContext(_Ends):
+    """A persistent interpreter in the session's container: what a run
+    defines stays for the next, like cells of a notebook. An exception ends
+    its run (traceback on stderr, exit code 1) and keeps the context; a
+    timeout interrupts the run, or, if the code ignores the interrupt,
+    restarts the context (``result.context_restarted``).
+
+    ``async with session.context() as ctx: await ctx.run_collect("x = 1")``;
+    leaving the block deletes the context. Contexts are private to their
+    lease."""
 
     def __init__(self, session: AsyncSession, context_id: str, language: str) -> None:
         self._session = session
@@ -732,7 +1263,7 @@ class AsyncContext:
         output_limit_bytes: Optional[int] = None,
         plot_format: c.PlotFormatArg = None,
     ) -> AsyncRunStream:
-        """Runs code in the context: ``async for event in ctx.run(code)``."""
+        """Runs code in the context; events stream as for a session's run."""
         if self._deleted:
             raise SandpoolError(f"context {self.id} was deleted")
         req = c.run_request(
@@ -745,22 +1276,12 @@ class AsyncContext:
         )
         return self._session._start(req, timeout)
 
-    async def run_collect(
-        self,
-        code: Union[str, bytes],
-        *,
-        timeout: Optional[c.Seconds] = None,
-        output_limit_bytes: Optional[int] = None,
-        plot_format: c.PlotFormatArg = None,
-    ) -> RunResult:
-        return await self.run(
-            code, timeout=timeout, output_limit_bytes=output_limit_bytes, plot_format=plot_format
-        ).collect()
-
+    run_collect = _collected(run, "run_collect", """Runs code in the context and returns everything it produced.""")
     execute = run_collect
 
     async def delete(self) -> None:
-        """Ends the context (idempotent)."""
+        """Ends the context and its interpreter (idempotent; a context whose
+        lease is gone is gone with it)."""
         if self._deleted:
             return
         self._deleted = True
@@ -770,57 +1291,32 @@ class AsyncContext:
             pass
 
     close = delete
+    _end = delete
 
     async def __aenter__(self) -> AsyncContext:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if exc is None:
-            await self.delete()
-            return
-        try:
-            await self.delete()
-        except SandpoolError:
-            pass
-
-
-class _OpeningContext:
-    """What :meth:`AsyncSession.context` returns: awaitable, or an async
-    context manager that deletes the context on exit."""
-
-    def __init__(self, coro: Awaitable[AsyncContext]) -> None:
-        self._coro = coro
-        self._context: Optional[AsyncContext] = None
-
-    def __await__(self) -> Generator[Any, None, AsyncContext]:
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> AsyncContext:
-        self._context = await self._coro
-        return self._context
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if self._context is not None:
-            await self._context.__aexit__(exc_type, exc, tb)
-
 
 class AsyncRunStream:
-    """The events of one run: ``async for event in stream`` or ``await
-    stream.collect()``. :meth:`cancel` drops the stream, which kills the run."""
+    """The events of one run, as they arrive: ``async for event in stream``
+    or ``await stream.collect()``.
 
-    def __init__(self, call: Any, on_error: Callable[[BaseException], SandpoolError]) -> None:
+    Leaving an ``async with`` block (or calling :meth:`cancel`) before the
+    run ended drops the stream, which kills the run.
+    """
+
+    def __init__(
+        self,
+        call: Any,
+        on_error: Callable[[BaseException], SandpoolError],
+        cut: Optional[Tuple[_Calls, Callable[[], SandpoolError]]] = None,
+    ) -> None:
         self._call = call
         self._on_error = on_error
+        # The session's in-flight calls, which the run is one of until it
+        # ends, and the error of a call cut by the keepalive giving up.
+        self._calls, self._on_cut = cut if cut is not None else (_Calls(), lambda: SandpoolError("the call was cut"))
+        self._calls.add(call)
         self._collector = RunCollector()
         self._cancelled = False
         self.run_id: Optional[str] = None
@@ -836,15 +1332,20 @@ class AsyncRunStream:
             try:
                 resp = await self._call.read()
             except asyncio.CancelledError:
+                self._calls.discard(self._call)
                 if self._cancelled:
                     raise StopAsyncIteration from None
+                if self._calls.was_cut(self._call):
+                    raise self._on_cut() from None
                 raise
             except grpc.RpcError as e:
+                self._calls.discard(self._call)
                 code, _ = status_of(e)
                 if self._cancelled and code == grpc.StatusCode.CANCELLED:
                     raise StopAsyncIteration from None
                 raise self._on_error(e) from None
             if resp is _EOF:
+                self._calls.discard(self._call)
                 if self._cancelled:
                     raise StopAsyncIteration
                 raise SandpoolError("the run's stream ended without an exit event")
@@ -856,9 +1357,11 @@ class AsyncRunStream:
                 self.run_id = event.run_id
             elif isinstance(event, Exit):
                 self.exit = event
+                self._calls.discard(self._call)
             return event
 
     async def collect(self) -> RunResult:
+        """Consumes the remaining events and returns the run's result."""
         async for _ in self:
             pass
         if self.exit is None:
@@ -866,15 +1369,19 @@ class AsyncRunStream:
         return self._collector.result()
 
     def cancel(self) -> None:
+        """Drops the stream: the server kills the run."""
         self._cancelled = True
+        self._calls.discard(self._call)
         self._call.cancel()
 
     async def __aenter__(self) -> AsyncRunStream:
         return self
 
     def __del__(self) -> None:
+        # An abandoned stream must not keep its run going.
         if getattr(self, "exit", True) is None:
             try:
+                self._calls.discard(self._call)
                 self._call.cancel()
             except Exception:  # noqa: BLE001 - loop already closed
                 pass

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple, Type
 
 import grpc
+
+from .types import LeaseState
+from .v1 import session_pb2
+from .v1.errors_enums import ErrorReason
 
 __all__ = [
     "AlreadyExists",
@@ -19,24 +23,24 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorDetails",
     "ErrorInfo",
+    "ErrorReason",
     "FailedPrecondition",
     "InvalidArgument",
     "LeaseLost",
     "NotFound",
     "PermissionDenied",
     "PoolExhausted",
+    "PoolLost",
     "SandpoolError",
     "Unauthenticated",
     "Unavailable",
     "details_of",
     "from_rpc_error",
+    "pool_lost_of",
 ]
 
 DOMAIN = "sandpool"
 """The ``domain`` of the server's ``google.rpc.ErrorInfo`` details."""
-
-LEASE_REASONS = ("LEASE_NOT_FOUND", "LEASE_ENDED")
-"""ErrorInfo reasons that say a call's lease is gone."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,15 @@ class ErrorInfo:
     reason: str
     domain: str
     metadata: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def error_reason(self) -> Optional[ErrorReason]:
+        """The reason as an :class:`ErrorReason`: ``None`` outside domain
+        ``sandpool``, ``ERROR_REASON_UNSPECIFIED`` for a name this client does
+        not know (``reason`` still has it)."""
+        if self.domain != DOMAIN:
+            return None
+        return ErrorReason.__members__.get(self.reason, ErrorReason.ERROR_REASON_UNSPECIFIED)
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,14 @@ class SandpoolError(Exception):
         """The server's ErrorInfo detail (reason, domain, metadata), if any."""
         return self.details.error_info
 
+    @property
+    def error_reason(self) -> Optional[ErrorReason]:
+        """The server's reason, typed: ``None`` when it sent none,
+        ``ERROR_REASON_UNSPECIFIED`` when this client does not know it (the
+        name is in ``error_info.reason``)."""
+        info = self.details.error_info
+        return info.error_reason if info is not None else None
+
     def __str__(self) -> str:
         if self.code is None:
             return self.message
@@ -97,7 +118,8 @@ class SandpoolError(Exception):
 
 class PoolExhausted(SandpoolError):
     """RESOURCE_EXHAUSTED: every container of the pool is leased (FAIL_FAST),
-    or the wait for one ended (WAIT)."""
+    or the wait for one ended (WAIT), or the caller holds as much as its
+    quota allows (reason ``QUOTA_EXCEEDED``)."""
 
     @property
     def retry_after(self) -> Optional[float]:
@@ -116,12 +138,43 @@ class LeaseLost(SandpoolError):
         *,
         code: Optional[grpc.StatusCode] = None,
         details: Optional[ErrorDetails] = None,
+        state: Optional[LeaseState] = None,
     ) -> None:
         super().__init__(f"lease {lease_id} is lost: {reason}", code=code, details=details)
         self.lease_id = lease_id
         self.reason = reason
         """Why the lease is lost, in words (the server's machine-readable
-        reason, when it sent one, is ``error_info.reason``)."""
+        reason, when it sent one, is ``error_reason``)."""
+        self.state = state
+        """How the lease ended (EXPIRED, RELEASED, REVOKED, NOT_FOUND) when
+        the server said so, in a keepalive answer or an error; ``None`` when
+        the client gave up on it (no keepalive confirmed within the TTL)."""
+
+
+class PoolLost(SandpoolError):
+    """An owned pool (see :meth:`sandpool.Client.create_owned_pool`) is gone:
+    its owner TTL ran out on the server, someone deleted it, or this client
+    confirmed no keepalive within the owner TTL (then the server deletes it
+    by itself). The handle cannot be used any more; leases on the pool end
+    with :attr:`LeaseState.POOL_DELETED`."""
+
+    def __init__(
+        self,
+        pool: str,
+        reason: str,
+        *,
+        code: Optional[grpc.StatusCode] = None,
+        details: Optional[ErrorDetails] = None,
+        state: Optional[LeaseState] = None,
+    ) -> None:
+        super().__init__(f"pool {pool} is lost: {reason}", code=code, details=details)
+        self.pool = pool
+        self.reason = reason
+        """Why the pool is lost, in words."""
+        self.state = state
+        """``NOT_FOUND`` when the server said it has no such pool of this
+        owner (a keepalive answer or a POOL_NOT_FOUND error); ``None`` when
+        the client gave up on it or the server said it is being deleted."""
 
 
 class NotFound(SandpoolError, LookupError):
@@ -163,7 +216,10 @@ class Unauthenticated(SandpoolError):
 
 
 class PermissionDenied(SandpoolError):
-    """PERMISSION_DENIED."""
+    """PERMISSION_DENIED: the caller's role or pool list does not allow the
+    call (reason ``NOT_PERMITTED``), or a pool it asked for is outside the
+    server's policy (``POLICY_VIOLATION``; ``details.field_violations``
+    names the field)."""
 
 
 class Unavailable(SandpoolError, ConnectionError):
@@ -178,6 +234,43 @@ class AlreadyExists(SandpoolError):
 class Cancelled(SandpoolError):
     """CANCELLED: the call was cancelled."""
 
+
+_BY_REASON: Dict[ErrorReason, Type[SandpoolError]] = {
+    ErrorReason.INVALID_FIELD: InvalidArgument,
+    ErrorReason.TOO_LARGE: InvalidArgument,
+    ErrorReason.POOL_NOT_FOUND: NotFound,
+    ErrorReason.POOL_EXISTS: AlreadyExists,
+    ErrorReason.POOL_CLOSED: FailedPrecondition,
+    ErrorReason.POOL_FAILING: FailedPrecondition,
+    ErrorReason.POOL_EXHAUSTED: PoolExhausted,
+    ErrorReason.LEASE_NOT_FOUND: LeaseLost,
+    ErrorReason.LEASE_ENDED: LeaseLost,
+    ErrorReason.CONTAINER_GONE: LeaseLost,
+    ErrorReason.RUN_NOT_FOUND: NotFound,
+    ErrorReason.CONTEXT_NOT_FOUND: NotFound,
+    ErrorReason.CONTEXT_FAILED: FailedPrecondition,
+    ErrorReason.PATH_NOT_FOUND: NotFound,
+    ErrorReason.FILE_OPERATION_FAILED: FailedPrecondition,
+    ErrorReason.NOT_ALLOWED: FailedPrecondition,
+    ErrorReason.INSTALL_FAILED: FailedPrecondition,
+    ErrorReason.IMAGE_MISSING: FailedPrecondition,
+    ErrorReason.ENGINE_UNAVAILABLE: Unavailable,
+    ErrorReason.ENGINE_FAILED: Unavailable,
+    ErrorReason.BACKEND_UNSUPPORTED: SandpoolError,
+    ErrorReason.SANDBOX_COMMAND_FAILED: SandpoolError,
+    ErrorReason.SHUTTING_DOWN: Unavailable,
+    ErrorReason.UNAUTHENTICATED: Unauthenticated,
+    ErrorReason.NOT_PERMITTED: PermissionDenied,
+    ErrorReason.POLICY_VIOLATION: PermissionDenied,
+    ErrorReason.QUOTA_EXCEEDED: PoolExhausted,
+}
+"""The exception of every reason the server gives (each one's class is that
+of its status code). The lease reasons are :class:`LeaseLost` on a call
+about that lease, else their status code's class. A reason this client does
+not know, and a status without one, map by the status code."""
+
+LEASE_REASONS: FrozenSet[ErrorReason] = frozenset(r for r, cls in _BY_REASON.items() if cls is LeaseLost)
+"""ErrorInfo reasons that say a call's lease is gone."""
 
 _BY_CODE: Dict[grpc.StatusCode, Type[SandpoolError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: PoolExhausted,
@@ -207,41 +300,75 @@ def status_of(err: BaseException) -> "tuple[grpc.StatusCode, str]":
     return status, message
 
 
-def from_rpc_error(err: BaseException) -> SandpoolError:
-    """The :class:`SandpoolError` for a failed gRPC call."""
+def from_rpc_error(err: BaseException, lease_id: str = "") -> SandpoolError:
+    """The :class:`SandpoolError` for a failed gRPC call: by the server's
+    :class:`ErrorReason`, else by the status code. For a call on
+    ``lease_id``, an error saying that this lease is gone is a
+    :class:`LeaseLost`."""
     code, message = status_of(err)
     details = details_of(err)
-    cls = _BY_CODE.get(code, SandpoolError)
-    if cls is InvalidArgument:
-        return InvalidArgument(message, code=code, details=details)
+    reason = details.error_info.error_reason if details.error_info is not None else None
+    if lease_id and _lease_is_gone(code, message, details, reason, lease_id):
+        return LeaseLost(lease_id, message, code=code, details=details, state=_end_of(reason, details))
+    cls = _BY_REASON.get(reason) if reason is not None else None
+    if cls is None or cls is LeaseLost:
+        cls = _BY_CODE.get(code, SandpoolError)
     return cls(message, code=code, details=details)
 
 
 def lease_lost_of(err: BaseException, lease_id: str) -> Optional[LeaseLost]:
     """A :class:`LeaseLost` when a failed call on ``lease_id`` failed because
-    the lease is gone, else ``None``.
+    the lease is gone, else ``None``."""
+    lost = from_rpc_error(err, lease_id)
+    return lost if isinstance(lost, LeaseLost) else None
 
-    The server says so with an ErrorInfo (domain ``sandpool``, reason
-    ``LEASE_NOT_FOUND`` on NOT_FOUND, ``LEASE_ENDED`` on FAILED_PRECONDITION,
-    ``metadata["lease_id"]``); a container that vanished under the lease is a
-    PreconditionFailure ``CONTAINER_GONE`` about the lease. Servers that send
-    no details are recognised by their message ("lease ID ...")."""
+
+def pool_lost_of(err: BaseException, pool: str) -> Optional[PoolLost]:
+    """A :class:`PoolLost` when a failed call about the owned pool ``pool``
+    failed because the pool is gone (reason ``POOL_NOT_FOUND`` or
+    ``POOL_CLOSED`` about it; without details, NOT_FOUND), else ``None``."""
     code, message = status_of(err)
-    if not lease_id or code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-        return None
     details = details_of(err)
     info = details.error_info
-    about_lease = False
-    if info is not None and info.domain == DOMAIN and info.reason in LEASE_REASONS:
-        about_lease = info.metadata.get("lease_id", lease_id) == lease_id
-    elif any(kind == "CONTAINER_GONE" and subject == lease_id for kind, subject, _ in details.precondition_violations):
-        about_lease = True
-    elif info is None:
-        # Fallback for servers without ErrorInfo details.
-        about_lease = message.startswith(f"lease {lease_id} ") or f"the container of lease {lease_id} " in message
-    if not about_lease:
+    reason = info.error_reason if info is not None else None
+    if info is not None and reason is not None and reason is not ErrorReason.ERROR_REASON_UNSPECIFIED:
+        if reason not in (ErrorReason.POOL_NOT_FOUND, ErrorReason.POOL_CLOSED):
+            return None
+        if info.metadata.get("pool", pool) != pool:
+            return None
+    elif code != grpc.StatusCode.NOT_FOUND:
         return None
-    return LeaseLost(lease_id, message, code=code, details=details)
+    state = LeaseState.NOT_FOUND if code == grpc.StatusCode.NOT_FOUND else None
+    return PoolLost(pool, message, code=code, details=details, state=state)
+
+
+def _lease_is_gone(
+    code: grpc.StatusCode, message: str, details: ErrorDetails, reason: Optional[ErrorReason], lease_id: str
+) -> bool:
+    """The server says so with a lease reason (LEASE_NOT_FOUND, LEASE_ENDED,
+    CONTAINER_GONE) whose ``metadata["lease_id"]`` is this lease. Servers
+    without ErrorInfo details: a PreconditionFailure ``CONTAINER_GONE`` about
+    the lease, or a message that starts with the lease."""
+    info = details.error_info
+    if info is not None and reason is not None and reason is not ErrorReason.ERROR_REASON_UNSPECIFIED:
+        return reason in LEASE_REASONS and info.metadata.get("lease_id", lease_id) == lease_id
+    if any(kind == "CONTAINER_GONE" and subject == lease_id for kind, subject, _ in details.precondition_violations):
+        return True
+    return (
+        info is None
+        and code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+        and (message.startswith(f"lease {lease_id} ") or f"the container of lease {lease_id} " in message)
+    )
+
+
+def _end_of(reason: Optional[ErrorReason], details: ErrorDetails) -> Optional[LeaseState]:
+    """How the lease ended, by the reason and its ``end`` metadata."""
+    if reason is ErrorReason.LEASE_NOT_FOUND:
+        return LeaseState.NOT_FOUND
+    end = details.error_info.metadata.get("end", "") if details.error_info is not None else ""
+    if reason is ErrorReason.LEASE_ENDED and end in session_pb2.LeaseState.keys():
+        return LeaseState.from_pb(session_pb2.LeaseState.Value(end))
+    return None
 
 
 # --- google.rpc.Status details ----------------------------------------------

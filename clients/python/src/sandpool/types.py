@@ -72,6 +72,9 @@ class LeaseState(str, enum.Enum):
     EXPIRED = "expired"
     NOT_FOUND = "not_found"
     REVOKED = "revoked"
+    LIFETIME_EXCEEDED = "lifetime_exceeded"
+    CONTAINER_LOST = "container_lost"
+    POOL_DELETED = "pool_deleted"
 
     @classmethod
     def from_pb(cls, value: int) -> LeaseState:
@@ -84,6 +87,9 @@ _LEASE_STATES: Dict[int, LeaseState] = {
     session_pb2.LEASE_STATE_EXPIRED: LeaseState.EXPIRED,
     session_pb2.LEASE_STATE_NOT_FOUND: LeaseState.NOT_FOUND,
     session_pb2.LEASE_STATE_REVOKED: LeaseState.REVOKED,
+    session_pb2.LEASE_STATE_LIFETIME_EXCEEDED: LeaseState.LIFETIME_EXCEEDED,
+    session_pb2.LEASE_STATE_CONTAINER_LOST: LeaseState.CONTAINER_LOST,
+    session_pb2.LEASE_STATE_POOL_DELETED: LeaseState.POOL_DELETED,
 }
 
 

@@ -32,6 +32,8 @@ export interface ServerOptions {
    * the clients that `client()` makes, the readiness probe's included.
    */
   tls?: { cert: string; key: string; clientCa?: string; client: TlsOptions };
+  /** More TOML for the server's config (e.g. the operator's pools). */
+  configExtra?: string;
 }
 
 export interface TestServer {
@@ -104,6 +106,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     [
       "shutdown_grace = 2",
       tokens.length > 0 ? `[auth]\ntokens = [${tokens.map((t) => JSON.stringify(t)).join(", ")}]` : "",
+      options.configExtra ?? "",
       "",
     ].join("\n"),
   );

@@ -102,7 +102,9 @@ class PoolHealthCheckError(SandboxError):
 
 
 class PoolClosedError(SandboxError):
-    """The pool manager has been closed."""
+    """The pool manager has been closed, or its pool is gone from the server
+    (``detail`` says why)."""
 
-    def __init__(self) -> None:
-        super().__init__("Container pool has been closed")
+    def __init__(self, detail: Optional[str] = None) -> None:
+        message = "Container pool has been closed"
+        super().__init__(f"{message} ({detail})" if detail else message)

@@ -26,11 +26,11 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, TypeVar, Union
 
 from .. import _common as c
-from ..client import Client, RunStream, Session
-from ..errors import FailedPrecondition, NotFound, PoolExhausted, SandpoolError
+from ..client import Client, OwnedPool, RunStream, Session
+from ..errors import FailedPrecondition, NotFound, PoolExhausted, PoolLost, SandpoolError
 from ..v1 import pool_pb2
 from ..types import EndReason, RunResult, Stderr, Stdout
 from .data import PLOT_MIME_TYPES, ConsoleOutput, ExecutionResult, PlotOutput, StreamCallback
@@ -63,6 +63,10 @@ __all__ = [
     "SessionNotOpenError",
     "create_pool_manager",
 ]
+
+DEFAULT_OWNER_TTL = 30.0
+"""Seconds after which the server deletes the pool of a process that died
+(``owner_ttl`` of :func:`create_pool_manager`)."""
 
 PLOT_LANGUAGES = ("python", "r")
 """Languages whose pools capture plots."""
@@ -215,6 +219,10 @@ class SandpoolPoolManager:
     ``ContainerPoolManager``: ``acquire``/``release``, ``get_stats``,
     ``close`` and context-manager use. Thread-safe."""
 
+    owned: Optional[OwnedPool]
+    """The pool this manager created and keeps alive (``None`` for a pool
+    that exists on the server already)."""
+
     def __init__(
         self,
         config: Optional[PoolConfig] = None,
@@ -234,6 +242,7 @@ class SandpoolPoolManager:
         package_index_url: Optional[str] = None,
         install_network: Optional[str] = None,
         lease_installs: Optional[bool] = None,
+        owner_ttl: float = DEFAULT_OWNER_TTL,
         **session_kwargs: Any,
     ) -> None:
         if client is not None and not isinstance(client, Client):
@@ -289,11 +298,17 @@ class SandpoolPoolManager:
         # Installing libraries at warm-up can take a while.
         timeout = 600.0 if self.libraries else None
         try:
-            self.pool = self.client.create_pool_from_spec(spec, wait_ready=warm, timeout=timeout)
+            # The pool belongs to this process: kept alive in the background,
+            # deleted by the server within owner_ttl when the process dies.
+            owned = self.client.create_owned_pool_from_spec(
+                spec, owner_ttl=owner_ttl, wait_ready=warm, timeout=timeout
+            )
+            self.owned = owned
+            self.pool = owned.pool
             if self.pool.phase == pool_pb2.POOL_PHASE_FAILING:
                 message = self.pool.status_message
                 try:
-                    self.client.delete_pool(self.name, wait=True, timeout=60.0)
+                    owned.delete(wait=True, timeout=60.0)
                 except SandpoolError:
                     pass
                 raise ContainerError(f"pool {self.name} failed to warm up: {message}")
@@ -329,10 +344,21 @@ class SandpoolPoolManager:
         self._lock = threading.Lock()
         self._closed = False
         self._live: Set[Session] = set()
+        self.owned = None
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def lost(self) -> Optional[str]:
+        """Why the server's pool is gone although this manager was not
+        closed (its keepalive was not confirmed within ``owner_ttl``, or the
+        server deleted it), else ``None``."""
+        return None if self._closed or self.owned is None else self.owned.lost
+
+    def _pool_closed(self, lost: PoolLost) -> PoolClosedError:
+        return PoolClosedError(f"the pool {self.name} is gone from the server: {lost.reason}")
 
     # --- leases ---------------------------------------------------------------
 
@@ -346,7 +372,12 @@ class SandpoolPoolManager:
         else:
             wait = 120.0
         try:
-            session = self.client.acquire(self.name, ttl=self.lease_ttl, wait=wait)
+            if self.owned is not None:
+                session = self.owned.acquire(ttl=self.lease_ttl, wait=wait)
+            else:
+                session = self.client.acquire(self.name, ttl=self.lease_ttl, wait=wait)
+        except PoolLost as e:
+            raise self._pool_closed(e) from e
         except PoolExhausted as e:
             timeout = cfg.acquisition_timeout if cfg.exhaustion_strategy is ExhaustionStrategy.WAIT else None
             raise PoolExhaustedError(cfg.max_pool_size, timeout, detail=e.message) from e
@@ -387,16 +418,14 @@ class SandpoolPoolManager:
     def get_stats(self) -> Dict[str, Any]:
         """llm-sandbox's statistics dict: total_size, max_size, min_size,
         state_counts (its five state names) and closed. Containers the server
-        is resetting after a lease count as busy."""
-        if self._closed:
-            return {
-                "total_size": 0,
-                "max_size": self.config.max_pool_size,
-                "min_size": self.config.min_pool_size,
-                "state_counts": {s.value: 0 for s in ContainerState},
-                "closed": True,
-            }
-        s = self.client.get_stats(self.name)
+        is resetting after a lease count as busy. A pool that is gone
+        (``lost``) counts as closed."""
+        if self._closed or self.lost is not None:
+            return self._closed_stats()
+        try:
+            s = self.owned.stats() if self.owned is not None else self.client.get_stats(self.name)
+        except PoolLost:
+            return self._closed_stats()
         sc = s.state_counts
         return {
             "total_size": s.total_size,
@@ -412,10 +441,20 @@ class SandpoolPoolManager:
             "closed": s.closed,
         }
 
+    def _closed_stats(self) -> Dict[str, Any]:
+        return {
+            "total_size": 0,
+            "max_size": self.config.max_pool_size,
+            "min_size": self.config.min_pool_size,
+            "state_counts": {s.value: 0 for s in ContainerState},
+            "closed": True,
+        }
+
     def close(self) -> None:
         """Releases the leases this manager handed out that are still held,
         deletes the pool on the server and waits (bounded) until its
-        containers are removed. Idempotent."""
+        containers are removed. Idempotent. A pool that is gone already
+        (``lost``) needs no delete."""
         with self._lock:
             if self._closed:
                 return
@@ -428,9 +467,8 @@ class SandpoolPoolManager:
             except SandpoolError:
                 pass
         try:
-            self.client.delete_pool(self.name, wait=True, timeout=60.0)
-        except NotFound:
-            pass
+            if self.owned is not None:
+                self.owned.delete(wait=True, timeout=60.0)
         finally:
             if self._own_client:
                 self.client.close()
@@ -469,8 +507,11 @@ def create_pool_manager(
     additions: ``addr``, ``token``, ``tls`` (default ``$SANDPOOL_ADDR``),
     ``pool_name`` (default: a unique generated one), ``lease_ttl``, ``reuse``,
     ``package_index_url``, ``install_network`` (the engine network used while
-    installing, default "bridge") and ``lease_installs`` (let per-session
-    installs of package names use the network).
+    installing, default "bridge"), ``lease_installs`` (let per-session
+    installs of package names use the network) and ``owner_ttl`` (seconds,
+    default 30: the pool belongs to this process, which keeps it alive in
+    the background; when the process dies the server deletes the pool
+    within that time).
     """
     return SandpoolPoolManager(config=config, lang=lang, backend=backend, client=client, **kwargs)
 
@@ -750,8 +791,44 @@ def _looks_like_tar(data: bytes) -> bool:
     return len(data) >= 512 and data[257:262] == b"ustar"
 
 
-class ArtifactPooledSandboxSession:
+class _Facade:
+    """A session that stands in front of another (named by ``_inner``):
+    entering, leaving, opening and closing are the other's, and what this
+    one does not have is read from it."""
+
+    _inner = ""
+
+    def __enter__(self: _F) -> _F:
+        getattr(self, self._inner).__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        getattr(self, self._inner).__exit__(exc_type, exc, tb)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._inner:  # not set yet
+            raise AttributeError(name)
+        return getattr(getattr(self, self._inner), name)
+
+    def open(self) -> None:
+        getattr(self, self._inner).open()
+
+    def close(self) -> None:
+        getattr(self, self._inner).close()
+
+
+_F = TypeVar("_F", bound=_Facade)
+
+
+class ArtifactPooledSandboxSession(_Facade):
     """A pooled session that also returns the plots a run produced."""
+
+    _inner = "_session"
 
     def __init__(
         self,
@@ -773,27 +850,6 @@ class ArtifactPooledSandboxSession:
             **kwargs,
         )
         self.enable_plotting = enable_plotting
-
-    def __enter__(self) -> ArtifactPooledSandboxSession:
-        self._session.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self._session.__exit__(exc_type, exc, tb)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-    def open(self) -> None:
-        self._session.open()
-
-    def close(self) -> None:
-        self._session.close()
 
     def run(
         self,

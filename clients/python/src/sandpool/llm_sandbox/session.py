@@ -4,8 +4,7 @@ and ``ArtifactSandboxSession``, served by sandpool pools."""
 from __future__ import annotations
 
 import threading
-from types import TracebackType
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional
 
 from .._common import resolve_addr
 from ..client import Client
@@ -19,6 +18,7 @@ from .pool import (
     PoolConfig,
     PooledSandboxSession,
     SandpoolPoolManager,
+    _Facade,
     _lang_name,
 )
 
@@ -114,11 +114,13 @@ def create_session(
 SandboxSession = create_session
 
 
-class ArtifactSandboxSession:
+class ArtifactSandboxSession(_Facade):
     """llm-sandbox's ``ArtifactSandboxSession``: a session whose runs also
     return their plots. With ``pool=`` it is an
     :class:`ArtifactPooledSandboxSession`; without, it leases from the
     server's pool named after ``lang``."""
+
+    _inner = "_pooled_impl"
 
     def __init__(
         self,
@@ -157,27 +159,6 @@ class ArtifactSandboxSession:
             **kwargs,
         )
         self.enable_plotting = enable_plotting
-
-    def __enter__(self) -> ArtifactSandboxSession:
-        self._pooled_impl.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self._pooled_impl.__exit__(exc_type, exc, tb)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pooled_impl, name)
-
-    def open(self) -> None:
-        self._pooled_impl.open()
-
-    def close(self) -> None:
-        self._pooled_impl.close()
 
     def run(
         self,

@@ -96,3 +96,18 @@ class ErrorReason(enum.IntEnum):
     """UNAUTHENTICATED: no credentials, or credentials the server does not
     accept.
     """
+    NOT_PERMITTED = 25
+    """PERMISSION_DENIED: the caller's role or pool list does not allow this
+    (a tenant deleting the operator's pool, using a pool not on its list).
+    Metadata `identity`, and `pool` where a pool is concerned.
+    """
+    POLICY_VIOLATION = 26
+    """PERMISSION_DENIED: a pool created at run time is outside the server's
+    policy. Metadata `field` and `limit`; the BadRequest detail names the
+    field too.
+    """
+    QUOTA_EXCEEDED = 27
+    """RESOURCE_EXHAUSTED: the caller holds as much as its quota allows.
+    Metadata `identity`, `quota` (leases, waiters, streams, pools) and
+    `limit`; RetryInfo says when to try again.
+    """

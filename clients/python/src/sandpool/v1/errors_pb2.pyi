@@ -94,6 +94,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAUTHENTICATED: no credentials, or credentials the server does not
     accept.
     """
+    NOT_PERMITTED: _ErrorReason.ValueType  # 25
+    """PERMISSION_DENIED: the caller's role or pool list does not allow this
+    (a tenant deleting the operator's pool, using a pool not on its list).
+    Metadata `identity`, and `pool` where a pool is concerned.
+    """
+    POLICY_VIOLATION: _ErrorReason.ValueType  # 26
+    """PERMISSION_DENIED: a pool created at run time is outside the server's
+    policy. Metadata `field` and `limit`; the BadRequest detail names the
+    field too.
+    """
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 27
+    """RESOURCE_EXHAUSTED: the caller holds as much as its quota allows.
+    Metadata `identity`, `quota` (leases, waiters, streams, pools) and
+    `limit`; RetryInfo says when to try again.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, in a form a program can act on.
@@ -181,5 +196,20 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 23
 UNAUTHENTICATED: ErrorReason.ValueType  # 24
 """UNAUTHENTICATED: no credentials, or credentials the server does not
 accept.
+"""
+NOT_PERMITTED: ErrorReason.ValueType  # 25
+"""PERMISSION_DENIED: the caller's role or pool list does not allow this
+(a tenant deleting the operator's pool, using a pool not on its list).
+Metadata `identity`, and `pool` where a pool is concerned.
+"""
+POLICY_VIOLATION: ErrorReason.ValueType  # 26
+"""PERMISSION_DENIED: a pool created at run time is outside the server's
+policy. Metadata `field` and `limit`; the BadRequest detail names the
+field too.
+"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 27
+"""RESOURCE_EXHAUSTED: the caller holds as much as its quota allows.
+Metadata `identity`, `quota` (leases, waiters, streams, pools) and
+`limit`; RetryInfo says when to try again.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

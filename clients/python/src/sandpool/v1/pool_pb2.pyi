@@ -363,6 +363,8 @@ class PoolSpec(_message.Message):
     INSTALL_NETWORK_FIELD_NUMBER: _builtins.int
     LEASE_INSTALLS_FIELD_NUMBER: _builtins.int
     PACKAGE_INDEX_URL_FIELD_NUMBER: _builtins.int
+    MAX_TEMPORARY_FIELD_NUMBER: _builtins.int
+    MAX_LEASE_LIFETIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1 to 63 characters of a-z, 0-9, '-', '_' and '.', starting
     with a letter or digit.
@@ -397,6 +399,10 @@ class PoolSpec(_message.Message):
     """Package index for installs (pip's --index-url, npm's --registry).
     Default: the installer's own.
     """
+    max_temporary: _builtins.int
+    """Most TEMPORARY containers the pool runs at once (the server also bounds
+    them in total). Default max_pool_size.
+    """
     @_builtins.property
     def libraries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Libraries installed into every container while it warms up."""
@@ -425,6 +431,12 @@ class PoolSpec(_message.Message):
     def max_run_timeout(self) -> _duration_pb2.Duration:
         """Longest timeout a Run may ask for. Default 3600 s."""
 
+    @_builtins.property
+    def max_lease_lifetime(self) -> _duration_pb2.Duration:
+        """Longest a lease may live, whatever its keepalives; it then ends with
+        LEASE_STATE_LIFETIME_EXCEEDED. Default 24 h.
+        """
+
     def __init__(
         self,
         *,
@@ -445,19 +457,25 @@ class PoolSpec(_message.Message):
         install_network: _builtins.str = ...,
         lease_installs: _builtins.bool | None = ...,
         package_index_url: _builtins.str = ...,
+        max_temporary: _builtins.int | None = ...,
+        max_lease_lifetime: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "lease_installs", b"lease_installs", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "output_limit_bytes", b"output_limit_bytes", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "lease_installs", b"lease_installs", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "output_limit_bytes", b"output_limit_bytes", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "backend", b"backend", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "image", b"image", "install_network", b"install_network", "language", b"language", "lease_installs", b"lease_installs", "libraries", b"libraries", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "name", b"name", "output_dir", b"output_dir", "output_limit_bytes", b"output_limit_bytes", "package_index_url", b"package_index_url", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "backend", b"backend", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "image", b"image", "install_network", b"install_network", "language", b"language", "lease_installs", b"lease_installs", "libraries", b"libraries", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "name", b"name", "output_dir", b"output_dir", "output_limit_bytes", b"output_limit_bytes", "package_index_url", b"package_index_url", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lease_installs: _TypeAlias = _typing.Literal["lease_installs"]  # noqa: Y015
     _WhichOneofArgType__lease_installs: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs"]  # noqa: Y015
+    _WhichOneofReturnType__max_temporary: _TypeAlias = _typing.Literal["max_temporary"]  # noqa: Y015
+    _WhichOneofArgType__max_temporary: _TypeAlias = _typing.Literal["_max_temporary", b"_max_temporary"]  # noqa: Y015
     _WhichOneofReturnType__output_limit_bytes: _TypeAlias = _typing.Literal["output_limit_bytes"]  # noqa: Y015
     _WhichOneofArgType__output_limit_bytes: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes"]  # noqa: Y015
     _WhichOneofReturnType__reuse: _TypeAlias = _typing.Literal["reuse"]  # noqa: Y015
     _WhichOneofArgType__reuse: _TypeAlias = _typing.Literal["_reuse", b"_reuse"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_installs) -> _WhichOneofReturnType__lease_installs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_temporary) -> _WhichOneofReturnType__max_temporary | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_limit_bytes) -> _WhichOneofReturnType__output_limit_bytes | None: ...
     @_typing.overload
@@ -476,10 +494,16 @@ class Pool(_message.Message):
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    OWNER_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     phase: Global___PoolPhase.ValueType
     """Where the pool is in its life."""
     status_message: _builtins.str
     """Why the pool is FAILING (what went wrong and how to fix it); empty otherwise."""
+    owner: _builtins.str
+    """The identity that created the pool at run time; empty for the config
+    file's pools (the operator's).
+    """
     @_builtins.property
     def spec(self) -> Global___PoolSpec:
         """The effective spec, with every default filled in."""
@@ -492,6 +516,10 @@ class Pool(_message.Message):
     def stats(self) -> Global___PoolStats:
         """Current statistics."""
 
+    @_builtins.property
+    def owner_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """For a pool created with an owner_ttl: when it lapses unless kept alive."""
+
     def __init__(
         self,
         *,
@@ -500,10 +528,12 @@ class Pool(_message.Message):
         status_message: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         stats: Global___PoolStats | None = ...,
+        owner: _builtins.str = ...,
+        owner_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner_expire_time", b"owner_expire_time", "spec", b"spec", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "phase", b"phase", "spec", b"spec", "stats", b"stats", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner", b"owner", "owner_expire_time", b"owner_expire_time", "phase", b"phase", "spec", b"spec", "stats", b"stats", "status_message", b"status_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,6 +823,7 @@ class CreatePoolRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     WAIT_READY_FIELD_NUMBER: _builtins.int
+    OWNER_TTL_FIELD_NUMBER: _builtins.int
     wait_ready: _builtins.bool
     """Answer only once min_pool_size containers are warm (or warming failed),
     bounded by the call's deadline.
@@ -801,15 +832,25 @@ class CreatePoolRequest(_message.Message):
     def spec(self) -> Global___PoolSpec:
         """The pool to create."""
 
+    @_builtins.property
+    def owner_ttl(self) -> _duration_pb2.Duration:
+        """Ties the pool to its creator: the creator keeps it alive on the
+        KeepAlive stream (naming the pool), and when no keepalive arrives within
+        this TTL the pool is drained and deleted, its leases ending with
+        LEASE_STATE_POOL_DELETED. Unset: the pool lives until DeletePool. At
+        least 1 s, at most the pool's max_lease_ttl.
+        """
+
     def __init__(
         self,
         *,
         spec: Global___PoolSpec | None = ...,
         wait_ready: _builtins.bool = ...,
+        owner_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner_ttl", b"owner_ttl", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "wait_ready", b"wait_ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_ttl", b"owner_ttl", "spec", b"spec", "wait_ready", b"wait_ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

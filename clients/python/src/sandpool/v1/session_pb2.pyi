@@ -42,6 +42,18 @@ class _LeaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseState
     """Ended because the server is stopping (a deleted pool lets its leases run
     to their end).
     """
+    LEASE_STATE_LIFETIME_EXCEEDED: _LeaseState.ValueType  # 6
+    """Ended because it reached its pool's max_lease_lifetime, whatever its
+    keepalives.
+    """
+    LEASE_STATE_CONTAINER_LOST: _LeaseState.ValueType  # 7
+    """Ended because its container died or was removed outside sandpool (the
+    engine restarted, an operator removed it).
+    """
+    LEASE_STATE_POOL_DELETED: _LeaseState.ValueType  # 8
+    """Ended because its pool was deleted when the pool's owner stopped
+    keeping it alive (CreatePool's owner_ttl).
+    """
 
 class LeaseState(_LeaseState, metaclass=_LeaseStateEnumTypeWrapper):
     """The state of a lease named in a keepalive."""
@@ -59,6 +71,18 @@ LEASE_STATE_NOT_FOUND: LeaseState.ValueType  # 4
 LEASE_STATE_REVOKED: LeaseState.ValueType  # 5
 """Ended because the server is stopping (a deleted pool lets its leases run
 to their end).
+"""
+LEASE_STATE_LIFETIME_EXCEEDED: LeaseState.ValueType  # 6
+"""Ended because it reached its pool's max_lease_lifetime, whatever its
+keepalives.
+"""
+LEASE_STATE_CONTAINER_LOST: LeaseState.ValueType  # 7
+"""Ended because its container died or was removed outside sandpool (the
+engine restarted, an operator removed it).
+"""
+LEASE_STATE_POOL_DELETED: LeaseState.ValueType  # 8
+"""Ended because its pool was deleted when the pool's owner stopped
+keeping it alive (CreatePool's owner_ttl).
 """
 Global___LeaseState: _TypeAlias = LeaseState  # noqa: Y015
 
@@ -307,16 +331,22 @@ class KeepAliveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Lease to renew."""
+    pool: _builtins.str
+    """Instead of a lease: a pool this caller created with an owner_ttl, whose
+    owner TTL to renew.
+    """
     def __init__(
         self,
         *,
         lease_id: _builtins.str = ...,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "pool", b"pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -332,10 +362,16 @@ class KeepAliveResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """The lease the answer is for."""
     state: Global___LeaseState.ValueType
     """ACTIVE, or why the lease is gone."""
+    pool: _builtins.str
+    """The pool the answer is for, when the request named one (lease_id is
+    empty then). NOT_FOUND: no such owned pool of this caller; ACTIVE: its
+    new deadline is expire_time.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """New deadline (ACTIVE only)."""
@@ -351,10 +387,11 @@ class KeepAliveResponse(_message.Message):
         state: Global___LeaseState.ValueType = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        pool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "lease_id", b"lease_id", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "lease_id", b"lease_id", "pool", b"pool", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

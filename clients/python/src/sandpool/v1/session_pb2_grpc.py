@@ -101,7 +101,8 @@ class SessionServiceServicer(object):
     def KeepAlive(self, request_iterator, context):
         """Keeps leases alive, like etcd's LeaseKeepAlive: each lease id the client
         sends is answered with the lease's new deadline. A lease that is gone is
-        answered with its state; the stream stays open.
+        answered with its state; the stream stays open. The same stream keeps
+        the caller's owned pools alive (CreatePool's owner_ttl).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,8 @@ class SessionServiceStub:
     KeepAlive: _grpc.StreamStreamMultiCallable[_session_pb2.KeepAliveRequest, _session_pb2.KeepAliveResponse]
     """Keeps leases alive, like etcd's LeaseKeepAlive: each lease id the client
     sends is answered with the lease's new deadline. A lease that is gone is
-    answered with its state; the stream stays open.
+    answered with its state; the stream stays open. The same stream keeps
+    the caller's owned pools alive (CreatePool's owner_ttl).
     """
     Release: _grpc.UnaryUnaryMultiCallable[_session_pb2.ReleaseRequest, _session_pb2.ReleaseResponse]
     """Ends a lease at once; the container is reset in the background before
@@ -88,7 +89,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     KeepAlive: _aio.StreamStreamMultiCallable[_session_pb2.KeepAliveRequest, _session_pb2.KeepAliveResponse]  # type: ignore[assignment]
     """Keeps leases alive, like etcd's LeaseKeepAlive: each lease id the client
     sends is answered with the lease's new deadline. A lease that is gone is
-    answered with its state; the stream stays open.
+    answered with its state; the stream stays open. The same stream keeps
+    the caller's owned pools alive (CreatePool's owner_ttl).
     """
     Release: _aio.UnaryUnaryMultiCallable[_session_pb2.ReleaseRequest, _session_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Ends a lease at once; the container is reset in the background before
@@ -139,7 +141,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_session_pb2.KeepAliveResponse], _abc.AsyncIterator[_session_pb2.KeepAliveResponse]]:
         """Keeps leases alive, like etcd's LeaseKeepAlive: each lease id the client
         sends is answered with the lease's new deadline. A lease that is gone is
-        answered with its state; the stream stays open.
+        answered with its state; the stream stays open. The same stream keeps
+        the caller's owned pools alive (CreatePool's owner_ttl).
         """
 
     @_abc_1.abstractmethod

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The test suite, against real container engines (Docker and Podman).
+# The test suite, against real container engines (Docker, Podman, gVisor).
 #
-#   scripts/test.sh            everything: proto lint, Rust unit and
-#                              end-to-end tests, the client suites, the
-#                              generated-code drift check, the deploy/ checks
-#                              (manifests, compose) and the server image run
-#                              in Docker, then a check that no container of
-#                              ours is left on the engines
+#   scripts/test.sh            everything, in stages that fit 2 cores:
+#     1. setup: engines (runsc registered), images, cargo build
+#     2. side by side, each in a lane with its own log: the Rust unit and
+#        end-to-end tests (cargo test --workspace), and the checks plus client
+#        suites (proto lint, generated-code drift, deploy/ manifests, Python,
+#        TypeScript)
+#     3. grpc reflection smoke, the server image (built around the debug
+#        binary already built: the release build is the image script's
+#        default, not needed to test the packaging) run in Docker, compose
+#     4. alone: the hostile-code suite (it measures a neighbour's slowdown)
+#     5. alone, last: the engine restart suite (it restarts dockerd and the
+#        podman service, which kills every container of any suite beside it)
+#     then a check that no container of ours is left on the engines
 #   scripts/test.sh --rust     only the Rust tests (ARGS after it go to cargo test)
 #
 # Sets up what it needs first (engines, images): idempotent, a second or two
@@ -27,26 +34,71 @@ leftovers() {
   fi
   echo "$n"
 }
+LANES=$(mktemp -d /tmp/sandpool-test-lanes.XXXXXX)
+# lane NAME COMMAND...: runs COMMAND in the background, its output in a log
+# of its own (printed when it ends); `wait_lanes` waits for all of them.
+lane_pids=() lane_names=()
+lane() {
+  local name=$1; shift
+  ( s=$(date +%s); rc=0; "$@" >"$LANES/$name.log" 2>&1 </dev/null || rc=$?
+    echo "=== test.sh: lane $name took $(( $(date +%s) - s ))s (exit $rc)" >>"$LANES/$name.log"
+    exit "$rc" ) &
+  lane_pids+=($!) lane_names+=("$name")
+  echo "=== test.sh: lane $name started (log $LANES/$name.log)"
+}
+wait_lanes() {
+  local i failed=()
+  for i in "${!lane_pids[@]}"; do
+    if wait "${lane_pids[$i]}"; then :; else failed+=("${lane_names[$i]}"); fi
+    echo "=== test.sh: ---- lane ${lane_names[$i]} ----"
+    cat "$LANES/${lane_names[$i]}.log"
+  done
+  lane_pids=() lane_names=()
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "=== test.sh: FAIL: lane(s) ${failed[*]}" >&2
+    exit 1
+  fi
+}
+# The checks and client suites, one after the other (they share a lane).
+# Explicit returns: `set -e` does not apply inside a lane's `||`.
+checks_and_clients() {
+  local s suite
+  s=$(date +%s); scripts/lint-proto.sh || return 1; t "proto lint" "$s"
+  s=$(date +%s); scripts/check-generated.sh || return 1; t "generated code drift check" "$s"
+  s=$(date +%s); scripts/check-deploy.sh || return 1
+  t "deploy manifests check (kustomize, kubernetes-validate, compose)" "$s"
+  for suite in clients/*/test.sh; do
+    [ -x "$suite" ] || continue
+    s=$(date +%s); "$suite" || return 1; t "$suite" "$s"
+  done
+}
 
 s=$(date +%s); scripts/engine-up.sh --podman; t engine-up "$s"
 s=$(date +%s); scripts/build-images.sh; scripts/build-images.sh --podman python; t build-images "$s"
 before=$(leftovers)
 
 s=$(date +%s); cargo build --workspace --all-targets; t "cargo build" "$s"
-s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 cargo test --workspace "$@"; t "cargo test" "$s"
 
-if [ "$RUST_ONLY" = 0 ]; then
-  s=$(date +%s); scripts/lint-proto.sh; t "proto lint" "$s"
-  s=$(date +%s); scripts/check-generated.sh; t "generated code drift check" "$s"
-  s=$(date +%s); scripts/check-deploy.sh; t "deploy manifests check (kustomize, kubernetes-validate, compose)" "$s"
-  for suite in clients/*/test.sh; do
-    [ -x "$suite" ] || continue
-    s=$(date +%s); "$suite"; t "$suite" "$s"
-  done
+if [ "$RUST_ONLY" = 1 ]; then
+  s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"; t "cargo test" "$s"
+else
+  s=$(date +%s)
+  lane rust env SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"
+  lane clients checks_and_clients
+  wait_lanes; t "rust tests beside checks and client suites" "$s"
+
   s=$(date +%s); scripts/smoke-reflection.sh; t "grpc reflection smoke (buf curl)" "$s"
-  s=$(date +%s); scripts/build-server-image.sh; t "server image (release build, offline image)" "$s"
+  s=$(date +%s); scripts/build-server-image.sh --binary target/debug/sandpool-server; t "server image (offline image, debug binary)" "$s"
   s=$(date +%s); tests/deploy/server-image.sh; tests/deploy/compose.sh; t "server image in Docker, compose" "$s"
+
+  s=$(date +%s)
+  SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test -p sandpool-tests --test hostile -- --ignored --test-threads=1 --nocapture
+  t "hostile-code suite (alone)" "$s"
+  s=$(date +%s)
+  cargo test -p sandpool-tests --test engine_restart -- --ignored --test-threads=1 --nocapture
+  t "engine restart suite (alone, last)" "$s"
 fi
+rm -rf "$LANES"
 
 after=$(leftovers)
 if [ "$after" -gt "$before" ]; then

@@ -3,6 +3,8 @@
 //! side by side never touch each other's containers, and a check at the end
 //! that the engine holds nothing of the server.
 
+pub mod packages;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -94,6 +96,10 @@ pub fn empty_config() -> ServerConfig {
         ServerConfig::from_toml("", std::path::Path::new("<test>")).expect("empty config parses");
     config.server_id = Some(unique_id("test"));
     config.shutdown_grace = Duration::from_secs(2);
+    // The suites run pools on gVisor too (scripts/engine-up.sh registers
+    // it); the policy floor allows only the engine's default runtime unless
+    // told otherwise.
+    config.policy.runtimes = vec!["runsc".to_string()];
     config
 }
 

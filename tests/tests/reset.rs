@@ -7,9 +7,10 @@
 use std::time::{Duration, Instant};
 
 use sandpool_client::proto as pb;
+use sandpool_server::ServerConfig;
 use sandpool_tests::{
-    LEFTOVERS_PROBE, PLANT_LEFTOVERS, TestServer, clean_leftovers, python_pool, runsc_available,
-    shell_run,
+    LEFTOVERS_PROBE, PLANT_LEFTOVERS, TestServer, clean_leftovers, empty_config, python_image,
+    python_pool, runsc_available, shell_run, wait_for,
 };
 
 async fn one_container_pool(
@@ -62,11 +63,22 @@ async fn nothing_of_a_lease_survives_the_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writable_root_is_reset_too() {
-    let server = TestServer::start().await;
-    one_container_pool(&server, "rwroot", |spec| {
-        spec.runtime
-            .get_or_insert_with(Default::default)
-            .read_only_root = Some(false);
+    // A writable root is the operator's choice (the policy floor refuses it
+    // at run time): a pool of the config file.
+    let text = format!(
+        "[[pools]]\nname = \"rwroot\"\nlanguage = \"python\"\nimage = \"{}\"\n\
+         min_pool_size = 1\nmax_pool_size = 1\n[pools.runtime]\nread_only_root = false\n",
+        python_image()
+    );
+    let mut config =
+        ServerConfig::from_toml(&text, std::path::Path::new("<rwroot>")).expect("config");
+    let defaults = empty_config();
+    config.server_id = defaults.server_id;
+    config.shutdown_grace = defaults.shutdown_grace;
+    let server = TestServer::start_with(config).await;
+    wait_for("the pool to warm", Duration::from_secs(60), || async {
+        let stats = server.client.stats("rwroot").await.ok()?;
+        (stats.state_counts?.idle > 0).then_some(())
     })
     .await;
     let session = server.client.acquire("rwroot").await.expect("acquire");

@@ -95,8 +95,12 @@ if docker info >/dev/null 2>&1; then
 else
   DLOG=/tmp/sandpool-dockerd.log
   if pgrep -x dockerd >/dev/null; then
-    echo "engine-up: dockerd is running but not answering yet; waiting"
-  else
+    # Starting up, or shutting down (stopping its containers first): wait
+    # until it answers or is gone.
+    echo "engine-up: dockerd is running but not answering; waiting until it answers or exits"
+    wait_for "dockerd (answer or exit)" "$DLOG" sh -c 'docker info || ! pgrep -x dockerd'
+  fi
+  if ! docker info >/dev/null 2>&1; then
     # containerd is started by dockerd itself when none runs.
     echo "engine-up: starting dockerd (log: $DLOG)"
     setsid dockerd >>"$DLOG" 2>&1 </dev/null &

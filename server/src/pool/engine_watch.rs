@@ -20,10 +20,29 @@ use crate::backend::{
     ContainerEvent, LABEL_MARKER, LABEL_POOL, LABEL_SERVER, Liveness, SharedBackend,
 };
 
-/// Longest pause between probes of an engine that does not answer.
-const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest pause between probes of an engine that does not answer (a
+/// refused connection costs nothing; the pools refill the moment it is back).
+const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// First pause between probes.
 const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often an engine whose event stream is open is pinged anyway: an
+/// engine may stop serving without closing the connections it has (the
+/// podman service, stopped, waits for them to end; a remote engine's host
+/// may vanish without a FIN).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long after the engine came back the containers of dead instances
+/// are removed.
+const SWEEP_AFTER_RECONNECT: Duration = Duration::from_secs(3);
+/// How long a ping may take before the engine counts as not answering.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the engine answers a ping in time.
+async fn answers(backend: &SharedBackend) -> bool {
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, backend.ping()).await,
+        Ok(Ok(()))
+    )
+}
 /// A container of ours that has not run for this long after its creation is
 /// dead, not being created.
 const CREATION_GRACE_SECS: i64 = 60;
@@ -184,16 +203,21 @@ impl PoolManager {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        for dead in listed.iter().filter(|c| {
-            !c.running && Some(&c.id) != marker.as_ref() && now - c.created > CREATION_GRACE_SECS
-        }) {
-            if let Err(e) = watch.backend.remove_container(&dead.id).await {
-                tracing::warn!(container = %dead.id, error = %e, "could not remove a dead container");
-            }
-        }
+        // Refill first (the pools' replacements start now), then remove
+        // the dead, all at once: the engine just came back, and the pools
+        // should not wait for the removals.
         for pool in &pools {
             pool.engine_back();
         }
+        let dead = listed.iter().filter(|c| {
+            !c.running && Some(&c.id) != marker.as_ref() && now - c.created > CREATION_GRACE_SECS
+        });
+        let removals = dead.map(|c| async {
+            if let Err(e) = watch.backend.remove_container(&c.id).await {
+                tracing::warn!(container = %c.id, error = %e, "could not remove a dead container");
+            }
+        });
+        futures::future::join_all(removals).await;
     }
 
     /// Removes the containers of every instance on the engine that is no
@@ -234,14 +258,34 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
                 watch.health.set_up(true);
                 // After a break the old marker may have died with the
                 // connection (or the engine): put up a fresh one.
-                if !std::mem::take(&mut announced)
-                    && let Err(e) = m.announce(&watch).await
-                {
-                    tracing::warn!(backend = %watch.health.kind, error = %e, "could not announce this instance");
+                let reconnected = !std::mem::take(&mut announced);
+                // The fresh marker and the pools' refill at once: the marker
+                // is one engine call, well before any container is warm, and
+                // the other servers' sweeps wait a moment after a reconnect.
+                let announce = async {
+                    if reconnected && let Err(e) = m.announce(&watch).await {
+                        tracing::warn!(backend = %watch.health.kind, error = %e, "could not announce this instance");
+                    }
+                };
+                tokio::join!(announce, m.reconcile(&watch));
+                if reconnected {
+                    // The engine is back: the pools' refill goes first, the
+                    // dead instances' removals (every server on the engine
+                    // sees them at once) a moment later.
+                    let m = Arc::downgrade(&m);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SWEEP_AFTER_RECONNECT).await;
+                        if let Some(m) = m.upgrade() {
+                            m.sweep_requested.notify_one();
+                        }
+                    });
+                } else {
+                    m.sweep_dead_instances(&watch.backend).await;
                 }
-                m.reconcile(&watch).await;
-                m.sweep_dead_instances(&watch.backend).await;
                 drop(m);
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                heartbeat.reset();
                 loop {
                     let Some(m) = manager.upgrade() else { return };
                     tokio::select! {
@@ -271,7 +315,13 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
                             }
                         }
                         _ = watch.health.suspect.notified() => {
-                            if watch.backend.ping().await.is_err() {
+                            if !answers(&watch.backend).await {
+                                break;
+                            }
+                        }
+                        _ = heartbeat.tick() => {
+                            if !answers(&watch.backend).await {
+                                tracing::warn!(backend = %watch.health.kind, "engine stopped answering pings");
                                 break;
                             }
                         }
@@ -285,8 +335,17 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
         // The stream ended: a blip, or the engine is gone. Probe until it
         // answers; meanwhile it counts as down.
         let mut delay = FIRST_PROBE_INTERVAL;
-        while watch.backend.ping().await.is_err() {
-            watch.health.set_up(false);
+        while !answers(&watch.backend).await {
+            if watch.health.is_up() {
+                watch.health.set_up(false);
+                if let Some(m) = manager.upgrade() {
+                    for pool in m.pools_read().values() {
+                        if pool.backend.kind() == watch.health.kind {
+                            pool.engine_gone();
+                        }
+                    }
+                }
+            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_PROBE_INTERVAL);
         }

@@ -983,7 +983,10 @@ impl Pool {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.backend.remove_container(container).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    tracing::debug!(pool = %self.spec.name, %container, "container removed");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(pool = %self.spec.name, %container, error = %e, retry_in = ?delay, "could not remove container; retrying");
                     if engine_unreachable(&sandbox::Error::Backend(e)) {
@@ -991,11 +994,21 @@ impl Pool {
                     }
                 }
             }
+            // An engine that is down is waited for: the moment it answers
+            // again, the removal is retried (the slot still counts, and the
+            // pool cannot refill past it).
+            let mut changes = self.context.engine.subscribe();
+            let back = async {
+                if self.context.engine.is_up() {
+                    std::future::pending::<()>().await;
+                }
+                let _ = changes.wait_for(|up| *up).await;
+            };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(delay) => delay = (delay * 2).min(MAX_REMOVE_BACKOFF),
+                _ = back => delay = Duration::from_millis(100),
                 _ = self.context.server_stop.cancelled() => return,
             }
-            delay = (delay * 2).min(MAX_REMOVE_BACKOFF);
         }
     }
 
@@ -1072,6 +1085,21 @@ impl Pool {
         self.fill(&mut st);
         drop(st);
         self.wake.notify_one();
+        self.changed();
+    }
+
+    /// The engine stopped answering: nothing can be created, reset or run
+    /// until it is back, so acquirers waiting for a container are told now
+    /// (UNAVAILABLE, retryable) rather than left to time out.
+    pub(super) fn engine_gone(self: &Arc<Self>) {
+        let mut st = self.lock();
+        let waiters: Vec<_> = st.waiters.drain(..).collect();
+        drop(st);
+        for w in waiters {
+            let _ = w.tx.send(Err(WaitFailure::EngineDown(
+                "it stopped answering while this call waited for a container; retrying".into(),
+            )));
+        }
         self.changed();
     }
 

@@ -389,11 +389,15 @@ impl Pump {
         let event = match failure {
             Some(e) => RunEvent::Failed(self.lease.engine_error(e)),
             None => {
-                let exit = self.exit(source).await;
+                let (exit, no_exit_code) = self.exit(source).await;
                 if self.container_died(&exit).await {
                     RunEvent::Failed(self.lease.engine_error(EngineError::ContainerGone {
                         id: self.lease.sandbox().id().to_string(),
                     }))
+                } else if let Some(e) = no_exit_code {
+                    // The output ended but the engine cannot say how (it
+                    // went away): the run's end is unknown, and says why.
+                    RunEvent::Failed(self.lease.engine_error(e))
                 } else {
                     self.collect_artifacts().await;
                     RunEvent::Exit(exit)
@@ -502,12 +506,15 @@ impl Pump {
         });
     }
 
-    async fn exit(&mut self, source: Source) -> RunExit {
+    /// How the run ended, and why its exit code is unknown when it is.
+    async fn exit(&mut self, source: Source) -> (RunExit, Option<EngineError>) {
+        let mut no_exit_code = None;
         let (code, context_restarted) = match source {
             Source::Exec(exec) => match self.lease.sandbox().exit_code(&exec.id).await {
                 Ok(code) => (i32::try_from(code).unwrap_or(-1), false),
                 Err(e) => {
                     tracing::warn!(run = %self.run_id, error = %e, "no exit code");
+                    no_exit_code = Some(e);
                     (-1, false)
                 }
             },
@@ -526,7 +533,7 @@ impl Pump {
         if context_restarted {
             message.push_str("; the context's interpreter was restarted and its state is gone");
         }
-        RunExit {
+        let exit = RunExit {
             exit_code: code,
             reason,
             signal,
@@ -536,7 +543,8 @@ impl Pump {
             truncated: self.truncated,
             message,
             context_restarted,
-        }
+        };
+        (exit, no_exit_code)
     }
 }
 

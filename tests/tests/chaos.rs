@@ -50,7 +50,9 @@ async fn random_clients_some_killed_never_break_the_invariants() {
     );
     // The run did what it is for.
     assert!(report.leases_served >= 10, "{}", report.summary());
-    assert_eq!(report.killed, 3, "{}", report.summary());
+    let kills = (report.clients as f64 * 0.3).floor() as u64;
+    assert!(kills >= 1, "{}", report.summary());
+    assert_eq!(report.killed, kills, "{}", report.summary());
     assert_eq!(report.leaked_containers, 0);
     assert_eq!(report.stuck_slots, 0);
 }

@@ -106,6 +106,9 @@ pub struct Report {
     /// Digest of every decision (the parent's and the clients'): the same
     /// seed gives the same digest.
     pub digest: u64,
+    /// The time budget stopped new clients early (a slow or loaded
+    /// machine): fewer clients than asked, and another digest.
+    pub budget_hit: bool,
     pub elapsed: Duration,
 }
 
@@ -127,7 +130,7 @@ impl Report {
              leases served {}, released {}, abandoned {}, reclaimed {} (p50 {}, p99 {}, max {})\n\
              owned pools {}, of dead creators gone {} (p50 {}, max {})\n\
              leases lost under a live client {}, containers leaked {}, slots stuck {}\n\
-             decision digest {:016x}, violations {}",
+             decision digest {:016x}{}, violations {}",
             self.seed,
             self.rounds,
             self.clients,
@@ -150,6 +153,11 @@ impl Report {
             self.leaked_containers,
             self.stuck_slots,
             self.digest,
+            if self.budget_hit {
+                " (time budget hit: fewer clients)"
+            } else {
+                ""
+            },
             self.violations.len(),
         )
     }
@@ -348,9 +356,13 @@ pub async fn run(config: Config, addr: std::net::SocketAddr, client: Client) -> 
     loop {
         // Fill the slots.
         let more = |spawned: u32, t: &Shared| {
-            started.elapsed() < config.budget
-                && ((spawned as usize) < config.clients
-                    || lock(t).report.leases_served < config.min_leases)
+            let wanted = (spawned as usize) < config.clients
+                || lock(t).report.leases_served < config.min_leases;
+            if wanted && started.elapsed() >= config.budget {
+                lock(t).report.budget_hit = true;
+                return false;
+            }
+            wanted
         };
         while procs.len() < config.slots && more(spawned, &tracker) {
             let no = spawned;

@@ -85,8 +85,13 @@ async fn a_temporary_acquire_given_up_midway_leaves_nothing_behind() {
             .await
             .err()
             .expect("given up before the temporary is ready");
+        // The client's deadline, or the server's own enforcement of it
+        // (tonic answers CANCELLED "Timeout expired"): either way the
+        // Acquire's handler was dropped mid-way.
+        let code = err.status().map(|s| s.code());
         assert!(
-            matches!(err, sandpool_client::Error::DeadlineExceeded(_)),
+            matches!(err, sandpool_client::Error::DeadlineExceeded(_))
+                || code == Some(tonic::Code::Cancelled),
             "round {round}: {err:?}"
         );
         sandpool_tests::wait_for(

@@ -37,12 +37,22 @@ pub fn docker() -> DockerBackend {
 /// Ids of the sandbox containers on the engine labelled with `server_id`
 /// (not its liveness marker).
 pub async fn containers_of(server_id: &str) -> Vec<String> {
-    labelled(server_id)
+    try_containers_of(server_id)
         .await
+        .expect("the docker engine must answer (run scripts/engine-up.sh)")
+}
+
+/// [`containers_of`], with the engine's error if it does not answer.
+pub async fn try_containers_of(
+    server_id: &str,
+) -> Result<Vec<String>, sandpool_server::backend::Error> {
+    Ok(docker()
+        .list_containers(LABEL_SERVER, Some(server_id))
+        .await?
         .into_iter()
         .filter(|c| !c.labels.contains_key(LABEL_MARKER))
         .map(|c| c.id)
-        .collect()
+        .collect())
 }
 
 /// Every container on the engine labelled with `server_id`, its marker

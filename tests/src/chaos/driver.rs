@@ -1047,7 +1047,20 @@ async fn settle(client: &Client, tracker: &Shared, config: &Config, shared: &[St
     let until = Instant::now() + Duration::from_secs(20);
     let (stuck, leaked, last) = loop {
         let pools = client.list_pools().await.unwrap_or_default();
-        let engine = crate::containers_of(&config.server_id).await.len();
+        // An engine restarting (another suite's doing) is not an answer:
+        // asked again until the deadline.
+        let engine = match crate::try_containers_of(&config.server_id).await {
+            Ok(found) => found.len(),
+            Err(e) if Instant::now() < until => {
+                eprintln!("chaos: the engine does not answer ({e}); asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => {
+                lock(tracker).violation(format!("the engine does not answer: {e}"));
+                break (0, 0, String::new());
+            }
+        };
         let mut accounted = 0usize;
         let mut stuck = 0;
         let mut extra = Vec::new();

@@ -20,6 +20,8 @@ use sandpool_server::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+pub mod chaos;
+
 /// The image of the python pools under test.
 pub fn python_image() -> String {
     std::env::var("SANDPOOL_TEST_PYTHON_IMAGE")
@@ -37,12 +39,22 @@ pub fn docker() -> DockerBackend {
 /// Ids of the sandbox containers on the engine labelled with `server_id`
 /// (not its liveness marker).
 pub async fn containers_of(server_id: &str) -> Vec<String> {
-    labelled(server_id)
+    try_containers_of(server_id)
         .await
+        .expect("the docker engine must answer (run scripts/engine-up.sh)")
+}
+
+/// [`containers_of`], with the engine's error if it does not answer.
+pub async fn try_containers_of(
+    server_id: &str,
+) -> Result<Vec<String>, sandpool_server::backend::Error> {
+    Ok(docker()
+        .list_containers(LABEL_SERVER, Some(server_id))
+        .await?
         .into_iter()
         .filter(|c| !c.labels.contains_key(LABEL_MARKER))
         .map(|c| c.id)
-        .collect()
+        .collect())
 }
 
 /// Every container on the engine labelled with `server_id`, its marker
@@ -172,7 +184,7 @@ impl TestServer {
     /// Stops the server and checks that it left no container behind, and
     /// that no reset failed on the way (a reset never fails by design: a
     /// failure means a lease left something the server could not clean).
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         if let Ok(pools) = self.client.list_pools().await {
             for pool in pools {
                 let stats = pool.stats.unwrap_or_default();
@@ -185,17 +197,23 @@ impl TestServer {
                 assert_eq!(failed, 0, "pool {} had {failed} failed resets", stats.pool);
             }
         }
+        let id = self.server_id.clone();
+        let left = self.stop_and_list().await;
+        assert!(
+            left.is_empty(),
+            "server {id} left containers behind: {left:?}"
+        );
+    }
+
+    /// Stops the server and lists the containers it left behind (the
+    /// marker included), without judging.
+    pub async fn stop_and_list(mut self) -> Vec<String> {
         self.shutdown().await;
-        let left: Vec<String> = labelled(&self.server_id)
+        labelled(&self.server_id)
             .await
             .into_iter()
             .map(|c| c.id)
-            .collect();
-        assert!(
-            left.is_empty(),
-            "server {} left containers behind: {left:?}",
-            self.server_id
-        );
+            .collect()
     }
 
     async fn shutdown(&mut self) {

@@ -643,8 +643,52 @@ impl Pool {
         }
     }
 
+    /// Makes a temporary container for an Acquire, in a task of its own: if
+    /// the caller goes away meanwhile (its deadline passes, its connection
+    /// drops), the task still finishes, and what the caller never got is
+    /// given back (see `TemporaryTicket`): no temporary stays counted, no
+    /// container stays on the engine.
     async fn acquire_temporary(self: &Arc<Self>, arrived: Instant) -> Result<Holding> {
-        let created = self.provision(true).await;
+        let (tx, rx) = oneshot::channel();
+        let pool = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let created = pool.provision(true).await;
+            let made = pool.temporary_made(created, arrived);
+            if let Err(Ok(Holding::Temporary { container })) = tx.send(made) {
+                pool.ungrant_temporary(container);
+            }
+        });
+        let mut ticket = TemporaryTicket {
+            pool: Arc::clone(self),
+            rx: Some(rx),
+        };
+        let Some(rx) = ticket.rx.as_mut() else {
+            return Err(Error::ShuttingDown);
+        };
+        let made = rx.await;
+        ticket.rx = None;
+        made.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Gives back a temporary container made for an Acquire whose caller
+    /// went away: as if it had never been granted.
+    fn ungrant_temporary(self: &Arc<Self>, container: String) {
+        let mut st = self.lock();
+        st.counters.acquisitions = st.counters.acquisitions.saturating_sub(1);
+        st.active_leases = st.active_leases.saturating_sub(1);
+        st.temporaries = st.temporaries.saturating_sub(1);
+        self.context.temporary_budget.give_back();
+        drop(st);
+        self.spawn_remove_container(container);
+        self.changed();
+    }
+
+    /// The accounting of a temporary container made (or not) for an Acquire.
+    fn temporary_made(
+        &self,
+        created: std::result::Result<String, sandbox::Error>,
+        arrived: Instant,
+    ) -> Result<Holding> {
         let mut st = self.lock();
         let result = match created {
             Ok(container) => {
@@ -1158,6 +1202,25 @@ impl Drop for WaitTicket {
         }
         drop(st);
         self.pool.changed();
+    }
+}
+
+/// The caller's side of a temporary container being made: dropped before
+/// the container reached the caller, it gives the container back.
+struct TemporaryTicket {
+    pool: Arc<Pool>,
+    rx: Option<oneshot::Receiver<Result<Holding>>>,
+}
+
+impl Drop for TemporaryTicket {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        rx.close();
+        if let Ok(Ok(Holding::Temporary { container })) = rx.try_recv() {
+            self.pool.ungrant_temporary(container);
+        }
     }
 }
 

@@ -29,6 +29,9 @@ t() { echo "=== test.sh: $1 took $(( $(date +%s) - $2 ))s"; }
 leftovers() {
   local n
   n=$(docker ps -aq --filter label=sandpool.server | wc -l)
+  # Sandbox pods of the Kubernetes test API server (its Docker containers
+  # carry pod labels under a prefix).
+  n=$(( n + $(docker ps -aq --filter label=k8s-testserver.label.sandpool.server | wc -l) ))
   if command -v podman >/dev/null 2>&1; then
     n=$(( n + $(podman ps -aq --filter label=sandpool.server 2>/dev/null | wc -l) ))
   fi
@@ -78,6 +81,12 @@ s=$(date +%s); scripts/build-images.sh; scripts/build-images.sh --podman python;
 before=$(leftovers)
 
 s=$(date +%s); cargo build --workspace --all-targets; t "cargo build" "$s"
+# The workspace's tests include the backend conformance suite on Docker,
+# Podman and Kubernetes (tests/tests/conformance.rs) and the end-to-end pass
+# on a Kubernetes pool (tests/tests/kubernetes.rs), both against the test
+# API server in-process: they fail, never skip, when it cannot start, and
+# SANDPOOL_REQUIRE_PODMAN / SANDPOOL_REQUIRE_RUNSC make a missing podman or
+# runsc a failure too.
 
 if [ "$RUST_ONLY" = 1 ]; then
   s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"; t "cargo test" "$s"

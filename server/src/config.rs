@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub max_temporaries: u32,
     /// TLS for the gRPC listener (with client certificates: mTLS).
     pub tls: Option<TlsConfig>,
+    /// Where Kubernetes pools put their pods (`[kubernetes]`).
+    pub kubernetes: crate::backend::KubernetesSettings,
     pub pools: Vec<PoolSpec>,
 }
 
@@ -105,6 +107,8 @@ struct FileConfig {
     tls: TlsFile,
     #[serde(default)]
     policy: PolicyFile,
+    #[serde(default)]
+    kubernetes: crate::backend::KubernetesSettings,
     #[serde(default)]
     pools: Vec<PoolSpecInput>,
 }
@@ -559,6 +563,9 @@ impl ServerConfig {
                 .collect();
         }
         let tls = tls_config("tls", file.tls.cert, file.tls.key, file.tls.client_ca)?;
+        file.kubernetes
+            .validate()
+            .map_err(|(field, message)| ConfigError::invalid(field, message))?;
         let auth = file.auth.into_config()?;
         let (mut policy, max_temporaries) = file.policy.into_policy()?;
         let mut pools = Vec::new();
@@ -592,6 +599,7 @@ impl ServerConfig {
             policy,
             max_temporaries,
             tls,
+            kubernetes: file.kubernetes,
             pools,
         })
     }

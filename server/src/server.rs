@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
-    backend::{BackendKind, DockerBackend, Engines, SharedBackend},
+    backend::{BackendKind, DockerBackend, Engines, KubernetesBackend, SharedBackend},
     config::{ServerConfig, TlsConfig},
     pool::{ManagerSettings, PoolManager},
 };
@@ -109,8 +109,12 @@ pub async fn serve(
                 set_health(&health, ServingStatus::Serving).await;
                 tracing::info!("pools are warm; serving");
                 // Per engine: NOT_SERVING while it does not answer.
-                let engines = [BackendKind::Docker, BackendKind::Podman]
-                    .map(|kind| manager.engine_health(kind));
+                let engines = [
+                    BackendKind::Docker,
+                    BackendKind::Podman,
+                    BackendKind::Kubernetes,
+                ]
+                .map(|kind| manager.engine_health(kind));
                 let mut watches = engines.each_ref().map(|e| e.subscribe());
                 loop {
                     for (engine, watch) in engines.iter().zip(watches.iter_mut()) {
@@ -123,10 +127,11 @@ pub async fn serve(
                             .set_service_status(format!("sandpool.backend.{}", engine.kind), status)
                             .await;
                     }
-                    let [a, b] = &mut watches;
+                    let [a, b, c] = &mut watches;
                     tokio::select! {
                         r = a.changed() => if r.is_err() { return },
                         r = b.changed() => if r.is_err() { return },
+                        r = c.changed() => if r.is_err() { return },
                         _ = stop.cancelled() => return,
                     }
                 }
@@ -274,14 +279,16 @@ fn warn_insecure(addr: SocketAddr, stop: CancellationToken) {
 /// engine's own environment variables) says. Nothing connects before a pool
 /// needs it.
 fn engines(config: &ServerConfig) -> Engines {
-    Engines::new([BackendKind::Docker, BackendKind::Podman].map(|kind| {
+    let docker_api = [BackendKind::Docker, BackendKind::Podman].map(|kind| {
         let endpoint = config
             .engines
             .get(&kind)
             .cloned()
             .unwrap_or_else(|| DockerBackend::default_endpoint(kind));
         Arc::new(DockerBackend::new(kind, endpoint)) as SharedBackend
-    }))
+    });
+    let kubernetes = Arc::new(KubernetesBackend::new(config.kubernetes.clone())) as SharedBackend;
+    Engines::new(docker_api.into_iter().chain([kubernetes]))
 }
 
 /// The listener's TLS from PEM files; with a client CA, client certificates

@@ -298,12 +298,6 @@ impl PoolSpec {
                 ),
             ));
         }
-        if self.backend == BackendKind::Kubernetes {
-            return Err(Error::invalid(
-                "backend",
-                "the kubernetes backend is not available in this release; use docker or podman",
-            ));
-        }
         for (i, lib) in self.libraries.iter().enumerate() {
             validate_library(lib).map_err(|m| Error::invalid(format!("libraries[{i}]"), m))?;
         }

@@ -94,7 +94,7 @@ pub struct TestServer {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-fn unique_id(prefix: &str) -> String {
+pub fn unique_id(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{:08x}",
         std::process::id(),

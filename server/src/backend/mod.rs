@@ -2,6 +2,7 @@
 //! it knows nothing of pools, leases or languages.
 
 mod docker;
+mod kubernetes;
 mod privilege;
 
 use std::{collections::HashMap, fmt, pin::Pin, sync::Arc};
@@ -12,6 +13,7 @@ use futures::{StreamExt, stream::BoxStream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use docker::DockerBackend;
+pub use kubernetes::{KubeError, KubernetesBackend, KubernetesSettings};
 
 /// Label naming the server instance that owns a container.
 pub const LABEL_SERVER: &str = "sandpool.server";
@@ -247,6 +249,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Ids of server instances that have containers on the engine (label
     /// `sandpool.server`) but are no longer alive.
     async fn dead_instances(&self) -> Result<Vec<String>>;
+
+    /// Removes whatever else than containers instance `server_id` left on
+    /// the engine (Kubernetes: its NetworkPolicies and Leases), once its
+    /// containers are gone: at start-up for this instance's earlier run, for
+    /// a dead instance, and at shutdown.
+    async fn forget_instance(&self, _server_id: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What `Backend::inspect` reports.

@@ -699,5 +699,6 @@ pub(super) async fn remove_labelled(
         .await?;
     let n = found.len();
     futures::future::join_all(found.iter().map(|c| backend.remove_container(&c.id))).await;
+    backend.forget_instance(server_id).await?;
     Ok(n)
 }

@@ -17,6 +17,11 @@ pub const LABEL_INSTANCE: &str = "k8s-testserver.instance";
 pub const LABEL_POD: &str = "k8s-testserver.pod";
 /// The pod's uid: tells two pods of the same name apart.
 pub const LABEL_UID: &str = "k8s-testserver.uid";
+/// Prefix of the Docker labels that carry the pod's own labels. Not the
+/// labels themselves: a sandpool server on the same Docker engine would take
+/// a pod labelled `sandpool.server=<id>` for a container of a dead instance
+/// of its own (no liveness marker) and remove it.
+pub const LABEL_POD_LABEL: &str = "k8s-testserver.label.";
 
 pub struct App {
     pub store: Store,

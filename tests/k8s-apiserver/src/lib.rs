@@ -47,7 +47,7 @@ use bollard::{Docker, query_parameters::ListContainersOptionsBuilder};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-pub use app::{LABEL_INSTANCE, LABEL_POD, LABEL_UID};
+pub use app::{LABEL_INSTANCE, LABEL_POD, LABEL_POD_LABEL, LABEL_UID};
 
 /// How long shutdown waits for open requests before removing containers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

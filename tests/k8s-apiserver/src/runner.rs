@@ -22,7 +22,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{App, LABEL_INSTANCE, LABEL_POD, LABEL_UID, lock},
+    app::{App, LABEL_INSTANCE, LABEL_POD, LABEL_POD_LABEL, LABEL_UID, lock},
     kinds::Kind,
     netpol,
     pods::{self, ContainerPlan, ContainerView},
@@ -227,7 +227,10 @@ fn effective_user(plan: &ContainerPlan, image_user: &str) -> Result<String, Stri
 }
 
 fn container_labels(app: &App, pod: &Value) -> HashMap<String, String> {
-    let mut labels: HashMap<String, String> = crate::selector::labels_of(pod).into_iter().collect();
+    let mut labels: HashMap<String, String> = crate::selector::labels_of(pod)
+        .into_iter()
+        .map(|(k, v)| (format!("{LABEL_POD_LABEL}{k}"), v))
+        .collect();
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     labels.insert(LABEL_POD.into(), format!("{ns}/{name}"));

@@ -142,7 +142,10 @@ async fn pods_exec_and_limits() {
     eprintln!("exec round trip: {:?} per exec", t0.elapsed() / 10);
 
     // Pod labels are on the container (sandpool's leftover check).
-    assert_eq!(docker_ps(&["sandpool.server=test", &instance]).len(), 1);
+    assert_eq!(
+        docker_ps(&["k8s-testserver.label.sandpool.server=test", &instance]).len(),
+        1
+    );
     api.delete(&name, &DeleteParams::default().grace_period(0))
         .await
         .unwrap();

@@ -1,0 +1,57 @@
+//! The Kubernetes test API server (tests/k8s-apiserver) in-process, and a
+//! sandpool configuration that puts pools on it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use sandpool_server::{
+    ServerConfig,
+    backend::{KubernetesBackend, KubernetesSettings},
+};
+
+pub struct K8s {
+    pub api: sandpool_k8s_testserver::TestServer,
+    pub kubeconfig: PathBuf,
+    pub namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+impl K8s {
+    /// A test API server on loopback with a kubeconfig for it, and a
+    /// namespace of the test's own.
+    pub async fn start(namespace: &str) -> Self {
+        let api = sandpool_k8s_testserver::serve(Default::default())
+            .await
+            .expect("the test API server starts (the docker engine must run)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig, namespace)
+            .expect("write kubeconfig");
+        Self {
+            api,
+            kubeconfig,
+            namespace: namespace.to_string(),
+            _dir: dir,
+        }
+    }
+
+    pub fn settings(&self) -> KubernetesSettings {
+        KubernetesSettings {
+            kubeconfig: Some(self.kubeconfig.clone()),
+            namespace: Some(self.namespace.clone()),
+            ..Default::default()
+        }
+    }
+
+    pub fn backend(&self) -> KubernetesBackend {
+        KubernetesBackend::new(self.settings())
+    }
+
+    /// A server config with no pools whose Kubernetes pools go here.
+    pub fn config(&self) -> ServerConfig {
+        let mut config = sandpool_tests::empty_config();
+        config.kubernetes = self.settings();
+        config
+    }
+}

@@ -509,12 +509,17 @@ impl Pump {
     /// How the run ended, and why its exit code is unknown when it is.
     async fn exit(&mut self, source: Source) -> (RunExit, Option<EngineError>) {
         let mut no_exit_code = None;
+        // A run sandpool stopped (timeout, cancel, output cap, lease end) has
+        // its end reason whatever the engine says of its exit code.
+        let stopped = self.stop.is_some();
         let (code, context_restarted) = match source {
             Source::Exec(exec) => match self.lease.sandbox().exit_code(&exec.id).await {
                 Ok(code) => (i32::try_from(code).unwrap_or(-1), false),
                 Err(e) => {
                     tracing::warn!(run = %self.run_id, error = %e, "no exit code");
-                    no_exit_code = Some(e);
+                    if !stopped {
+                        no_exit_code = Some(e);
+                    }
                     (-1, false)
                 }
             },

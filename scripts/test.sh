@@ -3,10 +3,10 @@
 #
 #   scripts/test.sh            everything, in stages that fit 2 cores:
 #     1. setup: engines (runsc registered), images, cargo build
-#     2. side by side, each in a lane with its own log: the Rust unit and
-#        end-to-end tests (cargo test --workspace), and the checks plus client
-#        suites (proto lint, generated-code drift, deploy/ manifests, Python,
-#        TypeScript)
+#     2. the Rust unit and end-to-end tests (cargo test --workspace), then
+#        the checks and client suites (proto lint, generated-code drift,
+#        deploy/ manifests, Python, TypeScript), each with a log of its own
+#        printed when it ends
 #     3. grpc reflection smoke, the server image (built around the debug
 #        binary already built: the release build is the image script's
 #        default, not needed to test the packaging) run in Docker, compose
@@ -91,10 +91,14 @@ s=$(date +%s); cargo build --workspace --all-targets; t "cargo build" "$s"
 if [ "$RUST_ONLY" = 1 ]; then
   s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"; t "cargo test" "$s"
 else
+  # One after the other: the client suites' keepalive tests measure how
+  # fast a lost connection is noticed, which a busy machine stretches (the
+  # lanes are there for suites that can share the 2 cores).
   s=$(date +%s)
   lane rust env SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"
+  wait_lanes
   lane clients checks_and_clients
-  wait_lanes; t "rust tests beside checks and client suites" "$s"
+  wait_lanes; t "rust tests, then checks and client suites" "$s"
 
   s=$(date +%s); scripts/smoke-reflection.sh; t "grpc reflection smoke (buf curl)" "$s"
   s=$(date +%s); scripts/build-server-image.sh --binary target/debug/sandpool-server; t "server image (offline image, debug binary)" "$s"

@@ -251,9 +251,7 @@ def test_a_silent_connection_loses_the_owned_pool_within_its_ttl(
             assert pool.renewals == renewals
             # The call in flight ends with the loss, not at its deadline.
             with pytest.raises(sandpool.PoolLost) as cut:
-                # (Twice the margin: the cancellation crosses the client's loop
-                # thread, and the suite runs beside the Rust suite.)
-                waiting.result(timeout=2 * MARGIN)
+                waiting.result(timeout=MARGIN)
             assert cut.value.pool == name and cut.value.state is None
 
         # Every call raises PoolLost at once, without a round trip.

@@ -345,7 +345,16 @@ async fn a_silent_connection_loses_the_owned_pool_within_its_ttl() {
                 .map(|_| ())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the call waits at the server (a fixed pause may end before it
+    // got there on a busy machine, and then nothing is in flight to cut).
+    let t0 = Instant::now();
+    while admin.stats("silent").await.expect("stats").waiting == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the acquire never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.blackhole();
     let silent_at = Instant::now();
     let renewals = pool.renewals();

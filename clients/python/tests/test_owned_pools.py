@@ -240,7 +240,9 @@ def test_a_silent_connection_loses_the_owned_pool_within_its_ttl(
         # An acquire waiting for that container when the connection goes silent.
         with concurrent.futures.ThreadPoolExecutor(1) as executor:
             waiting = executor.submit(pool.acquire, wait=60)
-            time.sleep(0.3)
+            # Until the call waits at the server (a fixed pause may end before it got
+            # there on a busy machine, and then nothing is in flight to cut).
+            wait_for("the acquire to wait at the server", lambda: admin.get_stats(name).waiting > 0, timeout=10)
             proxy.blackhole()
             silent_at = time.monotonic()
             renewals = pool.renewals

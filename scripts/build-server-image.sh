@@ -112,7 +112,9 @@ install -m 0755 "$BIN" "$r/usr/local/bin/sandpool-server"
 
 # glibc: what the binary needs, and proof that the root's loader satisfies it.
 need=$(objdump -T "$BIN" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
-have=$(in_root ldd --version | head -n 1)
+# sed, not head: head stops reading after one line, ldd then dies of SIGPIPE
+# on its next one, and with pipefail the whole script ends (status 141).
+have=$(in_root ldd --version | sed -n 1p)
 in_root ldd /usr/local/bin/sandpool-server | grep -q 'not found' && die "libraries missing in the image: $(in_root ldd /usr/local/bin/sandpool-server)"
 version=$(in_root /usr/local/bin/sandpool-server --version 2>&1) \
   || die "the binary does not run in the image's root (needs $need; the root has $have): $version"

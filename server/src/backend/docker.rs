@@ -115,25 +115,7 @@ impl DockerBackend {
         if self.kind == BackendKind::Docker {
             return Ok(());
         }
-        let mut script = String::from("set -e");
-        let mut argv = vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            String::new(),
-            "sh".to_string(),
-        ];
-        for (i, m) in mounts.iter().enumerate() {
-            let n = i + 1;
-            match m.owner {
-                Some((uid, gid)) => script.push_str(&format!(
-                    "; chown {uid}:{gid} \"${n}\"; chmod {:o} \"${n}\"",
-                    m.mode
-                )),
-                None => script.push_str(&format!("; chmod {:o} \"${n}\"", m.mode)),
-            }
-            argv.push(m.path.clone());
-        }
-        argv[2] = script;
+        let argv = Tmpfs::ownership_argv(mounts);
         let (code, output) = self.privileged_command(id, argv).await?;
         match code {
             0 => Ok(()),
@@ -557,21 +539,11 @@ impl Backend for DockerBackend {
                 .await
                 .map_err(|e| container_error("network connect", container_id, e)),
             None => {
-                let info = self
-                    .client()
-                    .await?
-                    .inspect_container(container_id, None::<InspectContainerOptions>)
-                    .await
-                    .map_err(|e| container_error("container inspect", container_id, e))?;
-                let networks = info
-                    .network_settings
-                    .and_then(|n| n.networks)
-                    .unwrap_or_default();
-                for name in networks.keys().filter(|n| n.as_str() != "none") {
+                for name in self.inspect(container_id).await?.networks {
                     self.client()
                         .await?
                         .disconnect_network(
-                            name,
+                            &name,
                             NetworkDisconnectRequest {
                                 container: container_id.to_string(),
                                 force: Some(true),

@@ -123,6 +123,35 @@ pub struct Tmpfs {
     pub owner: Option<(u32, u32)>,
 }
 
+impl Tmpfs {
+    /// The argv of a root shell that gives each of `mounts` its owner and
+    /// mode: for engines that cannot set them at mount time (Podman's
+    /// tmpfs, Kubernetes' emptyDir). Paths travel as arguments, never in
+    /// the script.
+    pub fn ownership_argv(mounts: &[Tmpfs]) -> Vec<String> {
+        let mut script = String::from("set -e");
+        let mut argv = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            String::new(),
+            "sh".to_string(),
+        ];
+        for (i, m) in mounts.iter().enumerate() {
+            let n = i + 1;
+            match m.owner {
+                Some((uid, gid)) => script.push_str(&format!(
+                    "; chown {uid}:{gid} \"${n}\"; chmod {:o} \"${n}\"",
+                    m.mode
+                )),
+                None => script.push_str(&format!("; chmod {:o} \"${n}\"", m.mode)),
+            }
+            argv.push(m.path.clone());
+        }
+        argv[2] = script;
+        argv
+    }
+}
+
 /// A process to start in a running container.
 #[derive(Debug, Clone, Default)]
 pub struct ExecSpec {

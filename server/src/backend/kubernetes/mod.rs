@@ -275,25 +275,7 @@ impl KubernetesBackend {
     /// Gives the pod's scratch mounts their owner and mode (an emptyDir is
     /// root's, 0777 or 1777): a root exec of the backend's own.
     async fn fix_ownership(&self, name: &str, spec: &ContainerSpec) -> Result<()> {
-        let mut script = String::from("set -e");
-        let mut argv = vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            String::new(),
-            "sh".to_string(),
-        ];
-        for (i, m) in spec.tmpfs.iter().enumerate() {
-            let n = i + 1;
-            match m.owner {
-                Some((uid, gid)) => script.push_str(&format!(
-                    "; chown {uid}:{gid} \"${n}\"; chmod {:o} \"${n}\"",
-                    m.mode
-                )),
-                None => script.push_str(&format!("; chmod {:o} \"${n}\"", m.mode)),
-            }
-            argv.push(m.path.clone());
-        }
-        argv[2] = script;
+        let argv = super::Tmpfs::ownership_argv(&spec.tmpfs);
         let out = super::exec_collect(self, name, own_command(argv), None, 64 * 1024).await?;
         if out.success() {
             Ok(())

@@ -53,6 +53,35 @@ async fn health_of(server: &TestServer, service: &str) -> i32 {
         .status
 }
 
+/// Waits until an Acquire on `pool` answers UNAVAILABLE, and checks that
+/// it says why (ENGINE_UNAVAILABLE) and when to retry (RetryInfo).
+async fn engine_unavailable(server: &TestServer, pool: &str) {
+    let status = wait_for(
+        "an UNAVAILABLE acquire",
+        Duration::from_secs(20),
+        || async {
+            match server.client.acquire(pool).await {
+                Err(e) if e.status().is_some_and(|s| s.code() == Code::Unavailable) => {
+                    e.status().cloned()
+                }
+                Ok(s) => {
+                    drop(s);
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+    let details = status.get_error_details();
+    assert_eq!(
+        details.error_info().expect("reason").reason,
+        "ENGINE_UNAVAILABLE",
+        "{status:?}"
+    );
+    assert!(details.retry_info().is_some(), "retryable, with RetryInfo");
+}
+
 /// How soon after the restarted engine answers the pool must be full again.
 const REFILL_BOUND: Duration = Duration::from_secs(4);
 
@@ -118,30 +147,7 @@ async fn a_docker_restart_is_survived() {
         || async { (!answers(&["docker", "info"])).then_some(()) },
     )
     .await;
-    let status = wait_for(
-        "an UNAVAILABLE acquire",
-        Duration::from_secs(20),
-        || async {
-            match server.client.acquire("survivor").await {
-                Err(e) if e.status().is_some_and(|s| s.code() == Code::Unavailable) => {
-                    e.status().cloned()
-                }
-                Ok(s) => {
-                    drop(s);
-                    None
-                }
-                Err(_) => None,
-            }
-        },
-    )
-    .await;
-    let details = status.get_error_details();
-    assert_eq!(
-        details.error_info().expect("reason").reason,
-        "ENGINE_UNAVAILABLE",
-        "{status:?}"
-    );
-    assert!(details.retry_info().is_some(), "retryable, with RetryInfo");
+    engine_unavailable(&server, "survivor").await;
     wait_for(
         "health NOT_SERVING for docker",
         Duration::from_secs(5),
@@ -285,31 +291,7 @@ async fn a_podman_service_restart_is_survived() {
             .expect("pkill")
             .success()
     );
-    let status = wait_for(
-        "an UNAVAILABLE acquire",
-        Duration::from_secs(20),
-        || async {
-            match server.client.acquire("pod").await {
-                Err(e) if e.status().is_some_and(|s| s.code() == Code::Unavailable) => {
-                    e.status().cloned()
-                }
-                Ok(s) => {
-                    drop(s);
-                    None
-                }
-                Err(_) => None,
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        status
-            .get_error_details()
-            .error_info()
-            .expect("reason")
-            .reason,
-        "ENGINE_UNAVAILABLE"
-    );
+    engine_unavailable(&server, "pod").await;
     engine_up(&["--podman"]);
     let back = Instant::now();
     // Podman's containers outlive its API service: the lease goes on.

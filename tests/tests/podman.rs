@@ -120,8 +120,8 @@ async fn pools_work_on_podman() {
     );
 }
 
-/// The kills and the reset on Podman: a fork bomb ends within a second of
-/// its timeout and the next run starts at once; a daemon that cleared its
+/// The kills and the reset on Podman: a fork bomb ends with its timeout
+/// (not a lost container) and the next run starts at once; a daemon that cleared its
 /// environment dies with Cancel; nothing of a lease survives its reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_resets_on_podman() {
@@ -154,12 +154,17 @@ async fn kills_and_resets_on_podman() {
         out.duration()
     );
     assert_eq!(out.end_reason(), pb::EndReason::Timeout);
+    // Beside other suites, a fork bomb in a container at its CPU quota
+    // delays the kill command on its way to the warden (up to 1.5 s
+    // measured): this bound only proves the kill no longer chases the bomb
+    // (22 s before). The 1 s bound is checked where nothing else runs: the
+    // hostile suite (tests/tests/hostile.rs, Podman case).
     assert!(
-        out.duration() <= Duration::from_secs(4),
+        out.duration() <= Duration::from_secs(6),
         "{:?}",
         out.duration()
     );
-    assert!(ended <= Duration::from_secs(5), "ended after {ended:?}");
+    assert!(ended <= Duration::from_secs(7), "ended after {ended:?}");
     assert_eq!(next.stdout_text(), "next\n", "{}", next.stderr_text());
     assert!(next_took < Duration::from_secs(1), "{next_took:?}");
 

@@ -52,6 +52,13 @@ pub struct DockerBackend {
 }
 
 impl DockerBackend {
+    fn at(&self) -> EngineAt {
+        EngineAt {
+            kind: self.kind,
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
     pub fn new(kind: BackendKind, endpoint: impl Into<String>) -> Self {
         Self {
             kind,
@@ -145,12 +152,12 @@ impl DockerBackend {
         let exec = docker
             .create_exec(id, config)
             .await
-            .map_err(|e| container_error("exec create", id, e))?;
+            .map_err(|e| self.at().container_error("exec create", id, e))?;
         let mut collected = Vec::new();
         if let StartExecResults::Attached { mut output, .. } = docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| container_error("exec start", id, e))?
+            .map_err(|e| self.at().container_error("exec start", id, e))?
         {
             while let Some(item) = output.next().await {
                 if let Ok(chunk) = item
@@ -242,7 +249,7 @@ impl DockerBackend {
                     image: spec.image.clone(),
                     detail: e.to_string(),
                 },
-                _ => engine_error("container create", e),
+                _ => self.at().engine_error("container create", e),
             })?;
         if root_exec {
             self.privileges.made_for_root_exec(&created.id);
@@ -252,7 +259,7 @@ impl DockerBackend {
             .await?
             .start_container(&created.id, None::<StartContainerOptions>)
             .await
-            .map_err(|e| engine_error("container start", e));
+            .map_err(|e| self.at().engine_error("container start", e));
         let ready = match started {
             Ok(()) => self.fix_ownership(&created.id, &spec.tmpfs).await,
             Err(e) => Err(e),
@@ -294,27 +301,52 @@ fn status_of(err: &BollardError) -> Option<u16> {
     }
 }
 
-/// Maps an engine error on a container to `ContainerGone` where it means the
-/// container no longer exists or no longer runs.
-fn container_error(op: &'static str, id: &str, err: BollardError) -> Error {
-    match &err {
-        BollardError::DockerResponseServerError {
-            status_code: 404, ..
-        } => Error::ContainerGone { id: id.to_string() },
-        BollardError::DockerResponseServerError {
-            status_code: 409,
-            message,
-        } if message.contains("not running") || message.contains("is paused") => {
-            Error::ContainerGone { id: id.to_string() }
-        }
-        _ => engine_error(op, err),
-    }
+/// Where the engine is: what an error that says it cannot be reached names.
+#[derive(Clone)]
+struct EngineAt {
+    kind: BackendKind,
+    endpoint: String,
 }
 
-fn engine_error(op: &'static str, err: BollardError) -> Error {
-    Error::Engine {
-        op,
-        detail: err.to_string(),
+impl EngineAt {
+    /// Maps an engine error on a container to `ContainerGone` where it means
+    /// the container no longer exists or no longer runs.
+    fn container_error(&self, op: &'static str, id: &str, err: BollardError) -> Error {
+        match &err {
+            BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            } => Error::ContainerGone { id: id.to_string() },
+            BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } if message.contains("not running") || message.contains("is paused") => {
+                Error::ContainerGone { id: id.to_string() }
+            }
+            _ => self.engine_error(op, err),
+        }
+    }
+
+    /// An engine call that failed. One that could not even connect (the
+    /// engine is down or restarting) says so: callers treat that as an
+    /// outage, not as a fault of the container they asked about.
+    fn engine_error(&self, op: &'static str, err: BollardError) -> Error {
+        let unreachable = match &err {
+            BollardError::HyperLegacyError { err } => err.is_connect(),
+            BollardError::SocketNotFoundError(_) => true,
+            _ => false,
+        };
+        if unreachable {
+            Error::Unreachable {
+                backend: self.kind,
+                endpoint: self.endpoint.clone(),
+                detail: format!("{op}: {err}"),
+            }
+        } else {
+            Error::Engine {
+                op,
+                detail: err.to_string(),
+            }
+        }
     }
 }
 
@@ -324,11 +356,15 @@ impl Backend for DockerBackend {
         self.kind
     }
 
+    fn removal_events_late(&self) -> bool {
+        self.kind == BackendKind::Podman
+    }
+
     async fn ensure_image(&self, image: &str) -> Result<()> {
         match self.client().await?.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(engine_error("image inspect", e)),
+            Err(e) => return Err(self.at().engine_error("image inspect", e)),
         }
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
@@ -393,7 +429,7 @@ impl Backend for DockerBackend {
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             // "removal already in progress" means someone else finishes it.
             Err(e) if status_of(&e) == Some(409) => Ok(()),
-            Err(e) => Err(engine_error("container remove", e)),
+            Err(e) => Err(self.at().engine_error("container remove", e)),
         }
     }
 
@@ -406,7 +442,7 @@ impl Backend for DockerBackend {
         {
             Ok(info) => Ok(info.state.and_then(|s| s.running).unwrap_or(false)),
             Err(e) if status_of(&e) == Some(404) => Ok(false),
-            Err(e) => Err(engine_error("container inspect", e)),
+            Err(e) => Err(self.at().engine_error("container inspect", e)),
         }
     }
 
@@ -428,7 +464,7 @@ impl Backend for DockerBackend {
             .await?
             .list_containers(Some(options))
             .await
-            .map_err(|e| engine_error("container list", e))?;
+            .map_err(|e| self.at().engine_error("container list", e))?;
         Ok(found
             .into_iter()
             .filter_map(|c| {
@@ -468,7 +504,7 @@ impl Backend for DockerBackend {
             .await?
             .create_exec(container_id, config)
             .await
-            .map_err(|e| container_error("exec create", container_id, e))?;
+            .map_err(|e| self.at().container_error("exec create", container_id, e))?;
         let options = StartExecOptions {
             detach: false,
             tty: false,
@@ -479,10 +515,11 @@ impl Backend for DockerBackend {
             .await?
             .start_exec(&created.id, Some(options))
             .await
-            .map_err(|e| container_error("exec start", container_id, e))?
+            .map_err(|e| self.at().container_error("exec start", container_id, e))?
         {
             StartExecResults::Attached { output, input } => {
                 let container = container_id.to_string();
+                let at = self.at();
                 let output = output
                     .filter_map(move |item| {
                         let mapped = match item {
@@ -493,7 +530,7 @@ impl Backend for DockerBackend {
                                 Some(Ok(Output::Stderr(message)))
                             }
                             Ok(_) => None,
-                            Err(e) => Some(Err(container_error("exec output", &container, e))),
+                            Err(e) => Some(Err(at.container_error("exec output", &container, e))),
                         };
                         futures::future::ready(mapped)
                     })
@@ -517,7 +554,7 @@ impl Backend for DockerBackend {
             .await?
             .inspect_exec(exec_id)
             .await
-            .map_err(|e| engine_error("exec inspect", e))?;
+            .map_err(|e| self.at().engine_error("exec inspect", e))?;
         if info.running.unwrap_or(false) {
             return Ok(None);
         }
@@ -537,7 +574,10 @@ impl Backend for DockerBackend {
                     },
                 )
                 .await
-                .map_err(|e| container_error("network connect", container_id, e)),
+                .map_err(|e| {
+                    self.at()
+                        .container_error("network connect", container_id, e)
+                }),
             None => {
                 for name in self.inspect(container_id).await?.networks {
                     self.client()
@@ -550,7 +590,10 @@ impl Backend for DockerBackend {
                             },
                         )
                         .await
-                        .map_err(|e| container_error("network disconnect", container_id, e))?;
+                        .map_err(|e| {
+                            self.at()
+                                .container_error("network disconnect", container_id, e)
+                        })?;
                 }
                 Ok(())
             }
@@ -563,7 +606,10 @@ impl Backend for DockerBackend {
             .await?
             .inspect_container(container_id, None::<InspectContainerOptions>)
             .await
-            .map_err(|e| container_error("container inspect", container_id, e))?;
+            .map_err(|e| {
+                self.at()
+                    .container_error("container inspect", container_id, e)
+            })?;
         let networks = info
             .network_settings
             .and_then(|n| n.networks)
@@ -591,15 +637,23 @@ impl Backend for DockerBackend {
         &self,
         label: &str,
     ) -> Result<futures::stream::BoxStream<'static, Result<ContainerEvent>>> {
+        // No label filter: Podman's matches nothing when given a label's
+        // name alone. The label is checked here instead (the event filter
+        // keeps the stream to deaths and removals).
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
-            ("label".to_string(), vec![label.to_string()]),
             // `kill` comes first: `docker rm -f` and `docker kill` send it
             // before the process is even gone, so the pool hears of the
-            // death well before the command that caused it returns.
+            // death well before the command that caused it returns. Podman
+            // matches this filter against its own names (`died`, `remove`)
+            // though it reports them as `die` and `remove`: without those
+            // names, a Podman pool heard of no removal at all. Each engine
+            // ignores the names it does not have.
             (
                 "event".to_string(),
-                vec!["kill".to_string(), "die".to_string(), "destroy".to_string()],
+                ["kill", "die", "died", "destroy", "remove"]
+                    .map(String::from)
+                    .to_vec(),
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
@@ -610,6 +664,7 @@ impl Backend for DockerBackend {
         // `EngineHealth::catch_up`).
         let endpoint = self.endpoint.clone();
         let kind = self.kind;
+        let label = label.to_string();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
@@ -643,8 +698,10 @@ impl Backend for DockerBackend {
                     let forward = async {
                         while let Some(item) = events.next().await {
                             let mapped = match item {
-                                Err(e) => Some(Err(engine_error("events", e))),
-                                Ok(message) => container_event(message).map(Ok),
+                                Err(e) => Some(Err(own.at().engine_error("events", e))),
+                                Ok(message) => container_event(message)
+                                    .filter(|e| e.labels.contains_key(&label))
+                                    .map(Ok),
                             };
                             if let Some(event) = mapped
                                 && tx.send(event).is_err()
@@ -727,7 +784,7 @@ impl Backend for DockerBackend {
                     image: image.to_string(),
                     detail: e.to_string(),
                 },
-                _ => engine_error("marker create", e),
+                _ => self.at().engine_error("marker create", e),
             })?;
         let attached = async {
             let options = AttachContainerOptionsBuilder::default()
@@ -737,11 +794,11 @@ impl Backend for DockerBackend {
             let attached = docker
                 .attach_container(&created.id, Some(options))
                 .await
-                .map_err(|e| engine_error("marker attach", e))?;
+                .map_err(|e| self.at().engine_error("marker attach", e))?;
             docker
                 .start_container(&created.id, None::<StartContainerOptions>)
                 .await
-                .map_err(|e| engine_error("marker start", e))?;
+                .map_err(|e| self.at().engine_error("marker start", e))?;
             Ok::<_, Error>(attached.input)
         }
         .await;
@@ -785,8 +842,9 @@ impl Backend for DockerBackend {
 /// A lifecycle event of the engine as ours, if it is one we follow.
 fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEvent> {
     let kind = match message.action.as_deref() {
-        Some("kill" | "die") => ContainerEventKind::Died,
-        Some("destroy") => ContainerEventKind::Removed,
+        Some("kill" | "die" | "died") => ContainerEventKind::Died,
+        // Docker's name, then Podman's.
+        Some("destroy" | "remove") => ContainerEventKind::Removed,
         _ => return None,
     };
     let actor = message.actor.unwrap_or_default();

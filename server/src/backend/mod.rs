@@ -242,6 +242,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the container exists and runs.
     async fn container_running(&self, id: &str) -> Result<bool>;
 
+    /// Whether the engine reports a removal only after the call that removed
+    /// the container has returned. Docker sends `kill` before, Kubernetes
+    /// marks the pod terminating at once: an event has reached the server by
+    /// the time anyone could act on the removal. Podman publishes its events
+    /// after the fact, so a pool on it asks the engine before it hands an
+    /// idle container out (one inspect, about 3 ms).
+    fn removal_events_late(&self) -> bool {
+        false
+    }
+
     /// Containers (running or not) that carry `label`, with `value` if given.
     async fn list_containers(
         &self,

@@ -467,14 +467,48 @@ impl Pool {
     /// `deadline` is the caller's own (its gRPC deadline), if any.
     pub async fn acquire(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Holding> {
         let arrived = Instant::now();
-        self.context.engine.catch_up().await;
-        let ticket = match self.try_acquire(arrived) {
-            Attempt::Granted(holding) => return Ok(holding),
-            Attempt::Failed(e) => return Err(e),
-            Attempt::Temporary => return self.acquire_temporary(arrived).await,
-            Attempt::Wait(ticket) => ticket,
-        };
-        self.wait(ticket, arrived, deadline).await
+        loop {
+            self.context.engine.catch_up().await;
+            let holding = match self.try_acquire(arrived) {
+                Attempt::Granted(holding) => holding,
+                Attempt::Failed(e) => return Err(e),
+                Attempt::Temporary => return self.acquire_temporary(arrived).await,
+                Attempt::Wait(ticket) => self.wait(ticket, arrived, deadline).await?,
+            };
+            match holding {
+                Holding::Pooled { slot, container } if self.backend.removal_events_late() => {
+                    // Cancelled while asking: the grant is undone.
+                    let pending = PendingGrant { pool: self, slot };
+                    let running = self.backend.container_running(&container).await;
+                    // Answered: the grant stands (or is discarded below).
+                    std::mem::forget(pending);
+                    // An engine that does not answer is no reason to refuse:
+                    // the lease's first call will say what is wrong.
+                    if matches!(running, Ok(false)) {
+                        self.discard_gone(slot, &container);
+                    } else {
+                        return Ok(Holding::Pooled { slot, container });
+                    }
+                }
+                holding => return Ok(holding),
+            }
+        }
+    }
+
+    /// A container granted but found gone before it reached its caller
+    /// (removed behind the pool's back, the engine not having said so yet):
+    /// the grant is undone, the container replaced like any that died, and
+    /// the caller takes another.
+    fn discard_gone(self: &Arc<Self>, slot: u64, container: &str) {
+        tracing::warn!(pool = %self.spec.name, %container, "an idle container is gone; replacing it");
+        let mut st = self.lock();
+        st.counters.acquisitions = st.counters.acquisitions.saturating_sub(1);
+        st.active_leases = st.active_leases.saturating_sub(1);
+        st.counters.health_failures += 1;
+        self.begin_remove(&mut st, slot, RecycleReason::Unhealthy);
+        self.fill(&mut st);
+        drop(st);
+        self.changed();
     }
 
     /// The synchronous part of acquire, under the lock.
@@ -970,8 +1004,14 @@ impl Pool {
             Ok(()) => self.make_available(&mut st, slot),
             Err(e) => {
                 tracing::warn!(pool = %self.spec.name, %container, error = %e, "reset failed; replacing the container");
+                // A container lost with its engine (an outage mid-reset) is
+                // unhealthy like one that died; a failed reset is a reset
+                // that ran and could not clear the container.
                 let reason = match e {
-                    sandbox::Error::Backend(crate::backend::Error::ContainerGone { .. })
+                    sandbox::Error::Backend(
+                        crate::backend::Error::ContainerGone { .. }
+                        | crate::backend::Error::Unreachable { .. },
+                    )
                     | sandbox::Error::OnNetwork { .. } => RecycleReason::Unhealthy,
                     _ => RecycleReason::ResetFailed,
                 };
@@ -1221,6 +1261,23 @@ impl Drop for TemporaryTicket {
         if let Ok(Ok(Holding::Temporary { container })) = rx.try_recv() {
             self.pool.ungrant_temporary(container);
         }
+    }
+}
+
+/// A grant whose container is being confirmed with the engine (see
+/// `Backend::removal_events_late`): dropped before that is done (the
+/// acquire was cancelled), it undoes the grant.
+struct PendingGrant<'a> {
+    pool: &'a Arc<Pool>,
+    slot: u64,
+}
+
+impl Drop for PendingGrant<'_> {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        self.pool.ungrant(&mut st, self.slot);
+        drop(st);
+        self.pool.changed();
     }
 }
 

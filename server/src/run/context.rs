@@ -165,7 +165,9 @@ async fn start_kernel(
     env.push(("SANDPOOL_CONTEXT_NONCE".into(), nonce.to_string()));
     env.push((sandbox::RUN_MARKER.into(), marker.to_string()));
     let exec = ExecSpec {
-        argv: lease.lang().context_kernel().unwrap_or_default(),
+        argv: lease
+            .sandbox()
+            .user_argv(lease.lang().context_kernel().unwrap_or_default()),
         env: super::merge_env(env),
         user: lease.sandbox().run_user(group),
         working_dir: Some(sandbox::WORKSPACE.to_string()),

@@ -206,7 +206,7 @@ async fn start_exec(
         watch.wrap(plan.argv.clone(), &out_dir)
     };
     let exec_spec = ExecSpec {
-        argv,
+        argv: lease.sandbox().user_argv(argv),
         env,
         user: lease.sandbox().run_user(group),
         working_dir: Some(plan.working_dir.clone()),

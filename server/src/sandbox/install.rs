@@ -100,8 +100,10 @@ async fn install(
             .into_iter()
             .map(|(k, v)| format!("{k}={v}")),
     );
+    // The installer runs code of the packages' (setup scripts): as the
+    // lease's own code does.
     let exec = |argv: Vec<String>| ExecSpec {
-        argv,
+        argv: c.user_argv(argv),
         env: env.clone(),
         user: user.clone(),
         working_dir: Some("/".to_string()),

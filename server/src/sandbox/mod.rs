@@ -291,7 +291,9 @@ async fn warm(c: &Container) -> Result<()> {
     // The state every later reset returns to (and anything an install left
     // is gone).
     reset::wipe(c).await?;
-    check_toolchain(c).await?;
+    if !toolchain_works_at_idle_priority(c).await {
+        check_toolchain(c).await?;
+    }
     if let Some(script) = c.lang().warm_up() {
         run_checked(
             c.backend(),
@@ -345,7 +347,7 @@ async fn check_toolchain(c: &Container) -> Result<()> {
     let out = run_checked(
         c.backend(),
         c.id(),
-        toolchain(c.spec(), argv),
+        toolchain(c.spec(), c.user_argv(argv)),
         "the toolchain check",
     )
     .await?;
@@ -358,6 +360,34 @@ async fn check_toolchain(c: &Container) -> Result<()> {
             detail: format!("expected {expect:?} on stdout, got {:?}", out.diagnostic()),
         })
     }
+}
+
+/// The toolchain check under SCHED_IDLE: whether the lease's code can run
+/// under it here (see `Container::user_argv`; the image has chrt, the
+/// runtime allows the policy). Recorded for the container's life. When it
+/// fails, the ordinary check says whether the toolchain works at all.
+async fn toolchain_works_at_idle_priority(c: &Container) -> bool {
+    let (argv, expect) = c.lang().check();
+    let argv = container::IDLE_SCHEDULING
+        .iter()
+        .map(|s| s.to_string())
+        .chain(argv)
+        .collect();
+    let check = run_checked(
+        c.backend(),
+        c.id(),
+        toolchain(c.spec(), argv),
+        "the toolchain check",
+    );
+    let works = match check.await {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).contains(expect),
+        Err(_) => false,
+    };
+    c.set_idle_scheduling(works);
+    if !works {
+        tracing::info!(container = %c.id(), "no SCHED_IDLE here (no chrt, or the runtime refuses it): code runs at the ordinary priority");
+    }
+    works
 }
 
 /// The health check of an idle container: its toolchain works and its

@@ -205,6 +205,24 @@ impl Drop for Conn {
     }
 }
 
+/// How long a warden command may take: the running warden's answer, then
+/// (the warden gone or silent) the one-shot exec that stands in for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub answer: Duration,
+    pub one_shot: Duration,
+}
+
+impl Wait {
+    /// The same bound for both.
+    pub fn both(timeout: Duration) -> Self {
+        Wait {
+            answer: timeout,
+            one_shot: timeout,
+        }
+    }
+}
+
 /// The server's side of one container's warden.
 #[derive(Default)]
 pub struct Warden {
@@ -213,14 +231,15 @@ pub struct Warden {
 
 impl Warden {
     /// Sends `command` to the container's warden and returns its answer. A
-    /// warden that is gone, or that does not answer within `timeout`, is
+    /// warden that is gone, or that does not answer within `wait.answer`, is
     /// dropped, and the command is run once by a privileged exec of the
-    /// same script instead. No new warden is started here (under a fork
-    /// bomb that fails anyway): the reset and the health check do that.
-    pub async fn command(&self, c: &Container, command: &str, timeout: Duration) -> Result<Answer> {
+    /// same script instead, for at most `wait.one_shot`. No new warden is
+    /// started here (under a fork bomb that fails anyway): the reset and the
+    /// health check do that.
+    pub async fn command(&self, c: &Container, command: &str, wait: Wait) -> Result<Answer> {
         let mut conn = self.conn.lock().await;
         if let Some(running) = conn.as_mut() {
-            match tokio::time::timeout(timeout, ask(running, command)).await {
+            match tokio::time::timeout(wait.answer, ask(running, command)).await {
                 Ok(Ok(line)) => return parse(command, &line),
                 Ok(Err(e)) => {
                     tracing::warn!(container = %c.id(), %command, error = %e, "the warden is gone");
@@ -232,7 +251,7 @@ impl Warden {
             *conn = None;
         }
         drop(conn);
-        once(c, command, timeout).await
+        once(c, command, wait.one_shot).await
     }
 
     /// Starts a warden if none runs: at warm-up (before anything else runs
@@ -263,7 +282,7 @@ impl Warden {
         let mut delay = Duration::from_millis(2);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.command(c, command, left).await? {
+            match self.command(c, command, Wait::both(left)).await? {
                 Answer::Done(rest) => return Ok(rest),
                 Answer::Busy if tokio::time::Instant::now() + delay < deadline => {
                     tokio::time::sleep(delay).await;
@@ -408,7 +427,12 @@ async fn once_until_done(c: &Container, command: &str) -> Result<Answer> {
                 }
                 tracing::debug!(container = %c.id(), code = out.exit_code, error = %out.diagnostic(), "one-shot warden exec failed");
             }
-            Err(e @ backend::Error::ContainerGone { .. }) => return Err(e.into()),
+            // Gone, or the engine is: trying again will not help.
+            Err(
+                e @ (backend::Error::ContainerGone { .. } | backend::Error::Unreachable { .. }),
+            ) => {
+                return Err(e.into());
+            }
             Err(e) => {
                 tracing::debug!(container = %c.id(), error = %e, "one-shot warden exec failed")
             }

@@ -36,6 +36,124 @@ pub fn docker() -> DockerBackend {
     )
 }
 
+/// A container engine the suites run the same test on: the tests that
+/// depend on how an engine behaves (events, markers, removals) run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    /// The engine if it can be reached: Podman needs its service
+    /// (scripts/engine-up.sh --podman); a missing one skips the test, or
+    /// fails it with SANDPOOL_REQUIRE_PODMAN set (as CI does).
+    pub fn available(self) -> Option<Self> {
+        if self == Engine::Docker {
+            return Some(self);
+        }
+        let endpoint = DockerBackend::default_endpoint(BackendKind::Podman);
+        let path = endpoint.trim_start_matches("unix://");
+        if std::path::Path::new(path).exists() {
+            return Some(self);
+        }
+        assert!(
+            std::env::var("SANDPOOL_REQUIRE_PODMAN").is_err(),
+            "SANDPOOL_REQUIRE_PODMAN is set but there is no podman socket at {path}"
+        );
+        eprintln!(
+            "skipping: no podman socket at {path} (scripts/engine-up.sh --podman starts one)"
+        );
+        None
+    }
+
+    /// The engine as the server reaches it.
+    pub fn backend(self) -> DockerBackend {
+        let kind = self.kind();
+        DockerBackend::new(kind, DockerBackend::default_endpoint(kind))
+    }
+
+    pub fn kind(self) -> BackendKind {
+        match self {
+            Engine::Docker => BackendKind::Docker,
+            Engine::Podman => BackendKind::Podman,
+        }
+    }
+
+    pub fn proto(self) -> pb::Backend {
+        match self {
+            Engine::Docker => pb::Backend::Docker,
+            Engine::Podman => pb::Backend::Podman,
+        }
+    }
+
+    /// The name a config file gives it (`backend = "..."`).
+    pub fn name(self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// A python pool on this engine.
+    pub fn python_pool(self, name: &str) -> pb::PoolSpec {
+        let mut spec = python_pool(name);
+        spec.backend = self.proto() as i32;
+        spec
+    }
+
+    /// Runs the engine's CLI (podman through its service, as the server
+    /// reaches it) and returns its stdout; panics if it fails.
+    pub fn cli(self, args: &[&str]) -> String {
+        let mut command = match self {
+            Engine::Docker => std::process::Command::new("docker"),
+            Engine::Podman => {
+                let mut c = std::process::Command::new("podman");
+                c.arg("--url")
+                    .arg(DockerBackend::default_endpoint(BackendKind::Podman));
+                c
+            }
+        };
+        let out = command.args(args).output().expect("the engine's cli");
+        assert!(
+            out.status.success(),
+            "{self:?} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Ids of the sandbox containers on this engine labelled with
+    /// `server_id` (not its liveness marker).
+    pub async fn containers_of(self, server_id: &str) -> Vec<String> {
+        self.try_containers_of(server_id)
+            .await
+            .unwrap_or_else(|e| panic!("the {self:?} engine must answer: {e}"))
+    }
+
+    /// [`Engine::containers_of`], with the engine's error if it does not
+    /// answer.
+    pub async fn try_containers_of(
+        self,
+        server_id: &str,
+    ) -> Result<Vec<String>, sandpool_server::backend::Error> {
+        Ok(self
+            .backend()
+            .list_containers(LABEL_SERVER, Some(server_id))
+            .await?
+            .into_iter()
+            .filter(|c| !c.labels.contains_key(LABEL_MARKER))
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Every container on this engine labelled with `server_id`, its marker
+    /// included.
+    pub async fn labelled(self, server_id: &str) -> Vec<sandpool_server::backend::ListedContainer> {
+        self.backend()
+            .list_containers(LABEL_SERVER, Some(server_id))
+            .await
+            .unwrap_or_else(|e| panic!("the {self:?} engine must answer: {e}"))
+    }
+}
+
 /// Ids of the sandbox containers on the engine labelled with `server_id`
 /// (not its liveness marker).
 pub async fn containers_of(server_id: &str) -> Vec<String> {
@@ -48,22 +166,13 @@ pub async fn containers_of(server_id: &str) -> Vec<String> {
 pub async fn try_containers_of(
     server_id: &str,
 ) -> Result<Vec<String>, sandpool_server::backend::Error> {
-    Ok(docker()
-        .list_containers(LABEL_SERVER, Some(server_id))
-        .await?
-        .into_iter()
-        .filter(|c| !c.labels.contains_key(LABEL_MARKER))
-        .map(|c| c.id)
-        .collect())
+    Engine::Docker.try_containers_of(server_id).await
 }
 
 /// Every container on the engine labelled with `server_id`, its marker
 /// included.
 pub async fn labelled(server_id: &str) -> Vec<sandpool_server::backend::ListedContainer> {
-    docker()
-        .list_containers(LABEL_SERVER, Some(server_id))
-        .await
-        .expect("the docker engine must answer (run scripts/engine-up.sh)")
+    Engine::Docker.labelled(server_id).await
 }
 
 /// Polls `check` until it yields a value or `timeout` passes.
@@ -206,14 +315,16 @@ impl TestServer {
     }
 
     /// Stops the server and lists the containers it left behind (the
-    /// marker included), without judging.
+    /// marker included) on Docker, and on Podman when its service runs,
+    /// without judging.
     pub async fn stop_and_list(mut self) -> Vec<String> {
         self.shutdown().await;
-        labelled(&self.server_id)
-            .await
-            .into_iter()
-            .map(|c| c.id)
-            .collect()
+        let mut left = labelled(&self.server_id).await;
+        let podman = DockerBackend::default_endpoint(BackendKind::Podman);
+        if std::path::Path::new(podman.trim_start_matches("unix://")).exists() {
+            left.extend(Engine::Podman.labelled(&self.server_id).await);
+        }
+        left.into_iter().map(|c| c.id).collect()
     }
 
     async fn shutdown(&mut self) {

@@ -7,13 +7,24 @@
 use std::time::{Duration, Instant};
 
 use sandpool_tests::{
-    TestServer,
+    Engine, TestServer,
     chaos::driver::{self, Config},
-    containers_of, python_image,
+    python_image,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_clients_some_killed_never_break_the_invariants() {
+    chaos(Engine::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_clients_some_killed_never_break_the_invariants_on_podman() {
+    if let Some(engine) = Engine::Podman.available() {
+        chaos(engine).await;
+    }
+}
+
+async fn chaos(engine: Engine) {
     let seed = driver::seed_from_env();
     println!("SANDPOOL_CHAOS_SEED={seed}");
     let started = Instant::now();
@@ -30,6 +41,7 @@ async fn random_clients_some_killed_never_break_the_invariants() {
         program_args: Vec::new(),
         tag: format!("chaos-{:06x}", rand::random::<u32>() & 0xff_ffff),
         image: python_image(),
+        engine,
         server_id: server.server_id.clone(),
         verbose: std::env::var_os("SANDPOOL_CHAOS_VERBOSE").is_some(),
     };
@@ -38,10 +50,10 @@ async fn random_clients_some_killed_never_break_the_invariants() {
     let id = server.server_id.clone();
     server.stop().await;
     assert!(
-        containers_of(&id).await.is_empty(),
+        engine.containers_of(&id).await.is_empty(),
         "containers left after shutdown"
     );
-    println!("chaos test took {:?}", started.elapsed());
+    println!("{engine:?}: chaos test took {:?}", started.elapsed());
     assert!(
         report.violations.is_empty(),
         "seed {seed}: {} invariant violations (SANDPOOL_CHAOS_SEED={seed} to replay):\n{}",
@@ -99,7 +111,7 @@ async fn a_temporary_acquire_given_up_midway_leaves_nothing_behind() {
             Duration::from_secs(10),
             || async {
                 let stats = server.stats("temp").await;
-                let engine = containers_of(&server.server_id).await.len();
+                let engine = Engine::Docker.containers_of(&server.server_id).await.len();
                 (stats.temporary_containers == 0 && stats.active_leases == 1 && engine == 1)
                     .then_some(())
             },

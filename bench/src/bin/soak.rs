@@ -8,12 +8,13 @@
 //! was any.
 //!
 //! `cargo run -p sandpool-bench --release --bin soak -- --leases 1000 --kill-fraction 0.1`
+//! (`--engine podman` for Podman pools)
 
 use std::time::Duration;
 
 use clap::Parser;
 use sandpool_tests::{
-    TestServer,
+    Engine, TestServer,
     chaos::{
         client::{self, ClientArgs},
         driver::{self, Config, Report},
@@ -43,6 +44,9 @@ struct Args {
     /// Image of the pools.
     #[arg(long, default_value = "sandpool/python:bookworm")]
     image: String,
+    /// Engine of the pools: docker or podman.
+    #[arg(long, default_value = "docker")]
+    engine: String,
     /// Print every step.
     #[arg(long)]
     verbose: bool,
@@ -60,6 +64,11 @@ async fn main() -> anyhow::Result<()> {
         return client::run(args).await;
     }
     let args = Args::parse_from(std::iter::once(program).chain(rest));
+    let engine = match args.engine.as_str() {
+        "docker" => Engine::Docker,
+        "podman" => Engine::Podman,
+        other => anyhow::bail!("--engine {other:?}: docker or podman"),
+    };
     let seed = args.seed.unwrap_or_else(driver::seed_from_env);
     let server = TestServer::start().await;
     let config = Config {
@@ -74,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         program_args: vec!["client".into()],
         tag: "soak".into(),
         image: args.image,
+        engine,
         server_id: server.server_id.clone(),
         verbose: args.verbose,
     };

@@ -1166,6 +1166,13 @@ impl Pool {
         let mut st = self.lock();
         st.retry_at = None;
         st.backoff = Duration::ZERO;
+        if st.engine_down {
+            // The failure was the engine's absence, which is over: refill
+            // with every container at once, not one probe at a time (that
+            // made two containers take twice as long to come back).
+            st.failure = None;
+            st.engine_down = false;
+        }
         self.fill(&mut st);
         drop(st);
         self.wake.notify_one();

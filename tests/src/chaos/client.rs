@@ -34,12 +34,14 @@ pub struct ClientArgs {
     pub prefix: String,
     /// Image of the pools this client creates.
     pub image: String,
+    /// Engine of the pools this client creates ("docker", "podman").
+    pub backend: String,
     pub lockstep: bool,
 }
 
 impl ClientArgs {
     pub const USAGE: &'static str = "usage: chaos_client --addr ADDR --seed N --steps N --client N \
-        --pools P1,P2 --prefix NAME --image IMAGE [--lockstep]";
+        --pools P1,P2 --prefix NAME --image IMAGE [--backend docker|podman] [--lockstep]";
 
     /// Parses `--key value` arguments.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
@@ -77,6 +79,7 @@ impl ClientArgs {
                 .collect(),
             prefix: take("prefix")?,
             image: take("image")?,
+            backend: map.remove("backend").unwrap_or_else(|| "docker".into()),
             lockstep,
         })
     }
@@ -98,6 +101,8 @@ impl ClientArgs {
             self.prefix.clone(),
             "--image".into(),
             self.image.clone(),
+            "--backend".into(),
+            self.backend.clone(),
         ];
         if self.lockstep {
             args.push("--lockstep".into());
@@ -458,7 +463,7 @@ impl State {
                     1 => pb::ExhaustionStrategy::Temporary,
                     _ => pb::ExhaustionStrategy::FailFast,
                 };
-                let spec = owned_spec(&name, &self.args.image, strategy);
+                let spec = owned_spec(&name, &self.args.image, &self.args.backend, strategy);
                 let ttl = Duration::from_millis(intent.ttl_ms);
                 match self.client.create_owned_pool(spec, ttl, false).await {
                     Ok(pool) => {
@@ -594,11 +599,21 @@ fn abandon(session: Session) {
 }
 
 /// The spec of a pool a client owns: one container.
-pub fn owned_spec(name: &str, image: &str, strategy: pb::ExhaustionStrategy) -> pb::PoolSpec {
+pub fn owned_spec(
+    name: &str,
+    image: &str,
+    backend: &str,
+    strategy: pb::ExhaustionStrategy,
+) -> pb::PoolSpec {
+    let backend = match backend {
+        "podman" => pb::Backend::Podman,
+        _ => pb::Backend::Docker,
+    };
     pb::PoolSpec {
         name: name.to_string(),
         language: "python".into(),
         image: image.to_string(),
+        backend: backend as i32,
         default_lease_ttl: crate::secs(3.0),
         max_temporary: Some(1),
         config: Some(pb::PoolConfig {

@@ -59,6 +59,8 @@ pub struct Config {
     /// Names of the pools this run creates start with this.
     pub tag: String,
     pub image: String,
+    /// The engine every pool of the run lives on.
+    pub engine: crate::Engine,
     /// The server's id (its containers' label).
     pub server_id: String,
     /// Print every step.
@@ -307,11 +309,12 @@ fn digest(decisions: &BTreeMap<(u32, u32), String>) -> u64 {
 }
 
 /// The pools every client uses.
-fn shared_pools(tag: &str, image: &str) -> Vec<pb::PoolSpec> {
+fn shared_pools(tag: &str, image: &str, engine: crate::Engine) -> Vec<pb::PoolSpec> {
     let pool = |suffix: &str, strategy: pb::ExhaustionStrategy, max: u32| pb::PoolSpec {
         name: format!("{tag}-{suffix}"),
         language: "python".into(),
         image: image.to_string(),
+        backend: engine.proto() as i32,
         default_lease_ttl: crate::secs(3.0),
         max_temporary: Some(2),
         config: Some(pb::PoolConfig {
@@ -339,7 +342,7 @@ pub async fn run(config: Config, addr: std::net::SocketAddr, client: Client) -> 
     );
     let tracker: Shared = Arc::new(Mutex::new(Tracker::default()));
     lock(&tracker).report.seed = config.seed;
-    let specs = shared_pools(&config.tag, &config.image);
+    let specs = shared_pools(&config.tag, &config.image, config.engine);
     let shared: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     for spec in specs {
         if let Err(e) = client.create_pool(spec.clone(), true).await {
@@ -388,6 +391,7 @@ pub async fn run(config: Config, addr: std::net::SocketAddr, client: Client) -> 
                 pools: shared.clone(),
                 prefix: config.tag.clone(),
                 image: config.image.clone(),
+                backend: config.engine.name().to_string(),
                 lockstep: true,
             };
             match spawn(&config, args, kill) {
@@ -1049,7 +1053,7 @@ async fn settle(client: &Client, tracker: &Shared, config: &Config, shared: &[St
         let pools = client.list_pools().await.unwrap_or_default();
         // An engine restarting (another suite's doing) is not an answer:
         // asked again until the deadline.
-        let engine = match crate::try_containers_of(&config.server_id).await {
+        let engine = match config.engine.try_containers_of(&config.server_id).await {
             Ok(found) => found.len(),
             Err(e) if Instant::now() < until => {
                 eprintln!("chaos: the engine does not answer ({e}); asking again");

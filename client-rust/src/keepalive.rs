@@ -293,11 +293,25 @@ impl Held {
         }
     }
 
-    /// Resolves, with the loss, when the keepalive gives up on the target.
+    /// Resolves, with the loss, when the keepalive gives up on the target,
+    /// or when the clock says it is lost (its confirmed time passed): the
+    /// moment [`Held::lost`] says so, whether or not the keepalive task has
+    /// run since (on a busy machine it may run late).
     pub(crate) async fn cut(&self) -> Error {
         let mut cut = self.cut.subscribe();
-        // The sender lives as long as `self`: this waits for the flag.
-        let _ = cut.wait_for(|given_up| *given_up).await;
+        loop {
+            let until = self.state().confirmed_until;
+            tokio::select! {
+                // The sender lives as long as `self`: this waits for the flag.
+                _ = cut.wait_for(|given_up| *given_up) => break,
+                _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now).into()), if until.is_some() => {
+                    // A renewal may have moved the time on meanwhile.
+                    if self.loss().is_some() {
+                        break;
+                    }
+                }
+            }
+        }
         let loss = self.loss().unwrap_or_else(|| Loss {
             reason: "the keepalive gave up".into(),
             state: None,

@@ -25,6 +25,8 @@ pub mod spec;
 pub mod supervise;
 pub mod sync;
 pub mod telemetry;
+#[cfg(test)]
+mod testkit;
 
 pub use config::ServerConfig;
 pub use server::serve;

@@ -9,10 +9,10 @@ mod pool_service;
 mod session_service;
 mod status;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
+
+// tokio's clock: the pool layer's deadlines are on it (see `pool::pool`).
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tonic::Request;

@@ -2,6 +2,9 @@
 //! it knows nothing of pools, leases or languages.
 
 mod docker;
+/// An in-memory engine for the unit tests of the layers above.
+#[cfg(test)]
+pub(crate) mod fake;
 mod kubernetes;
 mod privilege;
 

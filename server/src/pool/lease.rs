@@ -7,8 +7,11 @@ use std::{
     any::{Any, TypeId},
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
+
+// tokio's clock (see `pool.rs`).
+use tokio::time::Instant;
 
 use tokio_util::{
     sync::CancellationToken,

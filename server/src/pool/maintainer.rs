@@ -3,10 +3,10 @@
 //! containers every health_check_interval, and refilling to min_pool_size
 //! (with backoff while creation fails).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
+
+// tokio's clock (see `pool.rs`).
+use tokio::time::Instant;
 
 use super::{
     pool::{Pool, SlotState, live},
@@ -35,7 +35,7 @@ impl Pool {
                         pool.check_health(checks).await;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep_until(next.into()) => {}
+                        _ = tokio::time::sleep_until(next) => {}
                         _ = pool.wake.notified() => {}
                         _ = stop.cancelled() => return,
                     }

@@ -4,8 +4,11 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
+
+// tokio's clock (see `pool.rs`).
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -330,7 +333,7 @@ impl PoolManager {
             };
             match deadline {
                 Some(d) => {
-                    let _ = tokio::time::timeout_at(d.into(), settled).await;
+                    let _ = tokio::time::timeout_at(d, settled).await;
                 }
                 None => settled.await,
             }
@@ -407,7 +410,7 @@ impl PoolManager {
         };
         match deadline {
             Some(d) => {
-                let _ = tokio::time::timeout_at(d.into(), drained).await;
+                let _ = tokio::time::timeout_at(d, drained).await;
             }
             None => drained.await,
         }

@@ -8,6 +8,9 @@ mod manager;
 #[allow(clippy::module_inception)]
 mod pool;
 pub mod stats;
+/// The state machines over the fake engine, in paused time.
+#[cfg(test)]
+mod tests;
 
 pub use crate::error::{Error, LeaseEnd, Result};
 pub use lease::{LeaseGuard, LeaseInfo};

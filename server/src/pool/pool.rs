@@ -6,10 +6,15 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
+// tokio's clock, not std's: the same in production, and under
+// `tokio::time::pause` (the unit tests over `backend::fake`) the one the
+// timers follow. Every deadline here ends in a tokio timer; on std's clock a
+// paused test's timers would fire against instants that never advance.
 use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -627,7 +632,7 @@ impl Pool {
             return Err(Error::ShuttingDown);
         };
         let outcome = match until {
-            Some(until) => tokio::time::timeout_at(until.into(), rx).await.ok(),
+            Some(until) => tokio::time::timeout_at(until, rx).await.ok(),
             None => Some(rx.await),
         };
         match outcome {

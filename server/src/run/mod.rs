@@ -5,8 +5,14 @@ pub mod artifacts;
 pub mod context;
 pub mod install;
 mod request;
+/// Runs over the fake engine, in paused time.
+#[cfg(test)]
+mod tests;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// tokio's clock, which `tokio::time::pause` drives in the unit tests.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -329,7 +335,7 @@ impl Pump {
                         pending = self.accept(&source, 1, held);
                     }
                 },
-                _ = tokio::time::sleep_until(deadline.into()), if self.stop.is_none() => {
+                _ = tokio::time::sleep_until(deadline), if self.stop.is_none() => {
                     let message = format!("killed after the {} timeout", human(self.timeout));
                     self.request_stop(&source, EndReason::Timeout, message);
                 }
@@ -564,7 +570,7 @@ async fn kill_outcome(kill: &mut Option<tokio::task::JoinHandle<bool>>) -> bool 
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -72,7 +72,7 @@ for o in "${overlays[@]}"; do
   echo "check-deploy: $o: $n manifests valid for Kubernetes $K8S_VERSION (strict)"
 done
 # What the overlays promise, in the rendered output.
-python3 - "$TMP/single.yaml" "$TMP/ha.yaml" <<'EOF' || fail "rendered overlays do not say what the README says"
+python3 - "$TMP/single.yaml" "$TMP/ha.yaml" "$TMP/namespaces.yaml" <<'EOF' || fail "rendered overlays do not say what the README says"
 import re, sys
 def docs(path):
     text = open(path).read()
@@ -82,8 +82,14 @@ def find(path, kind, name):
         if re.search(rf"^kind: {kind}$", d, re.M) and re.search(rf"^  name: {name}(-[a-z0-9]+)?$", d, re.M):
             return d
     sys.exit(f"{path}: no {kind} {name}")
-single, ha = sys.argv[1:]
-for path, replicas in ((single, 1), (ha, 3)):
+def find_in(path, kind, name, namespace):
+    for d in docs(path):
+        if (re.search(rf"^kind: {kind}$", d, re.M) and re.search(rf"^  name: {name}$", d, re.M)
+                and re.search(rf"^  namespace: {namespace}$", d, re.M)):
+            return d
+    sys.exit(f"{path}: no {kind} {name} in namespace {namespace}")
+single, ha, namespaces = sys.argv[1:]
+for path, replicas in ((single, 1), (ha, 3), (namespaces, 1)):
     dep = find(path, "Deployment", "sandpool")
     assert f"replicas: {replicas}\n" in dep, f"{path}: replicas is not {replicas}"
     assert "readOnlyRootFilesystem: true" in dep and "runAsNonRoot: true" in dep and "- ALL" in dep
@@ -93,13 +99,24 @@ for path, replicas in ((single, 1), (ha, 3)):
                        ("Secret", "sandpool-tokens")):
         find(path, kind, name)
     assert "clusterIP: None" in find(path, "Service", "sandpool-peers")
-    np = find(path, "NetworkPolicy", "sandpool-sandboxes-deny-all")
+    np = find_in(path, "NetworkPolicy", "sandpool-sandboxes-deny-all", "sandpool-sandboxes")
     assert "namespace: sandpool-sandboxes" in np and "- Ingress" in np and "- Egress" in np
     assert "ingress:" not in np and "egress:" not in np, "the sandbox NetworkPolicy must allow nothing"
 assert "grpc:\n            port: 50051" in find(single, "Deployment", "sandpool"), "single: native gRPC probes"
 dep = find(ha, "Deployment", "sandpool")
 assert "SANDPOOL_TLS_CERT" in dep and "secretName: sandpool-tls" in dep and "sandpool-healthcheck" in dep
 assert "grpc:\n" not in dep, "ha: the kubelet's gRPC probe speaks no TLS"
+# The second sandbox namespace: listed in the config, with the sandbox Role
+# bound there, its deny-all policy and Pod Security baseline.
+assert 'namespaces = [\\"llm-sandbox\\"]' in find(namespaces, "ConfigMap", "sandpool-config") \
+    or 'namespaces = ["llm-sandbox"]' in find(namespaces, "ConfigMap", "sandpool-config"), "namespaces: config"
+assert "enforce: baseline" in find(namespaces, "Namespace", "llm-sandbox")
+role = find_in(namespaces, "Role", "sandpool-sandboxes", "llm-sandbox")
+sandbox_role = find_in(namespaces, "Role", "sandpool-sandboxes", "sandpool-sandboxes")
+assert role.split("rules:")[1] == sandbox_role.split("rules:")[1], "llm-sandbox: the sandbox Role's rules"
+assert "name: sandpool\n" in find_in(namespaces, "RoleBinding", "sandpool-sandboxes", "llm-sandbox")
+np = find_in(namespaces, "NetworkPolicy", "sandpool-sandboxes-deny-all", "llm-sandbox")
+assert "ingress:" not in np and "egress:" not in np
 EOF
 
 # ---------------------------------------------------------------- 2. compose
@@ -120,8 +137,9 @@ echo "check-deploy: $COMPOSE_FILE valid (${COMPOSE[*]} $("${COMPOSE[@]}" version
 for c in deploy/server/sandpool.toml deploy/compose/sandpool.toml; do
   out=$(env -u SANDPOOL_CONFIG "$SERVER" --config "$c" --check-config 2>&1) || fail "$c:"$'\n'"$out"
 done
-K8S_CONF=deploy/kubernetes/base/sandpool.toml
-out=$(env -u SANDPOOL_CONFIG "$SERVER" --config "$K8S_CONF" --check-config 2>&1) \
-  || fail "$K8S_CONF (the Kubernetes backend must accept it):"$'\n'"$out"
+for K8S_CONF in deploy/kubernetes/base/sandpool.toml deploy/kubernetes/overlays/namespaces/sandpool.toml; do
+  out=$(env -u SANDPOOL_CONFIG "$SERVER" --config "$K8S_CONF" --check-config 2>&1) \
+    || fail "$K8S_CONF (the Kubernetes backend must accept it):"$'\n'"$out"
+done
 echo "check-deploy: server configs check ($K8S_CONF with its Kubernetes pools)"
 echo "check-deploy: ok in $(( $(date +%s) - T0 ))s"

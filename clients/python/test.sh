@@ -11,8 +11,9 @@
 #    (in its own venv, clients/python/.venv-gen: the generator's protobuf 6
 #    would clash with the test venv's protobuf 7)
 # 3. mypy --strict on the package (the generated stubs included) and examples
-# 4. cargo build -p sandpool-server (a no-op when it is up to date), unless
-#    SANDPOOL_SERVER_BIN names the server binary to test against
+# 4. cargo build -p sandpool-server and the Kubernetes test API server (for
+#    the llm-sandbox layer's Kubernetes example; a no-op when up to date),
+#    unless SANDPOOL_SERVER_BIN names the server binary to test against
 # 5. pytest against a live server that the tests start and stop themselves,
 #    with the newest pinned grpcio/protobuf (requirements-test.txt)
 # 6. when a Python 3.9 interpreter is found (SANDPOOL_PYTHON39, python3.9 on
@@ -62,8 +63,8 @@ stage "mypy --strict"
 (cd "$PY_DIR" && "$VENV/bin/mypy" --strict src/sandpool examples)
 
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
-  stage "cargo build -p sandpool-server"
-  (cd "$ROOT" && cargo build -p sandpool-server)
+  stage "cargo build -p sandpool-server -p sandpool-k8s-testserver"
+  (cd "$ROOT" && cargo build -p sandpool-server -p sandpool-k8s-testserver --bins)
 fi
 
 stage "docker engine and image check"

@@ -16,7 +16,7 @@ use crate::{
     error::Error,
     files::FileLimits,
     identity::{Identity, Quotas, Role},
-    policy::Policy,
+    policy::{Namespaces, Policy},
     run::RunLimits,
     spec::{PoolSpec, PoolSpecInput, parse_size},
 };
@@ -467,7 +467,21 @@ impl ConfigError {
     }
 }
 
+/// The Kubernetes namespaces pools may name, from `[kubernetes]`.
+fn namespaces_of(settings: &crate::backend::KubernetesSettings) -> Namespaces {
+    Namespaces {
+        home: settings.namespace.clone(),
+        extra: settings.namespaces.clone(),
+    }
+}
+
 impl ServerConfig {
+    /// The Kubernetes namespaces pools may name (`[kubernetes] namespace`
+    /// and `namespaces`).
+    pub fn namespaces(&self) -> Namespaces {
+        namespaces_of(&self.kubernetes)
+    }
+
     /// The built-in default.
     pub fn builtin() -> Self {
         // The built-in text is part of the program and covered by tests.
@@ -568,6 +582,7 @@ impl ServerConfig {
             .map_err(|(field, message)| ConfigError::invalid(field, message))?;
         let auth = file.auth.into_config()?;
         let (mut policy, max_temporaries) = file.policy.into_policy()?;
+        let namespaces = namespaces_of(&file.kubernetes);
         let mut pools = Vec::new();
         for (i, input) in file.pools.into_iter().enumerate() {
             let label = format!("pools[{i}] ({})", input.name);
@@ -575,6 +590,19 @@ impl ServerConfig {
                 Error::InvalidArgument { field, message } => {
                     ConfigError::invalid(format!("{label}.{field}"), message)
                 }
+                other => ConfigError::invalid(label.clone(), other.to_string()),
+            })?;
+            // The operator's pools too keep to the namespaces listed in
+            // [kubernetes]: the server watches and cleans up only those.
+            namespaces.check(&spec).map_err(|e| match e {
+                Error::PolicyViolation { field, limit, .. } => ConfigError::invalid(
+                    format!("{label}.{field}"),
+                    format!(
+                        "{:?} is not kubernetes.namespace nor listed in kubernetes.namespaces \
+                         (allowed: {limit})",
+                        spec.namespace.as_deref().unwrap_or_default()
+                    ),
+                ),
                 other => ConfigError::invalid(label.clone(), other.to_string()),
             })?;
             if pools.iter().any(|p: &PoolSpec| p.name == spec.name) {
@@ -805,6 +833,46 @@ language = "python"
                 .images
                 .contains(&"sandpool/python:bookworm".to_string())
         );
+    }
+
+    #[test]
+    fn kubernetes_pools_keep_to_the_listed_namespaces() {
+        let pool = |ns: &str| {
+            format!(
+                "[kubernetes]\nnamespace = \"sandboxes\"\nnamespaces = [\"llm-sandbox\"]\n\
+                 [[pools]]\nname = \"k\"\nlanguage = \"python\"\nbackend = \"kubernetes\"\n\
+                 namespace = \"{ns}\"\n"
+            )
+        };
+        for ok in ["", "sandboxes", "llm-sandbox"] {
+            let c = ServerConfig::from_toml(&pool(ok), Path::new("t.toml")).expect(ok);
+            assert_eq!(
+                c.pools[0].namespace.as_deref(),
+                Some(ok).filter(|n| !n.is_empty())
+            );
+            assert!(c.namespaces().allows("llm-sandbox"));
+        }
+        let err = ServerConfig::from_toml(&pool("kube-system"), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("pools[0] (k).namespace") && err.contains("llm-sandbox"),
+            "{err}"
+        );
+        let err = ServerConfig::from_toml(
+            "[kubernetes]\nnamespaces = [\"Not_A_Name\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("kubernetes.namespaces[0]"), "{err}");
+        let err = ServerConfig::from_toml(
+            "[[pools]]\nname = \"d\"\nlanguage = \"python\"\nnamespace = \"x\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("pools[0] (d).namespace"), "{err}");
     }
 
     #[test]

@@ -5,10 +5,73 @@
 //! runs.
 
 use crate::{
+    backend::BackendKind,
     error::Error,
     identity::glob_match,
     spec::{IDLE_UID, PoolSpec},
 };
+
+/// The Kubernetes namespaces pools may put their pods in: the server's own
+/// (`[kubernetes] namespace`, where pools that name none go) and the
+/// operator's list (`[kubernetes] namespaces`). Which ones is the
+/// operator's decision, never a caller's: it holds for every pool, the
+/// config file's included, since the server watches and cleans up only
+/// these namespaces (and its RBAC reaches only these).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Namespaces {
+    /// The server's namespace when the config names it; `None`: the
+    /// kubeconfig's default, which pools reach by naming no namespace.
+    pub home: Option<String>,
+    /// The further namespaces the operator allows.
+    pub extra: Vec<String>,
+}
+
+impl Namespaces {
+    /// Whether a pool may name `namespace`.
+    pub fn allows(&self, namespace: &str) -> bool {
+        self.home.as_deref() == Some(namespace) || self.extra.iter().any(|n| n == namespace)
+    }
+
+    /// The allowed values, as an error names them.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<String> = vec![match &self.home {
+            Some(home) => format!("{home} (or empty: the server's namespace)"),
+            None => "empty (the server's namespace)".to_string(),
+        }];
+        names.extend(
+            self.extra
+                .iter()
+                .filter(|n| self.home.as_ref() != Some(*n))
+                .cloned(),
+        );
+        names.join(", ")
+    }
+
+    /// Checks the namespace of a validated spec (only Kubernetes pools have
+    /// one; `PoolSpec::validate` refuses it on others).
+    pub fn check(&self, spec: &PoolSpec) -> Result<(), Error> {
+        let Some(namespace) = &spec.namespace else {
+            return Ok(());
+        };
+        if spec.backend != BackendKind::Kubernetes {
+            return Err(Error::invalid(
+                "namespace",
+                "only Kubernetes pools have a namespace",
+            ));
+        }
+        if self.allows(namespace) {
+            return Ok(());
+        }
+        Err(Error::PolicyViolation {
+            field: "namespace".to_string(),
+            limit: self.describe(),
+            message: format!(
+                "namespace {namespace:?} is not one the server's operator allows for pods \
+                 ([kubernetes] namespaces)"
+            ),
+        })
+    }
+}
 
 /// What a pool created at run time may ask for.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +331,51 @@ mod tests {
             change(&mut s);
             assert_eq!(field_of(policy.check(&s).expect_err(field)), field);
         }
+    }
+
+    #[test]
+    fn namespaces_are_the_operators() {
+        let allowed = Namespaces {
+            home: Some("sandpool-sandboxes".into()),
+            extra: vec!["llm-sandbox".into()],
+        };
+        let mut s = spec();
+        s.backend = BackendKind::Kubernetes;
+        allowed.check(&s).expect("no namespace: the server's");
+        for ok in ["sandpool-sandboxes", "llm-sandbox"] {
+            s.namespace = Some(ok.into());
+            allowed.check(&s).expect(ok);
+        }
+        s.namespace = Some("kube-system".into());
+        match allowed.check(&s).expect_err("not listed") {
+            Error::PolicyViolation { field, limit, .. } => {
+                assert_eq!(field, "namespace");
+                assert!(
+                    limit.contains("sandpool-sandboxes") && limit.contains("llm-sandbox"),
+                    "{limit}"
+                );
+            }
+            other => panic!("not a policy violation: {other}"),
+        }
+        // By default only the server's own namespace.
+        let default = Namespaces {
+            home: Some("sandpool-sandboxes".into()),
+            extra: Vec::new(),
+        };
+        s.namespace = Some("llm-sandbox".into());
+        assert!(default.check(&s).is_err());
+        let unnamed = Namespaces::default();
+        s.namespace = Some("default".into());
+        assert!(
+            unnamed.check(&s).is_err(),
+            "an unnamed home is reached by naming none"
+        );
+        s.backend = BackendKind::Docker;
+        s.namespace = Some("sandpool-sandboxes".into());
+        assert!(matches!(
+            allowed.check(&s),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     #[test]

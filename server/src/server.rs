@@ -60,6 +60,7 @@ pub async fn serve(
     let settings = ManagerSettings {
         policy: config.policy.clone(),
         max_temporaries: config.max_temporaries,
+        namespaces: config.namespaces(),
     };
     let manager = PoolManager::new(server_id.clone(), engines(&config), settings);
 

@@ -127,6 +127,10 @@ pub struct PoolSpec {
     pub max_temporary: Option<u32>,
     /// Longest a lease lives, whatever its keepalives.
     pub max_lease_lifetime: Duration,
+    /// Kubernetes namespace of the pool's pods (Kubernetes pools only);
+    /// `None`: the server's `[kubernetes] namespace`. Which ones are allowed
+    /// is the operator's (`policy::Namespaces`).
+    pub namespace: Option<String>,
 }
 
 pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
@@ -164,6 +168,7 @@ impl PoolSpec {
             package_index_url: None,
             max_temporary: None,
             max_lease_lifetime: Duration::from_secs(24 * 3600),
+            namespace: None,
         }
     }
 
@@ -331,9 +336,41 @@ impl PoolSpec {
                 ));
             }
         }
+        if let Some(namespace) = &self.namespace {
+            if self.backend != BackendKind::Kubernetes {
+                return Err(Error::invalid(
+                    "namespace",
+                    format!(
+                        "only Kubernetes pools have a namespace; this pool's backend is {} \
+                         (leave namespace empty)",
+                        self.backend
+                    ),
+                ));
+            }
+            if !is_namespace_name(namespace) {
+                return Err(Error::invalid(
+                    "namespace",
+                    format!(
+                        "{namespace:?} is not a Kubernetes namespace name (1 to 63 of a-z, 0-9 \
+                         and '-', starting and ending with a letter or digit)"
+                    ),
+                ));
+            }
+        }
         self.runtime.validate()?;
         Ok(self)
     }
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+pub fn is_namespace_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
 }
 
 impl RuntimeConfig {
@@ -539,6 +576,8 @@ pub struct PoolSpecInput {
     pub package_index_url: Option<String>,
     pub max_temporary: Option<u32>,
     pub max_lease_lifetime: Option<f64>,
+    /// Kubernetes pools: the namespace of their pods (empty: the server's).
+    pub namespace: Option<String>,
     #[serde(default)]
     pub runtime: RuntimeInput,
 }
@@ -686,6 +725,7 @@ impl PoolSpecInput {
             self.max_lease_lifetime,
             spec.max_lease_lifetime,
         )?;
+        spec.namespace = self.namespace.filter(|n| !n.is_empty());
         spec.runtime = self.runtime.into_runtime()?;
         spec.validate()
     }
@@ -827,6 +867,36 @@ mod tests {
             field_of(input.into_spec().unwrap_err()),
             "config.acquisition_timeout"
         );
+    }
+
+    #[test]
+    fn only_kubernetes_pools_name_a_valid_namespace() {
+        let mut s = PoolSpec::new("p", "python");
+        s.namespace = Some("team-a".into());
+        assert_eq!(field_of(s.clone().validate().unwrap_err()), "namespace");
+        s.backend = BackendKind::Podman;
+        assert_eq!(field_of(s.clone().validate().unwrap_err()), "namespace");
+        s.backend = BackendKind::Kubernetes;
+        assert_eq!(
+            s.clone().validate().unwrap().namespace.as_deref(),
+            Some("team-a")
+        );
+        for bad in ["Team-A", "-a", "a-", "a.b", "", &"a".repeat(64)] {
+            s.namespace = Some(bad.to_string());
+            assert_eq!(
+                field_of(s.clone().validate().unwrap_err()),
+                "namespace",
+                "{bad:?}"
+            );
+        }
+        // Empty text in a request is "the server's namespace".
+        let input = PoolSpecInput {
+            name: "p".into(),
+            language: "python".into(),
+            namespace: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(input.into_spec().unwrap().namespace, None);
     }
 
     #[test]

@@ -71,6 +71,25 @@ async fn run_pools_and_stats() {
     );
     let out = cli(&server, &["delete-pool", "extra", "--wait"]);
     assert!(out.status.success());
+    // --backend and --namespace reach the server: a Docker pool has no
+    // namespace, and the server says which field is wrong.
+    let out = cli(
+        &server,
+        &[
+            "create-pool",
+            "ns",
+            "--backend",
+            "docker",
+            "--namespace",
+            "team-a",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid namespace"), "{stderr}");
+    let out = cli(&server, &["create-pool", "ns", "--backend", "lxc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backend"));
     let out = cli(&server, &["run", "--pool", "nope", "print(1)"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));

@@ -116,6 +116,7 @@ fn spec(server_id: &str) -> ContainerSpec {
         ]
         .map(String::from)
         .to_vec(),
+        namespace: None,
     }
 }
 

@@ -3,6 +3,9 @@
 //! acquire, run, files, artifacts, a context, isolation, leftovers. The full
 //! end-to-end suites stay on Docker. Also measures warm Acquire + Run(print)
 //! + Release against the same on Docker.
+//!
+//! And pools in a namespace of their own: one the operator listed works end
+//! to end, one it did not is refused.
 
 mod k8s_common;
 
@@ -10,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use sandpool_client::proto as pb;
 use sandpool_server::backend::{Backend, LABEL_MARKER, LABEL_SERVER};
-use sandpool_tests::{TestServer, python_pool};
+use sandpool_tests::{TestServer, python_pool, wait_for};
+use tonic::Code;
+use tonic_types::StatusExt;
 
 fn kubernetes_pool(name: &str, size: u32) -> pb::PoolSpec {
     let mut spec = python_pool(name);
@@ -177,4 +182,172 @@ async fn warm_cycle_on_kubernetes_and_docker() {
         "kubernetes {k:?} vs docker {d:?}"
     );
     server.stop().await;
+}
+
+/// The namespace the operator allows besides the server's own.
+const TEAM: &str = "team-a";
+
+/// A pool in a second namespace the operator listed: its pods and its
+/// deny-all NetworkPolicy are there (the pods have no network, which the
+/// test API server gives only to pods a policy of their own namespace
+/// isolates), code runs in them, a pod deleted there behind the pool's back
+/// is replaced (the pod watch covers that namespace), and the server leaves
+/// nothing behind in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_in_a_second_allowed_namespace() {
+    let k8s = k8s_common::K8s::start("ns-home").await;
+    let mut config = k8s.config();
+    config.kubernetes.namespaces = vec![TEAM.to_string()];
+    let server = TestServer::start_with(config).await;
+    let id = server.server_id.clone();
+    let mut spec = kubernetes_pool("team", 2);
+    spec.namespace = Some(TEAM.to_string());
+    let pool = server.pool(spec).await;
+    assert_eq!(
+        pool.spec.as_ref().and_then(|s| s.namespace.as_deref()),
+        Some(TEAM),
+        "the effective spec names the namespace"
+    );
+    let pods = k8s.pods_of(&id).await;
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(
+        pods.iter().all(|p| p.starts_with("team-a/")),
+        "every pod in {TEAM}: {pods:?}"
+    );
+
+    let session = server.client.acquire("team").await.expect("acquire");
+    let container = session.container_id().to_string();
+    let out = session
+        .run_collect(
+            "import os, socket\nprint(socket.gethostname(), os.getuid())\n\
+             print(sorted(os.listdir('/sys/class/net')))",
+        )
+        .await
+        .expect("run");
+    assert_eq!(out.exit_code(), 0, "{}", out.stderr_text());
+    let stdout = out.stdout_text();
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    let (pod, uid) = first.split_once(' ').unwrap_or_default();
+    assert_eq!(uid, "1000");
+    assert_eq!(
+        container,
+        format!("{TEAM}/{pod}"),
+        "the id names the namespace"
+    );
+    assert!(pods.contains(&container), "{container} in {pods:?}");
+    assert_eq!(
+        lines.next(),
+        Some("['lo']"),
+        "no network: the policy is in {TEAM}"
+    );
+
+    // An idle pod deleted behind the pool's back (through the API server):
+    // the watch of that namespace reports it and the pool refills there.
+    let idle = pods
+        .iter()
+        .find(|p| **p != container)
+        .expect("an idle pod")
+        .clone();
+    k8s.backend()
+        .remove_container(&idle)
+        .await
+        .expect("delete the idle pod");
+    let refilled = wait_for(
+        "the deleted pod replaced in its namespace",
+        Duration::from_secs(30),
+        || async {
+            let now = k8s.pods_of(&id).await;
+            (now.len() == 2 && !now.contains(&idle)).then_some(now)
+        },
+    )
+    .await;
+    assert!(
+        refilled.iter().all(|p| p.starts_with("team-a/")),
+        "{refilled:?}"
+    );
+    session.release().await.expect("release");
+
+    server.stop().await;
+    let left = k8s.pods_of(&id).await;
+    assert!(left.is_empty(), "pods left behind: {left:?}");
+}
+
+/// Namespaces are the operator's: by default only the server's own, and a
+/// caller naming another (or naming one for a pool that is not on
+/// Kubernetes) is refused before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_the_operator_did_not_list_is_refused() {
+    let k8s = k8s_common::K8s::start("ns-only").await;
+    let server = TestServer::start_with(k8s.config()).await;
+    let id = server.server_id.clone();
+
+    let mut spec = kubernetes_pool("elsewhere", 1);
+    spec.namespace = Some(TEAM.to_string());
+    let err = server
+        .client
+        .create_pool(spec, true)
+        .await
+        .expect_err("a namespace nobody listed");
+    let status = err.status().expect("a status from the server").clone();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("error info");
+    assert_eq!(info.reason, "POLICY_VIOLATION");
+    assert_eq!(
+        info.metadata.get("field").map(String::as_str),
+        Some("namespace")
+    );
+    let limit = info.metadata.get("limit").cloned().unwrap_or_default();
+    assert!(
+        limit.contains("ns-only") && !limit.contains(TEAM),
+        "only the server's namespace is allowed: {limit}"
+    );
+    assert_eq!(
+        details.bad_request().expect("field").field_violations[0].field,
+        "namespace"
+    );
+    assert!(status.message().contains(TEAM), "{}", status.message());
+
+    // The server's own namespace, named or not, is fine.
+    let mut spec = kubernetes_pool("home", 1);
+    spec.namespace = Some("ns-only".to_string());
+    server.pool(spec).await;
+
+    // Only Kubernetes pools have a namespace.
+    let mut docker = python_pool("docker-ns");
+    docker.namespace = Some("ns-only".to_string());
+    let err = server
+        .client
+        .create_pool(docker, false)
+        .await
+        .expect_err("a Docker pool with a namespace");
+    let status = err.status().expect("a status from the server").clone();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status
+            .get_error_details()
+            .bad_request()
+            .expect("field")
+            .field_violations[0]
+            .field,
+        "namespace"
+    );
+
+    let names: Vec<String> = server
+        .client
+        .list_pools()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter_map(|p| p.spec.map(|s| s.name))
+        .collect();
+    assert_eq!(names, vec!["home".to_string()]);
+    let pods = k8s.pods_of(&id).await;
+    assert!(
+        pods.len() == 1 && pods[0].starts_with("ns-only/"),
+        "{pods:?}"
+    );
+    server.stop().await;
+    assert!(k8s.pods_of(&id).await.is_empty());
 }

@@ -64,6 +64,13 @@ enum Command {
         language: String,
         #[arg(long)]
         image: Option<String>,
+        /// docker (default), podman or kubernetes.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Kubernetes pools: the namespace of their pods (default: the
+        /// server's; the server allows only the ones its operator listed).
+        #[arg(long)]
+        namespace: Option<String>,
         #[arg(long)]
         min: Option<u32>,
         #[arg(long)]
@@ -161,12 +168,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             name,
             language,
             image,
+            backend,
+            namespace,
             min,
             max,
             strategy,
             no_reuse,
             wait,
         } => {
+            let backend = match backend.as_deref() {
+                None => pb::Backend::Unspecified,
+                Some("docker") => pb::Backend::Docker,
+                Some("podman") => pb::Backend::Podman,
+                Some("kubernetes" | "k8s") => pb::Backend::Kubernetes,
+                Some(other) => {
+                    return Err(Error::Protocol(format!(
+                        "--backend {other:?}: use docker, podman or kubernetes"
+                    )));
+                }
+            };
             let strategy = match strategy.as_deref().map(|s| s.replace('_', "-")) {
                 None => pb::ExhaustionStrategy::Unspecified,
                 Some(s) if s == "wait" => pb::ExhaustionStrategy::Wait,
@@ -182,6 +202,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 name,
                 language,
                 image: image.unwrap_or_default(),
+                backend: backend as i32,
+                namespace,
                 config: Some(pb::PoolConfig {
                     min_pool_size: min,
                     max_pool_size: max,

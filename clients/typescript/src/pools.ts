@@ -76,6 +76,12 @@ export interface PoolSpecInput {
   leaseInstalls?: boolean;
   /** Package index for installs (pip's --index-url, npm's --registry). */
   packageIndexUrl?: string;
+  /**
+   * Kubernetes pools only: the namespace of their pods. Default: the
+   * server's (`[kubernetes] namespace`); the server allows only the
+   * namespaces its operator listed (`[kubernetes] namespaces`).
+   */
+  namespace?: string;
 }
 
 export interface StateCounts {
@@ -219,6 +225,7 @@ export function poolSpecToPb(input: PoolSpecInput): MessageInitShape<typeof Pool
     installNetwork: input.installNetwork ?? "",
     leaseInstalls: input.leaseInstalls,
     packageIndexUrl: input.packageIndexUrl ?? "",
+    namespace: input.namespace,
   };
 }
 

@@ -162,6 +162,22 @@ describe("features", () => {
     await assert.rejects(client.acquire(single, { files: [{ path: "/etc/evil", content: "x" }] }), InvalidArgument);
   });
 
+  test("a pool's namespace reaches the server: only Kubernetes pools may have one", async () => {
+    const name = poolName("ns");
+    await assert.rejects(
+      client.createPool({ name, language: "python", image: PYTHON_IMAGE, namespace: "llm-sandbox" }),
+      (err: unknown) => {
+        assert.ok(err instanceof InvalidArgument, String(err));
+        assert.deepEqual(
+          err.details.fieldViolations.map((v) => v.field),
+          ["namespace"],
+        );
+        return true;
+      },
+    );
+    assert.ok(!(await client.listPools()).some((p) => p.name === name), "nothing was created");
+  });
+
   test("a lease ended elsewhere is LeaseLost by the server's ErrorInfo", async () => {
     const unknown = "0".repeat(32);
     const raw = await client.sessions.cancel({ leaseId: unknown, runId: "0".repeat(16) }).catch((e: unknown) => e);

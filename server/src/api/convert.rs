@@ -194,6 +194,7 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
         package_index_url: Some(spec.package_index_url),
         max_temporary: spec.max_temporary,
         max_lease_lifetime: seconds("max_lease_lifetime", spec.max_lease_lifetime)?,
+        namespace: spec.namespace,
         runtime: RuntimeInput {
             mem_limit: runtime.mem_limit,
             cpu_period: runtime.cpu_period,
@@ -256,6 +257,7 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
         package_index_url: spec.package_index_url.clone().unwrap_or_default(),
         max_temporary: spec.max_temporary,
         max_lease_lifetime: Some(pb_duration(spec.max_lease_lifetime)),
+        namespace: spec.namespace.clone(),
     }
 }
 

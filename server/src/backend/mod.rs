@@ -114,6 +114,9 @@ pub struct ContainerSpec {
     /// grant a privileged exec keeps these in the container's bounding set
     /// instead, and gives them to root execs (see `ExecSpec::privileged`).
     pub helper_caps: Vec<String>,
+    /// Kubernetes: the namespace of the pod; `None`, the backend's own.
+    /// Other engines have no namespaces and ignore it.
+    pub namespace: Option<String>,
 }
 
 /// A tmpfs mount. Executables may run from it (compiled programs do).

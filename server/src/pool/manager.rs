@@ -21,7 +21,7 @@ use super::{
 use crate::{
     backend::{BackendKind, Engines},
     identity::{Identity, Quota, QuotaBook, QuotaGuard},
-    policy::Policy,
+    policy::{Namespaces, Policy},
     sandbox,
     spec::{PoolSpec, validate_env_name},
     sync,
@@ -48,6 +48,8 @@ pub struct ManagerSettings {
     pub policy: Policy,
     /// TEMPORARY containers across all pools at once.
     pub max_temporaries: u32,
+    /// The Kubernetes namespaces any pool (the config file's too) may use.
+    pub namespaces: Namespaces,
 }
 
 impl Default for ManagerSettings {
@@ -55,6 +57,7 @@ impl Default for ManagerSettings {
         Self {
             policy: Policy::default(),
             max_temporaries: 100,
+            namespaces: Namespaces::default(),
         }
     }
 }
@@ -98,6 +101,7 @@ pub struct PoolManager {
     pub(super) server_id: Arc<str>,
     engines: Engines,
     policy: Policy,
+    namespaces: Namespaces,
     temporaries: Arc<TemporaryBudget>,
     quotas: Arc<QuotaBook>,
     /// Per engine: whether it answers.
@@ -125,6 +129,7 @@ impl PoolManager {
             server_id: server_id.into(),
             engines,
             policy: settings.policy,
+            namespaces: settings.namespaces,
             temporaries: TemporaryBudget::new(settings.max_temporaries),
             quotas: QuotaBook::new(),
             health: Default::default(),
@@ -250,6 +255,7 @@ impl PoolManager {
     ) -> Result<PoolView> {
         let spec = spec.validate()?;
         self.policy.check(&spec)?;
+        self.namespaces.check(&spec)?;
         if let Some(ttl) = owner_ttl
             && !(MIN_LEASE_TTL..=spec.max_lease_ttl).contains(&ttl)
         {
@@ -295,6 +301,7 @@ impl PoolManager {
             return Err(Error::ShuttingDown);
         }
         let spec = spec.validate()?;
+        self.namespaces.check(&spec)?;
         let backend = self.engines.get(spec.backend)?;
         let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
             Error::invalid("language", format!("unknown language {:?}", spec.language))

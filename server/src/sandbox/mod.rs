@@ -161,6 +161,7 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         // the server's own included. The lease's processes get it instead.
         env: vec![format!("HOME={HOME}"), "LANG=C.UTF-8".to_string()],
         helper_caps: warden::HELPER_CAPS.iter().map(|c| c.to_string()).collect(),
+        namespace: spec.namespace.clone(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use sandpool_server::{
     ServerConfig,
-    backend::{KubernetesBackend, KubernetesSettings},
+    backend::{Backend, KubernetesBackend, KubernetesSettings},
 };
 
 pub struct K8s {
@@ -53,5 +53,29 @@ impl K8s {
         let mut config = sandpool_tests::empty_config();
         config.kubernetes = self.settings();
         config
+    }
+
+    /// `namespace/name` of the pods of sandpool server `server_id`, as the
+    /// test API server records them on their Docker containers (its own
+    /// view, not the backend's), sorted.
+    pub async fn pods_of(&self, server_id: &str) -> Vec<String> {
+        use sandpool_k8s_testserver::{LABEL_INSTANCE, LABEL_POD, LABEL_POD_LABEL};
+        let label = format!(
+            "{LABEL_POD_LABEL}{}",
+            sandpool_server::backend::LABEL_SERVER
+        );
+        let listed = sandpool_tests::docker()
+            .list_containers(&label, Some(server_id))
+            .await
+            .expect("list the test API server's containers");
+        let mut pods: Vec<String> = listed
+            .into_iter()
+            .filter(|c| {
+                c.labels.get(LABEL_INSTANCE).map(String::as_str) == Some(self.api.instance_id())
+            })
+            .filter_map(|c| c.labels.get(LABEL_POD).cloned())
+            .collect();
+        pods.sort();
+        pods
     }
 }

@@ -374,6 +374,7 @@ def pool_spec_pb(
     install_network: Optional[str] = None,
     lease_installs: Optional[bool] = None,
     package_index_url: Optional[str] = None,
+    namespace: Optional[str] = None,
 ) -> pool_pb2.PoolSpec:
     spec = pool_pb2.PoolSpec(name=name, language=language)
     if image:
@@ -406,6 +407,8 @@ def pool_spec_pb(
         spec.lease_installs = lease_installs
     if package_index_url:
         spec.package_index_url = package_index_url
+    if namespace:
+        spec.namespace = namespace
     return spec
 
 
@@ -493,6 +496,7 @@ class PoolOptions(TypedDict, total=False):
     install_network: Optional[str]
     lease_installs: Optional[bool]
     package_index_url: Optional[str]
+    namespace: Optional[str]
 
 
 _CONFIG_OPTIONS = (

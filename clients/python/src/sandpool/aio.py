@@ -247,6 +247,7 @@ class AsyncClient:
         install_network: Optional[str] = None,
         lease_installs: Optional[bool] = None,
         package_index_url: Optional[str] = None,
+        namespace: Optional[str] = None,
         wait_ready: bool = False,
         timeout: Optional[float] = None,
     ) -> pool_pb2.Pool:
@@ -257,6 +258,9 @@ class AsyncClient:
         ``install_network`` (default "bridge") from ``package_index_url``
         (default: the installer's own index); ``lease_installs`` lets
         :meth:`Session.install_libraries` fetch names over the network too.
+        ``namespace`` (Kubernetes pools only) is the namespace of the pool's
+        pods; default the server's, and the server allows only those its
+        operator listed.
         With ``wait_ready`` the call returns once ``min_pool_size`` containers
         are warm (or warming failed: then ``phase`` is FAILING and
         ``status_message`` says why). Returns the pool with every default
@@ -290,6 +294,7 @@ class AsyncClient:
             install_network=install_network,
             lease_installs=lease_installs,
             package_index_url=package_index_url,
+            namespace=namespace,
         )
         return await self.create_pool_from_spec(spec, wait_ready=wait_ready, timeout=timeout)
 

@@ -42,6 +42,12 @@ pub enum KubeError {
          have the cluster network"
     )]
     NetworkNotEnforced { pool: String },
+    /// A pod in a namespace the operator did not list.
+    #[error(
+        "namespace {namespace:?} is not one of the [kubernetes] namespaces this server uses \
+         ({allowed})"
+    )]
+    NamespaceNotAllowed { namespace: String, allowed: String },
     /// Something else went wrong talking to the API server.
     #[error("{op}: {detail}")]
     Other { op: &'static str, detail: String },
@@ -119,10 +125,12 @@ impl From<KubeError> for EngineError {
                 detail,
             },
             KubeError::BadExec { .. } => EngineError::Engine { op: "exec", detail },
-            KubeError::NetworkNotEnforced { .. } => EngineError::Engine {
-                op: "pod create",
-                detail,
-            },
+            KubeError::NetworkNotEnforced { .. } | KubeError::NamespaceNotAllowed { .. } => {
+                EngineError::Engine {
+                    op: "pod create",
+                    detail,
+                }
+            }
         }
     }
 }

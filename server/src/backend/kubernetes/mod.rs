@@ -3,6 +3,13 @@
 //! watch for deaths behind the pool's back, and a coordination.k8s.io Lease
 //! per server instance for its liveness. See `pod` for how the server's
 //! root helper (the warden) and per-exec users map onto pods.
+//!
+//! Namespaces: a pool's pods (and its NetworkPolicy) go to the pool's own
+//! namespace (`ContainerSpec::namespace`), else to the backend's
+//! (`[kubernetes] namespace`). Only the namespaces the operator listed are
+//! used; every lookup by label (leftovers, dead instances, the pod watch)
+//! covers each of them, and a container id names its pod's namespace
+//! (`pod::pod_id`), so lookups by id need no table.
 
 mod error;
 mod exec;
@@ -38,7 +45,7 @@ use super::{
     ExecStdin, LABEL_POOL, LABEL_SERVER, ListedContainer, Liveness, Result,
 };
 use crate::sync::lock;
-use pod::{CONTAINER, LABEL_ISOLATED};
+use pod::{CONTAINER, LABEL_ISOLATED, pod_id, split_id};
 
 /// The environment of the backend's own commands in a pod.
 const FIXED_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
@@ -52,7 +59,11 @@ const POD_NETWORK: &str = "pod-network";
 struct Conn {
     client: Client,
     config: kube::Config,
+    /// The namespace of pools that name none.
     namespace: String,
+    /// Every namespace pods may be in: `namespace` first, then the
+    /// operator's further ones.
+    namespaces: Vec<String>,
     lease_namespace: String,
     endpoint: String,
 }
@@ -63,7 +74,7 @@ pub struct KubernetesBackend {
     settings: KubernetesSettings,
     conn: OnceCell<Conn>,
     exits: Arc<exec::Exits>,
-    /// Deny-all policies known to exist.
+    /// Deny-all policies known to exist, as "namespace/name".
     policies: std::sync::Mutex<HashSet<String>>,
     /// The environment of each pod's PID 1 (image and pod), once read.
     env: std::sync::Mutex<HashMap<String, Vec<String>>>,
@@ -128,24 +139,28 @@ impl KubernetesBackend {
         let endpoint = config.cluster_url.to_string();
         let client = Client::try_from(config.clone())
             .map_err(|e| KubeError::from_kube("client", &endpoint, e))?;
-        tracing::info!(%endpoint, %namespace, %lease_namespace, "kubernetes backend configured");
+        let namespaces = s.all_namespaces(&namespace);
+        tracing::info!(%endpoint, %namespace, ?namespaces, %lease_namespace, "kubernetes backend configured");
         Ok(Conn {
             client,
             config,
             namespace,
+            namespaces,
             lease_namespace,
             endpoint,
         })
     }
 
-    async fn pods(&self) -> Result<(Api<Pod>, &Conn)> {
+    /// The pods API of the namespace of container `id`, and the pod's name.
+    async fn pods_of<'a>(&'a self, id: &'a str) -> Result<(Api<Pod>, &'a str, &'a Conn)> {
         let conn = self.conn().await?;
-        Ok((Api::namespaced(conn.client.clone(), &conn.namespace), conn))
+        let (namespace, name) = split_id(&conn.namespace, id);
+        Ok((Api::namespaced(conn.client.clone(), namespace), name, conn))
     }
 
-    async fn policies_api(&self) -> Result<Api<NetworkPolicy>> {
+    async fn policies_api(&self, namespace: &str) -> Result<Api<NetworkPolicy>> {
         let conn = self.conn().await?;
-        Ok(Api::namespaced(conn.client.clone(), &conn.namespace))
+        Ok(Api::namespaced(conn.client.clone(), namespace))
     }
 
     async fn leases(&self) -> Result<Api<Lease>> {
@@ -153,26 +168,28 @@ impl KubernetesBackend {
         Ok(Api::namespaced(conn.client.clone(), &conn.lease_namespace))
     }
 
-    /// A pod by name; `PodGone` if it does not exist.
-    async fn get_pod(&self, name: &str) -> Result<Pod> {
-        let (pods, conn) = self.pods().await?;
+    /// A pod by container id; `PodGone` if it does not exist.
+    async fn get_pod(&self, id: &str) -> Result<Pod> {
+        let (pods, name, conn) = self.pods_of(id).await?;
         match pods.get_opt(name).await {
             Ok(Some(pod)) => Ok(pod),
-            Ok(None) => Err(KubeError::PodGone { pod: name.into() }.into()),
+            Ok(None) => Err(KubeError::PodGone { pod: id.into() }.into()),
             Err(e) => Err(KubeError::from_kube("pod get", &conn.endpoint, e).into()),
         }
     }
 
-    /// Makes sure the deny-all policy of `pool` of `server` exists.
-    async fn ensure_policy(&self, server: &str, pool: &str) -> Result<()> {
+    /// Makes sure the deny-all policy of `pool` of `server` exists in
+    /// `namespace`.
+    async fn ensure_policy(&self, namespace: &str, server: &str, pool: &str) -> Result<()> {
         if !self.settings.network_policy_enforced {
             return Err(KubeError::NetworkNotEnforced { pool: pool.into() }.into());
         }
         let name = pod::policy_name(server, pool);
-        if lock(&self.policies).contains(&name) {
+        let key = format!("{namespace}/{name}");
+        if lock(&self.policies).contains(&key) {
             return Ok(());
         }
-        let api = self.policies_api().await?;
+        let api = self.policies_api(namespace).await?;
         match api
             .create(&PostParams::default(), &pod::deny_all(server, pool))
             .await
@@ -184,21 +201,22 @@ impl KubernetesBackend {
                 return Err(KubeError::from_kube("networkpolicy create", endpoint, e).into());
             }
         }
-        lock(&self.policies).insert(name);
+        lock(&self.policies).insert(key);
         Ok(())
     }
 
-    /// Whether the deny-all policy `name` exists (asked of the API server
-    /// when not known).
-    async fn policy_exists(&self, name: &str) -> Result<bool> {
-        if lock(&self.policies).contains(name) {
+    /// Whether the deny-all policy `name` exists in `namespace` (asked of
+    /// the API server when not known).
+    async fn policy_exists(&self, namespace: &str, name: &str) -> Result<bool> {
+        let key = format!("{namespace}/{name}");
+        if lock(&self.policies).contains(&key) {
             return Ok(true);
         }
-        let api = self.policies_api().await?;
+        let api = self.policies_api(namespace).await?;
         match api.get_opt(name).await {
             Ok(found) => {
                 if found.is_some() {
-                    lock(&self.policies).insert(name.to_string());
+                    lock(&self.policies).insert(key);
                 }
                 Ok(found.is_some())
             }
@@ -209,7 +227,8 @@ impl KubernetesBackend {
         }
     }
 
-    /// Waits until the pod runs; fails early on what will not get better.
+    /// Waits until the pod (container id `name`) runs; fails early on what
+    /// will not get better.
     async fn wait_running(&self, name: &str, image: &str) -> Result<()> {
         let deadline = Instant::now() + self.settings.ready_timeout();
         let mut delay = Duration::from_millis(10);
@@ -291,8 +310,8 @@ impl KubernetesBackend {
         }
     }
 
-    async fn delete_pod(&self, name: &str) -> Result<()> {
-        let (pods, conn) = self.pods().await?;
+    async fn delete_pod(&self, id: &str) -> Result<()> {
+        let (pods, name, conn) = self.pods_of(id).await?;
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             ..Default::default()
@@ -363,6 +382,34 @@ fn describe(pod: &Pod) -> String {
     text
 }
 
+/// Listed pods of `namespace` as containers (ids as `pod::pod_id` makes
+/// them, `home` being the backend's own namespace).
+fn listed_pods(home: &str, namespace: &str, pods: Vec<Pod>) -> Vec<ListedContainer> {
+    pods.into_iter()
+        .filter_map(|pod| {
+            let running = watch::pod_running(&pod);
+            let starting = !running
+                && !watch::pod_dead(&pod)
+                && pod
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.phase.as_deref().is_none_or(|p| p == "Pending"));
+            let name = pod.metadata.name.as_deref()?;
+            Some(ListedContainer {
+                id: pod_id(home, namespace, name),
+                labels: pod_labels(&pod),
+                running,
+                starting,
+                created: pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(0, |t| t.0.as_second()),
+            })
+        })
+        .collect()
+}
+
 fn pod_labels(pod: &Pod) -> HashMap<String, String> {
     pod.metadata
         .labels
@@ -385,31 +432,44 @@ impl Backend for KubernetesBackend {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
-        let (pods, conn) = self.pods().await?;
+        let conn = self.conn().await?;
+        let namespace = spec.namespace.as_deref().unwrap_or(&conn.namespace);
+        // The pool layer admits only the operator's namespaces; this keeps
+        // it so for any caller of the backend, and keeps every pod where
+        // the lookups by label find it.
+        if !conn.namespaces.iter().any(|n| n == namespace) {
+            return Err(KubeError::NamespaceNotAllowed {
+                namespace: namespace.to_string(),
+                allowed: conn.namespaces.join(", "),
+            }
+            .into());
+        }
+        let pods: Api<Pod> = Api::namespaced(conn.client.clone(), namespace);
         let server = spec.labels.get(LABEL_SERVER).cloned().unwrap_or_default();
         let pool = spec.labels.get(LABEL_POOL).cloned().unwrap_or_default();
         let isolated = spec.network == "none";
         if isolated {
             // The policy selects the pod before it exists: it never has a
             // network.
-            self.ensure_policy(&server, &pool).await?;
+            self.ensure_policy(namespace, &server, &pool).await?;
         }
         let name = pod::pod_name(&spec.name);
+        let id = pod_id(&conn.namespace, namespace, &name);
         let manifest = pod::pod(spec, &self.settings, &name, isolated)?;
         let started = Instant::now();
         pods.create(&PostParams::default(), &manifest)
             .await
             .map_err(|e| KubeError::from_kube("pod create", &conn.endpoint, e))?;
-        let ready = match self.wait_running(&name, &spec.image).await {
-            Ok(()) => self.fix_ownership(&name, spec).await,
+        let ready = match self.wait_running(&id, &spec.image).await {
+            Ok(()) => self.fix_ownership(&id, spec).await,
             Err(e) => Err(e),
         };
         if let Err(e) = ready {
-            let _ = self.delete_pod(&name).await;
+            let _ = self.delete_pod(&id).await;
             return Err(e);
         }
-        tracing::debug!(pod = %name, elapsed = ?started.elapsed(), "pod running");
-        Ok(name)
+        tracing::debug!(pod = %id, elapsed = ?started.elapsed(), "pod running");
+        Ok(id)
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {
@@ -425,55 +485,38 @@ impl Backend for KubernetesBackend {
         }
     }
 
+    /// Pods in every namespace the backend uses (one list call each).
     async fn list_containers(
         &self,
         label: &str,
         value: Option<&str>,
     ) -> Result<Vec<ListedContainer>> {
-        let (pods, conn) = self.pods().await?;
+        let conn = self.conn().await?;
         let selector = match value {
             Some(v) => format!("{label}={v}"),
             None => label.to_string(),
         };
-        let listed = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| KubeError::from_kube("pod list", &conn.endpoint, e))?;
-        Ok(listed
-            .items
-            .into_iter()
-            .filter_map(|pod| {
-                let running = watch::pod_running(&pod);
-                let starting = !running
-                    && !watch::pod_dead(&pod)
-                    && pod
-                        .status
-                        .as_ref()
-                        .is_none_or(|s| s.phase.as_deref().is_none_or(|p| p == "Pending"));
-                Some(ListedContainer {
-                    labels: pod_labels(&pod),
-                    running,
-                    starting,
-                    created: pod
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map_or(0, |t| t.0.as_second()),
-                    id: pod.metadata.name?,
-                })
-            })
-            .collect())
+        let mut found = Vec::new();
+        for namespace in &conn.namespaces {
+            let pods: Api<Pod> = Api::namespaced(conn.client.clone(), namespace);
+            let listed = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| KubeError::from_kube("pod list", &conn.endpoint, e))?;
+            found.extend(listed_pods(&conn.namespace, namespace, listed.items));
+        }
+        Ok(found)
     }
 
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<Exec> {
         let argv = exec::command(&spec)?;
-        let (pods, _) = self.pods().await?;
+        let (pods, name, _) = self.pods_of(container_id).await?;
         let params = AttachParams::default()
             .container(CONTAINER)
             .stdin(spec.stdin)
             .stdout(true)
             .stderr(true);
-        let mut process = match pods.exec(container_id, argv, &params).await {
+        let mut process = match pods.exec(name, argv, &params).await {
             Ok(process) => process,
             Err(e) => return Err(self.exec_refused(container_id, e).await),
         };
@@ -527,16 +570,17 @@ impl Backend for KubernetesBackend {
         let pod = self.get_pod(container_id).await?;
         let labels = pod_labels(&pod);
         let isolated = network.is_none();
+        let (pods, name, conn) = self.pods_of(container_id).await?;
         if isolated {
             let server = labels.get(LABEL_SERVER).cloned().unwrap_or_default();
             let pool = labels.get(LABEL_POOL).cloned().unwrap_or_default();
-            self.ensure_policy(&server, &pool).await?;
+            let (namespace, _) = split_id(&conn.namespace, container_id);
+            self.ensure_policy(namespace, &server, &pool).await?;
         }
-        let (pods, conn) = self.pods().await?;
         let patch = serde_json::json!({
             "metadata": { "labels": { LABEL_ISOLATED: isolated.to_string() } }
         });
-        pods.patch(container_id, &PatchParams::default(), &Patch::Merge(&patch))
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| match e {
                 kube::Error::Api(s) if s.code == 404 => KubeError::PodGone {
@@ -553,12 +597,17 @@ impl Backend for KubernetesBackend {
     async fn inspect(&self, container_id: &str) -> Result<ContainerInfo> {
         let pod = self.get_pod(container_id).await?;
         let labels = pod_labels(&pod);
+        let home = &self.conn().await?.namespace;
+        let (namespace, _) = split_id(home, container_id);
         let isolated = labels.get(LABEL_ISOLATED).map(String::as_str) == Some("true")
             && self
-                .policy_exists(&pod::policy_name(
-                    labels.get(LABEL_SERVER).map_or("", String::as_str),
-                    labels.get(LABEL_POOL).map_or("", String::as_str),
-                ))
+                .policy_exists(
+                    namespace,
+                    &pod::policy_name(
+                        labels.get(LABEL_SERVER).map_or("", String::as_str),
+                        labels.get(LABEL_POOL).map_or("", String::as_str),
+                    ),
+                )
                 .await?;
         let networks = if isolated {
             Vec::new()
@@ -609,6 +658,7 @@ impl Backend for KubernetesBackend {
         watch::events(
             conn.config.clone(),
             conn.namespace.clone(),
+            conn.namespaces.clone(),
             conn.lease_namespace.clone(),
             label.to_string(),
         )
@@ -685,16 +735,19 @@ impl Backend for KubernetesBackend {
         if lock(&self.server_id).as_deref() == Some(server_id) {
             self.retired.store(true, Ordering::Relaxed);
         }
-        let api = self.policies_api().await?;
-        let endpoint = self.conn().await?.endpoint.clone();
-        let listed = api
-            .list(&ListParams::default().labels(&format!("{LABEL_SERVER}={server_id}")))
-            .await
-            .map_err(|e| KubeError::from_kube("networkpolicy list", &endpoint, e))?;
-        for p in listed.items {
-            if let Some(name) = p.metadata.name {
-                lock(&self.policies).remove(&name);
-                let _ = api.delete(&name, &DeleteParams::default()).await;
+        let conn = self.conn().await?;
+        let endpoint = conn.endpoint.clone();
+        for namespace in &conn.namespaces {
+            let api = self.policies_api(namespace).await?;
+            let listed = api
+                .list(&ListParams::default().labels(&format!("{LABEL_SERVER}={server_id}")))
+                .await
+                .map_err(|e| KubeError::from_kube("networkpolicy list", &endpoint, e))?;
+            for p in listed.items {
+                if let Some(name) = p.metadata.name {
+                    lock(&self.policies).remove(&format!("{namespace}/{name}"));
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                }
             }
         }
         lease::delete_all(&self.leases().await?, server_id)

@@ -67,6 +67,25 @@ pub fn pod_name(name: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
+/// The container id of pod `name` in `namespace`: the bare name in the
+/// backend's own namespace `home` (the ids of pods there are what they were
+/// before pools had namespaces of their own, and what kubectl shows), and
+/// `namespace/name` in any other. Neither part can contain '/', so an id
+/// says where its pod is; a server restarted with the same `home` finds the
+/// same ids by listing.
+pub fn pod_id(home: &str, namespace: &str, name: &str) -> String {
+    if namespace == home {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// The namespace and name of the pod with container id `id` (see `pod_id`).
+pub fn split_id<'a>(home: &'a str, id: &'a str) -> (&'a str, &'a str) {
+    id.split_once('/').unwrap_or((home, id))
+}
+
 /// "uid:gid" (numeric) as two numbers; a lone uid is its own gid.
 pub fn parse_user(user: &str) -> Result<(u32, u32), KubeError> {
     let bad = || KubeError::BadExec {
@@ -292,6 +311,14 @@ mod tests {
         let name = pod_name(&long);
         assert!(name.len() <= 63, "{name}");
         assert!(name.ends_with("0123456789abcdef"));
+    }
+
+    #[test]
+    fn ids_say_where_their_pod_is() {
+        assert_eq!(pod_id("home", "home", "p-1"), "p-1");
+        assert_eq!(pod_id("home", "team-a", "p-1"), "team-a/p-1");
+        assert_eq!(split_id("home", "p-1"), ("home", "p-1"));
+        assert_eq!(split_id("home", "team-a/p-1"), ("team-a", "p-1"));
     }
 
     #[test]

@@ -14,9 +14,16 @@ pub struct KubernetesSettings {
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context; its current one when unset.
     pub context: Option<String>,
-    /// Namespace of the sandbox pods and their NetworkPolicies; the
-    /// configuration's default namespace when unset.
+    /// Namespace of the sandbox pods and their NetworkPolicies of pools
+    /// that name none; the kubeconfig's default namespace when unset.
     pub namespace: Option<String>,
+    /// Further namespaces that pools may name (`PoolSpec.namespace`), for
+    /// their pods and NetworkPolicies. The operator's decision, never a
+    /// caller's: a pool naming another is refused. The server lists, watches
+    /// and cleans up pods in each of them (and in `namespace`), so its
+    /// ServiceAccount needs the sandbox Role in every one (README, "The
+    /// Kubernetes backend").
+    pub namespaces: Vec<String>,
     /// Namespace of this instance's coordination.k8s.io Lease (its
     /// liveness); `namespace` when unset.
     pub lease_namespace: Option<String>,
@@ -42,6 +49,7 @@ impl Default for KubernetesSettings {
             kubeconfig: None,
             context: None,
             namespace: None,
+            namespaces: Vec::new(),
             lease_namespace: None,
             network_policy_enforced: true,
             runtime_class: None,
@@ -70,10 +78,18 @@ impl KubernetesSettings {
             ("kubernetes.lease_namespace", &self.lease_namespace),
         ] {
             if let Some(ns) = value
-                && !dns_label(ns)
+                && !crate::spec::is_namespace_name(ns)
             {
                 return Err((
                     field.into(),
+                    format!("{ns:?} is not a namespace name (RFC 1123 label)"),
+                ));
+            }
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            if !crate::spec::is_namespace_name(ns) {
+                return Err((
+                    format!("kubernetes.namespaces[{i}]"),
                     format!("{ns:?} is not a namespace name (RFC 1123 label)"),
                 ));
             }
@@ -92,15 +108,16 @@ impl KubernetesSettings {
     pub fn ready_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.pod_ready_timeout)
     }
-}
 
-/// An RFC 1123 label: what namespace names are.
-fn dns_label(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 63
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !text.starts_with('-')
-        && !text.ends_with('-')
+    /// Every namespace the backend puts pods in, `home` (the resolved
+    /// `namespace`) first, each once.
+    pub fn all_namespaces(&self, home: &str) -> Vec<String> {
+        let mut all = vec![home.to_string()];
+        for ns in &self.namespaces {
+            if !all.contains(ns) {
+                all.push(ns.clone());
+            }
+        }
+        all
+    }
 }

@@ -1,6 +1,7 @@
 //! Engine events on Kubernetes: a pod watch (kube's watcher, resourceVersion
 //! and bookmarks) that reports pods that died (failed, evicted, being
-//! deleted) or were removed behind the pool's back, plus a look at the
+//! deleted) or were removed behind the pool's back, in every namespace the
+//! backend uses, plus a look at the
 //! instance Leases every `lease::RENEW` that reports an instance whose
 //! Leases ran out the way Docker reports a marker that exited. Read on a
 //! thread of its own, as Docker's events are, so that a busy server runtime
@@ -12,7 +13,7 @@ use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, Client, api::ListParams, runtime::watcher};
 
-use super::lease;
+use super::{lease, pod::pod_id};
 use crate::backend::{
     ContainerEvent, ContainerEventKind, Error, LABEL_MARKER, LABEL_SERVER, Result,
 };
@@ -57,11 +58,19 @@ fn labels(pod: &Pod) -> HashMap<String, String> {
         .collect()
 }
 
-/// Starts following pods labelled `label` in `namespace` and the Leases in
-/// `lease_namespace`.
+/// Starts following pods labelled `label` in each of `namespaces` (ids as
+/// `pod::pod_id` makes them, `home` being the backend's own namespace) and
+/// the Leases in `lease_namespace`.
+///
+/// One watch per namespace, not one across the cluster: the namespaces are
+/// the operator's fixed list, a cluster-wide pod watch would need a
+/// ClusterRole that reads every pod of the cluster (more than the server
+/// may see), and each namespace's watch keeps its own resourceVersion, as
+/// the API server keeps one per list.
 pub async fn events(
     config: kube::Config,
-    namespace: String,
+    home: String,
+    namespaces: Vec<String>,
     lease_namespace: String,
     label: String,
 ) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
@@ -99,10 +108,16 @@ pub async fn events(
                     return;
                 }
                 let _ = ready_tx.send(Ok(()));
-                let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                let pods: Vec<(String, Api<Pod>)> = namespaces
+                    .into_iter()
+                    .map(|ns| {
+                        let api = Api::namespaced(client.clone(), &ns);
+                        (ns, api)
+                    })
+                    .collect();
                 let leases: Api<Lease> = Api::namespaced(client, &lease_namespace);
                 tokio::select! {
-                    _ = follow(pods, leases, label, tx) => {}
+                    _ = follow(home, pods, leases, label, tx) => {}
                     _ = stopped => {}
                 }
             });
@@ -127,18 +142,40 @@ pub async fn events(
 
 type Sender = tokio::sync::mpsc::UnboundedSender<Result<ContainerEvent>>;
 
-async fn follow(pods: Api<Pod>, leases: Api<Lease>, label: String, tx: Sender) {
-    let mut watch = watcher(pods, watcher::Config::default().labels(&label)).boxed();
+async fn follow(
+    home: String,
+    pods: Vec<(String, Api<Pod>)>,
+    leases: Api<Lease>,
+    label: String,
+    tx: Sender,
+) {
+    // Each namespace's watcher, its items tagged with the namespace's
+    // index, merged into one stream.
+    let namespaces: Vec<String> = pods.iter().map(|(ns, _)| ns.clone()).collect();
+    let mut watch =
+        futures::stream::select_all(pods.into_iter().enumerate().map(|(i, (_, api))| {
+            watcher(api, watcher::Config::default().labels(&label))
+                .map(move |item| (i, item))
+                .boxed()
+        }));
+    let id_of = |i: usize, pod: &Pod| {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        pod_id(
+            &home,
+            namespaces.get(i).map_or(home.as_str(), String::as_str),
+            name,
+        )
+    };
     let mut reported: HashSet<String> = HashSet::new();
     let mut expired_reported: HashSet<String> = HashSet::new();
-    let mut inits = 0u32;
+    let mut inits: HashMap<usize, u32> = HashMap::new();
     let mut every = tokio::time::interval(lease::RENEW);
     loop {
         tokio::select! {
             item = watch.next() => {
-                let event = match item {
-                    Some(Ok(event)) => event,
-                    Some(Err(e)) => {
+                let (i, event) = match item {
+                    Some((i, Ok(event))) => (i, event),
+                    Some((_, Err(e))) => {
                         // The stream ends like Docker's when its connection
                         // does: the watcher of the engine probes, reconnects
                         // and reconciles.
@@ -149,8 +186,10 @@ async fn follow(pods: Api<Pod>, leases: Api<Lease>, label: String, tx: Sender) {
                 };
                 let sent = match event {
                     watcher::Event::Init => {
-                        inits += 1;
-                        if inits > 1 {
+                        // Each namespace's watch starts with one Init.
+                        let count = inits.entry(i).or_insert(0);
+                        *count += 1;
+                        if *count > 1 {
                             // A relist: deletions in the gap are not
                             // reported one by one, so start over (the
                             // reconcile after a reconnect finds them).
@@ -161,17 +200,17 @@ async fn follow(pods: Api<Pod>, leases: Api<Lease>, label: String, tx: Sender) {
                     }
                     watcher::Event::InitDone => Ok(()),
                     watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        if pod_dead(&pod) && reported.insert(name.clone()) {
-                            tx.send(Ok(ContainerEvent { id: name, labels: labels(&pod), kind: ContainerEventKind::Died }))
+                        let id = id_of(i, &pod);
+                        if pod_dead(&pod) && reported.insert(id.clone()) {
+                            tx.send(Ok(ContainerEvent { id, labels: labels(&pod), kind: ContainerEventKind::Died }))
                         } else {
                             Ok(())
                         }
                     }
                     watcher::Event::Delete(pod) => {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        reported.remove(&name);
-                        tx.send(Ok(ContainerEvent { id: name, labels: labels(&pod), kind: ContainerEventKind::Removed }))
+                        let id = id_of(i, &pod);
+                        reported.remove(&id);
+                        tx.send(Ok(ContainerEvent { id, labels: labels(&pod), kind: ContainerEventKind::Removed }))
                     }
                 };
                 if sent.is_err() {

@@ -9,7 +9,7 @@ __all__ = ["SandboxBackend", "SupportedLanguage"]
 
 class SandboxBackend(str, enum.Enum):
     """Container engines a pool can run on (the server decides which it
-    reaches; kubernetes is not available in this release)."""
+    reaches)."""
 
     DOCKER = "docker"
     KUBERNETES = "kubernetes"

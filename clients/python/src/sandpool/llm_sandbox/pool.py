@@ -214,6 +214,30 @@ def _lang_name(lang: Any) -> str:
     return str(getattr(lang, "value", lang)).lower()
 
 
+def _engine_client(client: Any, backend: str) -> Optional[Client]:
+    """The sandpool client among ``client=``: llm-sandbox passes an engine
+    client there (a ``docker.DockerClient``, ``podman.PodmanClient`` or
+    ``kubernetes.client.CoreV1Api``). The sandpool server owns the engine,
+    so such an object is not used (a warning says so) and the manager
+    connects to the server as without it. Told apart by type only: the
+    engines' packages are never imported."""
+    if client is None or isinstance(client, Client):
+        return client
+    kind = type(client)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if kind.__module__.split(".")[0] == "sandpool":
+        # One of ours that the blocking manager cannot use (an AsyncClient).
+        raise TypeError(f"client must be a sandpool.Client, not {name}")
+    warnings.warn(
+        f"create_pool_manager ignores client={name}: the sandpool server owns the {backend} engine "
+        "and creates the pool's containers itself; the manager connects to the server "
+        "(addr=/token= or $SANDPOOL_ADDR) instead of using this client",
+        UserWarning,
+        stacklevel=4,
+    )
+    return None
+
+
 class SandpoolPoolManager:
     """A pool on a sandpool server, with the interface of llm-sandbox's
     ``ContainerPoolManager``: ``acquire``/``release``, ``get_stats``,
@@ -223,6 +247,10 @@ class SandpoolPoolManager:
     """The pool this manager created and keeps alive (``None`` for a pool
     that exists on the server already)."""
 
+    namespace: Optional[str]
+    """Kubernetes pools: the namespace their pods were asked for (``None``:
+    the server's own)."""
+
     def __init__(
         self,
         config: Optional[PoolConfig] = None,
@@ -230,7 +258,8 @@ class SandpoolPoolManager:
         image: Optional[str] = None,
         *,
         backend: Any = "docker",
-        client: Optional[Client] = None,
+        client: Any = None,
+        namespace: Optional[str] = None,
         libraries: Optional[Sequence[str]] = None,
         runtime_configs: Optional[Mapping[str, Any]] = None,
         addr: Optional[str] = None,
@@ -245,8 +274,20 @@ class SandpoolPoolManager:
         owner_ttl: float = DEFAULT_OWNER_TTL,
         **session_kwargs: Any,
     ) -> None:
-        if client is not None and not isinstance(client, Client):
-            raise TypeError("client must be a sandpool.Client (the server owns the container engine)")
+        backend_name = _lang_name(backend)
+        if backend_name not in ("docker", "podman", "kubernetes"):
+            raise UnsupportedBackendError(f"backend {backend_name!r} is not one of docker, podman, kubernetes")
+        client = _engine_client(client, backend_name)
+        if namespace is not None and backend_name != "kubernetes":
+            # llm-sandbox's Docker and Podman managers take it among their
+            # session arguments and never read it.
+            warnings.warn(
+                f"create_pool_manager ignores namespace={namespace!r}: only kubernetes pools have one "
+                f"(this pool's backend is {backend_name})",
+                UserWarning,
+                stacklevel=3,
+            )
+            namespace = None
         if session_kwargs.pop("dockerfile", None):
             raise ValueError("dockerfile is not supported: build the image and pass image=")
         session_kwargs.pop("verbose", None)
@@ -255,9 +296,6 @@ class SandpoolPoolManager:
                 f"create_pool_manager ignores {sorted(session_kwargs)} (not supported by sandpool)",
                 stacklevel=3,
             )
-        backend_name = _lang_name(backend)
-        if backend_name not in ("docker", "podman", "kubernetes"):
-            raise UnsupportedBackendError(f"backend {backend_name!r} is not one of docker, podman, kubernetes")
         self._init_state(
             config=config if config is not None else PoolConfig(),
             lang=_lang_name(lang),
@@ -293,7 +331,9 @@ class SandpoolPoolManager:
             install_network=install_network,
             lease_installs=lease_installs,
             package_index_url=package_index_url,
+            namespace=namespace,
         )
+        self.namespace = namespace
         warm = cfg.enable_prewarming and cfg.min_pool_size > 0
         # Installing libraries at warm-up can take a while.
         timeout = 600.0 if self.libraries else None
@@ -345,6 +385,7 @@ class SandpoolPoolManager:
         self._closed = False
         self._live: Set[Session] = set()
         self.owned = None
+        self.namespace = None
 
     @property
     def closed(self) -> bool:
@@ -490,7 +531,7 @@ ContainerPoolManager = SandpoolPoolManager
 
 
 def create_pool_manager(
-    client: Optional[Client] = None,
+    client: Any = None,
     backend: Any = "docker",
     config: Optional[PoolConfig] = None,
     lang: Any = "python",
@@ -498,7 +539,13 @@ def create_pool_manager(
 ) -> SandpoolPoolManager:
     """Creates a pool on the sandpool server and returns its manager.
 
-    llm-sandbox's arguments: ``backend`` ("docker", "podman"), ``config``,
+    llm-sandbox's arguments: ``backend`` ("docker", "podman", "kubernetes"),
+    ``client`` (a ``sandpool.Client``; an engine client such as llm-sandbox
+    takes, ``docker.DockerClient``, ``podman.PodmanClient`` or
+    ``kubernetes.client.CoreV1Api``, is not used: the server owns the engine,
+    and a warning says so), ``namespace`` (kubernetes pools: the namespace
+    of their pods, which the server's operator must allow; default the
+    server's; ignored with a warning on other backends), ``config``,
     ``lang``, ``image``, ``libraries`` (installed into every container while
     it warms up: the containers must reach a package index then, pip's own
     or ``package_index_url``; a failed install raises ``ContainerError``),

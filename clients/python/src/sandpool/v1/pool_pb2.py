@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sandpool/v1/pool.proto\x12\x0bsandpool.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x03\n\nPoolConfig\x12\x1a\n\rmax_pool_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\rmin_pool_size\x18\x02 \x01(\rH\x01\x88\x01\x01\x12/\n\x0cidle_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x61\x63quisition_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x15health_check_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x16max_container_lifetime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x12max_container_uses\x18\x07 \x01(\rH\x02\x88\x01\x01\x12<\n\x13\x65xhaustion_strategy\x18\x08 \x01(\x0e\x32\x1f.sandpool.v1.ExhaustionStrategy\x12\x1e\n\x11\x65nable_prewarming\x18\t \x01(\x08H\x03\x88\x01\x01\x42\x10\n\x0e_max_pool_sizeB\x10\n\x0e_min_pool_sizeB\x15\n\x13_max_container_usesB\x14\n\x12_enable_prewarming\"\xe5\x03\n\rRuntimeConfig\x12\x16\n\tmem_limit\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x17\n\ncpu_period\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tcpu_quota\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x11\n\x04\x63pus\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\npids_limit\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x14\n\x07network\x18\x06 \x01(\tH\x05\x88\x01\x01\x12\x11\n\x04user\x18\x07 \x01(\tH\x06\x88\x01\x01\x12\x1b\n\x0eread_only_root\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x18\n\x0boci_runtime\x18\t \x01(\tH\x08\x88\x01\x01\x12\x17\n\ntmpfs_size\x18\n \x01(\tH\t\x88\x01\x01\x12\x30\n\x03\x65nv\x18\x0b \x03(\x0b\x32#.sandpool.v1.RuntimeConfig.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_mem_limitB\r\n\x0b_cpu_periodB\x0c\n\n_cpu_quotaB\x07\n\x05_cpusB\r\n\x0b_pids_limitB\n\n\x08_networkB\x07\n\x05_userB\x11\n\x0f_read_only_rootB\x0e\n\x0c_oci_runtimeB\r\n\x0b_tmpfs_size\"\xd0\x05\n\x08PoolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0e\x32\x14.sandpool.v1.Backend\x12\x10\n\x08language\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12\x11\n\tlibraries\x18\x05 \x03(\t\x12\'\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x17.sandpool.v1.PoolConfig\x12+\n\x07runtime\x18\x07 \x01(\x0b\x32\x1a.sandpool.v1.RuntimeConfig\x12\x12\n\x05reuse\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x34\n\x11\x64\x65\x66\x61ult_lease_ttl\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rmax_lease_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x64\x65\x66\x61ult_run_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fmax_run_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x12output_limit_bytes\x18\r \x01(\x04H\x01\x88\x01\x01\x12\x12\n\noutput_dir\x18\x0e \x01(\t\x12\x17\n\x0finstall_network\x18\x0f \x01(\t\x12\x1b\n\x0elease_installs\x18\x10 \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x11package_index_url\x18\x11 \x01(\t\x12\x1a\n\rmax_temporary\x18\x12 \x01(\rH\x03\x88\x01\x01\x12\x35\n\x12max_lease_lifetime\x18\x13 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06_reuseB\x15\n\x13_output_limit_bytesB\x11\n\x0f_lease_installsB\x10\n\x0e_max_temporary\"\x88\x02\n\x04Pool\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandpool.v1.PoolSpec\x12%\n\x05phase\x18\x02 \x01(\x0e\x32\x16.sandpool.v1.PoolPhase\x12\x16\n\x0estatus_message\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05stats\x18\x05 \x01(\x0b\x32\x16.sandpool.v1.PoolStats\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x35\n\x11owner_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0bStateCounts\x12\x14\n\x0cinitializing\x18\x01 \x01(\r\x12\x0c\n\x04idle\x18\x02 \x01(\r\x12\x0c\n\x04\x62usy\x18\x03 \x01(\r\x12\x11\n\tresetting\x18\x04 \x01(\r\x12\x11\n\tunhealthy\x18\x05 \x01(\r\x12\x10\n\x08removing\x18\x06 \x01(\r\"\x91\x01\n\rRecycleCounts\x12\x14\n\x0cidle_timeout\x18\x01 \x01(\x04\x12\x10\n\x08lifetime\x18\x02 \x01(\x04\x12\x0c\n\x04uses\x18\x03 \x01(\x04\x12\x11\n\tunhealthy\x18\x04 \x01(\x04\x12\x10\n\x08no_reuse\x18\x05 \x01(\x04\x12\x14\n\x0creset_failed\x18\x06 \x01(\x04\x12\x0f\n\x07\x64rained\x18\x07 \x01(\x04\"\xb2\x02\n\x0cPoolCounters\x12\x14\n\x0c\x61\x63quisitions\x18\x01 \x01(\x04\x12\r\n\x05waits\x18\x02 \x01(\x04\x12\x15\n\rwait_timeouts\x18\x03 \x01(\x04\x12\x1a\n\x12\x66\x61il_fast_refusals\x18\x04 \x01(\x04\x12\x13\n\x0btemporaries\x18\x05 \x01(\x04\x12\x10\n\x08releases\x18\x06 \x01(\x04\x12\x19\n\x11lease_expirations\x18\x07 \x01(\x04\x12\x17\n\x0fhealth_failures\x18\x08 \x01(\x04\x12\x1a\n\x12\x63ontainers_created\x18\t \x01(\x04\x12\x17\n\x0f\x63reate_failures\x18\n \x01(\x04\x12,\n\x08recycled\x18\x0b \x01(\x0b\x32\x1a.sandpool.v1.RecycleCounts\x12\x0c\n\x04runs\x18\x0c \x01(\x04\"\xc1\x01\n\x0eLatencySummary\x12\x0f\n\x07samples\x18\x01 \x01(\x04\x12&\n\x03p50\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p90\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe4\x02\n\tPoolStats\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\r\x12\x10\n\x08max_size\x18\x03 \x01(\r\x12\x10\n\x08min_size\x18\x04 \x01(\r\x12.\n\x0cstate_counts\x18\x05 \x01(\x0b\x32\x18.sandpool.v1.StateCounts\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12+\n\x08\x63ounters\x18\x07 \x01(\x0b\x32\x19.sandpool.v1.PoolCounters\x12\x34\n\x0f\x61\x63quire_latency\x18\x08 \x01(\x0b\x32\x1b.sandpool.v1.LatencySummary\x12\x1c\n\x14temporary_containers\x18\t \x01(\r\x12\x0f\n\x07waiting\x18\n \x01(\r\x12\x15\n\ractive_leases\x18\x0b \x01(\r\x12(\n\x04time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x11\x43reatePoolRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandpool.v1.PoolSpec\x12\x12\n\nwait_ready\x18\x02 \x01(\x08\x12,\n\towner_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x12\x43reatePoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.sandpool.v1.Pool\"\x1e\n\x0eGetPoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x0fGetPoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.sandpool.v1.Pool\"\x12\n\x10ListPoolsRequest\"5\n\x11ListPoolsResponse\x12 \n\x05pools\x18\x01 \x03(\x0b\x32\x11.sandpool.v1.Pool\"/\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\",\n\x12\x44\x65letePoolResponse\x12\x16\n\x0e\x62usy_remaining\x18\x01 \x01(\r\"#\n\x13GetPoolStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14GetPoolStatsResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.sandpool.v1.PoolStats\"%\n\x15WatchPoolStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16WatchPoolStatsResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.sandpool.v1.PoolStats*b\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x42\x41\x43KEND_DOCKER\x10\x01\x12\x12\n\x0e\x42\x41\x43KEND_PODMAN\x10\x02\x12\x16\n\x12\x42\x41\x43KEND_KUBERNETES\x10\x03*\x9d\x01\n\x12\x45xhaustionStrategy\x12#\n\x1f\x45XHAUSTION_STRATEGY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XHAUSTION_STRATEGY_WAIT\x10\x01\x12!\n\x1d\x45XHAUSTION_STRATEGY_FAIL_FAST\x10\x02\x12!\n\x1d\x45XHAUSTION_STRATEGY_TEMPORARY\x10\x03*\x86\x01\n\tPoolPhase\x12\x1a\n\x16POOL_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12POOL_PHASE_WARMING\x10\x01\x12\x14\n\x10POOL_PHASE_READY\x10\x02\x12\x16\n\x12POOL_PHASE_FAILING\x10\x03\x12\x17\n\x13POOL_PHASE_DRAINING\x10\x04\x32\xef\x03\n\x0bPoolService\x12M\n\nCreatePool\x12\x1e.sandpool.v1.CreatePoolRequest\x1a\x1f.sandpool.v1.CreatePoolResponse\x12\x44\n\x07GetPool\x12\x1b.sandpool.v1.GetPoolRequest\x1a\x1c.sandpool.v1.GetPoolResponse\x12J\n\tListPools\x12\x1d.sandpool.v1.ListPoolsRequest\x1a\x1e.sandpool.v1.ListPoolsResponse\x12M\n\nDeletePool\x12\x1e.sandpool.v1.DeletePoolRequest\x1a\x1f.sandpool.v1.DeletePoolResponse\x12S\n\x0cGetPoolStats\x12 .sandpool.v1.GetPoolStatsRequest\x1a!.sandpool.v1.GetPoolStatsResponse\x12[\n\x0eWatchPoolStats\x12\".sandpool.v1.WatchPoolStatsRequest\x1a#.sandpool.v1.WatchPoolStatsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sandpool/v1/pool.proto\x12\x0bsandpool.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x03\n\nPoolConfig\x12\x1a\n\rmax_pool_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\rmin_pool_size\x18\x02 \x01(\rH\x01\x88\x01\x01\x12/\n\x0cidle_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x61\x63quisition_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x15health_check_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x16max_container_lifetime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x12max_container_uses\x18\x07 \x01(\rH\x02\x88\x01\x01\x12<\n\x13\x65xhaustion_strategy\x18\x08 \x01(\x0e\x32\x1f.sandpool.v1.ExhaustionStrategy\x12\x1e\n\x11\x65nable_prewarming\x18\t \x01(\x08H\x03\x88\x01\x01\x42\x10\n\x0e_max_pool_sizeB\x10\n\x0e_min_pool_sizeB\x15\n\x13_max_container_usesB\x14\n\x12_enable_prewarming\"\xe5\x03\n\rRuntimeConfig\x12\x16\n\tmem_limit\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x17\n\ncpu_period\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tcpu_quota\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x11\n\x04\x63pus\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x17\n\npids_limit\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x14\n\x07network\x18\x06 \x01(\tH\x05\x88\x01\x01\x12\x11\n\x04user\x18\x07 \x01(\tH\x06\x88\x01\x01\x12\x1b\n\x0eread_only_root\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x18\n\x0boci_runtime\x18\t \x01(\tH\x08\x88\x01\x01\x12\x17\n\ntmpfs_size\x18\n \x01(\tH\t\x88\x01\x01\x12\x30\n\x03\x65nv\x18\x0b \x03(\x0b\x32#.sandpool.v1.RuntimeConfig.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_mem_limitB\r\n\x0b_cpu_periodB\x0c\n\n_cpu_quotaB\x07\n\x05_cpusB\r\n\x0b_pids_limitB\n\n\x08_networkB\x07\n\x05_userB\x11\n\x0f_read_only_rootB\x0e\n\x0c_oci_runtimeB\r\n\x0b_tmpfs_size\"\xf6\x05\n\x08PoolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0e\x32\x14.sandpool.v1.Backend\x12\x10\n\x08language\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12\x11\n\tlibraries\x18\x05 \x03(\t\x12\'\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x17.sandpool.v1.PoolConfig\x12+\n\x07runtime\x18\x07 \x01(\x0b\x32\x1a.sandpool.v1.RuntimeConfig\x12\x12\n\x05reuse\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x34\n\x11\x64\x65\x66\x61ult_lease_ttl\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rmax_lease_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x64\x65\x66\x61ult_run_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fmax_run_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x12output_limit_bytes\x18\r \x01(\x04H\x01\x88\x01\x01\x12\x12\n\noutput_dir\x18\x0e \x01(\t\x12\x17\n\x0finstall_network\x18\x0f \x01(\t\x12\x1b\n\x0elease_installs\x18\x10 \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x11package_index_url\x18\x11 \x01(\t\x12\x1a\n\rmax_temporary\x18\x12 \x01(\rH\x03\x88\x01\x01\x12\x35\n\x12max_lease_lifetime\x18\x13 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\tnamespace\x18\x14 \x01(\tH\x04\x88\x01\x01\x42\x08\n\x06_reuseB\x15\n\x13_output_limit_bytesB\x11\n\x0f_lease_installsB\x10\n\x0e_max_temporaryB\x0c\n\n_namespace\"\x88\x02\n\x04Pool\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandpool.v1.PoolSpec\x12%\n\x05phase\x18\x02 \x01(\x0e\x32\x16.sandpool.v1.PoolPhase\x12\x16\n\x0estatus_message\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05stats\x18\x05 \x01(\x0b\x32\x16.sandpool.v1.PoolStats\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x35\n\x11owner_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0bStateCounts\x12\x14\n\x0cinitializing\x18\x01 \x01(\r\x12\x0c\n\x04idle\x18\x02 \x01(\r\x12\x0c\n\x04\x62usy\x18\x03 \x01(\r\x12\x11\n\tresetting\x18\x04 \x01(\r\x12\x11\n\tunhealthy\x18\x05 \x01(\r\x12\x10\n\x08removing\x18\x06 \x01(\r\"\x91\x01\n\rRecycleCounts\x12\x14\n\x0cidle_timeout\x18\x01 \x01(\x04\x12\x10\n\x08lifetime\x18\x02 \x01(\x04\x12\x0c\n\x04uses\x18\x03 \x01(\x04\x12\x11\n\tunhealthy\x18\x04 \x01(\x04\x12\x10\n\x08no_reuse\x18\x05 \x01(\x04\x12\x14\n\x0creset_failed\x18\x06 \x01(\x04\x12\x0f\n\x07\x64rained\x18\x07 \x01(\x04\"\xb2\x02\n\x0cPoolCounters\x12\x14\n\x0c\x61\x63quisitions\x18\x01 \x01(\x04\x12\r\n\x05waits\x18\x02 \x01(\x04\x12\x15\n\rwait_timeouts\x18\x03 \x01(\x04\x12\x1a\n\x12\x66\x61il_fast_refusals\x18\x04 \x01(\x04\x12\x13\n\x0btemporaries\x18\x05 \x01(\x04\x12\x10\n\x08releases\x18\x06 \x01(\x04\x12\x19\n\x11lease_expirations\x18\x07 \x01(\x04\x12\x17\n\x0fhealth_failures\x18\x08 \x01(\x04\x12\x1a\n\x12\x63ontainers_created\x18\t \x01(\x04\x12\x17\n\x0f\x63reate_failures\x18\n \x01(\x04\x12,\n\x08recycled\x18\x0b \x01(\x0b\x32\x1a.sandpool.v1.RecycleCounts\x12\x0c\n\x04runs\x18\x0c \x01(\x04\"\xc1\x01\n\x0eLatencySummary\x12\x0f\n\x07samples\x18\x01 \x01(\x04\x12&\n\x03p50\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p90\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe4\x02\n\tPoolStats\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\r\x12\x10\n\x08max_size\x18\x03 \x01(\r\x12\x10\n\x08min_size\x18\x04 \x01(\r\x12.\n\x0cstate_counts\x18\x05 \x01(\x0b\x32\x18.sandpool.v1.StateCounts\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12+\n\x08\x63ounters\x18\x07 \x01(\x0b\x32\x19.sandpool.v1.PoolCounters\x12\x34\n\x0f\x61\x63quire_latency\x18\x08 \x01(\x0b\x32\x1b.sandpool.v1.LatencySummary\x12\x1c\n\x14temporary_containers\x18\t \x01(\r\x12\x0f\n\x07waiting\x18\n \x01(\r\x12\x15\n\ractive_leases\x18\x0b \x01(\r\x12(\n\x04time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x11\x43reatePoolRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sandpool.v1.PoolSpec\x12\x12\n\nwait_ready\x18\x02 \x01(\x08\x12,\n\towner_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x12\x43reatePoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.sandpool.v1.Pool\"\x1e\n\x0eGetPoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x0fGetPoolResponse\x12\x1f\n\x04pool\x18\x01 \x01(\x0b\x32\x11.sandpool.v1.Pool\"\x12\n\x10ListPoolsRequest\"5\n\x11ListPoolsResponse\x12 \n\x05pools\x18\x01 \x03(\x0b\x32\x11.sandpool.v1.Pool\"/\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\",\n\x12\x44\x65letePoolResponse\x12\x16\n\x0e\x62usy_remaining\x18\x01 \x01(\r\"#\n\x13GetPoolStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14GetPoolStatsResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.sandpool.v1.PoolStats\"%\n\x15WatchPoolStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16WatchPoolStatsResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.sandpool.v1.PoolStats*b\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x42\x41\x43KEND_DOCKER\x10\x01\x12\x12\n\x0e\x42\x41\x43KEND_PODMAN\x10\x02\x12\x16\n\x12\x42\x41\x43KEND_KUBERNETES\x10\x03*\x9d\x01\n\x12\x45xhaustionStrategy\x12#\n\x1f\x45XHAUSTION_STRATEGY_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XHAUSTION_STRATEGY_WAIT\x10\x01\x12!\n\x1d\x45XHAUSTION_STRATEGY_FAIL_FAST\x10\x02\x12!\n\x1d\x45XHAUSTION_STRATEGY_TEMPORARY\x10\x03*\x86\x01\n\tPoolPhase\x12\x1a\n\x16POOL_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12POOL_PHASE_WARMING\x10\x01\x12\x14\n\x10POOL_PHASE_READY\x10\x02\x12\x16\n\x12POOL_PHASE_FAILING\x10\x03\x12\x17\n\x13POOL_PHASE_DRAINING\x10\x04\x32\xef\x03\n\x0bPoolService\x12M\n\nCreatePool\x12\x1e.sandpool.v1.CreatePoolRequest\x1a\x1f.sandpool.v1.CreatePoolResponse\x12\x44\n\x07GetPool\x12\x1b.sandpool.v1.GetPoolRequest\x1a\x1c.sandpool.v1.GetPoolResponse\x12J\n\tListPools\x12\x1d.sandpool.v1.ListPoolsRequest\x1a\x1e.sandpool.v1.ListPoolsResponse\x12M\n\nDeletePool\x12\x1e.sandpool.v1.DeletePoolRequest\x1a\x1f.sandpool.v1.DeletePoolResponse\x12S\n\x0cGetPoolStats\x12 .sandpool.v1.GetPoolStatsRequest\x1a!.sandpool.v1.GetPoolStatsResponse\x12[\n\x0eWatchPoolStats\x12\".sandpool.v1.WatchPoolStatsRequest\x1a#.sandpool.v1.WatchPoolStatsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNTIMECONFIG_ENVENTRY']._loaded_options = None
   _globals['_RUNTIMECONFIG_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_BACKEND']._serialized_start=3853
-  _globals['_BACKEND']._serialized_end=3951
-  _globals['_EXHAUSTIONSTRATEGY']._serialized_start=3954
-  _globals['_EXHAUSTIONSTRATEGY']._serialized_end=4111
-  _globals['_POOLPHASE']._serialized_start=4114
-  _globals['_POOLPHASE']._serialized_end=4248
+  _globals['_BACKEND']._serialized_start=3891
+  _globals['_BACKEND']._serialized_end=3989
+  _globals['_EXHAUSTIONSTRATEGY']._serialized_start=3992
+  _globals['_EXHAUSTIONSTRATEGY']._serialized_end=4149
+  _globals['_POOLPHASE']._serialized_start=4152
+  _globals['_POOLPHASE']._serialized_end=4286
   _globals['_POOLCONFIG']._serialized_start=105
   _globals['_POOLCONFIG']._serialized_end=603
   _globals['_RUNTIMECONFIG']._serialized_start=606
@@ -48,43 +48,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTIMECONFIG_ENVENTRY']._serialized_start=911
   _globals['_RUNTIMECONFIG_ENVENTRY']._serialized_end=953
   _globals['_POOLSPEC']._serialized_start=1094
-  _globals['_POOLSPEC']._serialized_end=1814
-  _globals['_POOL']._serialized_start=1817
-  _globals['_POOL']._serialized_end=2081
-  _globals['_STATECOUNTS']._serialized_start=2083
-  _globals['_STATECOUNTS']._serialized_end=2202
-  _globals['_RECYCLECOUNTS']._serialized_start=2205
-  _globals['_RECYCLECOUNTS']._serialized_end=2350
-  _globals['_POOLCOUNTERS']._serialized_start=2353
-  _globals['_POOLCOUNTERS']._serialized_end=2659
-  _globals['_LATENCYSUMMARY']._serialized_start=2662
-  _globals['_LATENCYSUMMARY']._serialized_end=2855
-  _globals['_POOLSTATS']._serialized_start=2858
-  _globals['_POOLSTATS']._serialized_end=3214
-  _globals['_CREATEPOOLREQUEST']._serialized_start=3216
-  _globals['_CREATEPOOLREQUEST']._serialized_end=3338
-  _globals['_CREATEPOOLRESPONSE']._serialized_start=3340
-  _globals['_CREATEPOOLRESPONSE']._serialized_end=3393
-  _globals['_GETPOOLREQUEST']._serialized_start=3395
-  _globals['_GETPOOLREQUEST']._serialized_end=3425
-  _globals['_GETPOOLRESPONSE']._serialized_start=3427
-  _globals['_GETPOOLRESPONSE']._serialized_end=3477
-  _globals['_LISTPOOLSREQUEST']._serialized_start=3479
-  _globals['_LISTPOOLSREQUEST']._serialized_end=3497
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=3499
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=3552
-  _globals['_DELETEPOOLREQUEST']._serialized_start=3554
-  _globals['_DELETEPOOLREQUEST']._serialized_end=3601
-  _globals['_DELETEPOOLRESPONSE']._serialized_start=3603
-  _globals['_DELETEPOOLRESPONSE']._serialized_end=3647
-  _globals['_GETPOOLSTATSREQUEST']._serialized_start=3649
-  _globals['_GETPOOLSTATSREQUEST']._serialized_end=3684
-  _globals['_GETPOOLSTATSRESPONSE']._serialized_start=3686
-  _globals['_GETPOOLSTATSRESPONSE']._serialized_end=3747
-  _globals['_WATCHPOOLSTATSREQUEST']._serialized_start=3749
-  _globals['_WATCHPOOLSTATSREQUEST']._serialized_end=3786
-  _globals['_WATCHPOOLSTATSRESPONSE']._serialized_start=3788
-  _globals['_WATCHPOOLSTATSRESPONSE']._serialized_end=3851
-  _globals['_POOLSERVICE']._serialized_start=4251
-  _globals['_POOLSERVICE']._serialized_end=4746
+  _globals['_POOLSPEC']._serialized_end=1852
+  _globals['_POOL']._serialized_start=1855
+  _globals['_POOL']._serialized_end=2119
+  _globals['_STATECOUNTS']._serialized_start=2121
+  _globals['_STATECOUNTS']._serialized_end=2240
+  _globals['_RECYCLECOUNTS']._serialized_start=2243
+  _globals['_RECYCLECOUNTS']._serialized_end=2388
+  _globals['_POOLCOUNTERS']._serialized_start=2391
+  _globals['_POOLCOUNTERS']._serialized_end=2697
+  _globals['_LATENCYSUMMARY']._serialized_start=2700
+  _globals['_LATENCYSUMMARY']._serialized_end=2893
+  _globals['_POOLSTATS']._serialized_start=2896
+  _globals['_POOLSTATS']._serialized_end=3252
+  _globals['_CREATEPOOLREQUEST']._serialized_start=3254
+  _globals['_CREATEPOOLREQUEST']._serialized_end=3376
+  _globals['_CREATEPOOLRESPONSE']._serialized_start=3378
+  _globals['_CREATEPOOLRESPONSE']._serialized_end=3431
+  _globals['_GETPOOLREQUEST']._serialized_start=3433
+  _globals['_GETPOOLREQUEST']._serialized_end=3463
+  _globals['_GETPOOLRESPONSE']._serialized_start=3465
+  _globals['_GETPOOLRESPONSE']._serialized_end=3515
+  _globals['_LISTPOOLSREQUEST']._serialized_start=3517
+  _globals['_LISTPOOLSREQUEST']._serialized_end=3535
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=3537
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=3590
+  _globals['_DELETEPOOLREQUEST']._serialized_start=3592
+  _globals['_DELETEPOOLREQUEST']._serialized_end=3639
+  _globals['_DELETEPOOLRESPONSE']._serialized_start=3641
+  _globals['_DELETEPOOLRESPONSE']._serialized_end=3685
+  _globals['_GETPOOLSTATSREQUEST']._serialized_start=3687
+  _globals['_GETPOOLSTATSREQUEST']._serialized_end=3722
+  _globals['_GETPOOLSTATSRESPONSE']._serialized_start=3724
+  _globals['_GETPOOLSTATSRESPONSE']._serialized_end=3785
+  _globals['_WATCHPOOLSTATSREQUEST']._serialized_start=3787
+  _globals['_WATCHPOOLSTATSREQUEST']._serialized_end=3824
+  _globals['_WATCHPOOLSTATSRESPONSE']._serialized_start=3826
+  _globals['_WATCHPOOLSTATSRESPONSE']._serialized_end=3889
+  _globals['_POOLSERVICE']._serialized_start=4289
+  _globals['_POOLSERVICE']._serialized_end=4784
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,9 @@ class _BackendEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Backend.Value
     BACKEND_PODMAN: _Backend.ValueType  # 2
     """Podman's Docker-compatible API (CONTAINER_HOST or the default podman socket)."""
     BACKEND_KUBERNETES: _Backend.ValueType  # 3
-    """Kubernetes pods (not available in this release)."""
+    """Kubernetes pods, through the API server of the server's `[kubernetes]`
+    settings.
+    """
 
 class Backend(_Backend, metaclass=_BackendEnumTypeWrapper):
     """Which container engine a pool runs on."""
@@ -46,7 +48,9 @@ BACKEND_DOCKER: Backend.ValueType  # 1
 BACKEND_PODMAN: Backend.ValueType  # 2
 """Podman's Docker-compatible API (CONTAINER_HOST or the default podman socket)."""
 BACKEND_KUBERNETES: Backend.ValueType  # 3
-"""Kubernetes pods (not available in this release)."""
+"""Kubernetes pods, through the API server of the server's `[kubernetes]`
+settings.
+"""
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
 
 class _ExhaustionStrategy:
@@ -365,6 +369,7 @@ class PoolSpec(_message.Message):
     PACKAGE_INDEX_URL_FIELD_NUMBER: _builtins.int
     MAX_TEMPORARY_FIELD_NUMBER: _builtins.int
     MAX_LEASE_LIFETIME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1 to 63 characters of a-z, 0-9, '-', '_' and '.', starting
     with a letter or digit.
@@ -402,6 +407,14 @@ class PoolSpec(_message.Message):
     max_temporary: _builtins.int
     """Most TEMPORARY containers the pool runs at once (the server also bounds
     them in total). Default max_pool_size.
+    """
+    namespace: _builtins.str
+    """Kubernetes namespace of the pool's pods and of its NetworkPolicy
+    (backend KUBERNETES only; any other backend with a namespace is
+    INVALID_ARGUMENT). Absent or empty: the server's own (`[kubernetes]
+    namespace`). The operator lists the namespaces pools may use
+    (`[kubernetes] namespaces`); any other is refused with PERMISSION_DENIED
+    (reason POLICY_VIOLATION) naming the field and the allowed values.
     """
     @_builtins.property
     def libraries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -459,15 +472,18 @@ class PoolSpec(_message.Message):
         package_index_url: _builtins.str = ...,
         max_temporary: _builtins.int | None = ...,
         max_lease_lifetime: _duration_pb2.Duration | None = ...,
+        namespace: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "lease_installs", b"lease_installs", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "output_limit_bytes", b"output_limit_bytes", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_namespace", b"_namespace", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "lease_installs", b"lease_installs", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "namespace", b"namespace", "output_limit_bytes", b"output_limit_bytes", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "backend", b"backend", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "image", b"image", "install_network", b"install_network", "language", b"language", "lease_installs", b"lease_installs", "libraries", b"libraries", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "name", b"name", "output_dir", b"output_dir", "output_limit_bytes", b"output_limit_bytes", "package_index_url", b"package_index_url", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_namespace", b"_namespace", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "backend", b"backend", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "image", b"image", "install_network", b"install_network", "language", b"language", "lease_installs", b"lease_installs", "libraries", b"libraries", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "name", b"name", "namespace", b"namespace", "output_dir", b"output_dir", "output_limit_bytes", b"output_limit_bytes", "package_index_url", b"package_index_url", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lease_installs: _TypeAlias = _typing.Literal["lease_installs"]  # noqa: Y015
     _WhichOneofArgType__lease_installs: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs"]  # noqa: Y015
     _WhichOneofReturnType__max_temporary: _TypeAlias = _typing.Literal["max_temporary"]  # noqa: Y015
     _WhichOneofArgType__max_temporary: _TypeAlias = _typing.Literal["_max_temporary", b"_max_temporary"]  # noqa: Y015
+    _WhichOneofReturnType__namespace: _TypeAlias = _typing.Literal["namespace"]  # noqa: Y015
+    _WhichOneofArgType__namespace: _TypeAlias = _typing.Literal["_namespace", b"_namespace"]  # noqa: Y015
     _WhichOneofReturnType__output_limit_bytes: _TypeAlias = _typing.Literal["output_limit_bytes"]  # noqa: Y015
     _WhichOneofArgType__output_limit_bytes: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes"]  # noqa: Y015
     _WhichOneofReturnType__reuse: _TypeAlias = _typing.Literal["reuse"]  # noqa: Y015
@@ -476,6 +492,8 @@ class PoolSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_installs) -> _WhichOneofReturnType__lease_installs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_temporary) -> _WhichOneofReturnType__max_temporary | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__namespace) -> _WhichOneofReturnType__namespace | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_limit_bytes) -> _WhichOneofReturnType__output_limit_bytes | None: ...
     @_typing.overload

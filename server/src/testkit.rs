@@ -56,6 +56,24 @@ impl Harness {
             .expect("the pool is created");
     }
 
+    /// Creates a bash pool of `min` to `max` containers (its spec further
+    /// adjusted by `configure`) and waits until its `min` are idle.
+    pub async fn warm_pool(
+        &self,
+        name: &str,
+        min: u32,
+        max: u32,
+        configure: impl FnOnce(&mut PoolSpec),
+    ) {
+        self.pool(name, |s| {
+            s.config.min_pool_size = min;
+            s.config.max_pool_size = max;
+            configure(s);
+        })
+        .await;
+        self.until_idle(name, min).await;
+    }
+
     pub fn stats(&self, pool: &str) -> PoolStats {
         self.manager
             .stats(&self.who, pool)

@@ -52,11 +52,11 @@ impl Engine {
         if self == Engine::Docker {
             return Some(self);
         }
-        let endpoint = DockerBackend::default_endpoint(BackendKind::Podman);
-        let path = endpoint.trim_start_matches("unix://");
-        if std::path::Path::new(path).exists() {
+        if podman_runs() {
             return Some(self);
         }
+        let endpoint = DockerBackend::default_endpoint(BackendKind::Podman);
+        let path = endpoint.trim_start_matches("unix://");
         assert!(
             std::env::var("SANDPOOL_REQUIRE_PODMAN").is_err(),
             "SANDPOOL_REQUIRE_PODMAN is set but there is no podman socket at {path}"
@@ -152,6 +152,12 @@ impl Engine {
             .await
             .unwrap_or_else(|e| panic!("the {self:?} engine must answer: {e}"))
     }
+}
+
+/// Whether the podman service's socket is there.
+fn podman_runs() -> bool {
+    let endpoint = DockerBackend::default_endpoint(BackendKind::Podman);
+    std::path::Path::new(endpoint.trim_start_matches("unix://")).exists()
 }
 
 /// Ids of the sandbox containers on the engine labelled with `server_id`
@@ -320,8 +326,7 @@ impl TestServer {
     pub async fn stop_and_list(mut self) -> Vec<String> {
         self.shutdown().await;
         let mut left = labelled(&self.server_id).await;
-        let podman = DockerBackend::default_endpoint(BackendKind::Podman);
-        if std::path::Path::new(podman.trim_start_matches("unix://")).exists() {
+        if podman_runs() {
             left.extend(Engine::Podman.labelled(&self.server_id).await);
         }
         left.into_iter().map(|c| c.id).collect()

@@ -9,26 +9,16 @@ use std::time::Duration;
 use sandpool_client::proto as pb;
 use sandpool_server::{
     backend::LABEL_MARKER,
-    backend::{Backend, BackendKind, DockerBackend},
+    backend::{Backend, DockerBackend},
     sandbox::LABEL_SERVER,
 };
 use sandpool_tests::{
-    LEFTOVERS_PROBE, PLANT_LEFTOVERS, TestServer, clean_leftovers, fork_bomb_run, python_pool,
-    secs, shell_run,
+    Engine, LEFTOVERS_PROBE, PLANT_LEFTOVERS, TestServer, clean_leftovers, fork_bomb_run,
+    python_pool, secs, shell_run,
 };
 
 fn podman() -> Option<DockerBackend> {
-    let endpoint = DockerBackend::default_endpoint(BackendKind::Podman);
-    let path = endpoint.trim_start_matches("unix://");
-    if std::path::Path::new(path).exists() {
-        return Some(DockerBackend::new(BackendKind::Podman, endpoint));
-    }
-    assert!(
-        std::env::var("SANDPOOL_REQUIRE_PODMAN").is_err(),
-        "SANDPOOL_REQUIRE_PODMAN is set but there is no podman socket at {path}"
-    );
-    eprintln!("skipping: no podman socket at {path} (scripts/engine-up.sh --podman starts one)");
-    None
+    Engine::Podman.available().map(Engine::backend)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,15 +75,21 @@ def containers_of(server_id: str) -> List[str]:
     return out.split()
 
 
+def debug_binary(package: str, name: str) -> Path:
+    """The workspace's debug build of binary ``name`` of ``package``, built
+    first if it is not there."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    binary = target / "debug" / name
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "-p", package, "--bin", name], cwd=REPO, check=True)
+    return binary
+
+
 def server_binary() -> Path:
     explicit = os.environ.get("SANDPOOL_SERVER_BIN")
     if explicit:
         return Path(explicit)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    binary = target / "debug" / "sandpool-server"
-    if not binary.exists():
-        subprocess.run(["cargo", "build", "-p", "sandpool-server"], cwd=REPO, check=True)
-    return binary
+    return debug_binary("sandpool-server", "sandpool-server")
 
 
 class Server:

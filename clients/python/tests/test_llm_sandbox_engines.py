@@ -29,7 +29,7 @@ from sandpool.llm_sandbox import SandboxSession
 from sandpool.llm_sandbox.pool import PoolConfig, create_pool_manager
 from sandpool.v1 import pool_pb2
 
-from conftest import IMAGE, REPO, Server, wait_for
+from conftest import IMAGE, Server, debug_binary, wait_for
 
 HOME_NAMESPACE = "sandpool-py"
 """The server's own namespace (``[kubernetes] namespace``)."""
@@ -46,16 +46,6 @@ def _stand_in(module: str, name: str) -> object:
     return kind()
 
 
-def k8s_testserver_binary() -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    binary = target / "debug" / "k8s-testserver"
-    if not binary.exists():
-        subprocess.run(
-            ["cargo", "build", "-p", "sandpool-k8s-testserver", "--bin", "k8s-testserver"], cwd=REPO, check=True
-        )
-    return binary
-
-
 class ApiServer:
     """The Kubernetes test API server as a process, with a kubeconfig for
     it. SIGTERM stops it and removes its containers."""
@@ -67,7 +57,7 @@ class ApiServer:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [
-                str(k8s_testserver_binary()),
+                str(debug_binary("sandpool-k8s-testserver", "k8s-testserver")),
                 "--kubeconfig",
                 str(self.kubeconfig),
                 "--namespace",

@@ -12,12 +12,7 @@ use crate::{backend::fake::Program, pool::LeaseInfo, testkit::Harness};
 
 /// A warm one-container pool and a lease on it (with `ttl`, if given).
 async fn leased(h: &Harness, ttl: Option<Duration>) -> LeaseInfo {
-    h.pool("run", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-    })
-    .await;
-    h.until_idle("run", 1).await;
+    h.warm_pool("run", 1, 1, |_| {}).await;
     h.acquire_for("run", ttl).await.expect("a lease")
 }
 

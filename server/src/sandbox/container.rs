@@ -77,7 +77,16 @@ struct Resident {
 
 /// What starts a program under SCHED_IDLE (util-linux, beside the `setpriv`
 /// the warden needs).
-pub(super) const IDLE_SCHEDULING: [&str; 3] = ["/usr/bin/chrt", "--idle", "0"];
+const IDLE_SCHEDULING: [&str; 3] = ["/usr/bin/chrt", "--idle", "0"];
+
+/// `argv` started under SCHED_IDLE.
+pub(super) fn at_idle_priority(argv: Vec<String>) -> Vec<String> {
+    IDLE_SCHEDULING
+        .iter()
+        .map(|s| s.to_string())
+        .chain(argv)
+        .collect()
+}
 
 #[derive(Clone)]
 pub struct Container {
@@ -157,11 +166,7 @@ impl Container {
     /// the policy: there code runs as before.
     pub fn user_argv(&self, argv: Vec<String>) -> Vec<String> {
         if self.resident.idle_scheduling.get() == Some(&true) {
-            IDLE_SCHEDULING
-                .iter()
-                .map(|s| s.to_string())
-                .chain(argv)
-                .collect()
+            at_idle_priority(argv)
         } else {
             argv
         }

@@ -369,11 +369,7 @@ async fn check_toolchain(c: &Container) -> Result<()> {
 /// fails, the ordinary check says whether the toolchain works at all.
 async fn toolchain_works_at_idle_priority(c: &Container) -> bool {
     let (argv, expect) = c.lang().check();
-    let argv = container::IDLE_SCHEDULING
-        .iter()
-        .map(|s| s.to_string())
-        .chain(argv)
-        .collect();
+    let argv = container::at_idle_priority(argv);
     let check = run_checked(
         c.backend(),
         c.id(),

@@ -12,6 +12,11 @@ mod engine;
 mod program;
 mod warden;
 
+/// An argv from words (for the fake's own tests).
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard},

@@ -219,10 +219,7 @@ pub(super) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn argv(words: &[&str]) -> Vec<String> {
-        words.iter().map(|w| w.to_string()).collect()
-    }
+    use crate::backend::fake::argv;
 
     #[test]
     fn programs_match_a_run_of_words() {

@@ -156,10 +156,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn argv(words: &[&str]) -> Vec<String> {
-        words.iter().map(|w| w.to_string()).collect()
-    }
+    use crate::backend::fake::argv;
 
     #[test]
     fn resident_and_one_shot_command_lines() {

@@ -20,12 +20,7 @@ async fn a_pool_warms_to_min_pool_size_and_no_further() {
     let h = Harness::new();
     h.fake.set_create_delay(Duration::from_secs(1));
     let start = Instant::now();
-    h.pool("warm", |s| {
-        s.config.min_pool_size = 3;
-        s.config.max_pool_size = 5;
-    })
-    .await;
-    h.until_idle("warm", 3).await;
+    h.warm_pool("warm", 3, 5, |_| {}).await;
     // Made at once, not one after the other.
     let warm = start.elapsed();
     assert!(warm < Duration::from_millis(1100), "warm after {warm:?}");
@@ -61,12 +56,7 @@ async fn a_pool_warms_to_min_pool_size_and_no_further() {
 #[tokio::test(start_paused = true)]
 async fn a_released_container_is_reset_and_idle_again() {
     let h = Harness::new();
-    h.pool("cycle", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-    })
-    .await;
-    h.until_idle("cycle", 1).await;
+    h.warm_pool("cycle", 1, 1, |_| {}).await;
     let execs = h.fake.journal().execs.len();
     let lease = h.acquire("cycle").await.expect("a lease");
     // From a warm pool: no engine call at all.
@@ -112,13 +102,10 @@ async fn a_released_container_is_reset_and_idle_again() {
 #[tokio::test(start_paused = true)]
 async fn wait_gives_up_after_acquisition_timeout() {
     let h = Harness::new();
-    h.pool("wait", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-        s.config.acquisition_timeout = Some(Duration::from_secs(5));
+    h.warm_pool("wait", 1, 1, |s| {
+        s.config.acquisition_timeout = Some(Duration::from_secs(5))
     })
     .await;
-    h.until_idle("wait", 1).await;
     let _held = h.acquire("wait").await.expect("a lease");
     let start = Instant::now();
     let err = h.acquire("wait").await.expect_err("the pool is exhausted");
@@ -145,13 +132,10 @@ async fn wait_gives_up_after_acquisition_timeout() {
 #[tokio::test(start_paused = true)]
 async fn waiters_are_served_first_come_first_served() {
     let h = Arc::new(Harness::new());
-    h.pool("fifo", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-        s.config.acquisition_timeout = Some(Duration::from_secs(60));
+    h.warm_pool("fifo", 1, 1, |s| {
+        s.config.acquisition_timeout = Some(Duration::from_secs(60))
     })
     .await;
-    h.until_idle("fifo", 1).await;
     let first = h.acquire("fifo").await.expect("a lease");
     let waiter = |h: &Arc<Harness>| {
         let h = Arc::clone(h);
@@ -178,13 +162,10 @@ async fn waiters_are_served_first_come_first_served() {
 #[tokio::test(start_paused = true)]
 async fn fail_fast_refuses_at_once() {
     let h = Harness::new();
-    h.pool("ff", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-        s.config.exhaustion_strategy = ExhaustionStrategy::FailFast;
+    h.warm_pool("ff", 1, 1, |s| {
+        s.config.exhaustion_strategy = ExhaustionStrategy::FailFast
     })
     .await;
-    h.until_idle("ff", 1).await;
     let _held = h.acquire("ff").await.expect("a lease");
     let start = Instant::now();
     let err = h.acquire("ff").await.expect_err("refused");
@@ -202,13 +183,10 @@ async fn fail_fast_refuses_at_once() {
 #[tokio::test(start_paused = true)]
 async fn temporary_serves_beyond_the_pool_and_is_removed_on_release() {
     let h = Harness::new();
-    h.pool("temp", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-        s.config.exhaustion_strategy = ExhaustionStrategy::Temporary;
+    h.warm_pool("temp", 1, 1, |s| {
+        s.config.exhaustion_strategy = ExhaustionStrategy::Temporary
     })
     .await;
-    h.until_idle("temp", 1).await;
     let pooled = h.acquire("temp").await.expect("a pooled lease");
     assert!(!pooled.temporary);
     let temporary = h.acquire("temp").await.expect("a temporary lease");
@@ -284,12 +262,7 @@ async fn a_container_that_fails_to_warm_is_removed_and_another_made() {
     // plain) cannot even start.
     let (check, _) = crate::lang::lookup("bash").expect("bash").check();
     h.fake.program(Program::matching(&check).refuse().times(2));
-    h.pool("cold", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-    })
-    .await;
-    h.until_idle("cold", 1).await;
+    h.warm_pool("cold", 1, 1, |_| {}).await;
     let journal = h.fake.journal();
     assert_eq!(journal.created, 2);
     // The one that failed is gone from the engine, not left behind.

@@ -10,12 +10,7 @@ use crate::{backend::BackendKind, error::Error, testkit::Harness};
 #[tokio::test(start_paused = true)]
 async fn an_idle_container_reported_dead_is_never_handed_out() {
     let h = Harness::new();
-    h.pool("dead", |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 2;
-    })
-    .await;
-    h.until_idle("dead", 1).await;
+    h.warm_pool("dead", 1, 2, |_| {}).await;
     let dead = h.fake.running()[0].clone();
     // The event is in the stream; the acquire comes right after it.
     h.fake.kill_container(&dead);
@@ -36,12 +31,7 @@ async fn an_idle_container_reported_dead_is_never_handed_out() {
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_engine_fails_acquires_and_the_pool_refills_when_it_is_back() {
     let h = Harness::new();
-    h.pool("outage", |s| {
-        s.config.min_pool_size = 2;
-        s.config.max_pool_size = 2;
-    })
-    .await;
-    h.until_idle("outage", 2).await;
+    h.warm_pool("outage", 2, 2, |_| {}).await;
     let before: HashSet<String> = h.fake.running().into_iter().collect();
     // The daemon goes down, its containers with it.
     h.fake.stop_all_silently();

@@ -10,12 +10,7 @@ use crate::{
 };
 
 async fn one_container_pool(h: &Harness, name: &str) {
-    h.pool(name, |s| {
-        s.config.min_pool_size = 1;
-        s.config.max_pool_size = 1;
-    })
-    .await;
-    h.until_idle(name, 1).await;
+    h.warm_pool(name, 1, 1, |_| {}).await;
 }
 
 fn ended(result: crate::error::Result<crate::pool::LeaseGuard>) -> Option<LeaseEnd> {

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::{backend::fake::Program, testkit::Harness};
 
-/// A pool of `min` warm containers (at most `max`), its spec adjusted by
-/// `configure`, warmed.
+/// [`Harness::warm_pool`], returning its first container.
 async fn warm_pool(
     h: &Harness,
     name: &str,
@@ -14,13 +13,7 @@ async fn warm_pool(
     max: u32,
     configure: impl FnOnce(&mut crate::spec::PoolSpec),
 ) -> String {
-    h.pool(name, |s| {
-        s.config.min_pool_size = min;
-        s.config.max_pool_size = max;
-        configure(s);
-    })
-    .await;
-    h.until_idle(name, min).await;
+    h.warm_pool(name, min, max, configure).await;
     h.fake.running()[0].clone()
 }
 

@@ -31,8 +31,9 @@ t "typecheck and build" "$s"
 
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
   s=$(date +%s)
-  (cd "$REPO" && cargo build -p sandpool-server)
-  t "cargo build -p sandpool-server" "$s"
+  # The server, and the Kubernetes test API server its Kubernetes pools use.
+  (cd "$REPO" && cargo build -p sandpool-server -p sandpool-k8s-testserver)
+  t "cargo build -p sandpool-server -p sandpool-k8s-testserver" "$s"
 fi
 
 if ! docker image inspect sandpool/python:bookworm >/dev/null 2>&1; then

@@ -1,0 +1,49 @@
+package sandpool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+
+	sandpool "github.com/sandpool/sandpool/clients/go"
+)
+
+// Compiled with the tests, never run (no Output comment): the test suite
+// runs the same calls against a real server.
+func Example() {
+	ctx := context.Background()
+	client, err := sandpool.Dial("", sandpool.Options{}) // $SANDPOOL_ADDR, else 127.0.0.1:50051
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	session, err := client.Acquire(ctx, "python", nil)
+	if errors.Is(err, sandpool.ErrNotFound) {
+		log.Fatal("no pool named python")
+	} else if err != nil {
+		log.Fatal(err)
+	}
+	defer session.Close()
+
+	stream, err := session.Run(ctx, sandpool.Code("for i in range(3): print(i)"), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		switch e := ev.(type) {
+		case *sandpool.Stdout:
+			fmt.Printf("%s", e.Data)
+		case *sandpool.Exit:
+			fmt.Println("exit", e.ExitCode, e.EndReason)
+		}
+	}
+}

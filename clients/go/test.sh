@@ -11,8 +11,9 @@
 # 3. gofmt and go vet
 # 4. cargo build -p sandpool-server (a no-op when up to date), unless
 #    SANDPOOL_SERVER_BIN names the server binary to test against
-# 5. go test against real servers the tests start and stop themselves
-#    (each stop checks that no container of that server is left)
+# 5. go test (with the race detector where cgo works) against real servers
+#    the tests start and stop themselves (each stop checks that no container
+#    of that server is left)
 set -euo pipefail
 GO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$GO_DIR/../.." && pwd)"
@@ -59,7 +60,15 @@ docker image inspect sandpool/python:bookworm >/dev/null || {
   echo "image sandpool/python:bookworm is missing: run scripts/build-images.sh first" >&2; exit 1; }
 
 stage "go test"
-SANDPOOL_REPO="$ROOT" go test -count=1 -timeout 300s "$@" ./...
+# The race detector needs cgo (gcc): the keepalive, release and cut of calls
+# in flight run on goroutines of their own.
+race=()
+if [ "$(go env CGO_ENABLED)" = 1 ] && command -v gcc >/dev/null; then
+  race=(-race)
+else
+  echo "=== go: no cgo/gcc: testing without the race detector"
+fi
+SANDPOOL_REPO="$ROOT" go test "${race[@]}" -count=1 -timeout 300s "$@" ./...
 
 stage ""
 echo "=== go: all passed in $(( $(date +%s) - T0 ))s"

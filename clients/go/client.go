@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
 	"os"
 	"time"
 
@@ -267,3 +268,39 @@ func (c *Client) Stats(ctx context.Context, name string) (*pb.PoolStats, error) 
 	}
 	return resp.GetStats(), nil
 }
+
+// StatsWatch is a stream of a pool's statistics (Client.WatchStats).
+type StatsWatch struct {
+	stream pb.PoolService_WatchPoolStatsClient
+	cancel context.CancelFunc
+}
+
+// WatchStats streams a pool's statistics: at once, then on every change (at
+// most every 100 ms). The stream ends (io.EOF) after a message with Closed
+// set when the pool is deleted; Close ends it earlier.
+func (c *Client) WatchStats(ctx context.Context, name string) (*StatsWatch, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.pools.WatchPoolStats(ctx, &pb.WatchPoolStatsRequest{Name: name})
+	if err != nil {
+		cancel()
+		return nil, mapError(err)
+	}
+	return &StatsWatch{stream: stream, cancel: cancel}, nil
+}
+
+// Recv returns the next statistics; io.EOF once the stream ended.
+func (w *StatsWatch) Recv() (*pb.PoolStats, error) {
+	m, err := w.stream.Recv()
+	if err == io.EOF {
+		w.cancel()
+		return nil, io.EOF
+	}
+	if err != nil {
+		w.cancel()
+		return nil, mapError(err)
+	}
+	return m.GetStats(), nil
+}
+
+// Close ends the stream.
+func (w *StatsWatch) Close() { w.cancel() }

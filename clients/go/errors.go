@@ -352,8 +352,8 @@ func kindOf(code codes.Code, d Details) Kind {
 
 func decodeDetails(st *status.Status) Details {
 	var d Details
-	for _, any := range st.Details() {
-		switch v := any.(type) {
+	for _, detail := range st.Details() {
+		switch v := detail.(type) {
 		case *errdetails.ErrorInfo:
 			d.ErrorInfo = &ErrorInfo{Reason: v.GetReason(), Domain: v.GetDomain(), Metadata: v.GetMetadata()}
 			if d.ErrorInfo.Metadata == nil {

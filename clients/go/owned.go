@@ -64,12 +64,7 @@ func (p *OwnedPool) Name() string { return p.name }
 
 // Lost is the loss once the pool is lost (a *PoolLostError); nil while it
 // holds.
-func (p *OwnedPool) Lost() error {
-	if err := p.keeper.loss(); err != nil {
-		return err
-	}
-	return nil
-}
+func (p *OwnedPool) Lost() error { return p.keeper.loss() }
 
 type poolTarget struct{ p *OwnedPool }
 

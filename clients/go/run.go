@@ -259,7 +259,7 @@ func (r *RunStream) Recv() (Event, error) {
 			if err == io.EOF {
 				// The stream ended without an exit event: the server
 				// stopped without saying how the run ended.
-				return nil, &Error{Kind: KindUnavailable, Message: "the run's stream ended without an exit event"}
+				return nil, &Error{Kind: KindUnavailable, Code: codes.Unavailable, Message: "the run's stream ended without an exit event"}
 			}
 			return nil, r.session.fail(err)
 		}

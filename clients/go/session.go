@@ -96,12 +96,7 @@ func (s *Session) LeaseID() string { return s.lease.ID }
 
 // Lost is the loss once the lease is lost (a *LeaseLostError); nil while it
 // is usable.
-func (s *Session) Lost() error {
-	if err := s.keeper.loss(); err != nil {
-		return err
-	}
-	return nil
-}
+func (s *Session) Lost() error { return s.keeper.loss() }
 
 // Renewals is how many keepalives the server confirmed so far.
 func (s *Session) Renewals() int { return s.keeper.renewalCount() }

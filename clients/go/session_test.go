@@ -2,9 +2,13 @@ package sandpool_test
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -540,5 +544,117 @@ func TestOwnedPoolIsKeptAliveAndDeletedOnClose(t *testing.T) {
 	}
 	if _, err := p2.Acquire(ctx, nil); !errors.Is(err, sandpool.ErrPoolLost) {
 		t.Fatalf("acquire on a lost pool: %v", err)
+	}
+}
+
+// demoWheel is a tiny pure-Python wheel of package sandpooldemo (VALUE =
+// 42), built with archive/zip: no build tools, no index.
+func demoWheel(t *testing.T) []byte {
+	t.Helper()
+	files := []struct{ name, data string }{
+		{"sandpooldemo/__init__.py", "VALUE = 42\n"},
+		{"sandpooldemo-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: sandpooldemo\nVersion: 1.0\n"},
+		{"sandpooldemo-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: sandpool-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"},
+	}
+	var record strings.Builder
+	for _, f := range files {
+		sum := sha256.Sum256([]byte(f.data))
+		fmt.Fprintf(&record, "%s,sha256=%s,%d\n", f.name, base64.RawURLEncoding.EncodeToString(sum[:]), len(f.data))
+	}
+	record.WriteString("sandpooldemo-1.0.dist-info/RECORD,,\n")
+	files = append(files, struct{ name, data string }{"sandpooldemo-1.0.dist-info/RECORD", record.String()})
+	var buf bytes.Buffer
+	z := zip.NewWriter(&buf)
+	for _, f := range files {
+		w, err := z.Create(f.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(w, f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestInstallLibrariesForTheLease(t *testing.T) {
+	c := shared.client(t, nil)
+	s := acquire(t, c, nil)
+	ctx := context.Background()
+	const wheel = "/sandbox/pkgs/sandpooldemo-1.0-py3-none-any.whl"
+	if _, err := s.Upload(ctx, wheel, demoWheel(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.InstallLibraries(ctx, []string{wheel}); err != nil {
+		t.Fatal(err)
+	}
+	if r := collect(t, s, sandpool.Code("import sandpooldemo; print(sandpooldemo.VALUE)"), nil); r.StdoutText() != "42\n" {
+		t.Fatalf("import after install: %q %q", r.Stdout, r.Stderr)
+	}
+	// Names need the pool's lease_installs; options and shell are refused.
+	_, err := s.InstallLibraries(ctx, []string{"requests"})
+	var e *sandpool.Error
+	if !errors.Is(err, sandpool.ErrFailedPrecondition) || !errors.As(err, &e) {
+		t.Fatalf("install by name: %v", err)
+	}
+	if reason, _ := e.Reason(); reason != pb.ErrorReason_NOT_ALLOWED {
+		t.Fatalf("reason %v", reason)
+	}
+	if _, err := s.InstallLibraries(ctx, []string{"numpy; rm -rf /"}); !errors.Is(err, sandpool.ErrInvalidArgument) {
+		t.Fatalf("a requirement with a shell in it: %v", err)
+	}
+}
+
+func TestWatchStatsFollowsThePool(t *testing.T) {
+	c := shared.client(t, nil)
+	ctx := context.Background()
+	name := pool + "-watch"
+	if _, err := c.CreatePool(ctx, pythonSpec(name, 0, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.WatchStats(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	first, err := w.Recv()
+	if err != nil || first.GetPool() != name || first.GetCounters().GetAcquisitions() != 0 {
+		t.Fatalf("first stats %v %v", first, err)
+	}
+	s, err := c.Acquire(ctx, name, &sandpool.AcquireOptions{Wait: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		st, err := w.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.GetStateCounts().GetBusy() == 1 && st.GetCounters().GetAcquisitions() == 1 {
+			break
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeletePool(ctx, name, true); err != nil {
+		t.Fatal(err)
+	}
+	var last *pb.PoolStats
+	for {
+		st, err := w.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = st
+	}
+	if !last.GetClosed() {
+		t.Fatalf("the last stats before the end: %v", last)
 	}
 }

@@ -108,6 +108,8 @@ func Dial(addr string, opts Options) (*Client, error) {
 	if opts.TLS != nil {
 		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)))
 	} else {
+		// insecure.NewCredentials() would be the newer spelling, but it
+		// appeared in grpc-go 1.34; this builds against 1.33 as well.
 		dial = append(dial, grpc.WithInsecure())
 	}
 	if opts.Token != "" {
@@ -192,7 +194,12 @@ func (c *Client) Acquire(ctx context.Context, pool string, opts *AcquireOptions)
 		}
 		req.Files = append(req.Files, lf)
 	}
-	callCtx, cancel := c.withTimeout(ctx, opts.Wait)
+	// Wait bounds the call even when ctx has a later deadline (the earlier
+	// of the two wins); without it, the client's default applies.
+	callCtx, cancel := c.withTimeout(ctx, 0)
+	if opts.Wait > 0 {
+		callCtx, cancel = context.WithTimeout(ctx, opts.Wait)
+	}
 	defer cancel()
 	// The lease's TTL counts from the moment Acquire is sent.
 	started := time.Now()

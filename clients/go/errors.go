@@ -205,6 +205,9 @@ func newLeaseLost(leaseID, why string, code codes.Code, state pb.LeaseState, bas
 
 func (e *LeaseLostError) Error() string { return e.Base.Error() }
 
+// GRPCStatus is Base's: grpc-go's status.FromError does not unwrap.
+func (e *LeaseLostError) GRPCStatus() *status.Status { return e.Base.GRPCStatus() }
+
 // Unwrap exposes Base (for errors.As and errors.Is(err, ErrLeaseLost)) and,
 // through it, the gRPC error.
 func (e *LeaseLostError) Unwrap() error { return e.Base }
@@ -233,6 +236,9 @@ func newPoolLost(pool, why string, code codes.Code, state pb.LeaseState, base *E
 }
 
 func (e *PoolLostError) Error() string { return e.Base.Error() }
+
+// GRPCStatus is Base's: grpc-go's status.FromError does not unwrap.
+func (e *PoolLostError) GRPCStatus() *status.Status { return e.Base.GRPCStatus() }
 
 // Unwrap exposes Base (for errors.As and errors.Is(err, ErrPoolLost)).
 func (e *PoolLostError) Unwrap() error { return e.Base }

@@ -38,6 +38,8 @@ type serverOptions struct {
 }
 
 type testServer struct {
+	// dir holds the config and the log; removed after a clean stop.
+	dir      string
 	addr     string
 	serverID string
 	logPath  string
@@ -98,6 +100,7 @@ func startServer(opts serverOptions) (*testServer, error) {
 		return nil, err
 	}
 	s := &testServer{
+		dir:      dir,
 		addr:     fmt.Sprintf("127.0.0.1:%d", port),
 		serverID: fmt.Sprintf("go-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9),
 		logPath:  filepath.Join(dir, "server.log"),
@@ -198,7 +201,7 @@ func (s *testServer) stop() error {
 	if len(left) > 0 {
 		return fmt.Errorf("containers of server %s left behind: %v", s.serverID, left)
 	}
-	return nil
+	return os.RemoveAll(s.dir)
 }
 
 func containersOf(serverID string) ([]string, error) {

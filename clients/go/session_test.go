@@ -351,6 +351,9 @@ func TestLeaseLostWhenNotKeptAlive(t *testing.T) {
 	if reason, ok := lost.Base.Reason(); !ok || reason != pb.ErrorReason_LEASE_ENDED {
 		t.Fatalf("reason %v", reason)
 	}
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("status.Code of the loss: %v", status.Code(err))
+	}
 	// The session remembers: the next call fails without a round trip.
 	if err := s.Lost(); !errors.Is(err, sandpool.ErrLeaseLost) {
 		t.Fatalf("Lost() = %v", err)

@@ -232,9 +232,10 @@ func (r *Result) StdoutText() string { return string(r.Stdout) }
 // StderrText is Stderr as a string.
 func (r *Result) StderrText() string { return string(r.Stderr) }
 
-// RunStream is a run in progress: Recv gives its events as they arrive.
-// Close (or the run's context ending) drops the stream, and the server
-// kills the run.
+// RunStream is a run in progress: Recv gives its events as they arrive
+// (call it from one goroutine at a time). Close (or the run's context
+// ending) drops the stream, and the server kills the run; a stream read to
+// its end needs no Close.
 type RunStream struct {
 	session *Session
 	stream  pb.SessionService_RunClient
@@ -282,11 +283,10 @@ func (r *RunStream) Recv() (Event, error) {
 	}
 }
 
-// Close drops the stream; a run still going is killed by the server.
-func (r *RunStream) Close() {
-	r.done = true
-	r.cancel()
-}
+// Close drops the stream; a run still going is killed by the server. It
+// may be called from another goroutine than Recv's (a Recv waiting then
+// fails with ErrCancelled), and more than once.
+func (r *RunStream) Close() { r.cancel() }
 
 // Collect reads the rest of the run and collects it.
 func (r *RunStream) Collect() (*Result, error) {

@@ -163,6 +163,29 @@ func TestStdinEnvCommandsAndCancel(t *testing.T) {
 	if cancelled, err := s.Cancel(context.Background(), stream.RunID()); err == nil && cancelled {
 		t.Fatal("a finished run was cancelled again")
 	}
+
+	// Closing the stream from another goroutine ends the Recv waiting on it;
+	// the lease is not lost for that.
+	stream, err = s.Run(context.Background(), sandpool.Code("import time\ntime.sleep(60)"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		stream.Close()
+	}()
+	if _, err := stream.Recv(); !errors.Is(err, sandpool.ErrCancelled) {
+		t.Fatalf("Recv on a closed stream: %v", err)
+	}
+	if err := s.Lost(); err != nil {
+		t.Fatalf("a dropped stream lost the lease: %v", err)
+	}
+	if r := collect(t, s, sandpool.Code("print('next')"), nil); r.StdoutText() != "next\n" {
+		t.Fatalf("after a dropped stream: %q", r.Stdout)
+	}
 }
 
 func TestFilesUpAndDown(t *testing.T) {

@@ -10,8 +10,8 @@ import (
 	sandpool "github.com/sandpool/sandpool/clients/go"
 )
 
-// Compiled with the tests, never run (no Output comment): the test suite
-// runs the same calls against a real server.
+// Run by the tests against the shared server ($SANDPOOL_ADDR, pool
+// "python"), so the output below is checked.
 func Example() {
 	ctx := context.Background()
 	client, err := sandpool.Dial("", sandpool.Options{}) // $SANDPOOL_ADDR, else 127.0.0.1:50051
@@ -46,4 +46,9 @@ func Example() {
 			fmt.Println("exit", e.ExitCode, e.EndReason)
 		}
 	}
+	// Output:
+	// 0
+	// 1
+	// 2
+	// exit 0 END_REASON_EXITED
 }

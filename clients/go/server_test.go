@@ -48,10 +48,12 @@ type testServer struct {
 	opts     serverOptions
 }
 
-// shared is the server of most tests, with the pool `pool` on it.
+// shared is the server of most tests (and of the examples, through
+// $SANDPOOL_ADDR), with the pool `pool` on it: named as the examples
+// expect it (each test server starts with no pool).
 var (
 	shared *testServer
-	pool   = fmt.Sprintf("go-py-%d", os.Getpid())
+	pool   = "python"
 )
 
 func repoRoot() (string, error) {
@@ -260,6 +262,9 @@ func run(m *testing.M) (code int, err error) {
 			err = stopErr
 		}
 	}()
+	if err := os.Setenv("SANDPOOL_ADDR", shared.addr); err != nil {
+		return 1, err
+	}
 	c, err := sandpool.Dial(shared.addr, sandpool.Options{Timeout: 120 * time.Second})
 	if err != nil {
 		return 1, err

@@ -12,7 +12,7 @@ if ! git diff --exit-code --stat -- clients/ ; then
   echo "check-generated: the generated code above is stale; run scripts/gen-*.sh and commit" >&2
   status=1
 fi
-untracked=$(git ls-files --others --exclude-standard -- clients/*/src/gen clients/python/src/sandpool/v1 2>/dev/null || true)
+untracked=$(git ls-files --others --exclude-standard -- clients/*/src/gen clients/python/src/sandpool/v1 clients/go/sandpoolv1 2>/dev/null || true)
 if [ -n "$untracked" ]; then
   echo "check-generated: generated files not committed:" >&2
   echo "$untracked" >&2

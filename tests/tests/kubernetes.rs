@@ -161,6 +161,18 @@ async fn cycle_median(server: &TestServer, pool: &str, n: usize) -> Duration {
 async fn warm_cycle_on_kubernetes_and_docker() {
     let k8s = k8s_common::K8s::start("bench").await;
     let server = TestServer::start_with(k8s.config()).await;
+    // Create to ready (warm-up included), one container each.
+    let t0 = Instant::now();
+    server.pool(kubernetes_pool("k1", 1)).await;
+    let k_ready = t0.elapsed();
+    let mut one = python_pool("d1");
+    one.config.as_mut().expect("config").min_pool_size = Some(1);
+    let t0 = Instant::now();
+    server.pool(one).await;
+    let d_ready = t0.elapsed();
+    eprintln!(
+        "a pool of one, created to ready: kubernetes (test API server) {k_ready:?}, docker {d_ready:?}"
+    );
     server.pool(kubernetes_pool("k", 2)).await;
     let mut docker = python_pool("d");
     let config = docker.config.as_mut().expect("config");

@@ -88,6 +88,38 @@ mod tests {
     use super::*;
     use crate::pool::stats::{Counters, LatencySummary, StateCounts};
 
+    /// The Grafana dashboard in deploy/ queries only metrics this endpoint
+    /// serves, and shows every family.
+    #[test]
+    fn the_dashboard_queries_the_served_families() {
+        let dashboard = include_str!("../../deploy/grafana/sandpool-dashboard.json");
+        let json: serde_json::Value = serde_json::from_str(dashboard).expect("valid JSON");
+        let mut queried = std::collections::BTreeSet::new();
+        for panel in json["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let mut rest = expr;
+                while let Some(at) = rest.find("sandpool_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    queried.insert(name);
+                }
+            }
+        }
+        let served: std::collections::BTreeSet<String> =
+            FAMILIES.iter().map(|f| f.name.to_string()).collect();
+        let unknown: Vec<_> = queried.difference(&served).collect();
+        assert!(unknown.is_empty(), "the dashboard queries {unknown:?}");
+        let unshown: Vec<_> = served.difference(&queried).collect();
+        assert!(
+            unshown.is_empty(),
+            "the dashboard does not show {unshown:?}"
+        );
+    }
+
     #[test]
     fn renders_every_family_per_pool() {
         let stats = PoolStats {

@@ -2,8 +2,8 @@
 //!
 //! One server in-process with OTLP export on (to an OTLP receiver in the
 //! same process, over real OTLP/gRPC) and a warm pool; Acquire + Run of
-//! `print('test')` + Release cycles on a settled pool, alternating rounds
-//! with tracing on and paused (`telemetry::set_tracing`: paused, the server
+//! `print('test')` + Release cycles on a settled pool (the wait for it
+//! untraced), alternating rounds with tracing on and paused (`telemetry::set_tracing`: paused, the server
 //! makes no span at all, as with OpenTelemetry unconfigured), so both sides
 //! see the same machine noise. Prints the medians and their ratio.
 //!
@@ -18,7 +18,7 @@ use sandpool_client::{Client, proto as pb};
 use sandpool_server::{
     ServerConfig,
     config::LogFormat,
-    telemetry::{self, TelemetrySettings},
+    telemetry::{self, Telemetry, TelemetrySettings},
 };
 use sandpool_tests::otlp::Receiver;
 
@@ -35,8 +35,13 @@ struct Args {
     image: String,
 }
 
-async fn cycle(client: &Client) -> anyhow::Result<Duration> {
+/// One measured cycle, traced or not. The wait for the pool to settle
+/// (GetPoolStats every 2 ms) is left untraced either way: its spans would
+/// load the exporter with work no real client causes.
+async fn cycle(client: &Client, telemetry: &Telemetry, traced: bool) -> anyhow::Result<Duration> {
+    telemetry::set_tracing(false, telemetry);
     settle(client, "bench", 2).await?;
+    telemetry::set_tracing(traced, telemetry);
     let started = Instant::now();
     let session = client.acquire("bench").await?;
     let out = session.run_collect("print('test')").await?;
@@ -89,21 +94,18 @@ async fn main() -> anyhow::Result<()> {
     }
     // Warm-up on both settings.
     for on in [true, false] {
-        telemetry::set_tracing(on, &telemetry);
         for _ in 0..5 {
-            cycle(&client).await?;
+            cycle(&client, &telemetry, on).await?;
         }
     }
     let (mut traced, mut untraced) = (Vec::new(), Vec::new());
     for round in 0..args.rounds * 2 {
         let on = round % 2 == 0;
-        telemetry::set_tracing(on, &telemetry);
         for _ in 0..args.per_round {
-            let took = cycle(&client).await?;
+            let took = cycle(&client, &telemetry, on).await?;
             if on { &mut traced } else { &mut untraced }.push(took);
         }
     }
-    telemetry::set_tracing(true, &telemetry);
     let spans_before_stop = receiver.spans().len();
     let (n_on, n_off) = (traced.len(), untraced.len());
     let (on, off) = (median(&mut traced), median(&mut untraced));

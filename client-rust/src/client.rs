@@ -26,17 +26,23 @@ const LONG_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default deadline of uploads and downloads.
 pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Adds `authorization: Bearer <token>` when a token is set.
+/// The metadata every call carries: `authorization: Bearer <token>` when a
+/// token is set, and the W3C trace context (see
+/// [`ClientBuilder::traceparent`] and the `otel` feature).
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub struct Bearer {
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    trace: crate::trace::TraceContext,
+}
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.token {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        self.trace.apply(request.metadata_mut());
         Ok(request)
     }
 }
@@ -48,6 +54,7 @@ type Svc = InterceptedService<Channel, Bearer>;
 pub struct ClientBuilder {
     addr: String,
     token: Option<String>,
+    traceparent: Option<(String, Option<String>)>,
     connect_timeout: Duration,
     timeout: Duration,
     #[cfg(feature = "tls")]
@@ -58,6 +65,19 @@ impl ClientBuilder {
     /// A bearer token for servers that require one.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// A W3C `traceparent` (and `tracestate`) sent on every call, so that
+    /// the server's spans join that trace. Without one, with the `otel`
+    /// feature, each call carries the current OpenTelemetry context (through
+    /// the global propagator), when there is one.
+    pub fn traceparent(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: Option<String>,
+    ) -> Self {
+        self.traceparent = Some((traceparent.into(), tracestate));
         self
     }
 
@@ -148,9 +168,15 @@ impl ClientBuilder {
             ),
             None => None,
         };
+        let trace = match self.traceparent {
+            Some((parent, state)) => {
+                crate::trace::TraceContext::explicit(&parent, state.as_deref())?
+            }
+            None => crate::trace::TraceContext::current(),
+        };
         Ok(Client {
             channel,
-            bearer: Bearer(token),
+            bearer: Bearer { token, trace },
             timeout: self.timeout,
         })
     }
@@ -181,6 +207,7 @@ impl Client {
         ClientBuilder {
             addr: addr.into(),
             token: None,
+            traceparent: None,
             connect_timeout: Duration::from_secs(10),
             timeout: DEFAULT_TIMEOUT,
             #[cfg(feature = "tls")]

@@ -22,6 +22,7 @@ mod keepalive;
 mod owned;
 mod run;
 mod session;
+mod trace;
 
 pub use client::{Client, ClientBuilder, DEFAULT_ACQUIRE_WAIT, DEFAULT_TIMEOUT};
 pub use error::{ERROR_DOMAIN, Error, LEASE_REASONS};

@@ -63,8 +63,9 @@ stage "mypy --strict"
 (cd "$PY_DIR" && "$VENV/bin/mypy" --strict src/sandpool examples)
 
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
-  stage "cargo build -p sandpool-server -p sandpool-k8s-testserver"
-  (cd "$ROOT" && cargo build -p sandpool-server -p sandpool-k8s-testserver --bins)
+  stage "cargo build -p sandpool-server -p sandpool-k8s-testserver, the OTLP receiver"
+  (cd "$ROOT" && cargo build -p sandpool-server -p sandpool-k8s-testserver --bins \
+    && cargo build -p sandpool-tests --bin otlp_receiver)
 fi
 
 stage "docker engine and image check"

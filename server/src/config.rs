@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Where Kubernetes pools put their pods (`[kubernetes]`).
     pub kubernetes: crate::backend::KubernetesSettings,
+    /// OpenTelemetry export (`[telemetry]`; OTEL_* variables override it at
+    /// start, in `telemetry::init_with`).
+    pub telemetry: crate::telemetry::TelemetrySettings,
     pub pools: Vec<PoolSpec>,
 }
 
@@ -109,6 +112,8 @@ struct FileConfig {
     policy: PolicyFile,
     #[serde(default)]
     kubernetes: crate::backend::KubernetesSettings,
+    #[serde(default)]
+    telemetry: crate::telemetry::TelemetrySettings,
     #[serde(default)]
     pools: Vec<PoolSpecInput>,
 }
@@ -628,6 +633,7 @@ impl ServerConfig {
             max_temporaries,
             tls,
             kubernetes: file.kubernetes,
+            telemetry: file.telemetry,
             pools,
         })
     }

@@ -133,7 +133,15 @@ async fn main() -> ExitCode {
         println!("config OK");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(config.log_format);
+    let telemetry = match telemetry::init_with(config.log_format, &config.telemetry, |name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sandpool-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -141,11 +149,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match serve(config, listener, shutdown_signal()).await {
+    let code = match serve(config, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
             ExitCode::from(1)
         }
-    }
+    };
+    // The last spans and metrics (the shutdown's own included) go out now;
+    // the SDK's flush blocks, so off the async workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }

@@ -1,13 +1,17 @@
 //! Prometheus metrics: GET /metrics on a listener of its own, with every
 //! pool's state counts, counters and acquire-latency quantiles, read from the
-//! same statistics as GetPoolStats.
+//! same statistics as GetPoolStats. The families are defined once, in
+//! `telemetry::instruments`, which also exports them over OTLP.
 
 use std::{fmt::Write, future::Future, sync::Arc};
 
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
 
-use crate::pool::{PoolManager, stats::PoolStats};
+use crate::{
+    pool::{PoolManager, stats::PoolStats},
+    telemetry::instruments::{FAMILIES, Kind},
+};
 
 /// Serves /metrics until `shutdown` resolves.
 pub async fn serve(
@@ -42,165 +46,31 @@ pub async fn serve(
         .await
 }
 
-/// A metric family read off each pool's statistics: name, help, reader.
-type Metric<T> = (&'static str, &'static str, fn(&PoolStats) -> T);
-
-/// The exposition text for `pools`.
+/// The exposition text for `pools`: every family of
+/// `telemetry::instruments::FAMILIES`, one sample per pool (and label).
 pub fn render(pools: &[PoolStats]) -> String {
     let mut out = String::new();
-    let mut family =
-        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in values {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
+    for family in FAMILIES {
+        let kind = match family.kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
         };
-    let label = |s: &PoolStats| format!("pool=\"{}\"", escape(&s.pool));
-    family(
-        "sandpool_pool_containers",
-        "gauge",
-        "Containers of the pool by state.",
-        &mut pools.iter().flat_map(|s| {
-            let c = s.state_counts;
-            [
-                ("initializing", c.initializing),
-                ("idle", c.idle),
-                ("busy", c.busy),
-                ("resetting", c.resetting),
-                ("unhealthy", c.unhealthy),
-                ("removing", c.removing),
-            ]
-            .into_iter()
-            .map(move |(state, n)| (format!("{},state=\"{state}\"", label(s)), f64::from(n)))
-        }),
-    );
-    let gauges: [Metric<f64>; 6] = [
-        ("sandpool_pool_max_size", "max_pool_size.", |s| {
-            f64::from(s.max_size)
-        }),
-        ("sandpool_pool_min_size", "min_pool_size.", |s| {
-            f64::from(s.min_size)
-        }),
-        (
-            "sandpool_pool_waiting",
-            "Acquires waiting for a container.",
-            |s| f64::from(s.waiting),
-        ),
-        ("sandpool_pool_active_leases", "Leases alive.", |s| {
-            f64::from(s.active_leases)
-        }),
-        (
-            "sandpool_pool_temporary_containers",
-            "Temporary containers alive.",
-            |s| f64::from(s.temporary_containers),
-        ),
-        ("sandpool_pool_closed", "1 once the pool is deleted.", |s| {
-            f64::from(u8::from(s.closed))
-        }),
-    ];
-    for (name, help, value) in gauges {
-        family(
-            name,
-            "gauge",
-            help,
-            &mut pools.iter().map(|s| (label(s), value(s))),
-        );
+        let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+        let _ = writeln!(out, "# TYPE {} {kind}", family.name);
+        for stats in pools {
+            let pool = escape(&stats.pool);
+            for (label, value) in (family.read)(stats) {
+                let _ = match label {
+                    Some((key, v)) => writeln!(
+                        out,
+                        "{}{{pool=\"{pool}\",{key}=\"{v}\"}} {value}",
+                        family.name
+                    ),
+                    None => writeln!(out, "{}{{pool=\"{pool}\"}} {value}", family.name),
+                };
+            }
+        }
     }
-    let counters: [Metric<u64>; 11] = [
-        ("sandpool_acquisitions_total", "Leases granted.", |s| {
-            s.counters.acquisitions
-        }),
-        (
-            "sandpool_waits_total",
-            "Acquires that waited for a container.",
-            |s| s.counters.waits,
-        ),
-        (
-            "sandpool_wait_timeouts_total",
-            "Waiting acquires that gave up.",
-            |s| s.counters.wait_timeouts,
-        ),
-        (
-            "sandpool_fail_fast_refusals_total",
-            "Acquires refused under FAIL_FAST.",
-            |s| s.counters.fail_fast_refusals,
-        ),
-        (
-            "sandpool_temporaries_total",
-            "Temporary containers created.",
-            |s| s.counters.temporaries,
-        ),
-        (
-            "sandpool_releases_total",
-            "Leases released by their client.",
-            |s| s.counters.releases,
-        ),
-        (
-            "sandpool_lease_expirations_total",
-            "Leases revoked for want of keepalive.",
-            |s| s.counters.lease_expirations,
-        ),
-        (
-            "sandpool_health_failures_total",
-            "Failed health checks.",
-            |s| s.counters.health_failures,
-        ),
-        (
-            "sandpool_containers_created_total",
-            "Containers created.",
-            |s| s.counters.containers_created,
-        ),
-        (
-            "sandpool_create_failures_total",
-            "Container creations that failed.",
-            |s| s.counters.create_failures,
-        ),
-        ("sandpool_runs_total", "Runs started.", |s| s.counters.runs),
-    ];
-    for (name, help, value) in counters {
-        family(
-            name,
-            "counter",
-            help,
-            &mut pools.iter().map(|s| (label(s), value(s) as f64)),
-        );
-    }
-    family(
-        "sandpool_recycled_total",
-        "counter",
-        "Containers recycled, by reason.",
-        &mut pools.iter().flat_map(|s| {
-            let r = s.counters.recycled;
-            [
-                ("idle_timeout", r.idle_timeout),
-                ("lifetime", r.lifetime),
-                ("uses", r.uses),
-                ("unhealthy", r.unhealthy),
-                ("no_reuse", r.no_reuse),
-                ("reset_failed", r.reset_failed),
-                ("drained", r.drained),
-            ]
-            .into_iter()
-            .map(move |(reason, n)| (format!("{},reason=\"{reason}\"", label(s)), n as f64))
-        }),
-    );
-    family(
-        "sandpool_acquire_latency_seconds",
-        "gauge",
-        "Acquire latency quantiles over the most recent acquires.",
-        &mut pools.iter().flat_map(|s| {
-            let l = s.acquire_latency;
-            [
-                ("0.5", l.p50),
-                ("0.9", l.p90),
-                ("0.99", l.p99),
-                ("1", l.max),
-            ]
-            .into_iter()
-            .map(move |(q, d)| (format!("{},quantile=\"{q}\"", label(s)), d.as_secs_f64()))
-        }),
-    );
     out
 }
 
@@ -217,6 +87,38 @@ mod tests {
 
     use super::*;
     use crate::pool::stats::{Counters, LatencySummary, StateCounts};
+
+    /// The Grafana dashboard in deploy/ queries only metrics this endpoint
+    /// serves, and shows every family.
+    #[test]
+    fn the_dashboard_queries_the_served_families() {
+        let dashboard = include_str!("../../deploy/grafana/sandpool-dashboard.json");
+        let json: serde_json::Value = serde_json::from_str(dashboard).expect("valid JSON");
+        let mut queried = std::collections::BTreeSet::new();
+        for panel in json["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let mut rest = expr;
+                while let Some(at) = rest.find("sandpool_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    queried.insert(name);
+                }
+            }
+        }
+        let served: std::collections::BTreeSet<String> =
+            FAMILIES.iter().map(|f| f.name.to_string()).collect();
+        let unknown: Vec<_> = queried.difference(&served).collect();
+        assert!(unknown.is_empty(), "the dashboard queries {unknown:?}");
+        let unshown: Vec<_> = served.difference(&queried).collect();
+        assert!(
+            unshown.is_empty(),
+            "the dashboard does not show {unshown:?}"
+        );
+    }
 
     #[test]
     fn renders_every_family_per_pool() {

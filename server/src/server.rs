@@ -63,6 +63,7 @@ pub async fn serve(
         namespaces: config.namespaces(),
     };
     let manager = PoolManager::new(server_id.clone(), engines(&config), settings);
+    crate::telemetry::instruments::register(&manager);
 
     let mut kinds = vec![BackendKind::Docker];
     kinds.extend(config.pools.iter().map(|p| p.backend));
@@ -199,7 +200,7 @@ pub async fn serve(
         })
     };
 
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().layer(crate::telemetry::rpc::RpcSpanLayer);
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)?)?;
         tracing::info!(mutual = tls.client_ca.is_some(), "TLS is on");

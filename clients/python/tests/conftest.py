@@ -104,6 +104,7 @@ class Server:
         tls_args: Sequence[str] = (),
         client_kwargs: Optional[Dict[str, Any]] = None,
         config_extra: str = "",
+        env: Optional[Dict[str, str]] = None,
     ) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
@@ -127,7 +128,7 @@ class Server:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"), **(env or {})},
         )
         self.client_kwargs: Dict[str, Any] = {"addr": self.addr, **(client_kwargs or {})}
         self.client = sandpool.Client(timeout=10, **self.client_kwargs)

@@ -15,6 +15,7 @@ import { poolFromPb, poolSpecToPb, statsFromPb, type PoolInfo, type PoolSpecInpu
 import { OwnedPool } from "./owned.js";
 import { Session, acquireRequest, type AcquireOptions } from "./session.js";
 import { drive } from "./streams.js";
+import { traceContext } from "./tracing.js";
 
 export type { AcquireOptions } from "./session.js";
 
@@ -51,6 +52,14 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Extra interceptors, run after the token one. */
   interceptors?: Interceptor[];
+  /**
+   * W3C trace context sent on every call, so the server's spans join this
+   * trace. Default: the active OpenTelemetry context, when `@opentelemetry/api`
+   * is installed (an optional peer dependency) and a span is active.
+   */
+  traceparent?: string;
+  /** W3C tracestate sent with an explicit `traceparent`. */
+  tracestate?: string;
 }
 
 /** The owner TTL of `createOwnedPool` when none is given. */
@@ -112,6 +121,7 @@ export class SandpoolClient {
         return next(req);
       });
     }
+    interceptors.push(traceContext(options.traceparent, options.tracestate));
     interceptors.push(...(options.interceptors ?? []));
     let nodeOptions: ClientSessionOptions | SecureClientSessionOptions | undefined;
     if (typeof tls === "object") {

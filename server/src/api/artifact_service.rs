@@ -5,6 +5,7 @@ use std::{pin::Pin, sync::Arc};
 use futures::{Stream, StreamExt};
 use sandpool_proto::v1::{self as pb, artifact_service_server::ArtifactService};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{AppState, audit, caller, convert, required, session_service::open_stream};
 use crate::{
@@ -50,6 +51,7 @@ impl ArtifactService for ArtifactApi {
                 }
             };
             required("header.lease_id", &header.lease_id)?;
+            crate::telemetry::record_lease(&header.lease_id);
             let lease = self.state.manager.lease(&header.lease_id, &who.name)?;
             let target = UploadTarget {
                 path: header.path,
@@ -66,7 +68,9 @@ impl ArtifactService for ArtifactApi {
                 )),
                 Err(status) => Err(Error::UploadBroken(status.message().to_string())),
             });
-            let done = files::upload(&lease, target, chunks, &self.state.file_limits).await?;
+            let done = files::upload(&lease, target, chunks, &self.state.file_limits)
+                .instrument(crate::otel_span!("files.tar", direction = "upload"))
+                .await?;
             audit::transfer(&who, lease.id(), "upload", &done.path, done.size);
             Ok(Response::new(pb::UploadResponse {
                 path: done.path,
@@ -90,8 +94,9 @@ impl ArtifactService for ArtifactApi {
             required("lease_id", &req.lease_id)?;
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let held = open_stream(&self.state, &who)?;
-            let (header, body) =
-                files::download(&lease, &req.path, &self.state.file_limits).await?;
+            let (header, body) = files::download(&lease, &req.path, &self.state.file_limits)
+                .instrument(crate::otel_span!("files.tar", direction = "download"))
+                .await?;
             audit::transfer(&who, lease.id(), "download", &header.path, header.size);
             let header = pb::DownloadResponse {
                 part: Some(pb::download_response::Part::Header(pb::DownloadHeader {

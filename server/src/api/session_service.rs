@@ -5,6 +5,7 @@ use std::{pin::Pin, sync::Arc};
 use futures::{Stream, StreamExt};
 use sandpool_proto::v1::{self as pb, session_service_server::SessionService};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{AppState, audit, caller, convert, deadline, pool_service::async_stream, required};
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
     identity::{Identity, Quota},
     pool::{AcquireRequest, LeaseFile},
     run::{self, Program, RunEvent, context, install},
+    telemetry,
 };
 
 pub struct SessionApi {
@@ -75,6 +77,7 @@ impl SessionService for SessionApi {
             let deadline = deadline(&request);
             let req = request.into_inner();
             required("pool", &req.pool)?;
+            telemetry::record_pool(&req.pool);
             let request = AcquireRequest {
                 pool: req.pool,
                 ttl: convert::duration("ttl", req.ttl)?,
@@ -86,6 +89,7 @@ impl SessionService for SessionApi {
                 files: lease_files(req.files, &self.state.file_limits.allowed_roots)?,
             };
             let lease = self.state.manager.acquire(&who, request, deadline).await?;
+            telemetry::record_lease(&lease.id);
             audit::acquired(&who, &lease);
             Ok(Response::new(pb::AcquireResponse {
                 lease: Some(convert::lease_to_pb(&lease)),
@@ -148,6 +152,7 @@ impl SessionService for SessionApi {
         let result = async {
             let req = request.into_inner();
             required("lease_id", &req.lease_id)?;
+            telemetry::record_lease(&req.lease_id);
             let before = self.state.manager.release(&req.lease_id, &who.name)?;
             if before.is_none() {
                 audit::released(&who, &req.lease_id);
@@ -170,7 +175,9 @@ impl SessionService for SessionApi {
         let result = async {
             let req = request.into_inner();
             required("lease_id", &req.lease_id)?;
+            telemetry::record_lease(&req.lease_id);
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            telemetry::record_pool(&lease.spec().name);
             let held = open_stream(&self.state, &who)?;
             let lease_id = req.lease_id.clone();
             let spec = convert::run_spec_from_pb(req)?;
@@ -205,8 +212,10 @@ impl SessionService for SessionApi {
             required("lease_id", &req.lease_id)?;
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let started = std::time::Instant::now();
-            let log =
-                install::install_for_lease(&lease, req.libraries, &self.state.file_limits).await?;
+            telemetry::record_lease(&req.lease_id);
+            let log = install::install_for_lease(&lease, req.libraries, &self.state.file_limits)
+                .instrument(crate::otel_span!("lease.install"))
+                .await?;
             Ok(Response::new(pb::InstallLibrariesResponse {
                 log,
                 duration: Some(convert::pb_duration(started.elapsed())),

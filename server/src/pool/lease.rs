@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
+use tracing::Instrument;
 
 // tokio's clock (see `pool.rs`).
 use tokio::time::Instant;
@@ -504,13 +505,22 @@ impl LeaseTable {
             control.stop(StopCause::LeaseEnded(end));
         }
         let entry = Arc::clone(entry);
-        self.releasing.spawn(async move {
-            let drained = tokio::time::timeout(DRAIN_TIMEOUT, entry.ops.wait()).await.is_ok();
+        let hand_back = async move {
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, entry.ops.wait())
+                .await
+                .is_ok();
             if !drained {
                 tracing::warn!(lease = %entry.id, "operations of an ended lease did not stop; destroying its container");
             }
             entry.pool.release(entry.holding.clone(), end, !drained);
-        });
+        };
+        // In the span that ended the lease (its Release), so that the reset
+        // it causes is linked to it.
+        if crate::telemetry::enabled() {
+            self.releasing.spawn(hand_back.in_current_span());
+        } else {
+            self.releasing.spawn(hand_back);
+        }
         true
     }
 

@@ -12,7 +12,8 @@ use super::{
     pool::{Pool, SlotState, live},
     stats::RecycleReason,
 };
-use crate::sandbox;
+use crate::{sandbox, telemetry};
+use tracing::Instrument;
 
 /// The maintainer looks at the pool at least this often.
 const TICK: Duration = Duration::from_secs(1);
@@ -110,7 +111,8 @@ impl Pool {
             let pool = Arc::clone(self);
             async move {
                 let sandbox = pool.sandbox(&container);
-                let check = sandbox::check_health(&sandbox);
+                let check = sandbox::check_health(&sandbox)
+                    .instrument(telemetry::background("container.health", &pool.spec.name));
                 let outcome = match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, check).await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),

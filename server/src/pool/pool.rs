@@ -16,6 +16,7 @@ use std::{
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use super::{
     Error, LeaseEnd, Result,
@@ -27,6 +28,7 @@ use crate::{
     lang::Language,
     sandbox,
     spec::{ExhaustionStrategy, PoolSpec},
+    telemetry,
 };
 
 /// Longest pause between attempts to create a container while creation fails.
@@ -478,7 +480,11 @@ impl Pool {
                 Attempt::Granted(holding) => holding,
                 Attempt::Failed(e) => return Err(e),
                 Attempt::Temporary => return self.acquire_temporary(arrived).await,
-                Attempt::Wait(ticket) => self.wait(ticket, arrived, deadline).await?,
+                Attempt::Wait(ticket) => {
+                    self.wait(ticket, arrived, deadline)
+                        .instrument(crate::otel_span!("pool.wait"))
+                        .await?
+                }
             };
             match holding {
                 Holding::Pooled { slot, container } if self.backend.removal_events_late() => {
@@ -690,8 +696,10 @@ impl Pool {
     async fn acquire_temporary(self: &Arc<Self>, arrived: Instant) -> Result<Holding> {
         let (tx, rx) = oneshot::channel();
         let pool = Arc::clone(self);
+        // The Acquire waits for it: a child of its span, not a root.
+        let span = crate::otel_span!("container.create", temporary = true);
         self.tasks.spawn(async move {
-            let created = pool.provision(true).await;
+            let created = pool.provision(true).instrument(span).await;
             let made = pool.temporary_made(created, arrived);
             if let Err(Ok(Holding::Temporary { container })) = tx.send(made) {
                 pool.ungrant_temporary(container);
@@ -861,7 +869,9 @@ impl Pool {
                 },
             );
             let pool = Arc::clone(self);
-            self.tasks.spawn(async move { pool.create(id).await });
+            let span = telemetry::background("container.create", &self.spec.name);
+            self.tasks
+                .spawn(async move { pool.create(id).await }.instrument(span));
         }
     }
 
@@ -988,8 +998,10 @@ impl Pool {
                         s.state = SlotState::Resetting;
                         let container = s.container.clone().unwrap_or_default();
                         let pool = Arc::clone(self);
-                        self.tasks
-                            .spawn(async move { pool.reset(slot, container).await });
+                        let span = telemetry::background("container.reset", &self.spec.name);
+                        self.tasks.spawn(
+                            async move { pool.reset(slot, container).await }.instrument(span),
+                        );
                     }
                 }
                 self.fill(&mut st);
@@ -1042,9 +1054,10 @@ impl Pool {
         st.idle.retain(|&id| id != slot);
         let container = s.container.clone();
         let pool = Arc::clone(self);
+        let span = telemetry::background("container.recycle", &self.spec.name);
         self.tasks.spawn(async move {
             if let Some(container) = container {
-                pool.remove_until_gone(&container).await;
+                pool.remove_until_gone(&container).instrument(span).await;
             }
             let mut st = pool.lock();
             st.slots.remove(&slot);

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tracing::Instrument;
 
 pub use request::{PlotFormat, Program, RunLimits, RunSpec};
 
@@ -115,6 +116,19 @@ pub async fn start(
     spec: RunSpec,
     limits: &RunLimits,
 ) -> Result<mpsc::Receiver<RunEvent>> {
+    // The run's span lasts until its last event: the pump runs in it.
+    let span = crate::otel_span!("run");
+    start_in(lease, spec, limits, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn start_in(
+    lease: LeaseGuard,
+    spec: RunSpec,
+    limits: &RunLimits,
+    span: tracing::Span,
+) -> Result<mpsc::Receiver<RunEvent>> {
     let mut plan = request::plan(&lease, spec, limits)?;
     let run_id = RunId::new();
     let registration = lease.register_run(&run_id);
@@ -142,7 +156,11 @@ pub async fn start(
                 .sandbox()
                 .run_group()
                 .map_err(|e| lease.sandbox_error(e))?;
-            let exec = start_exec(&lease, &plan, &run_id, &run_group, &watch).await?;
+            // The program continues the trace from the run's span.
+            let trace_env = crate::telemetry::trace_env();
+            let exec = start_exec(&lease, &plan, &run_id, &run_group, &watch, trace_env)
+                .instrument(crate::otel_span!("engine.exec"))
+                .await?;
             group = Some(run_group);
             Source::Exec(exec)
         }
@@ -154,6 +172,7 @@ pub async fn start(
         run_id: run_id.clone(),
         start_time: SystemTime::now(),
     });
+    crate::otel_event!("run.start", sandpool.run = %run_id);
     let pump = Pump {
         lease,
         registration,
@@ -172,7 +191,7 @@ pub async fn start(
         watch,
         artifact_budget: limits.max_artifact_bytes,
     };
-    tokio::spawn(pump.run(source, plan.input));
+    tokio::spawn(pump.run(source, plan.input).instrument(span));
     Ok(rx)
 }
 
@@ -183,6 +202,7 @@ async fn start_exec(
     run_id: &RunId,
     group: &sandbox::RunGroup,
     watch: &ArtifactWatch,
+    trace_env: Vec<(String, String)>,
 ) -> Result<Exec> {
     let out_dir = lease.spec().output_dir.clone();
     // Layers, later ones winning: the pool's runtime.env (the lease's
@@ -203,6 +223,7 @@ async fn start_exec(
             )])
             .chain(lease.lang().library_env())
             .chain(lease.env().iter().cloned())
+            .chain(trace_env)
             .chain(plan.env.iter().cloned())
             .chain([(sandbox::RUN_MARKER.to_string(), run_id.to_string())]),
     );
@@ -405,7 +426,17 @@ impl Pump {
                     // went away): the run's end is unknown, and says why.
                     RunEvent::Failed(self.lease.engine_error(e))
                 } else {
-                    self.collect_artifacts().await;
+                    self.collect_artifacts()
+                        .instrument(crate::otel_span!("run.artifacts"))
+                        .await;
+                    crate::otel_event!(
+                        "run.exit",
+                        exit_code = exit.exit_code,
+                        end_reason = ?exit.reason,
+                        stdout_bytes = exit.stdout_bytes,
+                        stderr_bytes = exit.stderr_bytes,
+                        truncated = exit.truncated
+                    );
                     RunEvent::Exit(exit)
                 }
             }

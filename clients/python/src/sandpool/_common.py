@@ -4,8 +4,10 @@ building and the conversion of values to their protobuf form."""
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import io
 import os
+import re
 import tarfile
 from typing import (
     IO,
@@ -102,6 +104,49 @@ def metadata_for(token: Optional[str]) -> Tuple[Tuple[str, str], ...]:
     if token:
         return (("authorization", f"Bearer {token}"),)
     return ()
+
+
+def _otel_propagate() -> Any:
+    """OpenTelemetry's propagation API when ``opentelemetry-api`` is installed
+    (the ``otel`` extra), else ``None``: no hard dependency."""
+    try:
+        return importlib.import_module("opentelemetry.propagate")
+    except ImportError:
+        return None
+
+
+_PROPAGATE = _otel_propagate()
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def check_traceparent(traceparent: Optional[str]) -> Optional[str]:
+    """A W3C ``traceparent`` given explicitly, checked (the server would
+    ignore a malformed one silently)."""
+    if traceparent is None:
+        return None
+    if not _TRACEPARENT.match(traceparent):
+        raise InvalidArgument(
+            f"invalid traceparent {traceparent!r}: expected 00-<32 hex>-<16 hex>-<2 hex>",
+            code=None,
+            field="traceparent",
+        )
+    return traceparent
+
+
+def trace_metadata(traceparent: Optional[str], tracestate: Optional[str]) -> Tuple[Tuple[str, str], ...]:
+    """W3C trace context for a call: the explicit ``traceparent`` (and
+    ``tracestate``) when the client was given one, else the caller's current
+    OpenTelemetry context (when ``opentelemetry-api`` is installed and a span
+    is current), else nothing."""
+    if traceparent is not None:
+        if tracestate:
+            return (("traceparent", traceparent), ("tracestate", tracestate))
+        return (("traceparent", traceparent),)
+    if _PROPAGATE is None:
+        return ()
+    carrier: Dict[str, str] = {}
+    _PROPAGATE.inject(carrier)
+    return tuple((k, v) for k, v in carrier.items() if k in ("traceparent", "tracestate") and v)
 
 
 def channel_credentials(tls: TLS) -> Optional[grpc.ChannelCredentials]:

@@ -98,6 +98,11 @@ class AsyncClient:
     ``timeout`` seconds. The channel is opened on first use, inside the
     running event loop; close it with ``await client.close()`` or ``async
     with AsyncClient() as client``.
+
+    Every call carries the W3C trace context of the caller's current
+    OpenTelemetry span when ``opentelemetry-api`` is installed (``pip
+    install sandpool[otel]``), so the server's spans join the caller's
+    trace; ``traceparent`` (and ``tracestate``) pass one explicitly instead.
     """
 
     def __init__(
@@ -106,10 +111,14 @@ class AsyncClient:
         token: Optional[str] = None,
         tls: c.TLS = None,
         timeout: float = c.DEFAULT_TIMEOUT,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> None:
         self.addr = c.resolve_addr(addr)
         self.timeout = float(timeout)
         self._metadata = c.metadata_for(c.resolve_token(token))
+        self._traceparent = c.check_traceparent(traceparent)
+        self._tracestate = tracestate
         self._creds = c.channel_credentials(tls)
         self._channel: Optional[grpc.aio.Channel] = None
         self._closed = False
@@ -129,7 +138,9 @@ class AsyncClient:
 
     @property
     def metadata(self) -> Tuple[Tuple[str, str], ...]:
-        return self._metadata
+        """Metadata of a call made now: the token, and the W3C trace context
+        (the explicit ``traceparent``, else the current OpenTelemetry span's)."""
+        return self._metadata + c.trace_metadata(self._traceparent, self._tracestate)
 
     @property
     def pools(self) -> pool_pb2_grpc.PoolServiceAsyncStub:
@@ -170,7 +181,7 @@ class AsyncClient:
 
     async def _unary(self, fn: Callable[..., Awaitable[T]], request: Any, timeout: Optional[float] = None) -> T:
         try:
-            return await fn(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return await fn(request, timeout=timeout or self.timeout, metadata=self.metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -388,7 +399,7 @@ class AsyncClient:
         generator. With ``timeout``, the stream's deadline: when it passes,
         :class:`DeadlineExceeded` is raised (``None``: no deadline)."""
         call = self.pools.WatchPoolStats(
-            pool_pb2.WatchPoolStatsRequest(name=name), timeout=timeout, metadata=self._metadata
+            pool_pb2.WatchPoolStatsRequest(name=name), timeout=timeout, metadata=self.metadata
         )
         try:
             async for resp in call:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import functools
 import inspect
 import os
@@ -91,7 +92,9 @@ class _Loop:
         """Runs ``aw`` on the loop and waits for its result."""
         if self.on_loop_thread():
             raise RuntimeError("a sync sandpool call was made on the client's own event loop thread")
-        future = asyncio.run_coroutine_threadsafe(_awaited(aw), self.loop())
+        # In the caller's context (a copy): its current OpenTelemetry span
+        # is what the call's trace context is taken from.
+        future = asyncio.run_coroutine_threadsafe(_in_context(contextvars.copy_context(), aw), self.loop())
         try:
             return future.result()
         except BaseException:
@@ -129,6 +132,13 @@ class _Loop:
 
 async def _awaited(aw: Awaitable[T]) -> T:
     return await aw
+
+
+async def _in_context(context: contextvars.Context, aw: Awaitable[T]) -> T:
+    """Awaits ``aw`` as a task created in ``context`` (a task runs in a copy
+    of the context it is created in; Python 3.9 has no ``context=``)."""
+    loop = asyncio.get_running_loop()
+    return await context.run(loop.create_task, _awaited(aw))
 
 
 _LOOP = _Loop()
@@ -212,6 +222,11 @@ class Client:
     is ``None``/``False`` for plaintext, ``True`` for TLS with the system
     roots, or ``grpc.ChannelCredentials``. Every unary call has a deadline of
     ``timeout`` seconds. The client is thread-safe; share one per process.
+
+    Every call carries the W3C trace context of the calling thread's current
+    OpenTelemetry span when ``opentelemetry-api`` is installed (``pip
+    install sandpool[otel]``); ``traceparent`` (and ``tracestate``) pass one
+    explicitly instead.
     """
 
     def __init__(
@@ -220,8 +235,10 @@ class Client:
         token: Optional[str] = None,
         tls: c.TLS = None,
         timeout: float = c.DEFAULT_TIMEOUT,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> None:
-        self._aio = AsyncClient(addr, token, tls, timeout)
+        self._aio = AsyncClient(addr, token, tls, timeout, traceparent, tracestate)
         self.addr = self._aio.addr
         self.timeout = self._aio.timeout
         self._tls = tls

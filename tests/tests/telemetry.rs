@@ -1,0 +1,353 @@
+//! OpenTelemetry end to end: the server binary, configured by the standard
+//! OTEL_* variables, exports to an OTLP receiver of ours (tests/src/otlp.rs)
+//! over real OTLP/gRPC. A call carrying a W3C traceparent yields one trace
+//! down to the program, which sees its run's span as TRACEPARENT; metrics
+//! arrive with the pool's counts; with no endpoint nothing is exported.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sandpool_client::{Client, proto as pb};
+use sandpool_tests::{
+    containers_of,
+    otlp::{Receiver, SpanRecord},
+    python_image, wait_for, workspace_binary,
+};
+
+const POOL: &str = "traced";
+/// What the program prints: the trace context it was given.
+const PRINT_TRACEPARENT: &str = "import os\nprint(os.environ.get('TRACEPARENT', 'none'))\n";
+
+/// The server binary with a one-container python pool and `env` (the
+/// OTEL_* variables of this process removed first).
+struct ServerProcess {
+    child: Child,
+    id: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(env: &[(&str, String)]) -> Self {
+        let id = format!("otel-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let config = dir.join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "shutdown_grace = 1.0\n[[pools]]\nname = \"{POOL}\"\nlanguage = \"python\"\nimage = \"{}\"\nmin_pool_size = 1\nmax_pool_size = 1\n",
+                python_image()
+            ),
+        )
+        .expect("write config");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let mut command = Command::new(workspace_binary("sandpool-server"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&config)
+            .args(["--server-id", &id])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("SANDPOOL_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let child = command.spawn().expect("start the server");
+        Self {
+            child,
+            id,
+            port,
+            dir,
+        }
+    }
+
+    /// A client once the pool is warm.
+    async fn client(&self) -> Client {
+        let port = self.port;
+        let client = wait_for("the server to answer", Duration::from_secs(20), || async {
+            Client::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .ok()
+        })
+        .await;
+        wait_for("the pool to warm", Duration::from_secs(60), || async {
+            let stats = client.stats(POOL).await.ok()?;
+            (stats.state_counts?.idle == 1).then_some(())
+        })
+        .await;
+        client
+    }
+
+    /// SIGTERM, a clean exit within 30 s (which flushes the exporters), and
+    /// no container left.
+    async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let mut child = self.child;
+        let exited = tokio::task::spawn_blocking(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    return Some(status);
+                }
+                if Instant::now() > until {
+                    let _ = child.kill();
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("waiter")
+        .expect("the server exits within 30s of SIGTERM");
+        assert!(exited.success(), "exit status {exited:?}");
+        assert!(
+            containers_of(&self.id).await.is_empty(),
+            "containers left after SIGTERM"
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.dir = PathBuf::new();
+    }
+}
+
+/// A request carrying `traceparent` in its metadata, as any W3C client sends it.
+fn traced<T>(message: T, traceparent: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        traceparent.parse().expect("a valid metadata value"),
+    );
+    request
+}
+
+/// Acquire, Run (the program prints its TRACEPARENT), Release, each with
+/// `traceparent`; returns the lease id and what the program printed. Waits
+/// until the container is reset and idle again.
+async fn acquire_run_release(client: &Client, traceparent: &str) -> (String, String) {
+    let mut sessions = client.sessions();
+    let lease = sessions
+        .acquire(traced(
+            pb::AcquireRequest {
+                pool: POOL.into(),
+                ..Default::default()
+            },
+            traceparent,
+        ))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("a lease");
+    let mut events = sessions
+        .run(traced(
+            pb::RunRequest {
+                lease_id: lease.id.clone(),
+                program: Some(pb::run_request::Program::Code(pb::Code {
+                    source: Some(pb::code::Source::Text(PRINT_TRACEPARENT.into())),
+                    language: String::new(),
+                })),
+                ..Default::default()
+            },
+            traceparent,
+        ))
+        .await
+        .expect("run")
+        .into_inner();
+    let mut stdout = Vec::new();
+    let mut exit_code = None;
+    while let Some(event) = events.message().await.expect("run events") {
+        match event.event {
+            Some(pb::run_response::Event::Stdout(chunk)) => stdout.extend(chunk.data),
+            Some(pb::run_response::Event::Exit(exit)) => exit_code = Some(exit.exit_code),
+            _ => {}
+        }
+    }
+    assert_eq!(exit_code, Some(0), "{}", String::from_utf8_lossy(&stdout));
+    sessions
+        .release(traced(
+            pb::ReleaseRequest {
+                lease_id: lease.id.clone(),
+            },
+            traceparent,
+        ))
+        .await
+        .expect("release");
+    wait_for("the reset", Duration::from_secs(30), || async {
+        let stats = client.stats(POOL).await.ok()?;
+        (stats.state_counts?.idle == 1).then_some(())
+    })
+    .await;
+    (
+        lease.id,
+        String::from_utf8_lossy(&stdout).trim().to_string(),
+    )
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+fn rpc<'a>(spans: &'a [SpanRecord], trace_id: &str, method: &str) -> &'a SpanRecord {
+    let name = format!("sandpool.v1.SessionService/{method}");
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace_id && s.name == name)
+        .collect();
+    assert_eq!(found.len(), 1, "one {name} span in the trace: {spans:#?}");
+    found[0]
+}
+
+fn child<'a>(spans: &'a [SpanRecord], parent: &SpanRecord, name: &str) -> &'a SpanRecord {
+    spans
+        .iter()
+        .find(|s| s.parent_span_id == parent.span_id && s.name == name)
+        .unwrap_or_else(|| panic!("no {name} under {}: {spans:#?}", parent.name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
+    let receiver = Receiver::start().await;
+    let server = ServerProcess::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_SERVICE_NAME", "sandpool-under-test".into()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
+    ]);
+    let client = server.client().await;
+    let trace_id = random_hex(16);
+    let caller_span = random_hex(8);
+    let traceparent = format!("00-{trace_id}-{caller_span}-01");
+    let (lease_id, printed) = acquire_run_release(&client, &traceparent).await;
+    wait_for("metrics with the run", Duration::from_secs(10), || async {
+        receiver
+            .points()
+            .iter()
+            .any(|p| p.metric == "sandpool_runs" && p.value >= 1.0)
+            .then_some(())
+    })
+    .await;
+    drop(client);
+    server.stop().await;
+
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s.service == "sandpool-under-test"),
+        "{spans:#?}"
+    );
+    let lease_tag = sandpool_server::telemetry::lease_tag(&lease_id);
+    for method in ["Acquire", "Run", "Release"] {
+        let span = rpc(&spans, &trace_id, method);
+        assert_eq!(span.parent_span_id, caller_span, "{span:#?}");
+        assert_eq!(span.kind, 2, "a server span: {span:#?}");
+        assert_eq!(span.attribute("rpc.system"), Some("grpc"));
+        assert_eq!(
+            span.attribute("rpc.service"),
+            Some("sandpool.v1.SessionService")
+        );
+        assert_eq!(span.attribute("rpc.method"), Some(method));
+        assert_eq!(
+            span.attribute("rpc.grpc.status_code"),
+            Some("0"),
+            "{span:#?}"
+        );
+        assert_eq!(span.attribute("sandpool.lease"), Some(lease_tag.as_str()));
+    }
+    assert_eq!(
+        rpc(&spans, &trace_id, "Acquire").attribute("sandpool.pool"),
+        Some(POOL)
+    );
+
+    // The work under Run, and the program inside the same trace.
+    let run_rpc = rpc(&spans, &trace_id, "Run");
+    let run = child(&spans, run_rpc, "run");
+    child(&spans, run, "engine.exec");
+    child(&spans, run, "run.artifacts");
+    let events: Vec<&str> = run.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, ["run.start", "run.exit"], "{run:#?}");
+    let exit = &run.events[1];
+    assert_eq!(exit.attribute("exit_code"), Some("0"), "{exit:#?}");
+    assert_eq!(exit.attribute("end_reason"), Some("Exited"), "{exit:#?}");
+    assert_eq!(printed, format!("00-{trace_id}-{}-01", run.span_id));
+
+    // The reset after Release: a trace of its own, linked to the Release.
+    let release = rpc(&spans, &trace_id, "Release");
+    let reset = spans
+        .iter()
+        .find(|s| s.name == "container.reset" && s.links.iter().any(|l| l.1 == release.span_id))
+        .unwrap_or_else(|| panic!("no reset linked to the Release: {spans:#?}"));
+    assert_ne!(reset.trace_id, trace_id);
+    assert!(reset.parent_span_id.is_empty(), "a root span: {reset:#?}");
+
+    // Neither the lease id (a capability) nor the code is ever exported.
+    for span in &spans {
+        for (key, value) in span
+            .attributes
+            .iter()
+            .chain(span.events.iter().flat_map(|e| e.attributes.iter()))
+        {
+            assert!(!value.contains(&lease_id), "{key} holds the lease id");
+            assert!(!value.contains("os.environ"), "{key} holds the code");
+        }
+    }
+
+    // Metrics: the same families as /metrics, with the pool's counts.
+    let points = receiver.points();
+    let value = |metric: &str, extra: Option<(&str, &str)>| {
+        points
+            .iter()
+            .rev()
+            .find(|p| {
+                p.metric == metric
+                    && p.attributes.iter().any(|(k, v)| k == "pool" && v == POOL)
+                    && extra.is_none_or(|(k, v)| p.attributes.iter().any(|a| a.0 == k && a.1 == v))
+            })
+            .map(|p| p.value)
+            .unwrap_or_else(|| panic!("no {metric} for {POOL}: {points:#?}"))
+    };
+    assert_eq!(value("sandpool_acquisitions", None), 1.0);
+    assert_eq!(value("sandpool_releases", None), 1.0);
+    assert_eq!(value("sandpool_runs", None), 1.0);
+    assert_eq!(value("sandpool_pool_max_size", None), 1.0);
+    assert!(value("sandpool_containers_created", None) >= 1.0);
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_exported_when_no_endpoint_is_configured() {
+    let receiver = Receiver::start().await;
+    // The receiver's address is known to the server only through a variable
+    // that enables nothing on its own.
+    let server = ServerProcess::start(&[
+        ("OTEL_SERVICE_NAME", "sandpool-off".into()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".into()),
+        ("SANDPOOL_TEST_UNUSED_ENDPOINT", receiver.endpoint()),
+    ]);
+    let client = server.client().await;
+    let traceparent = format!("00-{}-{}-01", random_hex(16), random_hex(8));
+    let (_, printed) = acquire_run_release(&client, &traceparent).await;
+    assert_eq!(printed, "none", "no TRACEPARENT for the program when off");
+    drop(client);
+    server.stop().await;
+    assert_eq!(receiver.exports(), 0);
+    receiver.stop().await;
+}

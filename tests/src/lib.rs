@@ -563,8 +563,14 @@ pub const LEFTOVERS_PROBE: &str = r#"
 import json, os
 MARK = 'LEFTOVER' + '-PROBE'  # LEFTOVER-PROBE: in this run's own cmdline
 procs = []
+# What started this probe is not a leftover: on the resident runner's path,
+# the runner the reset started (on the exec path it has no ancestor here).
+ancestors, p = set(), os.getppid()
+while p > 1:
+    ancestors.add(str(p))
+    p = int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1])
 for pid in os.listdir('/proc'):
-    if not pid.isdigit() or pid == '1':
+    if not pid.isdigit() or pid == '1' or pid in ancestors:
         continue
     try:
         lines = open(f'/proc/{pid}/status').read().splitlines()

@@ -545,13 +545,7 @@ impl Pump {
                 }
             },
             Source::Cell(cell) => cell.finish(&self.lease).await,
-            Source::Runner(run) => match resident::exit_code(&self.lease, *run, stopped).await {
-                Ok(code) => (code, false),
-                Err(e) => {
-                    no_exit_code = Some(e);
-                    (-1, false)
-                }
-            },
+            Source::Runner(run) => (resident::exit_code(&self.lease, *run, stopped).await, false),
         };
         let signal = if SIGNAL_EXIT_CODES.contains(&code) {
             code - SIGNAL_EXIT_BASE

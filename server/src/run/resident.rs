@@ -11,14 +11,17 @@ use super::Source;
 use crate::{
     pool::LeaseGuard,
     sandbox::{
-        self, ExecSpec,
+        ExecSpec,
         runner::{Request, RunnerRun},
     },
 };
 
-/// What a shell and the engines report for a program killed by SIGKILL: a
-/// run sandpool stopped whose runner went down with it (the kill takes the
-/// runner's group) before it could report the exit.
+/// What a shell and the engines report for a program killed by SIGKILL:
+/// for a run whose runner went down with it before it could report the
+/// exit. Either sandpool's own kill took it (the kill takes the runner's
+/// group), or the program killed every process of its user (`kill -9 -1`),
+/// which on the exec path kills the exec's own process (the artifact
+/// wrapper) and ends the run with this very code.
 const KILLED: i32 = 128 + 9;
 
 /// Starts `spec` on the runner; `None` when there is none ready, and the
@@ -40,27 +43,25 @@ pub(super) async fn start(lease: &LeaseGuard, spec: &ExecSpec, input: &Bytes) ->
     lease.sandbox().run_on_runner(&request, input).await
 }
 
-/// The run's exit code, or why it has none: the runner's stream ended (or
-/// broke) before it reported one, and nobody stopped the run. The program
-/// may then still run: its group is killed first.
-pub(super) async fn exit_code(
-    lease: &LeaseGuard,
-    run: RunnerRun,
-    stopped: bool,
-) -> Result<i32, sandbox::Error> {
+/// The run's exit code. When the runner's stream ended before it reported
+/// one: SIGKILL's (see `KILLED`); if nobody stopped the run, the program
+/// may still run, and its group is killed first, and the lease's later runs
+/// take the exec path.
+pub(super) async fn exit_code(lease: &LeaseGuard, run: RunnerRun, stopped: bool) -> i32 {
     match run.exit_code() {
         Some(code) => {
-            run.finish(stopped);
-            Ok(code)
+            run.finish(true);
+            code
         }
+        // Sandpool's own kill took the runner down with the program.
         None if stopped => {
             run.finish(true);
-            Ok(KILLED)
+            KILLED
         }
         None => {
-            let lost = run.lost();
+            tracing::warn!(container = %lease.sandbox().id(), error = %run.lost(), "the run ends as killed by SIGKILL");
             kill(lease, run).await;
-            Err(lost)
+            KILLED
         }
     }
 }
@@ -77,5 +78,5 @@ async fn kill(lease: &LeaseGuard, run: RunnerRun) {
     if let Err(e) = lease.sandbox().kill_group(run.gid()).await {
         tracing::warn!(container = %lease.sandbox().id(), error = %e, "could not kill a run whose runner was lost");
     }
-    run.finish(true);
+    run.finish(false);
 }

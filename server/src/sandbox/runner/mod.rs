@@ -14,15 +14,18 @@
 //! fork it is meant to save.
 //!
 //! It is an accelerator, not a trust boundary. It runs as the sandbox user
-//! in a run group of its own (`groups`), and its programs inherit that
-//! group: the server's kill of a run (the warden's `kill gid`) kills the
-//! runner with it, and that run's later siblings take the exec path until
-//! the next reset starts a fresh runner. Everything it sends is untrusted:
+//! in a run group of its own (`groups`), and its program inherits that
+//! group (an unprivileged process cannot give it another): the server's
+//! kill of a run (the warden's `kill gid`) kills the runner with it. So a
+//! runner serves one run: when the run ends a fresh runner, with a fresh
+//! group, starts in the background (one exec off the run's path), and runs
+//! that come before it says hello take the exec path. Everything it sends is untrusted:
 //! frames are bounded (`protocol::MAX_OUTPUT_FRAME`), output caps and
-//! timeouts stay the run's (`run::Pump`), a stream that ends without an
-//! exit status or breaks the protocol ends the run with
-//! `Error::RunnerLost` (after the server kills the run's group), never a
-//! hang. A runner found gone before a run starts costs nothing: the run
+//! timeouts stay the run's (`run::Pump`). A stream that breaks the
+//! protocol (a program can write into it: same uid and group) ends the run
+//! with `Error::RunnerLost` after the server kills the run's group; one
+//! that ends without an exit status (a program that ran `kill -9 -1`) ends
+//! it as killed by SIGKILL, as the exec path does then; never a hang. A runner found gone before a run starts costs nothing: the run
 //! takes the exec path. The reset kills it with everything else and starts
 //! a new one from the image.
 
@@ -87,7 +90,6 @@ struct Conn {
     pending: BytesMut,
     /// The runner's group, and its programs'.
     group: RunGroup,
-    generation: u64,
 }
 
 impl Drop for Conn {
@@ -196,7 +198,7 @@ impl Runner {
             state.idle = None;
             state.generation
         };
-        match tokio::time::timeout(START_TIMEOUT, connect(c, generation)).await {
+        match tokio::time::timeout(START_TIMEOUT, connect(c)).await {
             Ok(Ok(conn)) => {
                 let mut state = self.state();
                 if state.generation == generation {
@@ -224,16 +226,9 @@ impl Runner {
         let mut conn = self.state().idle.take()?;
         conn.alive().then_some(conn)
     }
-
-    fn give_back(&self, conn: Conn) {
-        let mut state = self.state();
-        if state.generation == conn.generation && state.idle.is_none() {
-            state.idle = Some(conn);
-        }
-    }
 }
 
-async fn connect(c: &Container, generation: u64) -> super::Result<Conn> {
+async fn connect(c: &Container) -> super::Result<Conn> {
     let group = c.run_group()?;
     let spec = ExecSpec {
         argv: vec![PATH.to_string()],
@@ -255,7 +250,6 @@ async fn connect(c: &Container, generation: u64) -> super::Result<Conn> {
         output: exec.output,
         pending: BytesMut::new(),
         group,
-        generation,
     };
     let lost = |detail: String| Error::RunnerLost {
         container: c.id().to_string(),
@@ -278,6 +272,7 @@ pub struct RunnerRun {
     conn: Conn,
     container: Container,
     exit: Option<i32>,
+    /// The stream ended or broke: nothing more comes from it.
     broken: bool,
 }
 
@@ -360,7 +355,7 @@ impl RunnerRun {
         self.exit
     }
 
-    /// The error for a run whose runner's stream ended before its exit.
+    /// What happened to a run whose runner's stream ended before its exit.
     pub fn lost(&self) -> Error {
         Error::RunnerLost {
             container: self.container.id().to_string(),
@@ -368,12 +363,19 @@ impl RunnerRun {
         }
     }
 
-    /// Ends the run: a runner that reported the exit of a run nobody
-    /// stopped serves the next one; any other is ended.
-    pub fn finish(self, stopped: bool) {
-        if self.exit.is_some() && !self.broken && !stopped {
-            let container = self.container.clone();
-            container.runner().give_back(self.conn);
+    /// Ends the run, and its runner with it: the next run must get a group
+    /// of its own (see `groups`: whatever this run left behind keeps this
+    /// one), so a fresh runner, with a fresh group, starts in the
+    /// background; until it says hello, runs take the exec path. A runner
+    /// that was lost or broke the protocol (`replace` false) is not
+    /// replaced before the reset: the lease's later runs take the exec path.
+    pub fn finish(self, replace: bool) {
+        let RunnerRun {
+            conn, container, ..
+        } = self;
+        drop(conn);
+        if replace {
+            tokio::spawn(async move { container.runner().start(&container).await });
         }
     }
 }

@@ -3,8 +3,9 @@
 #
 #   scripts/test.sh            everything, in stages that fit 2 cores:
 #     1. setup: engines (runsc registered), images, cargo build
-#     2. the Rust unit and end-to-end tests (cargo test --workspace), then
-#        the checks and client suites (proto lint, generated-code drift,
+#     2. the Rust unit and end-to-end tests (cargo test --workspace), the
+#        run suites again on the resident runner, then the checks and client
+#        suites (proto lint, generated-code drift,
 #        deploy/ manifests, Python, TypeScript), each with a log of its own
 #        printed when it ends
 #     3. grpc reflection smoke, the server image (built around the debug
@@ -96,6 +97,12 @@ else
   # lanes are there for suites that can share the 2 cores).
   s=$(date +%s)
   lane rust env SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"
+  wait_lanes
+  # The run suites again with every run on the resident runner (off by
+  # default until the whole workspace passes on it): about 2.5 minutes.
+  lane runner-path env SANDPOOL_RESIDENT_RUNNER=1 SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 \
+    cargo test -p sandpool-tests --test runs --test files --test artifacts --test contexts \
+    --test kills --test podman
   wait_lanes
   lane clients checks_and_clients
   wait_lanes; t "rust tests, then checks and client suites" "$s"

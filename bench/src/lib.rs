@@ -26,12 +26,18 @@ pub struct BenchServer {
 impl BenchServer {
     /// Starts a server without pools; `tag` names it in container labels.
     pub async fn start(tag: &str) -> anyhow::Result<Self> {
+        Self::start_with(tag, false).await
+    }
+
+    /// The same, with its runs on resident runners (`resident_runner`) or not.
+    pub async fn start_with(tag: &str, resident_runner: bool) -> anyhow::Result<Self> {
         // The server's logs would interleave with the tables: only on request.
         if std::env::var_os("RUST_LOG").is_some() {
             sandpool_server::telemetry::init(sandpool_server::config::LogFormat::Text);
         }
         let mut config = ServerConfig::from_toml("", std::path::Path::new("<bench>"))?;
         config.server_id = Some(format!("bench-{tag}-{}", std::process::id()));
+        config.resident_runner = resident_runner;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -82,6 +82,9 @@ pub struct ServerConfig {
     pub policy: Policy,
     /// TEMPORARY containers across all pools at once.
     pub max_temporaries: u32,
+    /// Every pool's runs go through a resident runner in each container
+    /// (`sandbox::runner`), with the exec path as the fallback.
+    pub resident_runner: bool,
     /// TLS for the gRPC listener (with client certificates: mTLS).
     pub tls: Option<TlsConfig>,
     /// Where Kubernetes pools put their pods (`[kubernetes]`).
@@ -100,6 +103,9 @@ struct FileConfig {
     server_id: Option<String>,
     shutdown_grace: Option<f64>,
     log_format: Option<String>,
+    /// Runs go through a resident runner in each container (see
+    /// `sandbox::runner`); off by default.
+    resident_runner: Option<bool>,
     #[serde(default)]
     engines: EnginesFile,
     #[serde(default)]
@@ -631,6 +637,7 @@ impl ServerConfig {
             auth,
             policy,
             max_temporaries,
+            resident_runner: file.resident_runner.unwrap_or(false),
             tls,
             kubernetes: file.kubernetes,
             telemetry: file.telemetry,
@@ -651,6 +658,9 @@ impl ServerConfig {
         }
         if let Some(flag) = var("SANDPOOL_INSECURE").filter(|v| !v.is_empty()) {
             self.auth.insecure = matches!(flag.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(flag) = var("SANDPOOL_RESIDENT_RUNNER").filter(|v| !v.is_empty()) {
+            self.resident_runner = matches!(flag.as_str(), "1" | "true" | "yes");
         }
         if let Some(id) = var("SANDPOOL_SERVER_ID").filter(|v| !v.is_empty()) {
             self.server_id = Some(id);

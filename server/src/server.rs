@@ -61,6 +61,7 @@ pub async fn serve(
         policy: config.policy.clone(),
         max_temporaries: config.max_temporaries,
         namespaces: config.namespaces(),
+        resident_runner: config.resident_runner,
     };
     let manager = PoolManager::new(server_id.clone(), engines(&config), settings);
     crate::telemetry::instruments::register(&manager);

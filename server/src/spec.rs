@@ -131,6 +131,9 @@ pub struct PoolSpec {
     /// `None`: the server's `[kubernetes] namespace`. Which ones are allowed
     /// is the operator's (`policy::Namespaces`).
     pub namespace: Option<String>,
+    /// Runs go through a resident runner in each container (the server's
+    /// `resident_runner` setting, not the caller's).
+    pub resident_runner: bool,
 }
 
 pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
@@ -169,6 +172,7 @@ impl PoolSpec {
             max_temporary: None,
             max_lease_lifetime: Duration::from_secs(24 * 3600),
             namespace: None,
+            resident_runner: false,
         }
     }
 

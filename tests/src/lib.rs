@@ -228,6 +228,9 @@ pub fn empty_config() -> ServerConfig {
     // it); the policy floor allows only the engine's default runtime unless
     // told otherwise.
     config.policy.runtimes = vec!["runsc".to_string()];
+    // SANDPOOL_RESIDENT_RUNNER=1 runs every suite's runs on the resident
+    // runner (as the server's own setting of that name does).
+    config.resident_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER").is_ok_and(|v| v == "1");
     config
 }
 
@@ -561,8 +564,14 @@ pub const LEFTOVERS_PROBE: &str = r#"
 import json, os
 MARK = 'LEFTOVER' + '-PROBE'  # LEFTOVER-PROBE: in this run's own cmdline
 procs = []
+# What started this probe is not a leftover: on the resident runner's path,
+# the runner the reset started (on the exec path it has no ancestor here).
+ancestors, p = set(), os.getppid()
+while p > 1:
+    ancestors.add(str(p))
+    p = int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1])
 for pid in os.listdir('/proc'):
-    if not pid.isdigit() or pid == '1':
+    if not pid.isdigit() or pid == '1' or pid in ancestors:
         continue
     try:
         lines = open(f'/proc/{pid}/status').read().splitlines()

@@ -206,6 +206,9 @@ fn from_sandbox(err: sandbox::Error, message: &str) -> Failure {
                 .precondition("CONTAINER_GONE", &container, message)
                 .with("container_id", container)
         }
+        sandbox::Error::RunnerLost { container, .. } => {
+            Failure::new(C::Aborted, R::SandboxCommandFailed).with("container_id", container)
+        }
         sandbox::Error::NoRunGroup(_) => Failure::new(C::FailedPrecondition, R::NotAllowed)
             .precondition("NOT_ALLOWED", "", message),
     }

@@ -50,6 +50,8 @@ pub struct ManagerSettings {
     pub max_temporaries: u32,
     /// The Kubernetes namespaces any pool (the config file's too) may use.
     pub namespaces: Namespaces,
+    /// Every pool's runs go through a resident runner (`sandbox::runner`).
+    pub resident_runner: bool,
 }
 
 impl Default for ManagerSettings {
@@ -58,6 +60,7 @@ impl Default for ManagerSettings {
             policy: Policy::default(),
             max_temporaries: 100,
             namespaces: Namespaces::default(),
+            resident_runner: false,
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct PoolManager {
     engines: Engines,
     policy: Policy,
     namespaces: Namespaces,
+    /// See `ManagerSettings::resident_runner`.
+    resident_runner: bool,
     temporaries: Arc<TemporaryBudget>,
     quotas: Arc<QuotaBook>,
     /// Per engine: whether it answers.
@@ -130,6 +135,7 @@ impl PoolManager {
             engines,
             policy: settings.policy,
             namespaces: settings.namespaces,
+            resident_runner: settings.resident_runner,
             temporaries: TemporaryBudget::new(settings.max_temporaries),
             quotas: QuotaBook::new(),
             health: Default::default(),
@@ -300,7 +306,8 @@ impl PoolManager {
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let spec = spec.validate()?;
+        let mut spec = spec.validate()?;
+        spec.resident_runner = self.resident_runner;
         self.namespaces.check(&spec)?;
         let backend = self.engines.get(spec.backend)?;
         let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod context;
 pub mod install;
 mod request;
+mod resident;
 /// Runs over the fake engine, in paused time.
 #[cfg(test)]
 mod tests;
@@ -29,7 +30,7 @@ use crate::{
         LeaseGuard,
         lease::{RunId, RunRegistration, StopCause},
     },
-    sandbox::{self, EngineError, EngineResult, Exec, ExecSpec, Output},
+    sandbox::{self, EngineError, Exec, ExecSpec, Output, runner::RunnerRun},
 };
 
 /// After a kill, output still in flight is drained for at most this long.
@@ -158,11 +159,23 @@ async fn start_in(
                 .map_err(|e| lease.sandbox_error(e))?;
             // The program continues the trace from the run's span.
             let trace_env = crate::telemetry::trace_env();
-            let exec = start_exec(&lease, &plan, &run_id, &run_group, &watch, trace_env)
-                .instrument(crate::otel_span!("engine.exec"))
-                .await?;
-            group = Some(run_group);
-            Source::Exec(exec)
+            let exec_spec = exec_spec(&lease, &plan, &run_id, &run_group, &watch, trace_env);
+            let resident = resident::start(&lease, &exec_spec, &plan.input)
+                .instrument(crate::otel_span!("runner.start"))
+                .await;
+            match resident {
+                Some(run) => Source::Runner(Box::new(run)),
+                None => {
+                    let exec = lease
+                        .sandbox()
+                        .start(exec_spec)
+                        .instrument(crate::otel_span!("engine.exec"))
+                        .await
+                        .map_err(|e| lease.engine_error(e))?;
+                    group = Some(run_group);
+                    Source::Exec(exec)
+                }
+            }
         }
     };
     let started = Instant::now();
@@ -195,15 +208,15 @@ async fn start_in(
     Ok(rx)
 }
 
-/// Starts the run's own process, in its own group (see `sandbox::RunGroup`).
-async fn start_exec(
+/// The run's own process, in its own group (see `sandbox::RunGroup`).
+fn exec_spec(
     lease: &LeaseGuard,
     plan: &request::Plan,
     run_id: &RunId,
     group: &sandbox::RunGroup,
     watch: &ArtifactWatch,
     trace_env: Vec<(String, String)>,
-) -> Result<Exec> {
+) -> ExecSpec {
     let out_dir = lease.spec().output_dir.clone();
     // Layers, later ones winning: the pool's runtime.env (the lease's
     // processes get it, never the server's own), the server's own, the
@@ -232,7 +245,7 @@ async fn start_exec(
     } else {
         watch.wrap(plan.argv.clone(), &out_dir)
     };
-    let exec_spec = ExecSpec {
+    ExecSpec {
         argv: lease.sandbox().user_argv(argv),
         env,
         user: lease.sandbox().run_user(group),
@@ -241,12 +254,7 @@ async fn start_exec(
         // engine spends a few milliseconds less per exec.
         stdin: !plan.input.is_empty(),
         privileged: false,
-    };
-    lease
-        .sandbox()
-        .start(exec_spec)
-        .await
-        .map_err(|e| lease.engine_error(e))
+    }
 }
 
 /// Where a run's output comes from, and how it is stopped.
@@ -255,13 +263,16 @@ enum Source {
     Exec(Exec),
     /// A cell in a persistent context.
     Cell(Box<context::Cell>),
+    /// A program started by the container's resident runner.
+    Runner(Box<RunnerRun>),
 }
 
 impl Source {
-    async fn next(&mut self) -> Option<EngineResult<Output>> {
+    async fn next(&mut self) -> Option<Result<Output, sandbox::Error>> {
         match self {
-            Source::Exec(exec) => exec.output.next().await,
-            Source::Cell(cell) => cell.next().await,
+            Source::Exec(exec) => exec.output.next().await.map(|o| o.map_err(Into::into)),
+            Source::Cell(cell) => cell.next().await.map(|o| o.map_err(Into::into)),
+            Source::Runner(run) => run.next().await,
         }
     }
 }
@@ -319,7 +330,7 @@ impl Pump {
         let deadline = self.started + self.timeout;
         let control = self.registration.control().clone();
         let mut pending: Option<RunEvent> = None;
-        let mut failure: Option<EngineError> = None;
+        let mut failure: Option<sandbox::Error> = None;
         let mut output_done = false;
         let tx = self.tx.clone();
         while !(output_done && pending.is_none()) {
@@ -400,7 +411,7 @@ impl Pump {
                         tracing::warn!(run = %self.run_id, "the container is gone; the run's output will not end");
                         failure = Some(EngineError::ContainerGone {
                             id: self.lease.sandbox().id().to_string(),
-                        });
+                        }.into());
                         break;
                     }
                 }
@@ -414,7 +425,10 @@ impl Pump {
             let _ = tokio::time::timeout(DRAIN_AFTER_KILL, kill).await;
         }
         let event = match failure {
-            Some(e) => RunEvent::Failed(self.lease.engine_error(e)),
+            Some(e) => {
+                resident::failed(&self.lease, source).await;
+                RunEvent::Failed(self.lease.sandbox_error(e))
+            }
             None => {
                 let (exit, no_exit_code) = self.exit(source).await;
                 if self.container_died(&exit).await {
@@ -422,9 +436,9 @@ impl Pump {
                         id: self.lease.sandbox().id().to_string(),
                     }))
                 } else if let Some(e) = no_exit_code {
-                    // The output ended but the engine cannot say how (it
-                    // went away): the run's end is unknown, and says why.
-                    RunEvent::Failed(self.lease.engine_error(e))
+                    // The output ended but the engine (or the runner)
+                    // cannot say how: the run's end is unknown, and says why.
+                    RunEvent::Failed(self.lease.sandbox_error(e))
                 } else {
                     self.collect_artifacts()
                         .instrument(crate::otel_span!("run.artifacts"))
@@ -524,10 +538,13 @@ impl Pump {
         self.drain_until = Some(Instant::now() + DRAIN_AFTER_KILL);
         self.kill = Some(match source {
             Source::Cell(cell) => cell.stop(&self.lease, reason == EndReason::LeaseExpired),
-            Source::Exec(_) => {
+            Source::Exec(_) | Source::Runner(_) => {
                 let container = self.lease.sandbox().clone();
                 let run_id = self.run_id.clone();
-                let gid = self.group.as_ref().map(|g| g.gid());
+                let gid = match source {
+                    Source::Runner(run) => Some(run.gid()),
+                    _ => self.group.as_ref().map(|g| g.gid()),
+                };
                 tokio::spawn(async move {
                     let Some(gid) = gid else { return false };
                     match container.kill_group(gid).await {
@@ -544,7 +561,7 @@ impl Pump {
     }
 
     /// How the run ended, and why its exit code is unknown when it is.
-    async fn exit(&mut self, source: Source) -> (RunExit, Option<EngineError>) {
+    async fn exit(&mut self, source: Source) -> (RunExit, Option<sandbox::Error>) {
         let mut no_exit_code = None;
         // A run sandpool stopped (timeout, cancel, output cap, lease end) has
         // its end reason whatever the engine says of its exit code.
@@ -555,12 +572,13 @@ impl Pump {
                 Err(e) => {
                     tracing::warn!(run = %self.run_id, error = %e, "no exit code");
                     if !stopped {
-                        no_exit_code = Some(e);
+                        no_exit_code = Some(e.into());
                     }
                     (-1, false)
                 }
             },
             Source::Cell(cell) => cell.finish(&self.lease).await,
+            Source::Runner(run) => (resident::exit_code(&self.lease, *run, stopped).await, false),
         };
         let signal = if SIGNAL_EXIT_CODES.contains(&code) {
             code - SIGNAL_EXIT_BASE

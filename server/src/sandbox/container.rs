@@ -73,6 +73,8 @@ struct Resident {
     /// Whether code of the lease runs under SCHED_IDLE (found at warm-up;
     /// see `user_argv`).
     idle_scheduling: OnceLock<bool>,
+    /// The resident runner (see `runner`), on pools that use one.
+    runner: super::runner::Runner,
 }
 
 /// What starts a program under SCHED_IDLE (util-linux, beside the `setpriv`
@@ -121,6 +123,7 @@ impl Container {
                 groups: Arc::new(Groups::default()),
                 install_uid,
                 idle_scheduling: OnceLock::new(),
+                runner: Default::default(),
             }),
         }
     }
@@ -317,6 +320,20 @@ impl Container {
     pub async fn destroy(&self) {
         if let Err(e) = self.backend.remove_container(&self.id).await {
             tracing::warn!(container = %self.id, error = %e, "could not remove a container");
+        }
+    }
+
+    pub(super) fn runner(&self) -> &super::runner::Runner {
+        &self.resident.runner
+    }
+
+    /// Starts a fresh resident runner (warm-up, reset) on pools that use
+    /// one; until it is up, or when it cannot start, runs take the exec path.
+    pub(super) async fn start_runner(&self) {
+        if self.spec.resident_runner {
+            self.resident.runner.start(self).await;
+        } else {
+            self.resident.runner.stop();
         }
     }
 

@@ -25,6 +25,7 @@ mod install;
 mod network;
 mod registry;
 mod reset;
+pub mod runner;
 mod warden;
 
 pub use container::{Container, WriteKind};
@@ -90,6 +91,10 @@ pub enum Error {
         container: String,
         networks: Vec<String>,
     },
+    /// The container's resident runner went away or broke its protocol
+    /// mid-run (see `runner`); the run's processes were killed.
+    #[error("the resident runner of container {container} was lost mid-run: {detail}")]
+    RunnerLost { container: String, detail: String },
     /// Every run group of the container is held by a live run.
     #[error("too many runs at once in container {0}")]
     NoRunGroup(String),
@@ -276,6 +281,9 @@ async fn warm(c: &Container) -> Result<()> {
     for (path, content) in c.lang().support_files() {
         write_as_idle_user(c, path, content).await?;
     }
+    if spec.resident_runner {
+        runner::install(c).await?;
+    }
     if !spec.libraries.is_empty() {
         install::pool_libraries(c).await?;
     }
@@ -304,7 +312,9 @@ async fn warm(c: &Container) -> Result<()> {
         )
         .await?;
     }
-    network::verify(c).await
+    network::verify(c).await?;
+    c.start_runner().await;
+    Ok(())
 }
 
 /// Whether the container starts on the install network (and leaves it

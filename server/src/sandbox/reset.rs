@@ -64,6 +64,8 @@ pub async fn reset(c: &Container) -> Result<()> {
     let started = Instant::now();
     wipe(c).await?;
     let wiped = started.elapsed();
+    // The wipe killed the last runner with everything else.
+    c.start_runner().await;
     network::verify(c).await?;
     tracing::debug!(
         container = %c.id(),

@@ -1,0 +1,381 @@
+//! The resident runner: one small process per warm container, started by
+//! the server over one long-lived exec with stdin attached, that starts
+//! each run's program on a frame of that stream and sends its output back
+//! as frames. A run then costs no engine call: the exec is already there.
+//!
+//! How it gets into any image: a static binary (`bin.rs`, std only, glibc
+//! linked in with `crt-static`), built by this crate's build.rs and carried
+//! inside the server, written at warm-up into the support directory (owned
+//! by the idle user: the sandbox user can run it but not replace it). It
+//! needs nothing of the image (no libc of a given version, no interpreter,
+//! no shell once placed). A POSIX sh runner would need no binary, but sh
+//! cannot multiplex a program's stdout and stderr into frames, forward
+//! stdin or report an exit status without a helper per run, which is the
+//! fork it is meant to save.
+//!
+//! It is an accelerator, not a trust boundary. It runs as the sandbox user
+//! in a run group of its own (`groups`), and its program inherits that
+//! group (an unprivileged process cannot give it another): the server's
+//! kill of a run (the warden's `kill gid`) kills the runner with it. So a
+//! runner serves one run: when the run ends a fresh runner, with a fresh
+//! group, starts in the background (one exec off the run's path), and runs
+//! that come before it says hello take the exec path. Everything it sends is untrusted:
+//! frames are bounded (`protocol::MAX_OUTPUT_FRAME`), output caps and
+//! timeouts stay the run's (`run::Pump`). A stream that breaks the
+//! protocol (a program can write into it: same uid and group) ends the run
+//! with `Error::RunnerLost` after the server kills the run's group; one
+//! that ends without an exit status (a program that ran `kill -9 -1`) ends
+//! it as killed by SIGKILL, as the exec path does then; never a hang. A runner found gone before a run starts costs nothing: the run
+//! takes the exec path. The reset kills it with everything else and starts
+//! a new one from the image.
+
+pub mod protocol;
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
+use tokio::io::AsyncWriteExt;
+
+use super::{Container, Error, RunGroup, SUPPORT_ROOT};
+use crate::backend::{self, ExecSpec, ExecStdin, Output};
+
+/// The runner binary, built by build.rs.
+const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandpool-runner"));
+/// Where warm-up puts it.
+pub const PATH: &str = "/opt/sandpool/bin/sandpool-runner";
+/// How long a new runner may take to say hello.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+const _: () = assert!(PATH.len() > SUPPORT_ROOT.len());
+
+/// The argv that writes the binary (its bytes on stdin) as the idle user.
+fn install_argv() -> Vec<String> {
+    super::sh(
+        "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\" && chmod 755 \"$1\"",
+        &[PATH],
+    )
+}
+
+/// Places the runner binary in a new container (warm-up).
+pub(super) async fn install(c: &Container) -> super::Result<()> {
+    let exec = ExecSpec {
+        stdin: true,
+        ..super::internal_as(super::IDLE_USER.to_string(), install_argv())
+    };
+    let out = backend::exec_collect(
+        c.backend(),
+        c.id(),
+        exec,
+        Some(Bytes::from_static(BINARY)),
+        super::INTERNAL_OUTPUT_LIMIT,
+    )
+    .await?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(Error::CommandFailed {
+            what: "placing the runner",
+            exit_code: out.exit_code,
+            detail: out.diagnostic(),
+        })
+    }
+}
+
+/// The open stream to one running runner.
+struct Conn {
+    stdin: ExecStdin,
+    output: BoxStream<'static, backend::Result<Output>>,
+    /// Bytes of the stream not yet taken as frames.
+    pending: BytesMut,
+    /// The runner's group, and its programs'.
+    group: RunGroup,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Half-closing stdin is what ends the runner (it exits at EOF).
+        let mut stdin = std::mem::replace(&mut self.stdin, Box::pin(tokio::io::sink()));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = stdin.shutdown().await;
+            });
+        }
+    }
+}
+
+/// What went wrong with a runner's stream.
+#[derive(Debug)]
+enum StreamError {
+    Engine(backend::Error),
+    Protocol(String),
+}
+
+impl Conn {
+    async fn send(&mut self, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+        self.stdin
+            .write_all(&protocol::header(kind, payload.len()))
+            .await?;
+        self.stdin.write_all(payload).await?;
+        self.stdin.flush().await
+    }
+
+    /// A whole frame from what was read so far, if there is one.
+    fn parse(&mut self) -> Result<Option<(u8, Bytes)>, StreamError> {
+        if self.pending.len() < protocol::HEADER {
+            return Ok(None);
+        }
+        let mut head = [0u8; protocol::HEADER];
+        head.copy_from_slice(&self.pending[..protocol::HEADER]);
+        let (kind, len) = (head[0], protocol::payload_len(&head));
+        let fits = match kind {
+            protocol::STDOUT | protocol::STDERR => len <= protocol::MAX_OUTPUT_FRAME,
+            protocol::EXIT => len == 4,
+            protocol::HELLO => len <= 64,
+            _ => return Err(StreamError::Protocol(format!("unknown frame kind {kind}"))),
+        };
+        if !fits {
+            return Err(StreamError::Protocol(format!(
+                "a frame of kind {kind} with {len} bytes"
+            )));
+        }
+        if self.pending.len() < protocol::HEADER + len {
+            return Ok(None);
+        }
+        self.pending.advance(protocol::HEADER);
+        Ok(Some((kind, self.pending.split_to(len).freeze())))
+    }
+
+    /// The next frame; `None` when the stream ended.
+    async fn next_frame(&mut self) -> Result<Option<(u8, Bytes)>, StreamError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(Some(frame));
+            }
+            match self.output.next().await {
+                Some(Ok(Output::Stdout(data))) => self.pending.extend_from_slice(&data),
+                // The runner writes nothing there; whatever it is, it is
+                // not for the run.
+                Some(Ok(Output::Stderr(_))) => {}
+                Some(Err(e)) => return Err(StreamError::Engine(e)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether the idle runner still looks alive: its stream has neither
+    /// ended nor carried anything since its last run.
+    fn alive(&mut self) -> bool {
+        self.pending.is_empty() && self.output.next().now_or_never().is_none()
+    }
+}
+
+/// The server's side of one container's runner.
+#[derive(Default)]
+pub struct Runner {
+    state: std::sync::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Counts the runners started: one that comes back from a run after a
+    /// newer one started is not kept.
+    generation: u64,
+    idle: Option<Conn>,
+}
+
+impl Runner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::sync::lock(&self.state)
+    }
+
+    /// Starts a new runner, replacing (and ending) any earlier one. When it
+    /// cannot start, runs take the exec path.
+    pub async fn start(&self, c: &Container) {
+        let generation = {
+            let mut state = self.state();
+            state.generation += 1;
+            state.idle = None;
+            state.generation
+        };
+        match tokio::time::timeout(START_TIMEOUT, connect(c)).await {
+            Ok(Ok(conn)) => {
+                let mut state = self.state();
+                if state.generation == generation {
+                    state.idle = Some(conn);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(container = %c.id(), error = %e, "the runner did not start; runs take the exec path");
+            }
+            Err(_) => {
+                tracing::warn!(container = %c.id(), "the runner did not say hello in time; runs take the exec path");
+            }
+        }
+    }
+
+    /// Ends the runner (if any): later runs take the exec path.
+    pub fn stop(&self) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.idle = None;
+    }
+
+    /// The idle runner, if there is one and it looks alive.
+    fn take(&self) -> Option<Conn> {
+        let mut conn = self.state().idle.take()?;
+        conn.alive().then_some(conn)
+    }
+}
+
+async fn connect(c: &Container) -> super::Result<Conn> {
+    let group = c.run_group()?;
+    let spec = ExecSpec {
+        argv: vec![PATH.to_string()],
+        // The engine's environment of any exec (the image's and the
+        // container's): what a run's program starts from.
+        env: Vec::new(),
+        user: c.run_user(&group),
+        working_dir: Some("/".to_string()),
+        stdin: true,
+        privileged: false,
+    };
+    let mut exec = c.start(spec).await?;
+    let stdin = exec.stdin.take().ok_or_else(|| Error::RunnerLost {
+        container: c.id().to_string(),
+        detail: "the engine attached no stdin".into(),
+    })?;
+    let mut conn = Conn {
+        stdin,
+        output: exec.output,
+        pending: BytesMut::new(),
+        group,
+    };
+    let lost = |detail: String| Error::RunnerLost {
+        container: c.id().to_string(),
+        detail,
+    };
+    match conn.next_frame().await {
+        Ok(Some((protocol::HELLO, version))) if version.as_ref() == protocol::VERSION => Ok(conn),
+        Ok(Some((kind, _))) => Err(lost(format!("it began with a frame of kind {kind}"))),
+        Ok(None) => Err(lost("it exited at once".into())),
+        Err(StreamError::Engine(e)) => Err(e.into()),
+        Err(StreamError::Protocol(p)) => Err(lost(p)),
+    }
+}
+
+/// What a run sends the runner.
+pub use protocol::Request;
+
+/// A run on the runner.
+pub struct RunnerRun {
+    conn: Conn,
+    container: Container,
+    exit: Option<i32>,
+    /// The stream ended or broke: nothing more comes from it.
+    broken: bool,
+}
+
+impl Container {
+    /// Starts a run on the container's runner; `None` when there is no
+    /// runner ready (none started, busy, or gone): the run takes the exec
+    /// path.
+    pub async fn run_on_runner(&self, request: &Request, input: &[u8]) -> Option<RunnerRun> {
+        let mut conn = self.runner().take()?;
+        let sent = async {
+            conn.send(protocol::RUN, &request.encode()).await?;
+            if request.stdin {
+                for piece in input.chunks(protocol::MAX_OUTPUT_FRAME) {
+                    conn.send(protocol::STDIN, piece).await?;
+                }
+                conn.send(protocol::STDIN_END, &[]).await?;
+            }
+            std::io::Result::Ok(())
+        };
+        match sent.await {
+            Ok(()) => Some(RunnerRun {
+                conn,
+                container: self.clone(),
+                exit: None,
+                broken: false,
+            }),
+            Err(e) => {
+                tracing::warn!(container = %self.id(), error = %e, "the runner is gone; the run takes the exec path");
+                None
+            }
+        }
+    }
+}
+
+impl RunnerRun {
+    /// The run's group: the runner's.
+    pub fn gid(&self) -> u32 {
+        self.conn.group.gid()
+    }
+
+    /// The run's next piece of output; `None` once it exited (or the
+    /// runner's stream ended: see `exit_code`).
+    pub async fn next(&mut self) -> Option<Result<Output, Error>> {
+        if self.exit.is_some() || self.broken {
+            return None;
+        }
+        let lost = |detail: String| Error::RunnerLost {
+            container: self.container.id().to_string(),
+            detail,
+        };
+        match self.conn.next_frame().await {
+            Ok(Some((protocol::STDOUT, data))) => Some(Ok(Output::Stdout(data))),
+            Ok(Some((protocol::STDERR, data))) => Some(Ok(Output::Stderr(data))),
+            Ok(Some((protocol::EXIT, code))) => {
+                let code: [u8; 4] = code.as_ref().try_into().unwrap_or_default();
+                self.exit = Some(i32::from_be_bytes(code));
+                None
+            }
+            Ok(Some((kind, _))) => {
+                self.broken = true;
+                Some(Err(lost(format!("a frame of kind {kind} mid-run"))))
+            }
+            Ok(None) => {
+                self.broken = true;
+                None
+            }
+            Err(StreamError::Engine(e)) => {
+                self.broken = true;
+                Some(Err(e.into()))
+            }
+            Err(StreamError::Protocol(p)) => {
+                self.broken = true;
+                Some(Err(lost(p)))
+            }
+        }
+    }
+
+    /// The program's exit status, once the runner reported it.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit
+    }
+
+    /// What happened to a run whose runner's stream ended before its exit.
+    pub fn lost(&self) -> Error {
+        Error::RunnerLost {
+            container: self.container.id().to_string(),
+            detail: "its stream ended mid-run (killed by the program, or crashed)".into(),
+        }
+    }
+
+    /// Ends the run, and its runner with it: the next run must get a group
+    /// of its own (see `groups`: whatever this run left behind keeps this
+    /// one), so a fresh runner, with a fresh group, starts in the
+    /// background; until it says hello, runs take the exec path. A runner
+    /// that was lost or broke the protocol (`replace` false) is not
+    /// replaced before the reset: the lease's later runs take the exec path.
+    pub fn finish(self, replace: bool) {
+        let RunnerRun {
+            conn, container, ..
+        } = self;
+        drop(conn);
+        if replace {
+            tokio::spawn(async move { container.runner().start(&container).await });
+        }
+    }
+}

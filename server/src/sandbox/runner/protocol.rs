@@ -1,0 +1,120 @@
+//! The runner's wire format, shared by the server and the runner binary
+//! (which includes this file by path: it has no dependencies). Every frame
+//! is a kind byte, a big-endian u32 length and that many bytes.
+//!
+//! Server to runner: `RUN` (a `Request`), then `STDIN` pieces and one
+//! `STDIN_END`. Runner to server: `HELLO` once, then per run `STDOUT` and
+//! `STDERR` pieces as they are produced and one `EXIT` (a big-endian i32:
+//! the exit code, 128 + N for a program killed by signal N, as a shell
+//! and the engines report it).
+
+pub const HELLO: u8 = b'H';
+pub const RUN: u8 = b'R';
+pub const STDIN: u8 = b'I';
+pub const STDIN_END: u8 = b'C';
+pub const STDOUT: u8 = b'1';
+pub const STDERR: u8 = b'2';
+pub const EXIT: u8 = b'X';
+
+/// What `HELLO` carries: a server only talks to the runner it shipped.
+pub const VERSION: &[u8] = b"sandpool-runner 1";
+/// Largest output piece the runner sends; the server takes no larger frame
+/// from it.
+pub const MAX_OUTPUT_FRAME: usize = 64 * 1024;
+/// Largest frame the runner takes from the server (a run's argv and env).
+pub const MAX_REQUEST_FRAME: usize = 64 << 20;
+/// Bytes before a frame's payload.
+pub const HEADER: usize = 5;
+
+/// A frame's header.
+pub fn header(kind: u8, len: usize) -> [u8; HEADER] {
+    let n = (len as u32).to_be_bytes();
+    [kind, n[0], n[1], n[2], n[3]]
+}
+
+/// The payload length a header announces.
+pub fn payload_len(header: &[u8; HEADER]) -> usize {
+    u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize
+}
+
+/// One run: where, what, with what environment on top of the runner's own
+/// (which is what the engine gives any exec in the container), and whether
+/// standard input follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub working_dir: Vec<u8>,
+    pub stdin: bool,
+    pub argv: Vec<Vec<u8>>,
+    pub env: Vec<Vec<u8>>,
+}
+
+impl Request {
+    /// Length-prefixed fields: working dir, stdin flag, argc, argv, env.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut field = |bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        field(&self.working_dir);
+        field(if self.stdin { b"1" } else { b"0" });
+        field(self.argv.len().to_string().as_bytes());
+        for arg in &self.argv {
+            field(arg);
+        }
+        for kv in &self.env {
+            field(kv);
+        }
+        out
+    }
+
+    pub fn decode(mut data: &[u8]) -> Option<Request> {
+        let mut fields = Vec::new();
+        while !data.is_empty() {
+            let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+            fields.push(data.get(4..4 + len)?.to_vec());
+            data = &data[4 + len..];
+        }
+        let mut fields = fields.into_iter();
+        let working_dir = fields.next()?;
+        let stdin = fields.next()? == b"1";
+        let argc: usize = std::str::from_utf8(&fields.next()?).ok()?.parse().ok()?;
+        let argv: Vec<Vec<u8>> = fields.by_ref().take(argc).collect();
+        if argv.len() != argc || argc == 0 {
+            return None;
+        }
+        Some(Request {
+            working_dir,
+            stdin,
+            argv,
+            env: fields.collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_broken_ones_are_refused() {
+        let request = Request {
+            working_dir: b"/sandbox".to_vec(),
+            stdin: true,
+            argv: vec![b"/bin/sh".to_vec(), b"-c".to_vec(), b"echo \xff".to_vec()],
+            env: vec![b"A=1".to_vec(), b"B=x=y".to_vec()],
+        };
+        let encoded = request.encode();
+        assert_eq!(Request::decode(&encoded), Some(request.clone()));
+        // Cut anywhere inside the last field: refused, never a panic.
+        assert_eq!(Request::decode(&encoded[..encoded.len() - 1]), None);
+        assert_eq!(Request::decode(&encoded[..3]), None);
+        // No program.
+        let empty = Request {
+            argv: Vec::new(),
+            ..request
+        };
+        assert_eq!(Request::decode(&empty.encode()), None);
+        assert_eq!(payload_len(&header(STDOUT, 70_000)), 70_000);
+    }
+}

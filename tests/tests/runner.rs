@@ -1,0 +1,306 @@
+//! The resident runner (`sandbox::runner`), on Docker and Podman: runs go
+//! through it and look as they do on the exec path (output, exit codes,
+//! signals, stdin, env, cwd, uid, a group of each run's own, caps); a
+//! timeout's kill takes it down and a fresh one comes back; a program that
+//! kills every process of its user (`kill -9 -1`) ends as on the exec path,
+//! one that forges junk frames ends with a typed error, never a hang, and
+//! the lease goes on by exec until the reset brings a fresh runner. Every test checks that no container is left.
+
+use std::time::{Duration, Instant};
+
+use sandpool_client::{RunOptions, RunOutput, Session, proto as pb};
+use sandpool_tests::{Engine, TestServer, code_of, empty_config, shell_run};
+
+/// Shell that writes "runner" to stderr when an ancestor of the shell is the
+/// resident runner, "exec" otherwise (an engine exec's process has no
+/// parent in the container's pid namespace).
+const WHICH_PATH: &str = r#"w=exec; p=$$
+while [ "$p" -gt 0 ]; do
+  read -r c < /proc/$p/comm
+  [ "$c" = sandpool-runner ] && w=runner
+  p=$(cut -d' ' -f4 /proc/$p/stat)
+done
+echo $w >&2
+"#;
+
+/// The same in Python.
+const WHICH_PATH_PY: &str = r#"import os, sys
+def _which():
+    p = os.getpid()
+    while p > 0:
+        if open(f'/proc/{p}/comm').read().strip() == 'sandpool-runner':
+            return 'runner'
+        p = int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1])
+    return 'exec'
+sys.stderr.write(_which() + '\n')
+sys.stderr.flush()
+"#;
+
+async fn server_and_session(engine: Engine, name: &str) -> (TestServer, Session) {
+    let mut config = empty_config();
+    config.resident_runner = true;
+    let server = TestServer::start_with(config).await;
+    let mut spec = engine.python_pool(name);
+    let pool_config = spec.config.as_mut().expect("config");
+    pool_config.max_pool_size = Some(1);
+    pool_config.min_pool_size = Some(1);
+    server.pool(spec).await;
+    let session = server.client.acquire(name).await.expect("acquire");
+    (server, session)
+}
+
+async fn path_of(session: &Session) -> String {
+    let out = session.shell(WHICH_PATH).await.expect("run");
+    assert_eq!(out.exit_code(), 0, "{}", out.stderr_text());
+    out.stderr_text().trim().to_string()
+}
+
+/// Runs `request` (whose program first writes its path to stderr) until it
+/// ran on the runner, and returns its output without that line: a fresh
+/// runner starts after each run, and a run that comes before it is ready
+/// takes the exec path.
+async fn on_runner(session: &Session, request: pb::RunRequest) -> RunOutput {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut out = session
+            .run_request(request.clone())
+            .await
+            .expect("run")
+            .collect()
+            .await
+            .expect("collect");
+        let stderr = out.stderr_text();
+        if let Some(rest) = stderr.strip_prefix("runner\n") {
+            out.stderr = rest.as_bytes().to_vec().into();
+            return out;
+        }
+        assert!(stderr.starts_with("exec\n"), "{stderr}");
+        assert!(Instant::now() < deadline, "no run went through the runner");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn behaves_as_exec(engine: Engine) {
+    let (server, session) = server_and_session(engine, "runner-same").await;
+    assert_eq!(path_of(&session).await, "runner");
+
+    // Python as a fresh `python3 main.py`: name, argv, cwd, uid, env.
+    let code = format!(
+        "{WHICH_PATH_PY}print(__name__, sys.argv, os.getcwd(), os.getuid(), os.environ['GREETING'])\n\
+         print('to stderr', file=sys.stderr)\nsys.exit(3)"
+    );
+    let out = on_runner(
+        &session,
+        RunOptions::new().env("GREETING", "hello").request(code),
+    )
+    .await;
+    assert_eq!(
+        out.stdout_text(),
+        "__main__ ['main.py'] /sandbox 1000 hello\n"
+    );
+    assert_eq!(out.stderr_text(), "to stderr\n");
+    assert_eq!(
+        (out.exit_code(), out.end_reason()),
+        (3, pb::EndReason::Exited)
+    );
+
+    // A signal: the code and reason an exec reports.
+    let out = on_runner(
+        &session,
+        shell_run(&format!("{WHICH_PATH}kill -TERM $$"), 30.0),
+    )
+    .await;
+    assert_eq!(out.end_reason(), pb::EndReason::Signaled, "{:?}", out.exit);
+    assert_eq!(out.exit.as_ref().map(|e| e.signal), Some(15));
+
+    // Input larger than one frame, and a working directory of the run's.
+    let input = vec![b'x'; 200_000];
+    let out = on_runner(
+        &session,
+        pb::RunRequest {
+            stdin: input.into(),
+            working_dir: "/tmp".into(),
+            ..shell_run(&format!("{WHICH_PATH}wc -c; pwd"), 30.0)
+        },
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "200000\n/tmp\n");
+
+    // Each run a group of its own, as on the exec path.
+    let gid = |out: RunOutput| out.stdout_text().trim().to_string();
+    let a = gid(on_runner(&session, shell_run(&format!("{WHICH_PATH}id -g"), 30.0)).await);
+    let b = gid(on_runner(&session, shell_run(&format!("{WHICH_PATH}id -g"), 30.0)).await);
+    assert_ne!(a, b, "runs share a group");
+
+    // The output cap cuts and stops the run.
+    let out = on_runner(
+        &session,
+        RunOptions::new().output_limit_bytes(1000).request(format!(
+            "{WHICH_PATH_PY}sys.stdout.write('y' * 1_000_000)\nsys.stdout.flush()"
+        )),
+    )
+    .await;
+    assert_eq!(out.end_reason(), pb::EndReason::OutputLimit);
+    assert_eq!(out.stdout.len(), 1000);
+
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// A timeout kills the run's tree (and the runner with it: same group);
+/// the reset starts a new one.
+async fn timeout_then_fresh_runner(engine: Engine) {
+    let (server, session) = server_and_session(engine, "runner-timeout").await;
+    assert_eq!(path_of(&session).await, "runner");
+    let started = Instant::now();
+    let out = session
+        .run_request(shell_run("sleep 60 & sleep 60; echo never", 1.0))
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(out.end_reason(), pb::EndReason::Timeout, "{:?}", out.exit);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!out.stdout_text().contains("never"));
+    // The background sleep went with the kill (the sandbox user's; the
+    // container's idle process has a sleep of its own).
+    let out = session
+        .shell("for p in /proc/[0-9]*; do read -r c < $p/comm; [ \"$c\" = sleep ] && grep -q '^Uid:[[:space:]]*1000[[:space:]]' $p/status && cat $p/stat; done; true")
+        .await
+        .expect("run");
+    assert!(
+        out.stdout_text().lines().all(|l| l.contains(") Z ")),
+        "live processes of the run: {}",
+        out.stdout_text()
+    );
+    session.release().await.expect("release");
+
+    let session = server
+        .client
+        .acquire("runner-timeout")
+        .await
+        .expect("acquire again");
+    assert_eq!(
+        path_of(&session).await,
+        "runner",
+        "the reset started a new runner"
+    );
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// `kill -9 -1` kills the runner under its own run: the run ends as on the
+/// exec path (killed by SIGKILL), not a hang; the lease goes on by exec.
+/// A program that writes junk into the runner's stream (it can: same uid
+/// and group) ends its run with a typed error (ABORTED), its processes
+/// killed. The reset brings a fresh runner.
+async fn kill_everything(engine: Engine) {
+    let (server, session) = server_and_session(engine, "runner-kill-all").await;
+    // The first run of a lease: the runner is up (warm-up and reset wait
+    // for it).
+    let started = Instant::now();
+    let out = session
+        .run_request(shell_run("kill -9 -1; sleep 1; echo survived", 30.0))
+        .await
+        .expect("run starts")
+        .collect()
+        .await
+        .expect("the run ends with an exit");
+    assert_eq!(
+        (out.end_reason(), out.exit_code()),
+        (pb::EndReason::Signaled, 137),
+        "{:?}",
+        out.exit
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let out = session.shell("echo next").await.expect("next run");
+    assert_eq!(out.stdout_text(), "next\n");
+    // No new runner before the reset: a moment later, still by exec.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(path_of(&session).await, "exec");
+    session.release().await.expect("release");
+
+    let session = server
+        .client
+        .acquire("runner-kill-all")
+        .await
+        .expect("acquire again");
+    let started = Instant::now();
+    let result = session
+        .run_request(shell_run(
+            "for p in /proc/[0-9]*; do read -r c < $p/comm; \
+             [ \"$c\" = sandpool-runner ] && printf 'Zjunk' > $p/fd/1; done; sleep 30",
+            60.0,
+        ))
+        .await
+        .expect("run starts")
+        .collect()
+        .await;
+    let err = result.expect_err("the runner broke its protocol");
+    assert_eq!(code_of(&err), tonic::Code::Aborted, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let out = session
+        .shell("for p in /proc/[0-9]*; do read -r c < $p/comm; [ \"$c\" = sleep ] && grep -q '^Uid:[[:space:]]*1000[[:space:]]' $p/status && echo alive; done; true")
+        .await
+        .expect("run");
+    assert_eq!(out.stdout_text(), "", "the run's sleep outlived it");
+    session.release().await.expect("release");
+
+    let session = server
+        .client
+        .acquire("runner-kill-all")
+        .await
+        .expect("acquire again");
+    assert_eq!(path_of(&session).await, "runner");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runs_on_the_runner_behave_as_on_exec() {
+    behaves_as_exec(Engine::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_runs_on_the_runner_behave_as_on_exec() {
+    if let Some(engine) = Engine::Podman.available() {
+        behaves_as_exec(engine).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_a_timeout_takes_the_runner_and_the_reset_brings_it_back() {
+    timeout_then_fresh_runner(Engine::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_a_timeout_takes_the_runner_and_the_reset_brings_it_back() {
+    if let Some(engine) = Engine::Podman.available() {
+        timeout_then_fresh_runner(engine).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_kill_everything_and_junk_frames_end_the_run() {
+    kill_everything(Engine::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_kill_everything_and_junk_frames_end_the_run() {
+    if let Some(engine) = Engine::Podman.available() {
+        kill_everything(engine).await;
+    }
+}

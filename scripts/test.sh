@@ -89,6 +89,10 @@ s=$(date +%s); cargo build --workspace --all-targets; t "cargo build" "$s"
 # SANDPOOL_REQUIRE_PODMAN / SANDPOOL_REQUIRE_RUNSC make a missing podman or
 # runsc a failure too.
 
+# The client suites test the server binary the workspace build made (their
+# own `cargo build -p ...` would rebuild it with other features).
+export SANDPOOL_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sandpool-server"
+
 if [ "$RUST_ONLY" = 1 ]; then
   s=$(date +%s); SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"; t "cargo test" "$s"
 else
@@ -103,6 +107,9 @@ else
   lane runner-path env SANDPOOL_RESIDENT_RUNNER=1 SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 \
     cargo test -p sandpool-tests --test runs --test files --test artifacts --test contexts \
     --test kills --test podman
+  # Beside it, the Go toolchain and the Go client's first (race-detector)
+  # build of grpc-go, about two minutes of compiling that times nothing.
+  lane go-prepare clients/go/test.sh --prepare
   wait_lanes
   lane clients checks_and_clients
   wait_lanes; t "rust tests, then checks and client suites" "$s"

@@ -5,6 +5,9 @@
 # (scripts/engine-up.sh, scripts/build-images.sh).
 #
 #   clients/go/test.sh [GO TEST ARGS...]     e.g. -run TestFiles
+#   clients/go/test.sh --prepare             only steps 1 and 5's compile
+#                                            (fills the build cache; runs
+#                                            no test, needs no server)
 #
 # 1. the Go packages (apt, when missing) and the GOPATH link
 # 2. drift check: the checked-in stubs equal a fresh generation
@@ -15,6 +18,8 @@
 #    the tests start and stop themselves (each stop checks that no container
 #    of that server is left)
 set -euo pipefail
+PREPARE=0
+if [ "${1:-}" = "--prepare" ]; then PREPARE=1; shift; fi
 GO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$GO_DIR/../.." && pwd)"
 
@@ -30,6 +35,26 @@ stage() {
 stage "toolchain (Debian packages) and GOPATH"
 . "$ROOT/scripts/go-env.sh"
 go version
+
+# The race detector needs cgo (gcc): the keepalive, release and cut of calls
+# in flight run on goroutines of their own.
+# SANDPOOL_GO_RACE=0 skips it (its first build of grpc-go takes about two
+# minutes on two cores; later ones come from the build cache).
+race=()
+if [ "${SANDPOOL_GO_RACE:-1}" = 0 ]; then
+  echo "=== go: SANDPOOL_GO_RACE=0: testing without the race detector"
+elif [ "$(go env CGO_ENABLED)" = 1 ] && command -v gcc >/dev/null; then
+  race=(-race)
+else
+  echo "=== go: no cgo/gcc: testing without the race detector"
+fi
+
+if [ "$PREPARE" = 1 ]; then
+  stage "compile the tests (build cache)"
+  (cd "$SANDPOOL_GO_PKG_DIR" && go test "${race[@]}" -count=1 -run '^$' ./... >/dev/null)
+  stage ""
+  exit 0
+fi
 
 stage "generated code drift check"
 "$ROOT/scripts/gen-go.sh" --check
@@ -60,18 +85,6 @@ docker image inspect sandpool/python:bookworm >/dev/null || {
   echo "image sandpool/python:bookworm is missing: run scripts/build-images.sh first" >&2; exit 1; }
 
 stage "go test"
-# The race detector needs cgo (gcc): the keepalive, release and cut of calls
-# in flight run on goroutines of their own.
-# SANDPOOL_GO_RACE=0 skips it (its first build of grpc-go takes about two
-# minutes on two cores; later ones come from the build cache).
-race=()
-if [ "${SANDPOOL_GO_RACE:-1}" = 0 ]; then
-  echo "=== go: SANDPOOL_GO_RACE=0: testing without the race detector"
-elif [ "$(go env CGO_ENABLED)" = 1 ] && command -v gcc >/dev/null; then
-  race=(-race)
-else
-  echo "=== go: no cgo/gcc: testing without the race detector"
-fi
 SANDPOOL_REPO="$ROOT" go test "${race[@]}" -count=1 -timeout 300s "$@" ./...
 
 stage ""

@@ -84,6 +84,16 @@ async def exercise(session: ClientSession, server: Server, pool: str) -> None:
     assert images[0].mime_type == "image/png"
     assert base64.b64decode(images[0].data).startswith(b"\x89PNG\r\n\x1a\n")
 
+    csv = await call(
+        session,
+        "execute_code",
+        code="import os\nopen(os.environ['SANDPOOL_OUTPUT_DIR'] + '/result.csv', 'w').write('a,b\\n1,2\\n')",
+    )
+    files = [c.resource for c in csv.content if isinstance(c, EmbeddedResource)]
+    assert [(str(f.uri), getattr(f, "text", None)) for f in files] == [
+        ("file:///sandbox/outputs/result.csv", "a,b\n1,2\n")
+    ], csv.content
+
     up = await call(session, "upload_file", path="data/notes.txt", content="line one\n")
     assert not up.is_error, texts(up)
     binary = base64.b64encode(bytes(range(256))).decode()

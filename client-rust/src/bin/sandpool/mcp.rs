@@ -515,8 +515,8 @@ impl SandpoolMcp {
     #[tool(
         description = "Run a program in the sandbox and return its output, exit code and end reason. \
         Figures (matplotlib plt.show() or left open) come back as PNG images, other files the \
-        program writes to /sandbox/out come back as resources. Each call is a fresh process; \
-        files persist between calls of this session."
+        program writes to $SANDPOOL_OUTPUT_DIR (/sandbox/outputs) come back as resources. \
+        Each call is a fresh process; files persist between calls of this session."
     )]
     async fn execute_code(
         &self,

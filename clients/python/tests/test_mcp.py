@@ -187,6 +187,14 @@ class HttpMcp:
 
 def test_http_needs_the_bearer_token_and_ends_leases_with_sessions(server: Server, make_pool: PoolFactory) -> None:
     pool = make_pool(max_pool_size=2, min_pool_size=1)
+    no_token = subprocess.run(
+        [cli(), "--addr", server.addr, "mcp", "--pool", pool, "--http", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "SANDPOOL_MCP_HTTP_TOKEN"},
+    )
+    assert no_token.returncode == 2 and "--http-token" in no_token.stderr, no_token.stderr
     token = "t0ken-" + os.urandom(8).hex()
     mcp = HttpMcp(server, pool, token)
     try:

@@ -686,18 +686,31 @@ impl SandpoolMcp {
                 "this MCP session has ended; open a new one",
             )]));
         }
-        let mut notes: Vec<String> = state.notice.take().into_iter().collect();
+        let pending = state.notice.take();
+        let mut notes: Vec<String> = pending.clone().into_iter().collect();
         let mut result = self.attempt(&mut state, &op).await;
         if let Err(Fail::LeaseGone(reason)) = &result {
-            notes.push(format!(
-                "The sandbox's lease was lost ({reason}); a new sandbox was acquired and this \
-                 call run again: files and context state from before were reset."
-            ));
-            if let Some(old) = state.session.take() {
-                drop(old);
-            }
+            let reason = reason.clone();
+            // Dropping the Session releases what may be left of the lease.
+            state.session = None;
             state.contexts.clear();
             result = self.attempt(&mut state, &op).await;
+            notes.push(if result.is_ok() {
+                format!(
+                    "The sandbox's lease was lost ({reason}); this call ran again in a new \
+                     sandbox: files and context state from before were reset."
+                )
+            } else {
+                format!(
+                    "The sandbox's lease was lost ({reason}); files and context state from \
+                     before are gone, and running this call in a new sandbox failed:"
+                )
+            });
+        }
+        if state.session.is_none() && pending.is_some() {
+            // No new sandbox yet: say it with the next call that gets one.
+            notes.retain(|n| Some(n) != pending.as_ref());
+            state.notice = pending;
         }
         state.last_used = Some(Instant::now());
         drop(state);

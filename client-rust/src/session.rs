@@ -494,6 +494,15 @@ impl Context<'_> {
         self.run(code).await?.collect().await
     }
 
+    /// Lets go of the handle and keeps the context: its id stays usable in
+    /// `RunRequest.context_id` (through [`Session::run_request`]) until it
+    /// is deleted or the lease ends. For callers that keep contexts by id
+    /// rather than by borrow (the MCP server's).
+    pub fn detach(mut self) -> String {
+        self.deleted = true;
+        std::mem::take(&mut self.id)
+    }
+
     /// Ends the context and its interpreter.
     pub async fn delete(mut self) -> Result<(), Error> {
         self.deleted = true;

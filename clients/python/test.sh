@@ -13,7 +13,9 @@
 # 3. mypy --strict on the package (the generated stubs included) and examples
 # 4. cargo build -p sandpool-server and the Kubernetes test API server (for
 #    the llm-sandbox layer's Kubernetes example; a no-op when up to date),
-#    unless SANDPOOL_SERVER_BIN names the server binary to test against
+#    unless SANDPOOL_SERVER_BIN names the server binary to test against, and
+#    the `sandpool` CLI (tests/test_mcp.py drives `sandpool mcp` with the
+#    official MCP SDK, `mcp` in requirements-test.txt)
 # 5. pytest against a live server that the tests start and stop themselves,
 #    with the newest pinned grpcio/protobuf (requirements-test.txt)
 # 6. when a Python 3.9 interpreter is found (SANDPOOL_PYTHON39, python3.9 on
@@ -67,6 +69,8 @@ if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
   (cd "$ROOT" && cargo build -p sandpool-server -p sandpool-k8s-testserver --bins \
     && cargo build -p sandpool-tests --bin otlp_receiver)
 fi
+stage "cargo build -p sandpool-client --bin sandpool"
+(cd "$ROOT" && cargo build -p sandpool-client --bin sandpool)
 
 stage "docker engine and image check"
 docker info --format '{{.ServerVersion}}' >/dev/null || {

@@ -9,6 +9,10 @@ use std::{
 use clap::{Parser, Subcommand};
 use sandpool_client::{Client, Error, RunEvent, proto as pb};
 
+#[cfg(feature = "mcp")]
+#[path = "sandpool/mcp.rs"]
+mod mcp;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sandpool",
@@ -84,6 +88,35 @@ enum Command {
         /// Return once the pool is warm.
         #[arg(long)]
         wait: bool,
+    },
+    /// Serve MCP (Model Context Protocol) for agent hosts: over stdio, or
+    /// over streamable HTTP at /mcp with --http. Each MCP session leases one
+    /// sandbox from POOL, acquired on first use and released when the
+    /// session ends.
+    #[cfg(feature = "mcp")]
+    Mcp {
+        /// Pool to lease from.
+        #[arg(long, default_value = "python")]
+        pool: String,
+        /// Serve streamable HTTP on this address (e.g. 127.0.0.1:8808)
+        /// instead of stdio.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// Bearer token HTTP clients must send (required with --http).
+        #[arg(long, env = "SANDPOOL_MCP_HTTP_TOKEN", hide_env_values = true)]
+        http_token: Option<String>,
+        /// Host header values accepted over HTTP besides localhost,
+        /// 127.0.0.1 and ::1 (repeatable).
+        #[arg(long)]
+        allowed_host: Vec<String>,
+        /// Release a session's sandbox after this many seconds without a
+        /// tool call (0: never); the next call gets a fresh one.
+        #[arg(long, default_value_t = 600)]
+        idle_release: u64,
+        /// TTL of the leases in seconds (default: the server's); the
+        /// keepalive renews them at a third of it.
+        #[arg(long)]
+        lease_ttl: Option<u64>,
     },
     /// Delete (drain) a pool.
     DeletePool {
@@ -225,6 +258,31 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 println!("    {}", pool.status_message);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "mcp")]
+        Command::Mcp {
+            pool,
+            http,
+            http_token,
+            allowed_host,
+            idle_release,
+            lease_ttl,
+        } => {
+            let options = mcp::Options {
+                pool,
+                idle_release: (idle_release > 0).then(|| Duration::from_secs(idle_release)),
+                lease_ttl: lease_ttl.map(Duration::from_secs),
+                http,
+                http_token,
+                allowed_hosts: allowed_host,
+            };
+            Ok(match mcp::serve(client, options).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sandpool mcp: {e}");
+                    ExitCode::from(2)
+                }
+            })
         }
         Command::DeletePool { name, wait } => {
             let busy = client.delete_pool(&name, wait).await?;

@@ -64,13 +64,14 @@ SANDPOOL_PY_VENV="$GEN_VENV" "$ROOT/scripts/gen-python.sh" --check
 stage "mypy --strict"
 (cd "$PY_DIR" && "$VENV/bin/mypy" --strict src/sandpool examples)
 
+# With SANDPOOL_SERVER_BIN set (scripts/test.sh, after its workspace build)
+# every binary below is already built beside it.
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
-  stage "cargo build -p sandpool-server -p sandpool-k8s-testserver, the OTLP receiver"
+  stage "cargo build: the server, the Kubernetes test API server, the OTLP receiver, the sandpool CLI"
   (cd "$ROOT" && cargo build -p sandpool-server -p sandpool-k8s-testserver --bins \
-    && cargo build -p sandpool-tests --bin otlp_receiver)
+    && cargo build -p sandpool-tests --bin otlp_receiver \
+    && cargo build -p sandpool-client --bin sandpool)
 fi
-stage "cargo build -p sandpool-client --bin sandpool"
-(cd "$ROOT" && cargo build -p sandpool-client --bin sandpool)
 
 stage "docker engine and image check"
 docker info --format '{{.ServerVersion}}' >/dev/null || {

@@ -120,6 +120,36 @@ pub async fn settle(client: &Client, pool: &str, idle: u32) -> anyhow::Result<()
     }
 }
 
+/// Creates the Python pool `name` of `size` warm containers of `image` and
+/// waits until it is ready.
+pub async fn python_pool(
+    client: &Client,
+    name: &str,
+    image: &str,
+    size: u32,
+) -> anyhow::Result<()> {
+    let pool = client
+        .create_pool(
+            sandpool_client::proto::PoolSpec {
+                name: name.into(),
+                language: "python".into(),
+                image: image.into(),
+                config: Some(sandpool_client::proto::PoolConfig {
+                    min_pool_size: Some(size),
+                    max_pool_size: Some(size),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            true,
+        )
+        .await?;
+    if pool.phase != sandpool_client::proto::PoolPhase::Ready as i32 {
+        bail!("pool is not ready: {}", pool.status_message);
+    }
+    Ok(())
+}
+
 /// The median of `samples` (sorts them).
 pub fn median(samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();

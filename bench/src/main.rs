@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sandpool_bench::{BenchServer, docker, raw_exec, settle};
+use sandpool_bench::{BenchServer, docker, python_pool, raw_exec, settle};
 use sandpool_client::{Client, proto as pb};
 
 #[derive(Debug, Parser)]
@@ -85,25 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = BenchServer::start("main").await?;
     let client = server.client.clone();
-    let pool = client
-        .create_pool(
-            pb::PoolSpec {
-                name: "bench".into(),
-                language: "python".into(),
-                image: args.image.clone(),
-                config: Some(pb::PoolConfig {
-                    min_pool_size: Some(args.pool_size),
-                    max_pool_size: Some(args.pool_size),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            true,
-        )
-        .await?;
-    if pool.phase != pb::PoolPhase::Ready as i32 {
-        bail!("pool is not ready: {}", pool.status_message);
-    }
+    python_pool(&client, "bench", &args.image, args.pool_size).await?;
     let docker = docker().await?;
     // A container of the pool for the floor: same image, limits and user.
     let holder = client.acquire("bench").await?;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use sandpool_bench::{BenchServer, docker, median, raw_exec, settle};
-use sandpool_client::{Client, proto as pb};
+use sandpool_bench::{BenchServer, docker, median, python_pool, raw_exec, settle};
+use sandpool_client::Client;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -30,29 +30,6 @@ struct Args {
 }
 
 const CODE: &str = "print('test')";
-
-async fn pool(client: &Client, args: &Args) -> anyhow::Result<()> {
-    let pool = client
-        .create_pool(
-            pb::PoolSpec {
-                name: "bench".into(),
-                language: "python".into(),
-                image: args.image.clone(),
-                config: Some(pb::PoolConfig {
-                    min_pool_size: Some(args.pool_size),
-                    max_pool_size: Some(args.pool_size),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            true,
-        )
-        .await?;
-    if pool.phase != pb::PoolPhase::Ready as i32 {
-        bail!("pool is not ready: {}", pool.status_message);
-    }
-    Ok(())
-}
 
 /// Acquire + Run + Release on a settled pool.
 async fn cycle(client: &Client, pool_size: u32) -> anyhow::Result<Duration> {
@@ -87,8 +64,8 @@ async fn main() -> anyhow::Result<()> {
     let exec_server = BenchServer::start_with("exec", false).await?;
     let runner_server = BenchServer::start_with("runner", true).await?;
     let (exec, runner) = (exec_server.client.clone(), runner_server.client.clone());
-    pool(&exec, &args).await?;
-    pool(&runner, &args).await?;
+    python_pool(&exec, "bench", &args.image, args.pool_size).await?;
+    python_pool(&runner, "bench", &args.image, args.pool_size).await?;
     let docker = docker().await?;
     let holder = exec.acquire("bench").await?;
     let floor_container = holder.container_id().to_string();

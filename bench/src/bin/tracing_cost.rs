@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use sandpool_bench::{median, settle};
-use sandpool_client::{Client, proto as pb};
+use sandpool_bench::{median, python_pool, settle};
+use sandpool_client::Client;
 use sandpool_server::{
     ServerConfig,
     config::LogFormat,
@@ -73,25 +73,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let client = Client::connect(format!("http://{addr}")).await?;
-    let pool = client
-        .create_pool(
-            pb::PoolSpec {
-                name: "bench".into(),
-                language: "python".into(),
-                image: args.image.clone(),
-                config: Some(pb::PoolConfig {
-                    min_pool_size: Some(2),
-                    max_pool_size: Some(2),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            true,
-        )
-        .await?;
-    if pool.phase != pb::PoolPhase::Ready as i32 {
-        bail!("pool is not ready: {}", pool.status_message);
-    }
+    python_pool(&client, "bench", &args.image, 2).await?;
     // Warm-up on both settings.
     for on in [true, false] {
         for _ in 0..5 {

@@ -161,6 +161,36 @@ fn podman_runs() -> bool {
     std::path::Path::new(endpoint.trim_start_matches("unix://")).exists()
 }
 
+/// Sends SIGTERM to a server process and waits for it; panics unless it
+/// exits within 30 s (then it is killed) and successfully.
+pub async fn terminate(mut child: std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let exited = tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() > until {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("waiter")
+    .expect("the server exits within 30s of SIGTERM");
+    assert!(exited.success(), "exit status {exited:?}");
+}
+
 /// Ids of the sandbox containers on the engine labelled with `server_id`
 /// (not its liveness marker).
 pub async fn containers_of(server_id: &str) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::{
 use sandpool_client::{Client, RunEvent, proto as pb};
 use sandpool_tests::{
     TestServer, code_of, containers_of, docker_cli, empty_config, python_image, python_pool,
-    wait_for, workspace_binary,
+    terminate, wait_for, workspace_binary,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +152,7 @@ async fn the_binary_stops_cleanly_on_sigterm() {
         l.local_addr().expect("addr").port()
     };
     let id = format!("bin-{}-{:08x}", std::process::id(), rand::random::<u32>());
-    let mut child = Command::new(workspace_binary("sandpool-server"))
+    let child = Command::new(workspace_binary("sandpool-server"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
         .arg(&config)
         .args(["--server-id", &id])
@@ -173,31 +173,7 @@ async fn the_binary_stops_cleanly_on_sigterm() {
     .await;
     let session = client.acquire("py").await.expect("acquire");
     assert_eq!(containers_of(&id).await.len(), 2);
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let exited = tokio::task::spawn_blocking(move || {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .expect("waiter")
-    .expect("the server exits within 30s of SIGTERM");
-    assert!(exited.success(), "exit status {exited:?}");
+    terminate(child).await;
     assert!(
         containers_of(&id).await.is_empty(),
         "containers left after SIGTERM"

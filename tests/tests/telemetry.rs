@@ -7,14 +7,14 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use sandpool_client::{Client, proto as pb};
 use sandpool_tests::{
     containers_of,
     otlp::{Receiver, SpanRecord},
-    python_image, wait_for, workspace_binary,
+    python_image, terminate, wait_for, workspace_binary,
 };
 
 const POOL: &str = "traced";
@@ -94,32 +94,7 @@ impl ServerProcess {
     /// SIGTERM, a clean exit within 30 s (which flushes the exporters), and
     /// no container left.
     async fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
-        let mut child = self.child;
-        let exited = tokio::task::spawn_blocking(move || {
-            let until = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    return Some(status);
-                }
-                if Instant::now() > until {
-                    let _ = child.kill();
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .expect("waiter")
-        .expect("the server exits within 30s of SIGTERM");
-        assert!(exited.success(), "exit status {exited:?}");
+        terminate(self.child).await;
         assert!(
             containers_of(&self.id).await.is_empty(),
             "containers left after SIGTERM"

@@ -161,6 +161,25 @@ fn podman_runs() -> bool {
     std::path::Path::new(endpoint.trim_start_matches("unix://")).exists()
 }
 
+/// Starts the sandpool-server binary with `config` and `server_id` on a
+/// free loopback port, its output discarded; returns it and its address.
+pub fn spawn_server(config: &std::path::Path, server_id: &str) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(workspace_binary("sandpool-server"))
+        .args(["--listen", &addr, "--config"])
+        .arg(config)
+        .args(["--server-id", server_id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start sandpool-server");
+    (child, addr)
+}
+
 /// Sends SIGTERM to a server process and waits for it; panics unless it
 /// exits within 30 s (then it is killed) and successfully.
 pub async fn terminate(mut child: std::process::Child) {

@@ -4,14 +4,12 @@
 //! Docker and on Podman (whose events and markers behave differently).
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use sandpool_client::proto as pb;
-use sandpool_tests::{
-    Engine, TestServer, python_image, python_pool, secs, wait_for, workspace_binary,
-};
+use sandpool_tests::{Engine, TestServer, python_image, python_pool, secs, wait_for};
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 
@@ -273,19 +271,7 @@ mod cases {
         ),
     )
     .expect("config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(workspace_binary("sandpool-server"))
-            .args(["--listen", &addr, "--config"])
-            .arg(&config)
-            .args(["--server-id", id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sandpool-server");
+        let (child, addr) = sandpool_tests::spawn_server(&config, id);
         ServerProcess {
             child,
             id: id.to_string(),

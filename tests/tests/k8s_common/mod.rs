@@ -10,10 +10,7 @@
 
 #![allow(dead_code)]
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-};
+use std::{path::PathBuf, process::Child};
 
 use sandpool_server::{
     ServerConfig,
@@ -136,18 +133,7 @@ impl K8s {
             ),
         )
         .expect("config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(sandpool_tests::workspace_binary("sandpool-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
-            .arg(&config)
-            .args(["--server-id", server_id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sandpool-server");
+        let (child, _) = sandpool_tests::spawn_server(&config, server_id);
         ServerProcess { child, _dir: dir }
     }
 

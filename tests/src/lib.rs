@@ -161,6 +161,27 @@ fn podman_runs() -> bool {
     std::path::Path::new(endpoint.trim_start_matches("unix://")).exists()
 }
 
+/// One test case on both engines: `case(Engine::Docker)` as test `$docker`,
+/// and `case` on Podman as test `$podman` when Podman is there (a missing
+/// Podman fails the test under SANDPOOL_REQUIRE_PODMAN, see
+/// [`Engine::available`]).
+#[macro_export]
+macro_rules! on_both_engines {
+    ($case:path => $docker:ident, $podman:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $docker() {
+            $case($crate::Engine::Docker).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $podman() {
+            if let Some(engine) = $crate::Engine::Podman.available() {
+                $case(engine).await;
+            }
+        }
+    };
+}
+
 /// Starts the sandpool-server binary with `config` and `server_id` on a
 /// free loopback port, its output discarded; returns it and its address.
 pub fn spawn_server(config: &std::path::Path, server_id: &str) -> (std::process::Child, String) {

@@ -12,17 +12,11 @@ use sandpool_tests::{
     python_image,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_clients_some_killed_never_break_the_invariants() {
-    chaos(Engine::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_clients_some_killed_never_break_the_invariants_on_podman() {
-    if let Some(engine) = Engine::Podman.available() {
-        chaos(engine).await;
-    }
-}
+sandpool_tests::on_both_engines!(
+    chaos =>
+    random_clients_some_killed_never_break_the_invariants,
+    random_clients_some_killed_never_break_the_invariants_on_podman
+);
 
 async fn chaos(engine: Engine) {
     let seed = driver::seed_from_env();

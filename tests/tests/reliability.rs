@@ -13,36 +13,25 @@ use sandpool_tests::{Engine, TestServer, python_image, python_pool, secs, wait_f
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 
-/// One test on both engines: `$name` on Docker, `$name_on_podman` too.
-macro_rules! on_both_engines {
-    ($name:ident, $podman:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            cases::$name(Engine::Docker).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $podman() {
-            if let Some(engine) = Engine::Podman.available() {
-                cases::$name(engine).await;
-            }
-        }
-    };
-}
+use sandpool_tests::on_both_engines;
 
 on_both_engines!(
+    cases::an_owned_pool_lives_while_its_creator_keeps_it_alive =>
     an_owned_pool_lives_while_its_creator_keeps_it_alive,
     an_owned_pool_lives_while_its_creator_keeps_it_alive_on_podman
 );
 on_both_engines!(
+    cases::a_container_removed_behind_the_pools_back_is_never_handed_out =>
     a_container_removed_behind_the_pools_back_is_never_handed_out,
     a_container_removed_behind_the_pools_back_is_never_handed_out_on_podman
 );
 on_both_engines!(
+    cases::a_killed_servers_containers_are_removed_by_the_next_one =>
     a_killed_servers_containers_are_removed_by_the_next_one,
     a_killed_servers_containers_are_removed_by_the_next_one_on_podman
 );
 on_both_engines!(
+    cases::two_live_servers_leave_each_other_alone =>
     two_live_servers_leave_each_other_alone,
     two_live_servers_leave_each_other_alone_on_podman
 );

@@ -269,38 +269,18 @@ async fn kill_everything(engine: Engine) {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_runs_on_the_runner_behave_as_on_exec() {
-    behaves_as_exec(Engine::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn podman_runs_on_the_runner_behave_as_on_exec() {
-    if let Some(engine) = Engine::Podman.available() {
-        behaves_as_exec(engine).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_a_timeout_takes_the_runner_and_the_reset_brings_it_back() {
-    timeout_then_fresh_runner(Engine::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn podman_a_timeout_takes_the_runner_and_the_reset_brings_it_back() {
-    if let Some(engine) = Engine::Podman.available() {
-        timeout_then_fresh_runner(engine).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_kill_everything_and_junk_frames_end_the_run() {
-    kill_everything(Engine::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn podman_kill_everything_and_junk_frames_end_the_run() {
-    if let Some(engine) = Engine::Podman.available() {
-        kill_everything(engine).await;
-    }
-}
+sandpool_tests::on_both_engines!(
+    behaves_as_exec =>
+    docker_runs_on_the_runner_behave_as_on_exec,
+    podman_runs_on_the_runner_behave_as_on_exec
+);
+sandpool_tests::on_both_engines!(
+    timeout_then_fresh_runner =>
+    docker_a_timeout_takes_the_runner_and_the_reset_brings_it_back,
+    podman_a_timeout_takes_the_runner_and_the_reset_brings_it_back
+);
+sandpool_tests::on_both_engines!(
+    kill_everything =>
+    docker_kill_everything_and_junk_frames_end_the_run,
+    podman_kill_everything_and_junk_frames_end_the_run
+);

@@ -101,6 +101,12 @@ else
     wait_for "dockerd (answer or exit)" "$DLOG" sh -c 'docker info || ! pgrep -x dockerd'
   fi
   if ! docker info >/dev/null 2>&1; then
+    # A dockerd that was killed leaves its pid files behind, and dockerd
+    # refuses to start while the pid they name exists, which after a kill
+    # can be any unrelated process that reused it (CI failed on exactly
+    # that). No dockerd or containerd runs here now, so the files are stale.
+    pgrep -x dockerd >/dev/null || rm -f /var/run/docker.pid
+    pgrep -x containerd >/dev/null || rm -f /var/run/docker/containerd/containerd.pid
     # containerd is started by dockerd itself when none runs.
     echo "engine-up: starting dockerd (log: $DLOG)"
     setsid dockerd >>"$DLOG" 2>&1 </dev/null &

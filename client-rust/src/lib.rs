@@ -18,6 +18,7 @@
 
 mod client;
 mod error;
+mod interact;
 mod keepalive;
 mod owned;
 mod run;
@@ -26,6 +27,7 @@ mod trace;
 
 pub use client::{Client, ClientBuilder, DEFAULT_ACQUIRE_WAIT, DEFAULT_TIMEOUT};
 pub use error::{ERROR_DOMAIN, Error, LEASE_REASONS};
+pub use interact::{InteractInput, Interaction};
 pub use owned::{DEFAULT_OWNER_TTL, OwnedPool};
 pub use run::{ArtifactFile, RunEvent, RunOptions, RunOutput, RunStream};
 pub use sandpool_proto::v1 as proto;

@@ -15,6 +15,7 @@ use tonic::{Code, Request};
 use crate::{
     Client, Error, RunOptions, RunOutput, RunStream,
     client::{DEFAULT_ACQUIRE_WAIT, TRANSFER_TIMEOUT, with_deadline},
+    interact::{self, InteractInput, Interaction},
     keepalive::{Held, keep_alive},
     run::duration_pb,
 };
@@ -240,6 +241,32 @@ impl Session {
             .await?
             .into_inner();
         Ok(RunStream::new(Arc::clone(&self.held), stream))
+    }
+
+    /// Starts an interactive run of `request` (code or a command; the lease
+    /// id is filled in, `stdin` must be empty): write its input, close it,
+    /// signal it and resize its terminal through `input` while `events`
+    /// streams its output. With `terminal` (rows, columns) the program gets
+    /// a terminal of that size and its output comes as one stdout stream.
+    pub async fn interact(
+        &self,
+        mut request: pb::RunRequest,
+        terminal: Option<(u16, u16)>,
+    ) -> Result<Interaction, Error> {
+        request.lease_id = self.lease.id.clone();
+        let (tx, rx) = mpsc::channel(interact::REQUEST_BUFFER);
+        // The buffer is empty: this cannot fail.
+        let _ = tx.try_send(interact::start(request, terminal));
+        let requests = ReceiverStream::new(rx);
+        let stream = self
+            .held
+            .call(self.client.sessions().interact(requests))
+            .await?
+            .into_inner();
+        Ok(Interaction {
+            input: InteractInput::new(tx),
+            events: RunStream::new(Arc::clone(&self.held), stream),
+        })
     }
 
     /// Opens a persistent interpreter context in the pool's language:

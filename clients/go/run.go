@@ -238,10 +238,12 @@ func (r *Result) StderrText() string { return string(r.Stderr) }
 // its end needs no Close.
 type RunStream struct {
 	session *Session
-	stream  pb.SessionService_RunClient
-	cancel  context.CancelFunc
-	runID   string
-	done    bool
+	stream  interface {
+		Recv() (*pb.RunResponse, error)
+	}
+	cancel context.CancelFunc
+	runID  string
+	done   bool
 }
 
 // RunID is the run's id, known once the Started event was received.

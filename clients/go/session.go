@@ -195,6 +195,18 @@ func (s *Session) run(ctx context.Context, p Program, opts *RunOptions, contextI
 	if err := s.check(); err != nil {
 		return nil, err
 	}
+	req, deadline := s.runRequest(p, opts, contextID)
+	callCtx, cancel := s.callCtx(ctx, deadline)
+	stream, err := s.client.sessions.Run(callCtx, req)
+	if err != nil {
+		cancel()
+		return nil, s.fail(err)
+	}
+	return &RunStream{session: s, stream: stream, cancel: cancel}, nil
+}
+
+// runRequest is the request of a run and the deadline of its call.
+func (s *Session) runRequest(p Program, opts *RunOptions, contextID string) (*pb.RunRequest, time.Duration) {
 	if opts == nil {
 		opts = &RunOptions{}
 	}
@@ -219,13 +231,7 @@ func (s *Session) run(ctx context.Context, p Program, opts *RunOptions, contextI
 		limit := opts.OutputLimitBytes
 		req.OutputLimitBytes = &limit
 	}
-	callCtx, cancel := s.callCtx(ctx, deadline)
-	stream, err := s.client.sessions.Run(callCtx, req)
-	if err != nil {
-		cancel()
-		return nil, s.fail(err)
-	}
-	return &RunStream{session: s, stream: stream, cancel: cancel}, nil
+	return req, deadline
 }
 
 // RunCollect runs a program and collects its output, exit code, end reason

@@ -23,7 +23,8 @@ use sandpool_server::{
     ServerConfig,
     backend::{
         Backend, BackendKind, ContainerSpec, DockerBackend, ExecSpec, LABEL_MARKER, LABEL_POOL,
-        LABEL_SERVER, Output, SharedBackend, Tmpfs, exec_collect, wait_exit_code,
+        LABEL_SERVER, Output, Resize, SharedBackend, TerminalSize, Tmpfs, exec_collect,
+        wait_exit_code,
     },
 };
 use sandpool_tests::{TestServer, empty_config, python_pool, shell_run, wait_for};
@@ -128,6 +129,7 @@ fn as_user(argv: &[&str]) -> ExecSpec {
         working_dir: Some("/sandbox".into()),
         stdin: false,
         privileged: false,
+        terminal: None,
     }
 }
 
@@ -276,6 +278,67 @@ async fn backend_cases(backend: &dyn Backend, kind: BackendKind) {
     assert_eq!(out, b"PING\ndone\n");
     assert_eq!(wait_exit_code(backend, &exec.id).await.expect("exit"), 0);
 
+    // A terminal: one stdout stream, the size asked for, a resize that is
+    // applied before the input written after it, input echoed.
+    let mut exec = backend
+        .exec(
+            &id,
+            ExecSpec {
+                stdin: true,
+                terminal: Some(TerminalSize {
+                    rows: 24,
+                    columns: 80,
+                }),
+                ..as_user(&[
+                    "/bin/sh",
+                    "-c",
+                    "read a; stty size; read line; stty size; echo got-$line; echo err >&2",
+                ])
+            },
+        )
+        .await
+        .expect("exec with a terminal");
+    let mut stdin = exec.stdin.take().expect("stdin");
+    let resize = exec.resize.take().expect("a resizer");
+    let mut out = String::new();
+    let mut stderr = 0;
+    // The engine sizes the terminal once the exec runs: asked after the
+    // first input.
+    stdin.write_all(b"a\r").await.expect("write");
+    while !out.contains("24 80") {
+        let next = tokio::time::timeout(Duration::from_secs(20), exec.output.next());
+        match next
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: no terminal size; it said {out:?}"))
+        {
+            Some(Ok(Output::Stdout(d))) => out.push_str(&String::from_utf8_lossy(&d)),
+            Some(Ok(Output::Stderr(_))) => stderr += 1,
+            other => panic!("{kind:?}: the terminal said {out:?}, then {other:?}"),
+        }
+    }
+    let (done, applied) = tokio::sync::oneshot::channel();
+    resize
+        .send(Resize {
+            size: TerminalSize {
+                rows: 33,
+                columns: 111,
+            },
+            done,
+        })
+        .expect("resize");
+    let _ = applied.await;
+    stdin.write_all(b"x\r").await.expect("write");
+    while let Some(item) = exec.output.next().await {
+        match item.expect("chunk") {
+            Output::Stdout(d) => out.push_str(&String::from_utf8_lossy(&d)),
+            Output::Stderr(_) => stderr += 1,
+        }
+    }
+    assert_eq!(stderr, 0, "{kind:?}: a terminal has one stream");
+    assert!(out.contains("33 111\r\n"), "{kind:?}: the resize: {out:?}");
+    assert!(out.contains("got-x\r\nerr\r\n"), "{kind:?}: {out:?}");
+    assert_eq!(wait_exit_code(backend, &exec.id).await.expect("exit"), 0);
+
     // A missing program is 126/127, as a shell says.
     let out = exec_collect(backend, &id, as_user(&["/no/such/program"]), None, 4096)
         .await
@@ -344,6 +407,7 @@ async fn backend_cases(backend: &dyn Backend, kind: BackendKind) {
             working_dir: Some("/".into()),
             stdin: false,
             privileged: true,
+            terminal: None,
         },
         None,
         4096,

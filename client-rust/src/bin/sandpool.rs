@@ -12,6 +12,8 @@ use sandpool_client::{Client, Error, RunEvent, proto as pb};
 #[cfg(feature = "mcp")]
 #[path = "sandpool/mcp.rs"]
 mod mcp;
+#[path = "sandpool/shell.rs"]
+mod shell;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +53,20 @@ enum Command {
         timeout: Option<f64>,
         /// The code; "-" reads it from standard input.
         code: String,
+    },
+    /// An interactive shell (or COMMAND) in a sandbox of POOL, on this
+    /// terminal: raw mode, resizes followed, Ctrl-C goes to the sandbox.
+    /// Exits with the program's exit code.
+    Shell {
+        /// Pool to lease from.
+        pool: String,
+        /// End the session after this many seconds (default: the pool's
+        /// max_run_timeout).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The program and its arguments (after --); default: bash, or sh.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// List pools.
     Pools,
@@ -152,6 +168,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             timeout,
             code,
         } => run_code(&client, &pool, shell, timeout, code).await,
+        Command::Shell {
+            pool,
+            timeout,
+            command,
+        } => {
+            let options = shell::Options {
+                pool,
+                timeout,
+                command,
+            };
+            shell::shell(&client, options).await
+        }
         Command::Pools => {
             println!(
                 "{:<20} {:<12} {:<32} {:<9} {:>9} {:>5} {:>5}",

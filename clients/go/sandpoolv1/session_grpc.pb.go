@@ -32,6 +32,12 @@ type SessionServiceClient interface {
 	// Runs code or a command in the lease's container and streams its output as
 	// it is produced. Dropping the stream kills the run.
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (SessionService_RunClient, error)
+	// Runs a program interactively: after the first request (`start`) the
+	// client streams standard input, closes it, sends signals and resizes the
+	// terminal while the program runs; the server streams the run's events as
+	// Run does. Ending the request stream closes standard input; dropping the
+	// response stream kills the run.
+	Interact(ctx context.Context, opts ...grpc.CallOption) (SessionService_InteractClient, error)
 	// Kills a running run and everything it started.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// Installs libraries for this lease only (gone after the reset). Package
@@ -134,6 +140,37 @@ func (x *sessionServiceRunClient) Recv() (*RunResponse, error) {
 	return m, nil
 }
 
+func (c *sessionServiceClient) Interact(ctx context.Context, opts ...grpc.CallOption) (SessionService_InteractClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_SessionService_serviceDesc.Streams[2], "/sandpool.v1.SessionService/Interact", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &sessionServiceInteractClient{stream}
+	return x, nil
+}
+
+type SessionService_InteractClient interface {
+	Send(*InteractRequest) error
+	Recv() (*RunResponse, error)
+	grpc.ClientStream
+}
+
+type sessionServiceInteractClient struct {
+	grpc.ClientStream
+}
+
+func (x *sessionServiceInteractClient) Send(m *InteractRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *sessionServiceInteractClient) Recv() (*RunResponse, error) {
+	m := new(RunResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *sessionServiceClient) Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error) {
 	out := new(CancelResponse)
 	err := c.cc.Invoke(ctx, "/sandpool.v1.SessionService/Cancel", in, out, opts...)
@@ -189,6 +226,12 @@ type SessionServiceServer interface {
 	// Runs code or a command in the lease's container and streams its output as
 	// it is produced. Dropping the stream kills the run.
 	Run(*RunRequest, SessionService_RunServer) error
+	// Runs a program interactively: after the first request (`start`) the
+	// client streams standard input, closes it, sends signals and resizes the
+	// terminal while the program runs; the server streams the run's events as
+	// Run does. Ending the request stream closes standard input; dropping the
+	// response stream kills the run.
+	Interact(SessionService_InteractServer) error
 	// Kills a running run and everything it started.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// Installs libraries for this lease only (gone after the reset). Package
@@ -218,6 +261,9 @@ func (UnimplementedSessionServiceServer) Release(context.Context, *ReleaseReques
 }
 func (UnimplementedSessionServiceServer) Run(*RunRequest, SessionService_RunServer) error {
 	return status.Errorf(codes.Unimplemented, "method Run not implemented")
+}
+func (UnimplementedSessionServiceServer) Interact(SessionService_InteractServer) error {
+	return status.Errorf(codes.Unimplemented, "method Interact not implemented")
 }
 func (UnimplementedSessionServiceServer) Cancel(context.Context, *CancelRequest) (*CancelResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Cancel not implemented")
@@ -325,6 +371,32 @@ type sessionServiceRunServer struct {
 
 func (x *sessionServiceRunServer) Send(m *RunResponse) error {
 	return x.ServerStream.SendMsg(m)
+}
+
+func _SessionService_Interact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SessionServiceServer).Interact(&sessionServiceInteractServer{stream})
+}
+
+type SessionService_InteractServer interface {
+	Send(*RunResponse) error
+	Recv() (*InteractRequest, error)
+	grpc.ServerStream
+}
+
+type sessionServiceInteractServer struct {
+	grpc.ServerStream
+}
+
+func (x *sessionServiceInteractServer) Send(m *RunResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *sessionServiceInteractServer) Recv() (*InteractRequest, error) {
+	m := new(InteractRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func _SessionService_Cancel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -439,6 +511,12 @@ var _SessionService_serviceDesc = grpc.ServiceDesc{
 			StreamName:    "Run",
 			Handler:       _SessionService_Run_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Interact",
+			Handler:       _SessionService_Interact_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "sandpool/v1/session.proto",

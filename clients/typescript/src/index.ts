@@ -5,7 +5,17 @@ export { SandpoolClient, DEFAULT_ADDRESS, DEFAULT_OWNER_TTL_MS, DEFAULT_TIMEOUT_
 export type { AcquireOptions, ClientOptions, OwnedPoolOptions, TlsOptions, WatchOptions } from "./client.js";
 export { OwnedPool } from "./owned.js";
 export { Context, Session } from "./session.js";
-export type { Download, InstallResult, LeaseInfo, RunStream, UploadOptions, UploadResult, UploadSource } from "./session.js";
+export type {
+  Download,
+  InstallResult,
+  Interaction,
+  LeaseInfo,
+  RunStream,
+  UploadOptions,
+  UploadResult,
+  UploadSource,
+} from "./session.js";
+export type { InteractInput, InteractOptions } from "./interact.js";
 export type {
   Artifact,
   ArtifactEvent,

@@ -26,6 +26,13 @@ import { durationToMs } from "./pools.js";
 import { Keeper, answerReason, type KeepAliveInit, type KeepAliveTarget } from "./keepalive.js";
 import { drive, streamCall } from "./streams.js";
 import {
+  InteractQueue,
+  inputOf,
+  type InteractInit,
+  type InteractInput,
+  type InteractOptions,
+} from "./interact.js";
+import {
   EventDecoder,
   artifactFromPb,
   collect,
@@ -198,6 +205,9 @@ export interface RunStream extends AsyncIterable<RunEvent> {
   /** Consumes the events and returns the collected output. */
   collect(): Promise<RunResult>;
 }
+
+/** An interactive run: its events, and what to send it while it runs. */
+export interface Interaction extends RunStream, InteractInput {}
 
 /** What `installLibraries` did. */
 export interface InstallResult {
@@ -383,9 +393,61 @@ export class Session implements AsyncDisposable {
     return this.runCollect({ shell: line }, options);
   }
 
-  private async *runEvents(program: Program, options: RunOptions, contextId: string): AsyncGenerator<RunEvent> {
+  /**
+   * Starts an interactive run of `program`: `write` its input while it
+   * runs, `closeStdin()`, `signal("SIGINT")` and, with `options.terminal`,
+   * `resize(rows, columns)`; iterate it for the events as they arrive.
+   * Breaking out of the loop (or aborting `options.signal`) kills the run.
+   */
+  interact(program: Program, options: InteractOptions = {}): Interaction {
+    const queue = new InteractQueue();
+    const start: InteractInit = {
+      action: {
+        case: "start",
+        value: { run: this.runRequest(program, options, ""), terminal: options.terminal },
+      },
+    };
+    // Queued, not sent: the call opens when the events are first read.
+    void queue.push(start);
+    const events = this.interactEvents(queue, options);
+    return {
+      [Symbol.asyncIterator]: () => events[Symbol.asyncIterator](),
+      collect: () => collect(events),
+      ...inputOf(queue),
+    };
+  }
+
+  private async *interactEvents(queue: InteractQueue, options: InteractOptions): AsyncGenerator<RunEvent> {
     this.check();
-    const request: MessageInitShape<typeof RunRequestSchema> = {
+    const deadline =
+      options.deadlineMs ??
+      (options.timeoutMs === undefined ? RUN_DEFAULT_DEADLINE_MS : options.timeoutMs + RUN_DEADLINE_SLACK_MS);
+    const decoder = new EventDecoder();
+    try {
+      const responses = drive(
+        (call) => this.ctx.sessions.interact(queue, call),
+        deadline,
+        [options.signal, this.#cut.signal],
+      );
+      for await (const response of responses) {
+        const event = decoder.decode(response);
+        if (event !== undefined) {
+          yield event;
+        }
+      }
+    } catch (err) {
+      throw this.fail(err);
+    } finally {
+      queue.end();
+    }
+  }
+
+  private runRequest(
+    program: Program,
+    options: RunOptions,
+    contextId: string,
+  ): MessageInitShape<typeof RunRequestSchema> {
+    return {
       contextId,
       leaseId: this.lease.id,
       program: programToPb(program),
@@ -396,6 +458,11 @@ export class Session implements AsyncDisposable {
       outputLimitBytes: options.outputLimitBytes === undefined ? undefined : BigInt(options.outputLimitBytes),
       plotFormat: options.plotFormat === undefined ? PlotFormat.UNSPECIFIED : PLOT_FORMATS[options.plotFormat],
     };
+  }
+
+  private async *runEvents(program: Program, options: RunOptions, contextId: string): AsyncGenerator<RunEvent> {
+    this.check();
+    const request = this.runRequest(program, options, contextId);
     const deadline =
       options.deadlineMs ??
       (options.timeoutMs === undefined ? RUN_DEFAULT_DEADLINE_MS : options.timeoutMs + RUN_DEADLINE_SLACK_MS);

@@ -13,7 +13,7 @@ use crate::{
     files,
     identity::{Identity, Quota},
     pool::{AcquireRequest, LeaseFile},
-    run::{self, Program, RunEvent, context, install},
+    run::{self, Program, RunEvent, context, install, interactive},
     telemetry,
 };
 
@@ -202,6 +202,81 @@ impl SessionService for SessionApi {
         audit::outcome(&who, "Run", result)
     }
 
+    type InteractStream = RunStream;
+
+    async fn interact(
+        &self,
+        request: Request<Streaming<pb::InteractRequest>>,
+    ) -> Result<Response<Self::InteractStream>, Status> {
+        let who = caller(&request)?;
+        let result = async {
+            let mut requests = request.into_inner();
+            let start = match requests.message().await? {
+                Some(pb::InteractRequest {
+                    action: Some(pb::interact_request::Action::Start(start)),
+                }) => start,
+                Some(_) => {
+                    return Err(Error::invalid(
+                        "start",
+                        "must be the first request of an interactive run",
+                    )
+                    .into());
+                }
+                None => {
+                    return Err(
+                        Error::invalid("start", "the requests ended before the start").into(),
+                    );
+                }
+            };
+            let req = start
+                .run
+                .ok_or_else(|| Error::invalid("start.run", "is required: what to run"))?;
+            let terminal = start
+                .terminal
+                .map(|t| interactive::terminal_size("start.terminal", t.rows, t.columns))
+                .transpose()?;
+            required("start.run.lease_id", &req.lease_id)?;
+            telemetry::record_lease(&req.lease_id);
+            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            telemetry::record_pool(&lease.spec().name);
+            let held = open_stream(&self.state, &who)?;
+            let lease_id = req.lease_id.clone();
+            let spec = convert::run_spec_from_pb(req)?;
+            let subject = run_subject(&lease_id, &lease.spec().language, &spec.program);
+            let (events, controls) =
+                run::start_interactive(lease, spec, &self.state.run_limits, terminal).await?;
+            let (refused_tx, refused_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(apply_interactions(requests, controls, refused_tx));
+            let who = Arc::clone(&who);
+            let mut run_id = String::new();
+            let events = tokio_stream::wrappers::ReceiverStream::new(events)
+                .enumerate()
+                .map(move |(i, event)| {
+                    let _held = &held;
+                    match &event {
+                        RunEvent::Started { run_id: id, .. } => run_id = id.to_string(),
+                        RunEvent::Exit(exit) => audit::run_ended(&who, &subject, &run_id, exit),
+                        _ => {}
+                    }
+                    convert::run_event_to_pb(i as u64 + 1, event)
+                });
+            // A bad request ends the call with its status (tonic sends
+            // nothing after an error; the run, its stream dropped, is
+            // killed). The call ends with the run's last event even while
+            // the client still sends (`None` marks the end).
+            let refused = futures::stream::once(refused_rx)
+                .filter_map(|r| futures::future::ready(r.ok().map(|status| Some(Err(status)))));
+            let events = events
+                .map(Some)
+                .chain(futures::stream::once(futures::future::ready(None)));
+            let stream = futures::stream::select(events, refused)
+                .scan((), |(), item| futures::future::ready(item));
+            Ok(Response::new(Box::pin(stream) as RunStream))
+        }
+        .await;
+        audit::outcome(&who, "Interact", result)
+    }
+
     async fn install_libraries(
         &self,
         request: Request<pb::InstallLibrariesRequest>,
@@ -279,6 +354,55 @@ impl SessionService for SessionApi {
 }
 
 /// One of `who`'s open streams, counted against its quota until dropped.
+/// Applies an interactive run's requests after its start, in order, until
+/// the client stops sending or the run's response is over. The first bad
+/// request is sent to `refused` and ends the call.
+async fn apply_interactions(
+    mut requests: Streaming<pb::InteractRequest>,
+    mut controls: run::Controls,
+    mut refused: tokio::sync::oneshot::Sender<Status>,
+) {
+    use pb::interact_request::Action;
+    loop {
+        let next = tokio::select! {
+            next = requests.message() => next,
+            // The response is over (the run ended, or the client left).
+            () = refused.closed() => return,
+        };
+        // Ended (or broken): stdin closes with the controls.
+        let Ok(Some(request)) = next else { return };
+        let outcome = match request.action {
+            None => Err(Error::invalid(
+                "action",
+                "is empty; send stdin, close_stdin, signal or resize",
+            )),
+            Some(Action::Start(_)) => Err(Error::invalid(
+                "start",
+                "was sent already; an interactive run starts once",
+            )),
+            Some(Action::Stdin(data)) => tokio::select! {
+                written = controls.write(data) => written,
+                () = refused.closed() => return,
+            },
+            Some(Action::CloseStdin(_)) => {
+                controls.close_stdin();
+                Ok(())
+            }
+            Some(Action::Signal(signal)) => controls.signal(signal).await,
+            Some(Action::Resize(size)) => {
+                match interactive::terminal_size("resize", size.rows, size.columns) {
+                    Ok(size) => controls.resize(size).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            let _ = refused.send(e.into());
+            return;
+        }
+    }
+}
+
 pub(super) fn open_stream(
     state: &AppState,
     who: &Identity,

@@ -23,7 +23,8 @@ use tokio::sync::OnceCell;
 
 use super::{
     Backend, BackendKind, ContainerEvent, ContainerEventKind, ContainerInfo, ContainerSpec, Error,
-    Exec, ExecSpec, LABEL_MARKER, LABEL_SERVER, ListedContainer, Liveness, Output, Result, Tmpfs,
+    Exec, ExecSpec, LABEL_MARKER, LABEL_SERVER, ListedContainer, Liveness, Output, Result,
+    TerminalResize, TerminalSize, Tmpfs,
     privilege::{self, Mode, Privileges},
 };
 
@@ -92,6 +93,35 @@ impl DockerBackend {
                     .map_err(|e| unreachable(e.to_string()))
             })
             .await
+    }
+
+    /// Sets a new exec's terminal to its first size (the engine starts it at
+    /// 0x0, or 80x24) and returns the sender that resizes it later, each
+    /// resize an API call in a task that lives as long as the sender.
+    async fn terminal_resizer(&self, exec_id: &str, size: TerminalSize) -> Result<TerminalResize> {
+        let docker = self.client().await?.clone();
+        let resize = |docker: Docker, id: String, size: TerminalSize| async move {
+            let options = bollard::exec::ResizeExecOptions {
+                height: size.rows,
+                width: size.columns,
+            };
+            docker.resize_exec(&id, options).await
+        };
+        // An exec that already ended cannot be resized: not an error here.
+        if let Err(e) = resize(docker.clone(), exec_id.to_string(), size).await {
+            tracing::debug!(exec = exec_id, error = %e, "could not size the terminal");
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<super::Resize>();
+        let id = exec_id.to_string();
+        tokio::spawn(async move {
+            while let Some(request) = rx.recv().await {
+                if let Err(e) = resize(docker.clone(), id.clone(), request.size).await {
+                    tracing::debug!(exec = %id, error = %e, "could not resize the terminal");
+                }
+                drop(request.done);
+            }
+        });
+        Ok(tx)
     }
 
     /// Tmpfs options in the engine's dialect. Docker mounts tmpfs `noexec`
@@ -491,7 +521,7 @@ impl Backend for DockerBackend {
             attach_stdin: Some(spec.stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            tty: Some(false),
+            tty: Some(spec.terminal.is_some()),
             env: Some(spec.env),
             cmd: Some(spec.argv),
             user: Some(user),
@@ -507,7 +537,7 @@ impl Backend for DockerBackend {
             .map_err(|e| self.at().container_error("exec create", container_id, e))?;
         let options = StartExecOptions {
             detach: false,
-            tty: false,
+            tty: spec.terminal.is_some(),
             output_capacity: Some(EXEC_READ_CAPACITY),
         };
         match self
@@ -529,16 +559,25 @@ impl Backend for DockerBackend {
                             Ok(bollard::container::LogOutput::StdErr { message }) => {
                                 Some(Ok(Output::Stderr(message)))
                             }
+                            // A terminal's one stream.
+                            Ok(bollard::container::LogOutput::Console { message }) => {
+                                Some(Ok(Output::Stdout(message)))
+                            }
                             Ok(_) => None,
                             Err(e) => Some(Err(at.container_error("exec output", &container, e))),
                         };
                         futures::future::ready(mapped)
                     })
                     .boxed();
+                let resize = match spec.terminal {
+                    Some(size) => Some(self.terminal_resizer(&created.id, size).await?),
+                    None => None,
+                };
                 Ok(Exec {
                     id: created.id,
                     stdin: spec.stdin.then_some(input),
                     output,
+                    resize,
                 })
             }
             StartExecResults::Detached => Err(Error::Engine {

@@ -172,6 +172,28 @@ pub struct ExecSpec {
     /// exec, or a root exec where the engine cannot grant one): only ever
     /// for a fixed command of the server's own.
     pub privileged: bool,
+    /// Give the process a terminal of this size (its stdin, stdout and
+    /// stderr; the output then comes as one stdout stream).
+    pub terminal: Option<TerminalSize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub columns: u16,
+}
+
+/// Resizes an exec's terminal: each request is answered (`done` dropped)
+/// once the engine applied it, so that input written after a resize meets
+/// the new size. A resize of a process that is gone is answered too.
+pub type TerminalResize = tokio::sync::mpsc::UnboundedSender<Resize>;
+
+/// One resize of an exec's terminal.
+#[derive(Debug)]
+pub struct Resize {
+    pub size: TerminalSize,
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 /// One piece of output of an exec.
@@ -189,6 +211,8 @@ pub struct Exec {
     pub id: String,
     pub stdin: Option<ExecStdin>,
     pub output: BoxStream<'static, Result<Output>>,
+    /// With a terminal: resizes it.
+    pub resize: Option<TerminalResize>,
 }
 
 /// A container found on the engine by label.

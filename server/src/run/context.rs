@@ -173,6 +173,7 @@ async fn start_kernel(
         working_dir: Some(sandbox::WORKSPACE.to_string()),
         stdin: true,
         privileged: false,
+        terminal: None,
     };
     let mut started = lease
         .sandbox()

@@ -4,13 +4,17 @@
 pub mod artifacts;
 pub mod context;
 pub mod install;
+pub mod interactive;
 mod request;
 mod resident;
 /// Runs over the fake engine, in paused time.
 #[cfg(test)]
 mod tests;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 // tokio's clock, which `tokio::time::pause` drives in the unit tests.
 use tokio::time::Instant;
@@ -20,9 +24,13 @@ use futures::StreamExt;
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tracing::Instrument;
 
+pub use interactive::Controls;
 pub use request::{PlotFormat, Program, RunLimits, RunSpec};
 
-use self::artifacts::{ArtifactWatch, FrameScanner};
+use self::{
+    artifacts::{ArtifactWatch, FrameScanner},
+    request::Stdin,
+};
 use crate::{
     artifact::ArtifactInfo,
     error::{Error, LeaseEnd, Result},
@@ -30,7 +38,7 @@ use crate::{
         LeaseGuard,
         lease::{RunId, RunRegistration, StopCause},
     },
-    sandbox::{self, EngineError, Exec, ExecSpec, Output, runner::RunnerRun},
+    sandbox::{self, EngineError, Exec, ExecSpec, Output, TerminalSize, runner::RunnerRun},
 };
 
 /// After a kill, output still in flight is drained for at most this long.
@@ -119,18 +127,49 @@ pub async fn start(
 ) -> Result<mpsc::Receiver<RunEvent>> {
     // The run's span lasts until its last event: the pump runs in it.
     let span = crate::otel_span!("run");
-    start_in(lease, spec, limits, span.clone())
+    let (events, _) = start_in(lease, spec, limits, None, span.clone())
         .instrument(span)
-        .await
+        .await?;
+    Ok(events)
 }
 
+/// Starts an interactive run: its input is streamed through the returned
+/// controls (which also signal it and resize its terminal), with a
+/// terminal of `terminal`'s size if given. Always a process of its own
+/// (never the resident runner, never a context's cell).
+pub async fn start_interactive(
+    lease: LeaseGuard,
+    spec: RunSpec,
+    limits: &RunLimits,
+    terminal: Option<TerminalSize>,
+) -> Result<(mpsc::Receiver<RunEvent>, Controls)> {
+    let span = crate::otel_span!("run");
+    let (events, controls) = start_in(lease, spec, limits, Some(terminal), span.clone())
+        .instrument(span)
+        .await?;
+    // Only a context's cell runs without a process of its own, and `plan`
+    // refuses those already.
+    let controls = controls
+        .ok_or_else(|| Error::invalid("context_id", "a context's cells are not interactive"))?;
+    Ok((events, controls))
+}
+
+/// `interactive`: `Some(terminal)` for a run whose input is live.
 async fn start_in(
     lease: LeaseGuard,
     spec: RunSpec,
     limits: &RunLimits,
+    interactive: Option<Option<TerminalSize>>,
     span: tracing::Span,
-) -> Result<mpsc::Receiver<RunEvent>> {
-    let mut plan = request::plan(&lease, spec, limits)?;
+) -> Result<(mpsc::Receiver<RunEvent>, Option<Controls>)> {
+    let stdin = match interactive {
+        Some(terminal) => Stdin::Live {
+            terminal: terminal.is_some(),
+        },
+        None => Stdin::Given,
+    };
+    let terminal = interactive.flatten();
+    let mut plan = request::plan(&lease, spec, limits, stdin)?;
     let run_id = RunId::new();
     let registration = lease.register_run(&run_id);
     if let Some(cause) = registration.control().cause() {
@@ -139,6 +178,8 @@ async fn start_in(
     let watch = ArtifactWatch::start();
     // A cell runs in its context's kernel, under the context's group.
     let mut group = None;
+    let mut controls = None;
+    let mut live_input = None;
     let source = match plan.cell.take() {
         Some((context_id, code)) => {
             let context = context::find(&lease, &context_id)?;
@@ -159,19 +200,38 @@ async fn start_in(
                 .map_err(|e| lease.sandbox_error(e))?;
             // The program continues the trace from the run's span.
             let trace_env = crate::telemetry::trace_env();
-            let exec_spec = exec_spec(&lease, &plan, &run_id, &run_group, &watch, trace_env);
-            let resident = resident::start(&lease, &exec_spec, &plan.input)
-                .instrument(crate::otel_span!("runner.start"))
-                .await;
+            let mut exec_spec = exec_spec(
+                &lease, &plan, &run_id, &run_group, &watch, trace_env, terminal,
+            );
+            let resident = if interactive.is_none() {
+                resident::start(&lease, &exec_spec, &plan.input)
+                    .instrument(crate::otel_span!("runner.start"))
+                    .await
+            } else {
+                exec_spec.stdin = true;
+                exec_spec.terminal = terminal;
+                None
+            };
             match resident {
                 Some(run) => Source::Runner(Box::new(run)),
                 None => {
-                    let exec = lease
+                    let mut exec = lease
                         .sandbox()
                         .start(exec_spec)
                         .instrument(crate::otel_span!("engine.exec"))
                         .await
                         .map_err(|e| lease.engine_error(e))?;
+                    let run_group = Arc::new(run_group);
+                    if interactive.is_some() {
+                        let (tx, rx) = mpsc::channel(interactive::STDIN_BUFFER);
+                        live_input = Some(rx);
+                        controls = Some(Controls::new(
+                            tx,
+                            exec.resize.take(),
+                            Arc::downgrade(&run_group),
+                            lease.sandbox().clone(),
+                        ));
+                    }
                     group = Some(run_group);
                     Source::Exec(exec)
                 }
@@ -191,6 +251,7 @@ async fn start_in(
         registration,
         run_id,
         group,
+        terminal: terminal.is_some(),
         started,
         timeout: plan.timeout,
         limit: plan.output_limit,
@@ -204,8 +265,26 @@ async fn start_in(
         watch,
         artifact_budget: limits.max_artifact_bytes,
     };
-    tokio::spawn(pump.run(source, plan.input).instrument(span));
-    Ok(rx)
+    let input = match live_input {
+        Some(rx) => Input::Live {
+            prefix: plan.input,
+            rx,
+        },
+        None => Input::Given(plan.input),
+    };
+    tokio::spawn(pump.run(source, input).instrument(span));
+    Ok((rx, controls))
+}
+
+/// A run's standard input.
+enum Input {
+    /// All of it, then end of file.
+    Given(Bytes),
+    /// `prefix`, then what the client streams until it closes stdin.
+    Live {
+        prefix: Bytes,
+        rx: mpsc::Receiver<Bytes>,
+    },
 }
 
 /// The run's own process, in its own group (see `sandbox::RunGroup`).
@@ -216,6 +295,7 @@ fn exec_spec(
     group: &sandbox::RunGroup,
     watch: &ArtifactWatch,
     trace_env: Vec<(String, String)>,
+    terminal: Option<TerminalSize>,
 ) -> ExecSpec {
     let out_dir = lease.spec().output_dir.clone();
     // Layers, later ones winning: the pool's runtime.env (the lease's
@@ -245,6 +325,10 @@ fn exec_spec(
     } else {
         watch.wrap(plan.argv.clone(), &out_dir)
     };
+    let argv = match terminal {
+        Some(size) => interactive::sized_terminal(size, argv),
+        None => argv,
+    };
     ExecSpec {
         argv: lease.sandbox().user_argv(argv),
         env,
@@ -254,6 +338,7 @@ fn exec_spec(
         // engine spends a few milliseconds less per exec.
         stdin: !plan.input.is_empty(),
         privileged: false,
+        terminal: None,
     }
 }
 
@@ -295,8 +380,12 @@ struct Pump {
     registration: RunRegistration,
     run_id: RunId,
     /// The run's group (a cell's is its context's); given back when the
-    /// run is over, its kill included.
-    group: Option<sandbox::RunGroup>,
+    /// run is over, its kill included (an interactive run's controls only
+    /// hold it weakly).
+    group: Option<Arc<sandbox::RunGroup>>,
+    /// The program has a terminal: its one output stream is stdout, which
+    /// then carries the artifact report too.
+    terminal: bool,
     started: Instant,
     timeout: Duration,
     limit: u64,
@@ -316,16 +405,23 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(mut self, mut source: Source, input: Bytes) {
+    async fn run(mut self, mut source: Source, input: Input) {
         if let Source::Exec(exec) = &mut source
             && let Some(mut stdin) = exec.stdin.take()
         {
             // In its own task: a program that never reads its input must not
             // hold up its output.
-            tokio::spawn(async move {
-                let _ = stdin.write_all(&input).await;
-                let _ = stdin.shutdown().await;
-            });
+            match input {
+                Input::Given(input) => {
+                    tokio::spawn(async move {
+                        let _ = stdin.write_all(&input).await;
+                        let _ = stdin.shutdown().await;
+                    });
+                }
+                Input::Live { prefix, rx } => {
+                    tokio::spawn(interactive::feed(stdin, prefix, rx));
+                }
+            }
         }
         let deadline = self.started + self.timeout;
         let control = self.registration.control().clone();
@@ -349,6 +445,10 @@ impl Pump {
                     }
                 },
                 item = source.next(), if pending.is_none() && !output_done => match item {
+                    Some(Ok(Output::Stdout(data))) if self.terminal => {
+                        let own = self.scanner.feed(&data);
+                        pending = self.accept(&source, 0, own);
+                    }
                     Some(Ok(Output::Stdout(data))) => pending = self.accept(&source, 0, data),
                     Some(Ok(Output::Stderr(data))) => {
                         let own = self.scanner.feed(&data);
@@ -364,7 +464,8 @@ impl Pump {
                             tracing::debug!(run = %self.run_id, after_start_ms = self.started.elapsed().as_millis() as u64, "output ended after the stop");
                         }
                         let held = self.scanner.finish();
-                        pending = self.accept(&source, 1, held);
+                        let stream = if self.terminal { 0 } else { 1 };
+                        pending = self.accept(&source, stream, held);
                     }
                 },
                 _ = tokio::time::sleep_until(deadline), if self.stop.is_none() => {

@@ -121,8 +121,36 @@ fn no_nul(field: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Result<Plan> {
+/// An interactive run's standard input, streamed by its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stdin {
+    /// All of it in the request (`RunSpec::stdin`).
+    Given,
+    /// Streamed by the client while the program runs; with a terminal.
+    Live { terminal: bool },
+}
+
+pub(super) fn plan(
+    lease: &LeaseGuard,
+    spec: RunSpec,
+    limits: &RunLimits,
+    stdin: Stdin,
+) -> Result<Plan> {
     let pool = lease.spec();
+    if let Stdin::Live { .. } = stdin {
+        if spec.context_id.is_some() {
+            return Err(Error::invalid(
+                "context_id",
+                "a context's cells are not interactive; run them with Run",
+            ));
+        }
+        if !spec.stdin.is_empty() {
+            return Err(Error::invalid(
+                "stdin",
+                "an interactive run's input comes as stdin requests, not in its start",
+            ));
+        }
+    }
     let mut reports_artifacts = false;
     let mut cell = None;
     if let Some(context_id) = spec.context_id.clone() {
@@ -172,7 +200,17 @@ pub(super) fn plan(lease: &LeaseGuard, spec: RunSpec, limits: &RunLimits) -> Res
                     ),
                 ));
             }
+            // Live input counts as none here: the code then travels as an
+            // argument when it can, leaving stdin to the client (and to a
+            // terminal, which would echo code written to it).
             let plan = lease.lang().plan(&source, !spec.stdin.is_empty());
+            if stdin == (Stdin::Live { terminal: true }) && !plan.stdin_prefix.is_empty() {
+                // A terminal would echo the code and read it line by line.
+                return Err(Error::invalid(
+                    "code",
+                    "is too large to pass to a program with a terminal; upload it as a file and run it as a command",
+                ));
+            }
             reports_artifacts = lease.lang().reports_artifacts();
             (plan.argv, plan.stdin_prefix, plan.env)
         }

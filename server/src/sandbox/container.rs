@@ -306,6 +306,17 @@ impl Container {
         }
     }
 
+    /// Sends `signal` to every process of a run's group; returns how many
+    /// got it. Unlike a kill, a failure leaves the container alone: the
+    /// signal was the client's wish, not the server's need.
+    pub async fn signal_group(&self, gid: u32, signal: i32) -> Result<u32> {
+        let command = format!("signal {gid} {signal}");
+        match self.warden_command(&command, KILL_WAIT).await? {
+            warden::Answer::Done(sent) => Ok(sent.trim().parse().unwrap_or(0)),
+            warden::Answer::Busy => Ok(0),
+        }
+    }
+
     /// Installs libraries for the lease that holds this container.
     pub async fn install_libraries(
         &self,

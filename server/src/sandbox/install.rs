@@ -109,6 +109,7 @@ async fn install(
         working_dir: Some("/".to_string()),
         stdin: false,
         privileged: false,
+        terminal: None,
     };
     // What the image (or an earlier install) has already needs neither the
     // installer nor an index.

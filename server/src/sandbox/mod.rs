@@ -41,7 +41,8 @@ use crate::{
 /// What the layers above use of the engine's types, so that they need not
 /// reach past the sandbox.
 pub use crate::backend::{
-    Collected, Error as EngineError, Exec, ExecSpec, ExecStdin, Output, Result as EngineResult,
+    Collected, Error as EngineError, Exec, ExecSpec, ExecStdin, Output, Resize,
+    Result as EngineResult, TerminalResize, TerminalSize,
 };
 
 pub use crate::backend::{LABEL_POOL, LABEL_SERVER, LABEL_TEMPORARY};
@@ -200,6 +201,7 @@ fn internal_as(user: String, argv: Vec<String>) -> ExecSpec {
         working_dir: Some("/".to_string()),
         stdin: false,
         privileged: false,
+        terminal: None,
     }
 }
 
@@ -219,6 +221,7 @@ fn toolchain(spec: &PoolSpec, argv: Vec<String>) -> ExecSpec {
         working_dir: Some("/".to_string()),
         stdin: false,
         privileged: false,
+        terminal: None,
     }
 }
 

@@ -157,6 +157,7 @@ fn exec_spec(argv: Vec<String>, stdin: bool) -> ExecSpec {
         working_dir: Some("/".to_string()),
         stdin,
         privileged: true,
+        terminal: None,
     }
 }
 

@@ -15,6 +15,7 @@
 # command line on stdin, and exits when stdin closes (the server went away):
 #   ping                 ok PID IDLE
 #   kill gid|uid N       ok KILLED      every process with N among its ids
+#   signal N SIG         ok SENT        signal SIG to every process with gid N
 #   reset                ok | busy N | err WHY   see reset() below
 #   discover DIR...      ok DIRS FILES  record what the sandbox user can write
 #   install-begin U      ok             pool library dirs owned by uid U
@@ -116,6 +117,20 @@ sweep() {
     done
   done
   for pid in $thaw; do kill -CONT "$pid" 2>/dev/null; done
+}
+
+# Sends signal $2 to every process with gid $1 among its ids (a client's
+# signal to its interactive run), without freezing anything: the run goes
+# on. Sets $sent.
+signal_group() {
+  mode=gid id=$1 sent=0
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    case $pid in 1 | "$self" | "$idle") continue ;; esac
+    if inspect "$pid" && wanted && [ "$st" != Z ] && kill -"$2" "$pid" 2>/dev/null; then
+      sent=$((sent + 1))
+    fi
+  done
 }
 
 # Whether $pnd (hex) has SIGSTOP, signal 19 (bit 0x40000). gVisor's status
@@ -279,6 +294,14 @@ dispatch() {
       number "$3" || { echo "err not a number: $3"; return; }
       sweep "$2" "$3"
       echo "ok $killed"
+      ;;
+    signal)
+      number "$2" || { echo "err not a number: $2"; return; }
+      if ! number "$3" || [ "$3" -lt 1 ] || [ "$3" -gt 64 ]; then
+        echo "err not a signal number: $3"; return
+      fi
+      signal_group "$2" "$3"
+      echo "ok $sent"
       ;;
     reset) reset ;;
     discover) shift; discover "$@" ;;

@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 from . import errors
-from .aio import AsyncClient, AsyncContext, AsyncOwnedPool, AsyncRunStream, AsyncSession
-from .client import Client, Context, OwnedPool, RunStream, Session
+from .aio import AsyncClient, AsyncContext, AsyncInteraction, AsyncOwnedPool, AsyncRunStream, AsyncSession
+from .client import Client, Context, Interaction, OwnedPool, RunStream, Session
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -65,6 +65,7 @@ __all__ = [
     "AsyncClient",
     "AsyncContext",
     "AsyncOwnedPool",
+    "AsyncInteraction",
     "AsyncRunStream",
     "AsyncSession",
     "Client",
@@ -78,6 +79,7 @@ __all__ = [
     "FailedPrecondition",
     "FileInfo",
     "InstallResult",
+    "Interaction",
     "InvalidArgument",
     "LeaseInfo",
     "LeaseLost",

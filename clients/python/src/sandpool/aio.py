@@ -943,6 +943,50 @@ class AsyncSession(_Ends):
         )
         return self._start(req, timeout)
 
+    def interact(
+        self,
+        code: Optional[Union[str, bytes]] = None,
+        *,
+        command: Optional[Union[str, Sequence[str]]] = None,
+        terminal: Optional[Tuple[int, int]] = None,
+        env: Optional[Mapping[str, str]] = None,
+        working_dir: Optional[str] = None,
+        timeout: Optional[c.Seconds] = None,
+        language: Optional[str] = None,
+        output_limit_bytes: Optional[int] = None,
+        plot_format: c.PlotFormatArg = None,
+    ) -> AsyncInteraction:
+        """Starts an interactive run of ``code`` or ``command`` (a string is
+        a shell command line, a sequence an argv): :meth:`AsyncInteraction.write`
+        its input while it runs, ``close_stdin()``, ``signal(signal.SIGINT)``
+        and, with ``terminal=(rows, columns)``, ``resize(rows, columns)``;
+        iterate it for the events as they are produced. With a terminal the
+        program's output arrives as one stdout stream, shaped by the terminal
+        (echo, ``\\r\\n``), and a ``"\\x03"`` written interrupts its
+        foreground job as Ctrl-C does."""
+        req = c.run_request(
+            self.lease.id,
+            code=code,
+            command=command,
+            language=language,
+            env=env,
+            working_dir=working_dir,
+            timeout=timeout,
+            output_limit_bytes=output_limit_bytes,
+            plot_format=plot_format,
+        )
+        start = session_pb2.InteractRequest(start=session_pb2.InteractStart(run=req))
+        if terminal is not None:
+            rows, columns = terminal
+            start.start.terminal.CopyFrom(session_pb2.TerminalSize(rows=rows, columns=columns))
+        self._check()
+        # Without a request iterator grpc.aio takes the requests by write()
+        # (which the generated typing does not know).
+        call = self._client.sessions.Interact(  # type: ignore[call-arg]
+            timeout=c.run_deadline(timeout), metadata=self._client.metadata
+        )
+        return AsyncInteraction(call, start, self._error, (self._calls, self._cut_error))
+
     run_collect = _collected(
         run,
         "run_collect",
@@ -1410,3 +1454,60 @@ class AsyncRunStream:
     ) -> None:
         if self.exit is None:
             self.cancel()
+
+
+class AsyncInteraction(AsyncRunStream):
+    """An interactive run (from :meth:`AsyncSession.interact`): send it input,
+    end of input, signals and terminal sizes while iterating its events as an
+    :class:`AsyncRunStream`. Leaving an ``async with`` block before the run
+    ended kills it."""
+
+    def __init__(
+        self,
+        call: Any,
+        start: session_pb2.InteractRequest,
+        on_error: Callable[[BaseException], SandpoolError],
+        cut: Optional[Tuple[_Calls, Callable[[], SandpoolError]]] = None,
+    ) -> None:
+        super().__init__(call, on_error, cut)
+        # Sent at once; every later request waits for it, so they keep
+        # their order.
+        self._sent: asyncio.Future[None] = asyncio.ensure_future(call.write(start))
+        self._sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._stdin_closed = False
+
+    async def _send(self, request: session_pb2.InteractRequest) -> None:
+        try:
+            await self._sent
+            self._sent = asyncio.ensure_future(self._call.write(request))
+            await self._sent
+        except (grpc.RpcError, asyncio.InvalidStateError, asyncio.CancelledError):
+            if self.exit is None and not self._cancelled:
+                # The call ended: reading says how (its error, or the exit).
+                raise SandpoolError("the interactive run is over; read its events for how it ended") from None
+            raise SandpoolError("the interactive run is over") from None
+
+    async def write(self, data: Union[str, bytes]) -> None:
+        """Writes to the program's standard input (waits while the program
+        does not read)."""
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        await self._send(session_pb2.InteractRequest(stdin=payload))
+
+    async def close_stdin(self) -> None:
+        """Closes the program's standard input: it reads end of file."""
+        if self._stdin_closed:
+            return
+        self._stdin_closed = True
+        await self._send(session_pb2.InteractRequest(close_stdin=session_pb2.CloseStdin()))
+
+    async def signal(self, signum: int) -> None:
+        """Sends a signal (``signal.SIGINT``, or its number) to every
+        process of the run."""
+        await self._send(session_pb2.InteractRequest(signal=int(signum)))
+
+    async def resize(self, rows: int, columns: int) -> None:
+        """Resizes the run's terminal (a run started with ``terminal``)."""
+        await self._send(session_pb2.InteractRequest(resize=session_pb2.TerminalSize(rows=rows, columns=columns)))
+
+    async def __aenter__(self) -> AsyncInteraction:
+        return self

@@ -35,7 +35,7 @@ from typing import (
 import grpc
 
 from . import _common as c
-from .aio import AsyncClient, AsyncContext, AsyncOwnedPool, AsyncRunStream, AsyncSession
+from .aio import AsyncClient, AsyncContext, AsyncInteraction, AsyncOwnedPool, AsyncRunStream, AsyncSession
 from .types import Exit, LeaseInfo, LeaseState, RunEvent
 from .v1 import (
     artifact_pb2_grpc,
@@ -445,6 +445,12 @@ class Session:
 
     run = _streaming(AsyncSession.run)
     run_command = _streaming(AsyncSession.run_command)
+
+    def interact(self, *args: Any, **kwargs: Any) -> Interaction:
+        return Interaction(_LOOP.call(lambda: self._aio.interact(*args, **kwargs)))
+
+    _like(interact, AsyncSession.interact)
+    setattr(interact, "__signature__", inspect.signature(AsyncSession.interact).replace(return_annotation="Interaction"))
     run_collect = _blocking(AsyncSession.run_collect)
     execute = run_collect
     execute_command = _blocking(AsyncSession.execute_command)
@@ -672,3 +678,22 @@ class RunStream:
         if self._aio.exit is None:
             self.cancel()
 
+
+
+class Interaction(RunStream):
+    """An interactive run (from :meth:`Session.interact`): send it input, end
+    of input, signals and terminal sizes while iterating its events (from
+    another thread, or between reads)."""
+
+    _aio: AsyncInteraction
+
+    def __init__(self, stream: AsyncInteraction) -> None:
+        super().__init__(stream)
+
+    write = _blocking(AsyncInteraction.write)
+    close_stdin = _blocking(AsyncInteraction.close_stdin)
+    signal = _blocking(AsyncInteraction.signal)
+    resize = _blocking(AsyncInteraction.resize)
+
+    def __enter__(self) -> Interaction:
+        return self

@@ -206,6 +206,8 @@ impl Backend for FakeBackend {
             id: exec_id,
             stdin,
             output: ReceiverStream::new(rx).boxed(),
+            // The fake has no terminals: its programs' output is scripted.
+            resize: None,
         })
     }
 

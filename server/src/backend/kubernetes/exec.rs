@@ -15,7 +15,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{KubeError, pod::parse_user};
 use crate::{
-    backend::{ExecSpec, Output},
+    backend::{ExecSpec, Output, Resize, TerminalResize, TerminalSize},
     sync::lock,
 };
 
@@ -225,6 +225,42 @@ pub fn output_stream(
     futures::stream::select(out, err).boxed()
 }
 
+/// How long a resize is given to reach the API server before the input
+/// written after it (see `terminal_resizer`).
+const RESIZE_SETTLE: Duration = Duration::from_millis(50);
+
+/// Sends the terminal's first size on the exec's resize channel, then each
+/// resize (a task that lives as long as the returned sender). A size is
+/// queued on the exec's connection before the input written after it.
+pub async fn terminal_resizer(
+    first: TerminalSize,
+    mut channel: futures::channel::mpsc::Sender<kube::api::TerminalSize>,
+) -> TerminalResize {
+    use futures::SinkExt;
+    let pod_size = |size: TerminalSize| kube::api::TerminalSize {
+        height: size.rows,
+        width: size.columns,
+    };
+    let _ = channel.send(pod_size(first)).await;
+    tokio::time::sleep(RESIZE_SETTLE).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Resize>();
+    tokio::spawn(async move {
+        while let Some(request) = rx.recv().await {
+            // The exec is over: nothing left to resize.
+            let sent = channel.send(pod_size(request.size)).await;
+            // kube's exec loop takes resizes and input from two queues in
+            // no fixed order: give it a moment to send this one before the
+            // input written after the resize.
+            tokio::time::sleep(RESIZE_SETTLE).await;
+            drop(request.done);
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +274,7 @@ mod tests {
             working_dir: Some("/sandbox".into()),
             stdin: false,
             privileged: false,
+            terminal: None,
         };
         let argv = command(&spec).unwrap();
         assert_eq!(argv[0], "/usr/bin/setpriv");

@@ -350,6 +350,7 @@ fn own_command(argv: Vec<String>) -> ExecSpec {
         working_dir: Some("/".to_string()),
         stdin: false,
         privileged: true,
+        terminal: None,
     }
 }
 
@@ -511,11 +512,14 @@ impl Backend for KubernetesBackend {
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<Exec> {
         let argv = exec::command(&spec)?;
         let (pods, name, _) = self.pods_of(container_id).await?;
+        // With a terminal the API server refuses a separate stderr: the
+        // terminal is the one stream.
         let params = AttachParams::default()
             .container(CONTAINER)
             .stdin(spec.stdin)
             .stdout(true)
-            .stderr(true);
+            .stderr(spec.terminal.is_none())
+            .tty(spec.terminal.is_some());
         let mut process = match pods.exec(name, argv, &params).await {
             Ok(process) => process,
             Err(e) => return Err(self.exec_refused(container_id, e).await),
@@ -528,6 +532,10 @@ impl Backend for KubernetesBackend {
         };
         let output =
             exec::output_stream(process.stdout(), process.stderr(), container_id.to_string());
+        let resize = match (spec.terminal, process.terminal_size()) {
+            (Some(size), Some(sender)) => Some(exec::terminal_resizer(size, sender).await),
+            _ => None,
+        };
         let status = process.take_status();
         let exits = Arc::clone(&self.exits);
         let exec_id = id.clone();
@@ -541,7 +549,12 @@ impl Backend for KubernetesBackend {
             // the status is cut off.
             let _ = tokio::time::timeout(EXEC_CLOSE_TIMEOUT, process.join()).await;
         });
-        Ok(Exec { id, stdin, output })
+        Ok(Exec {
+            id,
+            stdin,
+            output,
+            resize,
+        })
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {

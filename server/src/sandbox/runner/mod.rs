@@ -239,6 +239,7 @@ async fn connect(c: &Container) -> super::Result<Conn> {
         working_dir: Some("/".to_string()),
         stdin: true,
         privileged: false,
+        terminal: None,
     };
     let mut exec = c.start(spec).await?;
     let stdin = exec.stdin.take().ok_or_else(|| Error::RunnerLost {

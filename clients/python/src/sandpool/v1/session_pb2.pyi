@@ -807,6 +807,138 @@ class RunResponse(_message.Message):
 Global___RunResponse: _TypeAlias = RunResponse  # noqa: Y015
 
 @_typing.final
+class TerminalSize(_message.Message):
+    """The size of a terminal, in characters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    """Lines, 1 to 1000."""
+    columns: _builtins.int
+    """Columns, 1 to 1000."""
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        columns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminalSize: _TypeAlias = TerminalSize  # noqa: Y015
+
+@_typing.final
+class InteractStart(_message.Message):
+    """The first request of an interactive run: what to run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    TERMINAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___RunRequest:
+        """The run, as for Run, except that `stdin` must be empty (input arrives
+        as `stdin` requests) and `context_id` unset (a context's cells are not
+        interactive).
+        """
+
+    @_builtins.property
+    def terminal(self) -> Global___TerminalSize:
+        """Give the program a terminal of this size: its standard input, output
+        and error are the terminal, so its output arrives as one merged stdout
+        stream, shaped by the terminal (echo, CR LF line ends), and a Ctrl-C
+        byte (0x03) in the input interrupts its foreground job as at a
+        keyboard. Unset: pipes, as for Run.
+        """
+
+    def __init__(
+        self,
+        *,
+        run: Global___RunRequest | None = ...,
+        terminal: Global___TerminalSize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "terminal", b"terminal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run", "terminal", b"terminal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InteractStart: _TypeAlias = InteractStart  # noqa: Y015
+
+@_typing.final
+class CloseStdin(_message.Message):
+    """Closes the program's standard input (end of file)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseStdin: _TypeAlias = CloseStdin  # noqa: Y015
+
+@_typing.final
+class InteractRequest(_message.Message):
+    """One request of an interactive run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    CLOSE_STDIN_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    RESIZE_FIELD_NUMBER: _builtins.int
+    stdin: _builtins.bytes
+    """More standard input, written as it arrives (the stream applies
+    back-pressure while the program does not read).
+    """
+    signal: _builtins.int
+    """Send this signal (its Linux number, 1 to 64, e.g. 2 for SIGINT) to
+    every process of the run: the program and all it started, however
+    they regrouped. A signal that stops the run ends it as SIGNALED.
+    """
+    @_builtins.property
+    def start(self) -> Global___InteractStart:
+        """Start the run; always the first request, and only once."""
+
+    @_builtins.property
+    def close_stdin(self) -> Global___CloseStdin:
+        """Close standard input. Later `stdin` requests are INVALID_ARGUMENT."""
+
+    @_builtins.property
+    def resize(self) -> Global___TerminalSize:
+        """Resize the terminal (runs started with one only)."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___InteractStart | None = ...,
+        stdin: _builtins.bytes = ...,
+        close_stdin: Global___CloseStdin | None = ...,
+        signal: _builtins.int = ...,
+        resize: Global___TerminalSize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "close_stdin", b"close_stdin", "resize", b"resize", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "close_stdin", b"close_stdin", "resize", b"resize", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["start", "stdin", "close_stdin", "signal", "resize"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___InteractRequest: _TypeAlias = InteractRequest  # noqa: Y015
+
+@_typing.final
 class InstallLibrariesRequest(_message.Message):
     """InstallLibraries' request."""
 

@@ -59,6 +59,11 @@ class SessionServiceStub(object):
                 request_serializer=sandpool_dot_v1_dot_session__pb2.RunRequest.SerializeToString,
                 response_deserializer=sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.Interact = channel.stream_stream(
+                '/sandpool.v1.SessionService/Interact',
+                request_serializer=sandpool_dot_v1_dot_session__pb2.InteractRequest.SerializeToString,
+                response_deserializer=sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/sandpool.v1.SessionService/Cancel',
                 request_serializer=sandpool_dot_v1_dot_session__pb2.CancelRequest.SerializeToString,
@@ -124,6 +129,17 @@ class SessionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Interact(self, request_iterator, context):
+        """Runs a program interactively: after the first request (`start`) the
+        client streams standard input, closes it, sends signals and resizes the
+        terminal while the program runs; the server streams the run's events as
+        Run does. Ending the request stream closes standard input; dropping the
+        response stream kills the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cancel(self, request, context):
         """Kills a running run and everything it started.
         """
@@ -176,6 +192,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
             'Run': grpc.unary_stream_rpc_method_handler(
                     servicer.Run,
                     request_deserializer=sandpool_dot_v1_dot_session__pb2.RunRequest.FromString,
+                    response_serializer=sandpool_dot_v1_dot_session__pb2.RunResponse.SerializeToString,
+            ),
+            'Interact': grpc.stream_stream_rpc_method_handler(
+                    servicer.Interact,
+                    request_deserializer=sandpool_dot_v1_dot_session__pb2.InteractRequest.FromString,
                     response_serializer=sandpool_dot_v1_dot_session__pb2.RunResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
@@ -311,6 +332,33 @@ class SessionService(object):
             target,
             '/sandpool.v1.SessionService/Run',
             sandpool_dot_v1_dot_session__pb2.RunRequest.SerializeToString,
+            sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandpool.v1.SessionService/Interact',
+            sandpool_dot_v1_dot_session__pb2.InteractRequest.SerializeToString,
             sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
             options,
             channel_credentials,

@@ -57,6 +57,13 @@ class SessionServiceStub:
     """Runs code or a command in the lease's container and streams its output as
     it is produced. Dropping the stream kills the run.
     """
+    Interact: _grpc.StreamStreamMultiCallable[_session_pb2.InteractRequest, _session_pb2.RunResponse]
+    """Runs a program interactively: after the first request (`start`) the
+    client streams standard input, closes it, sends signals and resizes the
+    terminal while the program runs; the server streams the run's events as
+    Run does. Ending the request stream closes standard input; dropping the
+    response stream kills the run.
+    """
     Cancel: _grpc.UnaryUnaryMultiCallable[_session_pb2.CancelRequest, _session_pb2.CancelResponse]
     """Kills a running run and everything it started."""
     InstallLibraries: _grpc.UnaryUnaryMultiCallable[_session_pb2.InstallLibrariesRequest, _session_pb2.InstallLibrariesResponse]
@@ -99,6 +106,13 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Run: _aio.UnaryStreamMultiCallable[_session_pb2.RunRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
     """Runs code or a command in the lease's container and streams its output as
     it is produced. Dropping the stream kills the run.
+    """
+    Interact: _aio.StreamStreamMultiCallable[_session_pb2.InteractRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
+    """Runs a program interactively: after the first request (`start`) the
+    client streams standard input, closes it, sends signals and resizes the
+    terminal while the program runs; the server streams the run's events as
+    Run does. Ending the request stream closes standard input; dropping the
+    response stream kills the run.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_session_pb2.CancelRequest, _session_pb2.CancelResponse]  # type: ignore[assignment]
     """Kills a running run and everything it started."""
@@ -163,6 +177,19 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_session_pb2.RunResponse], _abc.AsyncIterator[_session_pb2.RunResponse]]:
         """Runs code or a command in the lease's container and streams its output as
         it is produced. Dropping the stream kills the run.
+        """
+
+    @_abc_1.abstractmethod
+    def Interact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_session_pb2.InteractRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.RunResponse], _abc.AsyncIterator[_session_pb2.RunResponse]]:
+        """Runs a program interactively: after the first request (`start`) the
+        client streams standard input, closes it, sends signals and resizes the
+        terminal while the program runs; the server streams the run's events as
+        Run does. Ending the request stream closes standard input; dropping the
+        response stream kills the run.
         """
 
     @_abc_1.abstractmethod

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sandpool/v1/session.proto.
  */
 export const file_sandpool_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("ChlzYW5kcG9vbC92MS9zZXNzaW9uLnByb3RvEgtzYW5kcG9vbC52MSLMAQoOQWNxdWlyZVJlcXVlc3QSDAoEcG9vbBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoDZW52GAMgAygLMiQuc2FuZHBvb2wudjEuQWNxdWlyZVJlcXVlc3QuRW52RW50cnkSJQoFZmlsZXMYBCADKAsyFi5zYW5kcG9vbC52MS5MZWFzZUZpbGUaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGCglMZWFzZUZpbGUSDAoEcGF0aBgBIAEoCRIPCgdjb250ZW50GAIgASgMEhEKBG1vZGUYAyABKA1IAIgBAUIHCgVfbW9kZSK1AQoFTGVhc2USCgoCaWQYASABKAkSDAoEcG9vbBgCIAEoCRIUCgxjb250YWluZXJfaWQYAyABKAkSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW1wb3JhcnkYBiABKAgSEAoIbGFuZ3VhZ2UYByABKAkiNAoPQWNxdWlyZVJlc3BvbnNlEiEKBWxlYXNlGAEgASgLMhIuc2FuZHBvb2wudjEuTGVhc2UiMgoQS2VlcEFsaXZlUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoCRIMCgRwb29sGAIgASgJIrQBChFLZWVwQWxpdmVSZXNwb25zZRIQCghsZWFzZV9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRwb29sGAUgASgJIiIKDlJlbGVhc2VSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJIkIKD1JlbGVhc2VSZXNwb25zZRIvCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUiQgoEQ29kZRIOCgR0ZXh0GAEgASgJSAASDgoEZGF0YRgCIAEoDEgAEhAKCGxhbmd1YWdlGAMgASgJQggKBnNvdXJjZSImCgdDb21tYW5kEgwKBGFyZ3YYASADKAkSDQoFc2hlbGwYAiABKAkimgMKClJ1blJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSIQoEY29kZRgCIAEoCzIRLnNhbmRwb29sLnYxLkNvZGVIABInCgdjb21tYW5kGAMgASgLMhQuc2FuZHBvb2wudjEuQ29tbWFuZEgAEg0KBXN0ZGluGAQgASgMEi0KA2VudhgFIAMoCzIgLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QuRW52RW50cnkSEwoLd29ya2luZ19kaXIYBiABKAkSKgoHdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIfChJvdXRwdXRfbGltaXRfYnl0ZXMYCCABKARIAYgBARIsCgtwbG90X2Zvcm1hdBgJIAEoDjIXLnNhbmRwb29sLnYxLlBsb3RGb3JtYXQSEgoKY29udGV4dF9pZBgKIAEoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3Byb2dyYW1CFQoTX291dHB1dF9saW1pdF9ieXRlcyJMCgpSdW5TdGFydGVkEg4KBnJ1bl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIbCgtPdXRwdXRDaHVuaxIMCgRkYXRhGAEgASgMInMKC1J1bkFydGlmYWN0EicKBGluZm8YASABKAsyGS5zYW5kcG9vbC52MS5BcnRpZmFjdEluZm8SDgoGb2Zmc2V0GAIgASgEEgwKBGRhdGEYAyABKAwSDAoEbGFzdBgEIAEoCBIPCgdvbWl0dGVkGAUgASgIIvABCgdSdW5FeGl0EhEKCWV4aXRfY29kZRgBIAEoBRIqCgplbmRfcmVhc29uGAIgASgOMhYuc2FuZHBvb2wudjEuRW5kUmVhc29uEg4KBnNpZ25hbBgDIAEoBRIrCghkdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxzdGRvdXRfYnl0ZXMYBSABKAQSFAoMc3RkZXJyX2J5dGVzGAYgASgEEhEKCXRydW5jYXRlZBgHIAEoCBIPCgdtZXNzYWdlGAggASgJEhkKEWNvbnRleHRfcmVzdGFydGVkGAkgASgIIvsBCgtSdW5SZXNwb25zZRILCgNzZXEYASABKAQSKgoHc3RhcnRlZBgCIAEoCzIXLnNhbmRwb29sLnYxLlJ1blN0YXJ0ZWRIABIqCgZzdGRvdXQYAyABKAsyGC5zYW5kcG9vbC52MS5PdXRwdXRDaHVua0gAEioKBnN0ZGVychgEIAEoCzIYLnNhbmRwb29sLnYxLk91dHB1dENodW5rSAASLAoIYXJ0aWZhY3QYBSABKAsyGC5zYW5kcG9vbC52MS5SdW5BcnRpZmFjdEgAEiQKBGV4aXQYBiABKAsyFC5zYW5kcG9vbC52MS5SdW5FeGl0SABCBwoFZXZlbnQiPgoXSW5zdGFsbExpYnJhcmllc1JlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSEQoJbGlicmFyaWVzGAIgAygJIlQKGEluc3RhbGxMaWJyYXJpZXNSZXNwb25zZRILCgNsb2cYASABKAkSKwoIZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOgoUQ3JlYXRlQ29udGV4dFJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSEAoIbGFuZ3VhZ2UYAiABKAkiKwoVQ3JlYXRlQ29udGV4dFJlc3BvbnNlEhIKCmNvbnRleHRfaWQYASABKAkiPAoURGVsZXRlQ29udGV4dFJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSEgoKY29udGV4dF9pZBgCIAEoCSIXChVEZWxldGVDb250ZXh0UmVzcG9uc2UiMQoNQ2FuY2VsUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkiIwoOQ2FuY2VsUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgIKokCCgpMZWFzZVN0YXRlEhsKF0xFQVNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSTEVBU0VfU1RBVEVfQUNUSVZFEAESGAoUTEVBU0VfU1RBVEVfUkVMRUFTRUQQAhIXChNMRUFTRV9TVEFURV9FWFBJUkVEEAMSGQoVTEVBU0VfU1RBVEVfTk9UX0ZPVU5EEAQSFwoTTEVBU0VfU1RBVEVfUkVWT0tFRBAFEiEKHUxFQVNFX1NUQVRFX0xJRkVUSU1FX0VYQ0VFREVEEAYSHgoaTEVBU0VfU1RBVEVfQ09OVEFJTkVSX0xPU1QQBxIcChhMRUFTRV9TVEFURV9QT09MX0RFTEVURUQQCCpoCgpQbG90Rm9ybWF0EhsKF1BMT1RfRk9STUFUX1VOU1BFQ0lGSUVEEAASEwoPUExPVF9GT1JNQVRfUE5HEAESEwoPUExPVF9GT1JNQVRfU1ZHEAISEwoPUExPVF9GT1JNQVRfUERGEAMqxAEKCUVuZFJlYXNvbhIaChZFTkRfUkVBU09OX1VOU1BFQ0lGSUVEEAASFQoRRU5EX1JFQVNPTl9FWElURUQQARIXChNFTkRfUkVBU09OX1NJR05BTEVEEAISFgoSRU5EX1JFQVNPTl9USU1FT1VUEAMSGAoURU5EX1JFQVNPTl9DQU5DRUxMRUQQBBIbChdFTkRfUkVBU09OX09VVFBVVF9MSU1JVBAFEhwKGEVORF9SRUFTT05fTEVBU0VfRVhQSVJFRBAGMvwECg5TZXNzaW9uU2VydmljZRJECgdBY3F1aXJlEhsuc2FuZHBvb2wudjEuQWNxdWlyZVJlcXVlc3QaHC5zYW5kcG9vbC52MS5BY3F1aXJlUmVzcG9uc2USTgoJS2VlcEFsaXZlEh0uc2FuZHBvb2wudjEuS2VlcEFsaXZlUmVxdWVzdBoeLnNhbmRwb29sLnYxLktlZXBBbGl2ZVJlc3BvbnNlKAEwARJECgdSZWxlYXNlEhsuc2FuZHBvb2wudjEuUmVsZWFzZVJlcXVlc3QaHC5zYW5kcG9vbC52MS5SZWxlYXNlUmVzcG9uc2USOgoDUnVuEhcuc2FuZHBvb2wudjEuUnVuUmVxdWVzdBoYLnNhbmRwb29sLnYxLlJ1blJlc3BvbnNlMAESQQoGQ2FuY2VsEhouc2FuZHBvb2wudjEuQ2FuY2VsUmVxdWVzdBobLnNhbmRwb29sLnYxLkNhbmNlbFJlc3BvbnNlEl8KEEluc3RhbGxMaWJyYXJpZXMSJC5zYW5kcG9vbC52MS5JbnN0YWxsTGlicmFyaWVzUmVxdWVzdBolLnNhbmRwb29sLnYxLkluc3RhbGxMaWJyYXJpZXNSZXNwb25zZRJWCg1DcmVhdGVDb250ZXh0EiEuc2FuZHBvb2wudjEuQ3JlYXRlQ29udGV4dFJlcXVlc3QaIi5zYW5kcG9vbC52MS5DcmVhdGVDb250ZXh0UmVzcG9uc2USVgoNRGVsZXRlQ29udGV4dBIhLnNhbmRwb29sLnYxLkRlbGV0ZUNvbnRleHRSZXF1ZXN0GiIuc2FuZHBvb2wudjEuRGVsZXRlQ29udGV4dFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_sandpool_v1_artifact]);
+  fileDesc("ChlzYW5kcG9vbC92MS9zZXNzaW9uLnByb3RvEgtzYW5kcG9vbC52MSLMAQoOQWNxdWlyZVJlcXVlc3QSDAoEcG9vbBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoDZW52GAMgAygLMiQuc2FuZHBvb2wudjEuQWNxdWlyZVJlcXVlc3QuRW52RW50cnkSJQoFZmlsZXMYBCADKAsyFi5zYW5kcG9vbC52MS5MZWFzZUZpbGUaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGCglMZWFzZUZpbGUSDAoEcGF0aBgBIAEoCRIPCgdjb250ZW50GAIgASgMEhEKBG1vZGUYAyABKA1IAIgBAUIHCgVfbW9kZSK1AQoFTGVhc2USCgoCaWQYASABKAkSDAoEcG9vbBgCIAEoCRIUCgxjb250YWluZXJfaWQYAyABKAkSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW1wb3JhcnkYBiABKAgSEAoIbGFuZ3VhZ2UYByABKAkiNAoPQWNxdWlyZVJlc3BvbnNlEiEKBWxlYXNlGAEgASgLMhIuc2FuZHBvb2wudjEuTGVhc2UiMgoQS2VlcEFsaXZlUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoCRIMCgRwb29sGAIgASgJIrQBChFLZWVwQWxpdmVSZXNwb25zZRIQCghsZWFzZV9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRwb29sGAUgASgJIiIKDlJlbGVhc2VSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJIkIKD1JlbGVhc2VSZXNwb25zZRIvCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUiQgoEQ29kZRIOCgR0ZXh0GAEgASgJSAASDgoEZGF0YRgCIAEoDEgAEhAKCGxhbmd1YWdlGAMgASgJQggKBnNvdXJjZSImCgdDb21tYW5kEgwKBGFyZ3YYASADKAkSDQoFc2hlbGwYAiABKAkimgMKClJ1blJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSIQoEY29kZRgCIAEoCzIRLnNhbmRwb29sLnYxLkNvZGVIABInCgdjb21tYW5kGAMgASgLMhQuc2FuZHBvb2wudjEuQ29tbWFuZEgAEg0KBXN0ZGluGAQgASgMEi0KA2VudhgFIAMoCzIgLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QuRW52RW50cnkSEwoLd29ya2luZ19kaXIYBiABKAkSKgoHdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIfChJvdXRwdXRfbGltaXRfYnl0ZXMYCCABKARIAYgBARIsCgtwbG90X2Zvcm1hdBgJIAEoDjIXLnNhbmRwb29sLnYxLlBsb3RGb3JtYXQSEgoKY29udGV4dF9pZBgKIAEoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3Byb2dyYW1CFQoTX291dHB1dF9saW1pdF9ieXRlcyJMCgpSdW5TdGFydGVkEg4KBnJ1bl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIbCgtPdXRwdXRDaHVuaxIMCgRkYXRhGAEgASgMInMKC1J1bkFydGlmYWN0EicKBGluZm8YASABKAsyGS5zYW5kcG9vbC52MS5BcnRpZmFjdEluZm8SDgoGb2Zmc2V0GAIgASgEEgwKBGRhdGEYAyABKAwSDAoEbGFzdBgEIAEoCBIPCgdvbWl0dGVkGAUgASgIIvABCgdSdW5FeGl0EhEKCWV4aXRfY29kZRgBIAEoBRIqCgplbmRfcmVhc29uGAIgASgOMhYuc2FuZHBvb2wudjEuRW5kUmVhc29uEg4KBnNpZ25hbBgDIAEoBRIrCghkdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxzdGRvdXRfYnl0ZXMYBSABKAQSFAoMc3RkZXJyX2J5dGVzGAYgASgEEhEKCXRydW5jYXRlZBgHIAEoCBIPCgdtZXNzYWdlGAggASgJEhkKEWNvbnRleHRfcmVzdGFydGVkGAkgASgIIvsBCgtSdW5SZXNwb25zZRILCgNzZXEYASABKAQSKgoHc3RhcnRlZBgCIAEoCzIXLnNhbmRwb29sLnYxLlJ1blN0YXJ0ZWRIABIqCgZzdGRvdXQYAyABKAsyGC5zYW5kcG9vbC52MS5PdXRwdXRDaHVua0gAEioKBnN0ZGVychgEIAEoCzIYLnNhbmRwb29sLnYxLk91dHB1dENodW5rSAASLAoIYXJ0aWZhY3QYBSABKAsyGC5zYW5kcG9vbC52MS5SdW5BcnRpZmFjdEgAEiQKBGV4aXQYBiABKAsyFC5zYW5kcG9vbC52MS5SdW5FeGl0SABCBwoFZXZlbnQiLQoMVGVybWluYWxTaXplEgwKBHJvd3MYASABKA0SDwoHY29sdW1ucxgCIAEoDSJiCg1JbnRlcmFjdFN0YXJ0EiQKA3J1bhgBIAEoCzIXLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QSKwoIdGVybWluYWwYAiABKAsyGS5zYW5kcG9vbC52MS5UZXJtaW5hbFNpemUiDAoKQ2xvc2VTdGRpbiLIAQoPSW50ZXJhY3RSZXF1ZXN0EisKBXN0YXJ0GAEgASgLMhouc2FuZHBvb2wudjEuSW50ZXJhY3RTdGFydEgAEg8KBXN0ZGluGAIgASgMSAASLgoLY2xvc2Vfc3RkaW4YAyABKAsyFy5zYW5kcG9vbC52MS5DbG9zZVN0ZGluSAASEAoGc2lnbmFsGAQgASgFSAASKwoGcmVzaXplGAUgASgLMhkuc2FuZHBvb2wudjEuVGVybWluYWxTaXplSABCCAoGYWN0aW9uIj4KF0luc3RhbGxMaWJyYXJpZXNSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhEKCWxpYnJhcmllcxgCIAMoCSJUChhJbnN0YWxsTGlicmFyaWVzUmVzcG9uc2USCwoDbG9nGAEgASgJEisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjoKFENyZWF0ZUNvbnRleHRSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhAKCGxhbmd1YWdlGAIgASgJIisKFUNyZWF0ZUNvbnRleHRSZXNwb25zZRISCgpjb250ZXh0X2lkGAEgASgJIjwKFERlbGV0ZUNvbnRleHRSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhIKCmNvbnRleHRfaWQYAiABKAkiFwoVRGVsZXRlQ29udGV4dFJlc3BvbnNlIjEKDUNhbmNlbFJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSDgoGcnVuX2lkGAIgASgJIiMKDkNhbmNlbFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCqJAgoKTGVhc2VTdGF0ZRIbChdMRUFTRV9TVEFURV9VTlNQRUNJRklFRBAAEhYKEkxFQVNFX1NUQVRFX0FDVElWRRABEhgKFExFQVNFX1NUQVRFX1JFTEVBU0VEEAISFwoTTEVBU0VfU1RBVEVfRVhQSVJFRBADEhkKFUxFQVNFX1NUQVRFX05PVF9GT1VORBAEEhcKE0xFQVNFX1NUQVRFX1JFVk9LRUQQBRIhCh1MRUFTRV9TVEFURV9MSUZFVElNRV9FWENFRURFRBAGEh4KGkxFQVNFX1NUQVRFX0NPTlRBSU5FUl9MT1NUEAcSHAoYTEVBU0VfU1RBVEVfUE9PTF9ERUxFVEVEEAgqaAoKUGxvdEZvcm1hdBIbChdQTE9UX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhMKD1BMT1RfRk9STUFUX1BORxABEhMKD1BMT1RfRk9STUFUX1NWRxACEhMKD1BMT1RfRk9STUFUX1BERhADKsQBCglFbmRSZWFzb24SGgoWRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEhUKEUVORF9SRUFTT05fRVhJVEVEEAESFwoTRU5EX1JFQVNPTl9TSUdOQUxFRBACEhYKEkVORF9SRUFTT05fVElNRU9VVBADEhgKFEVORF9SRUFTT05fQ0FOQ0VMTEVEEAQSGwoXRU5EX1JFQVNPTl9PVVRQVVRfTElNSVQQBRIcChhFTkRfUkVBU09OX0xFQVNFX0VYUElSRUQQBjLEBQoOU2Vzc2lvblNlcnZpY2USRAoHQWNxdWlyZRIbLnNhbmRwb29sLnYxLkFjcXVpcmVSZXF1ZXN0Ghwuc2FuZHBvb2wudjEuQWNxdWlyZVJlc3BvbnNlEk4KCUtlZXBBbGl2ZRIdLnNhbmRwb29sLnYxLktlZXBBbGl2ZVJlcXVlc3QaHi5zYW5kcG9vbC52MS5LZWVwQWxpdmVSZXNwb25zZSgBMAESRAoHUmVsZWFzZRIbLnNhbmRwb29sLnYxLlJlbGVhc2VSZXF1ZXN0Ghwuc2FuZHBvb2wudjEuUmVsZWFzZVJlc3BvbnNlEjoKA1J1bhIXLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QaGC5zYW5kcG9vbC52MS5SdW5SZXNwb25zZTABEkYKCEludGVyYWN0Ehwuc2FuZHBvb2wudjEuSW50ZXJhY3RSZXF1ZXN0Ghguc2FuZHBvb2wudjEuUnVuUmVzcG9uc2UoATABEkEKBkNhbmNlbBIaLnNhbmRwb29sLnYxLkNhbmNlbFJlcXVlc3QaGy5zYW5kcG9vbC52MS5DYW5jZWxSZXNwb25zZRJfChBJbnN0YWxsTGlicmFyaWVzEiQuc2FuZHBvb2wudjEuSW5zdGFsbExpYnJhcmllc1JlcXVlc3QaJS5zYW5kcG9vbC52MS5JbnN0YWxsTGlicmFyaWVzUmVzcG9uc2USVgoNQ3JlYXRlQ29udGV4dBIhLnNhbmRwb29sLnYxLkNyZWF0ZUNvbnRleHRSZXF1ZXN0GiIuc2FuZHBvb2wudjEuQ3JlYXRlQ29udGV4dFJlc3BvbnNlElYKDURlbGV0ZUNvbnRleHQSIS5zYW5kcG9vbC52MS5EZWxldGVDb250ZXh0UmVxdWVzdBoiLnNhbmRwb29sLnYxLkRlbGV0ZUNvbnRleHRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_sandpool_v1_artifact]);
 
 /**
  * Acquire's request.
@@ -716,6 +716,147 @@ export const RunResponseSchema: GenMessage<RunResponse> = /*@__PURE__*/
   messageDesc(file_sandpool_v1_session, 15);
 
 /**
+ * The size of a terminal, in characters.
+ *
+ * @generated from message sandpool.v1.TerminalSize
+ */
+export type TerminalSize = Message<"sandpool.v1.TerminalSize"> & {
+  /**
+   * Lines, 1 to 1000.
+   *
+   * @generated from field: uint32 rows = 1;
+   */
+  rows: number;
+
+  /**
+   * Columns, 1 to 1000.
+   *
+   * @generated from field: uint32 columns = 2;
+   */
+  columns: number;
+};
+
+/**
+ * Describes the message sandpool.v1.TerminalSize.
+ * Use `create(TerminalSizeSchema)` to create a new message.
+ */
+export const TerminalSizeSchema: GenMessage<TerminalSize> = /*@__PURE__*/
+  messageDesc(file_sandpool_v1_session, 16);
+
+/**
+ * The first request of an interactive run: what to run.
+ *
+ * @generated from message sandpool.v1.InteractStart
+ */
+export type InteractStart = Message<"sandpool.v1.InteractStart"> & {
+  /**
+   * The run, as for Run, except that `stdin` must be empty (input arrives
+   * as `stdin` requests) and `context_id` unset (a context's cells are not
+   * interactive).
+   *
+   * @generated from field: sandpool.v1.RunRequest run = 1;
+   */
+  run?: RunRequest | undefined;
+
+  /**
+   * Give the program a terminal of this size: its standard input, output
+   * and error are the terminal, so its output arrives as one merged stdout
+   * stream, shaped by the terminal (echo, CR LF line ends), and a Ctrl-C
+   * byte (0x03) in the input interrupts its foreground job as at a
+   * keyboard. Unset: pipes, as for Run.
+   *
+   * @generated from field: sandpool.v1.TerminalSize terminal = 2;
+   */
+  terminal?: TerminalSize | undefined;
+};
+
+/**
+ * Describes the message sandpool.v1.InteractStart.
+ * Use `create(InteractStartSchema)` to create a new message.
+ */
+export const InteractStartSchema: GenMessage<InteractStart> = /*@__PURE__*/
+  messageDesc(file_sandpool_v1_session, 17);
+
+/**
+ * Closes the program's standard input (end of file).
+ *
+ * @generated from message sandpool.v1.CloseStdin
+ */
+export type CloseStdin = Message<"sandpool.v1.CloseStdin"> & {
+};
+
+/**
+ * Describes the message sandpool.v1.CloseStdin.
+ * Use `create(CloseStdinSchema)` to create a new message.
+ */
+export const CloseStdinSchema: GenMessage<CloseStdin> = /*@__PURE__*/
+  messageDesc(file_sandpool_v1_session, 18);
+
+/**
+ * One request of an interactive run.
+ *
+ * @generated from message sandpool.v1.InteractRequest
+ */
+export type InteractRequest = Message<"sandpool.v1.InteractRequest"> & {
+  /**
+   * What to do.
+   *
+   * @generated from oneof sandpool.v1.InteractRequest.action
+   */
+  action: {
+    /**
+     * Start the run; always the first request, and only once.
+     *
+     * @generated from field: sandpool.v1.InteractStart start = 1;
+     */
+    value: InteractStart;
+    case: "start";
+  } | {
+    /**
+     * More standard input, written as it arrives (the stream applies
+     * back-pressure while the program does not read).
+     *
+     * @generated from field: bytes stdin = 2;
+     */
+    value: Uint8Array;
+    case: "stdin";
+  } | {
+    /**
+     * Close standard input. Later `stdin` requests are INVALID_ARGUMENT.
+     *
+     * @generated from field: sandpool.v1.CloseStdin close_stdin = 3;
+     */
+    value: CloseStdin;
+    case: "closeStdin";
+  } | {
+    /**
+     * Send this signal (its Linux number, 1 to 64, e.g. 2 for SIGINT) to
+     * every process of the run: the program and all it started, however
+     * they regrouped. A signal that stops the run ends it as SIGNALED.
+     *
+     * @generated from field: int32 signal = 4;
+     */
+    value: number;
+    case: "signal";
+  } | {
+    /**
+     * Resize the terminal (runs started with one only).
+     *
+     * @generated from field: sandpool.v1.TerminalSize resize = 5;
+     */
+    value: TerminalSize;
+    case: "resize";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message sandpool.v1.InteractRequest.
+ * Use `create(InteractRequestSchema)` to create a new message.
+ */
+export const InteractRequestSchema: GenMessage<InteractRequest> = /*@__PURE__*/
+  messageDesc(file_sandpool_v1_session, 19);
+
+/**
  * InstallLibraries' request.
  *
  * @generated from message sandpool.v1.InstallLibrariesRequest
@@ -742,7 +883,7 @@ export type InstallLibrariesRequest = Message<"sandpool.v1.InstallLibrariesReque
  * Use `create(InstallLibrariesRequestSchema)` to create a new message.
  */
 export const InstallLibrariesRequestSchema: GenMessage<InstallLibrariesRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 16);
+  messageDesc(file_sandpool_v1_session, 20);
 
 /**
  * InstallLibraries' response.
@@ -770,7 +911,7 @@ export type InstallLibrariesResponse = Message<"sandpool.v1.InstallLibrariesResp
  * Use `create(InstallLibrariesResponseSchema)` to create a new message.
  */
 export const InstallLibrariesResponseSchema: GenMessage<InstallLibrariesResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 17);
+  messageDesc(file_sandpool_v1_session, 21);
 
 /**
  * CreateContext's request.
@@ -798,7 +939,7 @@ export type CreateContextRequest = Message<"sandpool.v1.CreateContextRequest"> &
  * Use `create(CreateContextRequestSchema)` to create a new message.
  */
 export const CreateContextRequestSchema: GenMessage<CreateContextRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 18);
+  messageDesc(file_sandpool_v1_session, 22);
 
 /**
  * CreateContext's response.
@@ -819,7 +960,7 @@ export type CreateContextResponse = Message<"sandpool.v1.CreateContextResponse">
  * Use `create(CreateContextResponseSchema)` to create a new message.
  */
 export const CreateContextResponseSchema: GenMessage<CreateContextResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 19);
+  messageDesc(file_sandpool_v1_session, 23);
 
 /**
  * DeleteContext's request.
@@ -847,7 +988,7 @@ export type DeleteContextRequest = Message<"sandpool.v1.DeleteContextRequest"> &
  * Use `create(DeleteContextRequestSchema)` to create a new message.
  */
 export const DeleteContextRequestSchema: GenMessage<DeleteContextRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 20);
+  messageDesc(file_sandpool_v1_session, 24);
 
 /**
  * DeleteContext's response.
@@ -862,7 +1003,7 @@ export type DeleteContextResponse = Message<"sandpool.v1.DeleteContextResponse">
  * Use `create(DeleteContextResponseSchema)` to create a new message.
  */
 export const DeleteContextResponseSchema: GenMessage<DeleteContextResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 21);
+  messageDesc(file_sandpool_v1_session, 25);
 
 /**
  * Cancel's request.
@@ -890,7 +1031,7 @@ export type CancelRequest = Message<"sandpool.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 22);
+  messageDesc(file_sandpool_v1_session, 26);
 
 /**
  * Cancel's response.
@@ -911,7 +1052,7 @@ export type CancelResponse = Message<"sandpool.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 23);
+  messageDesc(file_sandpool_v1_session, 27);
 
 /**
  * The state of a lease named in a keepalive.
@@ -1151,6 +1292,20 @@ export const SessionService: GenService<{
   run: {
     methodKind: "server_streaming";
     input: typeof RunRequestSchema;
+    output: typeof RunResponseSchema;
+  },
+  /**
+   * Runs a program interactively: after the first request (`start`) the
+   * client streams standard input, closes it, sends signals and resizes the
+   * terminal while the program runs; the server streams the run's events as
+   * Run does. Ending the request stream closes standard input; dropping the
+   * response stream kills the run.
+   *
+   * @generated from rpc sandpool.v1.SessionService.Interact
+   */
+  interact: {
+    methodKind: "bidi_streaming";
+    input: typeof InteractRequestSchema;
     output: typeof RunResponseSchema;
   },
   /**

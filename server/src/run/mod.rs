@@ -54,6 +54,20 @@ pub enum EndReason {
     LeaseExpired,
 }
 
+impl EndReason {
+    /// Its index in `pool::stats::END_REASONS` (the proto's order).
+    pub fn metric_index(self) -> usize {
+        match self {
+            EndReason::Exited => 0,
+            EndReason::Signaled => 1,
+            EndReason::Timeout => 2,
+            EndReason::Cancelled => 3,
+            EndReason::OutputLimit => 4,
+            EndReason::LeaseExpired => 5,
+        }
+    }
+}
+
 /// The last event of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunExit {
@@ -426,18 +440,21 @@ impl Pump {
         }
         let event = match failure {
             Some(e) => {
+                self.lease.meters().run_failed();
                 resident::failed(&self.lease, source).await;
                 RunEvent::Failed(self.lease.sandbox_error(e))
             }
             None => {
                 let (exit, no_exit_code) = self.exit(source).await;
                 if self.container_died(&exit).await {
+                    self.lease.meters().run_failed();
                     RunEvent::Failed(self.lease.engine_error(EngineError::ContainerGone {
                         id: self.lease.sandbox().id().to_string(),
                     }))
                 } else if let Some(e) = no_exit_code {
                     // The output ended but the engine (or the runner)
                     // cannot say how: the run's end is unknown, and says why.
+                    self.lease.meters().run_failed();
                     RunEvent::Failed(self.lease.sandbox_error(e))
                 } else {
                     self.collect_artifacts()
@@ -451,6 +468,9 @@ impl Pump {
                         stderr_bytes = exit.stderr_bytes,
                         truncated = exit.truncated
                     );
+                    self.lease
+                        .meters()
+                        .run_ended(exit.reason.metric_index(), exit.duration);
                     RunEvent::Exit(exit)
                 }
             }
@@ -520,6 +540,7 @@ impl Pump {
         if data.is_empty() {
             return None;
         }
+        self.lease.meters().streamed(stream, data.len());
         Some(if stream == 0 {
             RunEvent::Stdout(data)
         } else {

@@ -1,8 +1,9 @@
 //! OpenTelemetry end to end: the server binary, configured by the standard
 //! OTEL_* variables, exports to an OTLP receiver of ours (tests/src/otlp.rs)
 //! over real OTLP/gRPC. A call carrying a W3C traceparent yields one trace
-//! down to the program, which sees its run's span as TRACEPARENT; metrics
-//! arrive with the pool's counts; with no endpoint nothing is exported.
+//! down to the program, which sees its run's span as TRACEPARENT; metrics arrive with the pool's counts, the
+//! duration histograms and runs by end reason; with no endpoint nothing is
+//! exported.
 
 use std::{
     path::PathBuf,
@@ -213,13 +214,24 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     let caller_span = random_hex(8);
     let traceparent = format!("00-{trace_id}-{caller_span}-01");
     let (lease_id, printed) = acquire_run_release(&client, &traceparent).await;
-    wait_for("metrics with the run", Duration::from_secs(10), || async {
-        receiver
-            .points()
-            .iter()
-            .any(|p| p.metric == "sandpool_runs" && p.value >= 1.0)
-            .then_some(())
-    })
+    wait_for(
+        "metrics with the run and the reset",
+        Duration::from_secs(10),
+        || async {
+            let run_ended = receiver.points().iter().any(|p| {
+                p.metric == "sandpool_runs_ended"
+                    && p.attributes
+                        .iter()
+                        .any(|a| a.0 == "end_reason" && a.1 == "exited")
+                    && p.value >= 1.0
+            });
+            let reset = receiver
+                .histograms()
+                .iter()
+                .any(|h| h.metric == "sandpool_reset_duration_seconds" && h.count >= 1);
+            (run_ended && reset).then_some(())
+        },
+    )
     .await;
     drop(client);
     server.stop().await;
@@ -304,6 +316,56 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     assert_eq!(value("sandpool_runs", None), 1.0);
     assert_eq!(value("sandpool_pool_max_size", None), 1.0);
     assert!(value("sandpool_containers_created", None) >= 1.0);
+    assert_eq!(
+        value("sandpool_runs_ended", Some(("end_reason", "exited"))),
+        1.0
+    );
+    assert_eq!(
+        value("sandpool_runs_ended", Some(("end_reason", "timeout"))),
+        0.0
+    );
+    assert_eq!(value("sandpool_run_failures", None), 0.0);
+    assert_eq!(value("sandpool_resets", None), 1.0);
+    assert_eq!(value("sandpool_reset_failures", None), 0.0);
+    // What the program printed, its newline included.
+    assert_eq!(
+        value("sandpool_streamed_bytes", Some(("stream", "stdout"))),
+        (printed.len() + 1) as f64
+    );
+
+    // Histograms: cumulative, the server's bounds, the runs' counts.
+    let histograms = receiver.histograms();
+    let histogram = |metric: &str| {
+        histograms
+            .iter()
+            .rev()
+            .find(|h| {
+                h.metric == metric && h.attributes.iter().any(|(k, v)| k == "pool" && v == POOL)
+            })
+            .unwrap_or_else(|| panic!("no {metric} histogram for {POOL}: {histograms:#?}"))
+            .clone()
+    };
+    for (metric, at_least) in [
+        ("sandpool_acquire_latency_seconds", 1),
+        ("sandpool_run_duration_seconds", 1),
+        ("sandpool_reset_duration_seconds", 1),
+        ("sandpool_container_create_duration_seconds", 1),
+    ] {
+        let h = histogram(metric);
+        assert_eq!(h.temporality, 2, "cumulative: {h:#?}");
+        assert_eq!(h.unit, "s", "{h:#?}");
+        assert_eq!(
+            h.bounds,
+            sandpool_server::pool::stats::DURATION_BOUNDS,
+            "{h:#?}"
+        );
+        assert_eq!(h.bucket_counts.len(), h.bounds.len() + 1, "{h:#?}");
+        assert_eq!(h.bucket_counts.iter().sum::<u64>(), h.count, "{h:#?}");
+        assert!(h.count >= at_least, "{h:#?}");
+        assert!(h.sum > 0.0, "{h:#?}");
+    }
+    assert_eq!(histogram("sandpool_acquire_latency_seconds").count, 1);
+    assert_eq!(histogram("sandpool_run_duration_seconds").count, 1);
     receiver.stop().await;
 }
 

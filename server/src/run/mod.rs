@@ -156,12 +156,16 @@ async fn start_in(
     let source = match plan.cell.take() {
         Some((context_id, code)) => {
             let context = context::find(&lease, &context_id)?;
+            // The cell continues the trace from the run's span, as a
+            // program of its own does.
+            let trace_env = crate::telemetry::trace_env();
             let cell = context::Cell::begin(
                 context,
                 run_id.as_str(),
                 &code,
                 plan.plot_format.extension(),
                 &watch,
+                &trace_env,
             )
             .await?;
             Source::Cell(Box::new(cell))

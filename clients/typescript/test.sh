@@ -6,7 +6,9 @@
 #   when needed, then the node:test suite against live servers.
 # Usage: clients/typescript/test.sh [node --test options, e.g. --test-name-pattern=leases]
 # Environment: SANDPOOL_SERVER_BIN   use this server binary instead of building
-#                                    target/debug/sandpool-server.
+#                                    target/debug/sandpool-server (the OTLP
+#                                    receiver, otlp_receiver, is expected beside
+#                                    it, or at SANDPOOL_OTLP_RECEIVER_BIN).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$(cd ../.. && pwd)
@@ -32,8 +34,11 @@ t "typecheck and build" "$s"
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
   s=$(date +%s)
   # The server, and the Kubernetes test API server its Kubernetes pools use.
-  (cd "$REPO" && cargo build -p sandpool-server -p sandpool-k8s-testserver)
-  t "cargo build -p sandpool-server -p sandpool-k8s-testserver" "$s"
+  # The server, the Kubernetes test API server its Kubernetes pools use, and
+  # the OTLP receiver of the export test (all beside each other; with
+  # SANDPOOL_SERVER_BIN set, the workspace build made them there).
+  (cd "$REPO" && cargo build -p sandpool-server -p sandpool-k8s-testserver && cargo build -p sandpool-tests --bin otlp_receiver)
+  t "cargo build -p sandpool-server -p sandpool-k8s-testserver, the OTLP receiver" "$s"
 fi
 
 if ! docker image inspect sandpool/python:bookworm >/dev/null 2>&1; then

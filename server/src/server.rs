@@ -64,7 +64,7 @@ pub async fn serve(
         resident_runner: config.resident_runner,
     };
     let manager = PoolManager::new(server_id.clone(), engines(&config), settings);
-    crate::telemetry::instruments::register(&manager);
+    crate::telemetry::metrics_export::register(&manager);
 
     let mut kinds = vec![BackendKind::Docker];
     kinds.extend(config.pools.iter().map(|p| p.backend));

@@ -75,10 +75,26 @@ pub struct PointRecord {
     pub value: f64,
 }
 
+/// One data point of a histogram.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistogramRecord {
+    pub metric: String,
+    pub unit: String,
+    pub attributes: Vec<(String, String)>,
+    pub count: u64,
+    pub sum: f64,
+    pub bounds: Vec<f64>,
+    /// Per bucket, not cumulative: one more than `bounds` (+Inf last).
+    pub bucket_counts: Vec<u64>,
+    /// AGGREGATION_TEMPORALITY_* number: 2 is CUMULATIVE.
+    pub temporality: i32,
+}
+
 #[derive(Debug, Default)]
 struct Received {
     spans: Vec<SpanRecord>,
     points: Vec<PointRecord>,
+    histograms: Vec<HistogramRecord>,
     /// Export calls of either kind, empty ones included.
     exports: usize,
 }
@@ -151,16 +167,21 @@ impl Receiver {
         self.lock().points.clone()
     }
 
+    pub fn histograms(&self) -> Vec<HistogramRecord> {
+        self.lock().histograms.clone()
+    }
+
     pub fn exports(&self) -> usize {
         self.lock().exports
     }
 
     /// Takes what arrived since the last call (for the binary's output).
-    pub fn drain(&self) -> (Vec<SpanRecord>, Vec<PointRecord>) {
+    pub fn drain(&self) -> (Vec<SpanRecord>, Vec<PointRecord>, Vec<HistogramRecord>) {
         let mut received = self.lock();
         (
             std::mem::take(&mut received.spans),
             std::mem::take(&mut received.points),
+            std::mem::take(&mut received.histograms),
         )
     }
 
@@ -241,12 +262,28 @@ impl MetricsService for Collector {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let mut points = Vec::new();
+        let mut histograms = Vec::new();
         for resource_metrics in request.into_inner().resource_metrics {
             for scope in resource_metrics.scope_metrics {
                 for metric in scope.metrics {
                     let data_points = match metric.data {
                         Some(metric::Data::Gauge(g)) => g.data_points,
                         Some(metric::Data::Sum(s)) => s.data_points,
+                        Some(metric::Data::Histogram(h)) => {
+                            for point in h.data_points {
+                                histograms.push(HistogramRecord {
+                                    metric: metric.name.clone(),
+                                    unit: metric.unit.clone(),
+                                    attributes: pairs(&point.attributes),
+                                    count: point.count,
+                                    sum: point.sum.unwrap_or(f64::NAN),
+                                    bounds: point.explicit_bounds,
+                                    bucket_counts: point.bucket_counts,
+                                    temporality: h.aggregation_temporality,
+                                });
+                            }
+                            Vec::new()
+                        }
                         _ => Vec::new(),
                     };
                     for point in data_points {
@@ -267,6 +304,7 @@ impl MetricsService for Collector {
         let mut received = self.lock();
         received.exports += 1;
         received.points.extend(points);
+        received.histograms.extend(histograms);
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
 }

@@ -131,6 +131,44 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The value of the sample `series` (name and labels, as written) in
+/// Prometheus text, if there.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A histogram's lines for one pool are whole: every bound, cumulative
+/// counts that never drop, +Inf equal to `_count`. Returns `_count`.
+fn histogram_count(text: &str, name: &str, pool: &str) -> f64 {
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{pool=\"{pool}\",le=")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    assert_eq!(
+        buckets.len(),
+        sandpool_server::pool::stats::DURATION_BOUNDS.len() + 1,
+        "{name}: {text}"
+    );
+    assert!(
+        buckets.windows(2).all(|w| w[0] <= w[1]),
+        "{name} not cumulative: {buckets:?}"
+    );
+    let count = sample(text, &format!("{name}_count{{pool=\"{pool}\"}}")).expect("a _count");
+    let inf = sample(
+        text,
+        &format!("{name}_bucket{{pool=\"{pool}\",le=\"+Inf\"}}"),
+    );
+    assert_eq!(inf, Some(count), "{name}: +Inf is the count");
+    assert!(
+        sample(text, &format!("{name}_sum{{pool=\"{pool}\"}}")).is_some(),
+        "{name}_sum"
+    );
+    count
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_follow_the_pools() {
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
@@ -142,17 +180,97 @@ async fn prometheus_metrics_follow_the_pools() {
     let server = TestServer::start_with(config).await;
     server.pool(python_pool("metered")).await;
     let session = server.client.acquire("metered").await.expect("acquire");
+    let before = http_get(metrics, "/metrics").await;
+    assert_eq!(
+        histogram_count(&before, "sandpool_run_duration_seconds", "metered"),
+        0.0
+    );
+    assert_eq!(
+        histogram_count(&before, "sandpool_acquire_latency_seconds", "metered"),
+        1.0
+    );
+    assert!(
+        histogram_count(
+            &before,
+            "sandpool_container_create_duration_seconds",
+            "metered"
+        ) >= 1.0
+    );
+    assert!(
+        !before.contains("quantile="),
+        "no precomputed quantiles: {before}"
+    );
+
+    // Two real runs: one exits, one is killed by its timeout.
     session.run_collect("print(1)").await.expect("run");
+    let timed_out = session
+        .run_request(pb::RunRequest {
+            program: Some(pb::run_request::Program::Code(pb::Code {
+                source: Some(pb::code::Source::Text("import time\ntime.sleep(30)".into())),
+                language: String::new(),
+            })),
+            timeout: sandpool_tests::secs(1.0),
+            ..Default::default()
+        })
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    assert_eq!(timed_out.end_reason(), pb::EndReason::Timeout);
     let text = http_get(metrics, "/metrics").await;
     for line in [
         "sandpool_pool_containers{pool=\"metered\",state=\"busy\"} 1",
         "sandpool_acquisitions_total{pool=\"metered\"} 1",
-        "sandpool_runs_total{pool=\"metered\"} 1",
+        "sandpool_runs_total{pool=\"metered\"} 2",
         "sandpool_pool_max_size{pool=\"metered\"} 2",
         "# TYPE sandpool_recycled_total counter",
+        "# TYPE sandpool_run_duration_seconds histogram",
+        "sandpool_runs_ended_total{pool=\"metered\",end_reason=\"exited\"} 1",
+        "sandpool_runs_ended_total{pool=\"metered\",end_reason=\"timeout\"} 1",
+        "sandpool_runs_ended_total{pool=\"metered\",end_reason=\"cancelled\"} 0",
+        "sandpool_run_failures_total{pool=\"metered\"} 0",
+        // "1\n", and nothing from the sleeper.
+        "sandpool_streamed_bytes_total{pool=\"metered\",stream=\"stdout\"} 2",
+        "sandpool_resets_total{pool=\"metered\"} 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    assert_eq!(
+        histogram_count(&text, "sandpool_run_duration_seconds", "metered"),
+        2.0
+    );
+    // The sleeper ran for its 1 s timeout: its duration is over 1 s.
+    let under_one_second = sample(
+        &text,
+        "sandpool_run_duration_seconds_bucket{pool=\"metered\",le=\"1\"}",
+    );
+    assert_eq!(under_one_second, Some(1.0), "{text}");
+    let run_sum = sample(&text, "sandpool_run_duration_seconds_sum{pool=\"metered\"}");
+    assert!(run_sum.is_some_and(|s| s >= 1.0), "{run_sum:?}");
+
+    // The release's reset, in the background.
     session.release().await.expect("release");
+    let mut text = String::new();
+    for _ in 0..300 {
+        text = http_get(metrics, "/metrics").await;
+        if sample(&text, "sandpool_resets_total{pool=\"metered\"}") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(&text, "sandpool_resets_total{pool=\"metered\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sandpool_reset_failures_total{pool=\"metered\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        histogram_count(&text, "sandpool_reset_duration_seconds", "metered"),
+        1.0
+    );
     server.stop().await;
 }

@@ -1,8 +1,10 @@
 //! OpenTelemetry end to end: the server binary, configured by the standard
 //! OTEL_* variables, exports to an OTLP receiver of ours (tests/src/otlp.rs)
 //! over real OTLP/gRPC. A call carrying a W3C traceparent yields one trace
-//! down to the program, which sees its run's span as TRACEPARENT; metrics
-//! arrive with the pool's counts; with no endpoint nothing is exported.
+//! down to the program, which sees its run's span as TRACEPARENT (a cell of
+//! a persistent context too); metrics arrive with the pool's counts, the
+//! duration histograms and runs by end reason; with no endpoint nothing is
+//! exported.
 
 use std::{
     path::PathBuf,
@@ -114,6 +116,55 @@ fn traced<T>(message: T, traceparent: &str) -> tonic::Request<T> {
     request
 }
 
+/// Runs Python `code` on `lease` (in `context` unless empty) with
+/// `traceparent` (and `tracestate`, if any); what it printed, trimmed, once
+/// it exited 0.
+async fn run_traced(
+    client: &Client,
+    lease_id: &str,
+    context: &str,
+    code: &str,
+    traceparent: &str,
+    tracestate: Option<&str>,
+) -> String {
+    let mut request = traced(
+        pb::RunRequest {
+            lease_id: lease_id.into(),
+            program: Some(pb::run_request::Program::Code(pb::Code {
+                source: Some(pb::code::Source::Text(code.into())),
+                language: String::new(),
+            })),
+            context_id: context.into(),
+            ..Default::default()
+        },
+        traceparent,
+    );
+    if let Some(state) = tracestate {
+        request
+            .metadata_mut()
+            .insert("tracestate", state.parse().expect("a valid metadata value"));
+    }
+    let mut events = client
+        .sessions()
+        .run(request)
+        .await
+        .expect("run")
+        .into_inner();
+    let mut stdout = Vec::new();
+    let mut exit_code = None;
+    while let Some(event) = events.message().await.expect("run events") {
+        match event.event {
+            Some(pb::run_response::Event::Stdout(chunk)) => stdout.extend(chunk.data),
+            Some(pb::run_response::Event::Stderr(chunk)) => stdout.extend(chunk.data),
+            Some(pb::run_response::Event::Exit(exit)) => exit_code = Some(exit.exit_code),
+            _ => {}
+        }
+    }
+    let printed = String::from_utf8_lossy(&stdout).trim().to_string();
+    assert_eq!(exit_code, Some(0), "{printed}");
+    printed
+}
+
 /// Acquire, Run (the program prints its TRACEPARENT), Release, each with
 /// `traceparent`; returns the lease id and what the program printed. Waits
 /// until the container is reset and idle again.
@@ -213,13 +264,24 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     let caller_span = random_hex(8);
     let traceparent = format!("00-{trace_id}-{caller_span}-01");
     let (lease_id, printed) = acquire_run_release(&client, &traceparent).await;
-    wait_for("metrics with the run", Duration::from_secs(10), || async {
-        receiver
-            .points()
-            .iter()
-            .any(|p| p.metric == "sandpool_runs" && p.value >= 1.0)
-            .then_some(())
-    })
+    wait_for(
+        "metrics with the run and the reset",
+        Duration::from_secs(10),
+        || async {
+            let run_ended = receiver.points().iter().any(|p| {
+                p.metric == "sandpool_runs_ended"
+                    && p.attributes
+                        .iter()
+                        .any(|a| a.0 == "end_reason" && a.1 == "exited")
+                    && p.value >= 1.0
+            });
+            let reset = receiver
+                .histograms()
+                .iter()
+                .any(|h| h.metric == "sandpool_reset_duration_seconds" && h.count >= 1);
+            (run_ended && reset).then_some(())
+        },
+    )
     .await;
     drop(client);
     server.stop().await;
@@ -304,6 +366,194 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     assert_eq!(value("sandpool_runs", None), 1.0);
     assert_eq!(value("sandpool_pool_max_size", None), 1.0);
     assert!(value("sandpool_containers_created", None) >= 1.0);
+    assert_eq!(
+        value("sandpool_runs_ended", Some(("end_reason", "exited"))),
+        1.0
+    );
+    assert_eq!(
+        value("sandpool_runs_ended", Some(("end_reason", "timeout"))),
+        0.0
+    );
+    assert_eq!(value("sandpool_run_failures", None), 0.0);
+    assert_eq!(value("sandpool_resets", None), 1.0);
+    assert_eq!(value("sandpool_reset_failures", None), 0.0);
+    // What the program printed, its newline included.
+    assert_eq!(
+        value("sandpool_streamed_bytes", Some(("stream", "stdout"))),
+        (printed.len() + 1) as f64
+    );
+
+    // Histograms: cumulative, the server's bounds, the runs' counts.
+    let histograms = receiver.histograms();
+    let histogram = |metric: &str| {
+        histograms
+            .iter()
+            .rev()
+            .find(|h| {
+                h.metric == metric && h.attributes.iter().any(|(k, v)| k == "pool" && v == POOL)
+            })
+            .unwrap_or_else(|| panic!("no {metric} histogram for {POOL}: {histograms:#?}"))
+            .clone()
+    };
+    for (metric, at_least) in [
+        ("sandpool_acquire_latency_seconds", 1),
+        ("sandpool_run_duration_seconds", 1),
+        ("sandpool_reset_duration_seconds", 1),
+        ("sandpool_container_create_duration_seconds", 1),
+    ] {
+        let h = histogram(metric);
+        assert_eq!(h.temporality, 2, "cumulative: {h:#?}");
+        assert_eq!(h.unit, "s", "{h:#?}");
+        assert_eq!(
+            h.bounds,
+            sandpool_server::pool::stats::DURATION_BOUNDS,
+            "{h:#?}"
+        );
+        assert_eq!(h.bucket_counts.len(), h.bounds.len() + 1, "{h:#?}");
+        assert_eq!(h.bucket_counts.iter().sum::<u64>(), h.count, "{h:#?}");
+        assert!(h.count >= at_least, "{h:#?}");
+        assert!(h.sum > 0.0, "{h:#?}");
+    }
+    assert_eq!(histogram("sandpool_acquire_latency_seconds").count, 1);
+    assert_eq!(histogram("sandpool_run_duration_seconds").count, 1);
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_cell_sees_the_traceparent_of_its_run() {
+    let receiver = Receiver::start().await;
+    let server = ServerProcess::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "60000".into()),
+    ]);
+    let client = server.client().await;
+    let setup = format!("00-{}-{}-01", random_hex(16), random_hex(8));
+    let lease = client
+        .sessions()
+        .acquire(traced(
+            pb::AcquireRequest {
+                pool: POOL.into(),
+                ..Default::default()
+            },
+            &setup,
+        ))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("a lease");
+    let context = client
+        .sessions()
+        .create_context(traced(
+            pb::CreateContextRequest {
+                lease_id: lease.id.clone(),
+                language: String::new(),
+            },
+            &setup,
+        ))
+        .await
+        .expect("create context")
+        .into_inner()
+        .context_id;
+    const PRINT_BOTH: &str = "import os\nprint(os.environ.get('TRACEPARENT', 'none'), os.environ.get('TRACESTATE', 'none'))\n";
+    // Two cells in two traces, the first with a tracestate: each sees its
+    // own run's, never the kernel's start or the cell before.
+    let first_trace = random_hex(16);
+    let first = run_traced(
+        &client,
+        &lease.id,
+        &context,
+        PRINT_BOTH,
+        &format!("00-{first_trace}-{}-01", random_hex(8)),
+        Some("vendor=abc,other=x y"),
+    )
+    .await;
+    let second_trace = random_hex(16);
+    let second = run_traced(
+        &client,
+        &lease.id,
+        &context,
+        PRINT_BOTH,
+        &format!("00-{second_trace}-{}-01", random_hex(8)),
+        None,
+    )
+    .await;
+    // A child process of the cell inherits it.
+    let from_child = run_traced(
+        &client,
+        &lease.id,
+        &context,
+        "import subprocess\nprint(subprocess.run(['sh', '-c', 'echo $TRACEPARENT'], capture_output=True, text=True).stdout.strip())\n",
+        &format!("00-{second_trace}-{}-01", random_hex(8)),
+        None,
+    )
+    .await;
+    client
+        .sessions()
+        .release(pb::ReleaseRequest {
+            lease_id: lease.id.clone(),
+        })
+        .await
+        .expect("release");
+    // The JavaScript kernel does the same.
+    let js_pool = client
+        .create_pool(
+            sandpool_tests::language_pool("traced-js", "javascript"),
+            true,
+        )
+        .await
+        .expect("a javascript pool");
+    assert_ne!(js_pool.phase, pb::PoolPhase::Failing as i32, "{js_pool:?}");
+    let js_trace = random_hex(16);
+    let js = {
+        let session = client.acquire("traced-js").await.expect("acquire js");
+        let context = session.create_context().await.expect("js context");
+        let printed = run_traced(
+            &client,
+            session.lease_id(),
+            context.id(),
+            "console.log(process.env.TRACEPARENT, process.env.TRACESTATE)",
+            &format!("00-{js_trace}-{}-01", random_hex(8)),
+            Some("js=1"),
+        )
+        .await;
+        drop(context);
+        session.release().await.expect("release js");
+        printed
+    };
+    drop(client);
+    server.stop().await;
+
+    let spans = receiver.spans();
+    let run_span = |trace_id: &str| {
+        let rpc = spans
+            .iter()
+            .find(|s| s.trace_id == trace_id && s.name == "sandpool.v1.SessionService/Run")
+            .unwrap_or_else(|| panic!("no Run span in {trace_id}: {spans:#?}"));
+        child(&spans, rpc, "run").span_id.clone()
+    };
+    assert_eq!(
+        first,
+        format!(
+            "00-{first_trace}-{}-01 vendor=abc,other=x y",
+            run_span(&first_trace)
+        )
+    );
+    let (parent, state) = second.split_once(' ').expect("two words");
+    assert_eq!(
+        state, "none",
+        "the first cell's tracestate is gone: {second}"
+    );
+    assert!(
+        parent.starts_with(&format!("00-{second_trace}-")),
+        "{second}"
+    );
+    assert!(
+        from_child.starts_with(&format!("00-{second_trace}-")),
+        "{from_child}"
+    );
+    assert_ne!(parent, from_child, "each run its own span");
+    assert_eq!(js, format!("00-{js_trace}-{}-01 js=1", run_span(&js_trace)));
     receiver.stop().await;
 }
 
@@ -321,6 +571,22 @@ async fn nothing_is_exported_when_no_endpoint_is_configured() {
     let traceparent = format!("00-{}-{}-01", random_hex(16), random_hex(8));
     let (_, printed) = acquire_run_release(&client, &traceparent).await;
     assert_eq!(printed, "none", "no TRACEPARENT for the program when off");
+    // Nor for a cell of a persistent context.
+    let session = client.acquire(POOL).await.expect("acquire");
+    let printed = {
+        let context = session.create_context().await.expect("context");
+        run_traced(
+            &client,
+            session.lease_id(),
+            context.id(),
+            PRINT_TRACEPARENT,
+            &traceparent,
+            None,
+        )
+        .await
+    };
+    assert_eq!(printed, "none", "no TRACEPARENT for a cell when off");
+    session.release().await.expect("release");
     drop(client);
     server.stop().await;
     assert_eq!(receiver.exports(), 0);

@@ -161,6 +161,27 @@ def test_metrics_arrive_with_the_pools_counts(traced: Tuple[Server, OtlpReceiver
 
     wait_for("sandpool_runs over OTLP", counted, timeout=20)
 
+    def histogram() -> Dict[str, Any] | None:
+        found = [
+            h
+            for h in receiver.records("histogram")
+            if h["metric"] == "sandpool_run_duration_seconds" and ["pool", pool] in h["attributes"]
+        ]
+        return found[-1] if found and found[-1]["count"] >= runs else None
+
+    # The run-duration histogram: cumulative, one bucket more than bounds.
+    h = wait_for("sandpool_run_duration_seconds over OTLP", histogram, timeout=20)
+    assert h["temporality"] == 2 and h["unit"] == "s", h
+    assert len(h["bucket_counts"]) == len(h["bounds"]) + 1 and sum(h["bucket_counts"]) == h["count"], h
+    ended = [
+        p
+        for p in receiver.records("point")
+        if p["metric"] == "sandpool_runs_ended"
+        and ["pool", pool] in p["attributes"]
+        and ["end_reason", "exited"] in p["attributes"]
+    ]
+    assert ended and ended[-1]["value"] >= 1, ended
+
 
 def test_a_malformed_traceparent_is_refused_by_the_client() -> None:
     with pytest.raises(sandpool.InvalidArgument):

@@ -504,6 +504,29 @@ pub fn run_event_to_pb(seq: u64, event: RunEvent) -> Result<pb::RunResponse, Sta
 mod tests {
     use super::*;
 
+    /// The end_reason label of the runs metric is the proto's name.
+    #[test]
+    fn end_reason_labels_are_the_proto_names() {
+        use crate::pool::stats::END_REASONS;
+        for reason in [
+            EndReason::Exited,
+            EndReason::Signaled,
+            EndReason::Timeout,
+            EndReason::Cancelled,
+            EndReason::OutputLimit,
+            EndReason::LeaseExpired,
+        ] {
+            let proto = pb::EndReason::from(reason).as_str_name();
+            assert_eq!(
+                format!(
+                    "END_REASON_{}",
+                    END_REASONS[reason.metric_index()].to_uppercase()
+                ),
+                proto
+            );
+        }
+    }
+
     #[test]
     fn secrets_are_redacted_for_tenants() {
         assert_eq!(
@@ -536,9 +559,11 @@ mod tests {
                     p99: Duration::ZERO,
                     max: Duration::ZERO,
                 },
+                meters: Default::default(),
                 temporary_containers: 0,
                 waiting: 0,
                 active_leases: 0,
+                created: SystemTime::now(),
                 time: SystemTime::now(),
             },
             owner: None,

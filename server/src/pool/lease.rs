@@ -218,6 +218,11 @@ impl LeaseGuard {
         self.entry.sandbox.lang()
     }
 
+    /// The meters of the lease's pool, for its runs to record in.
+    pub fn meters(&self) -> &super::stats::Meters {
+        &self.entry.pool.meters
+    }
+
     /// Registers a run so that Cancel and the lease's end can stop it. The
     /// registration ends when the returned value is dropped.
     pub fn register_run(&self, run_id: &RunId) -> RunRegistration {

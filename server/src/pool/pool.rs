@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{
     Error, LeaseEnd, Result,
-    stats::{Counters, LatencyWindow, PoolStats, RecycleReason, StateCounts},
+    stats::{Counters, LatencyWindow, Meters, PoolStats, RecycleReason, StateCounts},
 };
 use crate::{
     backend::SharedBackend,
@@ -320,6 +320,9 @@ pub(crate) struct Pool {
     pub(super) stop: CancellationToken,
     /// The live containers, with what the server keeps for each.
     sandboxes: sandbox::Sandboxes,
+    /// Durations and counts recorded where the work happens, without the
+    /// lock (runs record theirs through their lease).
+    pub(crate) meters: Meters,
 }
 
 impl Pool {
@@ -367,6 +370,7 @@ impl Pool {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             sandboxes: sandbox::Sandboxes::default(),
+            meters: Meters::default(),
         })
     }
 
@@ -458,9 +462,11 @@ impl Pool {
             closed: st.closed,
             counters: st.counters,
             acquire_latency: st.latency.summary(),
+            meters: self.meters.snapshot(),
             temporary_containers: st.temporaries,
             waiting: st.waiters.len() as u32,
             active_leases: st.active_leases,
+            created: self.created,
             time: SystemTime::now(),
         }
     }
@@ -699,7 +705,11 @@ impl Pool {
         // The Acquire waits for it: a child of its span, not a root.
         let span = crate::otel_span!("container.create", temporary = true);
         self.tasks.spawn(async move {
+            let began = Instant::now();
             let created = pool.provision(true).instrument(span).await;
+            if created.is_ok() {
+                pool.meters.create.record(began.elapsed());
+            }
             let made = pool.temporary_made(created, arrived);
             if let Err(Ok(Holding::Temporary { container })) = tx.send(made) {
                 pool.ungrant_temporary(container);
@@ -742,7 +752,9 @@ impl Pool {
                 st.counters.containers_created += 1;
                 st.counters.acquisitions += 1;
                 st.active_leases += 1;
-                st.latency.record(arrived.elapsed());
+                let latency = arrived.elapsed();
+                st.latency.record(latency);
+                self.meters.acquire.record(latency);
                 Ok(Holding::Temporary { container })
             }
             Err(e) => {
@@ -769,7 +781,9 @@ impl Pool {
     fn grant(&self, st: &mut State, slot: u64, since: Instant) -> String {
         st.counters.acquisitions += 1;
         st.active_leases += 1;
-        st.latency.record(since.elapsed());
+        let latency = since.elapsed();
+        st.latency.record(latency);
+        self.meters.acquire.record(latency);
         match st.slots.get_mut(&slot) {
             Some(s) => {
                 s.state = SlotState::Busy;
@@ -898,7 +912,11 @@ impl Pool {
     }
 
     async fn create(self: Arc<Self>, slot: u64) {
+        let began = Instant::now();
         let result = self.provision(false).await;
+        if result.is_ok() {
+            self.meters.create.record(began.elapsed());
+        }
         let mut st = self.lock();
         match result {
             Ok(container) => {
@@ -1012,7 +1030,9 @@ impl Pool {
     }
 
     async fn reset(self: Arc<Self>, slot: u64, container: String) {
+        let began = Instant::now();
         let result = sandbox::reset(&self.sandbox(&container)).await;
+        self.meters.reset_done(began.elapsed(), result.is_ok());
         let mut st = self.lock();
         let died = st.slots.get(&slot).is_some_and(|s| s.poisoned);
         match result {

@@ -245,6 +245,24 @@ async fn start_kernel(
     })
 }
 
+/// The cell header's trace fields: TRACEPARENT (`-` for none), then
+/// TRACESTATE, which may hold spaces, as the rest of the line (empty for
+/// none). Neither holds a newline (W3C allows none, and our spans' state
+/// comes from a header value).
+fn trace_fields(trace_env: &[(String, String)]) -> String {
+    let find = |name: &str| {
+        trace_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.replace(['\n', '\r'], ""))
+    };
+    let parent = find("TRACEPARENT").filter(|p| !p.is_empty() && !p.contains(' '));
+    match parent {
+        Some(parent) => format!("{parent} {}", find("TRACESTATE").unwrap_or_default()),
+        None => "- ".to_string(),
+    }
+}
+
 /// One run in a context: exclusive use of the kernel until it ends.
 pub struct Cell {
     context: Arc<Context>,
@@ -257,13 +275,17 @@ pub struct Cell {
 }
 
 impl Cell {
-    /// Sends `code` to the context's kernel.
+    /// Sends `code` to the context's kernel. `trace_env` (TRACEPARENT and
+    /// TRACESTATE of the run's span, or nothing) goes with it: the kernel
+    /// was started by another call, so its own environment names no run's
+    /// span, and the cell's code must see its own (as a plain run's does).
     pub async fn begin(
         context: Arc<Context>,
         run_id: &str,
         code: &Bytes,
         plot_format: &str,
         watch: &ArtifactWatch,
+        trace_env: &[(String, String)],
     ) -> Result<Cell> {
         let Ok(mut kernel) = Arc::clone(&context.kernel).try_lock_owned() else {
             return Err(Error::NotAllowed(format!(
@@ -272,7 +294,11 @@ impl Cell {
             )));
         };
         let (nonce, since) = watch.cell_args();
-        let header = format!("{run_id} {plot_format} {nonce} {since} {}\n", code.len());
+        let header = format!(
+            "{run_id} {plot_format} {nonce} {since} {} {}\n",
+            code.len(),
+            trace_fields(trace_env)
+        );
         let sent = async {
             kernel.stdin.write_all(header.as_bytes()).await?;
             kernel.stdin.write_all(code).await?;
@@ -386,5 +412,28 @@ impl Cell {
             }
         }
         (code, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_fields;
+
+    #[test]
+    fn the_cell_header_carries_the_trace_context() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(trace_fields(&[]), "- ");
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(
+            trace_fields(&[pair("TRACEPARENT", parent)]),
+            format!("{parent} ")
+        );
+        assert_eq!(
+            trace_fields(&[
+                pair("TRACEPARENT", parent),
+                pair("TRACESTATE", "a=1, b=two words\n")
+            ]),
+            format!("{parent} a=1, b=two words")
+        );
     }
 }

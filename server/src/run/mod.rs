@@ -62,6 +62,20 @@ pub enum EndReason {
     LeaseExpired,
 }
 
+impl EndReason {
+    /// Its index in `pool::stats::END_REASONS` (the proto's order).
+    pub fn metric_index(self) -> usize {
+        match self {
+            EndReason::Exited => 0,
+            EndReason::Signaled => 1,
+            EndReason::Timeout => 2,
+            EndReason::Cancelled => 3,
+            EndReason::OutputLimit => 4,
+            EndReason::LeaseExpired => 5,
+        }
+    }
+}
+
 /// The last event of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunExit {
@@ -183,12 +197,16 @@ async fn start_in(
     let source = match plan.cell.take() {
         Some((context_id, code)) => {
             let context = context::find(&lease, &context_id)?;
+            // The cell continues the trace from the run's span, as a
+            // program of its own does.
+            let trace_env = crate::telemetry::trace_env();
             let cell = context::Cell::begin(
                 context,
                 run_id.as_str(),
                 &code,
                 plan.plot_format.extension(),
                 &watch,
+                &trace_env,
             )
             .await?;
             Source::Cell(Box::new(cell))
@@ -527,18 +545,21 @@ impl Pump {
         }
         let event = match failure {
             Some(e) => {
+                self.lease.meters().run_failed();
                 resident::failed(&self.lease, source).await;
                 RunEvent::Failed(self.lease.sandbox_error(e))
             }
             None => {
                 let (exit, no_exit_code) = self.exit(source).await;
                 if self.container_died(&exit).await {
+                    self.lease.meters().run_failed();
                     RunEvent::Failed(self.lease.engine_error(EngineError::ContainerGone {
                         id: self.lease.sandbox().id().to_string(),
                     }))
                 } else if let Some(e) = no_exit_code {
                     // The output ended but the engine (or the runner)
                     // cannot say how: the run's end is unknown, and says why.
+                    self.lease.meters().run_failed();
                     RunEvent::Failed(self.lease.sandbox_error(e))
                 } else {
                     self.collect_artifacts()
@@ -552,6 +573,9 @@ impl Pump {
                         stderr_bytes = exit.stderr_bytes,
                         truncated = exit.truncated
                     );
+                    self.lease
+                        .meters()
+                        .run_ended(exit.reason.metric_index(), exit.duration);
                     RunEvent::Exit(exit)
                 }
             }
@@ -621,6 +645,7 @@ impl Pump {
         if data.is_empty() {
             return None;
         }
+        self.lease.meters().streamed(stream, data.len());
         Some(if stream == 0 {
             RunEvent::Stdout(data)
         } else {

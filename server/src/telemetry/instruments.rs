@@ -1,39 +1,52 @@
 //! The metrics, defined once: each family reads its samples off a pool's
-//! statistics (the same ones GetPoolStats returns). `/metrics` renders them
-//! as Prometheus text (`crate::metrics`); [`register`] makes each an
-//! OpenTelemetry observable instrument read at every OTLP export.
+//! statistics (the same ones GetPoolStats returns, and the pool's meters).
+//! `/metrics` renders them as Prometheus text (`crate::metrics`); the OTLP
+//! metrics exporter (`super::metrics_export`) sends the same families, read
+//! at each export, as OTLP gauges, sums and histograms. One registry, two
+//! encodings: a value cannot differ between the two.
 
-use std::sync::{Arc, Weak};
-
-use opentelemetry::{KeyValue, global, metrics::Meter};
-
-use crate::pool::{PoolManager, stats::PoolStats};
-
-/// What a family is, in both worlds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    /// Monotonic. Prometheus names end in `_total`; the OTLP instrument's
-    /// name drops it (a Prometheus exporter of OTLP adds it back).
-    Counter,
-}
+use crate::pool::stats::{END_REASONS, HistogramSnapshot, PoolStats, STREAMS};
 
 /// One sample: its label beside `pool` (if any) and its value.
 pub type Sample = (Option<(&'static str, &'static str)>, f64);
 
+/// What a family is, and how its samples are read.
+#[derive(Clone, Copy)]
+pub enum Read {
+    Gauge(fn(&PoolStats) -> Vec<Sample>),
+    /// Monotonic. Prometheus names end in `_total`; the OTLP instrument's
+    /// name drops it (a Prometheus exporter of OTLP adds it back).
+    Counter(fn(&PoolStats) -> Vec<Sample>),
+    /// Durations in seconds over `pool::stats::DURATION_BOUNDS`: Prometheus
+    /// `_bucket`/`_sum`/`_count` lines, an OTLP histogram point.
+    Histogram(fn(&PoolStats) -> HistogramSnapshot),
+}
+
 pub struct Family {
     pub name: &'static str,
     pub help: &'static str,
-    pub kind: Kind,
-    pub read: fn(&PoolStats) -> Vec<Sample>,
+    /// The OTLP unit (UCUM): "s", "By", or "" for a plain count.
+    pub unit: &'static str,
+    pub read: Read,
 }
 
 impl Family {
     /// The OTLP instrument's name.
     pub fn otlp_name(&self) -> &'static str {
-        match self.kind {
-            Kind::Counter => self.name.trim_end_matches("_total"),
-            Kind::Gauge => self.name,
+        match self.read {
+            Read::Counter(_) => self.name.trim_end_matches("_total"),
+            Read::Gauge(_) | Read::Histogram(_) => self.name,
+        }
+    }
+
+    /// The series names Prometheus shows for it.
+    pub fn series(&self) -> Vec<String> {
+        match self.read {
+            Read::Histogram(_) => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|suffix| format!("{}{suffix}", self.name))
+                .collect(),
+            Read::Gauge(_) | Read::Counter(_) => vec![self.name.to_string()],
         }
     }
 }
@@ -43,10 +56,30 @@ macro_rules! single {
         Family {
             name: $name,
             help: $help,
-            kind: Kind::$kind,
-            read: |$s| vec![(None, $value as f64)],
+            unit: "",
+            read: Read::$kind(|$s| vec![(None, $value as f64)]),
         }
     };
+}
+
+macro_rules! histogram {
+    ($name:literal, $help:literal, |$s:ident| $value:expr) => {
+        Family {
+            name: $name,
+            help: $help,
+            unit: "s",
+            read: Read::Histogram(|$s| $value),
+        }
+    };
+}
+
+/// One sample per label value, read off an array in the labels' order.
+fn labelled(key: &'static str, names: &[&'static str], values: &[u64]) -> Vec<Sample> {
+    names
+        .iter()
+        .zip(values)
+        .map(|(name, n)| (Some((key, *name)), *n as f64))
+        .collect()
 }
 
 /// Every family, in the order /metrics shows them.
@@ -54,8 +87,8 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "sandpool_pool_containers",
         help: "Containers of the pool by state.",
-        kind: Kind::Gauge,
-        read: |s| {
+        unit: "",
+        read: Read::Gauge(|s| {
             let c = s.state_counts;
             [
                 ("initializing", c.initializing),
@@ -68,7 +101,7 @@ pub static FAMILIES: &[Family] = &[
             .into_iter()
             .map(|(state, n)| (Some(("state", state)), f64::from(n)))
             .collect()
-        },
+        }),
     },
     single!("sandpool_pool_max_size", Gauge, "max_pool_size.", |s| s
         .max_size),
@@ -161,8 +194,8 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "sandpool_recycled_total",
         help: "Containers recycled, by reason.",
-        kind: Kind::Counter,
-        read: |s| {
+        unit: "",
+        read: Read::Counter(|s| {
             let r = s.counters.recycled;
             [
                 ("idle_timeout", r.idle_timeout),
@@ -176,82 +209,56 @@ pub static FAMILIES: &[Family] = &[
             .into_iter()
             .map(|(reason, n)| (Some(("reason", reason)), n as f64))
             .collect()
-        },
+        }),
     },
     Family {
-        name: "sandpool_acquire_latency_seconds",
-        help: "Acquire latency quantiles over the most recent acquires.",
-        kind: Kind::Gauge,
-        read: |s| {
-            let l = s.acquire_latency;
-            [
-                ("0.5", l.p50),
-                ("0.9", l.p90),
-                ("0.99", l.p99),
-                ("1", l.max),
-            ]
-            .into_iter()
-            .map(|(q, d)| (Some(("quantile", q)), d.as_secs_f64()))
-            .collect()
-        },
+        name: "sandpool_runs_ended_total",
+        help: "Runs that ended with an exit, by end reason (the proto's EndReason).",
+        unit: "",
+        read: Read::Counter(|s| labelled("end_reason", &END_REASONS, &s.meters.runs_ended)),
     },
+    single!(
+        "sandpool_run_failures_total",
+        Counter,
+        "Runs that ended without an exit (the engine failed, the container died).",
+        |s| s.meters.run_failures
+    ),
+    Family {
+        name: "sandpool_streamed_bytes_total",
+        help: "Run output sent to clients, by stream.",
+        unit: "By",
+        read: Read::Counter(|s| labelled("stream", &STREAMS, &s.meters.bytes)),
+    },
+    single!(
+        "sandpool_resets_total",
+        Counter,
+        "Resets of released containers.",
+        |s| s.meters.resets
+    ),
+    single!(
+        "sandpool_reset_failures_total",
+        Counter,
+        "Resets that failed (the container was replaced).",
+        |s| s.meters.reset_failures
+    ),
+    histogram!(
+        "sandpool_acquire_latency_seconds",
+        "From an Acquire's arrival to its lease.",
+        |s| s.meters.acquire
+    ),
+    histogram!(
+        "sandpool_run_duration_seconds",
+        "From a run's start to its exit.",
+        |s| s.meters.run
+    ),
+    histogram!(
+        "sandpool_reset_duration_seconds",
+        "Resets of released containers, failed ones included.",
+        |s| s.meters.reset
+    ),
+    histogram!(
+        "sandpool_container_create_duration_seconds",
+        "Container creations up to warm (libraries installed), successful ones.",
+        |s| s.meters.create
+    ),
 ];
-
-/// Registers every family as an observable instrument on the global meter
-/// (a no-op meter when OTLP export is off: nothing is then ever read). The
-/// callbacks hold the manager weakly: a stopped server is not kept alive by
-/// its meter.
-pub fn register(manager: &Arc<PoolManager>) {
-    let meter = global::meter("sandpool-server");
-    for family in FAMILIES {
-        observe(&meter, family, Arc::downgrade(manager));
-    }
-}
-
-fn observe(meter: &Meter, family: &'static Family, manager: Weak<PoolManager>) {
-    let samples = move || -> Vec<(f64, Vec<KeyValue>)> {
-        let Some(manager) = manager.upgrade() else {
-            return Vec::new();
-        };
-        manager
-            .all_pools()
-            .into_iter()
-            .flat_map(|p| {
-                let pool = p.stats.pool.clone();
-                (family.read)(&p.stats)
-                    .into_iter()
-                    .map(move |(label, value)| {
-                        let mut attributes = vec![KeyValue::new("pool", pool.clone())];
-                        if let Some((key, value)) = label {
-                            attributes.push(KeyValue::new(key, value));
-                        }
-                        (value, attributes)
-                    })
-            })
-            .collect()
-    };
-    match family.kind {
-        Kind::Gauge => {
-            meter
-                .f64_observable_gauge(family.otlp_name())
-                .with_description(family.help)
-                .with_callback(move |observer| {
-                    for (value, attributes) in samples() {
-                        observer.observe(value, &attributes);
-                    }
-                })
-                .build();
-        }
-        Kind::Counter => {
-            meter
-                .f64_observable_counter(family.otlp_name())
-                .with_description(family.help)
-                .with_callback(move |observer| {
-                    for (value, attributes) in samples() {
-                        observer.observe(value, &attributes);
-                    }
-                })
-                .build();
-        }
-    }
-}

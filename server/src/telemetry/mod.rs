@@ -13,6 +13,7 @@
 //! the code a lease ran.
 
 pub mod instruments;
+pub mod metrics_export;
 mod otel;
 pub mod rpc;
 mod settings;
@@ -96,7 +97,7 @@ pub fn init_with(
             installed: false,
         });
     };
-    let providers = otel::Providers::start(&resolved)?;
+    let providers = otel::Providers::start(&resolved, &var)?;
     let traces = tracing_opentelemetry::layer()
         .with_tracer(providers.tracer())
         // Busy/idle time and thread ids per span: bookkeeping on every poll

@@ -1,16 +1,18 @@
-//! The OpenTelemetry SDK: a tracer and a meter provider exporting over
-//! OTLP/gRPC, W3C trace context as the global propagator.
+//! The OpenTelemetry SDK's tracer exporting over OTLP/gRPC, W3C trace
+//! context as the global propagator; and our metrics exporter (see
+//! `metrics_export`) to the same endpoint, with the same resource.
+
+use std::sync::Arc;
 
 use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
-    metrics::{PeriodicReader, SdkMeterProvider},
     propagation::TraceContextPropagator,
     trace::{SdkTracer, SdkTracerProvider},
 };
 
-use super::settings::Resolved;
+use super::{metrics_export::Exporter, settings::Resolved};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -22,19 +24,24 @@ pub enum TelemetryError {
         "the metrics export interval {0:?} is not a positive number (OTEL_METRIC_EXPORT_INTERVAL: milliseconds; telemetry.metrics_interval: seconds)"
     )]
     Interval(String),
+    #[error("the OTLP endpoint {0:?} is not a URI: {1}")]
+    Endpoint(String, String),
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
 pub(super) struct Providers {
     traces: SdkTracerProvider,
-    metrics: SdkMeterProvider,
+    metrics: Arc<Exporter>,
 }
 
 impl Providers {
     /// Builds both exporters (their channel connects lazily: a collector
     /// that is not up yet is no error) and installs them globally.
-    pub(super) fn start(settings: &Resolved) -> Result<Self, TelemetryError> {
+    pub(super) fn start(
+        settings: &Resolved,
+        var: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, TelemetryError> {
         // OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME are read here too;
         // the service name resolved from the file (or the default) is
         // applied over them only when the environment does not name one.
@@ -52,20 +59,14 @@ impl Providers {
             .with_batch_exporter(spans)
             .with_resource(resource.clone())
             .build();
-        let metric_exporter = MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .build()?;
-        let reader = PeriodicReader::builder(metric_exporter)
-            .with_interval(settings.metrics_interval)
-            .build();
-        let metrics = SdkMeterProvider::builder()
-            .with_reader(reader)
-            .with_resource(resource)
-            .build();
+        let metrics = Exporter::start(
+            &settings.endpoint,
+            settings.metrics_interval,
+            &resource,
+            var,
+        )?;
         global::set_text_map_propagator(TraceContextPropagator::new());
         global::set_tracer_provider(traces.clone());
-        global::set_meter_provider(metrics.clone());
         Ok(Self { traces, metrics })
     }
 
@@ -78,8 +79,6 @@ impl Providers {
         if let Err(e) = self.traces.shutdown() {
             tracing::warn!(error = %e, "flushing traces at shutdown failed");
         }
-        if let Err(e) = self.metrics.shutdown() {
-            tracing::warn!(error = %e, "flushing metrics at shutdown failed");
-        }
+        self.metrics.shutdown();
     }
 }

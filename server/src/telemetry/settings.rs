@@ -30,7 +30,8 @@ pub(super) struct Resolved {
 impl TelemetrySettings {
     /// `None` when export is off: no endpoint anywhere, or
     /// OTEL_SDK_DISABLED=true. Other OTEL_* variables (resource attributes,
-    /// sampler, timeouts, headers) are read by the SDK and the exporter.
+    /// sampler, timeouts, headers) are read by the SDK and the span
+    /// exporter; the metrics exporter (`metrics_export`) reads the headers.
     pub(super) fn resolve(
         &self,
         var: &impl Fn(&str) -> Option<String>,

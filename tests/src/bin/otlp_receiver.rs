@@ -1,7 +1,8 @@
 //! `otlp-receiver OUT`: the tests' OTLP/gRPC receiver as a process, for the
 //! client suites in other languages. Prints `listening http://ADDR` on
 //! stdout, then appends what it receives to OUT as JSON lines
-//! (`{"span": ...}` or `{"point": ...}`), every 50 ms, until stdin closes.
+//! (`{"span": ...}`, `{"point": ...}` or `{"histogram": ...}`), every 50 ms,
+//! until stdin closes.
 
 use std::{io::Write, time::Duration};
 
@@ -31,12 +32,15 @@ async fn main() -> anyhow::Result<()> {
             _ = &mut closed => true,
             _ = tokio::time::sleep(Duration::from_millis(50)) => false,
         };
-        let (spans, points) = receiver.drain();
+        let (spans, points, histograms) = receiver.drain();
         for span in spans {
             writeln!(file, "{}", json!({ "span": span }))?;
         }
         for point in points {
             writeln!(file, "{}", json!({ "point": point }))?;
+        }
+        for histogram in histograms {
+            writeln!(file, "{}", json!({ "histogram": histogram }))?;
         }
         file.flush()?;
         if stop {

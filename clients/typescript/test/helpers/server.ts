@@ -34,6 +34,8 @@ export interface ServerOptions {
   tls?: { cert: string; key: string; clientCa?: string; client: TlsOptions };
   /** More TOML for the server's config (e.g. the operator's pools). */
   configExtra?: string;
+  /** More environment for the server (e.g. OTEL_* variables). */
+  env?: Record<string, string>;
 }
 
 export interface TestServer {
@@ -124,7 +126,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
   const proc = spawn(
     SERVER_BIN,
     ["--listen", `127.0.0.1:${port}`, "--config", config, "--server-id", serverId, ...tlsFlags],
-    { env: { ...env, RUST_LOG: env["RUST_LOG"] ?? "info" }, stdio: ["ignore", "pipe", "pipe"] },
+    { env: { ...env, RUST_LOG: env["RUST_LOG"] ?? "info", ...options.env }, stdio: ["ignore", "pipe", "pipe"] },
   );
   // Two sources into one file: neither may end it for the other.
   proc.stdout?.pipe(log, { end: false });

@@ -1,8 +1,11 @@
 // sandpool's JavaScript context kernel: runs cells sent on stdin in one
 // persistent global scope (like Node's REPL: `var`, functions and top-level
 // `let`/`const` survive between cells). A cell arrives as a header line
-// "<cell id> <plot format> <artifact nonce> <start time> <length>\n" and
-// <length> bytes of code. Output goes to stdout/stderr as the cell produces
+// "<cell id> <plot format> <artifact nonce> <start time> <length>
+// <traceparent> <tracestate>\n" and <length> bytes of code; the traceparent
+// is "-" when the run has none, the tracestate is the rest of the line
+// (maybe empty). The cell sees them as TRACEPARENT and TRACESTATE, those of
+// the run that sent it. Output goes to stdout/stderr as the cell produces
 // it; at the end of the cell the kernel writes an artifact report frame and a
 // status frame (to both streams). SIGINT interrupts the running cell.
 'use strict';
@@ -63,13 +66,16 @@ const more = () => new Promise((resolve) => (waiting = resolve));
 async function readCell() {
   let i;
   while ((i = buffer.indexOf(10)) < 0) await more();
-  const header = buffer.subarray(0, i).toString().split(' ');
+  const line = buffer.subarray(0, i).toString();
+  const header = line.split(' ');
   buffer = buffer.subarray(i + 1);
   const length = Number(header[4]);
+  const tracestate = header.length > 6 ? header.slice(6).join(' ') : '';
+  const trace = { TRACEPARENT: header[5] || '-', TRACESTATE: tracestate };
   while (buffer.length < length) await more();
   const code = buffer.subarray(0, length).toString();
   buffer = buffer.subarray(length);
-  return { cell: header[0], artNonce: header[2], since: Number(header[3]), code };
+  return { cell: header[0], artNonce: header[2], since: Number(header[3]), code, trace };
 }
 
 async function runCell(code, name) {
@@ -94,8 +100,12 @@ async function runCell(code, name) {
 (async () => {
   frame('sandpool-ready', String(process.pid), nonce, 2);
   for (let n = 1; ; n++) {
-    const { cell, artNonce, since, code } = await readCell();
+    const { cell, artNonce, since, code, trace } = await readCell();
     process.env.SANDPOOL_RUN_ID = cell;
+    for (const [name, value] of Object.entries(trace)) {
+      if (value === '' || value === '-') delete process.env[name];
+      else process.env[name] = value;
+    }
     let status = 0;
     try {
       await runCell(code, `<cell ${n}>`);

@@ -1,8 +1,11 @@
 def _k():
     # sandpool's Python context kernel: runs cells sent on stdin in one
     # persistent namespace. A cell arrives as a header line
-    # "<cell id> <plot format> <artifact nonce> <start time> <length>\n" and
-    # <length> bytes of code. Output goes to stdout/stderr as the cell
+    # "<cell id> <plot format> <artifact nonce> <start time> <length>
+    # <traceparent> <tracestate>\n" and <length> bytes of code; the
+    # traceparent is "-" when the run has none, the tracestate is the rest of
+    # the line (maybe empty, maybe with spaces). The cell sees them as
+    # TRACEPARENT and TRACESTATE, those of the run that sent it. Output goes to stdout/stderr as the cell
     # produces it; at the end of the cell the kernel writes an artifact
     # report frame and a status frame to stderr. SIGINT interrupts the
     # running cell (KeyboardInterrupt) and is ignored between cells. The
@@ -62,7 +65,14 @@ def _k():
         header = read_line()
         if header is None:
             return
-        cell, fmt, art_nonce, since, length = header.split()
+        fields = header.split(' ', 6)
+        cell, fmt, art_nonce, since, length = fields[:5]
+        for var, value in (('TRACEPARENT', fields[5] if len(fields) > 5 else '-'),
+                           ('TRACESTATE', fields[6] if len(fields) > 6 else '')):
+            if value in ('', '-'):
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
         source = read_exact(int(length))
         count += 1
         name = '<cell %d>' % count

@@ -179,6 +179,9 @@ mod tests {
             closed: false,
             counters: Counters {
                 acquisitions: 7,
+                wait_timeouts: 1,
+                fail_fast_refusals: 5,
+                temporary_refusals: 2,
                 ..Default::default()
             },
             acquire_latency: LatencySummary::default(),
@@ -227,6 +230,9 @@ mod tests {
             "sandpool_streamed_bytes_total{pool=\"py\",stream=\"stdout\"} 12",
             "sandpool_resets_total{pool=\"py\"} 1",
             "sandpool_reset_failures_total{pool=\"py\"} 0",
+            "sandpool_acquire_refusals_total{pool=\"py\",strategy=\"wait\"} 1",
+            "sandpool_acquire_refusals_total{pool=\"py\",strategy=\"fail_fast\"} 3",
+            "sandpool_acquire_refusals_total{pool=\"py\",strategy=\"temporary\"} 2",
         ] {
             assert!(text.contains(line), "no {line:?} in {text}");
         }

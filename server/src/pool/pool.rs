@@ -585,6 +585,7 @@ impl Pool {
                 let limit = self.spec.temporary_limit();
                 if st.temporaries >= limit || !self.context.temporary_budget.try_take() {
                     st.counters.fail_fast_refusals += 1;
+                    st.counters.temporary_refusals += 1;
                     let detail = if st.temporaries >= limit {
                         format!(
                             "all {} containers are leased and so are the pool's {limit} temporary ones (max_temporary)",

@@ -73,7 +73,11 @@ pub struct Counters {
     pub acquisitions: u64,
     pub waits: u64,
     pub wait_timeouts: u64,
+    /// Refusals of an exhausted pool that does not wait: FAIL_FAST ones and
+    /// TEMPORARY ones at their limit (the proto's field counts both).
     pub fail_fast_refusals: u64,
+    /// Of those, the TEMPORARY pool's (no temporary container allowed).
+    pub temporary_refusals: u64,
     pub temporaries: u64,
     pub releases: u64,
     pub lease_expirations: u64,

@@ -146,6 +146,23 @@ pub static FAMILIES: &[Family] = &[
         "Waiting acquires that gave up.",
         |s| s.counters.wait_timeouts
     ),
+    Family {
+        name: "sandpool_acquire_refusals_total",
+        help: "Acquires refused, by the pool's exhaustion strategy (wait: the wait ran out; temporary: no temporary container allowed).",
+        unit: "",
+        read: Read::Counter(|s| {
+            let c = &s.counters;
+            labelled(
+                "strategy",
+                &["wait", "fail_fast", "temporary"],
+                &[
+                    c.wait_timeouts,
+                    c.fail_fast_refusals.saturating_sub(c.temporary_refusals),
+                    c.temporary_refusals,
+                ],
+            )
+        }),
+    },
     single!(
         "sandpool_fail_fast_refusals_total",
         Counter,

@@ -203,6 +203,7 @@ async fn temporary_serves_beyond_the_pool_and_is_removed_on_release() {
     let stats = h.stats("temp");
     assert_eq!(stats.counters.temporaries, 1);
     assert_eq!(stats.temporary_containers, 1);
+    assert_eq!(stats.counters.temporary_refusals, 0);
     // Outside the pool: its size is still max_pool_size.
     assert_eq!(stats.total_size, 1);
     h.release(&temporary);

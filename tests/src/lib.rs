@@ -3,6 +3,7 @@
 //! side by side never touch each other's containers, and a check at the end
 //! that the engine holds nothing of the server.
 
+pub mod interactive;
 pub mod otlp;
 pub mod packages;
 

@@ -5,69 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use sandpool_client::{Interaction, RunEvent, RunStream, Session, proto as pb};
-use sandpool_tests::{TestServer, code_of, python_pool, secs, shell_run};
+use sandpool_client::{Interaction, RunEvent, Session, proto as pb};
+use sandpool_tests::{
+    TestServer, code_of,
+    interactive::{argv_run, read_to_exit, read_until, terminal_session},
+    python_pool, secs, shell_run,
+};
 
 async fn server_and_session(name: &str) -> (TestServer, Session) {
     let server = TestServer::start().await;
     server.pool(python_pool(name)).await;
     let session = server.client.acquire(name).await.expect("acquire");
     (server, session)
-}
-
-fn argv_run(argv: &[&str], timeout: f64) -> pb::RunRequest {
-    pb::RunRequest {
-        program: Some(pb::run_request::Program::Command(pb::Command {
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            shell: String::new(),
-        })),
-        timeout: secs(timeout),
-        ..Default::default()
-    }
-}
-
-/// What the run printed (stdout and stderr together) once `needle` has
-/// appeared in it; panics with what came if it does not within 20 s.
-async fn read_until(events: &mut RunStream, seen: &mut String, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !seen.contains(needle) {
-        let event = tokio::time::timeout_at(deadline.into(), events.next())
-            .await
-            .unwrap_or_else(|_| panic!("{needle:?} did not come; the run printed {seen:?}"));
-        match event {
-            Some(Ok(RunEvent::Stdout(d) | RunEvent::Stderr(d))) => {
-                seen.push_str(&String::from_utf8_lossy(&d));
-            }
-            Some(Ok(RunEvent::Exit(e))) => {
-                panic!("the run ended ({e:?}) before {needle:?}; it printed {seen:?}")
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("the run failed before {needle:?}: {e}; it printed {seen:?}"),
-            None => panic!("the events ended before {needle:?}; the run printed {seen:?}"),
-        }
-    }
-}
-
-/// Reads to the exit event; returns it and the output on the way.
-async fn read_to_exit(events: &mut RunStream) -> (pb::RunExit, String, Vec<pb::RunArtifact>) {
-    let mut out = String::new();
-    let mut artifacts = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let event = tokio::time::timeout_at(deadline.into(), events.next())
-            .await
-            .unwrap_or_else(|_| panic!("no exit within 30 s; the run printed {out:?}"));
-        match event {
-            Some(Ok(RunEvent::Stdout(d) | RunEvent::Stderr(d))) => {
-                out.push_str(&String::from_utf8_lossy(&d));
-            }
-            Some(Ok(RunEvent::Artifact(a))) => artifacts.push(a),
-            Some(Ok(RunEvent::Exit(e))) => return (e, out, artifacts),
-            Some(Ok(RunEvent::Started { .. })) => {}
-            Some(Err(e)) => panic!("the run failed: {e}; it printed {out:?}"),
-            None => panic!("the events ended without an exit; the run printed {out:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,49 +132,7 @@ async fn signals_reach_every_process_of_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_has_its_size_follows_resizes_and_ctrl_c_interrupts_the_foreground_job() {
     let (server, session) = server_and_session("terminal").await;
-    let Interaction { input, mut events } = session
-        .interact(
-            argv_run(&["bash", "--norc", "--noprofile", "-i"], 60.0),
-            Some((24, 80)),
-        )
-        .await
-        .expect("interact");
-    let mut seen = String::new();
-    input.write("tty; stty size\r").await.expect("write");
-    read_until(&mut events, &mut seen, "/dev/pts/").await;
-    read_until(&mut events, &mut seen, "24 80").await;
-    input.resize(30, 100).await.expect("resize");
-    input.write("stty size\r").await.expect("write");
-    read_until(&mut events, &mut seen, "30 100").await;
-    // Ctrl-C as a keyboard sends it: the foreground sleep dies, bash stays.
-    input.write("sleep 50; echo slept\r").await.expect("write");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let interrupted = Instant::now();
-    input.write(vec![3u8]).await.expect("ctrl-c");
-    input.write("echo after-$((6 * 7))\r").await.expect("write");
-    read_until(&mut events, &mut seen, "after-42").await;
-    assert!(
-        interrupted.elapsed() < Duration::from_secs(10),
-        "Ctrl-C did not interrupt the sleep ({:?})",
-        interrupted.elapsed()
-    );
-    assert!(
-        !seen.contains("\nslept\r\n"),
-        "the sleep was not interrupted: {seen:?}"
-    );
-    input.write("exit 3\r").await.expect("write");
-    let (exit, _, _) = read_to_exit(&mut events).await;
-    assert_eq!(exit.end_reason, pb::EndReason::Exited as i32, "{exit:?}");
-    assert_eq!(exit.exit_code, 3);
-    assert_eq!(exit.stderr_bytes, 0, "a terminal has one stream: {exit:?}");
-    // The call ends with the run, though the client still holds its input.
-    let end = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
-    assert!(
-        matches!(end, Ok(None)),
-        "the call went on after the exit: {:?}",
-        end.map(|e| e.map(|e| e.map(|_| ())))
-    );
-    drop(input);
+    terminal_session(&session).await;
 
     // Python in a terminal: its figures still arrive as artifacts, and the
     // report that carries them never shows in the terminal's output.

@@ -90,6 +90,10 @@ async fn a_kubernetes_pool_end_to_end() {
     );
     assert_eq!(out.plots().len(), 1, "one figure captured");
 
+    // Interactive runs: a terminal over the exec websocket (its size, a
+    // resize, Ctrl-C) and a signal through the warden.
+    sandpool_tests::interactive::terminal_session(&session).await;
+
     // A context keeps state between runs.
     let context = session.create_context().await.expect("context");
     context.run_collect("x = 41").await.expect("cell");

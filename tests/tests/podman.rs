@@ -43,6 +43,9 @@ async fn pools_work_on_podman() {
 
     let session = server.client.acquire("pod").await.expect("acquire");
     let container = session.container_id().to_string();
+    // Interactive runs: a terminal (its size, a resize, Ctrl-C) and a
+    // signal, as on Docker.
+    sandpool_tests::interactive::terminal_session(&session).await;
     let out = session
         .run_collect("import os\nopen('/sandbox/left', 'w').write('x')\nprint(os.getuid(), sorted(os.listdir('/sandbox')))")
         .await

@@ -31,12 +31,16 @@ type SessionServiceClient interface {
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Runs code or a command in the lease's container and streams its output as
 	// it is produced. Dropping the stream kills the run.
+	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (SessionService_RunClient, error)
 	// Runs a program interactively: after the first request (`start`) the
 	// client streams standard input, closes it, sends signals and resizes the
 	// terminal while the program runs; the server streams the run's events as
 	// Run does. Ending the request stream closes standard input; dropping the
-	// response stream kills the run.
+	// response stream kills the run. The events are Run's message on purpose:
+	// every client decodes both with one decoder.
+	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	Interact(ctx context.Context, opts ...grpc.CallOption) (SessionService_InteractClient, error)
 	// Kills a running run and everything it started.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
@@ -225,12 +229,16 @@ type SessionServiceServer interface {
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Runs code or a command in the lease's container and streams its output as
 	// it is produced. Dropping the stream kills the run.
+	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 	Run(*RunRequest, SessionService_RunServer) error
 	// Runs a program interactively: after the first request (`start`) the
 	// client streams standard input, closes it, sends signals and resizes the
 	// terminal while the program runs; the server streams the run's events as
 	// Run does. Ending the request stream closes standard input; dropping the
-	// response stream kills the run.
+	// response stream kills the run. The events are Run's message on purpose:
+	// every client decodes both with one decoder.
+	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	Interact(SessionService_InteractServer) error
 	// Kills a running run and everything it started.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)

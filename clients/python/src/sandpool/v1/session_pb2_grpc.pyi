@@ -56,13 +56,17 @@ class SessionServiceStub:
     Run: _grpc.UnaryStreamMultiCallable[_session_pb2.RunRequest, _session_pb2.RunResponse]
     """Runs code or a command in the lease's container and streams its output as
     it is produced. Dropping the stream kills the run.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     Interact: _grpc.StreamStreamMultiCallable[_session_pb2.InteractRequest, _session_pb2.RunResponse]
     """Runs a program interactively: after the first request (`start`) the
     client streams standard input, closes it, sends signals and resizes the
     terminal while the program runs; the server streams the run's events as
     Run does. Ending the request stream closes standard input; dropping the
-    response stream kills the run.
+    response stream kills the run. The events are Run's message on purpose:
+    every client decodes both with one decoder.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_session_pb2.CancelRequest, _session_pb2.CancelResponse]
     """Kills a running run and everything it started."""
@@ -106,13 +110,17 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Run: _aio.UnaryStreamMultiCallable[_session_pb2.RunRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
     """Runs code or a command in the lease's container and streams its output as
     it is produced. Dropping the stream kills the run.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     Interact: _aio.StreamStreamMultiCallable[_session_pb2.InteractRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
     """Runs a program interactively: after the first request (`start`) the
     client streams standard input, closes it, sends signals and resizes the
     terminal while the program runs; the server streams the run's events as
     Run does. Ending the request stream closes standard input; dropping the
-    response stream kills the run.
+    response stream kills the run. The events are Run's message on purpose:
+    every client decodes both with one decoder.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_session_pb2.CancelRequest, _session_pb2.CancelResponse]  # type: ignore[assignment]
     """Kills a running run and everything it started."""
@@ -177,6 +185,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_session_pb2.RunResponse], _abc.AsyncIterator[_session_pb2.RunResponse]]:
         """Runs code or a command in the lease's container and streams its output as
         it is produced. Dropping the stream kills the run.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -189,7 +198,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         client streams standard input, closes it, sends signals and resizes the
         terminal while the program runs; the server streams the run's events as
         Run does. Ending the request stream closes standard input; dropping the
-        response stream kills the run.
+        response stream kills the run. The events are Run's message on purpose:
+        every client decodes both with one decoder.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod

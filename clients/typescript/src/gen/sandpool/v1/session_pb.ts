@@ -1286,6 +1286,7 @@ export const SessionService: GenService<{
   /**
    * Runs code or a command in the lease's container and streams its output as
    * it is produced. Dropping the stream kills the run.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    *
    * @generated from rpc sandpool.v1.SessionService.Run
    */
@@ -1299,7 +1300,10 @@ export const SessionService: GenService<{
    * client streams standard input, closes it, sends signals and resizes the
    * terminal while the program runs; the server streams the run's events as
    * Run does. Ending the request stream closes standard input; dropping the
-   * response stream kills the run.
+   * response stream kills the run. The events are Run's message on purpose:
+   * every client decodes both with one decoder.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
    *
    * @generated from rpc sandpool.v1.SessionService.Interact
    */

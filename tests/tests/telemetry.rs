@@ -26,7 +26,9 @@ const PRINT_TRACEPARENT: &str = "import os\nprint(os.environ.get('TRACEPARENT', 
 /// The server binary with a one-container python pool and `env` (the
 /// OTEL_* variables of this process removed first).
 struct ServerProcess {
-    child: Child,
+    /// Taken by `stop`; a test that fails before it leaves the server to
+    /// `Drop`.
+    child: Option<Child>,
     id: String,
     port: u16,
     dir: PathBuf,
@@ -69,7 +71,7 @@ impl ServerProcess {
             });
         let child = command.spawn().expect("start the server");
         Self {
-            child,
+            child: Some(child),
             id,
             port,
             dir,
@@ -96,13 +98,29 @@ impl ServerProcess {
     /// SIGTERM, a clean exit within 30 s (which flushes the exporters), and
     /// no container left.
     async fn stop(mut self) {
-        terminate(self.child).await;
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        terminate(child).await;
         assert!(
             containers_of(&self.id).await.is_empty(),
             "containers left after SIGTERM"
         );
         let _ = std::fs::remove_dir_all(&self.dir);
         self.dir = PathBuf::new();
+    }
+}
+
+impl Drop for ServerProcess {
+    /// A test that failed before `stop` must not leave its server (and the
+    /// server's containers) running: SIGTERM, and the server removes its
+    /// containers on its way out.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use super::{AppState, audit, caller, convert, deadline, pool_service::async_stre
 use crate::{
     error::Error,
     files,
-    identity::{Identity, Quota},
-    pool::{AcquireRequest, LeaseFile},
+    identity::{Identity, Quota, QuotaGuard},
+    pool::{AcquireRequest, LeaseFile, LeaseGuard},
     run::{self, Program, RunEvent, context, install, interactive},
     telemetry,
 };
@@ -173,29 +173,9 @@ impl SessionService for SessionApi {
     ) -> Result<Response<Self::RunStream>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
-            required("lease_id", &req.lease_id)?;
-            telemetry::record_lease(&req.lease_id);
-            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
-            telemetry::record_pool(&lease.spec().name);
-            let held = open_stream(&self.state, &who)?;
-            let lease_id = req.lease_id.clone();
-            let spec = convert::run_spec_from_pb(req)?;
-            let subject = run_subject(&lease_id, &lease.spec().language, &spec.program);
-            let events = run::start(lease, spec, &self.state.run_limits).await?;
-            let who = Arc::clone(&who);
-            let mut run_id = String::new();
-            let stream = tokio_stream::wrappers::ReceiverStream::new(events)
-                .enumerate()
-                .map(move |(i, event)| {
-                    let _held = &held;
-                    match &event {
-                        RunEvent::Started { run_id: id, .. } => run_id = id.to_string(),
-                        RunEvent::Exit(exit) => audit::run_ended(&who, &subject, &run_id, exit),
-                        _ => {}
-                    }
-                    convert::run_event_to_pb(i as u64 + 1, event)
-                });
+            let call = RunCall::open(&self.state, &who, request.into_inner(), "lease_id")?;
+            let events = run::start(call.lease, call.spec, &self.state.run_limits).await?;
+            let stream = event_stream(events, Arc::clone(&who), call.subject, call.held);
             Ok(Response::new(Box::pin(stream) as RunStream))
         }
         .await;
@@ -235,31 +215,13 @@ impl SessionService for SessionApi {
                 .terminal
                 .map(|t| interactive::terminal_size("start.terminal", t.rows, t.columns))
                 .transpose()?;
-            required("start.run.lease_id", &req.lease_id)?;
-            telemetry::record_lease(&req.lease_id);
-            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
-            telemetry::record_pool(&lease.spec().name);
-            let held = open_stream(&self.state, &who)?;
-            let lease_id = req.lease_id.clone();
-            let spec = convert::run_spec_from_pb(req)?;
-            let subject = run_subject(&lease_id, &lease.spec().language, &spec.program);
+            let call = RunCall::open(&self.state, &who, req, "start.run.lease_id")?;
             let (events, controls) =
-                run::start_interactive(lease, spec, &self.state.run_limits, terminal).await?;
+                run::start_interactive(call.lease, call.spec, &self.state.run_limits, terminal)
+                    .await?;
             let (refused_tx, refused_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(apply_interactions(requests, controls, refused_tx));
-            let who = Arc::clone(&who);
-            let mut run_id = String::new();
-            let events = tokio_stream::wrappers::ReceiverStream::new(events)
-                .enumerate()
-                .map(move |(i, event)| {
-                    let _held = &held;
-                    match &event {
-                        RunEvent::Started { run_id: id, .. } => run_id = id.to_string(),
-                        RunEvent::Exit(exit) => audit::run_ended(&who, &subject, &run_id, exit),
-                        _ => {}
-                    }
-                    convert::run_event_to_pb(i as u64 + 1, event)
-                });
+            let events = event_stream(events, Arc::clone(&who), call.subject, call.held);
             // A bad request ends the call with its status (tonic sends
             // nothing after an error; the run, its stream dropped, is
             // killed). The call ends with the run's last event even while
@@ -354,6 +316,63 @@ impl SessionService for SessionApi {
 }
 
 /// One of `who`'s open streams, counted against its quota until dropped.
+/// A run request checked against its caller: the caller's lease, the run,
+/// what the audit record says it ran, and the caller's stream slot (held
+/// until the run's stream ends).
+struct RunCall {
+    lease: LeaseGuard,
+    spec: run::RunSpec,
+    subject: audit::RunSubject,
+    held: QuotaGuard,
+}
+
+impl RunCall {
+    /// `lease_field`: how the request names its lease id, for the error.
+    fn open(
+        state: &AppState,
+        who: &Identity,
+        req: pb::RunRequest,
+        lease_field: &str,
+    ) -> Result<Self, Status> {
+        required(lease_field, &req.lease_id)?;
+        telemetry::record_lease(&req.lease_id);
+        let lease = state.manager.lease(&req.lease_id, &who.name)?;
+        telemetry::record_pool(&lease.spec().name);
+        let held = open_stream(state, who)?;
+        let lease_id = req.lease_id.clone();
+        let spec = convert::run_spec_from_pb(req)?;
+        let subject = run_subject(&lease_id, &lease.spec().language, &spec.program);
+        Ok(Self {
+            lease,
+            spec,
+            subject,
+            held,
+        })
+    }
+}
+
+/// A run's events as responses, numbered from 1; its end goes to the
+/// audit log, and the caller's stream slot is held until the stream ends.
+fn event_stream(
+    events: tokio::sync::mpsc::Receiver<RunEvent>,
+    who: Arc<Identity>,
+    subject: audit::RunSubject,
+    held: QuotaGuard,
+) -> impl Stream<Item = Result<pb::RunResponse, Status>> + Send + 'static {
+    let mut run_id = String::new();
+    tokio_stream::wrappers::ReceiverStream::new(events)
+        .enumerate()
+        .map(move |(i, event)| {
+            let _held = &held;
+            match &event {
+                RunEvent::Started { run_id: id, .. } => run_id = id.to_string(),
+                RunEvent::Exit(exit) => audit::run_ended(&who, &subject, &run_id, exit),
+                _ => {}
+            }
+            convert::run_event_to_pb(i as u64 + 1, event)
+        })
+}
+
 /// Applies an interactive run's requests after its start, in order, until
 /// the client stops sending or the run's response is over. The first bad
 /// request is sent to `refused` and ends the call.
@@ -403,10 +422,7 @@ async fn apply_interactions(
     }
 }
 
-pub(super) fn open_stream(
-    state: &AppState,
-    who: &Identity,
-) -> Result<crate::identity::QuotaGuard, Status> {
+pub(super) fn open_stream(state: &AppState, who: &Identity) -> Result<QuotaGuard, Status> {
     state
         .manager
         .quotas()

@@ -141,7 +141,7 @@ pub async fn start(
 ) -> Result<mpsc::Receiver<RunEvent>> {
     // The run's span lasts until its last event: the pump runs in it.
     let span = crate::otel_span!("run");
-    let (events, _) = start_in(lease, spec, limits, None, span.clone())
+    let (events, _) = start_in(lease, spec, limits, Stdin::Given, span.clone())
         .instrument(span)
         .await?;
     Ok(events)
@@ -158,7 +158,7 @@ pub async fn start_interactive(
     terminal: Option<TerminalSize>,
 ) -> Result<(mpsc::Receiver<RunEvent>, Controls)> {
     let span = crate::otel_span!("run");
-    let (events, controls) = start_in(lease, spec, limits, Some(terminal), span.clone())
+    let (events, controls) = start_in(lease, spec, limits, Stdin::Live { terminal }, span.clone())
         .instrument(span)
         .await?;
     // Only a context's cell runs without a process of its own, and `plan`
@@ -168,21 +168,18 @@ pub async fn start_interactive(
     Ok((events, controls))
 }
 
-/// `interactive`: `Some(terminal)` for a run whose input is live.
+/// `stdin`: live for an interactive run (which then has controls).
 async fn start_in(
     lease: LeaseGuard,
     spec: RunSpec,
     limits: &RunLimits,
-    interactive: Option<Option<TerminalSize>>,
+    stdin: Stdin,
     span: tracing::Span,
 ) -> Result<(mpsc::Receiver<RunEvent>, Option<Controls>)> {
-    let stdin = match interactive {
-        Some(terminal) => Stdin::Live {
-            terminal: terminal.is_some(),
-        },
-        None => Stdin::Given,
+    let (interactive, terminal) = match stdin {
+        Stdin::Live { terminal } => (true, terminal),
+        Stdin::Given => (false, None),
     };
-    let terminal = interactive.flatten();
     let mut plan = request::plan(&lease, spec, limits, stdin)?;
     let run_id = RunId::new();
     let registration = lease.register_run(&run_id);
@@ -221,7 +218,7 @@ async fn start_in(
             let mut exec_spec = exec_spec(
                 &lease, &plan, &run_id, &run_group, &watch, trace_env, terminal,
             );
-            let resident = if interactive.is_none() {
+            let resident = if !interactive {
                 resident::start(&lease, &exec_spec, &plan.input)
                     .instrument(crate::otel_span!("runner.start"))
                     .await
@@ -240,7 +237,7 @@ async fn start_in(
                         .await
                         .map_err(|e| lease.engine_error(e))?;
                     let run_group = Arc::new(run_group);
-                    if interactive.is_some() {
+                    if interactive {
                         let (tx, rx) = mpsc::channel(interactive::STDIN_BUFFER);
                         live_input = Some(rx);
                         controls = Some(Controls::new(

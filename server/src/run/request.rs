@@ -121,13 +121,16 @@ fn no_nul(field: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// An interactive run's standard input, streamed by its client.
+/// Where a run's standard input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stdin {
     /// All of it in the request (`RunSpec::stdin`).
     Given,
-    /// Streamed by the client while the program runs; with a terminal.
-    Live { terminal: bool },
+    /// Streamed by the client while the program runs; with a terminal of
+    /// this size if given.
+    Live {
+        terminal: Option<sandbox::TerminalSize>,
+    },
 }
 
 pub(super) fn plan(
@@ -204,7 +207,7 @@ pub(super) fn plan(
             // argument when it can, leaving stdin to the client (and to a
             // terminal, which would echo code written to it).
             let plan = lease.lang().plan(&source, !spec.stdin.is_empty());
-            if stdin == (Stdin::Live { terminal: true }) && !plan.stdin_prefix.is_empty() {
+            if matches!(stdin, Stdin::Live { terminal: Some(_) }) && !plan.stdin_prefix.is_empty() {
                 // A terminal would echo the code and read it line by line.
                 return Err(Error::invalid(
                     "code",

@@ -347,18 +347,7 @@ async fn run_code(
             language: String::new(),
         })
     };
-    let timeout = match timeout {
-        Some(t) if t.is_finite() && t > 0.0 => {
-            let d = Duration::from_secs_f64(t);
-            Some(prost_types_duration(d))
-        }
-        Some(t) => {
-            return Err(Error::Protocol(format!(
-                "--timeout {t}: must be a positive number of seconds"
-            )));
-        }
-        None => None,
-    };
+    let timeout = timeout_arg(timeout)?.map(prost_types_duration);
     let session = client.acquire(pool).await?;
     let mut events = session
         .run_request(pb::RunRequest {
@@ -400,15 +389,32 @@ async fn run_code(
             "the run ended without an exit event".into(),
         ));
     };
+    Ok(exit_code(&exit, &[pb::EndReason::Exited]))
+}
+
+/// `--timeout SECONDS`, checked.
+fn timeout_arg(timeout: Option<f64>) -> Result<Option<Duration>, Error> {
+    match timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => Err(Error::Protocol(format!(
+            "--timeout {t}: must be a positive number of seconds"
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// The command's exit code for a run's end: the program's, 124 after a
+/// timeout (as timeout(1)). Ends other than `quiet` are explained on stderr.
+fn exit_code(exit: &pb::RunExit, quiet: &[pb::EndReason]) -> ExitCode {
     let reason = pb::EndReason::try_from(exit.end_reason).unwrap_or(pb::EndReason::Unspecified);
-    if reason != pb::EndReason::Exited {
+    if !quiet.contains(&reason) {
         eprintln!("sandpool: {}", exit.message);
     }
     let code = match reason {
         pb::EndReason::Timeout => 124,
         _ => exit.exit_code,
     };
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn prost_types_duration(d: Duration) -> pb_duration::Duration {

@@ -26,13 +26,8 @@ const DEFAULT_SHELL: &str =
 const SIGINT: i32 = 2;
 
 pub async fn shell(client: &Client, options: Options) -> Result<ExitCode, Error> {
-    let timeout = match options.timeout {
-        Some(t) if t.is_finite() && t > 0.0 => Duration::from_secs_f64(t),
-        Some(t) => {
-            return Err(Error::Protocol(format!(
-                "--timeout {t}: must be a positive number of seconds"
-            )));
-        }
+    let timeout = match super::timeout_arg(options.timeout)? {
+        Some(t) => t,
         // As long as the pool lets a run last.
         None => client
             .get_pool(&options.pool)
@@ -55,10 +50,7 @@ pub async fn shell(client: &Client, options: Options) -> Result<ExitCode, Error>
     };
     let request = pb::RunRequest {
         program: Some(pb::run_request::Program::Command(program)),
-        timeout: Some(prost_types::Duration {
-            seconds: timeout.as_secs() as i64,
-            nanos: timeout.subsec_nanos() as i32,
-        }),
+        timeout: Some(super::prost_types_duration(timeout)),
         ..Default::default()
     };
     let terminal = tty::size();
@@ -106,15 +98,12 @@ pub async fn shell(client: &Client, options: Options) -> Result<ExitCode, Error>
             "the run ended without an exit event".into(),
         ));
     };
-    let reason = pb::EndReason::try_from(exit.end_reason).unwrap_or(pb::EndReason::Unspecified);
-    if !matches!(reason, pb::EndReason::Exited | pb::EndReason::Signaled) {
-        eprintln!("sandpool: {}", exit.message);
-    }
-    let code = match reason {
-        pb::EndReason::Timeout => 124,
-        _ => exit.exit_code,
-    };
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    // A shell ended by a signal (a hangup, a kill typed in it) needs no
+    // explanation beyond its exit code.
+    Ok(super::exit_code(
+        &exit,
+        &[pb::EndReason::Exited, pb::EndReason::Signaled],
+    ))
 }
 
 fn write_all(out: &mut impl Write, data: &[u8]) {

@@ -31,6 +31,9 @@ async fn main() -> Result<(), Error> {
                 }
             }
             RunEvent::Artifact(_) => {}
+            // A connection that broke for longer than the server could
+            // keep the run's output: how much was lost.
+            RunEvent::Gap(gap) => println!("lost {} bytes of stdout", gap.stdout_bytes),
             RunEvent::Exit(exit) => println!("exit {} after {:?}", exit.exit_code, exit.duration),
         }
     }

@@ -48,6 +48,8 @@ impl Interceptor for Bearer {
 }
 
 type Svc = InterceptedService<Channel, Bearer>;
+/// The SessionService client every session call goes through.
+pub(crate) type SessionsClient = SessionServiceClient<Svc>;
 
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]

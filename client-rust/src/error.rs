@@ -128,9 +128,11 @@ fn meaning(reason: ErrorReason) -> Option<Meaning> {
         // A quota is as full as an exhausted pool: wait and retry.
         R::QuotaExceeded => Meaning::Error(Error::PoolExhausted),
         R::NotPermitted | R::PolicyViolation => Meaning::Error(Error::PermissionDenied),
-        R::PoolExists | R::BackendUnsupported | R::SandboxCommandFailed => {
-            Meaning::Error(Error::Rpc)
-        }
+        R::PoolExists
+        | R::BackendUnsupported
+        | R::SandboxCommandFailed
+        | R::RunIdTaken
+        | R::StreamSuperseded => Meaning::Error(Error::Rpc),
     })
 }
 

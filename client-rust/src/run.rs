@@ -4,9 +4,14 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use sandpool_proto::v1::{self as pb, run_response::Event};
-use tonic::Streaming;
+use tonic::{Code, Status, Streaming};
 
-use crate::{Error, keepalive::Held};
+use crate::{Error, client::SessionsClient, keepalive::Held};
+
+/// First wait before calling again after the connection broke; it doubles
+/// up to `RECONNECT_MAX_DELAY`. The lease's own TTL bounds the whole retry.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Options of a run, for `Session::run_with` and `Context::run_with`.
 #[derive(Debug, Clone, Default)]
@@ -96,56 +101,191 @@ pub(crate) fn duration_pb(d: Duration) -> prost_types::Duration {
 /// One event of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
-    Started { run_id: String },
+    Started {
+        run_id: String,
+    },
     Stdout(Bytes),
     Stderr(Bytes),
     Artifact(pb::RunArtifact),
     Exit(pb::RunExit),
+    /// Events the server no longer had when the stream was resumed after a
+    /// broken connection (its buffer for the run overflowed meanwhile):
+    /// how many bytes of each kind were lost.
+    Gap(pb::RunGap),
 }
 
 /// The events of a run, in order, as the server streams them.
 pub struct RunStream {
     held: Arc<Held>,
-    inner: Streaming<pb::RunResponse>,
+    /// `None` while the connection is being made again.
+    inner: Option<Streaming<pb::RunResponse>>,
     last_seq: u64,
+    /// How to pick the run up again after a broken connection (runs with a
+    /// run id; interactive runs are not resumable).
+    resume: Option<Resume>,
+    /// The exit arrived (or the stream failed for good).
+    finished: bool,
+}
+
+/// A resumable run: its request (sent again, with the same run id, when
+/// the first call broke before the run's stream came) and where to Attach.
+struct Resume {
+    sessions: SessionsClient,
+    request: pb::RunRequest,
+    /// The Run call answered: the run exists on the server.
+    started: bool,
 }
 
 impl RunStream {
     pub(crate) fn new(held: Arc<Held>, inner: Streaming<pb::RunResponse>) -> Self {
         Self {
             held,
-            inner,
+            inner: Some(inner),
             last_seq: 0,
+            resume: None,
+            finished: false,
         }
     }
 
+    /// Starts `request` (its lease id and run id set): the stream survives
+    /// broken connections by calling again (Run with the same run id before
+    /// the run answered, Attach after) until the lease is lost.
+    pub(crate) async fn start(
+        held: Arc<Held>,
+        sessions: SessionsClient,
+        request: pb::RunRequest,
+    ) -> Result<Self, Error> {
+        held.check()?;
+        let mut stream = Self {
+            held,
+            inner: None,
+            last_seq: 0,
+            resume: Some(Resume {
+                sessions,
+                request,
+                started: false,
+            }),
+            finished: false,
+        };
+        stream.reconnect(None).await?;
+        Ok(stream)
+    }
+
+    /// The run's id (chosen by the client for a resumable run).
+    pub fn run_id(&self) -> Option<&str> {
+        self.resume.as_ref().map(|r| r.request.run_id.as_str())
+    }
+
     /// The next event; `None` after the exit event. Ends with `LeaseLost`
-    /// when the session's keepalive gives up on the lease.
+    /// when the session's keepalive gives up on the lease. A resumable run
+    /// whose connection breaks is picked up where it was, transparently.
     pub async fn next(&mut self) -> Option<Result<RunEvent, Error>> {
-        let message = tokio::select! {
-            message = self.inner.message() => message,
-            lost = self.held.cut() => return Some(Err(lost)),
+        if self.finished {
+            return None;
+        }
+        loop {
+            let message = match self.inner.as_mut() {
+                Some(inner) => tokio::select! {
+                    message = inner.message() => message,
+                    lost = self.held.cut() => return Some(self.fail(lost)),
+                },
+                None => Ok(None),
+            };
+            let broken = match message {
+                Ok(Some(m)) => return Some(self.accept(m)),
+                // The stream ended without the exit: cut short.
+                Ok(None) if self.resume.is_some() => None,
+                Ok(None) => {
+                    self.finished = true;
+                    return None;
+                }
+                Err(status) if self.resume.is_some() && transport_failure(&status) => Some(status),
+                Err(status) => return Some(self.fail(self.held.fail(status))),
+            };
+            self.inner = None;
+            if let Err(e) = self.reconnect(broken).await {
+                return Some(self.fail(e));
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Result<RunEvent, Error> {
+        self.finished = true;
+        Err(e)
+    }
+
+    fn accept(&mut self, message: pb::RunResponse) -> Result<RunEvent, Error> {
+        let expected = match &message.event {
+            Some(Event::Gap(gap)) => gap.from_seq == self.last_seq + 1 && gap.to_seq == message.seq,
+            _ => message.seq == self.last_seq + 1,
         };
-        let message = match message {
-            Ok(Some(m)) => m,
-            Ok(None) => return None,
-            Err(status) => return Some(Err(self.held.fail(status))),
-        };
-        if message.seq != self.last_seq + 1 {
-            return Some(Err(Error::Protocol(format!(
+        if !expected {
+            return self.fail(Error::Protocol(format!(
                 "event {} arrived after event {}",
                 message.seq, self.last_seq
-            ))));
+            )));
         }
         self.last_seq = message.seq;
-        Some(match message.event {
+        match message.event {
             Some(Event::Started(s)) => Ok(RunEvent::Started { run_id: s.run_id }),
             Some(Event::Stdout(c)) => Ok(RunEvent::Stdout(c.data)),
             Some(Event::Stderr(c)) => Ok(RunEvent::Stderr(c.data)),
             Some(Event::Artifact(a)) => Ok(RunEvent::Artifact(a)),
-            Some(Event::Exit(e)) => Ok(RunEvent::Exit(e)),
-            None => Err(Error::Protocol("an event without content".into())),
-        })
+            Some(Event::Gap(g)) => Ok(RunEvent::Gap(g)),
+            Some(Event::Exit(e)) => {
+                self.finished = true;
+                Ok(RunEvent::Exit(e))
+            }
+            None => self.fail(Error::Protocol("an event without content".into())),
+        }
+    }
+
+    /// Calls again until the run's stream is back: Run (same run id: it
+    /// never runs twice) until the run answered, then Attach after the last
+    /// event. Gives up when the lease is lost (its TTL passed without a
+    /// renewal) or on an answer that is not a broken connection.
+    async fn reconnect(&mut self, broken: Option<Status>) -> Result<(), Error> {
+        let Some(resume) = self.resume.as_mut() else {
+            return Err(Error::Protocol("the run's stream broke".into()));
+        };
+        if let Some(status) = &broken {
+            tracing::debug!(run = %resume.request.run_id, after_seq = self.last_seq, %status, "the run's stream broke; resuming it");
+        }
+        let mut delay = RECONNECT_FIRST_DELAY;
+        loop {
+            let mut sessions = resume.sessions.clone();
+            let call = async {
+                if resume.started {
+                    sessions
+                        .attach(pb::AttachRequest {
+                            lease_id: resume.request.lease_id.clone(),
+                            run_id: resume.request.run_id.clone(),
+                            after_seq: self.last_seq,
+                        })
+                        .await
+                } else {
+                    sessions.run(resume.request.clone()).await
+                }
+            };
+            let answer = tokio::select! {
+                answer = call => answer,
+                lost = self.held.cut() => return Err(lost),
+            };
+            match answer {
+                Ok(stream) => {
+                    resume.started = true;
+                    self.inner = Some(stream.into_inner());
+                    return Ok(());
+                }
+                Err(status) if transport_failure(&status) => {}
+                Err(status) => return Err(self.held.fail(status)),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                lost = self.held.cut() => return Err(lost),
+            }
+            delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+        }
     }
 
     /// Reads the run to its end.
@@ -162,6 +302,7 @@ impl RunStream {
                     files.add(&a);
                     out.artifacts.push(a);
                 }
+                RunEvent::Gap(g) => out.gaps.push(g),
                 RunEvent::Exit(e) => out.exit = Some(e),
             }
         }
@@ -259,6 +400,8 @@ pub struct RunOutput {
     /// The files the run produced, each reassembled from its chunks.
     pub files: Vec<ArtifactFile>,
     pub exit: Option<pb::RunExit>,
+    /// Output the server no longer had when a broken stream was resumed.
+    pub gaps: Vec<pb::RunGap>,
 }
 
 impl RunOutput {
@@ -299,4 +442,58 @@ impl RunOutput {
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or_default()
     }
+}
+
+impl Drop for RunStream {
+    /// A resumable run outlives its stream on the server: one dropped
+    /// before its exit is cancelled, as a plain run would be.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (Some(resume), Ok(runtime)) = (&self.resume, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        if !resume.started {
+            return;
+        }
+        let mut sessions = resume.sessions.clone();
+        let request = pb::CancelRequest {
+            lease_id: resume.request.lease_id.clone(),
+            run_id: resume.request.run_id.clone(),
+        };
+        runtime.spawn(async move {
+            let _ = sessions.cancel(request).await;
+        });
+    }
+}
+
+/// A status that says the connection broke rather than anything about the
+/// run: UNAVAILABLE, or an error the transport made up (the server's own
+/// errors carry a sandpool ErrorInfo).
+fn transport_failure(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            let info = status.get_error_details().error_info().cloned();
+            info.is_none_or(|i| i.domain != crate::error::ERROR_DOMAIN)
+        }
+        _ => false,
+    }
+}
+
+/// A run id for a resumable run: unique within the process (and random
+/// across processes), so a lease never sees one twice.
+pub(crate) fn new_run_id() -> String {
+    use std::{
+        hash::{BuildHasher, RandomState},
+        sync::atomic::{AtomicU64, Ordering},
+    };
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // RandomState is seeded from the OS once per process and thread.
+    let salt = RandomState::new().hash_one(n);
+    format!("c{salt:016x}{n:08x}")
 }

@@ -233,14 +233,15 @@ impl Session {
     }
 
     /// Runs a full request (stdin, env, timeout...). The lease id is filled in.
+    /// The run is resumable: it gets a run id unless it has one, and a
+    /// broken connection is resumed (Attach) without losing output, for as
+    /// long as the lease lives.
     pub async fn run_request(&self, mut request: pb::RunRequest) -> Result<RunStream, Error> {
         request.lease_id = self.lease.id.clone();
-        let stream = self
-            .held
-            .call(self.client.sessions().run(request))
-            .await?
-            .into_inner();
-        Ok(RunStream::new(Arc::clone(&self.held), stream))
+        if request.run_id.is_empty() {
+            request.run_id = crate::run::new_run_id();
+        }
+        RunStream::start(Arc::clone(&self.held), self.client.sessions(), request).await
     }
 
     /// Starts an interactive run of `request` (code or a command; the lease

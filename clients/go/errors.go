@@ -274,6 +274,8 @@ var byReason = map[pb.ErrorReason]Kind{
 	pb.ErrorReason_NOT_PERMITTED:          KindPermissionDenied,
 	pb.ErrorReason_POLICY_VIOLATION:       KindPermissionDenied,
 	pb.ErrorReason_QUOTA_EXCEEDED:         KindPoolExhausted,
+	pb.ErrorReason_RUN_ID_TAKEN:           KindAlreadyExists,
+	pb.ErrorReason_STREAM_SUPERSEDED:      KindOther,
 }
 
 // byCode is the kind of a status without a reason this client knows.

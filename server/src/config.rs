@@ -137,6 +137,8 @@ struct LimitsFile {
     max_code_bytes: Option<usize>,
     max_stdin_bytes: Option<usize>,
     max_upload_bytes: Option<u64>,
+    /// What all resumable runs together keep for Attach.
+    max_run_buffer_bytes: Option<u64>,
     allowed_roots: Option<Vec<String>>,
 }
 
@@ -569,6 +571,15 @@ impl ServerConfig {
         }
         if let Some(n) = limits.max_stdin_bytes {
             run_limits.max_stdin_bytes = n;
+        }
+        if let Some(n) = limits.max_run_buffer_bytes {
+            if n < crate::spec::MIN_RUN_BUFFER {
+                return Err(ConfigError::invalid(
+                    "limits.max_run_buffer_bytes",
+                    format!("{n} is below {}", crate::spec::MIN_RUN_BUFFER),
+                ));
+            }
+            run_limits.max_buffer_bytes = n;
         }
         if let Some(n) = limits.max_upload_bytes {
             file_limits.max_upload_bytes = n;

@@ -63,6 +63,18 @@ pub enum Error {
     LeaseEnded { id: String, end: LeaseEnd },
     #[error("run {run_id} does not exist in lease {lease_id}")]
     RunNotFound { lease_id: String, run_id: String },
+    #[error(
+        "run {run_id} of lease {lease_id} cannot be attached: only runs started with a run_id can (the lease keeps its last 1000)"
+    )]
+    NotResumable { lease_id: String, run_id: String },
+    #[error("run id {run_id:?} is taken in lease {lease_id}: {why}")]
+    RunIdTaken {
+        lease_id: String,
+        run_id: String,
+        why: &'static str,
+    },
+    #[error("another Attach of run {run_id} took over its output from this stream")]
+    StreamSuperseded { run_id: String },
     #[error("context {context_id} does not exist in lease {lease_id} (CreateContext makes one)")]
     ContextNotFound {
         lease_id: String,

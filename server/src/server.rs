@@ -146,6 +146,7 @@ pub async fn serve(
         manager: Arc::clone(&manager),
         run_limits: config.run_limits.clone(),
         file_limits: config.file_limits.clone(),
+        journals: crate::api::resume::Budget::new(config.run_limits.max_buffer_bytes),
         streams: streams.clone(),
     });
     if auth.enabled() {

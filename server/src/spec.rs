@@ -72,6 +72,10 @@ pub const IDLE_UID: u32 = 65534;
 /// cut, but counting it must not overflow and clients must not be promised
 /// more than a stream can sensibly carry.
 pub const MAX_OUTPUT_LIMIT: u64 = 1 << 40;
+/// Largest `run_buffer_bytes` a pool may keep per resumable run.
+pub const MAX_RUN_BUFFER: u64 = 256 << 20;
+/// Smallest `run_buffer_bytes`: room for a few events.
+pub const MIN_RUN_BUFFER: u64 = 4 << 10;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -134,6 +138,8 @@ pub struct PoolSpec {
     /// Runs go through a resident runner in each container (the server's
     /// `resident_runner` setting, not the caller's).
     pub resident_runner: bool,
+    /// Events kept per resumable run for Attach (`run::journal`), in bytes.
+    pub run_buffer_bytes: u64,
 }
 
 pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
@@ -173,6 +179,7 @@ impl PoolSpec {
             max_lease_lifetime: Duration::from_secs(24 * 3600),
             namespace: None,
             resident_runner: false,
+            run_buffer_bytes: 4 << 20,
         }
     }
 
@@ -289,6 +296,15 @@ impl PoolSpec {
                 format!(
                     "must be at least default_run_timeout ({}s)",
                     self.default_run_timeout.as_secs_f64()
+                ),
+            ));
+        }
+        if !(MIN_RUN_BUFFER..=MAX_RUN_BUFFER).contains(&self.run_buffer_bytes) {
+            return Err(Error::invalid(
+                "run_buffer_bytes",
+                format!(
+                    "{} must be between {MIN_RUN_BUFFER} and {MAX_RUN_BUFFER}",
+                    self.run_buffer_bytes
                 ),
             ));
         }
@@ -574,6 +590,7 @@ pub struct PoolSpecInput {
     pub default_run_timeout: Option<f64>,
     pub max_run_timeout: Option<f64>,
     pub output_limit_bytes: Option<u64>,
+    pub run_buffer_bytes: Option<u64>,
     pub output_dir: Option<String>,
     pub install_network: Option<String>,
     pub lease_installs: Option<bool>,
@@ -714,6 +731,9 @@ impl PoolSpecInput {
         )?;
         if let Some(limit) = self.output_limit_bytes {
             spec.output_limit_bytes = limit;
+        }
+        if let Some(bytes) = self.run_buffer_bytes {
+            spec.run_buffer_bytes = bytes;
         }
         if let Some(dir) = self.output_dir.filter(|d| !d.is_empty()) {
             spec.output_dir = dir;

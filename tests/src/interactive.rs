@@ -58,6 +58,7 @@ pub async fn read_to_exit(events: &mut RunStream) -> (pb::RunExit, String, Vec<p
             Some(Ok(RunEvent::Artifact(a))) => artifacts.push(a),
             Some(Ok(RunEvent::Exit(e))) => return (e, out, artifacts),
             Some(Ok(RunEvent::Started { .. })) => {}
+            Some(Ok(RunEvent::Gap(g))) => panic!("an interactive run has no gaps: {g:?}"),
             Some(Err(e)) => panic!("the run failed: {e}; it printed {out:?}"),
             None => panic!("the events ended without an exit; the run printed {out:?}"),
         }

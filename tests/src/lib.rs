@@ -6,6 +6,7 @@
 pub mod interactive;
 pub mod otlp;
 pub mod packages;
+pub mod proxy;
 
 use std::{
     future::Future,

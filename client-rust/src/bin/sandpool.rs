@@ -380,6 +380,12 @@ async fn run_code(
                 let _ = err.write_all(&d);
                 let _ = err.flush();
             }
+            RunEvent::Gap(g) => {
+                eprintln!(
+                    "sandpool: the connection broke for too long: {} bytes of stdout and {} of stderr were lost",
+                    g.stdout_bytes, g.stderr_bytes
+                );
+            }
             RunEvent::Exit(e) => exit = Some(e),
         }
     }

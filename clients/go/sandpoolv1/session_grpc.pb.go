@@ -30,9 +30,20 @@ type SessionServiceClient interface {
 	// anyone else gets it. Releasing a lease that already ended is not an error.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Runs code or a command in the lease's container and streams its output as
-	// it is produced. Dropping the stream kills the run.
+	// it is produced. Dropping the stream kills the run, unless the request
+	// names a `run_id`: such a run is resumable (see Attach) and a Run that
+	// repeats the id never executes it twice.
 	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (SessionService_RunClient, error)
+	// Resumes the output of a resumable run (one started with a `run_id`)
+	// after a lost stream: the events after `after_seq` that the server still
+	// keeps, then the live ones, ending with the run's exit. Events that fell
+	// out of the run's buffer come as one `gap` event saying how much was
+	// lost. A newer Attach (or a repeated Run) of the same run ends an older
+	// stream with ABORTED.
+	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+	Attach(ctx context.Context, in *AttachRequest, opts ...grpc.CallOption) (SessionService_AttachClient, error)
 	// Runs a program interactively: after the first request (`start`) the
 	// client streams standard input, closes it, sends signals and resizes the
 	// terminal while the program runs; the server streams the run's events as
@@ -144,8 +155,40 @@ func (x *sessionServiceRunClient) Recv() (*RunResponse, error) {
 	return m, nil
 }
 
+func (c *sessionServiceClient) Attach(ctx context.Context, in *AttachRequest, opts ...grpc.CallOption) (SessionService_AttachClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_SessionService_serviceDesc.Streams[2], "/sandpool.v1.SessionService/Attach", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &sessionServiceAttachClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type SessionService_AttachClient interface {
+	Recv() (*RunResponse, error)
+	grpc.ClientStream
+}
+
+type sessionServiceAttachClient struct {
+	grpc.ClientStream
+}
+
+func (x *sessionServiceAttachClient) Recv() (*RunResponse, error) {
+	m := new(RunResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *sessionServiceClient) Interact(ctx context.Context, opts ...grpc.CallOption) (SessionService_InteractClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_SessionService_serviceDesc.Streams[2], "/sandpool.v1.SessionService/Interact", opts...)
+	stream, err := c.cc.NewStream(ctx, &_SessionService_serviceDesc.Streams[3], "/sandpool.v1.SessionService/Interact", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -228,9 +271,20 @@ type SessionServiceServer interface {
 	// anyone else gets it. Releasing a lease that already ended is not an error.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Runs code or a command in the lease's container and streams its output as
-	// it is produced. Dropping the stream kills the run.
+	// it is produced. Dropping the stream kills the run, unless the request
+	// names a `run_id`: such a run is resumable (see Attach) and a Run that
+	// repeats the id never executes it twice.
 	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 	Run(*RunRequest, SessionService_RunServer) error
+	// Resumes the output of a resumable run (one started with a `run_id`)
+	// after a lost stream: the events after `after_seq` that the server still
+	// keeps, then the live ones, ending with the run's exit. Events that fell
+	// out of the run's buffer come as one `gap` event saying how much was
+	// lost. A newer Attach (or a repeated Run) of the same run ends an older
+	// stream with ABORTED.
+	// buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+	Attach(*AttachRequest, SessionService_AttachServer) error
 	// Runs a program interactively: after the first request (`start`) the
 	// client streams standard input, closes it, sends signals and resizes the
 	// terminal while the program runs; the server streams the run's events as
@@ -269,6 +323,9 @@ func (UnimplementedSessionServiceServer) Release(context.Context, *ReleaseReques
 }
 func (UnimplementedSessionServiceServer) Run(*RunRequest, SessionService_RunServer) error {
 	return status.Errorf(codes.Unimplemented, "method Run not implemented")
+}
+func (UnimplementedSessionServiceServer) Attach(*AttachRequest, SessionService_AttachServer) error {
+	return status.Errorf(codes.Unimplemented, "method Attach not implemented")
 }
 func (UnimplementedSessionServiceServer) Interact(SessionService_InteractServer) error {
 	return status.Errorf(codes.Unimplemented, "method Interact not implemented")
@@ -378,6 +435,27 @@ type sessionServiceRunServer struct {
 }
 
 func (x *sessionServiceRunServer) Send(m *RunResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _SessionService_Attach_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AttachRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SessionServiceServer).Attach(m, &sessionServiceAttachServer{stream})
+}
+
+type SessionService_AttachServer interface {
+	Send(*RunResponse) error
+	grpc.ServerStream
+}
+
+type sessionServiceAttachServer struct {
+	grpc.ServerStream
+}
+
+func (x *sessionServiceAttachServer) Send(m *RunResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
@@ -518,6 +596,11 @@ var _SessionService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Run",
 			Handler:       _SessionService_Run_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Attach",
+			Handler:       _SessionService_Attach_Handler,
 			ServerStreams: true,
 		},
 		{

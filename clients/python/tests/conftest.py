@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -392,6 +393,79 @@ class BlackholeProxy:
                 dst.sendall(data)
             except OSError:
                 return
+
+
+class CutProxy:
+    """A TCP proxy from 127.0.0.1 to ``target`` whose :meth:`cut` resets
+    every open connection (a network blip, a load balancer restarting);
+    while ``refusing`` it closes new connections at once (an outage)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target: Tuple[str, int] = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.refusing = False
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        self._open: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            open_, self._open = self._open, []
+        for s in open_:
+            try:
+                # RST rather than FIN: the peer sees a reset connection.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self.forwarded += 1
+                self._open += [conn, upstream]
+            threading.Thread(target=self._pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+
+@pytest.fixture
+def cut_proxy(server: Server) -> Iterator[CutProxy]:
+    p = CutProxy(server.addr)
+    try:
+        yield p
+    finally:
+        p.close()
 
 
 @pytest.fixture

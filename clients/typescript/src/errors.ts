@@ -227,6 +227,8 @@ const BY_REASON: Record<Exclude<ErrorReason, ErrorReason.ERROR_REASON_UNSPECIFIE
   [ErrorReason.NOT_PERMITTED]: PermissionDenied,
   [ErrorReason.POLICY_VIOLATION]: PermissionDenied,
   [ErrorReason.QUOTA_EXCEEDED]: PoolExhausted,
+  [ErrorReason.RUN_ID_TAKEN]: AlreadyExists,
+  [ErrorReason.STREAM_SUPERSEDED]: SandpoolError,
 };
 
 /** The error of a status without a reason this client knows. */

@@ -195,6 +195,7 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
         max_temporary: spec.max_temporary,
         max_lease_lifetime: seconds("max_lease_lifetime", spec.max_lease_lifetime)?,
         namespace: spec.namespace,
+        run_buffer_bytes: spec.run_buffer_bytes,
         runtime: RuntimeInput {
             mem_limit: runtime.mem_limit,
             cpu_period: runtime.cpu_period,
@@ -258,6 +259,7 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
         max_temporary: spec.max_temporary,
         max_lease_lifetime: Some(pb_duration(spec.max_lease_lifetime)),
         namespace: spec.namespace.clone(),
+        run_buffer_bytes: Some(spec.run_buffer_bytes),
     }
 }
 
@@ -439,6 +441,13 @@ pub fn run_spec_from_pb(req: pb::RunRequest) -> Result<RunSpec> {
         output_limit: req.output_limit_bytes,
         plot_format: enum_field::<pb::PlotFormat>("plot_format", req.plot_format)?.into(),
         context_id: Some(req.context_id).filter(|c| !c.is_empty()),
+        run_id: match req.run_id.as_str() {
+            "" => None,
+            id => Some(
+                crate::pool::lease::RunId::chosen(id)
+                    .map_err(|why| Error::invalid("run_id", format!("{id:?} {why}")))?,
+            ),
+        },
     })
 }
 

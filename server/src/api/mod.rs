@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod convert;
 mod pool_service;
+pub mod resume;
 mod session_service;
 mod status;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub manager: Arc<PoolManager>,
     pub run_limits: RunLimits,
     pub file_limits: FileLimits,
+    /// What resumable runs keep for Attach, all together.
+    pub journals: Arc<resume::Budget>,
     /// Cancelled at shutdown: long-lived streams (keepalive, watch) end.
     pub streams: CancellationToken,
 }

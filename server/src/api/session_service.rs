@@ -7,12 +7,14 @@ use sandpool_proto::v1::{self as pb, session_service_server::SessionService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{AppState, audit, caller, convert, deadline, pool_service::async_stream, required};
+use super::{
+    AppState, audit, caller, convert, deadline, pool_service::async_stream, required, resume,
+};
 use crate::{
     error::Error,
     files,
     identity::{Identity, Quota, QuotaGuard},
-    pool::{AcquireRequest, LeaseFile, LeaseGuard},
+    pool::{AcquireRequest, LeaseFile, LeaseGuard, lease::RunId},
     run::{self, Program, RunEvent, context, install, interactive},
     telemetry,
 };
@@ -174,12 +176,40 @@ impl SessionService for SessionApi {
         let who = caller(&request)?;
         let result = async {
             let call = RunCall::open(&self.state, &who, request.into_inner(), "lease_id")?;
+            if let Some(run_id) = call.spec.run_id.clone() {
+                return self.run_resumable(call, run_id, &who).await;
+            }
             let events = run::start(call.lease, call.spec, &self.state.run_limits).await?;
             let stream = event_stream(events, Arc::clone(&who), call.subject, call.held);
             Ok(Response::new(Box::pin(stream) as RunStream))
         }
         .await;
         audit::outcome(&who, "Run", result)
+    }
+
+    type AttachStream = RunStream;
+
+    async fn attach(
+        &self,
+        request: Request<pb::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let who = caller(&request)?;
+        let result = async {
+            let req = request.into_inner();
+            required("lease_id", &req.lease_id)?;
+            required("run_id", &req.run_id)?;
+            telemetry::record_lease(&req.lease_id);
+            let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
+            let journal = resume::Journals::of(&lease).get(&lease, &req.run_id)?;
+            // The stream holds the journal, not the lease: an ending lease
+            // stops the run, whose exit then ends the stream.
+            drop(lease);
+            let held = open_stream(&self.state, &who)?;
+            let stream = journal.attach(req.after_seq, Some(held))?;
+            Ok(Response::new(Box::pin(stream) as RunStream))
+        }
+        .await;
+        audit::outcome(&who, "Attach", result)
     }
 
     type InteractStream = RunStream;
@@ -211,6 +241,13 @@ impl SessionService for SessionApi {
             let req = start
                 .run
                 .ok_or_else(|| Error::invalid("start.run", "is required: what to run"))?;
+            if !req.run_id.is_empty() {
+                return Err(Error::invalid(
+                    "start.run.run_id",
+                    "must be empty: interactive runs are not resumable (their input is live)",
+                )
+                .into());
+            }
             let terminal = start
                 .terminal
                 .map(|t| interactive::terminal_size("start.terminal", t.rows, t.columns))
@@ -315,7 +352,48 @@ impl SessionService for SessionApi {
     }
 }
 
-/// One of `who`'s open streams, counted against its quota until dropped.
+impl SessionApi {
+    /// A Run with a client-chosen id: started and journaled the first time,
+    /// attached to (from its first event) when repeated.
+    async fn run_resumable(
+        &self,
+        call: RunCall,
+        run_id: RunId,
+        who: &Arc<Identity>,
+    ) -> Result<Response<RunStream>, Status> {
+        let journals = resume::Journals::of(&call.lease);
+        let fingerprint = call.spec.fingerprint();
+        let journal =
+            match journals.claim(&call.lease, &run_id, fingerprint, &self.state.journals)? {
+                resume::Claim::Existing(journal) => journal,
+                resume::Claim::New(journal) => {
+                    let events =
+                        match run::start(call.lease, call.spec, &self.state.run_limits).await {
+                            Ok(events) => events,
+                            Err(e) => {
+                                // Nothing ran: the id is free again, and a Run
+                                // that attached meanwhile gets the same answer.
+                                let status = Status::from(e);
+                                journals.forget(&run_id);
+                                journal.fail(status.clone());
+                                return Err(status);
+                            }
+                        };
+                    let (who, subject) = (Arc::clone(who), call.subject);
+                    let id = run_id.to_string();
+                    tokio::spawn(resume::record(Arc::clone(&journal), events, move |event| {
+                        if let RunEvent::Exit(exit) = event {
+                            audit::run_ended(&who, &subject, &id, exit);
+                        }
+                    }));
+                    journal
+                }
+            };
+        let stream = journal.attach(0, Some(call.held))?;
+        Ok(Response::new(Box::pin(stream) as RunStream))
+    }
+}
+
 /// A run request checked against its caller: the caller's lease, the run,
 /// what the audit record says it ran, and the caller's stream slot (held
 /// until the run's stream ends).

@@ -114,9 +114,19 @@ impl From<Error> for Status {
                 .precondition("LEASE_ENDED", &id, &message)
                 .with("lease_id", id)
                 .with("end", LeaseState::from(end).as_str_name()),
-            Error::RunNotFound { lease_id, run_id } => Failure::new(C::NotFound, R::RunNotFound)
+            Error::RunNotFound { lease_id, run_id } | Error::NotResumable { lease_id, run_id } => {
+                Failure::new(C::NotFound, R::RunNotFound)
+                    .with("lease_id", lease_id)
+                    .with("run_id", run_id)
+            }
+            Error::RunIdTaken {
+                lease_id, run_id, ..
+            } => Failure::new(C::AlreadyExists, R::RunIdTaken)
                 .with("lease_id", lease_id)
                 .with("run_id", run_id),
+            Error::StreamSuperseded { run_id } => {
+                Failure::new(C::Aborted, R::StreamSuperseded).with("run_id", run_id)
+            }
             Error::ContextNotFound {
                 lease_id,
                 context_id,

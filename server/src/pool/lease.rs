@@ -50,6 +50,22 @@ impl RunId {
         Self(format!("{:016x}", rand::random::<u64>()))
     }
 
+    /// A run id the client chose: 1 to 64 ASCII letters, digits, '-' or
+    /// '_' (it is written into the run's environment and matched in the
+    /// container's process list, so nothing else is let in).
+    pub fn chosen(id: &str) -> std::result::Result<Self, &'static str> {
+        if id.is_empty() || id.len() > 64 {
+            return Err("must be 1 to 64 characters");
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("may hold only ASCII letters, digits, '-' and '_'");
+        }
+        Ok(Self(id.to_string()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -221,6 +237,13 @@ impl LeaseGuard {
     /// The meters of the lease's pool, for its runs to record in.
     pub fn meters(&self) -> &super::stats::Meters {
         &self.entry.pool.meters
+    }
+
+    /// Whether `run_id` names a run of this lease, going on or among the
+    /// last finished ones.
+    pub fn has_run(&self, run_id: &RunId) -> bool {
+        let runs = lock(&self.entry.runs);
+        runs.active.contains_key(run_id) || runs.finished.contains(run_id)
     }
 
     /// Registers a run so that Cancel and the lease's end can stop it. The

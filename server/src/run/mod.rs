@@ -43,6 +43,8 @@ use crate::{
 
 /// After a kill, output still in flight is drained for at most this long.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(10);
+/// How long after a kill whose run still writes it is killed again.
+const REKILL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events buffered between a run and its client; beyond this the run's
 /// output waits for the client (and the program for its pipe).
 const EVENT_BUFFER: usize = 16;
@@ -171,7 +173,7 @@ pub async fn start_interactive(
 /// `stdin`: live for an interactive run (which then has controls).
 async fn start_in(
     lease: LeaseGuard,
-    spec: RunSpec,
+    mut spec: RunSpec,
     limits: &RunLimits,
     stdin: Stdin,
     span: tracing::Span,
@@ -180,8 +182,8 @@ async fn start_in(
         Stdin::Live { terminal } => (true, terminal),
         Stdin::Given => (false, None),
     };
+    let run_id = spec.run_id.take().unwrap_or_default();
     let mut plan = request::plan(&lease, spec, limits, stdin)?;
-    let run_id = RunId::new();
     let registration = lease.register_run(&run_id);
     if let Some(cause) = registration.control().cause() {
         return Err(ended_error(&lease, cause));
@@ -443,6 +445,7 @@ impl Pump {
         let mut pending: Option<RunEvent> = None;
         let mut failure: Option<sandbox::Error> = None;
         let mut output_done = false;
+        let mut rekill_at: Option<Instant> = None;
         let tx = self.tx.clone();
         while !(output_done && pending.is_none()) {
             let drain_until = self.drain_until;
@@ -523,12 +526,25 @@ impl Pump {
                 gone = kill_outcome(&mut self.kill), if self.kill.is_some() => {
                     tracing::debug!(run = %self.run_id, after_start_ms = self.started.elapsed().as_millis() as u64, gone, "kill done");
                     self.kill = None;
+                    // The engine may start an exec's process a moment after
+                    // its start call returned: a kill that early finds
+                    // nothing. Kill again until the output ends.
+                    if !gone && !output_done && !matches!(source, Source::Cell(_)) {
+                        rekill_at = Some(Instant::now() + REKILL_INTERVAL);
+                    }
                     if gone {
                         tracing::warn!(run = %self.run_id, "the container is gone; the run's output will not end");
                         failure = Some(EngineError::ContainerGone {
                             id: self.lease.sandbox().id().to_string(),
                         }.into());
                         break;
+                    }
+                }
+                _ = sleep_until_opt(rekill_at), if rekill_at.is_some() && self.kill.is_none() => {
+                    rekill_at = None;
+                    if !output_done {
+                        tracing::debug!(run = %self.run_id, "output goes on after the kill; killing again");
+                        self.kill = Some(self.kill_group(&source));
                     }
                 }
                 _ = sleep_until_opt(drain_until), if drain_until.is_some() => {
@@ -661,26 +677,30 @@ impl Pump {
         self.drain_until = Some(Instant::now() + DRAIN_AFTER_KILL);
         self.kill = Some(match source {
             Source::Cell(cell) => cell.stop(&self.lease, reason == EndReason::LeaseExpired),
-            Source::Exec(_) | Source::Runner(_) => {
-                let container = self.lease.sandbox().clone();
-                let run_id = self.run_id.clone();
-                let gid = match source {
-                    Source::Runner(run) => Some(run.gid()),
-                    _ => self.group.as_ref().map(|g| g.gid()),
-                };
-                tokio::spawn(async move {
-                    let Some(gid) = gid else { return false };
-                    match container.kill_group(gid).await {
-                        Ok(()) => false,
-                        Err(e) => {
-                            // Gone, or destroyed because the kill failed.
-                            tracing::warn!(run = %run_id, error = %e, "could not kill the run");
-                            true
-                        }
-                    }
-                })
-            }
+            Source::Exec(_) | Source::Runner(_) => self.kill_group(source),
         });
+    }
+
+    /// Kills the run's group (in the background); the task says whether
+    /// the container is gone.
+    fn kill_group(&self, source: &Source) -> tokio::task::JoinHandle<bool> {
+        let container = self.lease.sandbox().clone();
+        let run_id = self.run_id.clone();
+        let gid = match source {
+            Source::Runner(run) => Some(run.gid()),
+            _ => self.group.as_ref().map(|g| g.gid()),
+        };
+        tokio::spawn(async move {
+            let Some(gid) = gid else { return false };
+            match container.kill_group(gid).await {
+                Ok(()) => false,
+                Err(e) => {
+                    // Gone, or destroyed because the kill failed.
+                    tracing::warn!(run = %run_id, error = %e, "could not kill the run");
+                    true
+                }
+            }
+        })
     }
 
     /// How the run ended, and why its exit code is unknown when it is.

@@ -7,13 +7,13 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     error::{Error, Result},
-    pool::LeaseGuard,
+    pool::{LeaseGuard, lease::RunId},
     sandbox,
     spec::validate_env_name,
 };
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub enum Program {
     /// Code in a language (`None`: the pool's).
     Code {
@@ -57,6 +57,8 @@ pub struct RunSpec {
     pub plot_format: PlotFormat,
     /// Run in this persistent context instead of a fresh process.
     pub context_id: Option<String>,
+    /// Chosen by the client: the run is resumable (`journal`).
+    pub run_id: Option<RunId>,
 }
 
 impl RunSpec {
@@ -73,7 +75,22 @@ impl RunSpec {
             output_limit: None,
             plot_format: PlotFormat::Png,
             context_id: None,
+            run_id: None,
         }
+    }
+
+    /// What a repeated Run with the same run id must match: the program
+    /// and what it is given (not limits or formats, which a retry may
+    /// compute afresh).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.program.hash(&mut hasher);
+        self.stdin.hash(&mut hasher);
+        self.env.hash(&mut hasher);
+        self.working_dir.hash(&mut hasher);
+        self.context_id.hash(&mut hasher);
+        hasher.finish()
     }
 }
 
@@ -85,6 +102,8 @@ pub struct RunLimits {
     /// Artifact content streamed back per run; beyond it files are announced
     /// without content (Download fetches them).
     pub max_artifact_bytes: u64,
+    /// What all resumable runs together keep for Attach (`journal`).
+    pub max_buffer_bytes: u64,
 }
 
 impl Default for RunLimits {
@@ -93,6 +112,7 @@ impl Default for RunLimits {
             max_code_bytes: 1 << 20,
             max_stdin_bytes: 16 << 20,
             max_artifact_bytes: 64 << 20,
+            max_buffer_bytes: 256 << 20,
         }
     }
 }

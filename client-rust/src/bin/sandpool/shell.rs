@@ -76,7 +76,8 @@ pub async fn shell(client: &Client, options: Options) -> Result<ExitCode, Error>
             Ok(RunEvent::Stdout(d)) => write_all(&mut std::io::stdout().lock(), &d),
             Ok(RunEvent::Stderr(d)) => write_all(&mut std::io::stderr().lock(), &d),
             Ok(RunEvent::Exit(e)) => exit = Some(e),
-            Ok(RunEvent::Started { .. } | RunEvent::Artifact(_)) => {}
+            // An interactive run is never resumed: it has no gaps.
+            Ok(RunEvent::Started { .. } | RunEvent::Artifact(_) | RunEvent::Gap(_)) => {}
             Err(e) => {
                 failure = Some(e);
                 break;

@@ -420,6 +420,7 @@ def pool_spec_pb(
     lease_installs: Optional[bool] = None,
     package_index_url: Optional[str] = None,
     namespace: Optional[str] = None,
+    run_buffer_bytes: Optional[int] = None,
 ) -> pool_pb2.PoolSpec:
     spec = pool_pb2.PoolSpec(name=name, language=language)
     if image:
@@ -454,6 +455,8 @@ def pool_spec_pb(
         spec.package_index_url = package_index_url
     if namespace:
         spec.namespace = namespace
+    if run_buffer_bytes is not None:
+        spec.run_buffer_bytes = run_buffer_bytes
     return spec
 
 
@@ -542,6 +545,7 @@ class PoolOptions(TypedDict, total=False):
     lease_installs: Optional[bool]
     package_index_url: Optional[str]
     namespace: Optional[str]
+    run_buffer_bytes: Optional[int]
 
 
 _CONFIG_OPTIONS = (

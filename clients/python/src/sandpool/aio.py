@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 import time
+import uuid
 import weakref
 from types import TracebackType
 from typing import (
@@ -45,6 +46,7 @@ from .errors import (
     NotFound,
     PoolLost,
     SandpoolError,
+    details_of,
     from_rpc_error,
     lease_lost_of,
     pool_lost_of,
@@ -259,6 +261,7 @@ class AsyncClient:
         lease_installs: Optional[bool] = None,
         package_index_url: Optional[str] = None,
         namespace: Optional[str] = None,
+        run_buffer_bytes: Optional[int] = None,
         wait_ready: bool = False,
         timeout: Optional[float] = None,
     ) -> pool_pb2.Pool:
@@ -271,7 +274,8 @@ class AsyncClient:
         :meth:`Session.install_libraries` fetch names over the network too.
         ``namespace`` (Kubernetes pools only) is the namespace of the pool's
         pods; default the server's, and the server allows only those its
-        operator listed.
+        operator listed. ``run_buffer_bytes`` is what the server keeps of each
+        run's events for a client whose connection broke (default 4 MiB).
         With ``wait_ready`` the call returns once ``min_pool_size`` containers
         are warm (or warming failed: then ``phase`` is FAILING and
         ``status_message`` says why). Returns the pool with every default
@@ -306,6 +310,7 @@ class AsyncClient:
             lease_installs=lease_installs,
             package_index_url=package_index_url,
             namespace=namespace,
+            run_buffer_bytes=run_buffer_bytes,
         )
         return await self.create_pool_from_spec(spec, wait_ready=wait_ready, timeout=timeout)
 
@@ -886,9 +891,14 @@ class AsyncSession(_Ends):
     # --- runs ---------------------------------------------------------------
 
     def _start(self, request: session_pb2.RunRequest, timeout: Optional[c.Seconds]) -> AsyncRunStream:
+        """Starts a resumable run: it gets a run id of its own, and a broken
+        connection is picked up again (Run repeated with the same id, or
+        Attach after the last event) for as long as the lease lives."""
         self._check()
-        call = self._client.sessions.Run(request, timeout=c.run_deadline(timeout), metadata=self._client.metadata)
-        return AsyncRunStream(call, self._error, (self._calls, self._cut_error))
+        if not request.run_id:
+            request.run_id = "p" + uuid.uuid4().hex
+        resume = _Resume(self, request, c.run_deadline(timeout))
+        return AsyncRunStream(resume.call(0), self._error, (self._calls, self._cut_error), resume)
 
     def run(
         self,
@@ -1357,12 +1367,71 @@ class AsyncContext(_Ends):
         return self
 
 
+_RECONNECT_FIRST_DELAY = 0.05
+"""First wait before calling again after a run's connection broke; it
+doubles up to ``_RECONNECT_MAX_DELAY``. The lease's TTL bounds the retry."""
+_RECONNECT_MAX_DELAY = 1.0
+
+
+def _transport_failure(err: grpc.RpcError) -> bool:
+    """Whether a failed call says the connection broke rather than anything
+    about the run: UNAVAILABLE, or an error the transport made up (the
+    server's own errors carry a sandpool ErrorInfo)."""
+    code, _ = status_of(err)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        return details_of(err).error_info is None
+    return False
+
+
+class _Resume:
+    """How a resumable run's stream is picked up after a broken connection:
+    its Run again (same run id: it never runs twice) until an event came,
+    then Attach after the last event; within the run's own deadline."""
+
+    def __init__(self, session: AsyncSession, request: session_pb2.RunRequest, deadline: float) -> None:
+        self.session = session
+        self.request = request
+        self.deadline_at = time.monotonic() + deadline
+
+    def call(self, after_seq: int) -> Any:
+        client = self.session._client
+        timeout = max(0.001, self.deadline_at - time.monotonic())
+        if after_seq == 0:
+            return client.sessions.Run(self.request, timeout=timeout, metadata=client.metadata)
+        attach = session_pb2.AttachRequest(
+            lease_id=self.request.lease_id, run_id=self.request.run_id, after_seq=after_seq
+        )
+        return client.sessions.Attach(attach, timeout=timeout, metadata=client.metadata)
+
+    def cancel(self) -> None:
+        """Cancels the run on the server (it outlives its stream there)."""
+        client = self.session._client
+        request = session_pb2.CancelRequest(lease_id=self.request.lease_id, run_id=self.request.run_id)
+
+        async def cancel() -> None:
+            with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
+                await client.sessions.Cancel(request, timeout=client.timeout, metadata=client.metadata)
+
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to cancel with
+            task = asyncio.get_running_loop().create_task(cancel())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: Set["asyncio.Task[None]"] = set()
+"""Cancels in flight (a task must be referenced until it is done)."""
+
+
 class AsyncRunStream:
     """The events of one run, as they arrive: ``async for event in stream``
-    or ``await stream.collect()``.
+    or ``await stream.collect()``. A session's runs survive a broken
+    connection: the stream resumes where it was (a :class:`Gap` event says
+    what the server could not keep meanwhile).
 
     Leaving an ``async with`` block (or calling :meth:`cancel`) before the
-    run ended drops the stream, which kills the run.
+    run ended cancels the run.
     """
 
     def __init__(
@@ -1370,7 +1439,11 @@ class AsyncRunStream:
         call: Any,
         on_error: Callable[[BaseException], SandpoolError],
         cut: Optional[Tuple[_Calls, Callable[[], SandpoolError]]] = None,
+        resume: Optional[_Resume] = None,
     ) -> None:
+        self._resume = resume
+        self._last_seq = 0
+        self._delay = _RECONNECT_FIRST_DELAY
         self._call = call
         self._on_error = on_error
         # The session's in-flight calls, which the run is one of until it
@@ -1403,12 +1476,21 @@ class AsyncRunStream:
                 code, _ = status_of(e)
                 if self._cancelled and code == grpc.StatusCode.CANCELLED:
                     raise StopAsyncIteration from None
+                if self._resume is not None and _transport_failure(e):
+                    await self._reconnect()
+                    continue
                 raise self._on_error(e) from None
             if resp is _EOF:
                 self._calls.discard(self._call)
                 if self._cancelled:
                     raise StopAsyncIteration
+                if self._resume is not None:
+                    # Cut short without the exit: a proxy closed it.
+                    await self._reconnect()
+                    continue
                 raise SandpoolError("the run's stream ended without an exit event")
+            self._delay = _RECONNECT_FIRST_DELAY
+            self._last_seq = resp.seq
             event = event_from_pb(resp)
             if event is None:
                 continue
@@ -1420,6 +1502,20 @@ class AsyncRunStream:
                 self._calls.discard(self._call)
             return event
 
+    async def _reconnect(self) -> None:
+        """Calls again after a wait (growing while calls keep failing), unless
+        the lease is lost (the keepalive gave up: its TTL passed without a
+        renewal) or the run's deadline passed."""
+        resume = self._resume
+        assert resume is not None
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, _RECONNECT_MAX_DELAY)
+        resume.session._check()
+        if time.monotonic() >= resume.deadline_at:
+            raise SandpoolError(f"the run's connection broke and did not come back before its deadline (run {resume.request.run_id})")
+        self._call = resume.call(self._last_seq)
+        self._calls.add(self._call)
+
     async def collect(self) -> RunResult:
         """Consumes the remaining events and returns the run's result."""
         async for _ in self:
@@ -1429,10 +1525,12 @@ class AsyncRunStream:
         return self._collector.result()
 
     def cancel(self) -> None:
-        """Drops the stream: the server kills the run."""
+        """Cancels the run and drops its stream."""
         self._cancelled = True
         self._calls.discard(self._call)
         self._call.cancel()
+        if self._resume is not None and self.exit is None:
+            self._resume.cancel()
 
     async def __aenter__(self) -> AsyncRunStream:
         return self
@@ -1443,6 +1541,8 @@ class AsyncRunStream:
             try:
                 self._calls.discard(self._call)
                 self._call.cancel()
+                if self._resume is not None and not self._cancelled:
+                    self._resume.cancel()
             except Exception:  # noqa: BLE001 - loop already closed
                 pass
 

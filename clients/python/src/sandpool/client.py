@@ -621,9 +621,11 @@ class Context:
 
 class RunStream:
     """The events of one run, as they arrive. Iterate it, or :meth:`collect`.
+    The run survives a broken connection: the stream resumes where it was (a
+    :class:`Gap` event says what the server could not keep meanwhile).
 
     Leaving a ``with`` block (or calling :meth:`cancel`) before the run ended
-    drops the stream, which kills the run.
+    cancels the run.
     """
 
     def __init__(self, stream: AsyncRunStream) -> None:
@@ -649,7 +651,7 @@ class RunStream:
     collect = _blocking(AsyncRunStream.collect)
 
     def cancel(self) -> None:
-        """Drops the stream: the server kills the run."""
+        """Cancels the run and drops its stream."""
         _LOOP.call(self._aio.cancel)
 
     def __enter__(self) -> RunStream:

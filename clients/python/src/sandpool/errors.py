@@ -263,6 +263,8 @@ _BY_REASON: Dict[ErrorReason, Type[SandpoolError]] = {
     ErrorReason.NOT_PERMITTED: PermissionDenied,
     ErrorReason.POLICY_VIOLATION: PermissionDenied,
     ErrorReason.QUOTA_EXCEEDED: PoolExhausted,
+    ErrorReason.RUN_ID_TAKEN: AlreadyExists,
+    ErrorReason.STREAM_SUPERSEDED: SandpoolError,
 }
 """The exception of every reason the server gives (each one's class is that
 of its status code). The lease reasons are :class:`LeaseLost` on a call

@@ -244,7 +244,21 @@ class Exit:
     """The run's context had to be restarted to stop it: its state is gone."""
 
 
-RunEvent = Union[Started, Stdout, Stderr, Artifact, Exit]
+@dataclass(frozen=True)
+class Gap:
+    """Events of the run that the server no longer had when a broken stream
+    was resumed (its buffer for the run overflowed meanwhile): sequence
+    numbers ``from_seq`` to ``to_seq`` and the bytes of each kind lost."""
+
+    from_seq: int
+    to_seq: int
+    stdout_bytes: int
+    stderr_bytes: int
+    artifact_bytes: int
+    seq: int = 0
+
+
+RunEvent = Union[Started, Stdout, Stderr, Artifact, Exit, Gap]
 
 
 def event_from_pb(resp: session_pb2.RunResponse) -> Optional[RunEvent]:
@@ -261,6 +275,9 @@ def event_from_pb(resp: session_pb2.RunResponse) -> Optional[RunEvent]:
     if kind == "artifact":
         a = resp.artifact
         return Artifact(ArtifactInfo.from_pb(a.info), a.offset, a.data, a.last, seq, a.omitted)
+    if kind == "gap":
+        g = resp.gap
+        return Gap(g.from_seq, g.to_seq, g.stdout_bytes, g.stderr_bytes, g.artifact_bytes, seq)
     if kind == "exit":
         e = resp.exit
         return Exit(
@@ -335,6 +352,9 @@ class RunResult:
     stderr_raw: bytes = b""
     context_restarted: bool = False
     """The run's context was restarted to stop it (its state is gone)."""
+    gaps: List[Gap] = field(default_factory=list)
+    """Output lost while the connection was broken for longer than the
+    server could keep the run's events (empty almost always)."""
 
     @property
     def plots(self) -> List[ArtifactFile]:
@@ -365,9 +385,12 @@ class RunCollector:
         self._parts: Dict[str, Tuple[ArtifactInfo, bytearray]] = {}
         self._order: List[str] = []
         self._omitted: Dict[str, bool] = {}
+        self._gaps: List[Gap] = []
 
     def add(self, event: RunEvent) -> None:
-        if isinstance(event, Stdout):
+        if isinstance(event, Gap):
+            self._gaps.append(event)
+        elif isinstance(event, Stdout):
             self._out += event.data
         elif isinstance(event, Stderr):
             self._err += event.data
@@ -416,6 +439,7 @@ class RunCollector:
             stdout_raw=bytes(self._out),
             stderr_raw=bytes(self._err),
             context_restarted=e.context_restarted,
+            gaps=list(self._gaps),
         )
 
 

@@ -111,3 +111,12 @@ class ErrorReason(enum.IntEnum):
     Metadata `identity`, `quota` (leases, waiters, streams, pools) and
     `limit`; RetryInfo says when to try again.
     """
+    RUN_ID_TAKEN = 28
+    """ALREADY_EXISTS: a Run names a run_id that the lease already used for a
+    different program or input, or for a run that was not resumable.
+    Metadata `lease_id` and `run_id`.
+    """
+    STREAM_SUPERSEDED = 29
+    """ABORTED: a newer Attach (or a repeated Run) took over the run's output
+    from this stream. Metadata `run_id`.
+    """

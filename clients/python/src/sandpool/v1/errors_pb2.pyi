@@ -109,6 +109,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Metadata `identity`, `quota` (leases, waiters, streams, pools) and
     `limit`; RetryInfo says when to try again.
     """
+    RUN_ID_TAKEN: _ErrorReason.ValueType  # 28
+    """ALREADY_EXISTS: a Run names a run_id that the lease already used for a
+    different program or input, or for a run that was not resumable.
+    Metadata `lease_id` and `run_id`.
+    """
+    STREAM_SUPERSEDED: _ErrorReason.ValueType  # 29
+    """ABORTED: a newer Attach (or a repeated Run) took over the run's output
+    from this stream. Metadata `run_id`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, in a form a program can act on.
@@ -211,5 +220,14 @@ QUOTA_EXCEEDED: ErrorReason.ValueType  # 27
 """RESOURCE_EXHAUSTED: the caller holds as much as its quota allows.
 Metadata `identity`, `quota` (leases, waiters, streams, pools) and
 `limit`; RetryInfo says when to try again.
+"""
+RUN_ID_TAKEN: ErrorReason.ValueType  # 28
+"""ALREADY_EXISTS: a Run names a run_id that the lease already used for a
+different program or input, or for a run that was not resumable.
+Metadata `lease_id` and `run_id`.
+"""
+STREAM_SUPERSEDED: ErrorReason.ValueType  # 29
+"""ABORTED: a newer Attach (or a repeated Run) took over the run's output
+from this stream. Metadata `run_id`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -370,6 +370,7 @@ class PoolSpec(_message.Message):
     MAX_TEMPORARY_FIELD_NUMBER: _builtins.int
     MAX_LEASE_LIFETIME_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    RUN_BUFFER_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1 to 63 characters of a-z, 0-9, '-', '_' and '.', starting
     with a letter or digit.
@@ -415,6 +416,14 @@ class PoolSpec(_message.Message):
     namespace`). The operator lists the namespaces pools may use
     (`[kubernetes] namespaces`); any other is refused with PERMISSION_DENIED
     (reason POLICY_VIOLATION) naming the field and the allowed values.
+    """
+    run_buffer_bytes: _builtins.int
+    """Events of each resumable run (a Run with a `run_id`) kept for Attach,
+    in bytes of output and artifacts (plus 64 per event). While a client
+    reads the run, a run further ahead than this waits for it; while none
+    does, the oldest events are dropped and reported as a gap. The server's
+    `limits.max_run_buffer_bytes` bounds all runs together. Default 4 MiB,
+    at most 256 MiB.
     """
     @_builtins.property
     def libraries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -473,10 +482,11 @@ class PoolSpec(_message.Message):
         max_temporary: _builtins.int | None = ...,
         max_lease_lifetime: _duration_pb2.Duration | None = ...,
         namespace: _builtins.str | None = ...,
+        run_buffer_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_namespace", b"_namespace", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "lease_installs", b"lease_installs", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "namespace", b"namespace", "output_limit_bytes", b"output_limit_bytes", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_namespace", b"_namespace", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "_run_buffer_bytes", b"_run_buffer_bytes", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "lease_installs", b"lease_installs", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "namespace", b"namespace", "output_limit_bytes", b"output_limit_bytes", "reuse", b"reuse", "run_buffer_bytes", b"run_buffer_bytes", "runtime", b"runtime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_namespace", b"_namespace", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "backend", b"backend", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "image", b"image", "install_network", b"install_network", "language", b"language", "lease_installs", b"lease_installs", "libraries", b"libraries", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "name", b"name", "namespace", b"namespace", "output_dir", b"output_dir", "output_limit_bytes", b"output_limit_bytes", "package_index_url", b"package_index_url", "reuse", b"reuse", "runtime", b"runtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs", "_max_temporary", b"_max_temporary", "_namespace", b"_namespace", "_output_limit_bytes", b"_output_limit_bytes", "_reuse", b"_reuse", "_run_buffer_bytes", b"_run_buffer_bytes", "backend", b"backend", "config", b"config", "default_lease_ttl", b"default_lease_ttl", "default_run_timeout", b"default_run_timeout", "image", b"image", "install_network", b"install_network", "language", b"language", "lease_installs", b"lease_installs", "libraries", b"libraries", "max_lease_lifetime", b"max_lease_lifetime", "max_lease_ttl", b"max_lease_ttl", "max_run_timeout", b"max_run_timeout", "max_temporary", b"max_temporary", "name", b"name", "namespace", b"namespace", "output_dir", b"output_dir", "output_limit_bytes", b"output_limit_bytes", "package_index_url", b"package_index_url", "reuse", b"reuse", "run_buffer_bytes", b"run_buffer_bytes", "runtime", b"runtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lease_installs: _TypeAlias = _typing.Literal["lease_installs"]  # noqa: Y015
     _WhichOneofArgType__lease_installs: _TypeAlias = _typing.Literal["_lease_installs", b"_lease_installs"]  # noqa: Y015
@@ -488,6 +498,8 @@ class PoolSpec(_message.Message):
     _WhichOneofArgType__output_limit_bytes: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes"]  # noqa: Y015
     _WhichOneofReturnType__reuse: _TypeAlias = _typing.Literal["reuse"]  # noqa: Y015
     _WhichOneofArgType__reuse: _TypeAlias = _typing.Literal["_reuse", b"_reuse"]  # noqa: Y015
+    _WhichOneofReturnType__run_buffer_bytes: _TypeAlias = _typing.Literal["run_buffer_bytes"]  # noqa: Y015
+    _WhichOneofArgType__run_buffer_bytes: _TypeAlias = _typing.Literal["_run_buffer_bytes", b"_run_buffer_bytes"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_installs) -> _WhichOneofReturnType__lease_installs | None: ...
     @_typing.overload
@@ -498,6 +510,8 @@ class PoolSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_limit_bytes) -> _WhichOneofReturnType__output_limit_bytes | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reuse) -> _WhichOneofReturnType__reuse | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__run_buffer_bytes) -> _WhichOneofReturnType__run_buffer_bytes | None: ...
 
 Global___PoolSpec: _TypeAlias = PoolSpec  # noqa: Y015
 

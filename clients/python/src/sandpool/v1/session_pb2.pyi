@@ -541,6 +541,7 @@ class RunRequest(_message.Message):
     OUTPUT_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
     PLOT_FORMAT_FIELD_NUMBER: _builtins.int
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Lease whose container runs the program."""
     stdin: _builtins.bytes
@@ -554,6 +555,16 @@ class RunRequest(_message.Message):
     context_id: _builtins.str
     """Run the code in this persistent context (from CreateContext). Only code
     in the context's language; no stdin, env or working_dir.
+    """
+    run_id: _builtins.str
+    """A run id chosen by the client (1 to 64 letters, digits, '-' or '_'),
+    unique within the lease: it makes the run resumable. Its stream may drop
+    without stopping it (it ends at its timeout, by Cancel or with the
+    lease), its events are kept in a bounded buffer (the pool's
+    `run_buffer_bytes`) for Attach, and a Run repeating the id answers with
+    that run's events from the start instead of running anything
+    (ALREADY_EXISTS if the program or stdin differ). Empty: a run id is
+    made up and the run ends when its stream drops.
     """
     @_builtins.property
     def code(self) -> Global___Code:
@@ -586,10 +597,11 @@ class RunRequest(_message.Message):
         output_limit_bytes: _builtins.int | None = ...,
         plot_format: Global___PlotFormat.ValueType = ...,
         context_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes", "code", b"code", "command", b"command", "output_limit_bytes", b"output_limit_bytes", "program", b"program", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes", "code", b"code", "command", b"command", "context_id", b"context_id", "env", b"env", "lease_id", b"lease_id", "output_limit_bytes", b"output_limit_bytes", "plot_format", b"plot_format", "program", b"program", "stdin", b"stdin", "timeout", b"timeout", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes", "code", b"code", "command", b"command", "context_id", b"context_id", "env", b"env", "lease_id", b"lease_id", "output_limit_bytes", b"output_limit_bytes", "plot_format", b"plot_format", "program", b"program", "run_id", b"run_id", "stdin", b"stdin", "timeout", b"timeout", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__output_limit_bytes: _TypeAlias = _typing.Literal["output_limit_bytes"]  # noqa: Y015
     _WhichOneofArgType__output_limit_bytes: _TypeAlias = _typing.Literal["_output_limit_bytes", b"_output_limit_bytes"]  # noqa: Y015
@@ -601,6 +613,36 @@ class RunRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_program) -> _WhichOneofReturnType_program | None: ...
 
 Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
+
+@_typing.final
+class AttachRequest(_message.Message):
+    """Attach's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """Lease the run belongs to."""
+    run_id: _builtins.str
+    """The run's id, as chosen in its RunRequest."""
+    after_seq: _builtins.int
+    """The sequence number of the last event the client has; 0 for all."""
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "lease_id", b"lease_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachRequest: _TypeAlias = AttachRequest  # noqa: Y015
 
 @_typing.final
 class RunStarted(_message.Message):
@@ -753,6 +795,46 @@ class RunExit(_message.Message):
 Global___RunExit: _TypeAlias = RunExit  # noqa: Y015
 
 @_typing.final
+class RunGap(_message.Message):
+    """Events of a resumable run that the server no longer had when they were
+    asked for (its buffer overflowed while no client read them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_SEQ_FIELD_NUMBER: _builtins.int
+    TO_SEQ_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    ARTIFACT_BYTES_FIELD_NUMBER: _builtins.int
+    from_seq: _builtins.int
+    """First sequence number lost."""
+    to_seq: _builtins.int
+    """Last sequence number lost; the gap event carries it as its own `seq`."""
+    stdout_bytes: _builtins.int
+    """Bytes of standard output lost."""
+    stderr_bytes: _builtins.int
+    """Bytes of standard error lost."""
+    artifact_bytes: _builtins.int
+    """Bytes of artifact content lost (Download still has the files)."""
+    def __init__(
+        self,
+        *,
+        from_seq: _builtins.int = ...,
+        to_seq: _builtins.int = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
+        artifact_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_bytes", b"artifact_bytes", "from_seq", b"from_seq", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "to_seq", b"to_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunGap: _TypeAlias = RunGap  # noqa: Y015
+
+@_typing.final
 class RunResponse(_message.Message):
     """One event of a run. Events carry increasing sequence numbers from 1."""
 
@@ -764,6 +846,7 @@ class RunResponse(_message.Message):
     STDERR_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
     EXIT_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position of the event in the run, from 1."""
     @_builtins.property
@@ -786,6 +869,10 @@ class RunResponse(_message.Message):
     def exit(self) -> Global___RunExit:
         """The run ended; always the last event."""
 
+    @_builtins.property
+    def gap(self) -> Global___RunGap:
+        """Events lost from a resumable run's buffer (Attach only)."""
+
     def __init__(
         self,
         *,
@@ -795,12 +882,13 @@ class RunResponse(_message.Message):
         stderr: Global___OutputChunk | None = ...,
         artifact: Global___RunArtifact | None = ...,
         exit: Global___RunExit | None = ...,
+        gap: Global___RunGap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "event", b"event", "exit", b"exit", "started", b"started", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "event", b"event", "exit", b"exit", "gap", b"gap", "started", b"started", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "event", b"event", "exit", b"exit", "seq", b"seq", "started", b"started", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "event", b"event", "exit", b"exit", "gap", b"gap", "seq", b"seq", "started", b"started", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "stdout", "stderr", "artifact", "exit"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "stdout", "stderr", "artifact", "exit", "gap"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

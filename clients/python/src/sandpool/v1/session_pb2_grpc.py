@@ -59,6 +59,11 @@ class SessionServiceStub(object):
                 request_serializer=sandpool_dot_v1_dot_session__pb2.RunRequest.SerializeToString,
                 response_deserializer=sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_stream(
+                '/sandpool.v1.SessionService/Attach',
+                request_serializer=sandpool_dot_v1_dot_session__pb2.AttachRequest.SerializeToString,
+                response_deserializer=sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
+                _registered_method=True)
         self.Interact = channel.stream_stream(
                 '/sandpool.v1.SessionService/Interact',
                 request_serializer=sandpool_dot_v1_dot_session__pb2.InteractRequest.SerializeToString,
@@ -123,8 +128,24 @@ class SessionServiceServicer(object):
 
     def Run(self, request, context):
         """Runs code or a command in the lease's container and streams its output as
-        it is produced. Dropping the stream kills the run.
+        it is produced. Dropping the stream kills the run, unless the request
+        names a `run_id`: such a run is resumable (see Attach) and a Run that
+        repeats the id never executes it twice.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attach(self, request, context):
+        """Resumes the output of a resumable run (one started with a `run_id`)
+        after a lost stream: the events after `after_seq` that the server still
+        keeps, then the live ones, ending with the run's exit. Events that fell
+        out of the run's buffer come as one `gap` event saying how much was
+        lost. A newer Attach (or a repeated Run) of the same run ends an older
+        stream with ABORTED.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +217,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
             'Run': grpc.unary_stream_rpc_method_handler(
                     servicer.Run,
                     request_deserializer=sandpool_dot_v1_dot_session__pb2.RunRequest.FromString,
+                    response_serializer=sandpool_dot_v1_dot_session__pb2.RunResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=sandpool_dot_v1_dot_session__pb2.AttachRequest.FromString,
                     response_serializer=sandpool_dot_v1_dot_session__pb2.RunResponse.SerializeToString,
             ),
             'Interact': grpc.stream_stream_rpc_method_handler(
@@ -336,6 +362,33 @@ class SessionService(object):
             target,
             '/sandpool.v1.SessionService/Run',
             sandpool_dot_v1_dot_session__pb2.RunRequest.SerializeToString,
+            sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandpool.v1.SessionService/Attach',
+            sandpool_dot_v1_dot_session__pb2.AttachRequest.SerializeToString,
             sandpool_dot_v1_dot_session__pb2.RunResponse.FromString,
             options,
             channel_credentials,

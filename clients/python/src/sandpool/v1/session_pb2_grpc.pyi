@@ -55,8 +55,20 @@ class SessionServiceStub:
     """
     Run: _grpc.UnaryStreamMultiCallable[_session_pb2.RunRequest, _session_pb2.RunResponse]
     """Runs code or a command in the lease's container and streams its output as
-    it is produced. Dropping the stream kills the run.
+    it is produced. Dropping the stream kills the run, unless the request
+    names a `run_id`: such a run is resumable (see Attach) and a Run that
+    repeats the id never executes it twice.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    Attach: _grpc.UnaryStreamMultiCallable[_session_pb2.AttachRequest, _session_pb2.RunResponse]
+    """Resumes the output of a resumable run (one started with a `run_id`)
+    after a lost stream: the events after `after_seq` that the server still
+    keeps, then the live ones, ending with the run's exit. Events that fell
+    out of the run's buffer come as one `gap` event saying how much was
+    lost. A newer Attach (or a repeated Run) of the same run ends an older
+    stream with ABORTED.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Interact: _grpc.StreamStreamMultiCallable[_session_pb2.InteractRequest, _session_pb2.RunResponse]
     """Runs a program interactively: after the first request (`start`) the
@@ -109,8 +121,20 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """
     Run: _aio.UnaryStreamMultiCallable[_session_pb2.RunRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
     """Runs code or a command in the lease's container and streams its output as
-    it is produced. Dropping the stream kills the run.
+    it is produced. Dropping the stream kills the run, unless the request
+    names a `run_id`: such a run is resumable (see Attach) and a Run that
+    repeats the id never executes it twice.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    Attach: _aio.UnaryStreamMultiCallable[_session_pb2.AttachRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
+    """Resumes the output of a resumable run (one started with a `run_id`)
+    after a lost stream: the events after `after_seq` that the server still
+    keeps, then the live ones, ending with the run's exit. Events that fell
+    out of the run's buffer come as one `gap` event saying how much was
+    lost. A newer Attach (or a repeated Run) of the same run ends an older
+    stream with ABORTED.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Interact: _aio.StreamStreamMultiCallable[_session_pb2.InteractRequest, _session_pb2.RunResponse]  # type: ignore[assignment]
     """Runs a program interactively: after the first request (`start`) the
@@ -184,8 +208,26 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_session_pb2.RunResponse], _abc.AsyncIterator[_session_pb2.RunResponse]]:
         """Runs code or a command in the lease's container and streams its output as
-        it is produced. Dropping the stream kills the run.
+        it is produced. Dropping the stream kills the run, unless the request
+        names a `run_id`: such a run is resumable (see Attach) and a Run that
+        repeats the id never executes it twice.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def Attach(
+        self,
+        request: _session_pb2.AttachRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_pb2.RunResponse], _abc.AsyncIterator[_session_pb2.RunResponse]]:
+        """Resumes the output of a resumable run (one started with a `run_id`)
+        after a lost stream: the events after `after_seq` that the server still
+        keeps, then the live ones, ending with the run's exit. Events that fell
+        out of the run's buffer come as one `gap` event saying how much was
+        lost. A newer Attach (or a repeated Run) of the same run ends an older
+        stream with ABORTED.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod

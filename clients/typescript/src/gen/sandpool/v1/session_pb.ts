@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file sandpool/v1/session.proto.
  */
 export const file_sandpool_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("ChlzYW5kcG9vbC92MS9zZXNzaW9uLnByb3RvEgtzYW5kcG9vbC52MSLMAQoOQWNxdWlyZVJlcXVlc3QSDAoEcG9vbBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoDZW52GAMgAygLMiQuc2FuZHBvb2wudjEuQWNxdWlyZVJlcXVlc3QuRW52RW50cnkSJQoFZmlsZXMYBCADKAsyFi5zYW5kcG9vbC52MS5MZWFzZUZpbGUaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGCglMZWFzZUZpbGUSDAoEcGF0aBgBIAEoCRIPCgdjb250ZW50GAIgASgMEhEKBG1vZGUYAyABKA1IAIgBAUIHCgVfbW9kZSK1AQoFTGVhc2USCgoCaWQYASABKAkSDAoEcG9vbBgCIAEoCRIUCgxjb250YWluZXJfaWQYAyABKAkSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW1wb3JhcnkYBiABKAgSEAoIbGFuZ3VhZ2UYByABKAkiNAoPQWNxdWlyZVJlc3BvbnNlEiEKBWxlYXNlGAEgASgLMhIuc2FuZHBvb2wudjEuTGVhc2UiMgoQS2VlcEFsaXZlUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoCRIMCgRwb29sGAIgASgJIrQBChFLZWVwQWxpdmVSZXNwb25zZRIQCghsZWFzZV9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRwb29sGAUgASgJIiIKDlJlbGVhc2VSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJIkIKD1JlbGVhc2VSZXNwb25zZRIvCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUiQgoEQ29kZRIOCgR0ZXh0GAEgASgJSAASDgoEZGF0YRgCIAEoDEgAEhAKCGxhbmd1YWdlGAMgASgJQggKBnNvdXJjZSImCgdDb21tYW5kEgwKBGFyZ3YYASADKAkSDQoFc2hlbGwYAiABKAkimgMKClJ1blJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSIQoEY29kZRgCIAEoCzIRLnNhbmRwb29sLnYxLkNvZGVIABInCgdjb21tYW5kGAMgASgLMhQuc2FuZHBvb2wudjEuQ29tbWFuZEgAEg0KBXN0ZGluGAQgASgMEi0KA2VudhgFIAMoCzIgLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QuRW52RW50cnkSEwoLd29ya2luZ19kaXIYBiABKAkSKgoHdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIfChJvdXRwdXRfbGltaXRfYnl0ZXMYCCABKARIAYgBARIsCgtwbG90X2Zvcm1hdBgJIAEoDjIXLnNhbmRwb29sLnYxLlBsb3RGb3JtYXQSEgoKY29udGV4dF9pZBgKIAEoCRoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3Byb2dyYW1CFQoTX291dHB1dF9saW1pdF9ieXRlcyJMCgpSdW5TdGFydGVkEg4KBnJ1bl9pZBgBIAEoCRIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIbCgtPdXRwdXRDaHVuaxIMCgRkYXRhGAEgASgMInMKC1J1bkFydGlmYWN0EicKBGluZm8YASABKAsyGS5zYW5kcG9vbC52MS5BcnRpZmFjdEluZm8SDgoGb2Zmc2V0GAIgASgEEgwKBGRhdGEYAyABKAwSDAoEbGFzdBgEIAEoCBIPCgdvbWl0dGVkGAUgASgIIvABCgdSdW5FeGl0EhEKCWV4aXRfY29kZRgBIAEoBRIqCgplbmRfcmVhc29uGAIgASgOMhYuc2FuZHBvb2wudjEuRW5kUmVhc29uEg4KBnNpZ25hbBgDIAEoBRIrCghkdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxzdGRvdXRfYnl0ZXMYBSABKAQSFAoMc3RkZXJyX2J5dGVzGAYgASgEEhEKCXRydW5jYXRlZBgHIAEoCBIPCgdtZXNzYWdlGAggASgJEhkKEWNvbnRleHRfcmVzdGFydGVkGAkgASgIIvsBCgtSdW5SZXNwb25zZRILCgNzZXEYASABKAQSKgoHc3RhcnRlZBgCIAEoCzIXLnNhbmRwb29sLnYxLlJ1blN0YXJ0ZWRIABIqCgZzdGRvdXQYAyABKAsyGC5zYW5kcG9vbC52MS5PdXRwdXRDaHVua0gAEioKBnN0ZGVychgEIAEoCzIYLnNhbmRwb29sLnYxLk91dHB1dENodW5rSAASLAoIYXJ0aWZhY3QYBSABKAsyGC5zYW5kcG9vbC52MS5SdW5BcnRpZmFjdEgAEiQKBGV4aXQYBiABKAsyFC5zYW5kcG9vbC52MS5SdW5FeGl0SABCBwoFZXZlbnQiLQoMVGVybWluYWxTaXplEgwKBHJvd3MYASABKA0SDwoHY29sdW1ucxgCIAEoDSJiCg1JbnRlcmFjdFN0YXJ0EiQKA3J1bhgBIAEoCzIXLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QSKwoIdGVybWluYWwYAiABKAsyGS5zYW5kcG9vbC52MS5UZXJtaW5hbFNpemUiDAoKQ2xvc2VTdGRpbiLIAQoPSW50ZXJhY3RSZXF1ZXN0EisKBXN0YXJ0GAEgASgLMhouc2FuZHBvb2wudjEuSW50ZXJhY3RTdGFydEgAEg8KBXN0ZGluGAIgASgMSAASLgoLY2xvc2Vfc3RkaW4YAyABKAsyFy5zYW5kcG9vbC52MS5DbG9zZVN0ZGluSAASEAoGc2lnbmFsGAQgASgFSAASKwoGcmVzaXplGAUgASgLMhkuc2FuZHBvb2wudjEuVGVybWluYWxTaXplSABCCAoGYWN0aW9uIj4KF0luc3RhbGxMaWJyYXJpZXNSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhEKCWxpYnJhcmllcxgCIAMoCSJUChhJbnN0YWxsTGlicmFyaWVzUmVzcG9uc2USCwoDbG9nGAEgASgJEisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjoKFENyZWF0ZUNvbnRleHRSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhAKCGxhbmd1YWdlGAIgASgJIisKFUNyZWF0ZUNvbnRleHRSZXNwb25zZRISCgpjb250ZXh0X2lkGAEgASgJIjwKFERlbGV0ZUNvbnRleHRSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhIKCmNvbnRleHRfaWQYAiABKAkiFwoVRGVsZXRlQ29udGV4dFJlc3BvbnNlIjEKDUNhbmNlbFJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSDgoGcnVuX2lkGAIgASgJIiMKDkNhbmNlbFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCqJAgoKTGVhc2VTdGF0ZRIbChdMRUFTRV9TVEFURV9VTlNQRUNJRklFRBAAEhYKEkxFQVNFX1NUQVRFX0FDVElWRRABEhgKFExFQVNFX1NUQVRFX1JFTEVBU0VEEAISFwoTTEVBU0VfU1RBVEVfRVhQSVJFRBADEhkKFUxFQVNFX1NUQVRFX05PVF9GT1VORBAEEhcKE0xFQVNFX1NUQVRFX1JFVk9LRUQQBRIhCh1MRUFTRV9TVEFURV9MSUZFVElNRV9FWENFRURFRBAGEh4KGkxFQVNFX1NUQVRFX0NPTlRBSU5FUl9MT1NUEAcSHAoYTEVBU0VfU1RBVEVfUE9PTF9ERUxFVEVEEAgqaAoKUGxvdEZvcm1hdBIbChdQTE9UX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhMKD1BMT1RfRk9STUFUX1BORxABEhMKD1BMT1RfRk9STUFUX1NWRxACEhMKD1BMT1RfRk9STUFUX1BERhADKsQBCglFbmRSZWFzb24SGgoWRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEhUKEUVORF9SRUFTT05fRVhJVEVEEAESFwoTRU5EX1JFQVNPTl9TSUdOQUxFRBACEhYKEkVORF9SRUFTT05fVElNRU9VVBADEhgKFEVORF9SRUFTT05fQ0FOQ0VMTEVEEAQSGwoXRU5EX1JFQVNPTl9PVVRQVVRfTElNSVQQBRIcChhFTkRfUkVBU09OX0xFQVNFX0VYUElSRUQQBjLEBQoOU2Vzc2lvblNlcnZpY2USRAoHQWNxdWlyZRIbLnNhbmRwb29sLnYxLkFjcXVpcmVSZXF1ZXN0Ghwuc2FuZHBvb2wudjEuQWNxdWlyZVJlc3BvbnNlEk4KCUtlZXBBbGl2ZRIdLnNhbmRwb29sLnYxLktlZXBBbGl2ZVJlcXVlc3QaHi5zYW5kcG9vbC52MS5LZWVwQWxpdmVSZXNwb25zZSgBMAESRAoHUmVsZWFzZRIbLnNhbmRwb29sLnYxLlJlbGVhc2VSZXF1ZXN0Ghwuc2FuZHBvb2wudjEuUmVsZWFzZVJlc3BvbnNlEjoKA1J1bhIXLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QaGC5zYW5kcG9vbC52MS5SdW5SZXNwb25zZTABEkYKCEludGVyYWN0Ehwuc2FuZHBvb2wudjEuSW50ZXJhY3RSZXF1ZXN0Ghguc2FuZHBvb2wudjEuUnVuUmVzcG9uc2UoATABEkEKBkNhbmNlbBIaLnNhbmRwb29sLnYxLkNhbmNlbFJlcXVlc3QaGy5zYW5kcG9vbC52MS5DYW5jZWxSZXNwb25zZRJfChBJbnN0YWxsTGlicmFyaWVzEiQuc2FuZHBvb2wudjEuSW5zdGFsbExpYnJhcmllc1JlcXVlc3QaJS5zYW5kcG9vbC52MS5JbnN0YWxsTGlicmFyaWVzUmVzcG9uc2USVgoNQ3JlYXRlQ29udGV4dBIhLnNhbmRwb29sLnYxLkNyZWF0ZUNvbnRleHRSZXF1ZXN0GiIuc2FuZHBvb2wudjEuQ3JlYXRlQ29udGV4dFJlc3BvbnNlElYKDURlbGV0ZUNvbnRleHQSIS5zYW5kcG9vbC52MS5EZWxldGVDb250ZXh0UmVxdWVzdBoiLnNhbmRwb29sLnYxLkRlbGV0ZUNvbnRleHRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_sandpool_v1_artifact]);
+  fileDesc("ChlzYW5kcG9vbC92MS9zZXNzaW9uLnByb3RvEgtzYW5kcG9vbC52MSLMAQoOQWNxdWlyZVJlcXVlc3QSDAoEcG9vbBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoDZW52GAMgAygLMiQuc2FuZHBvb2wudjEuQWNxdWlyZVJlcXVlc3QuRW52RW50cnkSJQoFZmlsZXMYBCADKAsyFi5zYW5kcG9vbC52MS5MZWFzZUZpbGUaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGCglMZWFzZUZpbGUSDAoEcGF0aBgBIAEoCRIPCgdjb250ZW50GAIgASgMEhEKBG1vZGUYAyABKA1IAIgBAUIHCgVfbW9kZSK1AQoFTGVhc2USCgoCaWQYASABKAkSDAoEcG9vbBgCIAEoCRIUCgxjb250YWluZXJfaWQYAyABKAkSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW1wb3JhcnkYBiABKAgSEAoIbGFuZ3VhZ2UYByABKAkiNAoPQWNxdWlyZVJlc3BvbnNlEiEKBWxlYXNlGAEgASgLMhIuc2FuZHBvb2wudjEuTGVhc2UiMgoQS2VlcEFsaXZlUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoCRIMCgRwb29sGAIgASgJIrQBChFLZWVwQWxpdmVSZXNwb25zZRIQCghsZWFzZV9pZBgBIAEoCRImCgVzdGF0ZRgCIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRwb29sGAUgASgJIiIKDlJlbGVhc2VSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJIkIKD1JlbGVhc2VSZXNwb25zZRIvCg5wcmV2aW91c19zdGF0ZRgBIAEoDjIXLnNhbmRwb29sLnYxLkxlYXNlU3RhdGUiQgoEQ29kZRIOCgR0ZXh0GAEgASgJSAASDgoEZGF0YRgCIAEoDEgAEhAKCGxhbmd1YWdlGAMgASgJQggKBnNvdXJjZSImCgdDb21tYW5kEgwKBGFyZ3YYASADKAkSDQoFc2hlbGwYAiABKAkiqgMKClJ1blJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSIQoEY29kZRgCIAEoCzIRLnNhbmRwb29sLnYxLkNvZGVIABInCgdjb21tYW5kGAMgASgLMhQuc2FuZHBvb2wudjEuQ29tbWFuZEgAEg0KBXN0ZGluGAQgASgMEi0KA2VudhgFIAMoCzIgLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QuRW52RW50cnkSEwoLd29ya2luZ19kaXIYBiABKAkSKgoHdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIfChJvdXRwdXRfbGltaXRfYnl0ZXMYCCABKARIAYgBARIsCgtwbG90X2Zvcm1hdBgJIAEoDjIXLnNhbmRwb29sLnYxLlBsb3RGb3JtYXQSEgoKY29udGV4dF9pZBgKIAEoCRIOCgZydW5faWQYCyABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdwcm9ncmFtQhUKE19vdXRwdXRfbGltaXRfYnl0ZXMiRAoNQXR0YWNoUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEIkwKClJ1blN0YXJ0ZWQSDgoGcnVuX2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhsKC091dHB1dENodW5rEgwKBGRhdGEYASABKAwicwoLUnVuQXJ0aWZhY3QSJwoEaW5mbxgBIAEoCzIZLnNhbmRwb29sLnYxLkFydGlmYWN0SW5mbxIOCgZvZmZzZXQYAiABKAQSDAoEZGF0YRgDIAEoDBIMCgRsYXN0GAQgASgIEg8KB29taXR0ZWQYBSABKAgi8AEKB1J1bkV4aXQSEQoJZXhpdF9jb2RlGAEgASgFEioKCmVuZF9yZWFzb24YAiABKA4yFi5zYW5kcG9vbC52MS5FbmRSZWFzb24SDgoGc2lnbmFsGAMgASgFEisKCGR1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDHN0ZG91dF9ieXRlcxgFIAEoBBIUCgxzdGRlcnJfYnl0ZXMYBiABKAQSEQoJdHJ1bmNhdGVkGAcgASgIEg8KB21lc3NhZ2UYCCABKAkSGQoRY29udGV4dF9yZXN0YXJ0ZWQYCSABKAgibgoGUnVuR2FwEhAKCGZyb21fc2VxGAEgASgEEg4KBnRvX3NlcRgCIAEoBBIUCgxzdGRvdXRfYnl0ZXMYAyABKAQSFAoMc3RkZXJyX2J5dGVzGAQgASgEEhYKDmFydGlmYWN0X2J5dGVzGAUgASgEIp8CCgtSdW5SZXNwb25zZRILCgNzZXEYASABKAQSKgoHc3RhcnRlZBgCIAEoCzIXLnNhbmRwb29sLnYxLlJ1blN0YXJ0ZWRIABIqCgZzdGRvdXQYAyABKAsyGC5zYW5kcG9vbC52MS5PdXRwdXRDaHVua0gAEioKBnN0ZGVychgEIAEoCzIYLnNhbmRwb29sLnYxLk91dHB1dENodW5rSAASLAoIYXJ0aWZhY3QYBSABKAsyGC5zYW5kcG9vbC52MS5SdW5BcnRpZmFjdEgAEiQKBGV4aXQYBiABKAsyFC5zYW5kcG9vbC52MS5SdW5FeGl0SAASIgoDZ2FwGAcgASgLMhMuc2FuZHBvb2wudjEuUnVuR2FwSABCBwoFZXZlbnQiLQoMVGVybWluYWxTaXplEgwKBHJvd3MYASABKA0SDwoHY29sdW1ucxgCIAEoDSJiCg1JbnRlcmFjdFN0YXJ0EiQKA3J1bhgBIAEoCzIXLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QSKwoIdGVybWluYWwYAiABKAsyGS5zYW5kcG9vbC52MS5UZXJtaW5hbFNpemUiDAoKQ2xvc2VTdGRpbiLIAQoPSW50ZXJhY3RSZXF1ZXN0EisKBXN0YXJ0GAEgASgLMhouc2FuZHBvb2wudjEuSW50ZXJhY3RTdGFydEgAEg8KBXN0ZGluGAIgASgMSAASLgoLY2xvc2Vfc3RkaW4YAyABKAsyFy5zYW5kcG9vbC52MS5DbG9zZVN0ZGluSAASEAoGc2lnbmFsGAQgASgFSAASKwoGcmVzaXplGAUgASgLMhkuc2FuZHBvb2wudjEuVGVybWluYWxTaXplSABCCAoGYWN0aW9uIj4KF0luc3RhbGxMaWJyYXJpZXNSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhEKCWxpYnJhcmllcxgCIAMoCSJUChhJbnN0YWxsTGlicmFyaWVzUmVzcG9uc2USCwoDbG9nGAEgASgJEisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjoKFENyZWF0ZUNvbnRleHRSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhAKCGxhbmd1YWdlGAIgASgJIisKFUNyZWF0ZUNvbnRleHRSZXNwb25zZRISCgpjb250ZXh0X2lkGAEgASgJIjwKFERlbGV0ZUNvbnRleHRSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgJEhIKCmNvbnRleHRfaWQYAiABKAkiFwoVRGVsZXRlQ29udGV4dFJlc3BvbnNlIjEKDUNhbmNlbFJlcXVlc3QSEAoIbGVhc2VfaWQYASABKAkSDgoGcnVuX2lkGAIgASgJIiMKDkNhbmNlbFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCqJAgoKTGVhc2VTdGF0ZRIbChdMRUFTRV9TVEFURV9VTlNQRUNJRklFRBAAEhYKEkxFQVNFX1NUQVRFX0FDVElWRRABEhgKFExFQVNFX1NUQVRFX1JFTEVBU0VEEAISFwoTTEVBU0VfU1RBVEVfRVhQSVJFRBADEhkKFUxFQVNFX1NUQVRFX05PVF9GT1VORBAEEhcKE0xFQVNFX1NUQVRFX1JFVk9LRUQQBRIhCh1MRUFTRV9TVEFURV9MSUZFVElNRV9FWENFRURFRBAGEh4KGkxFQVNFX1NUQVRFX0NPTlRBSU5FUl9MT1NUEAcSHAoYTEVBU0VfU1RBVEVfUE9PTF9ERUxFVEVEEAgqaAoKUGxvdEZvcm1hdBIbChdQTE9UX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhMKD1BMT1RfRk9STUFUX1BORxABEhMKD1BMT1RfRk9STUFUX1NWRxACEhMKD1BMT1RfRk9STUFUX1BERhADKsQBCglFbmRSZWFzb24SGgoWRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEhUKEUVORF9SRUFTT05fRVhJVEVEEAESFwoTRU5EX1JFQVNPTl9TSUdOQUxFRBACEhYKEkVORF9SRUFTT05fVElNRU9VVBADEhgKFEVORF9SRUFTT05fQ0FOQ0VMTEVEEAQSGwoXRU5EX1JFQVNPTl9PVVRQVVRfTElNSVQQBRIcChhFTkRfUkVBU09OX0xFQVNFX0VYUElSRUQQBjKGBgoOU2Vzc2lvblNlcnZpY2USRAoHQWNxdWlyZRIbLnNhbmRwb29sLnYxLkFjcXVpcmVSZXF1ZXN0Ghwuc2FuZHBvb2wudjEuQWNxdWlyZVJlc3BvbnNlEk4KCUtlZXBBbGl2ZRIdLnNhbmRwb29sLnYxLktlZXBBbGl2ZVJlcXVlc3QaHi5zYW5kcG9vbC52MS5LZWVwQWxpdmVSZXNwb25zZSgBMAESRAoHUmVsZWFzZRIbLnNhbmRwb29sLnYxLlJlbGVhc2VSZXF1ZXN0Ghwuc2FuZHBvb2wudjEuUmVsZWFzZVJlc3BvbnNlEjoKA1J1bhIXLnNhbmRwb29sLnYxLlJ1blJlcXVlc3QaGC5zYW5kcG9vbC52MS5SdW5SZXNwb25zZTABEkAKBkF0dGFjaBIaLnNhbmRwb29sLnYxLkF0dGFjaFJlcXVlc3QaGC5zYW5kcG9vbC52MS5SdW5SZXNwb25zZTABEkYKCEludGVyYWN0Ehwuc2FuZHBvb2wudjEuSW50ZXJhY3RSZXF1ZXN0Ghguc2FuZHBvb2wudjEuUnVuUmVzcG9uc2UoATABEkEKBkNhbmNlbBIaLnNhbmRwb29sLnYxLkNhbmNlbFJlcXVlc3QaGy5zYW5kcG9vbC52MS5DYW5jZWxSZXNwb25zZRJfChBJbnN0YWxsTGlicmFyaWVzEiQuc2FuZHBvb2wudjEuSW5zdGFsbExpYnJhcmllc1JlcXVlc3QaJS5zYW5kcG9vbC52MS5JbnN0YWxsTGlicmFyaWVzUmVzcG9uc2USVgoNQ3JlYXRlQ29udGV4dBIhLnNhbmRwb29sLnYxLkNyZWF0ZUNvbnRleHRSZXF1ZXN0GiIuc2FuZHBvb2wudjEuQ3JlYXRlQ29udGV4dFJlc3BvbnNlElYKDURlbGV0ZUNvbnRleHQSIS5zYW5kcG9vbC52MS5EZWxldGVDb250ZXh0UmVxdWVzdBoiLnNhbmRwb29sLnYxLkRlbGV0ZUNvbnRleHRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_sandpool_v1_artifact]);
 
 /**
  * Acquire's request.
@@ -461,6 +461,20 @@ export type RunRequest = Message<"sandpool.v1.RunRequest"> & {
    * @generated from field: string context_id = 10;
    */
   contextId: string;
+
+  /**
+   * A run id chosen by the client (1 to 64 letters, digits, '-' or '_'),
+   * unique within the lease: it makes the run resumable. Its stream may drop
+   * without stopping it (it ends at its timeout, by Cancel or with the
+   * lease), its events are kept in a bounded buffer (the pool's
+   * `run_buffer_bytes`) for Attach, and a Run repeating the id answers with
+   * that run's events from the start instead of running anything
+   * (ALREADY_EXISTS if the program or stdin differ). Empty: a run id is
+   * made up and the run ends when its stream drops.
+   *
+   * @generated from field: string run_id = 11;
+   */
+  runId: string;
 };
 
 /**
@@ -469,6 +483,41 @@ export type RunRequest = Message<"sandpool.v1.RunRequest"> & {
  */
 export const RunRequestSchema: GenMessage<RunRequest> = /*@__PURE__*/
   messageDesc(file_sandpool_v1_session, 10);
+
+/**
+ * Attach's request.
+ *
+ * @generated from message sandpool.v1.AttachRequest
+ */
+export type AttachRequest = Message<"sandpool.v1.AttachRequest"> & {
+  /**
+   * Lease the run belongs to.
+   *
+   * @generated from field: string lease_id = 1;
+   */
+  leaseId: string;
+
+  /**
+   * The run's id, as chosen in its RunRequest.
+   *
+   * @generated from field: string run_id = 2;
+   */
+  runId: string;
+
+  /**
+   * The sequence number of the last event the client has; 0 for all.
+   *
+   * @generated from field: uint64 after_seq = 3;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message sandpool.v1.AttachRequest.
+ * Use `create(AttachRequestSchema)` to create a new message.
+ */
+export const AttachRequestSchema: GenMessage<AttachRequest> = /*@__PURE__*/
+  messageDesc(file_sandpool_v1_session, 11);
 
 /**
  * First event of a run.
@@ -496,7 +545,7 @@ export type RunStarted = Message<"sandpool.v1.RunStarted"> & {
  * Use `create(RunStartedSchema)` to create a new message.
  */
 export const RunStartedSchema: GenMessage<RunStarted> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 11);
+  messageDesc(file_sandpool_v1_session, 12);
 
 /**
  * Bytes the program wrote, in the order it wrote them.
@@ -517,7 +566,7 @@ export type OutputChunk = Message<"sandpool.v1.OutputChunk"> & {
  * Use `create(OutputChunkSchema)` to create a new message.
  */
 export const OutputChunkSchema: GenMessage<OutputChunk> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 12);
+  messageDesc(file_sandpool_v1_session, 13);
 
 /**
  * A file the run produced in the pool's output directory, possibly in several
@@ -568,7 +617,7 @@ export type RunArtifact = Message<"sandpool.v1.RunArtifact"> & {
  * Use `create(RunArtifactSchema)` to create a new message.
  */
 export const RunArtifactSchema: GenMessage<RunArtifact> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 13);
+  messageDesc(file_sandpool_v1_session, 14);
 
 /**
  * Last event of a run.
@@ -645,7 +694,57 @@ export type RunExit = Message<"sandpool.v1.RunExit"> & {
  * Use `create(RunExitSchema)` to create a new message.
  */
 export const RunExitSchema: GenMessage<RunExit> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 14);
+  messageDesc(file_sandpool_v1_session, 15);
+
+/**
+ * Events of a resumable run that the server no longer had when they were
+ * asked for (its buffer overflowed while no client read them).
+ *
+ * @generated from message sandpool.v1.RunGap
+ */
+export type RunGap = Message<"sandpool.v1.RunGap"> & {
+  /**
+   * First sequence number lost.
+   *
+   * @generated from field: uint64 from_seq = 1;
+   */
+  fromSeq: bigint;
+
+  /**
+   * Last sequence number lost; the gap event carries it as its own `seq`.
+   *
+   * @generated from field: uint64 to_seq = 2;
+   */
+  toSeq: bigint;
+
+  /**
+   * Bytes of standard output lost.
+   *
+   * @generated from field: uint64 stdout_bytes = 3;
+   */
+  stdoutBytes: bigint;
+
+  /**
+   * Bytes of standard error lost.
+   *
+   * @generated from field: uint64 stderr_bytes = 4;
+   */
+  stderrBytes: bigint;
+
+  /**
+   * Bytes of artifact content lost (Download still has the files).
+   *
+   * @generated from field: uint64 artifact_bytes = 5;
+   */
+  artifactBytes: bigint;
+};
+
+/**
+ * Describes the message sandpool.v1.RunGap.
+ * Use `create(RunGapSchema)` to create a new message.
+ */
+export const RunGapSchema: GenMessage<RunGap> = /*@__PURE__*/
+  messageDesc(file_sandpool_v1_session, 16);
 
 /**
  * One event of a run. Events carry increasing sequence numbers from 1.
@@ -705,6 +804,14 @@ export type RunResponse = Message<"sandpool.v1.RunResponse"> & {
      */
     value: RunExit;
     case: "exit";
+  } | {
+    /**
+     * Events lost from a resumable run's buffer (Attach only).
+     *
+     * @generated from field: sandpool.v1.RunGap gap = 7;
+     */
+    value: RunGap;
+    case: "gap";
   } | { case: undefined; value?: undefined };
 };
 
@@ -713,7 +820,7 @@ export type RunResponse = Message<"sandpool.v1.RunResponse"> & {
  * Use `create(RunResponseSchema)` to create a new message.
  */
 export const RunResponseSchema: GenMessage<RunResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 15);
+  messageDesc(file_sandpool_v1_session, 17);
 
 /**
  * The size of a terminal, in characters.
@@ -741,7 +848,7 @@ export type TerminalSize = Message<"sandpool.v1.TerminalSize"> & {
  * Use `create(TerminalSizeSchema)` to create a new message.
  */
 export const TerminalSizeSchema: GenMessage<TerminalSize> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 16);
+  messageDesc(file_sandpool_v1_session, 18);
 
 /**
  * The first request of an interactive run: what to run.
@@ -775,7 +882,7 @@ export type InteractStart = Message<"sandpool.v1.InteractStart"> & {
  * Use `create(InteractStartSchema)` to create a new message.
  */
 export const InteractStartSchema: GenMessage<InteractStart> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 17);
+  messageDesc(file_sandpool_v1_session, 19);
 
 /**
  * Closes the program's standard input (end of file).
@@ -790,7 +897,7 @@ export type CloseStdin = Message<"sandpool.v1.CloseStdin"> & {
  * Use `create(CloseStdinSchema)` to create a new message.
  */
 export const CloseStdinSchema: GenMessage<CloseStdin> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 18);
+  messageDesc(file_sandpool_v1_session, 20);
 
 /**
  * One request of an interactive run.
@@ -854,7 +961,7 @@ export type InteractRequest = Message<"sandpool.v1.InteractRequest"> & {
  * Use `create(InteractRequestSchema)` to create a new message.
  */
 export const InteractRequestSchema: GenMessage<InteractRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 19);
+  messageDesc(file_sandpool_v1_session, 21);
 
 /**
  * InstallLibraries' request.
@@ -883,7 +990,7 @@ export type InstallLibrariesRequest = Message<"sandpool.v1.InstallLibrariesReque
  * Use `create(InstallLibrariesRequestSchema)` to create a new message.
  */
 export const InstallLibrariesRequestSchema: GenMessage<InstallLibrariesRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 20);
+  messageDesc(file_sandpool_v1_session, 22);
 
 /**
  * InstallLibraries' response.
@@ -911,7 +1018,7 @@ export type InstallLibrariesResponse = Message<"sandpool.v1.InstallLibrariesResp
  * Use `create(InstallLibrariesResponseSchema)` to create a new message.
  */
 export const InstallLibrariesResponseSchema: GenMessage<InstallLibrariesResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 21);
+  messageDesc(file_sandpool_v1_session, 23);
 
 /**
  * CreateContext's request.
@@ -939,7 +1046,7 @@ export type CreateContextRequest = Message<"sandpool.v1.CreateContextRequest"> &
  * Use `create(CreateContextRequestSchema)` to create a new message.
  */
 export const CreateContextRequestSchema: GenMessage<CreateContextRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 22);
+  messageDesc(file_sandpool_v1_session, 24);
 
 /**
  * CreateContext's response.
@@ -960,7 +1067,7 @@ export type CreateContextResponse = Message<"sandpool.v1.CreateContextResponse">
  * Use `create(CreateContextResponseSchema)` to create a new message.
  */
 export const CreateContextResponseSchema: GenMessage<CreateContextResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 23);
+  messageDesc(file_sandpool_v1_session, 25);
 
 /**
  * DeleteContext's request.
@@ -988,7 +1095,7 @@ export type DeleteContextRequest = Message<"sandpool.v1.DeleteContextRequest"> &
  * Use `create(DeleteContextRequestSchema)` to create a new message.
  */
 export const DeleteContextRequestSchema: GenMessage<DeleteContextRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 24);
+  messageDesc(file_sandpool_v1_session, 26);
 
 /**
  * DeleteContext's response.
@@ -1003,7 +1110,7 @@ export type DeleteContextResponse = Message<"sandpool.v1.DeleteContextResponse">
  * Use `create(DeleteContextResponseSchema)` to create a new message.
  */
 export const DeleteContextResponseSchema: GenMessage<DeleteContextResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 25);
+  messageDesc(file_sandpool_v1_session, 27);
 
 /**
  * Cancel's request.
@@ -1031,7 +1138,7 @@ export type CancelRequest = Message<"sandpool.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 26);
+  messageDesc(file_sandpool_v1_session, 28);
 
 /**
  * Cancel's response.
@@ -1052,7 +1159,7 @@ export type CancelResponse = Message<"sandpool.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_sandpool_v1_session, 27);
+  messageDesc(file_sandpool_v1_session, 29);
 
 /**
  * The state of a lease named in a keepalive.
@@ -1285,7 +1392,9 @@ export const SessionService: GenService<{
   },
   /**
    * Runs code or a command in the lease's container and streams its output as
-   * it is produced. Dropping the stream kills the run.
+   * it is produced. Dropping the stream kills the run, unless the request
+   * names a `run_id`: such a run is resumable (see Attach) and a Run that
+   * repeats the id never executes it twice.
    * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    *
    * @generated from rpc sandpool.v1.SessionService.Run
@@ -1293,6 +1402,23 @@ export const SessionService: GenService<{
   run: {
     methodKind: "server_streaming";
     input: typeof RunRequestSchema;
+    output: typeof RunResponseSchema;
+  },
+  /**
+   * Resumes the output of a resumable run (one started with a `run_id`)
+   * after a lost stream: the events after `after_seq` that the server still
+   * keeps, then the live ones, ending with the run's exit. Events that fell
+   * out of the run's buffer come as one `gap` event saying how much was
+   * lost. A newer Attach (or a repeated Run) of the same run ends an older
+   * stream with ABORTED.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   *
+   * @generated from rpc sandpool.v1.SessionService.Attach
+   */
+  attach: {
+    methodKind: "server_streaming";
+    input: typeof AttachRequestSchema;
     output: typeof RunResponseSchema;
   },
   /**

@@ -323,6 +323,24 @@ function isConnectionFailure(ce: ConnectError): boolean {
   return false;
 }
 
+/**
+ * True when a failed call says the connection broke rather than anything
+ * about the call: UNAVAILABLE, or an error the transport made up (the
+ * server's own errors carry a sandpool ErrorInfo). A resumable run calls
+ * again after one of these.
+ */
+export function isTransportFailure(err: unknown): boolean {
+  const mapped = mapError(err);
+  if (mapped.code === Code.Unavailable) {
+    return true;
+  }
+  const ce = ConnectError.from(err);
+  if (ce.code === Code.Unknown || ce.code === Code.Internal || ce.code === Code.Canceled) {
+    return mapped.errorInfo?.domain !== "sandpool";
+  }
+  return false;
+}
+
 /** Maps any error of a call to a SandpoolError (already mapped ones pass through). */
 export function mapError(err: unknown): SandpoolError {
   if (err instanceof SandpoolError) {

@@ -23,6 +23,7 @@ export type {
   ContextRunOptions,
   EndReasonName,
   ExitEvent,
+  GapEvent,
   OutputEvent,
   Program,
   RunEvent,

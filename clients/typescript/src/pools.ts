@@ -68,6 +68,8 @@ export interface PoolSpecInput {
   defaultRunTimeoutMs?: number;
   maxRunTimeoutMs?: number;
   outputLimitBytes?: number;
+  /** What the server keeps of each run's events for a client whose connection broke. Default 4 MiB. */
+  runBufferBytes?: number;
   /** Default /sandbox/outputs. */
   outputDir?: string;
   /** Engine network used while libraries are installed. Default "bridge". */
@@ -226,6 +228,7 @@ export function poolSpecToPb(input: PoolSpecInput): MessageInitShape<typeof Pool
     leaseInstalls: input.leaseInstalls,
     packageIndexUrl: input.packageIndexUrl ?? "",
     namespace: input.namespace,
+    runBufferBytes: input.runBufferBytes === undefined ? undefined : BigInt(input.runBufferBytes),
   };
 }
 

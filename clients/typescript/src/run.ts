@@ -109,8 +109,24 @@ export interface ExitEvent {
   contextRestarted: boolean;
 }
 
+/**
+ * Events the server no longer had when a broken stream was resumed (its
+ * buffer for the run overflowed meanwhile): their sequence numbers and the
+ * bytes of each kind lost.
+ */
+export interface GapEvent {
+  type: "gap";
+  /** `toSeq`. */
+  seq: number;
+  fromSeq: number;
+  toSeq: number;
+  stdoutBytes: number;
+  stderrBytes: number;
+  artifactBytes: number;
+}
+
 /** One event of a run, in order: started first, exit last. */
-export type RunEvent = RunStartedEvent | OutputEvent | ArtifactEvent | ExitEvent;
+export type RunEvent = RunStartedEvent | OutputEvent | ArtifactEvent | ExitEvent | GapEvent;
 
 /** A produced file with its bytes. */
 export interface Artifact extends ArtifactMeta {
@@ -142,6 +158,8 @@ export interface RunResult {
   plots: Artifact[];
   /** The run's context was restarted to stop it: its state is gone. */
   contextRestarted: boolean;
+  /** Output lost while the connection was broken for longer than the server could keep it (almost always empty). */
+  gaps: GapEvent[];
 }
 
 const END_REASONS: Record<EndReason, EndReasonName> = {
@@ -197,6 +215,16 @@ export class EventDecoder {
           last: e.value.last,
           omitted: e.value.omitted,
         };
+      case "gap":
+        return {
+          type: "gap",
+          seq,
+          fromSeq: Number(e.value.fromSeq),
+          toSeq: Number(e.value.toSeq),
+          stdoutBytes: Number(e.value.stdoutBytes),
+          stderrBytes: Number(e.value.stderrBytes),
+          artifactBytes: Number(e.value.artifactBytes),
+        };
       case "exit":
         return {
           type: "exit",
@@ -236,8 +264,12 @@ export async function collect(events: AsyncIterable<RunEvent>): Promise<RunResul
   const err: Uint8Array[] = [];
   const files = new Map<string, { info: ArtifactMeta; chunks: { offset: number; data: Uint8Array }[]; omitted: boolean }>();
   let exit: ExitEvent | undefined;
+  const gaps: GapEvent[] = [];
   for await (const e of events) {
     switch (e.type) {
+      case "gap":
+        gaps.push(e);
+        break;
       case "started":
         runId = e.runId;
         break;
@@ -287,6 +319,7 @@ export async function collect(events: AsyncIterable<RunEvent>): Promise<RunResul
     artifacts,
     plots: artifacts.filter((a) => a.plot),
     contextRestarted: exit.contextRestarted,
+    gaps,
   };
 }
 

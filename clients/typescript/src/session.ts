@@ -10,7 +10,8 @@ import { Readable } from "node:stream";
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
-import type { CallOptions, Client as ConnectClient } from "@connectrpc/connect";
+import { ConnectError, type CallOptions, type Client as ConnectClient } from "@connectrpc/connect";
+import { randomBytes } from "node:crypto";
 
 import { ArtifactService, DownloadKind, type UploadRequestSchema } from "./gen/sandpool/v1/artifact_pb.js";
 import {
@@ -21,7 +22,7 @@ import {
   type Lease as PbLease,
   type RunRequestSchema,
 } from "./gen/sandpool/v1/session_pb.js";
-import { Code, LeaseLost, SandpoolError, mapError, mapLeaseError } from "./errors.js";
+import { Code, LeaseLost, SandpoolError, isTransportFailure, mapError, mapLeaseError } from "./errors.js";
 import { durationToMs } from "./pools.js";
 import { Keeper, answerReason, type KeepAliveInit, type KeepAliveTarget } from "./keepalive.js";
 import { drive, streamCall } from "./streams.js";
@@ -49,6 +50,14 @@ import {
 const DEFAULT_TTL_MS = 30_000;
 /** Added to a run's timeout for its call's deadline. */
 const RUN_DEADLINE_SLACK_MS = 30_000;
+/** First wait before calling again after a run's connection broke; it doubles up to the max. */
+const RECONNECT_FIRST_DELAY_MS = 50;
+const RECONNECT_MAX_DELAY_MS = 1_000;
+
+/** A run id for a resumable run: random, so a lease never sees one twice. */
+function newRunId(): string {
+  return `t${randomBytes(16).toString("hex")}`;
+}
 /** Default run call deadline when no timeout is given: max_run_timeout's default plus slack. */
 const RUN_DEFAULT_DEADLINE_MS = 3600_000 + RUN_DEADLINE_SLACK_MS;
 /** Upload chunk size. */
@@ -460,28 +469,72 @@ export class Session implements AsyncDisposable {
     };
   }
 
+  /**
+   * A resumable run's events: the run has a run id of its own, and a broken
+   * connection is picked up again (its Run repeated with the same id, which
+   * never runs it twice, until an event came; then Attach after the last
+   * event) until the lease is lost or the run's deadline passes. Leaving
+   * the loop early cancels the run (it outlives its stream on the server).
+   */
   private async *runEvents(program: Program, options: RunOptions, contextId: string): AsyncGenerator<RunEvent> {
     this.check();
-    const request = this.runRequest(program, options, contextId);
+    const request = { ...this.runRequest(program, options, contextId), runId: newRunId() };
     const deadline =
       options.deadlineMs ??
       (options.timeoutMs === undefined ? RUN_DEFAULT_DEADLINE_MS : options.timeoutMs + RUN_DEADLINE_SLACK_MS);
+    const deadlineAt = Date.now() + deadline;
     const decoder = new EventDecoder();
+    const outer = [options.signal, this.#cut.signal];
+    let lastSeq = 0;
+    let exited = false;
+    let delay = RECONNECT_FIRST_DELAY_MS;
     try {
-      // Leaving the loop early aborts the call, and the server kills the run.
-      const responses = drive((call) => this.ctx.sessions.run(request, call), deadline, [options.signal, this.#cut.signal]);
-      for await (const response of responses) {
-        const event = decoder.decode(response);
-        if (event?.type === "exit" && event.endReason === "lease_expired") {
-          // The server killed the run because the lease ended under it.
-          this.markLost(new LeaseLost(this.lease.id, `the lease ended during run: ${event.message}`));
+      for (;;) {
+        const after = lastSeq;
+        const open = (call: CallOptions) =>
+          after === 0
+            ? this.ctx.sessions.run(request, call)
+            : this.ctx.sessions.attach({ leaseId: this.lease.id, runId: request.runId, afterSeq: BigInt(after) }, call);
+        try {
+          for await (const response of drive(open, Math.max(1, deadlineAt - Date.now()), outer)) {
+            lastSeq = Number(response.seq);
+            delay = RECONNECT_FIRST_DELAY_MS;
+            const event = decoder.decode(response);
+            if (event?.type === "exit") {
+              exited = true;
+              if (event.endReason === "lease_expired") {
+                // The server killed the run because the lease ended under it.
+                this.markLost(new LeaseLost(this.lease.id, `the lease ended during run: ${event.message}`));
+              }
+            }
+            if (event !== undefined) {
+              yield event;
+            }
+          }
+          if (exited) {
+            return;
+          }
+          // Ended without the exit: a proxy closed the stream.
+        } catch (err) {
+          if (outer.some((s) => s?.aborted) || !isTransportFailure(err)) {
+            throw err;
+          }
         }
-        if (event !== undefined) {
-          yield event;
+        await new Promise((resolve) => setTimeout(resolve, delay).unref());
+        delay = Math.min(delay * 2, RECONNECT_MAX_DELAY_MS);
+        this.check();
+        if (Date.now() >= deadlineAt) {
+          throw new ConnectError("the run's connection broke and did not come back before its deadline", Code.DeadlineExceeded);
         }
       }
     } catch (err) {
       throw this.fail(err);
+    } finally {
+      if (!exited) {
+        void this.ctx.sessions
+          .cancel({ leaseId: this.lease.id, runId: request.runId }, { timeoutMs: this.ctx.timeoutMs })
+          .catch(() => undefined);
+      }
     }
   }
 

@@ -15,7 +15,7 @@ const EXAMPLES: [file: string, expected: RegExp[]][] = [
   ["build/examples/quickstart.js", [/^exit 0 \(exited\) in \d+ ms$/m, /^45 3$/m]],
   [
     "build/examples/streaming.js",
-    [/^started run [0-9a-f]{16}$/m, /^step 0\nstep 1\nstep 2\nexit 0 \(exited\)$/m, /^SHOUTING\nsandpool$/m],
+    [/^started run t[0-9a-f]{32}$/m, /^step 0\nstep 1\nstep 2\nexit 0 \(exited\)$/m, /^SHOUTING\nsandpool$/m],
   ],
   [
     "build/examples/artifacts.js",

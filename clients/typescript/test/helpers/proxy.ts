@@ -81,3 +81,64 @@ export class BlackholeProxy {
     });
   }
 }
+
+/**
+ * A TCP proxy from 127.0.0.1 to `target` whose `cut()` resets every open
+ * connection (a network blip, a load balancer restarting); while `refusing`
+ * it closes new connections at once (an outage).
+ */
+export class CutProxy {
+  refusing = false;
+  forwarded = 0;
+  private readonly open = new Set<Socket>();
+
+  private constructor(
+    private readonly server: Server,
+    readonly address: string,
+  ) {}
+
+  static async start(target: string): Promise<CutProxy> {
+    const at = target.lastIndexOf(":");
+    const [host, port] = [target.slice(0, at), Number(target.slice(at + 1))];
+    const server = createServer();
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const addr = server.address();
+    if (addr === null || typeof addr === "string") {
+      throw new Error("no port");
+    }
+    const proxy = new CutProxy(server, `127.0.0.1:${addr.port}`);
+    server.on("connection", (conn) => proxy.accept(conn, host, port));
+    return proxy;
+  }
+
+  cut(): void {
+    for (const s of this.open) {
+      s.resetAndDestroy();
+    }
+    this.open.clear();
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    this.server.close();
+    await once(this.server, "close");
+  }
+
+  private accept(conn: Socket, host: string, port: number): void {
+    conn.on("error", () => undefined);
+    if (this.refusing) {
+      conn.resetAndDestroy();
+      return;
+    }
+    const upstream = connect(port, host);
+    upstream.on("error", () => undefined);
+    this.forwarded += 1;
+    for (const s of [conn, upstream]) {
+      this.open.add(s);
+      s.on("close", () => this.open.delete(s));
+    }
+    conn.pipe(upstream);
+    upstream.pipe(conn);
+  }
+}

@@ -14,7 +14,8 @@ type TerminalSize struct {
 }
 
 // InteractOptions are those of a run (its Stdin must be empty: input is
-// written while the program runs), and a terminal.
+// written while the program runs; its RunID is ignored: an interactive run
+// is not resumable), and a terminal.
 type InteractOptions struct {
 	RunOptions
 	// Terminal, when set, gives the program a terminal of that size: its
@@ -53,7 +54,8 @@ func (s *Session) Interact(ctx context.Context, p Program, opts *InteractOptions
 		cancel()
 		return nil, s.fail(err)
 	}
-	it := &Interaction{RunStream: &RunStream{session: s, stream: call, cancel: cancel}, call: call}
+	// Not resumable: the run ends when its stream drops.
+	it := &Interaction{RunStream: &RunStream{session: s, ctx: callCtx, cancel: cancel, stream: call}, call: call}
 	if err := it.send(&pb.InteractRequest{Action: &pb.InteractRequest_Start{Start: start}}); err != nil {
 		cancel()
 		return nil, err

@@ -3,11 +3,17 @@ package sandpool
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
 	"io"
+	"os"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/sandpool/sandpool/clients/go/sandpoolv1"
 )
@@ -66,6 +72,11 @@ type RunOptions struct {
 	OutputLimitBytes uint64
 	// PlotFormat of captured figures (0: PNG).
 	PlotFormat PlotFormat
+	// RunID is the run's id (1 to 64 letters, digits, '-' or '_'), unique
+	// within the lease; empty: a random one. A run with an id survives a
+	// broken connection (see RunStream). Interactive runs have none (Interact
+	// ignores it).
+	RunID string
 }
 
 // EndReason says why a run ended.
@@ -82,7 +93,8 @@ const (
 )
 
 // Event is one event of a run, in order: *Started first, then *Stdout,
-// *Stderr and *ArtifactChunk as they come, *Exit last. Switch on its type.
+// *Stderr, *ArtifactChunk (and *Gap, after a broken connection) as they
+// come, *Exit last. Switch on its type.
 type Event interface {
 	// Seq is the event's position in the run, from 1.
 	Seq() uint64
@@ -172,6 +184,21 @@ type Exit struct {
 	ContextRestarted bool
 }
 
+// Gap stands for events of the run that the server no longer had when the
+// stream was resumed after a broken connection (its buffer for the run, the
+// pool's run_buffer_bytes, overflowed meanwhile): events FromSeq to ToSeq
+// (its Seq) are lost, and this many bytes of each kind with them.
+type Gap struct {
+	seqOf
+	FromSeq     uint64
+	ToSeq       uint64
+	StdoutBytes uint64
+	StderrBytes uint64
+	// ArtifactBytes lost from the stream (Session.Download still has the
+	// files).
+	ArtifactBytes uint64
+}
+
 // decodeEvent converts a wire event; nil for an event kind newer than this
 // client (skipped).
 func decodeEvent(r *pb.RunResponse) Event {
@@ -196,6 +223,10 @@ func decodeEvent(r *pb.RunResponse) Event {
 		return &Exit{seqOf: seq, ExitCode: x.GetExitCode(), EndReason: x.GetEndReason(), Signal: x.GetSignal(),
 			Duration: x.GetDuration().AsDuration(), StdoutBytes: x.GetStdoutBytes(), StderrBytes: x.GetStderrBytes(),
 			Truncated: x.GetTruncated(), Message: x.GetMessage(), ContextRestarted: x.GetContextRestarted()}
+	case *pb.RunResponse_Gap:
+		g := e.Gap
+		return &Gap{seqOf: seq, FromSeq: g.GetFromSeq(), ToSeq: g.GetToSeq(), StdoutBytes: g.GetStdoutBytes(),
+			StderrBytes: g.GetStderrBytes(), ArtifactBytes: g.GetArtifactBytes()}
 	}
 	return nil
 }
@@ -224,6 +255,9 @@ type Result struct {
 	// Plots are the captured figures among Artifacts.
 	Plots            []Artifact
 	ContextRestarted bool
+	// Gaps are the events lost after a broken connection (see Gap); Stdout
+	// and Stderr lack their bytes. Empty when nothing was lost.
+	Gaps []Gap
 }
 
 // StdoutText is Stdout as a string.
@@ -232,40 +266,105 @@ func (r *Result) StdoutText() string { return string(r.Stdout) }
 // StderrText is Stderr as a string.
 func (r *Result) StderrText() string { return string(r.Stderr) }
 
+const (
+	// First wait before calling again after a run's connection broke; it
+	// doubles up to reconnectMaxDelay while calls keep failing. The lease
+	// (lost when its keepalive gives up) and the run's deadline bound the
+	// retry.
+	reconnectFirstDelay = 50 * time.Millisecond
+	reconnectMaxDelay   = time.Second
+	// A background Cancel of an abandoned run is tried again this often,
+	// this many times, while the server does not know the run yet (its Run
+	// may still be on the way) or cannot be reached.
+	cancelRetryDelay = 100 * time.Millisecond
+	cancelRetries    = 20
+)
+
 // RunStream is a run in progress: Recv gives its events as they arrive
-// (call it from one goroutine at a time). Close (or the run's context
-// ending) drops the stream, and the server kills the run; a stream read to
-// its end needs no Close.
+// (call it from one goroutine at a time); a stream read to its end needs no
+// Close.
+//
+// A session's runs (Session.Run, Context.Run) are resumable: each has a run
+// id (RunOptions.RunID, else a random one), and when the connection breaks
+// Recv picks the run up again transparently (Run again with the same id,
+// which never runs it twice, until the first event came; then Attach after
+// the last event), retrying until the lease is lost or the run's context
+// ends. Events the server could no longer keep meanwhile come as one *Gap.
+// The server does not stop a resumable run when its stream drops: Close (or
+// the run's context ending) before the exit also sends Cancel for the run,
+// in the background. Interactive runs are not resumable: their stream
+// dropping kills them.
 type RunStream struct {
 	session *Session
-	stream  interface {
+	// ctx is the run's: Close, the caller's context, the run's deadline and
+	// the lease's loss end it, and every call of the run with it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// stream is the current call's events; nil while there is none.
+	stream interface {
 		Recv() (*pb.RunResponse, error)
 	}
-	cancel context.CancelFunc
-	runID  string
-	done   bool
+	// callCancel ends the current call of a resumable run.
+	callCancel context.CancelFunc
+	// request of a resumable run (nil: an interactive run).
+	request *pb.RunRequest
+	runID   string
+	lastSeq uint64
+	delay   time.Duration
+	done    bool
+	// settled: the run needs no Cancel once its stream is dropped (its exit
+	// came, or the server answered the call with an error of its own).
+	settled atomic.Bool
 }
 
-// RunID is the run's id, known once the Started event was received.
+// startRun starts the resumable run of req (its run id set) under runCtx.
+func startRun(s *Session, runCtx context.Context, cancel context.CancelFunc, req *pb.RunRequest) (*RunStream, error) {
+	r := &RunStream{session: s, ctx: runCtx, cancel: cancel, request: req, runID: req.GetRunId()}
+	go r.cancelWhenAbandoned()
+	if err := r.connect(); err != nil {
+		return nil, r.finish(err)
+	}
+	return r, nil
+}
+
+// RunID is the run's id: a resumable run's from the start, an interactive
+// run's once the Started event was received.
 func (r *RunStream) RunID() string { return r.runID }
 
-// Recv returns the next event; io.EOF after the Exit event.
+// Recv returns the next event; io.EOF after the Exit event. A broken
+// connection of a resumable run is resumed (see RunStream); Recv fails with
+// a *LeaseLostError once the lease is lost.
 func (r *RunStream) Recv() (Event, error) {
 	for {
 		if r.done {
 			return nil, io.EOF
 		}
+		if r.stream == nil {
+			if err := r.connect(); err != nil {
+				return nil, r.finish(err)
+			}
+		}
 		resp, err := r.stream.Recv()
 		if err != nil {
-			r.done = true
-			r.cancel()
+			if r.resumes(err) {
+				r.dropCall()
+				if err := r.pause(); err != nil {
+					return nil, r.finish(err)
+				}
+				continue
+			}
 			if err == io.EOF {
 				// The stream ended without an exit event: the server
 				// stopped without saying how the run ended.
-				return nil, &Error{Kind: KindUnavailable, Code: codes.Unavailable, Message: "the run's stream ended without an exit event"}
+				return nil, r.finish(&Error{Kind: KindUnavailable, Code: codes.Unavailable, Message: "the run's stream ended without an exit event"})
 			}
-			return nil, r.session.fail(err)
+			r.settleOn(err)
+			return nil, r.finish(r.session.fail(err))
 		}
+		if err := r.accept(resp); err != nil {
+			return nil, r.finish(err)
+		}
+		r.delay = 0
 		ev := decodeEvent(resp)
 		switch e := ev.(type) {
 		case nil:
@@ -273,8 +372,8 @@ func (r *RunStream) Recv() (Event, error) {
 		case *Started:
 			r.runID = e.RunID
 		case *Exit:
-			r.done = true
-			r.cancel()
+			r.settled.Store(true)
+			_ = r.finish(nil)
 			if e.EndReason == EndLeaseExpired {
 				// The server killed the run because the lease ended under it.
 				r.session.keeper.markLost(newLeaseLost(r.session.lease.ID,
@@ -285,10 +384,190 @@ func (r *RunStream) Recv() (Event, error) {
 	}
 }
 
-// Close drops the stream; a run still going is killed by the server. It
-// may be called from another goroutine than Recv's (a Recv waiting then
-// fails with ErrCancelled), and more than once.
+// accept checks the event's sequence number: the one after the last, or a
+// gap starting there and ending at its own.
+func (r *RunStream) accept(resp *pb.RunResponse) error {
+	seq := resp.GetSeq()
+	var ok bool
+	switch e := resp.GetEvent().(type) {
+	case *pb.RunResponse_Gap:
+		ok = e.Gap.GetFromSeq() == r.lastSeq+1 && e.Gap.GetToSeq() == seq
+	case nil:
+		// An event kind newer than this client (skipped).
+		ok = seq > r.lastSeq
+	default:
+		ok = seq == r.lastSeq+1
+	}
+	if !ok {
+		return &Error{Kind: KindOther, Code: codes.Internal,
+			Message: fmt.Sprintf("event %d of the run arrived after event %d", seq, r.lastSeq)}
+	}
+	r.lastSeq = seq
+	return nil
+}
+
+// connect calls again until the run's stream is back: Run (same run id:
+// it never runs twice) until an event came, then Attach after the last
+// one. It gives up when the lease is lost, the run's context ends, or on an
+// answer that is not a broken connection.
+func (r *RunStream) connect() error {
+	s := r.session
+	for {
+		if err := s.check(); err != nil {
+			return err
+		}
+		if err := r.ctx.Err(); err != nil {
+			return s.fail(err)
+		}
+		callCtx, cancel := context.WithCancel(r.ctx)
+		var stream interface {
+			Recv() (*pb.RunResponse, error)
+		}
+		var err error
+		if r.lastSeq == 0 {
+			stream, err = s.client.sessions.Run(callCtx, r.request)
+		} else {
+			stream, err = s.client.sessions.Attach(callCtx, &pb.AttachRequest{
+				LeaseId: r.request.GetLeaseId(), RunId: r.request.GetRunId(), AfterSeq: r.lastSeq,
+			})
+		}
+		if err == nil {
+			r.stream, r.callCancel = stream, cancel
+			return nil
+		}
+		cancel()
+		if !r.resumes(err) {
+			r.settleOn(err)
+			return s.fail(err)
+		}
+		if err := r.pause(); err != nil {
+			return err
+		}
+	}
+}
+
+// resumes says whether a failed call of the run is picked up again: a
+// resumable run whose call broke (or ended without the exit) while its
+// context lasts.
+func (r *RunStream) resumes(err error) bool {
+	return r.request != nil && r.ctx.Err() == nil && (err == io.EOF || transportFailure(err))
+}
+
+// pause waits before the next call (longer while calls keep failing).
+func (r *RunStream) pause() error {
+	if r.delay == 0 {
+		r.delay = reconnectFirstDelay
+	}
+	t := time.NewTimer(r.delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.ctx.Done():
+		return r.session.fail(r.ctx.Err())
+	}
+	r.delay *= 2
+	if r.delay > reconnectMaxDelay {
+		r.delay = reconnectMaxDelay
+	}
+	return nil
+}
+
+// settleOn marks the run settled when err is the server's own answer (a
+// status with a sandpool ErrorInfo: a run id taken, another stream took
+// over, the lease is gone...), not the caller or the connection ending it.
+func (r *RunStream) settleOn(err error) {
+	if r.ctx.Err() != nil {
+		return
+	}
+	if st, ok := status.FromError(err); ok {
+		if info := decodeDetails(st).ErrorInfo; info != nil && info.Domain == ErrorDomain {
+			r.settled.Store(true)
+		}
+	}
+}
+
+func (r *RunStream) dropCall() {
+	if r.callCancel != nil {
+		r.callCancel()
+		r.callCancel = nil
+	}
+	if r.request != nil {
+		r.stream = nil
+	}
+}
+
+// finish ends the stream for good and returns err.
+func (r *RunStream) finish(err error) error {
+	r.done = true
+	r.dropCall()
+	r.cancel()
+	return err
+}
+
+// cancelWhenAbandoned cancels a resumable run on the server once its stream
+// is dropped before the exit (the server keeps such a run going without a
+// stream), unless the session ended (the lease takes its runs along).
+func (r *RunStream) cancelWhenAbandoned() {
+	<-r.ctx.Done()
+	s := r.session
+	if r.settled.Load() || s.cut.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.client.timeout)
+	defer cancel()
+	req := &pb.CancelRequest{LeaseId: r.request.GetLeaseId(), RunId: r.request.GetRunId()}
+	for i := 0; ; i++ {
+		_, err := s.client.sessions.Cancel(ctx, req)
+		if err == nil || i >= cancelRetries || s.cut.Err() != nil ||
+			(status.Code(err) != codes.NotFound && !transportFailure(err)) {
+			return
+		}
+		t := time.NewTimer(cancelRetryDelay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// Close drops the stream; a run still going is cancelled. It may be called
+// from another goroutine than Recv's (a Recv waiting then fails with
+// ErrCancelled), and more than once.
 func (r *RunStream) Close() { r.cancel() }
+
+// transportFailure says whether a failed call says the connection broke
+// rather than anything about the run: UNAVAILABLE, or UNKNOWN or INTERNAL
+// that the transport made up (the server's own errors carry a sandpool
+// ErrorInfo).
+func transportFailure(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		return true
+	case codes.Unknown, codes.Internal:
+		info := decodeDetails(st).ErrorInfo
+		return info == nil || info.Domain != ErrorDomain
+	}
+	return false
+}
+
+var runIDCounter uint64
+
+// newRunID is a random run id: "g" and 32 hex digits.
+func newRunID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		// No randomness: unique within the process, and most likely
+		// across processes.
+		return fmt.Sprintf("g%016x%08x%08x", time.Now().UnixNano(), os.Getpid(), atomic.AddUint64(&runIDCounter, 1))
+	}
+	return "g" + hex.EncodeToString(b[:])
+}
 
 // Collect reads the rest of the run and collects it.
 func (r *RunStream) Collect() (*Result, error) {
@@ -329,6 +608,8 @@ func (r *RunStream) Collect() (*Result, error) {
 			if len(e.Data) > 0 {
 				f.chunks[e.Offset] = e.Data
 			}
+		case *Gap:
+			res.Gaps = append(res.Gaps, *e)
 		case *Exit:
 			res.ExitCode, res.EndReason, res.Signal = e.ExitCode, e.EndReason, e.Signal
 			res.Duration, res.Truncated, res.Message = e.Duration, e.Truncated, e.Message

@@ -185,8 +185,9 @@ func (s *Session) callCtx(ctx context.Context, d time.Duration) (context.Context
 
 // ------------------------------------------------------------ runs
 
-// Run starts a program and returns its stream of events. Close the stream
-// (or end ctx) to kill the run early.
+// Run starts a program and returns its stream of events. The run survives
+// broken connections (see RunStream). Close the stream (or end ctx) to
+// cancel the run early.
 func (s *Session) Run(ctx context.Context, p Program, opts *RunOptions) (*RunStream, error) {
 	return s.run(ctx, p, opts, "")
 }
@@ -196,13 +197,14 @@ func (s *Session) run(ctx context.Context, p Program, opts *RunOptions, contextI
 		return nil, err
 	}
 	req, deadline := s.runRequest(p, opts, contextID)
-	callCtx, cancel := s.callCtx(ctx, deadline)
-	stream, err := s.client.sessions.Run(callCtx, req)
-	if err != nil {
-		cancel()
-		return nil, s.fail(err)
+	// Resumable: a run id of its own unless the caller chose one.
+	if opts != nil && opts.RunID != "" {
+		req.RunId = opts.RunID
+	} else {
+		req.RunId = newRunID()
 	}
-	return &RunStream{session: s, stream: stream, cancel: cancel}, nil
+	runCtx, cancel := s.callCtx(ctx, deadline)
+	return startRun(s, runCtx, cancel, req)
 }
 
 // runRequest is the request of a run and the deadline of its call.
@@ -307,8 +309,9 @@ func (s *Session) CreateContext(ctx context.Context, language string) (*Context,
 	return &Context{session: s, ID: resp.GetContextId(), Language: language}, nil
 }
 
-// Run runs code in the context; only Timeout, OutputLimitBytes and
-// PlotFormat of opts apply.
+// Run runs code in the context; only Timeout, OutputLimitBytes, PlotFormat
+// and RunID of opts apply. Like a session's run, it survives broken
+// connections.
 func (c *Context) Run(ctx context.Context, code string, opts *RunOptions) (*RunStream, error) {
 	return c.session.run(ctx, CodeIn(c.Language, code), contextOptions(opts), c.ID)
 }
@@ -326,7 +329,7 @@ func contextOptions(opts *RunOptions) *RunOptions {
 	if opts == nil {
 		return nil
 	}
-	return &RunOptions{Timeout: opts.Timeout, OutputLimitBytes: opts.OutputLimitBytes, PlotFormat: opts.PlotFormat}
+	return &RunOptions{Timeout: opts.Timeout, OutputLimitBytes: opts.OutputLimitBytes, PlotFormat: opts.PlotFormat, RunID: opts.RunID}
 }
 
 // Delete ends the context and its interpreter (idempotent; the lease's end

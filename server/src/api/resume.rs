@@ -33,7 +33,7 @@ use super::convert;
 use crate::{
     error::Error,
     identity::QuotaGuard,
-    pool::{LeaseGuard, lease::RunId},
+    pool::{LeaseGuard, lease::RunId, stats::Meters},
     run::RunEvent,
     sync::lock,
 };
@@ -145,6 +145,7 @@ impl Journals {
             fingerprint,
             lease.spec().run_buffer_bytes,
             Arc::clone(budget),
+            lease.meters_handle(),
         ));
         map.by_id.insert(run_id.to_string(), Arc::clone(&journal));
         map.order.push_back(run_id.to_string());
@@ -189,6 +190,8 @@ pub struct Journal {
     /// The pool's `run_buffer_bytes`.
     limit: u64,
     budget: Arc<Budget>,
+    /// The pool's: output dropped unsent is counted there.
+    meters: Arc<Meters>,
     state: Mutex<State>,
     /// Bumped on every change a reader or the recorder may wait for.
     changed: watch::Sender<()>,
@@ -223,15 +226,24 @@ struct State {
     cursor: u64,
     /// Cost of the kept events the current reader has not sent yet.
     unsent: u64,
+    /// The highest seq any reader sent: a dropped event beyond it was lost.
+    sent_max: u64,
 }
 
 impl Journal {
-    fn new(run_id: String, fingerprint: u64, limit: u64, budget: Arc<Budget>) -> Self {
+    fn new(
+        run_id: String,
+        fingerprint: u64,
+        limit: u64,
+        budget: Arc<Budget>,
+        meters: Arc<Meters>,
+    ) -> Self {
         Self {
             run_id,
             fingerprint,
             limit,
             budget,
+            meters,
             state: Mutex::new(State {
                 next_seq: 1,
                 ..State::default()
@@ -310,6 +322,13 @@ impl Journal {
             st.dropped.push_back((gone.response.seq, gone.totals));
             if st.dropped.len() > MAX_GAP_INDEX {
                 st.dropped.pop_front();
+            }
+            if gone.response.seq > st.sent_max {
+                // Drops go in order: the totals so far end just before it.
+                let lost: u64 = (0..3)
+                    .map(|i| gone.totals[i].saturating_sub(st.dropped_totals[i]))
+                    .sum();
+                self.meters.buffer_dropped(lost);
             }
             st.dropped_totals = gone.totals;
         }
@@ -476,6 +495,7 @@ impl Reader {
             let (cost, exit) = (kept.cost, kept.exit);
             self.cursor += 1;
             st.cursor = self.cursor;
+            st.sent_max = st.sent_max.max(self.cursor);
             st.unsent = st.unsent.saturating_sub(cost);
             drop(st);
             journal.changed.send_replace(());
@@ -567,7 +587,13 @@ mod tests {
     }
 
     fn journal(limit: u64, budget: &Arc<Budget>) -> Arc<Journal> {
-        Arc::new(Journal::new("r".into(), 0, limit, Arc::clone(budget)))
+        Arc::new(Journal::new(
+            "r".into(),
+            0,
+            limit,
+            Arc::clone(budget),
+            Arc::default(),
+        ))
     }
 
     /// Everything a reader gets from `after_seq` on, until the stream ends.
@@ -581,7 +607,14 @@ mod tests {
     #[tokio::test]
     async fn a_detached_run_drops_its_oldest_events_and_reports_them_as_a_gap() {
         let budget = Budget::new(1 << 30);
-        let j = journal(1000, &budget);
+        let meters = Arc::new(Meters::default());
+        let j = Arc::new(Journal::new(
+            "r".into(),
+            0,
+            1000,
+            Arc::clone(&budget),
+            Arc::clone(&meters),
+        ));
         for _ in 0..20 {
             j.push(stdout(100));
         }
@@ -596,6 +629,11 @@ mod tests {
         assert_eq!(gap.to_seq as usize, 21 - kept);
         assert_eq!(got[0].seq, gap.to_seq);
         assert_eq!(gap.stdout_bytes, 100 * gap.to_seq);
+        assert_eq!(
+            meters.snapshot().buffer_dropped,
+            gap.stdout_bytes,
+            "the pool counts what was dropped unsent"
+        );
         let seqs: Vec<u64> = got[1..].iter().map(|r| r.seq).collect();
         let want: Vec<u64> = (gap.to_seq + 1..=21).collect();
         assert_eq!(seqs, want, "the rest in order, ending with the exit");

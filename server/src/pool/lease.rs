@@ -239,6 +239,11 @@ impl LeaseGuard {
         &self.entry.pool.meters
     }
 
+    /// The same meters, for what records after the lease's guard is gone.
+    pub fn meters_handle(&self) -> Arc<super::stats::Meters> {
+        Arc::clone(&self.entry.pool.meters)
+    }
+
     /// Whether `run_id` names a run of this lease, going on or among the
     /// last finished ones.
     pub fn has_run(&self, run_id: &RunId) -> bool {

@@ -322,7 +322,9 @@ pub(crate) struct Pool {
     sandboxes: sandbox::Sandboxes,
     /// Durations and counts recorded where the work happens, without the
     /// lock (runs record theirs through their lease).
-    pub(crate) meters: Meters,
+    /// Shared with what outlives a lease's borrow of the pool (a
+    /// resumable run's buffer).
+    pub(crate) meters: Arc<Meters>,
 }
 
 impl Pool {
@@ -370,7 +372,7 @@ impl Pool {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             sandboxes: sandbox::Sandboxes::default(),
-            meters: Meters::default(),
+            meters: Arc::default(),
         })
     }
 

@@ -235,9 +235,16 @@ pub struct Meters {
     bytes: [AtomicU64; STREAMS.len()],
     resets: AtomicU64,
     reset_failures: AtomicU64,
+    buffer_dropped: AtomicU64,
 }
 
 impl Meters {
+    /// A resumable run's buffer dropped `bytes` of output no client had
+    /// been sent (a client that attaches later is told, as a gap).
+    pub fn buffer_dropped(&self, bytes: u64) {
+        self.buffer_dropped.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// A run ended with an exit event; `reason` indexes [`END_REASONS`].
     pub fn run_ended(&self, reason: usize, duration: Duration) {
         if let Some(counter) = self.runs_ended.get(reason) {
@@ -279,6 +286,7 @@ impl Meters {
             bytes: std::array::from_fn(|i| load(&self.bytes[i])),
             resets: load(&self.resets),
             reset_failures: load(&self.reset_failures),
+            buffer_dropped: load(&self.buffer_dropped),
         }
     }
 }
@@ -297,6 +305,8 @@ pub struct MetersSnapshot {
     pub bytes: [u64; STREAMS.len()],
     pub resets: u64,
     pub reset_failures: u64,
+    /// Output bytes resumable runs' buffers dropped unsent.
+    pub buffer_dropped: u64,
 }
 
 /// A pool's statistics at one moment.

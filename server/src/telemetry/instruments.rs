@@ -246,6 +246,12 @@ pub static FAMILIES: &[Family] = &[
         unit: "By",
         read: Read::Counter(|s| labelled("stream", &STREAMS, &s.meters.bytes)),
     },
+    Family {
+        name: "sandpool_run_buffer_dropped_bytes_total",
+        help: "Output of resumable runs that their buffer dropped before any client was sent it (clients that attach later get a gap event).",
+        unit: "By",
+        read: Read::Counter(|s| vec![(None, s.meters.buffer_dropped as f64)]),
+    },
     single!(
         "sandpool_resets_total",
         Counter,

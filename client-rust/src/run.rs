@@ -470,13 +470,13 @@ impl Drop for RunStream {
 }
 
 /// A status that says the connection broke rather than anything about the
-/// run: UNAVAILABLE, or an error the transport made up (the server's own
-/// errors carry a sandpool ErrorInfo).
+/// run: UNAVAILABLE, UNKNOWN, INTERNAL or CANCELLED made up by the
+/// transport. The server's own errors carry a sandpool ErrorInfo and are
+/// final (its UNAVAILABLE says the engine is down or the server stopping).
 fn transport_failure(status: &Status) -> bool {
     use tonic_types::StatusExt;
     match status.code() {
-        Code::Unavailable => true,
-        Code::Unknown | Code::Internal | Code::Cancelled => {
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled => {
             let info = status.get_error_details().error_info().cloned();
             info.is_none_or(|i| i.domain != crate::error::ERROR_DOMAIN)
         }

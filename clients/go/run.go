@@ -547,9 +547,9 @@ func transportFailure(err error) bool {
 		return false
 	}
 	switch st.Code() {
-	case codes.Unavailable:
-		return true
-	case codes.Unknown, codes.Internal:
+	// The server's own UNAVAILABLE (the engine is down, the server is
+	// stopping) carries its ErrorInfo and is final for the run.
+	case codes.Unavailable, codes.Unknown, codes.Internal:
 		info := decodeDetails(st).ErrorInfo
 		return info == nil || info.Domain != ErrorDomain
 	}

@@ -46,7 +46,8 @@ async fn examples_run_against_a_live_server() {
     let out = example(&server, "streaming", &[]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("started ") && lines[0].len() == "started ".len() + 16,
+        // The client's own run id: the run is resumable.
+        lines[0].starts_with("started c") && lines[0].len() == "started c".len() + 24,
         "{out}"
     );
     let ticks: Vec<f64> = lines

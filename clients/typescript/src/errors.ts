@@ -325,17 +325,16 @@ function isConnectionFailure(ce: ConnectError): boolean {
 
 /**
  * True when a failed call says the connection broke rather than anything
- * about the call: UNAVAILABLE, or an error the transport made up (the
- * server's own errors carry a sandpool ErrorInfo). A resumable run calls
- * again after one of these.
+ * about the call: UNAVAILABLE, UNKNOWN, INTERNAL or CANCELLED made up by the
+ * transport. The server's own errors carry a sandpool ErrorInfo and are
+ * final (its UNAVAILABLE says the engine is down or the server stopping). A
+ * resumable run calls again after a transport failure.
  */
 export function isTransportFailure(err: unknown): boolean {
   const mapped = mapError(err);
-  if (mapped.code === Code.Unavailable) {
-    return true;
-  }
   const ce = ConnectError.from(err);
-  if (ce.code === Code.Unknown || ce.code === Code.Internal || ce.code === Code.Canceled) {
+  const codes = [Code.Unavailable, Code.Unknown, Code.Internal, Code.Canceled];
+  if (codes.includes(mapped.code) || codes.includes(ce.code)) {
     return mapped.errorInfo?.domain !== "sandpool";
   }
   return false;

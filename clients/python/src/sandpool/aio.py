@@ -1375,12 +1375,11 @@ _RECONNECT_MAX_DELAY = 1.0
 
 def _transport_failure(err: grpc.RpcError) -> bool:
     """Whether a failed call says the connection broke rather than anything
-    about the run: UNAVAILABLE, or an error the transport made up (the
-    server's own errors carry a sandpool ErrorInfo)."""
+    about the run: UNAVAILABLE, UNKNOWN or INTERNAL made up by the transport.
+    The server's own errors carry a sandpool ErrorInfo and are final (its
+    UNAVAILABLE says the engine is down or the server stopping)."""
     code, _ = status_of(err)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return True
-    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
         return details_of(err).error_info is None
     return False
 

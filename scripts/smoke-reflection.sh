@@ -36,9 +36,28 @@ grep -q '"POOL_PHASE_READY"' <<<"$pool" || fail "pool python is not ready: $pool
 lease=$(curl_ -d '{"pool": "python"}' "$URL/sandpool.v1.SessionService/Acquire")
 lease_id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["lease"]["id"])' <<<"$lease")
 run=$(curl_ -d "{\"lease_id\": \"$lease_id\", \"code\": {\"text\": \"print(6 * 7)\"}}" "$URL/sandpool.v1.SessionService/Run")
-# Output chunks are bytes: base64 in JSON. "42\n" is NDIK.
-grep -q '"NDIK"' <<<"$run" || fail "run output missing: $run"
+# Output chunks are bytes, base64 in JSON, and "42\n" may come in more than
+# one chunk: join the stdout chunks of the stream of JSON messages.
+stdout=$(python3 -c '
+import base64, json, sys
+text, at, out = sys.stdin.read(), 0, b""
+decoder = json.JSONDecoder()
+while at < len(text):
+    if text[at].isspace():
+        at += 1
+        continue
+    message, at = decoder.raw_decode(text, at)
+    out += base64.b64decode(message.get("stdout", {}).get("data", ""))
+sys.stdout.write(out.decode())
+' <<<"$run")
+[ "$stdout" = "42" ] || fail "run output missing: $run"
 grep -q 'END_REASON_EXITED' <<<"$run" || fail "run did not exit normally: $run"
+# A resumable run, resumed after its first event as README shows.
+curl_ -d "{\"lease_id\": \"$lease_id\", \"run_id\": \"smoke-1\", \"command\": {\"shell\": \"echo resumed\"}}" \
+  "$URL/sandpool.v1.SessionService/Run" >/dev/null || fail "a run with a run_id failed"
+attach=$(curl_ -d "{\"lease_id\": \"$lease_id\", \"run_id\": \"smoke-1\", \"after_seq\": 1}" "$URL/sandpool.v1.SessionService/Attach")
+grep -q 'END_REASON_EXITED' <<<"$attach" || fail "Attach did not end with the exit: $attach"
+! grep -q '"started"' <<<"$attach" || fail "Attach after seq 1 sent the started event again: $attach"
 curl_ -d "{\"lease_id\": \"$lease_id\"}" "$URL/sandpool.v1.SessionService/Release" >/dev/null
 
 kill -TERM "$PID"
@@ -46,4 +65,4 @@ wait "$PID" || fail "the server exited with an error after SIGTERM"
 trap - EXIT
 left=$(docker ps -aq --filter "label=sandpool.server=$ID" | wc -l)
 [ "$left" = 0 ] || fail "$left containers left after SIGTERM"
-echo "smoke-reflection: ok (reflection, health, GetPool, Acquire, Run, Release, SIGTERM)"
+echo "smoke-reflection: ok (reflection, health, GetPool, Acquire, Run, Attach, Release, SIGTERM)"

@@ -581,16 +581,21 @@ pub fn shell_run(line: &str, timeout: f64) -> pb::RunRequest {
 pub const FORK_BOMB: &str =
     "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
 
-/// The fork bomb as a run with a timeout in seconds.
-pub fn fork_bomb_run(timeout: f64) -> pb::RunRequest {
+/// Code in the pool's language as a run request, with a timeout in seconds.
+pub fn code_run(source: &str, timeout: f64) -> pb::RunRequest {
     pb::RunRequest {
         program: Some(pb::run_request::Program::Code(pb::Code {
-            source: Some(pb::code::Source::Text(FORK_BOMB.into())),
+            source: Some(pb::code::Source::Text(source.into())),
             language: String::new(),
         })),
         timeout: secs(timeout),
         ..Default::default()
     }
+}
+
+/// The fork bomb as a run with a timeout in seconds.
+pub fn fork_bomb_run(timeout: f64) -> pb::RunRequest {
+    code_run(FORK_BOMB, timeout)
 }
 
 /// Whether the Docker engine has gVisor's `runsc` runtime (registered by

@@ -7,21 +7,35 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use sandpool_client::{AcquireOptions, Client, RunEvent, proto as pb};
-use sandpool_tests::{TestServer, code_of, proxy::CutProxy, python_pool, secs, shell_run};
+use sandpool_client::{AcquireOptions, Client, RunEvent, Session, proto as pb};
+use sandpool_tests::{TestServer, code_of, code_run, proxy::CutProxy, python_pool, shell_run};
 
 /// Python that prints `n` numbered lines, one every `every` seconds.
 fn counting(n: u32, every: f64) -> pb::RunRequest {
-    pb::RunRequest {
-        program: Some(pb::run_request::Program::Code(pb::Code {
-            source: Some(pb::code::Source::Text(format!(
-                "import time\nfor i in range({n}):\n    print(f'line {{i}}', flush=True)\n    time.sleep({every})\n"
-            ))),
-            language: String::new(),
-        })),
-        timeout: secs(60.0),
-        ..Default::default()
-    }
+    code_run(
+        &format!(
+            "import time\nfor i in range({n}):\n    print(f'line {{i}}', flush=True)\n    time.sleep({every})\n"
+        ),
+        60.0,
+    )
+}
+
+/// A proxy in front of `server`, and a lease on `pool` (TTL 20 s) taken by
+/// a client that connects through it.
+async fn session_through_proxy(server: &TestServer, pool: &str) -> (CutProxy, Session) {
+    let proxy = CutProxy::start(server.addr).await;
+    let client = Client::builder(format!("http://{}", proxy.addr))
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let session = client
+        .acquire_with(AcquireOptions {
+            ttl: Some(Duration::from_secs(20)),
+            ..AcquireOptions::new(pool)
+        })
+        .await
+        .expect("acquire");
+    (proxy, session)
 }
 
 fn expected_lines(n: u32) -> String {
@@ -59,18 +73,7 @@ fn exit_of(events: &[pb::RunResponse]) -> pb::RunExit {
 async fn a_run_survives_its_connection_being_cut_twice_and_loses_nothing() {
     let server = TestServer::start().await;
     server.pool(python_pool("cut")).await;
-    let proxy = CutProxy::start(server.addr).await;
-    let client = Client::builder(format!("http://{}", proxy.addr))
-        .connect()
-        .await
-        .expect("connect through the proxy");
-    let session = client
-        .acquire_with(AcquireOptions {
-            ttl: Some(Duration::from_secs(20)),
-            ..AcquireOptions::new("cut")
-        })
-        .await
-        .expect("acquire");
+    let (proxy, session) = session_through_proxy(&server, "cut").await;
     let mut run = session.run_request(counting(30, 0.05)).await.expect("run");
     let mut stdout = String::new();
     let mut exit = None;
@@ -119,31 +122,13 @@ async fn an_outage_longer_than_the_buffer_is_reported_as_a_gap_of_exact_size() {
     let mut spec = python_pool("gap");
     spec.run_buffer_bytes = Some(4096);
     server.pool(spec).await;
-    let proxy = CutProxy::start(server.addr).await;
-    let client = Client::builder(format!("http://{}", proxy.addr))
-        .connect()
-        .await
-        .expect("connect through the proxy");
-    let session = client
-        .acquire_with(AcquireOptions {
-            ttl: Some(Duration::from_secs(20)),
-            ..AcquireOptions::new("gap")
-        })
-        .await
-        .expect("acquire");
+    let (proxy, session) = session_through_proxy(&server, "gap").await;
     // 200 lines of 100 bytes while nobody reads, then the last line.
     let code = "import time, sys\nprint('start', flush=True)\ntime.sleep(1)\n\
                 for i in range(200):\n    sys.stdout.write(f'{i:04d}' + 'x' * 95 + '\\n')\n    sys.stdout.flush()\n\
                 time.sleep(0.5)\nprint('end', flush=True)\n";
     let mut run = session
-        .run_request(pb::RunRequest {
-            program: Some(pb::run_request::Program::Code(pb::Code {
-                source: Some(pb::code::Source::Text(code.into())),
-                language: String::new(),
-            })),
-            timeout: secs(60.0),
-            ..Default::default()
-        })
+        .run_request(code_run(code, 60.0))
         .await
         .expect("run");
     let mut stdout = String::new();
@@ -158,10 +143,7 @@ async fn an_outage_longer_than_the_buffer_is_reported_as_a_gap_of_exact_size() {
                     // for 3 s, while the program writes 20 kB.
                     proxy.refuse(true);
                     proxy.cut();
-                    let reopen = async {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                    };
-                    reopen.await;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
                     proxy.refuse(false);
                 }
             }

@@ -4,6 +4,19 @@
 import { once } from "node:events";
 import { connect, createServer, type Server, type Socket } from "node:net";
 
+/** A listener on a free port of 127.0.0.1, and the host and port of `target` ("host:port"). */
+async function listenFor(target: string): Promise<{ server: Server; address: string; host: string; port: number }> {
+  const at = target.lastIndexOf(":");
+  const server = createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const addr = server.address();
+  if (addr === null || typeof addr === "string") {
+    throw new Error("no port");
+  }
+  return { server, address: `127.0.0.1:${addr.port}`, host: target.slice(0, at), port: Number(target.slice(at + 1)) };
+}
+
 /**
  * A TCP proxy from 127.0.0.1 to `target`. After `blackhole()` it forwards
  * nothing more in either direction and accepts new connections without
@@ -20,15 +33,8 @@ export class BlackholeProxy {
   ) {}
 
   static async start(target: string): Promise<BlackholeProxy> {
-    const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
-    const server = createServer();
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
-    const addr = server.address();
-    if (addr === null || typeof addr === "string") {
-      throw new Error("no port");
-    }
-    const proxy = new BlackholeProxy(server, `127.0.0.1:${addr.port}`);
+    const { server, address, host, port } = await listenFor(target);
+    const proxy = new BlackholeProxy(server, address);
     server.on("connection", (conn) => proxy.accept(conn, host, port));
     return proxy;
   }
@@ -98,16 +104,8 @@ export class CutProxy {
   ) {}
 
   static async start(target: string): Promise<CutProxy> {
-    const at = target.lastIndexOf(":");
-    const [host, port] = [target.slice(0, at), Number(target.slice(at + 1))];
-    const server = createServer();
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
-    const addr = server.address();
-    if (addr === null || typeof addr === "string") {
-      throw new Error("no port");
-    }
-    const proxy = new CutProxy(server, `127.0.0.1:${addr.port}`);
+    const { server, address, host, port } = await listenFor(target);
+    const proxy = new CutProxy(server, address);
     server.on("connection", (conn) => proxy.accept(conn, host, port));
     return proxy;
   }

@@ -116,6 +116,48 @@ async fn watch_streams_changes_at_most_every_100ms_and_ends_on_delete() {
     server.stop().await;
 }
 
+/// Found by the randomised protocol test: a lease released while its run
+/// was still being stopped went on counting as active until the run was
+/// gone, so stats read right after the Release showed a lease nobody held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_stops_counting_at_once_while_its_run_is_stopped() {
+    use sandpool_client::RunEvent;
+    let server = TestServer::start().await;
+    server
+        .pool(pb::PoolSpec {
+            config: Some(pb::PoolConfig {
+                min_pool_size: Some(1),
+                max_pool_size: Some(1),
+                ..Default::default()
+            }),
+            ..python_pool("counted")
+        })
+        .await;
+    let session = server.client.acquire("counted").await.expect("acquire");
+    let mut events = session
+        .run("import time\nprint('running', flush=True)\ntime.sleep(60)")
+        .await
+        .expect("run");
+    // Wait until the program is running, so that the release has a run to stop.
+    loop {
+        match events.next().await.expect("an event").expect("ok") {
+            RunEvent::Stdout(d) if d.starts_with(b"running") => break,
+            RunEvent::Exit(e) => panic!("the run ended early: {e:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(server.stats("counted").await.active_leases, 1);
+    session.release().await.expect("release");
+    let stats = server.stats("counted").await;
+    assert_eq!(
+        stats.active_leases, 0,
+        "the lease was released: it is not active any more"
+    );
+    assert_eq!(stats.counters.expect("counters").releases, 1);
+    drop(events);
+    server.stop().await;
+}
+
 /// GET `path` over plain HTTP/1.1; returns the body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -534,6 +534,7 @@ impl LeaseTable {
             leases.active.remove(&entry.id);
             leases.ended.insert(entry.id.clone(), (end, Instant::now()));
         }
+        entry.pool.lease_ended(end);
         for control in lock(&entry.runs).active.values() {
             control.stop(StopCause::LeaseEnded(end));
         }
@@ -545,7 +546,7 @@ impl LeaseTable {
             if !drained {
                 tracing::warn!(lease = %entry.id, "operations of an ended lease did not stop; destroying its container");
             }
-            entry.pool.release(entry.holding.clone(), end, !drained);
+            entry.pool.hand_back(entry.holding.clone(), !drained);
         };
         // In the span that ended the lease (its Release), so that the reset
         // it causes is linked to it.

@@ -975,8 +975,11 @@ impl Pool {
         self.changed();
     }
 
-    /// A lease on this pool ended.
-    pub fn release(self: &Arc<Self>, holding: Holding, end: LeaseEnd, poisoned: bool) {
+    /// A lease on this pool ended. It stops counting as active at once: its
+    /// Release has answered, and stats taken after it must not show it.
+    /// Its container is handed back later (`hand_back`), once the lease's
+    /// operations have stopped.
+    pub fn lease_ended(&self, end: LeaseEnd) {
         let mut st = self.lock();
         st.active_leases = st.active_leases.saturating_sub(1);
         match end {
@@ -984,6 +987,14 @@ impl Pool {
             LeaseEnd::Expired | LeaseEnd::LifetimeExceeded => st.counters.lease_expirations += 1,
             LeaseEnd::Revoked | LeaseEnd::ContainerLost | LeaseEnd::PoolDeleted => {}
         }
+        drop(st);
+        self.changed();
+    }
+
+    /// The container of an ended lease (see `lease_ended`) comes back: reset
+    /// for the next lease, or removed.
+    pub fn hand_back(self: &Arc<Self>, holding: Holding, poisoned: bool) {
+        let mut st = self.lock();
         match holding {
             Holding::Temporary { container } => {
                 st.temporaries = st.temporaries.saturating_sub(1);

@@ -8,11 +8,10 @@ use sandpool_proto::v1::{
     session_service_server::SessionServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
 
@@ -209,14 +208,17 @@ pub async fn serve(
     }
     let serving = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(pools, auth.clone()))
         .add_service(InterceptedService::new(sessions, auth.clone()))
         .add_service(InterceptedService::new(artifacts, auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+        // tonic applies `tcp_nodelay` only to listeners it binds itself: set
+        // it on the accepted connections here, or Nagle holds a run's output
+        // event back until the client acknowledges the one before it (40 ms
+        // with delayed ACKs, whenever events come close together).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
             let stop_accepting = stop_accepting.clone();
             let streams = streams.clone();
             async move {

@@ -368,3 +368,59 @@ async fn code_and_output_are_binary_safe() {
     session.release().await.expect("release");
     server.stop().await;
 }
+
+/// The server's side of every client connection has TCP_NODELAY: without
+/// it, Nagle holds an output event back until the client acknowledges the
+/// one before it, and a run whose events come close together (Started,
+/// output, exit within a millisecond, as on the resident runner) reached
+/// the client 40 ms late (the delayed ACK). Read from the server's own
+/// sockets: the test server runs in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_connections_send_each_event_at_once() {
+    let server = TestServer::start().await;
+    server.client.list_pools().await.expect("a call");
+    let port = server.addr.port();
+    let mut accepted = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").expect("fds") {
+        let Ok(fd) = entry
+            .expect("fd")
+            .file_name()
+            .to_string_lossy()
+            .parse::<i32>()
+        else {
+            continue;
+        };
+        // SAFETY: plain getsockname/getpeername/getsockopt on a descriptor of
+        // this process into buffers of the right size; a descriptor that is
+        // not a socket makes them fail, and it is skipped.
+        let (local, peer, nodelay) = unsafe {
+            let mut local: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getsockname(fd, (&raw mut local).cast(), &mut len) != 0
+                || i32::from(local.sin_family) != libc::AF_INET
+            {
+                continue;
+            }
+            let mut peer: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let connected = libc::getpeername(fd, (&raw mut peer).cast(), &mut len) == 0;
+            let mut on: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw mut on).cast(),
+                &mut len,
+            );
+            (u16::from_be(local.sin_port), connected.then_some(peer), on)
+        };
+        // The server's end of a connection: its local port is the server's.
+        if local == port && peer.is_some() {
+            accepted += 1;
+            assert_eq!(nodelay, 1, "a connection accepted without TCP_NODELAY");
+        }
+    }
+    assert!(accepted >= 1, "no accepted connection found");
+    server.stop().await;
+}

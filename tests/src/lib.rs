@@ -642,8 +642,10 @@ import json, os
 MARK = 'LEFTOVER' + '-PROBE'  # LEFTOVER-PROBE: in this run's own cmdline
 procs = []
 # What started this probe is not a leftover: on the resident runner's path,
-# the runner the reset started (on the exec path it has no ancestor here).
-ancestors, p = set(), os.getppid()
+# the runner the reset started (on the exec path it has no ancestor here),
+# nor is the probe itself (on the runner's path it may be the pre-started
+# interpreter, whose command line is not the probe's).
+ancestors, p = {str(os.getpid())}, os.getppid()
 while p > 1:
     ancestors.add(str(p))
     p = int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1])

@@ -60,7 +60,18 @@ async fn path_of(session: &Session) -> String {
 /// runner starts after each run, and a run that comes before it is ready
 /// takes the exec path.
 async fn on_runner(session: &Session, request: pb::RunRequest) -> RunOutput {
+    on_path(session, request, "runner").await
+}
+
+/// The same until it ran on the exec path (right after a run on the runner,
+/// while the next runner starts).
+async fn on_exec(session: &Session, request: pb::RunRequest) -> RunOutput {
+    on_path(session, request, "exec").await
+}
+
+async fn on_path(session: &Session, request: pb::RunRequest, path: &str) -> RunOutput {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let other = if path == "exec" { "runner" } else { "exec" };
     loop {
         let mut out = session
             .run_request(request.clone())
@@ -70,13 +81,13 @@ async fn on_runner(session: &Session, request: pb::RunRequest) -> RunOutput {
             .await
             .expect("collect");
         let stderr = out.stderr_text();
-        if let Some(rest) = stderr.strip_prefix("runner\n") {
+        if let Some(rest) = stderr.strip_prefix(&format!("{path}\n")) {
             out.stderr = rest.as_bytes().to_vec().into();
             return out;
         }
-        assert!(stderr.starts_with("exec\n"), "{stderr}");
-        assert!(Instant::now() < deadline, "no run went through the runner");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(stderr.starts_with(&format!("{other}\n")), "{stderr}");
+        assert!(Instant::now() < deadline, "no run went by {path}");
+        tokio::time::sleep(Duration::from_millis(if path == "exec" { 0 } else { 100 })).await;
     }
 }
 
@@ -269,6 +280,175 @@ async fn kill_everything(engine: Engine) {
     server.stop().await;
 }
 
+/// What a Python program sees of its interpreter, for comparing a run on
+/// the runner (handed to the pre-started interpreter, the zygote) with a
+/// fresh `python3` on the exec path. Every line must be the same on both.
+const SAME_ON_BOTH: &str = r#"import threading
+print(__name__, sys.argv, os.getcwd(), os.environ['GREETING'], repr(sys.stdin.read()))
+print(sorted(sys.modules))
+print(sys.path, sys.flags, sys.executable)
+print(threading.active_count(), len(os.listdir('/proc/self/task')))
+print(sorted(os.environ))
+print(sys.stdout.line_buffering, sys.stdout.encoding, sys.stdin.encoding, sys.getfilesystemencoding())
+print(os.getuid(), os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid(), os.umask(0o22))
+print(os.stat(0).st_mode & 0o170000, sorted(globals()))
+def fail():
+    raise ValueError('boom')
+fail()
+"#;
+
+/// What must differ from one run to the next, as between two fresh
+/// processes (no state forked from a common parent), and whether the run
+/// went through the zygote (its code is in the process's argv; the name is
+/// split so that the run's own code, also in its argv, does not match).
+const FRESH: &str = r#"import random
+print(os.getpid(), hash('abc'), random.random(), ('_zy' + 'gote') in ' '.join(sys.orig_argv))
+"#;
+
+/// A Python run on the runner is handed to a pre-started interpreter (the
+/// zygote) and cannot tell: it sees what a fresh `python3 main.py` on the
+/// exec path sees (name, argv, cwd, env, stdin, modules, path, flags, one
+/// thread, session, umask, traceback, exit code), and what must differ
+/// between runs differs (pid, hash seed, random state). A signal ends it as
+/// on the exec path. A run whose environment sets what Python reads at
+/// start-up (PYTHONHASHSEED), or that comes after a library appeared in a
+/// site directory, starts cold instead, and sees it.
+async fn zygote_runs_as_a_fresh_interpreter(engine: Engine) {
+    let (server, session) = server_and_session(engine, "runner-zygote").await;
+    let request = RunOptions::new()
+        .env("GREETING", "hello")
+        .stdin("some input")
+        .working_dir("/tmp")
+        .request(format!("{WHICH_PATH_PY}{SAME_ON_BOTH}"));
+    let zygote = on_runner(&session, request.clone()).await;
+    let exec = on_exec(&session, request).await;
+    assert!(
+        zygote
+            .stdout_text()
+            .starts_with("__main__ ['main.py'] /tmp hello 'some input'\n"),
+        "{}",
+        zygote.stdout_text()
+    );
+    assert_eq!(zygote.stdout_text(), exec.stdout_text());
+    assert_eq!(zygote.stderr_text(), exec.stderr_text());
+    assert!(
+        zygote
+            .stderr_text()
+            .contains("File \"main.py\", line 21, in fail"),
+        "{}",
+        zygote.stderr_text()
+    );
+    assert_eq!((zygote.exit_code(), exec.exit_code()), (1, 1));
+
+    // Fresh per run, and through the zygote.
+    let fresh = |out: RunOutput| -> Vec<String> {
+        out.stdout_text()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let first = fresh(
+        on_runner(
+            &session,
+            RunOptions::new().request(format!("{WHICH_PATH_PY}{FRESH}")),
+        )
+        .await,
+    );
+    let second = fresh(
+        on_runner(
+            &session,
+            RunOptions::new().request(format!("{WHICH_PATH_PY}{FRESH}")),
+        )
+        .await,
+    );
+    assert_eq!(
+        (first[3].as_str(), second[3].as_str()),
+        ("True", "True"),
+        "runs went through the zygote"
+    );
+    for (i, what) in ["pid", "hash seed", "random state"].iter().enumerate() {
+        assert_ne!(first[i], second[i], "two runs share a {what}");
+    }
+
+    // A signal, as on the exec path.
+    let out = on_runner(
+        &session,
+        RunOptions::new().request(format!(
+            "{WHICH_PATH_PY}import signal\nos.kill(os.getpid(), signal.SIGTERM)"
+        )),
+    )
+    .await;
+    assert_eq!(out.end_reason(), pb::EndReason::Signaled, "{:?}", out.exit);
+    assert_eq!(out.exit.as_ref().map(|e| e.signal), Some(15));
+
+    // A start-up variable of the run's own: a cold start that honours it.
+    let seeded = RunOptions::new()
+        .env("PYTHONHASHSEED", "0")
+        .request(format!("{WHICH_PATH_PY}{FRESH}"));
+    let a = fresh(on_runner(&session, seeded.clone()).await);
+    let b = fresh(on_runner(&session, seeded.clone()).await);
+    let c = fresh(on_exec(&session, seeded).await);
+    assert_eq!(a[3], "False", "a run with PYTHONHASHSEED started cold");
+    assert_eq!(
+        (&a[1], &b[1]),
+        (&c[1], &c[1]),
+        "PYTHONHASHSEED=0 gives the same hash everywhere"
+    );
+
+    // A module that appears in the user site directory after the zygote
+    // started (written by what a run left behind, a second after it ended;
+    // the next zygote starts meanwhile): the zygote could not see it, so
+    // the run starts cold. Whether that zygote was up before the module
+    // appeared is up to timing: the run tells (its process, the zygote's,
+    // is older than the file), and the scenario is tried again until it was.
+    let site = on_runner(
+        &session,
+        RunOptions::new().request(format!(
+            "{WHICH_PATH_PY}import site\nprint(site.getusersitepackages())"
+        )),
+    )
+    .await;
+    let site = site.stdout_text().trim().to_string();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(
+            attempts <= 5,
+            "the zygote was never up before the module appeared"
+        );
+        let module = format!("late{attempts}");
+        let later = format!(
+            "{WHICH_PATH_PY}import subprocess\n\
+             subprocess.Popen(['sh', '-c', 'sleep 1; mkdir -p {site}; echo VALUE = 7 > {site}/{module}.py'], \
+             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)"
+        );
+        on_runner(&session, RunOptions::new().request(later)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let code = format!(
+            "{WHICH_PATH_PY}import {module}, time\n\
+             ticks = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[19])\n\
+             age = float(open('/proc/uptime').read().split()[0]) - ticks / os.sysconf('SC_CLK_TCK')\n\
+             older = age > time.time() - os.stat({module}.__file__).st_mtime + 0.05\n\
+             print({module}.VALUE, older, ('_zy' + 'gote') in ' '.join(sys.orig_argv))"
+        );
+        let words = fresh(on_runner(&session, RunOptions::new().request(code)).await);
+        assert_eq!(
+            words.first().map(String::as_str),
+            Some("7"),
+            "the module is not importable: {words:?}"
+        );
+        if words[1] == "True" {
+            assert_eq!(
+                words[2], "False",
+                "the zygote took a run after its site directory changed"
+            );
+            break;
+        }
+    }
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
 sandpool_tests::on_both_engines!(
     behaves_as_exec =>
     docker_runs_on_the_runner_behave_as_on_exec,
@@ -283,4 +463,9 @@ sandpool_tests::on_both_engines!(
     kill_everything =>
     docker_kill_everything_and_junk_frames_end_the_run,
     podman_kill_everything_and_junk_frames_end_the_run
+);
+sandpool_tests::on_both_engines!(
+    zygote_runs_as_a_fresh_interpreter =>
+    docker_a_python_run_on_the_zygote_is_a_fresh_interpreter,
+    podman_a_python_run_on_the_zygote_is_a_fresh_interpreter
 );

@@ -6,15 +6,18 @@
 //!       running container of the exec server's pool;
 //!   (b) Acquire + Run + Release over gRPC on the exec path;
 //!   (r) the same on the runner path.
+//! Then, on each path, how long the first stdout byte takes to reach the
+//! client after the program wrote it (the program prints the wall clock,
+//! which the container shares with the host).
 //!
 //! Run: `cargo run --release -p sandpool-bench --bin runner -- --iterations 100`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use clap::Parser;
 use sandpool_bench::{BenchServer, docker, median, python_pool, raw_exec, settle};
-use sandpool_client::Client;
+use sandpool_client::{Client, RunEvent};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -47,6 +50,26 @@ async fn cycle(client: &Client, pool_size: u32) -> anyhow::Result<Duration> {
     }
     settle(client, "bench", pool_size).await?;
     Ok(took)
+}
+
+/// A run that prints the time it printed at: how long after that the
+/// client had the byte.
+async fn first_byte_lag(client: &Client) -> anyhow::Result<Duration> {
+    let session = client.acquire("bench").await?;
+    let mut events = session
+        .run("import time\nprint(repr(time.time()), flush=True)")
+        .await?;
+    let mut lag = None;
+    while let Some(event) = events.next().await {
+        if let (RunEvent::Stdout(data), None) = (event?, lag) {
+            let arrived = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+            let printed: f64 = String::from_utf8_lossy(&data).trim().parse()?;
+            lag = Some(Duration::from_secs_f64((arrived - printed).max(0.0)));
+        }
+    }
+    drop(events);
+    session.release().await?;
+    lag.ok_or_else(|| anyhow::anyhow!("the run printed nothing"))
 }
 
 fn p95(samples: &mut [Duration]) -> Duration {
@@ -136,6 +159,25 @@ async fn main() -> anyhow::Result<()> {
         paired[paired.len() / 2],
         ratio(mb, ma),
         ratio(mr, mb),
+    );
+    let (mut exec_lag, mut runner_lag) = (Vec::new(), Vec::new());
+    for _ in 0..args.iterations.min(30) {
+        exec_lag.push(first_byte_lag(&exec).await?);
+        settle(&exec, "bench", args.pool_size).await?;
+        runner_lag.push(first_byte_lag(&runner).await?);
+        settle(&runner, "bench", args.pool_size).await?;
+    }
+    println!(
+        "{:<52} {} {}",
+        "first stdout byte after the program wrote it, exec",
+        ms(median(&mut exec_lag.clone())),
+        ms(p95(&mut exec_lag))
+    );
+    println!(
+        "{:<52} {} {}",
+        "the same, resident runner",
+        ms(median(&mut runner_lag.clone())),
+        ms(p95(&mut runner_lag))
     );
     runner_server.stop().await?;
     exec_server.stop().await

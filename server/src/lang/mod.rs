@@ -28,6 +28,20 @@ pub struct CodePlan {
     pub env: Vec<(String, String)>,
 }
 
+/// A pre-started interpreter that the resident runner keeps ready for the
+/// next run (see `sandbox::runner`): started as `command`, `code`, then
+/// `command` again (so that it knows which runs it can take over), with
+/// `env` on top of the pool's. It takes a run whose argv begins with
+/// `command` and execs any other.
+#[derive(Debug, Clone)]
+pub struct Zygote {
+    pub command: Vec<String>,
+    pub code: &'static str,
+    /// What `plan` puts in every run's environment: the interpreter reads
+    /// some of it at start-up, so it must start with it.
+    pub env: Vec<(String, String)>,
+}
+
 /// Where libraries go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstallScope {
@@ -82,6 +96,11 @@ pub trait Language: Send + Sync + 'static {
     /// process that reads cells from stdin and runs them in one namespace.
     /// `None`: the language has no contexts.
     fn context_kernel(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// A pre-started interpreter for the resident runner; `None`: runs on
+    /// the runner start their program cold.
+    fn zygote(&self) -> Option<Zygote> {
         None
     }
     /// Environment every run and context of the language gets: where

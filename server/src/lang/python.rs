@@ -12,9 +12,19 @@
 
 use bytes::Bytes;
 
-use super::{CodePlan, InstallScope, Language, POOL_LIBRARY_DIR};
+use super::{CodePlan, InstallScope, Language, POOL_LIBRARY_DIR, Zygote};
 
 pub struct Python;
+
+/// Every run's environment (and the zygote's, which starts with it).
+fn run_env() -> Vec<(String, String)> {
+    vec![
+        // Stream output as it is printed, also from child processes.
+        ("PYTHONUNBUFFERED".into(), "1".into()),
+        // No __pycache__ litter in the workspace or outputs.
+        ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+    ]
+}
 
 /// Kept small: it is parsed on every run. Its names live in a function so that
 /// only the user's own names end up in `__main__`. A loader with
@@ -122,13 +132,16 @@ impl Language for Python {
         CodePlan {
             argv: full,
             stdin_prefix,
-            env: vec![
-                // Stream output as it is printed, also from child processes.
-                ("PYTHONUNBUFFERED".into(), "1".into()),
-                // No __pycache__ litter in the workspace or outputs.
-                ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
-            ],
+            env: run_env(),
         }
+    }
+
+    fn zygote(&self) -> Option<Zygote> {
+        Some(Zygote {
+            command: vec!["python3".into(), "-c".into()],
+            code: include_str!("support/zygote.py"),
+            env: run_env(),
+        })
     }
 
     fn warm_up(&self) -> Option<&'static str> {

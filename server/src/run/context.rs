@@ -168,7 +168,7 @@ async fn start_kernel(
         argv: lease
             .sandbox()
             .user_argv(lease.lang().context_kernel().unwrap_or_default()),
-        env: super::merge_env(env),
+        env: crate::sandbox::merge_env(env),
         user: lease.sandbox().run_user(group),
         working_dir: Some(sandbox::WORKSPACE.to_string()),
         stdin: true,

@@ -103,22 +103,6 @@ pub struct ArtifactChunk {
     pub omitted: bool,
 }
 
-/// The environment of a run: later entries override earlier ones with the
-/// same name.
-fn merge_env(layers: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
-    let mut merged: Vec<(String, String)> = Vec::new();
-    for (key, value) in layers {
-        match merged.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => merged.push((key, value)),
-        }
-    }
-    merged
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect()
-}
-
 /// One event of a run, in order.
 #[derive(Debug)]
 pub enum RunEvent {
@@ -319,7 +303,7 @@ fn exec_spec(
     // processes get it, never the server's own), the server's own, the
     // language's library paths, the lease's (from Acquire), the language's
     // and the run's.
-    let env = merge_env(
+    let env = sandbox::merge_env(
         lease
             .spec()
             .runtime

@@ -276,6 +276,22 @@ pub async fn provision(
     }
 }
 
+/// The environment of a process of the lease ("NAME=value" entries), from
+/// layers: later entries override earlier ones with the same name.
+pub fn merge_env(layers: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (key, value) in layers {
+        match merged.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => merged.push((key, value)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
 async fn warm(c: &Container) -> Result<()> {
     let spec = c.spec();
     // First, while the idle process is the only other one: the warden

@@ -7,7 +7,10 @@
 //! its own environment plus the run's), forwards `STDIN` frames to the
 //! program, sends its output back as it comes, and its exit status once
 //! the program has exited and its output has ended (as an engine exec
-//! ends). Standard input at EOF: it exits. One run at a time.
+//! ends). Standard input at EOF: it exits. One run at a time. A `PREPARE`
+//! frame starts a program ahead of the run (a pre-started interpreter) that
+//! the next `RUN` is handed to (see `protocol`); if it is gone by then, the
+//! run starts cold.
 
 #[path = "protocol.rs"]
 #[allow(dead_code)]
@@ -15,12 +18,15 @@ mod protocol;
 
 use std::{
     ffi::{OsStr, OsString},
-    io::{self, Read, Write},
-    os::unix::{
-        ffi::{OsStrExt, OsStringExt},
-        process::{CommandExt, ExitStatusExt},
+    io::{self, PipeWriter, Read, Write},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            process::{CommandExt, ExitStatusExt},
+        },
     },
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread,
 };
@@ -29,7 +35,14 @@ use protocol::*;
 
 unsafe extern "C" {
     fn setsid() -> i32;
+    fn dup2(old: i32, new: i32) -> i32;
+    fn fcntl(fd: i32, cmd: i32, ...) -> i32;
 }
+
+/// Where a prepared program reads its run's request.
+const CONTROL_FD: RawFd = 3;
+/// fcntl's "set the descriptor flags" (Linux).
+const F_SETFD: i32 = 2;
 
 type Out = Arc<Mutex<io::Stdout>>;
 
@@ -88,49 +101,145 @@ fn pump(mut from: impl Read, kind: u8, out: Out) {
     }
 }
 
-/// Starts a run; returns where its standard input goes.
+/// The same program line as `argv` would be on the exec path: argv, the
+/// runner's environment with `env` on top, a working directory, and a
+/// session of its own (as an engine exec's process has: a program that
+/// signals its process group does not hit the runner). `control`, if any,
+/// becomes the program's descriptor 3.
+fn command(
+    argv: &[OsString],
+    base: &[(OsString, OsString)],
+    env: &[Vec<u8>],
+    working_dir: &[u8],
+    stdin: Stdio,
+    control: Option<RawFd>,
+) -> Command {
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .env_clear()
+        .envs(environment(base, env))
+        .current_dir(OsStr::from_bytes(working_dir))
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    unsafe {
+        command.pre_exec(move || {
+            setsid();
+            if let Some(fd) = control {
+                // dup2 onto itself would keep close-on-exec set.
+                let placed = if fd == CONTROL_FD {
+                    fcntl(CONTROL_FD, F_SETFD, 0)
+                } else {
+                    dup2(fd, CONTROL_FD)
+                };
+                if placed < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// What the engines answer for a program that cannot start.
+fn failed_to_start(out: &Out, argv0: &OsStr, e: &io::Error) {
+    let code: i32 = if e.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    let message = format!("exec {}: {e}\n", argv0.to_string_lossy());
+    let _ = send(out, STDERR, message.as_bytes());
+    let _ = send(out, EXIT, &code.to_be_bytes());
+}
+
+/// Starts a run cold; returns where its standard input goes.
 fn start(
     request: Request,
     base: &[(OsString, OsString)],
     out: &Out,
 ) -> Option<mpsc::Sender<Option<Vec<u8>>>> {
     let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from_vec).collect();
-    let mut command = Command::new(&argv[0]);
-    command
-        .args(&argv[1..])
-        .env_clear()
-        .envs(environment(base, &request.env))
-        .current_dir(OsStr::from_bytes(&request.working_dir))
-        .stdin(if request.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // A session of its own, as an engine exec's process has: a program
-    // that signals its process group does not hit the runner.
-    unsafe {
-        command.pre_exec(|| {
-            setsid();
-            Ok(())
-        });
-    }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            // What the engines answer for a program that cannot start.
-            let code: i32 = if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            let message = format!("exec {}: {e}\n", argv[0].to_string_lossy());
-            let _ = send(out, STDERR, message.as_bytes());
-            let _ = send(out, EXIT, &code.to_be_bytes());
-            return None;
-        }
+    let stdin = if request.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
     };
+    match command(&argv, base, &request.env, &request.working_dir, stdin, None).spawn() {
+        Ok(child) => Some(serve(child, out)),
+        Err(e) => {
+            failed_to_start(out, &argv[0], &e);
+            None
+        }
+    }
+}
+
+/// A program started ahead of its run (`PREPARE`), waiting for the run's
+/// request on its descriptor 3.
+struct Prepared {
+    child: Child,
+    control: PipeWriter,
+}
+
+/// Starts the program of a `PREPARE`; `None` if it cannot start (runs then
+/// start cold).
+fn prepare(request: Request, base: &[(OsString, OsString)]) -> Option<Prepared> {
+    let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from_vec).collect();
+    let (reader, control) = io::pipe().ok()?;
+    let child = command(
+        &argv,
+        base,
+        &request.env,
+        &request.working_dir,
+        Stdio::piped(),
+        Some(reader.as_raw_fd()),
+    )
+    .spawn()
+    .ok()?;
+    drop(reader);
+    Some(Prepared { child, control })
+}
+
+/// Hands a run to the prepared program: its request, with the whole
+/// environment, on the program's descriptor 3. Gives the program back if
+/// it is gone (the run then starts cold).
+fn hand_over(
+    mut prepared: Prepared,
+    request: &Request,
+    base: &[(OsString, OsString)],
+    out: &Out,
+) -> Result<mpsc::Sender<Option<Vec<u8>>>, ()> {
+    let whole = Request {
+        env: environment(base, &request.env)
+            .into_iter()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                kv
+            })
+            .collect(),
+        ..request.clone()
+    };
+    if prepared.control.write_all(&whole.encode()).is_err() {
+        let _ = prepared.child.kill();
+        let _ = prepared.child.wait();
+        return Err(());
+    }
+    drop(prepared.control);
+    if !request.stdin {
+        // The program reads /dev/null instead (it reopens its stdin).
+        drop(prepared.child.stdin.take());
+    }
+    Ok(serve(prepared.child, out))
+}
+
+/// Forwards a started program's input and output; sends its exit status
+/// once it exited and its output ended. Returns where its standard input
+/// goes.
+fn serve(mut child: Child, out: &Out) -> mpsc::Sender<Option<Vec<u8>>> {
     let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
     if let Some(mut stdin) = child.stdin.take() {
         // Its own thread: a program that does not read must not stop the
@@ -170,7 +279,7 @@ fn start(
             std::process::exit(0);
         }
     });
-    Some(tx)
+    tx
 }
 
 fn main() {
@@ -181,10 +290,24 @@ fn main() {
     }
     let mut input = io::stdin().lock();
     let mut stdin: Option<mpsc::Sender<Option<Vec<u8>>>> = None;
+    let mut prepared: Option<Prepared> = None;
     while let Some((kind, payload)) = read_frame(&mut input) {
         match kind {
+            PREPARE => match Request::decode(&payload) {
+                Some(request) => prepared = prepare(request, &base),
+                None => return,
+            },
             RUN => match Request::decode(&payload) {
-                Some(request) => stdin = start(request, &base, &out),
+                Some(request) => {
+                    let handed = match prepared.take() {
+                        Some(p) => hand_over(p, &request, &base, &out).ok(),
+                        None => None,
+                    };
+                    stdin = match handed {
+                        Some(tx) => Some(tx),
+                        None => start(request, &base, &out),
+                    };
+                }
                 None => return,
             },
             STDIN => {

@@ -28,6 +28,19 @@
 //! it as killed by SIGKILL, as the exec path does then; never a hang. A runner found gone before a run starts costs nothing: the run
 //! takes the exec path. The reset kills it with everything else and starts
 //! a new one from the image.
+//!
+//! A language may have a pre-started interpreter (`lang::Zygote`; Python
+//! does): the runner starts it right after it says hello, so that the
+//! interpreter's start-up (most of a short run) is done before the run
+//! comes, and hands it the run (`protocol`). It is a fresh process, not a
+//! fork of a shared parent: nothing a program can observe (pid, hash seed,
+//! random state, threads, modules) is shared between runs, and there is
+//! no fork-safety question for what it has loaded. It takes a run only
+//! when the run's environment agrees with its own on everything the
+//! interpreter reads at start-up and no site directory changed since it
+//! started (a library installed meanwhile); otherwise it execs the run's
+//! program itself, which is a cold start. Being started with the runner,
+//! it is in the runner's group and goes with it.
 
 pub mod protocol;
 
@@ -257,12 +270,53 @@ async fn connect(c: &Container) -> super::Result<Conn> {
         detail,
     };
     match conn.next_frame().await {
-        Ok(Some((protocol::HELLO, version))) if version.as_ref() == protocol::VERSION => Ok(conn),
-        Ok(Some((kind, _))) => Err(lost(format!("it began with a frame of kind {kind}"))),
-        Ok(None) => Err(lost("it exited at once".into())),
-        Err(StreamError::Engine(e)) => Err(e.into()),
-        Err(StreamError::Protocol(p)) => Err(lost(p)),
+        Ok(Some((protocol::HELLO, version))) if version.as_ref() == protocol::VERSION => {}
+        Ok(Some((kind, _))) => return Err(lost(format!("it began with a frame of kind {kind}"))),
+        Ok(None) => return Err(lost("it exited at once".into())),
+        Err(StreamError::Engine(e)) => return Err(e.into()),
+        Err(StreamError::Protocol(p)) => return Err(lost(p)),
     }
+    if let Some(zygote) = zygote_request(c) {
+        conn.send(protocol::PREPARE, &zygote.encode())
+            .await
+            .map_err(|e| lost(format!("it took no zygote: {e}")))?;
+    }
+    Ok(conn)
+}
+
+/// The pre-started interpreter of the container's language, if it has one
+/// (`lang::Zygote`): started by the runner ahead of the next run, as the
+/// run's program would be (under the same scheduling wrapper), with the
+/// parts of a run's environment that are the same for every run of the
+/// pool, merged in the order the run layer merges them (`run::exec_spec`):
+/// the pool's, the language's libraries, the language's own. What a run
+/// adds (the lease's, the run's) the zygote applies when the run comes, or
+/// starts cold when that is something the interpreter reads at start-up.
+fn zygote_request(c: &Container) -> Option<Request> {
+    let zygote = c.lang().zygote()?;
+    let command = c.user_argv(zygote.command.clone());
+    let argv = command
+        .iter()
+        .cloned()
+        .chain([zygote.code.to_string()])
+        .chain(command.iter().cloned())
+        .map(String::into_bytes)
+        .collect();
+    let env = super::merge_env(
+        c.spec()
+            .runtime
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(c.lang().library_env())
+            .chain(zygote.env),
+    );
+    Some(Request {
+        working_dir: b"/".to_vec(),
+        stdin: true,
+        argv,
+        env: env.into_iter().map(String::into_bytes).collect(),
+    })
 }
 
 /// What a run sends the runner.

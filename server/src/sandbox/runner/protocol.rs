@@ -2,13 +2,22 @@
 //! (which includes this file by path: it has no dependencies). Every frame
 //! is a kind byte, a big-endian u32 length and that many bytes.
 //!
-//! Server to runner: `RUN` (a `Request`), then `STDIN` pieces and one
-//! `STDIN_END`. Runner to server: `HELLO` once, then per run `STDOUT` and
-//! `STDERR` pieces as they are produced and one `EXIT` (a big-endian i32:
-//! the exit code, 128 + N for a program killed by signal N, as a shell
-//! and the engines report it).
+//! Server to runner: optionally one `PREPARE` (a `Request`: a program to
+//! start now, ahead of the run), then `RUN` (a `Request`), then `STDIN`
+//! pieces and one `STDIN_END`. Runner to server: `HELLO` once, then per run
+//! `STDOUT` and `STDERR` pieces as they are produced and one `EXIT` (a
+//! big-endian i32: the exit code, 128 + N for a program killed by signal N,
+//! as a shell and the engines report it).
+//!
+//! A prepared program waits on its descriptor 3. When the `RUN` comes, the
+//! runner writes the run's `Request` there, its environment made whole
+//! (the runner's own with the run's entries on top), and closes it; the
+//! prepared program becomes the run's program (it applies the working
+//! directory, the environment and the input itself, or execs the run's argv
+//! when it cannot stand in for it). Its output and exit are the run's.
 
 pub const HELLO: u8 = b'H';
+pub const PREPARE: u8 = b'P';
 pub const RUN: u8 = b'R';
 pub const STDIN: u8 = b'I';
 pub const STDIN_END: u8 = b'C';
@@ -17,7 +26,7 @@ pub const STDERR: u8 = b'2';
 pub const EXIT: u8 = b'X';
 
 /// What `HELLO` carries: a server only talks to the runner it shipped.
-pub const VERSION: &[u8] = b"sandpool-runner 1";
+pub const VERSION: &[u8] = b"sandpool-runner 2";
 /// Largest output piece the runner sends; the server takes no larger frame
 /// from it.
 pub const MAX_OUTPUT_FRAME: usize = 64 * 1024;

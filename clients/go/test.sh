@@ -13,7 +13,8 @@
 # 2. drift check: the checked-in stubs equal a fresh generation
 # 3. gofmt and go vet
 # 4. cargo build -p sandpool-server (a no-op when up to date), unless
-#    SANDPOOL_SERVER_BIN names the server binary to test against
+#    SANDPOOL_SERVER_BIN names the server binary to test against, and
+#    -p sandpool-k8s-testserver (the Kubernetes test's API server)
 # 5. go test (with the race detector where cgo works) against real servers
 #    the tests start and stop themselves (each stop checks that no container
 #    of that server is left)
@@ -73,8 +74,10 @@ fi
 go vet ./...
 
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
-  stage "cargo build -p sandpool-server"
-  (cd "$ROOT" && cargo build -p sandpool-server)
+  # The server, and the test API server of the Kubernetes test beside it
+  # (with SANDPOOL_SERVER_BIN set, the workspace build made both there).
+  stage "cargo build -p sandpool-server -p sandpool-k8s-testserver"
+  (cd "$ROOT" && cargo build -p sandpool-server -p sandpool-k8s-testserver)
   export SANDPOOL_SERVER_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/sandpool-server"
 fi
 

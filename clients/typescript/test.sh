@@ -33,7 +33,6 @@ t "typecheck and build" "$s"
 
 if [ -z "${SANDPOOL_SERVER_BIN:-}" ]; then
   s=$(date +%s)
-  # The server, and the Kubernetes test API server its Kubernetes pools use.
   # The server, the Kubernetes test API server its Kubernetes pools use, and
   # the OTLP receiver of the export test (all beside each other; with
   # SANDPOOL_SERVER_BIN set, the workspace build made them there).

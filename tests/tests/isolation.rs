@@ -49,8 +49,14 @@ for d in ['/sandbox', '/tmp', os.environ['HOME'], '/dev/shm']:
             if not p.startswith(mine):
                 left.append(p)
 procs = []
+# Not leftovers: this probe, and what started it (on the resident runner's
+# path, the runner the reset started).
+mine, p = {os.getpid()}, os.getppid()
+while p > 1:
+    mine.add(p)
+    p = int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1])
 for pid in os.listdir('/proc'):
-    if not pid.isdigit() or int(pid) == os.getpid():
+    if not pid.isdigit() or int(pid) in mine:
         continue
     try:
         status = open(f'/proc/{pid}/status').read()

@@ -143,6 +143,25 @@ async fn behaves_as_exec(engine: Engine) {
     let b = gid(on_runner(&session, shell_run(&format!("{WHICH_PATH}id -g"), 30.0)).await);
     assert_ne!(a, b, "runs share a group");
 
+    // A program that leaves a process behind holding its output ends when
+    // it exits, as an engine exec does (found with the resident runner on
+    // for every suite: the reset suite's runs hung until their timeout).
+    let started = Instant::now();
+    let out = on_runner(
+        &session,
+        shell_run(&format!("{WHICH_PATH}sleep 1000 & echo ok"), 30.0),
+    )
+    .await;
+    assert_eq!(
+        (out.stdout_text().as_str(), out.end_reason()),
+        ("ok\n", pb::EndReason::Exited)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the run waited for its leftover: {:?}",
+        started.elapsed()
+    );
+
     // The output cap cuts and stops the run.
     let out = on_runner(
         &session,

@@ -6,8 +6,9 @@
 //! (as itself: the sandbox user, its group; in a session of its own; with
 //! its own environment plus the run's), forwards `STDIN` frames to the
 //! program, sends its output back as it comes, and its exit status once
-//! the program has exited and its output has ended (as an engine exec
-//! ends). Standard input at EOF: it exits. One run at a time. A `PREPARE`
+//! the program has exited and its output has ended, or its pipes stayed
+//! empty a moment while something it left behind holds them (an engine
+//! exec ends at the program's exit too). Standard input at EOF: it exits. One run at a time. A `PREPARE`
 //! frame starts a program ahead of the run (a pre-started interpreter) that
 //! the next `RUN` is handed to (see `protocol`); if it is gone by then, the
 //! run starts cold.
@@ -27,8 +28,13 @@ use std::{
         },
     },
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+        mpsc,
+    },
     thread,
+    time::{Duration, Instant},
 };
 
 use protocol::*;
@@ -84,20 +90,89 @@ fn environment(base: &[(OsString, OsString)], extra: &[Vec<u8>]) -> Vec<(OsStrin
     env
 }
 
-/// Copies a pipe of the program to the server as `kind` frames.
-fn pump(mut from: impl Read, kind: u8, out: Out) {
+/// Where a pump is: waiting for the pipe, or past it (sending, or done).
+const READING: u8 = 0;
+const BUSY: u8 = 1;
+const ENDED: u8 = 2;
+
+/// One run's output to the server; nothing of the run follows its exit.
+struct RunOutput {
+    out: Out,
+    exited: AtomicBool,
+}
+
+impl RunOutput {
+    /// Sends a frame of the run, unless its exit was sent already.
+    fn send(&self, kind: u8, payload: &[u8]) -> io::Result<()> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if self.exited.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if kind == EXIT {
+            self.exited.store(true, Ordering::SeqCst);
+        }
+        out.write_all(&header(kind, payload.len()))?;
+        out.write_all(payload)?;
+        out.flush()
+    }
+}
+
+/// Copies a pipe of the program to the server as `kind` frames; `state`
+/// says whether it waits for the pipe.
+fn pump(mut from: impl Read, kind: u8, run: &RunOutput, state: &AtomicU8, ended: mpsc::Sender<()>) {
     let mut buf = vec![0u8; MAX_OUTPUT_FRAME];
     loop {
-        match from.read(&mut buf) {
-            Ok(0) => return,
+        state.store(READING, Ordering::SeqCst);
+        let read = from.read(&mut buf);
+        state.store(BUSY, Ordering::SeqCst);
+        match read {
+            Ok(0) => break,
             Ok(n) => {
-                if send(&out, kind, &buf[..n]).is_err() {
+                if run.send(kind, &buf[..n]).is_err() {
                     std::process::exit(0);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(_) => break,
         }
+    }
+    state.store(ENDED, Ordering::SeqCst);
+    let _ = ended.send(());
+}
+
+/// How long the pipes of a program that exited must have stayed empty,
+/// while something it left behind holds them open, before its exit is
+/// sent anyway.
+const QUIET_AFTER_EXIT: Duration = Duration::from_millis(50);
+
+/// After the program exited: until its output ended, or until every pipe
+/// still open has been waited on, empty, for `QUIET_AFTER_EXIT`. A process
+/// the program left in the background may hold its pipes for ever; an
+/// engine exec ends at the program's exit all the same, with what the
+/// program wrote. A pump that is sending (the server is slow to read) is
+/// waited for: nothing the program wrote is dropped.
+fn drain(states: &[Arc<AtomicU8>], ended: &mpsc::Receiver<()>) {
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let live: Vec<u8> = states
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst))
+            .filter(|&s| s != ENDED)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        if live.iter().all(|&s| s == READING) {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= QUIET_AFTER_EXIT {
+                return;
+            }
+        } else {
+            quiet_since = None;
+        }
+        // Woken at once when a pump ends (the usual case: the program's
+        // exit closed its pipes), else a look every 5 ms.
+        let _ = ended.recv_timeout(Duration::from_millis(5));
     }
 }
 
@@ -254,28 +329,33 @@ fn serve(mut child: Child, out: &Out) -> mpsc::Sender<Option<Vec<u8>>> {
     }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let out = Arc::clone(out);
+    let run = Arc::new(RunOutput {
+        out: Arc::clone(out),
+        exited: AtomicBool::new(false),
+    });
     thread::spawn(move || {
-        let readers: Vec<_> = [
+        let (ended_tx, ended) = mpsc::channel();
+        let states: Vec<Arc<AtomicU8>> = [
             (stdout.map(|s| Box::new(s) as Box<dyn Read + Send>), STDOUT),
             (stderr.map(|s| Box::new(s) as Box<dyn Read + Send>), STDERR),
         ]
         .into_iter()
         .filter_map(|(pipe, kind)| {
-            let out = Arc::clone(&out);
-            pipe.map(|p| thread::spawn(move || pump(p, kind, out)))
+            let pipe = pipe?;
+            let state = Arc::new(AtomicU8::new(READING));
+            let (run, mine, ended) = (Arc::clone(&run), Arc::clone(&state), ended_tx.clone());
+            thread::spawn(move || pump(pipe, kind, &run, &mine, ended));
+            Some(state)
         })
         .collect();
-        for reader in readers {
-            let _ = reader.join();
-        }
         let code = match child.wait() {
             Ok(status) => status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
             Err(_) => -1,
         };
-        if send(&out, EXIT, &code.to_be_bytes()).is_err() {
+        drain(&states, &ended);
+        if run.send(EXIT, &code.to_be_bytes()).is_err() {
             std::process::exit(0);
         }
     });

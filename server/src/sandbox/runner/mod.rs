@@ -289,9 +289,10 @@ async fn connect(c: &Container) -> super::Result<Conn> {
 /// run's program would be (under the same scheduling wrapper), with the
 /// parts of a run's environment that are the same for every run of the
 /// pool, merged in the order the run layer merges them (`run::exec_spec`):
-/// the pool's, the language's libraries, the language's own. What a run
-/// adds (the lease's, the run's) the zygote applies when the run comes, or
-/// starts cold when that is something the interpreter reads at start-up.
+/// the pool's (but its PATH), the language's libraries, the language's own, and a run
+/// mark. What a run adds (the lease's, the run's) the zygote applies when
+/// the run comes, or starts cold when that is something the interpreter
+/// reads at start-up.
 fn zygote_request(c: &Container) -> Option<Request> {
     let zygote = c.lang().zygote()?;
     let command = c.user_argv(zygote.command.clone());
@@ -307,9 +308,19 @@ fn zygote_request(c: &Container) -> Option<Request> {
             .runtime
             .env
             .iter()
+            // The interpreter is found through the image's PATH, never the
+            // pool's (whose directories the lease may write: a program it
+            // planted would stand in for every later run, whatever its
+            // argv). A pool that sets PATH then starts its runs cold: the
+            // zygote sees PATH differ and execs the run's program instead.
+            .filter(|(k, _)| k.as_str() != "PATH")
             .map(|(k, v)| (k.clone(), v.clone()))
             .chain(c.lang().library_env())
-            .chain(zygote.env),
+            .chain(zygote.env)
+            // It is a process of the lease (the next run's, before it knows
+            // which): marked as one, as a context's kernel is; the run's
+            // own id replaces the mark when it takes the run.
+            .chain([(super::RUN_MARKER.to_string(), "prepared".to_string())]),
     );
     Some(Request {
         working_dir: b"/".to_vec(),

@@ -335,7 +335,20 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     // The work under Run, and the program inside the same trace.
     let run_rpc = rpc(&spans, &trace_id, "Run");
     let run = child(&spans, run_rpc, "run");
-    child(&spans, run, "engine.exec");
+    // The program's start: an engine exec, or, on a server that runs
+    // programs on the resident runner (the first run of a lease finds it
+    // up), the frame to the runner.
+    let on_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    child(
+        &spans,
+        run,
+        if on_runner {
+            "runner.start"
+        } else {
+            "engine.exec"
+        },
+    );
     child(&spans, run, "run.artifacts");
     let events: Vec<&str> = run.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(events, ["run.start", "run.exit"], "{run:#?}");

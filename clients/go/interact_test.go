@@ -12,24 +12,29 @@ import (
 )
 
 // readUntil reads events until needle appeared in the output (both streams).
+// readUntil reads the run's events until its stdout (with a terminal, the
+// one stream) holds needle. Stderr is kept apart: without a terminal the
+// two are separate pipes, and how their pieces interleave is up to the
+// engine (a REPL's prompts on stderr can land inside a line of stdout).
 func readUntil(t *testing.T, it *sandpool.Interaction, seen *strings.Builder, needle string) {
 	t.Helper()
+	var stderr strings.Builder
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(seen.String(), needle) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%q did not come; the run printed %q", needle, seen.String())
+			t.Fatalf("%q did not come; the run printed %q (stderr %q)", needle, seen.String(), stderr.String())
 		}
 		ev, err := it.Recv()
 		if err != nil {
-			t.Fatalf("before %q: %v; the run printed %q", needle, err, seen.String())
+			t.Fatalf("before %q: %v; the run printed %q (stderr %q)", needle, err, seen.String(), stderr.String())
 		}
 		switch e := ev.(type) {
 		case *sandpool.Stdout:
 			seen.Write(e.Data)
 		case *sandpool.Stderr:
-			seen.Write(e.Data)
+			stderr.Write(e.Data)
 		case *sandpool.Exit:
-			t.Fatalf("the run ended (%+v) before %q: %q", e, needle, seen.String())
+			t.Fatalf("the run ended (%+v) before %q: %q (stderr %q)", e, needle, seen.String(), stderr.String())
 		}
 	}
 }

@@ -418,6 +418,15 @@ class CutProxy:
             try:
                 # RST rather than FIN: the peer sees a reset connection.
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # close() alone does not end a socket that a pump thread is
+                # blocked reading: the server would notice the cut only when
+                # it next wrote (mid-burst, so that the test's gap came or
+                # not by timing). shutdown() wakes the reader and ends the
+                # connection now.
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 s.close()
             except OSError:
                 pass

@@ -53,7 +53,15 @@ const F_SETFD: i32 = 2;
 type Out = Arc<Mutex<io::Stdout>>;
 
 fn send(out: &Out, kind: u8, payload: &[u8]) -> io::Result<()> {
-    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+    write_frame(
+        &mut out.lock().unwrap_or_else(|e| e.into_inner()),
+        kind,
+        payload,
+    )
+}
+
+/// One frame to the server, under the caller's lock of `out`.
+fn write_frame(out: &mut io::Stdout, kind: u8, payload: &[u8]) -> io::Result<()> {
     out.write_all(&header(kind, payload.len()))?;
     out.write_all(payload)?;
     out.flush()
@@ -111,9 +119,7 @@ impl RunOutput {
         if kind == EXIT {
             self.exited.store(true, Ordering::SeqCst);
         }
-        out.write_all(&header(kind, payload.len()))?;
-        out.write_all(payload)?;
-        out.flush()
+        write_frame(&mut out, kind, payload)
     }
 }
 

@@ -90,6 +90,9 @@ const (
 	EndCancelled    = pb.EndReason_END_REASON_CANCELLED
 	EndOutputLimit  = pb.EndReason_END_REASON_OUTPUT_LIMIT
 	EndLeaseExpired = pb.EndReason_END_REASON_LEASE_EXPIRED
+	// EndRunnerLost: the container's resident runner broke its protocol
+	// mid-run; the server killed the run.
+	EndRunnerLost = pb.EndReason_END_REASON_RUNNER_LOST
 )
 
 // Event is one event of a run, in order: *Started first, then *Stdout,

@@ -83,7 +83,8 @@ pub struct ServerConfig {
     /// TEMPORARY containers across all pools at once.
     pub max_temporaries: u32,
     /// Every pool's runs go through a resident runner in each container
-    /// (`sandbox::runner`), with the exec path as the fallback.
+    /// (`sandbox::runner`), with the exec path as the fallback, unless the
+    /// pool says otherwise. On by default.
     pub resident_runner: bool,
     /// TLS for the gRPC listener (with client certificates: mTLS).
     pub tls: Option<TlsConfig>,
@@ -104,7 +105,7 @@ struct FileConfig {
     shutdown_grace: Option<f64>,
     log_format: Option<String>,
     /// Runs go through a resident runner in each container (see
-    /// `sandbox::runner`); off by default.
+    /// `sandbox::runner`); on by default.
     resident_runner: Option<bool>,
     #[serde(default)]
     engines: EnginesFile,
@@ -648,7 +649,7 @@ impl ServerConfig {
             auth,
             policy,
             max_temporaries,
-            resident_runner: file.resident_runner.unwrap_or(false),
+            resident_runner: file.resident_runner.unwrap_or(true),
             tls,
             kubernetes: file.kubernetes,
             telemetry: file.telemetry,

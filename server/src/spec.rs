@@ -135,9 +135,12 @@ pub struct PoolSpec {
     /// `None`: the server's `[kubernetes] namespace`. Which ones are allowed
     /// is the operator's (`policy::Namespaces`).
     pub namespace: Option<String>,
-    /// Runs go through a resident runner in each container (the server's
-    /// `resident_runner` setting, not the caller's).
+    /// Runs go through a resident runner in each container: the pool's
+    /// `runner_choice`, else the server's `resident_runner` setting
+    /// (resolved when the pool is created).
     pub resident_runner: bool,
+    /// What the pool's spec asked for (`None`: the server's setting).
+    pub runner_choice: Option<bool>,
     /// Events kept per resumable run for Attach (`run::journal`), in bytes.
     pub run_buffer_bytes: u64,
 }
@@ -179,6 +182,7 @@ impl PoolSpec {
             max_lease_lifetime: Duration::from_secs(24 * 3600),
             namespace: None,
             resident_runner: false,
+            runner_choice: None,
             run_buffer_bytes: 4 << 20,
         }
     }
@@ -591,6 +595,8 @@ pub struct PoolSpecInput {
     pub max_run_timeout: Option<f64>,
     pub output_limit_bytes: Option<u64>,
     pub run_buffer_bytes: Option<u64>,
+    /// Runs through a resident runner (unset: the server's setting).
+    pub resident_runner: Option<bool>,
     pub output_dir: Option<String>,
     pub install_network: Option<String>,
     pub lease_installs: Option<bool>,
@@ -750,6 +756,7 @@ impl PoolSpecInput {
             spec.max_lease_lifetime,
         )?;
         spec.namespace = self.namespace.filter(|n| !n.is_empty());
+        spec.runner_choice = self.resident_runner;
         spec.runtime = self.runtime.into_runtime()?;
         spec.validate()
     }

@@ -300,9 +300,10 @@ pub fn empty_config() -> ServerConfig {
     // it); the policy floor allows only the engine's default runtime unless
     // told otherwise.
     config.policy.runtimes = vec!["runsc".to_string()];
-    // SANDPOOL_RESIDENT_RUNNER=1 runs every suite's runs on the resident
-    // runner (as the server's own setting of that name does).
-    config.resident_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER").is_ok_and(|v| v == "1");
+    // Runs go through the resident runner, as the server's default;
+    // SANDPOOL_RESIDENT_RUNNER=0 runs every suite's runs on the exec path
+    // (as the server's own setting of that name does).
+    config.resident_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER").map_or(true, |v| v != "0");
     config
 }
 

@@ -449,3 +449,49 @@ async fn without_its_warden_a_kill_falls_back() {
     again.release().await.expect("release");
     server.stop().await;
 }
+
+/// A program that kills every process its user may signal (`kill -9 -1`):
+/// its run ends (as SIGKILLed, or by itself once alone) within its timeout,
+/// never a hang, on whichever path it took (the exec-path lane runs this
+/// file with SANDPOOL_RESIDENT_RUNNER=0); the container survives, the
+/// lease's next run works, and the next lease gets the container reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_everything_ends_the_run_and_the_lease_goes_on() {
+    let server = TestServer::start().await;
+    let s = session(&server, "kill-all", |_| {}).await;
+    let container = s.container_id().to_string();
+    let started = Instant::now();
+    let out = s
+        .run_request(shell_run("sleep 100 & kill -9 -1; wait; echo alone", 20.0))
+        .await
+        .expect("run starts")
+        .collect()
+        .await
+        .expect("the run ends with an exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let exit = (out.end_reason(), out.exit_code());
+    assert!(
+        exit == (pb::EndReason::Signaled, 137)
+            || (exit == (pb::EndReason::Exited, 0) && out.stdout_text() == "alone\n"),
+        "{:?} {:?}",
+        out.exit,
+        out.stdout_text()
+    );
+    let next = s.shell("echo next").await.expect("next run");
+    assert_eq!(next.stdout_text(), "next\n");
+    s.release().await.expect("release");
+    let again = server
+        .client
+        .acquire("kill-all")
+        .await
+        .expect("acquire again");
+    assert_eq!(again.container_id(), container, "the same container, reset");
+    let out = again.shell("echo fresh").await.expect("run");
+    assert_eq!(out.stdout_text(), "fresh\n");
+    again.release().await.expect("release");
+    server.stop().await;
+}

@@ -1,15 +1,20 @@
-//! The resident runner (`sandbox::runner`), on Docker and Podman: runs go
-//! through it and look as they do on the exec path (output, exit codes,
-//! signals, stdin, env, cwd, uid, a group of each run's own, caps); a
-//! timeout's kill takes it down and a fresh one comes back; a program that
-//! kills every process of its user (`kill -9 -1`) ends as on the exec path,
-//! one that forges junk frames ends with a typed error, never a hang, and
-//! the lease goes on by exec until the reset brings a fresh runner. Every test checks that no container is left.
+//! The resident runner (`sandbox::runner`), on Docker, Podman and
+//! Kubernetes (the test API server): runs go through it and look as they do
+//! on the exec path (output, exit codes, signals, stdin, env, cwd, uid, a
+//! group of each run's own, caps); a timeout's kill takes it down and a
+//! fresh one comes back; a program that kills every process of its user
+//! (`kill -9 -1`) ends as on the exec path, one that forges junk frames
+//! ends with end reason RUNNER_LOST, never a hang, and the lease goes on by
+//! exec until the reset brings a fresh runner. A pool chooses its path.
+//! Every test checks that no container is left.
 
 use std::time::{Duration, Instant};
 
 use sandpool_client::{RunOptions, RunOutput, Session, proto as pb};
-use sandpool_tests::{Engine, TestServer, code_of, empty_config, shell_run};
+use sandpool_server::ServerConfig;
+
+mod k8s_common;
+use sandpool_tests::{Engine, TestServer, empty_config, python_pool, shell_run};
 
 /// Shell that writes "runner" to stderr when an ancestor of the shell is the
 /// resident runner, "exec" otherwise (an engine exec's process has no
@@ -36,17 +41,35 @@ sys.stderr.write(_which() + '\n')
 sys.stderr.flush()
 "#;
 
-async fn server_and_session(engine: Engine, name: &str) -> (TestServer, Session) {
-    let mut config = empty_config();
+/// Where a test's pool runs: an engine, or Kubernetes (the test API server,
+/// which runs pods as Docker containers, kept alive by the returned handle).
+#[derive(Clone, Copy)]
+enum Place {
+    Engine(Engine),
+    Kubernetes,
+}
+
+async fn server_and_session(
+    place: Place,
+    name: &str,
+) -> (TestServer, Session, Option<k8s_common::K8s>) {
+    let (mut config, mut spec, k8s) = match place {
+        Place::Engine(engine) => (empty_config(), engine.python_pool(name), None),
+        Place::Kubernetes => {
+            let k8s = k8s_common::K8s::start(&format!("runner-{name}")).await;
+            let mut spec = python_pool(name);
+            spec.backend = pb::Backend::Kubernetes as i32;
+            (k8s.config(), spec, Some(k8s))
+        }
+    };
     config.resident_runner = true;
     let server = TestServer::start_with(config).await;
-    let mut spec = engine.python_pool(name);
     let pool_config = spec.config.as_mut().expect("config");
     pool_config.max_pool_size = Some(1);
     pool_config.min_pool_size = Some(1);
     server.pool(spec).await;
     let session = server.client.acquire(name).await.expect("acquire");
-    (server, session)
+    (server, session, k8s)
 }
 
 async fn path_of(session: &Session) -> String {
@@ -91,8 +114,8 @@ async fn on_path(session: &Session, request: pb::RunRequest, path: &str) -> RunO
     }
 }
 
-async fn behaves_as_exec(engine: Engine) {
-    let (server, session) = server_and_session(engine, "runner-same").await;
+async fn behaves_as_exec(place: Place) {
+    let (server, session, _k8s) = server_and_session(place, "runner-same").await;
     assert_eq!(path_of(&session).await, "runner");
 
     // Python as a fresh `python3 main.py`: name, argv, cwd, uid, env.
@@ -179,8 +202,8 @@ async fn behaves_as_exec(engine: Engine) {
 
 /// A timeout kills the run's tree (and the runner with it: same group);
 /// the reset starts a new one.
-async fn timeout_then_fresh_runner(engine: Engine) {
-    let (server, session) = server_and_session(engine, "runner-timeout").await;
+async fn timeout_then_fresh_runner(place: Place) {
+    let (server, session, _k8s) = server_and_session(place, "runner-timeout").await;
     assert_eq!(path_of(&session).await, "runner");
     let started = Instant::now();
     let out = session
@@ -227,10 +250,11 @@ async fn timeout_then_fresh_runner(engine: Engine) {
 /// `kill -9 -1` kills the runner under its own run: the run ends as on the
 /// exec path (killed by SIGKILL), not a hang; the lease goes on by exec.
 /// A program that writes junk into the runner's stream (it can: same uid
-/// and group) ends its run with a typed error (ABORTED), its processes
-/// killed. The reset brings a fresh runner.
-async fn kill_everything(engine: Engine) {
-    let (server, session) = server_and_session(engine, "runner-kill-all").await;
+/// and group) ends its run with an end reason of its own (RUNNER_LOST), its
+/// processes killed, the output before it kept. The reset brings a fresh
+/// runner.
+async fn kill_everything(place: Place) {
+    let (server, session, _k8s) = server_and_session(place, "runner-kill-all").await;
     // The first run of a lease: the runner is up (warm-up and reset wait
     // for it).
     let started = Instant::now();
@@ -267,16 +291,45 @@ async fn kill_everything(engine: Engine) {
     let started = Instant::now();
     let result = session
         .run_request(shell_run(
-            "for p in /proc/[0-9]*; do read -r c < $p/comm; \
-             [ \"$c\" = sandpool-runner ] && printf 'Zjunk' > $p/fd/1; done; sleep 30",
+            "echo before; sleep 0.2; for p in /proc/[0-9]*; do read -r c < $p/comm; \
+             [ \"$c\" = sandpool-runner ] && { printf 'Zjunk' > $p/fd/1 || exit 3; }; done; sleep 30",
             60.0,
         ))
         .await
         .expect("run starts")
         .collect()
-        .await;
-    let err = result.expect_err("the runner broke its protocol");
-    assert_eq!(code_of(&err), tonic::Code::Aborted, "{err}");
+        .await
+        .expect("the run ends with an exit");
+    assert_eq!(result.stdout_text(), "before\n");
+    if let Place::Kubernetes = place {
+        // Kubernetes exec has no user: the backend drops from root to the
+        // sandbox user (setpriv), which leaves the runner not dumpable, so
+        // a run of the same user cannot open its descriptors at all.
+        assert_eq!(
+            (result.end_reason(), result.exit_code()),
+            (pb::EndReason::Exited, 3),
+            "{:?} {}",
+            result.exit,
+            result.stderr_text()
+        );
+        assert!(
+            result.stderr_text().contains("Permission denied"),
+            "{}",
+            result.stderr_text()
+        );
+        session.release().await.expect("release");
+        server.stop().await;
+        return;
+    }
+    assert_eq!(
+        result.end_reason(),
+        pb::EndReason::RunnerLost,
+        "{:?} {}",
+        result.exit,
+        result.stderr_text()
+    );
+    let message = &result.exit.as_ref().expect("exit").message;
+    assert!(message.contains("runner"), "{message}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -332,8 +385,8 @@ print(os.getpid(), hash('abc'), random.random(), ('_zy' + 'gote') in ' '.join(sy
 /// on the exec path. A run whose environment sets what Python reads at
 /// start-up (PYTHONHASHSEED), or that comes after a library appeared in a
 /// site directory, starts cold instead, and sees it.
-async fn zygote_runs_as_a_fresh_interpreter(engine: Engine) {
-    let (server, session) = server_and_session(engine, "runner-zygote").await;
+async fn zygote_runs_as_a_fresh_interpreter(place: Place) {
+    let (server, session, _k8s) = server_and_session(place, "runner-zygote").await;
     let request = RunOptions::new()
         .env("GREETING", "hello")
         .stdin("some input")
@@ -468,23 +521,141 @@ async fn zygote_runs_as_a_fresh_interpreter(engine: Engine) {
     server.stop().await;
 }
 
-sandpool_tests::on_both_engines!(
+/// The runner is the server's default; a pool may turn it off (every run
+/// an engine exec) and says which it does; a config-file pool likewise; a
+/// server with it off leaves a pool that asks for it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_chooses_its_path() {
+    let text = format!(
+        "[[pools]]\nname = \"file-exec\"\nlanguage = \"python\"\nimage = {:?}\n\
+         min_pool_size = 1\nmax_pool_size = 1\nresident_runner = false\n",
+        sandpool_tests::python_image()
+    );
+    let mut config =
+        ServerConfig::from_toml(&text, std::path::Path::new("<test>")).expect("config");
+    assert!(config.resident_runner, "on by default");
+    let defaults = empty_config();
+    config.server_id = defaults.server_id;
+    config.shutdown_grace = defaults.shutdown_grace;
+    config.policy = defaults.policy;
+    let server = TestServer::start_with(config).await;
+
+    let default = server
+        .pool(one_container(python_pool("path-default")))
+        .await;
+    let mut off = one_container(python_pool("path-off"));
+    off.resident_runner = Some(false);
+    let off = server.pool(off).await;
+    let spec_of = |p: &pb::Pool| p.spec.as_ref().expect("spec").resident_runner;
+    assert_eq!(spec_of(&default), Some(true));
+    assert_eq!(spec_of(&off), Some(false));
+
+    let session = server
+        .client
+        .acquire("path-default")
+        .await
+        .expect("acquire");
+    assert_eq!(path_of(&session).await, "runner");
+    session.release().await.expect("release");
+    wait_idle(&server, "file-exec").await;
+    for pool in ["path-off", "file-exec"] {
+        let session = server.client.acquire(pool).await.expect("acquire");
+        // Every run, not only the first: no runner comes later either.
+        for _ in 0..3 {
+            assert_eq!(path_of(&session).await, "exec", "{pool}");
+        }
+        session.release().await.expect("release");
+    }
+    let file = server.client.get_pool("file-exec").await.expect("get pool");
+    assert_eq!(spec_of(&file), Some(false));
+    // gVisor pools take the exec path unless they ask (see `on_gvisor` in
+    // the pool manager).
+    if sandpool_tests::runsc_available() {
+        let mut gvisor = one_container(python_pool("path-gvisor"));
+        gvisor
+            .runtime
+            .get_or_insert_with(Default::default)
+            .oci_runtime = Some("runsc".into());
+        assert_eq!(spec_of(&server.pool(gvisor).await), Some(false));
+    }
+    server.stop().await;
+
+    // A server with the runner off: a pool may still ask for it.
+    let mut config = empty_config();
+    config.resident_runner = false;
+    let server = TestServer::start_with(config).await;
+    let plain = server.pool(one_container(python_pool("path-plain"))).await;
+    let mut on = one_container(python_pool("path-on"));
+    on.resident_runner = Some(true);
+    server.pool(on).await;
+    assert_eq!(spec_of(&plain), Some(false));
+    let session = server.client.acquire("path-plain").await.expect("acquire");
+    assert_eq!(path_of(&session).await, "exec");
+    session.release().await.expect("release");
+    let session = server.client.acquire("path-on").await.expect("acquire");
+    assert_eq!(path_of(&session).await, "runner");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+fn one_container(mut spec: pb::PoolSpec) -> pb::PoolSpec {
+    let config = spec.config.as_mut().expect("config");
+    config.min_pool_size = Some(1);
+    config.max_pool_size = Some(1);
+    spec
+}
+
+async fn wait_idle(server: &TestServer, pool: &str) {
+    sandpool_tests::wait_for("the pool to warm", Duration::from_secs(60), || async {
+        let stats = server.client.stats(pool).await.ok()?;
+        (stats.state_counts?.idle > 0).then_some(())
+    })
+    .await;
+}
+
+/// Each case on Docker, on Podman, and on Kubernetes.
+macro_rules! on_every_backend {
+    ($case:ident => $docker:ident, $podman:ident, $kubernetes:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $docker() {
+            $case(Place::Engine(Engine::Docker)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $podman() {
+            if let Some(engine) = Engine::Podman.available() {
+                $case(Place::Engine(engine)).await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $kubernetes() {
+            $case(Place::Kubernetes).await;
+        }
+    };
+}
+
+on_every_backend!(
     behaves_as_exec =>
     docker_runs_on_the_runner_behave_as_on_exec,
-    podman_runs_on_the_runner_behave_as_on_exec
+    podman_runs_on_the_runner_behave_as_on_exec,
+    kubernetes_runs_on_the_runner_behave_as_on_exec
 );
-sandpool_tests::on_both_engines!(
+on_every_backend!(
     timeout_then_fresh_runner =>
     docker_a_timeout_takes_the_runner_and_the_reset_brings_it_back,
-    podman_a_timeout_takes_the_runner_and_the_reset_brings_it_back
+    podman_a_timeout_takes_the_runner_and_the_reset_brings_it_back,
+    kubernetes_a_timeout_takes_the_runner_and_the_reset_brings_it_back
 );
-sandpool_tests::on_both_engines!(
+on_every_backend!(
     kill_everything =>
     docker_kill_everything_and_junk_frames_end_the_run,
-    podman_kill_everything_and_junk_frames_end_the_run
+    podman_kill_everything_and_junk_frames_end_the_run,
+    kubernetes_kill_everything_and_junk_frames_end_the_run
 );
-sandpool_tests::on_both_engines!(
+on_every_backend!(
     zygote_runs_as_a_fresh_interpreter =>
     docker_a_python_run_on_the_zygote_is_a_fresh_interpreter,
-    podman_a_python_run_on_the_zygote_is_a_fresh_interpreter
+    podman_a_python_run_on_the_zygote_is_a_fresh_interpreter,
+    kubernetes_a_python_run_on_the_zygote_is_a_fresh_interpreter
 );

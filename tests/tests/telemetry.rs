@@ -335,11 +335,14 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     // The work under Run, and the program inside the same trace.
     let run_rpc = rpc(&spans, &trace_id, "Run");
     let run = child(&spans, run_rpc, "run");
-    // The program's start: an engine exec, or, on a server that runs
-    // programs on the resident runner (the first run of a lease finds it
-    // up), the frame to the runner.
+    // The program's start: the frame to the resident runner (the server's
+    // default; the first run of a lease finds it up), or an engine exec on
+    // a server whose environment turns the runner off (the server binary
+    // reads SANDPOOL_RESIDENT_RUNNER as this does).
     let on_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER")
-        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+        .ok()
+        .filter(|v| !v.is_empty())
+        .is_none_or(|v| matches!(v.as_str(), "1" | "true" | "yes"));
     child(
         &spans,
         run,

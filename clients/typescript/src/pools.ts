@@ -70,6 +70,8 @@ export interface PoolSpecInput {
   outputLimitBytes?: number;
   /** What the server keeps of each run's events for a client whose connection broke. Default 4 MiB. */
   runBufferBytes?: number;
+  /** false: every run of the pool is an engine exec. Default: the server's setting (on: a resident runner per container). */
+  residentRunner?: boolean;
   /** Default /sandbox/outputs. */
   outputDir?: string;
   /** Engine network used while libraries are installed. Default "bridge". */
@@ -229,6 +231,7 @@ export function poolSpecToPb(input: PoolSpecInput): MessageInitShape<typeof Pool
     packageIndexUrl: input.packageIndexUrl ?? "",
     namespace: input.namespace,
     runBufferBytes: input.runBufferBytes === undefined ? undefined : BigInt(input.runBufferBytes),
+    residentRunner: input.residentRunner,
   };
 }
 

@@ -43,6 +43,7 @@ export type EndReasonName =
   | "cancelled"
   | "output_limit"
   | "lease_expired"
+  | "runner_lost"
   | "unspecified";
 
 /** A file a run produced (or that ListArtifacts found). */
@@ -170,6 +171,7 @@ const END_REASONS: Record<EndReason, EndReasonName> = {
   [EndReason.CANCELLED]: "cancelled",
   [EndReason.OUTPUT_LIMIT]: "output_limit",
   [EndReason.LEASE_EXPIRED]: "lease_expired",
+  [EndReason.RUNNER_LOST]: "runner_lost",
 };
 
 export function artifactFromPb(a: PbArtifactInfo | undefined): ArtifactMeta {

@@ -99,6 +99,7 @@ impl From<EndReason> for pb::EndReason {
             EndReason::Cancelled => pb::EndReason::Cancelled,
             EndReason::OutputLimit => pb::EndReason::OutputLimit,
             EndReason::LeaseExpired => pb::EndReason::LeaseExpired,
+            EndReason::RunnerLost => pb::EndReason::RunnerLost,
         }
     }
 }
@@ -196,6 +197,7 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
         max_lease_lifetime: seconds("max_lease_lifetime", spec.max_lease_lifetime)?,
         namespace: spec.namespace,
         run_buffer_bytes: spec.run_buffer_bytes,
+        resident_runner: spec.resident_runner,
         runtime: RuntimeInput {
             mem_limit: runtime.mem_limit,
             cpu_period: runtime.cpu_period,
@@ -260,6 +262,7 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
         max_lease_lifetime: Some(pb_duration(spec.max_lease_lifetime)),
         namespace: spec.namespace.clone(),
         run_buffer_bytes: Some(spec.run_buffer_bytes),
+        resident_runner: Some(spec.resident_runner),
     }
 }
 
@@ -524,6 +527,7 @@ mod tests {
             EndReason::Cancelled,
             EndReason::OutputLimit,
             EndReason::LeaseExpired,
+            EndReason::RunnerLost,
         ] {
             let proto = pb::EndReason::from(reason).as_str_name();
             assert_eq!(

@@ -205,13 +205,14 @@ impl HistogramSnapshot {
 /// Why runs ended, as the `end_reason` label says it: the proto's EndReason
 /// names without their END_REASON_ prefix, in lower case (as every other
 /// label value), in the proto's order.
-pub const END_REASONS: [&str; 6] = [
+pub const END_REASONS: [&str; 7] = [
     "exited",
     "signaled",
     "timeout",
     "cancelled",
     "output_limit",
     "lease_expired",
+    "runner_lost",
 ];
 
 /// Output streams, as the `stream` label says them.
@@ -375,7 +376,7 @@ mod tests {
         m.streamed(1, 5);
         m.reset_done(Duration::from_millis(300), false);
         let s = m.snapshot();
-        assert_eq!(s.runs_ended, [0, 0, 1, 0, 0, 0]);
+        assert_eq!(s.runs_ended, [0, 0, 1, 0, 0, 0, 0]);
         assert_eq!(s.run.count(), 2);
         assert_eq!(s.bytes, [0, 15]);
         assert_eq!((s.resets, s.reset_failures), (1, 1));

@@ -62,6 +62,8 @@ pub enum EndReason {
     Cancelled,
     OutputLimit,
     LeaseExpired,
+    /// The resident runner broke its protocol mid-run (`sandbox::runner`).
+    RunnerLost,
 }
 
 impl EndReason {
@@ -74,6 +76,7 @@ impl EndReason {
             EndReason::Cancelled => 3,
             EndReason::OutputLimit => 4,
             EndReason::LeaseExpired => 5,
+            EndReason::RunnerLost => 6,
         }
     }
 }
@@ -455,6 +458,14 @@ impl Pump {
                     Some(Ok(Output::Stderr(data))) => {
                         let own = self.scanner.feed(&data);
                         pending = self.accept(&source, 1, own);
+                    }
+                    // Something in the sandbox wrote into the runner's
+                    // stream, or the runner crashed: the run ends (killed)
+                    // with a reason of its own, not as a server failure.
+                    Some(Err(e @ sandbox::Error::RunnerLost { .. })) => {
+                        tracing::warn!(run = %self.run_id, error = %e, "the runner broke its protocol; killing the run");
+                        self.request_stop(&source, EndReason::RunnerLost, format!("killed: {e}; the lease's later runs start by exec"));
+                        output_done = true;
                     }
                     Some(Err(e)) => {
                         failure = Some(e);

@@ -53,9 +53,12 @@ pub(super) async fn exit_code(lease: &LeaseGuard, run: RunnerRun, stopped: bool)
             run.finish(true);
             code
         }
-        // Sandpool's own kill took the runner down with the program.
+        // Sandpool's own kill took the runner down with the program; a
+        // runner that broke its protocol is not replaced (later runs of the
+        // lease take the exec path).
         None if stopped => {
-            run.finish(true);
+            let replace = !run.broke_protocol();
+            run.finish(replace);
             KILLED
         }
         None => {

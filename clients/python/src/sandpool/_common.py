@@ -421,6 +421,7 @@ def pool_spec_pb(
     package_index_url: Optional[str] = None,
     namespace: Optional[str] = None,
     run_buffer_bytes: Optional[int] = None,
+    resident_runner: Optional[bool] = None,
 ) -> pool_pb2.PoolSpec:
     spec = pool_pb2.PoolSpec(name=name, language=language)
     if image:
@@ -457,6 +458,8 @@ def pool_spec_pb(
         spec.namespace = namespace
     if run_buffer_bytes is not None:
         spec.run_buffer_bytes = run_buffer_bytes
+    if resident_runner is not None:
+        spec.resident_runner = resident_runner
     return spec
 
 
@@ -546,6 +549,7 @@ class PoolOptions(TypedDict, total=False):
     package_index_url: Optional[str]
     namespace: Optional[str]
     run_buffer_bytes: Optional[int]
+    resident_runner: Optional[bool]
 
 
 _CONFIG_OPTIONS = (

@@ -262,6 +262,7 @@ class AsyncClient:
         package_index_url: Optional[str] = None,
         namespace: Optional[str] = None,
         run_buffer_bytes: Optional[int] = None,
+        resident_runner: Optional[bool] = None,
         wait_ready: bool = False,
         timeout: Optional[float] = None,
     ) -> pool_pb2.Pool:
@@ -276,6 +277,8 @@ class AsyncClient:
         pods; default the server's, and the server allows only those its
         operator listed. ``run_buffer_bytes`` is what the server keeps of each
         run's events for a client whose connection broke (default 4 MiB).
+        ``resident_runner=False`` makes every run of the pool an engine exec
+        (default: the server's setting, on: a resident runner per container).
         With ``wait_ready`` the call returns once ``min_pool_size`` containers
         are warm (or warming failed: then ``phase`` is FAILING and
         ``status_message`` says why). Returns the pool with every default
@@ -311,6 +314,7 @@ class AsyncClient:
             package_index_url=package_index_url,
             namespace=namespace,
             run_buffer_bytes=run_buffer_bytes,
+            resident_runner=resident_runner,
         )
         return await self.create_pool_from_spec(spec, wait_ready=wait_ready, timeout=timeout)
 

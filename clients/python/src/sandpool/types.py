@@ -47,6 +47,9 @@ class EndReason(str, enum.Enum):
     CANCELLED = "cancelled"
     OUTPUT_LIMIT = "output_limit"
     LEASE_EXPIRED = "lease_expired"
+    #: The container's resident runner broke its protocol mid-run; the run
+    #: was killed (see the server's README).
+    RUNNER_LOST = "runner_lost"
 
     @classmethod
     def from_pb(cls, value: int) -> EndReason:
@@ -60,6 +63,7 @@ _END_REASONS: Dict[int, EndReason] = {
     session_pb2.END_REASON_CANCELLED: EndReason.CANCELLED,
     session_pb2.END_REASON_OUTPUT_LIMIT: EndReason.OUTPUT_LIMIT,
     session_pb2.END_REASON_LEASE_EXPIRED: EndReason.LEASE_EXPIRED,
+    session_pb2.END_REASON_RUNNER_LOST: EndReason.RUNNER_LOST,
 }
 
 

@@ -340,6 +340,8 @@ pub struct RunnerRun {
     exit: Option<i32>,
     /// The stream ended or broke: nothing more comes from it.
     broken: bool,
+    /// The stream broke the protocol (not merely ended).
+    protocol_broken: bool,
 }
 
 impl Container {
@@ -364,6 +366,7 @@ impl Container {
                 container: self.clone(),
                 exit: None,
                 broken: false,
+                protocol_broken: false,
             }),
             Err(e) => {
                 tracing::warn!(container = %self.id(), error = %e, "the runner is gone; the run takes the exec path");
@@ -399,6 +402,7 @@ impl RunnerRun {
             }
             Ok(Some((kind, _))) => {
                 self.broken = true;
+                self.protocol_broken = true;
                 Some(Err(lost(format!("a frame of kind {kind} mid-run"))))
             }
             Ok(None) => {
@@ -411,9 +415,16 @@ impl RunnerRun {
             }
             Err(StreamError::Protocol(p)) => {
                 self.broken = true;
+                self.protocol_broken = true;
                 Some(Err(lost(p)))
             }
         }
+    }
+
+    /// Whether the runner's stream broke the protocol (a program wrote
+    /// into it, or the runner crashed): it is not to be trusted again.
+    pub fn broke_protocol(&self) -> bool {
+        self.protocol_broken
     }
 
     /// The program's exit status, once the runner reported it.

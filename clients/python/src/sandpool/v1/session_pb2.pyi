@@ -134,6 +134,13 @@ class _EndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndReason.V
     """The program wrote more than the output cap; sandpool killed it."""
     END_REASON_LEASE_EXPIRED: _EndReason.ValueType  # 6
     """The lease ended while the run was going; sandpool killed it."""
+    END_REASON_RUNNER_LOST: _EndReason.ValueType  # 7
+    """The container's resident runner, which started the program, broke its
+    protocol mid-run (something in the sandbox wrote into its stream, or it
+    crashed); sandpool killed the run. The output before it is the
+    program's; the lease's later runs start by the engine's exec until the
+    container is reset.
+    """
 
 class EndReason(_EndReason, metaclass=_EndReasonEnumTypeWrapper):
     """Why a run ended."""
@@ -152,6 +159,13 @@ END_REASON_OUTPUT_LIMIT: EndReason.ValueType  # 5
 """The program wrote more than the output cap; sandpool killed it."""
 END_REASON_LEASE_EXPIRED: EndReason.ValueType  # 6
 """The lease ended while the run was going; sandpool killed it."""
+END_REASON_RUNNER_LOST: EndReason.ValueType  # 7
+"""The container's resident runner, which started the program, broke its
+protocol mid-run (something in the sandbox wrote into its stream, or it
+crashed); sandpool killed the run. The output before it is the
+program's; the lease's later runs start by the engine's exec until the
+container is reset.
+"""
 Global___EndReason: _TypeAlias = EndReason  # noqa: Y015
 
 @_typing.final

@@ -4,8 +4,8 @@
 #   scripts/test.sh            everything, in stages that fit 2 cores:
 #     1. setup: engines (runsc registered), images, cargo build
 #     2. the Rust unit and end-to-end tests (cargo test --workspace), the
-#        run suites again on the resident runner, then the checks and client
-#        suites (proto lint, generated-code drift,
+#        run suites again on the exec path, the benchmark report in smoke
+#        mode, then the checks and client suites (proto lint, generated-code drift,
 #        deploy/ manifests, Python, TypeScript), each with a log of its own
 #        printed when it ends
 #     3. grpc reflection smoke, the server image (built around the debug
@@ -102,15 +102,24 @@ else
   s=$(date +%s)
   lane rust env SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace "$@"
   wait_lanes
-  # The run suites again with every run on the resident runner (off by
-  # default until the whole workspace passes on it): about 2.5 minutes.
-  lane runner-path env SANDPOOL_RESIDENT_RUNNER=1 SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 \
+  # The run suites again with every run on the exec path (the fallback of
+  # the resident runner, which is the default and what every suite above
+  # and below runs on), a program's `kill -9 -1` included (kills):
+  # about 2.5 minutes.
+  lane exec-path env SANDPOOL_RESIDENT_RUNNER=0 SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 \
     cargo test -p sandpool-tests --test runs --test files --test artifacts --test contexts \
     --test kills --test podman
   # Beside it, the Go toolchain and the Go client's first (race-detector)
   # build of grpc-go, about two minutes of compiling that times nothing.
   lane go-prepare clients/go/test.sh --prepare
   wait_lanes
+  # The benchmark report once in smoke mode (`cargo run -p sandpool-bench
+  # --bin report -- --smoke`, the debug binary the workspace build made;
+  # under a minute): every scenario still runs, so the bench cannot rot. It
+  # writes into a temporary directory and removes every container it made.
+  s2=$(date +%s)
+  "${CARGO_TARGET_DIR:-$PWD/target}/debug/report" --smoke
+  t "benchmark report, smoke mode" "$s2"
   lane clients checks_and_clients
   wait_lanes; t "rust tests, then checks and client suites" "$s"
 

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use sandpool_bench::{BenchServer, docker, python_pool, raw_exec, settle};
 use sandpool_client::{Client, proto as pb};
@@ -65,19 +65,7 @@ async fn floor_exec(docker: &bollard::Docker, container: &str) -> anyhow::Result
 
 /// One client cycle: Acquire, Run, Release.
 async fn cycle(client: &Client) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let session = client.acquire("bench").await?;
-    let out = session.run_collect(CODE).await?;
-    session.release().await?;
-    let took = started.elapsed();
-    if out.stdout_text() != "test\n" || out.exit_code() != 0 {
-        bail!(
-            "run printed {:?}, exit {}",
-            out.stdout_text(),
-            out.exit_code()
-        );
-    }
-    Ok(took)
+    sandpool_bench::cycle(client, "bench", CODE, b"test\n").await
 }
 
 #[tokio::main]

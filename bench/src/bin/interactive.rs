@@ -17,7 +17,7 @@ use bollard::{
 };
 use clap::Parser;
 use futures::StreamExt;
-use sandpool_bench::{BenchServer, docker, median, python_pool};
+use sandpool_bench::{BenchServer, docker, median, python_pool, stats::p95};
 use sandpool_client::{Interaction, RunEvent, proto as pb};
 use tokio::io::AsyncWriteExt;
 
@@ -32,11 +32,6 @@ struct Args {
     /// Image of the pool.
     #[arg(long, default_value = "sandpool/python:bookworm")]
     image: String,
-}
-
-fn p95(samples: &mut [Duration]) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() - 1) as f64 * 0.95).round() as usize]
 }
 
 fn ms(d: Duration) -> String {

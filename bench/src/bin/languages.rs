@@ -18,12 +18,17 @@
 //!
 //! Run: `cargo run --release -p sandpool-bench --bin languages [-- --iterations 10]`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
-use sandpool_bench::{BenchServer, docker, median, raw_exec, settle};
-use sandpool_client::{Client, Session, proto as pb};
+use sandpool_bench::{
+    BenchServer, create_ready_pool, docker,
+    hello::{HELLO, HELLO_OUTPUT, Hello},
+    median, pool_spec, raw_exec, settle,
+    stats::ms,
+};
+use sandpool_client::Client;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -39,61 +44,6 @@ struct Args {
     languages: Vec<String>,
 }
 
-/// Language, image, hello world (prints exactly "hello\n").
-const HELLO: &[(&str, &str, &str)] = &[
-    ("javascript", "node", "console.log('hello')"),
-    (
-        "typescript",
-        "node",
-        "const greeting: string = 'hello';\nconsole.log(greeting);",
-    ),
-    (
-        "go",
-        "go",
-        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello\") }\n",
-    ),
-    (
-        "java",
-        "java",
-        "public class Main {\n  public static void main(String[] args) {\n    System.out.println(\"hello\");\n  }\n}\n",
-    ),
-    (
-        "cpp",
-        "cpp",
-        "#include <iostream>\nint main() { std::cout << \"hello\" << std::endl; }\n",
-    ),
-    (
-        "c",
-        "cpp",
-        "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n",
-    ),
-    ("rust", "rust", "fn main() {\n    println!(\"hello\");\n}\n"),
-    ("ruby", "ruby", "puts 'hello'"),
-    ("r", "r", "cat('hello\\n')"),
-    ("bash", "bash", "echo hello"),
-    ("python", "python", "print('hello')"),
-];
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// One leased run of `code`, from the request to the exit event.
-async fn leased_run(session: &Session, code: &str) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let out = session.run_collect(code).await?;
-    let took = started.elapsed();
-    if out.stdout_text() != "hello\n" || out.exit_code() != 0 {
-        bail!(
-            "run printed {:?}, exit {}: {}",
-            out.stdout_text(),
-            out.exit_code(),
-            out.stderr_text()
-        );
-    }
-    Ok(took)
-}
-
 #[derive(Default)]
 struct Samples {
     first: Vec<Duration>,
@@ -106,68 +56,44 @@ async fn measure(
     client: &Client,
     docker: &bollard::Docker,
     args: &Args,
-    (language, image, code): (&str, &str, &str),
+    hello: &Hello,
 ) -> anyhow::Result<Samples> {
-    let pool = client
-        .create_pool(
-            pb::PoolSpec {
-                name: language.into(),
-                language: language.into(),
-                image: format!("sandpool/{image}:bookworm"),
-                config: Some(pb::PoolConfig {
-                    min_pool_size: Some(1),
-                    max_pool_size: Some(1),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            true,
-        )
-        .await?;
-    if pool.phase != pb::PoolPhase::Ready as i32 {
-        bail!("pool {language} is not ready: {}", pool.status_message);
-    }
-    let handler = sandpool_server::lang::lookup(language).context("unknown language")?;
-    let plan = handler.plan(code.as_bytes(), false);
-    if !plan.stdin_prefix.is_empty() {
-        bail!("{language}: hello world should travel as an argument");
-    }
-    let env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let language = hello.language;
+    create_ready_pool(client, pool_spec(language, language, &hello.image_ref(), 1)).await?;
+    let (argv, env) = hello.floor_command()?;
 
     // One lease to find the container and warm the page cache of both paths.
     let session = client.acquire(language).await?;
     let container = session.container_id().to_string();
     for _ in 0..2 {
-        leased_run(&session, code).await?;
-        raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?;
+        hello.leased_run(&session).await?;
+        raw_exec(docker, &container, &argv, &env, HELLO_OUTPUT).await?;
     }
     session.release().await?;
+    let raw = || raw_exec(docker, &container, &argv, &env, HELLO_OUTPUT);
 
     let mut s = Samples::default();
     for i in 0..args.iterations {
         settle(client, language, 1).await?;
         let ours_first = i % 2 == 0;
         if !ours_first {
-            s.first_raw
-                .push(raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?);
+            s.first_raw.push(raw().await?);
         }
         let session = client.acquire(language).await?;
         if session.container_id() != container {
             bail!("{language}: the pool of one changed its container");
         }
         if ours_first {
-            s.first.push(leased_run(&session, code).await?);
+            s.first.push(hello.leased_run(&session).await?);
         }
         for j in 0..args.steady {
             // Alternate which goes first, so that drift hits both alike.
             if j % 2 == 0 {
-                s.steady_raw
-                    .push(raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?);
-                s.steady.push(leased_run(&session, code).await?);
+                s.steady_raw.push(raw().await?);
+                s.steady.push(hello.leased_run(&session).await?);
             } else {
-                s.steady.push(leased_run(&session, code).await?);
-                s.steady_raw
-                    .push(raw_exec(docker, &container, &plan.argv, &env, b"hello\n").await?);
+                s.steady.push(hello.leased_run(&session).await?);
+                s.steady_raw.push(raw().await?);
             }
         }
         session.release().await?;
@@ -185,14 +111,13 @@ async fn main() -> anyhow::Result<()> {
 
     let chosen: Vec<_> = HELLO
         .iter()
-        .filter(|(l, ..)| {
+        .filter(|h| {
             if args.languages.is_empty() {
-                *l != "python"
+                h.language != "python"
             } else {
-                args.languages.iter().any(|a| a == l)
+                args.languages.iter().any(|a| a == h.language)
             }
         })
-        .copied()
         .collect();
     if chosen.is_empty() {
         bail!("no known language in {:?}", args.languages);
@@ -208,14 +133,14 @@ async fn main() -> anyhow::Result<()> {
         "language", "first", "floor", "ratio", "steady", "floor", "ratio", "first/steady"
     );
     let mut result = Ok(());
-    for &entry in &chosen {
+    for entry in chosen {
         match measure(&client, &docker, &args, entry).await {
             Ok(mut s) => {
                 let (f, fr) = (median(&mut s.first), median(&mut s.first_raw));
                 let (st, sr) = (median(&mut s.steady), median(&mut s.steady_raw));
                 println!(
                     "{:<11} {:>9.1} {:>9.1} {:>6.2}x   {:>9.1} {:>9.1} {:>6.2}x   {:>11.2}x",
-                    entry.0,
+                    entry.language,
                     ms(f),
                     ms(fr),
                     ms(f) / ms(fr),
@@ -226,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             Err(e) => {
-                println!("{:<11} failed: {e:#}", entry.0);
+                println!("{:<11} failed: {e:#}", entry.language);
                 result = Err(e);
             }
         }

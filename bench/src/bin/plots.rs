@@ -6,11 +6,13 @@
 //!     nothing comes back (the capture's own cost is the difference);
 //!   - the same program without the plotting lines (no matplotlib at all).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
 use clap::Parser;
-use sandpool_bench::{BenchServer, median};
+use sandpool_bench::{
+    BenchServer, median,
+    plot_capture::{Variant, run_variant},
+};
 use sandpool_client::proto as pb;
 
 #[derive(Debug, Parser)]
@@ -19,57 +21,6 @@ struct Args {
     iterations: usize,
     #[arg(long, default_value = "sandpool/python:bookworm")]
     image: String,
-}
-
-const DATA: &str = "import math\nys = [math.sin(x / 10) for x in range(200)]\n";
-const PLOT: &str =
-    "import matplotlib.pyplot as plt\nplt.plot(ys)\nplt.title('bench')\nplt.show()\n";
-
-#[derive(Clone, Copy, PartialEq)]
-enum Variant {
-    Captured,
-    Agg,
-    NoPlot,
-}
-
-async fn once(
-    session: &sandpool_client::Session,
-    variant: Variant,
-) -> anyhow::Result<(Duration, usize)> {
-    let code = match variant {
-        Variant::NoPlot => format!("{DATA}print('ok')"),
-        _ => format!("{DATA}{PLOT}print('ok')"),
-    };
-    let mut request = pb::RunRequest {
-        program: Some(pb::run_request::Program::Code(pb::Code {
-            source: Some(pb::code::Source::Text(code)),
-            language: String::new(),
-        })),
-        ..Default::default()
-    };
-    if variant == Variant::Agg {
-        request.env.insert("MPLBACKEND".into(), "agg".into());
-    }
-    let capture = variant == Variant::Captured;
-    let started = Instant::now();
-    let out = session.run_request(request).await?.collect().await?;
-    let took = started.elapsed();
-    if out.stdout_text() != "ok\n" {
-        bail!(
-            "unexpected output {:?} / {:?}",
-            out.stdout_text(),
-            out.stderr_text()
-        );
-    }
-    let plots = out
-        .artifacts
-        .iter()
-        .filter(|a| a.last && a.info.as_ref().is_some_and(|i| i.plot))
-        .count();
-    if capture != (plots == 1) {
-        bail!("capture={capture} but {plots} plots came back");
-    }
-    Ok((took, out.artifacts.iter().map(|a| a.data.len()).sum()))
 }
 
 #[tokio::main]
@@ -94,10 +45,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let session = client.acquire("plots").await?;
-    let variants = [Variant::Captured, Variant::Agg, Variant::NoPlot];
+    let variants = Variant::ALL;
     for _ in 0..5 {
         for v in variants {
-            once(&session, v).await?;
+            run_variant(&session, v).await?;
         }
     }
     let mut times: [Vec<Duration>; 3] = Default::default();
@@ -106,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         // Rotate the order so that drift in the machine's load hits all alike.
         for k in 0..3 {
             let v = variants[(i + k) % 3];
-            let (t, b) = once(&session, v).await?;
+            let (t, b) = run_variant(&session, v).await?;
             if v == Variant::Captured {
                 bytes = b;
             }

@@ -12,12 +12,13 @@
 //!
 //! Run: `cargo run --release -p sandpool-bench --bin runner -- --iterations 100`.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::bail;
 use clap::Parser;
-use sandpool_bench::{BenchServer, docker, median, python_pool, raw_exec, settle};
-use sandpool_client::{Client, RunEvent};
+use sandpool_bench::{
+    BenchServer, docker, first_byte_lag, median, python_pool, raw_exec, settle, stats::p95,
+};
+use sandpool_client::Client;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -36,45 +37,9 @@ const CODE: &str = "print('test')";
 
 /// Acquire + Run + Release on a settled pool.
 async fn cycle(client: &Client, pool_size: u32) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let session = client.acquire("bench").await?;
-    let out = session.run_collect(CODE).await?;
-    session.release().await?;
-    let took = started.elapsed();
-    if out.stdout_text() != "test\n" || out.exit_code() != 0 {
-        bail!(
-            "run printed {:?}, exit {}",
-            out.stdout_text(),
-            out.exit_code()
-        );
-    }
+    let took = sandpool_bench::cycle(client, "bench", CODE, b"test\n").await?;
     settle(client, "bench", pool_size).await?;
     Ok(took)
-}
-
-/// A run that prints the time it printed at: how long after that the
-/// client had the byte.
-async fn first_byte_lag(client: &Client) -> anyhow::Result<Duration> {
-    let session = client.acquire("bench").await?;
-    let mut events = session
-        .run("import time\nprint(repr(time.time()), flush=True)")
-        .await?;
-    let mut lag = None;
-    while let Some(event) = events.next().await {
-        if let (RunEvent::Stdout(data), None) = (event?, lag) {
-            let arrived = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
-            let printed: f64 = String::from_utf8_lossy(&data).trim().parse()?;
-            lag = Some(Duration::from_secs_f64((arrived - printed).max(0.0)));
-        }
-    }
-    drop(events);
-    session.release().await?;
-    lag.ok_or_else(|| anyhow::anyhow!("the run printed nothing"))
-}
-
-fn p95(samples: &mut [Duration]) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() - 1) as f64 * 0.95).round() as usize]
 }
 
 fn ms(d: Duration) -> String {
@@ -162,9 +127,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let (mut exec_lag, mut runner_lag) = (Vec::new(), Vec::new());
     for _ in 0..args.iterations.min(30) {
-        exec_lag.push(first_byte_lag(&exec).await?);
+        exec_lag.push(first_byte_lag(&exec, "bench").await?);
         settle(&exec, "bench", args.pool_size).await?;
-        runner_lag.push(first_byte_lag(&runner).await?);
+        runner_lag.push(first_byte_lag(&runner, "bench").await?);
         settle(&runner, "bench", args.pool_size).await?;
     }
     println!(

@@ -671,8 +671,8 @@ impl ServerConfig {
         if let Some(flag) = var("SANDPOOL_INSECURE").filter(|v| !v.is_empty()) {
             self.auth.insecure = matches!(flag.as_str(), "1" | "true" | "yes");
         }
-        if let Some(flag) = var("SANDPOOL_RESIDENT_RUNNER").filter(|v| !v.is_empty()) {
-            self.resident_runner = matches!(flag.as_str(), "1" | "true" | "yes");
+        if let Some(flag) = var("SANDPOOL_RESIDENT_RUNNER") {
+            self.resident_runner = resident_runner_flag(&flag, self.resident_runner);
         }
         if let Some(id) = var("SANDPOOL_SERVER_ID").filter(|v| !v.is_empty()) {
             self.server_id = Some(id);
@@ -718,6 +718,17 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// SANDPOOL_RESIDENT_RUNNER as the server reads it: empty leaves `current`
+/// (the config file's setting), "1", "true" or "yes" turn the runner on,
+/// anything else off. Tests that start servers read it the same way.
+pub fn resident_runner_flag(value: &str, current: bool) -> bool {
+    if value.is_empty() {
+        current
+    } else {
+        matches!(value, "1" | "true" | "yes")
     }
 }
 

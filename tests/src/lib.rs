@@ -303,7 +303,9 @@ pub fn empty_config() -> ServerConfig {
     // Runs go through the resident runner, as the server's default;
     // SANDPOOL_RESIDENT_RUNNER=0 runs every suite's runs on the exec path
     // (as the server's own setting of that name does).
-    config.resident_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER").map_or(true, |v| v != "0");
+    config.resident_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER").map_or(true, |v| {
+        sandpool_server::config::resident_runner_flag(&v, true)
+    });
     config
 }
 
@@ -371,6 +373,16 @@ impl TestServer {
 
     pub async fn stats(&self, pool: &str) -> pb::PoolStats {
         self.client.stats(pool).await.expect("stats")
+    }
+
+    /// Waits (up to a minute) until `pool` has an idle container: for pools
+    /// of the config file, which the server warms without being asked.
+    pub async fn wait_idle(&self, pool: &str) {
+        wait_for("the pool to warm", Duration::from_secs(60), || async {
+            let stats = self.client.stats(pool).await.ok()?;
+            (stats.state_counts?.idle > 0).then_some(())
+        })
+        .await;
     }
 
     /// Stops the server and checks that it left no container behind, and

@@ -10,7 +10,7 @@ use sandpool_client::proto as pb;
 use sandpool_server::ServerConfig;
 use sandpool_tests::{
     LEFTOVERS_PROBE, PLANT_LEFTOVERS, TestServer, clean_leftovers, empty_config, python_image,
-    python_pool, runsc_available, shell_run, wait_for,
+    python_pool, runsc_available, shell_run,
 };
 
 async fn one_container_pool(
@@ -76,11 +76,7 @@ async fn a_writable_root_is_reset_too() {
     config.server_id = defaults.server_id;
     config.shutdown_grace = defaults.shutdown_grace;
     let server = TestServer::start_with(config).await;
-    wait_for("the pool to warm", Duration::from_secs(60), || async {
-        let stats = server.client.stats("rwroot").await.ok()?;
-        (stats.state_counts?.idle > 0).then_some(())
-    })
-    .await;
+    server.wait_idle("rwroot").await;
     let session = server.client.acquire("rwroot").await.expect("acquire");
     let out = session
         .shell("touch /var/tmp/probe && echo writable")

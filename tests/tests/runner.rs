@@ -53,7 +53,7 @@ async fn server_and_session(
     place: Place,
     name: &str,
 ) -> (TestServer, Session, Option<k8s_common::K8s>) {
-    let (mut config, mut spec, k8s) = match place {
+    let (mut config, spec, k8s) = match place {
         Place::Engine(engine) => (empty_config(), engine.python_pool(name), None),
         Place::Kubernetes => {
             let k8s = k8s_common::K8s::start(&format!("runner-{name}")).await;
@@ -64,10 +64,7 @@ async fn server_and_session(
     };
     config.resident_runner = true;
     let server = TestServer::start_with(config).await;
-    let pool_config = spec.config.as_mut().expect("config");
-    pool_config.max_pool_size = Some(1);
-    pool_config.min_pool_size = Some(1);
-    server.pool(spec).await;
+    server.pool(one_container(spec)).await;
     let session = server.client.acquire(name).await.expect("acquire");
     (server, session, k8s)
 }
@@ -557,7 +554,7 @@ async fn a_pool_chooses_its_path() {
         .expect("acquire");
     assert_eq!(path_of(&session).await, "runner");
     session.release().await.expect("release");
-    wait_idle(&server, "file-exec").await;
+    server.wait_idle("file-exec").await;
     for pool in ["path-off", "file-exec"] {
         let session = server.client.acquire(pool).await.expect("acquire");
         // Every run, not only the first: no runner comes later either.
@@ -603,14 +600,6 @@ fn one_container(mut spec: pb::PoolSpec) -> pb::PoolSpec {
     config.min_pool_size = Some(1);
     config.max_pool_size = Some(1);
     spec
-}
-
-async fn wait_idle(server: &TestServer, pool: &str) {
-    sandpool_tests::wait_for("the pool to warm", Duration::from_secs(60), || async {
-        let stats = server.client.stats(pool).await.ok()?;
-        (stats.state_counts?.idle > 0).then_some(())
-    })
-    .await;
 }
 
 /// Each case on Docker, on Podman, and on Kubernetes.

@@ -339,10 +339,9 @@ async fn one_trace_from_the_caller_to_the_program_and_metrics_over_otlp() {
     // default; the first run of a lease finds it up), or an engine exec on
     // a server whose environment turns the runner off (the server binary
     // reads SANDPOOL_RESIDENT_RUNNER as this does).
-    let on_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .is_none_or(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    let on_runner = std::env::var("SANDPOOL_RESIDENT_RUNNER").map_or(true, |v| {
+        sandpool_server::config::resident_runner_flag(&v, true)
+    });
     child(
         &spans,
         run,

@@ -117,27 +117,17 @@ impl Ctx {
 /// Removes every container (running or not) carrying `label` (`key=value`);
 /// returns how many there were.
 pub async fn remove_labelled(docker: &bollard::Docker, label: &str) -> anyhow::Result<usize> {
-    let filters = std::collections::HashMap::from([("label".to_string(), vec![label.to_string()])]);
-    let list = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
-    for c in &list {
-        if let Some(id) = &c.id {
-            docker
-                .remove_container(
-                    id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await
-                .with_context(|| format!("removing container {id}"))?;
-        }
+    let ids = containers_labelled(docker, &[label.to_string()]).await?;
+    for id in &ids {
+        docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+            .with_context(|| format!("removing container {id}"))?;
     }
-    Ok(list.len())
+    Ok(ids.len())
 }
 
 /// Full ids of the containers carrying every label in `labels`.

@@ -280,6 +280,54 @@ async fn kill_everything(place: Place) {
     assert_eq!(path_of(&session).await, "exec");
     session.release().await.expect("release");
 
+    // A run cannot write into its runner's stream: it is a pipe of the
+    // runner host's (root's), and on Kubernetes, where a runner the host
+    // could not start is started by an exec that drops from root to the
+    // sandbox user (setpriv), the runner is not dumpable either.
+    let session = server
+        .client
+        .acquire("runner-kill-all")
+        .await
+        .expect("acquire again");
+    let result = session
+        .run_request(junk_writer())
+        .await
+        .expect("run starts")
+        .collect()
+        .await
+        .expect("the run ends with an exit");
+    assert_eq!(result.stdout_text(), "before\n");
+    assert_eq!(
+        (result.end_reason(), result.exit_code()),
+        (pb::EndReason::Exited, 3),
+        "{:?} {}",
+        result.exit,
+        result.stderr_text()
+    );
+    assert!(
+        result.stderr_text().contains("Permission denied"),
+        "{}",
+        result.stderr_text()
+    );
+    let Place::Engine(engine) = place else {
+        session.release().await.expect("release");
+        server.stop().await;
+        return;
+    };
+    // Without the host (killed from outside: the sandbox user cannot),
+    // runners start by exec again, and such a runner's stream is the
+    // sandbox user's: junk written into it ends the run as RUNNER_LOST.
+    engine.cli(&[
+        "exec",
+        "-u",
+        "0",
+        session.container_id(),
+        "/bin/sh",
+        "-c",
+        "for p in /proc/[0-9]*; do read -r c < $p/comm; [ \"$c\" = sandpool-runner ] && \
+         grep -q '^Uid:[[:space:]]*0[[:space:]]' $p/status && kill -9 ${p#/proc/}; done; true",
+    ]);
+    session.release().await.expect("release");
     let session = server
         .client
         .acquire("runner-kill-all")
@@ -287,37 +335,13 @@ async fn kill_everything(place: Place) {
         .expect("acquire again");
     let started = Instant::now();
     let result = session
-        .run_request(shell_run(
-            "echo before; sleep 0.2; for p in /proc/[0-9]*; do read -r c < $p/comm; \
-             [ \"$c\" = sandpool-runner ] && { printf 'Zjunk' > $p/fd/1 || exit 3; }; done; sleep 30",
-            60.0,
-        ))
+        .run_request(junk_writer())
         .await
         .expect("run starts")
         .collect()
         .await
         .expect("the run ends with an exit");
     assert_eq!(result.stdout_text(), "before\n");
-    if let Place::Kubernetes = place {
-        // Kubernetes exec has no user: the backend drops from root to the
-        // sandbox user (setpriv), which leaves the runner not dumpable, so
-        // a run of the same user cannot open its descriptors at all.
-        assert_eq!(
-            (result.end_reason(), result.exit_code()),
-            (pb::EndReason::Exited, 3),
-            "{:?} {}",
-            result.exit,
-            result.stderr_text()
-        );
-        assert!(
-            result.stderr_text().contains("Permission denied"),
-            "{}",
-            result.stderr_text()
-        );
-        session.release().await.expect("release");
-        server.stop().await;
-        return;
-    }
     assert_eq!(
         result.end_reason(),
         pb::EndReason::RunnerLost,
@@ -347,6 +371,62 @@ async fn kill_everything(place: Place) {
     assert_eq!(path_of(&session).await, "runner");
     session.release().await.expect("release");
     server.stop().await;
+}
+
+/// The pid of the runner host: the `sandpool-runner` of root's.
+const FIND_HOST: &str = "for p in /proc/[0-9]*; do read -r c < $p/comm; [ \"$c\" = sandpool-runner ] && \
+     grep -q '^Uid:[[:space:]]*0[[:space:]]' $p/status && echo ${p#/proc/}; done; true";
+
+/// The runner host, root's, is out of the sandbox user's reach: a run can
+/// neither signal it nor read its memory, environment or descriptors; the
+/// reset spares it (the same host serves the next lease), and the next
+/// lease's runs are on a runner it started.
+async fn host_out_of_reach(place: Place) {
+    let (server, session, _k8s) = server_and_session(place, "runner-host").await;
+    let host = session.shell(FIND_HOST).await.expect("run").stdout_text();
+    let host = host.trim().to_string();
+    assert!(
+        !host.is_empty() && host.parse::<u32>().is_ok(),
+        "one runner host: {host:?}"
+    );
+    let out = session
+        .shell(&format!(
+            "kill -9 {host}; kill -STOP {host}; cat /proc/{host}/environ; cat /proc/{host}/mem; \
+             ls /proc/{host}/fd; echo done"
+        ))
+        .await
+        .expect("run");
+    let stderr = out.stderr_text();
+    assert_eq!(out.stdout_text(), "done\n", "{stderr}");
+    assert_eq!(
+        stderr.matches("Operation not permitted").count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Permission denied").count(), 3, "{stderr}");
+    session.release().await.expect("release");
+    let session = server
+        .client
+        .acquire("runner-host")
+        .await
+        .expect("acquire again");
+    // The first run of a lease: the runner is up (the reset waits for it).
+    assert_eq!(path_of(&session).await, "runner");
+    let after = session.shell(FIND_HOST).await.expect("run").stdout_text();
+    assert_eq!(after.trim(), host, "the reset spared the host");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// A run that writes a junk frame into its runner's stream (exit 3 when it
+/// cannot), then waits.
+fn junk_writer() -> pb::RunRequest {
+    shell_run(
+        "echo before; sleep 0.2; for p in /proc/[0-9]*; do read -r c < $p/comm; \
+         [ \"$c\" = sandpool-runner ] && grep -q '^Uid:[[:space:]]*1000[[:space:]]' $p/status && \
+         { printf 'Zjunk' > $p/fd/1 || exit 3; }; done; sleep 30",
+        60.0,
+    )
 }
 
 /// What a Python program sees of its interpreter, for comparing a run on
@@ -595,6 +675,114 @@ async fn a_pool_chooses_its_path() {
     server.stop().await;
 }
 
+/// The engine execs created in a container from `since` (unix seconds) to
+/// now, as the engine's own event log counts them.
+fn execs_since(container: &str, since: f64) -> usize {
+    let until = unix_now();
+    sandpool_tests::docker_cli(&[
+        "events",
+        "--since",
+        &format!("{since:.3}"),
+        "--until",
+        &format!("{until:.3}"),
+        "--filter",
+        &format!("container={container}"),
+        "--filter",
+        "event=exec_create",
+        "--format",
+        "{{.ID}}",
+    ])
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .count()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// A lease that runs once and is released costs no engine exec: the run
+/// is the runner's, the reset the warden's, and the fresh runner after it
+/// a fork of the runner host. The runner's replacement after the run waits,
+/// and the release came first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_runs_once_costs_no_engine_exec() {
+    let mut config = empty_config();
+    config.resident_runner = true;
+    let server = TestServer::start_with(config).await;
+    server.pool(one_container(python_pool("one-exec"))).await;
+    let container = sandpool_tests::containers_of(&server.server_id)
+        .await
+        .pop()
+        .expect("one container");
+    for round in 0..3 {
+        let since = unix_now();
+        let session = server.client.acquire("one-exec").await.expect("acquire");
+        assert_eq!(path_of(&session).await, "runner", "round {round}");
+        session.release().await.expect("release");
+        server.wait_idle("one-exec").await;
+        // Past the replacement's delay: one scheduled by the run would have
+        // started by now.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(execs_since(&container, since), 0, "round {round}");
+    }
+    // A lease that is still held after its run gets its runner back, and
+    // its next run takes it.
+    let session = server.client.acquire("one-exec").await.expect("acquire");
+    assert_eq!(path_of(&session).await, "runner");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(path_of(&session).await, "runner");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
+/// Idle health checks of a pool on the runner need no engine exec (the
+/// runner's liveness and a warden ping); a pool on the exec path still
+/// checks its toolchain by exec, which shows the checks did run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_health_checks_on_the_runner_need_no_engine_exec() {
+    let mut config = empty_config();
+    config.resident_runner = true;
+    let server = TestServer::start_with(config).await;
+    let checked_every_second = |name: &str, runner: bool| {
+        let mut spec = one_container(python_pool(name));
+        spec.resident_runner = Some(runner);
+        spec.config.as_mut().expect("config").health_check_interval = sandpool_tests::secs(1.0);
+        spec
+    };
+    server
+        .pool(checked_every_second("health-runner", true))
+        .await;
+    let on_runner = sandpool_tests::containers_of(&server.server_id)
+        .await
+        .pop()
+        .expect("one container");
+    server
+        .pool(checked_every_second("health-exec", false))
+        .await;
+    let on_exec = sandpool_tests::containers_of(&server.server_id)
+        .await
+        .into_iter()
+        .find(|c| *c != on_runner)
+        .expect("a second container");
+    let since = unix_now();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(
+        execs_since(&on_exec, since) >= 2,
+        "the exec-path pool's health checks ran no exec"
+    );
+    assert_eq!(execs_since(&on_runner, since), 0, "health checks by exec");
+    for pool in ["health-runner", "health-exec"] {
+        let stats = server.stats(pool).await;
+        assert_eq!(stats.counters.expect("counters").health_failures, 0);
+        assert_eq!(stats.state_counts.expect("states").idle, 1, "{pool}");
+    }
+    server.stop().await;
+}
+
 fn one_container(mut spec: pb::PoolSpec) -> pb::PoolSpec {
     let config = spec.config.as_mut().expect("config");
     config.min_pool_size = Some(1);
@@ -624,6 +812,12 @@ macro_rules! on_every_backend {
     };
 }
 
+on_every_backend!(
+    host_out_of_reach =>
+    docker_the_runner_host_is_out_of_the_sandbox_users_reach,
+    podman_the_runner_host_is_out_of_the_sandbox_users_reach,
+    kubernetes_the_runner_host_is_out_of_the_sandbox_users_reach
+);
 on_every_backend!(
     behaves_as_exec =>
     docker_runs_on_the_runner_behave_as_on_exec,

@@ -338,6 +338,13 @@ impl Container {
         &self.resident.runner
     }
 
+    /// Starts the runner host (warm-up) on pools that use a runner.
+    pub(super) async fn start_runner_host(&self) {
+        if self.spec.resident_runner {
+            self.resident.runner.start_host(self).await;
+        }
+    }
+
     /// Starts a fresh resident runner (warm-up, reset) on pools that use
     /// one; until it is up, or when it cannot start, runs take the exec path.
     pub(super) async fn start_runner(&self) {

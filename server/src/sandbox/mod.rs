@@ -332,6 +332,7 @@ async fn warm(c: &Container) -> Result<()> {
         .await?;
     }
     network::verify(c).await?;
+    c.start_runner_host().await;
     c.start_runner().await;
     Ok(())
 }
@@ -416,10 +417,17 @@ async fn toolchain_works_at_idle_priority(c: &Container) -> bool {
     works
 }
 
-/// The health check of an idle container: its toolchain works and its
-/// warden answers (a new one is started if it is gone).
+/// The health check of an idle container: its warden answers (a new one is
+/// started if it is gone), and either its runner is alive or, without one,
+/// its toolchain works. A live runner says what the toolchain check's exec
+/// said (the engine started a process there since the last reset; the
+/// toolchain, checked at warm-up, is the image's, which no lease changes)
+/// without an engine exec per check: with hundreds of idle containers on a
+/// few cores those execs were what failed healthy containers.
 pub async fn check_health(c: &Container) -> Result<()> {
-    check_toolchain(c).await?;
+    if !c.runner().idle_and_alive() {
+        check_toolchain(c).await?;
+    }
     c.ping_warden().await
 }
 

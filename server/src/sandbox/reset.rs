@@ -62,6 +62,9 @@ pub async fn wipe(c: &Container) -> Result<()> {
 /// engine's word that the container is on no network it should not be.
 pub async fn reset(c: &Container) -> Result<()> {
     let started = Instant::now();
+    // The lease's runner goes with the wipe: a replacement the lease's last
+    // run scheduled must not start now (see `runner::REPLACE_DELAY`).
+    c.runner().stop();
     wipe(c).await?;
     let wiped = started.elapsed();
     // The wipe killed the last runner with everything else.

@@ -142,7 +142,9 @@ fn output_dir(spec: &PoolSpec) -> &str {
     if out.is_empty() { "/" } else { out }
 }
 
-fn exec_spec(argv: Vec<String>, stdin: bool) -> ExecSpec {
+/// A privileged exec of the server's own, as root, in /, with a fixed
+/// environment (the warden's, the runner host's).
+pub(super) fn privileged_exec(argv: Vec<String>, stdin: bool) -> ExecSpec {
     ExecSpec {
         argv,
         // Overrides what the image's environment may say; `env -i` then
@@ -308,7 +310,10 @@ async fn start(c: &Container) -> Result<Conn> {
     let (backend, id) = (c.backend(), c.id());
     let launch = launch(c).await?;
     let mut exec = backend
-        .exec(id, exec_spec(command_line(c.spec(), &launch, &[]), true))
+        .exec(
+            id,
+            privileged_exec(command_line(c.spec(), &launch, &[]), true),
+        )
         .await?;
     let stdin = exec.stdin.take().ok_or_else(|| Error::Warden {
         command: "start".into(),
@@ -419,7 +424,7 @@ async fn once_until_done(c: &Container, command: &str) -> Result<Answer> {
     let launch = launch(c).await?;
     let mut delay = Duration::from_millis(20);
     loop {
-        let exec = exec_spec(command_line(c.spec(), &launch, &extra), false);
+        let exec = privileged_exec(command_line(c.spec(), &launch, &extra), false);
         match backend::exec_collect(c.backend(), c.id(), exec, None, INTERNAL_OUTPUT_LIMIT).await {
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stdout);

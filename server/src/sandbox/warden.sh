@@ -20,6 +20,8 @@
 #   discover DIR...      ok DIRS FILES  record what the sandbox user can write
 #   install-begin U      ok             pool library dirs owned by uid U
 #   install-end U        ok | busy N    U's processes killed, libraries sealed
+#   spare PID            ok             the runner host (a root process the
+#                                       server started): never killed or counted
 # The sandbox user can neither signal, trace nor replace it (another uid,
 # no capabilities of its own).
 
@@ -32,8 +34,9 @@ install_home=/opt/sandpool/.install
 self=$$
 # Never a fork: a fork bomb may hold every pid the container may have.
 [ -d "$state" ] || mkdir -m 700 "$state" 2>/dev/null
-idle=
+idle= host=
 { read -r idle <"$state/idle"; } 2>/dev/null
+{ read -r host <"$state/host"; } 2>/dev/null
 # The snippet's environment, one entry a line (the server sends none with a
 # newline), for `after_reset`.
 : >"$state/env"
@@ -79,6 +82,13 @@ find_idle() {
 }
 [ -n "$idle" ] || find_idle
 
+# Whether $1 is the runner host: the pid `spare` named, still a process of
+# root's alone (were the host gone and its pid taken by a lease's process,
+# that one would have the sandbox user among its ids). Builtins only.
+is_host() {
+  [ -n "$host" ] && [ "$1" = "$host" ] && inspect "$1" && [ "$uids" = " 0 0 0 0 " ]
+}
+
 # Whether the process just inspected is one that `sweep` is after ($mode,
 # $id).
 wanted() {
@@ -90,8 +100,8 @@ wanted() {
   return 1
 }
 
-# Kills every process that `wanted` selects; never init, the idle process
-# or the warden. Everything else in the container is frozen first: one
+# Kills every process that `wanted` selects; never init, the idle process,
+# the runner host or the warden. Everything else in the container is frozen first: one
 # kill(-1), which no process escapes by forking, so a fork bomb neither forks
 # on nor competes with the warden for the CPU. Every selected process is
 # then killed; a second pass catches one that an engine exec started
@@ -107,7 +117,7 @@ sweep() {
     for p in /proc/[0-9]*; do
       pid=${p#/proc/}
       case $pid in 1 | "$self") continue ;; esac
-      if [ "$pid" != "$idle" ] && inspect "$pid" && wanted; then
+      if [ "$pid" != "$idle" ] && ! is_host "$pid" && inspect "$pid" && wanted; then
         [ "$st" = Z ] && continue
         kill -KILL "$pid" 2>/dev/null && [ "$pass" = 1 ] && killed=$((killed + 1))
       elif [ "$pass" = 1 ] && inspect "$pid" pending && [ "$st" != Z ]; then
@@ -142,12 +152,15 @@ stop_pending() {
   [ $((0x$low & 0x40000)) != 0 ]
 }
 
-# How many processes other than init, the idle one and the warden exist
-# (zombies too: they hold pids until reaped), in $busy.
+# How many processes other than init, the idle one, the runner host and the
+# warden exist (zombies too: they hold pids until reaped), in $busy.
 count_others() {
   busy=0
   for p in /proc/[0-9]*; do
-    case ${p#/proc/} in 1 | "$self" | "$idle") ;; *) busy=$((busy + 1)) ;; esac
+    case ${p#/proc/} in
+      1 | "$self" | "$idle") ;;
+      *) is_host "${p#/proc/}" || busy=$((busy + 1)) ;;
+    esac
   done
 }
 
@@ -170,7 +183,8 @@ ipc_left() {
 }
 
 # Returns the container to the state the pool made it in: every process
-# but init, the idle process and the warden killed (any uid); SysV IPC
+# but init, the idle process, the runner host and the warden killed (any
+# uid); SysV IPC
 # objects removed by the uids that could have made them (root would need
 # CAP_SYS_ADMIN); POSIX message queues removed; every place the sandbox
 # user can write emptied (never following a symlink, never leaving its file
@@ -319,6 +333,12 @@ dispatch() {
       /bin/rm -rf "$install_home"
       /bin/chown -R 0:0 "$libs" && /bin/chmod -R go-w,ug-s "$libs" &&
         echo ok || echo "err could not seal $libs"
+      ;;
+    spare)
+      number "$2" || { echo "err not a number: $2"; return; }
+      host=$2
+      echo "$host" >"$state/host"
+      echo ok
       ;;
     *) echo "err unknown command $1" ;;
   esac

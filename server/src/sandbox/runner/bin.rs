@@ -30,7 +30,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
         mpsc,
     },
     thread,
@@ -43,6 +43,9 @@ unsafe extern "C" {
     fn setsid() -> i32;
     fn dup2(old: i32, new: i32) -> i32;
     fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    fn setgroups(size: usize, list: *const u32) -> i32;
+    fn setgid(gid: u32) -> i32;
+    fn setuid(uid: u32) -> i32;
 }
 
 /// Where a prepared program reads its run's request.
@@ -368,7 +371,156 @@ fn serve(mut child: Child, out: &Out) -> mpsc::Sender<Option<Vec<u8>>> {
     tx
 }
 
+/// Starts a runner of a `SPAWN`: as the sandbox user and the run group the
+/// server named (set in the child before the exec; the host's CAP_SETUID
+/// and CAP_SETGID go with the setuid), in a session of its own, with
+/// exactly the environment the server sent (what an engine exec as that
+/// user gets), its stderr discarded as the server discards an exec's.
+fn spawn_runner(spawn: Spawn) -> io::Result<Child> {
+    let Spawn {
+        uid,
+        gid,
+        groups,
+        request,
+    } = spawn;
+    let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from_vec).collect();
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .env_clear()
+        .envs(environment(&[], &request.env))
+        .current_dir(OsStr::from_bytes(&request.working_dir))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    unsafe {
+        command.pre_exec(move || {
+            setsid();
+            if setgroups(groups.len(), groups.as_ptr()) != 0
+                || setgid(gid) != 0
+                || setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Copies one runner's stream to the server as `RELAY` frames while it is
+/// the current one (`current` holds the generation whose stream goes out),
+/// then says it ended; reaps it either way.
+fn relay(mut child: Child, generation: u64, current: Arc<AtomicU64>, out: Out) {
+    let Some(mut from) = child.stdout.take() else {
+        return;
+    };
+    let mut buf = vec![0u8; MAX_OUTPUT_FRAME];
+    let still_current = |out: &mut io::Stdout, kind: u8, payload: &[u8]| -> bool {
+        if current.load(Ordering::SeqCst) != generation {
+            return false;
+        }
+        if write_frame(out, kind, payload).is_err() {
+            // The server is gone.
+            std::process::exit(0);
+        }
+        true
+    };
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                if !still_current(&mut o, RELAY, &buf[..n]) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    drop(from);
+    {
+        let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+        still_current(&mut o, RUNNER_ENDED, &[]);
+    }
+    let _ = child.wait();
+}
+
+/// The runner host (`--host`): started once per container by the server's
+/// own exec, as root with CAP_SETUID and CAP_SETGID only, a fixed
+/// environment and no other capability, and spared by the reset. Each
+/// `SPAWN` starts a fresh runner (a fork, where an engine exec would cost
+/// the engine a process of its own and a round trip), whose stream it
+/// relays; the earlier runner's standard input closes, so it exits. The
+/// sandbox user can neither signal nor trace it (another uid). Exits when
+/// its standard input ends (the server went away), and its runners with it.
+fn host() {
+    let out: Out = Arc::new(Mutex::new(io::stdout()));
+    let mut hello = HOST_VERSION.to_vec();
+    hello.extend_from_slice(format!(" {}", std::process::id()).as_bytes());
+    if send(&out, HELLO, &hello).is_err() {
+        return;
+    }
+    let current = Arc::new(AtomicU64::new(0));
+    let mut generation = 0u64;
+    // The current runner's standard input, written by a thread of its own:
+    // a runner that stops reading (its program stopped it) must not stop
+    // the host.
+    let mut to_runner: Option<mpsc::Sender<Vec<u8>>> = None;
+    let mut input = io::stdin().lock();
+    while let Some((kind, payload)) = read_frame(&mut input) {
+        match kind {
+            SPAWN => {
+                to_runner = None;
+                generation += 1;
+                let spawned = match Spawn::decode(&payload) {
+                    Some(spawn) => spawn_runner(spawn),
+                    None => return,
+                };
+                // Under the lock, so that nothing of an earlier runner
+                // follows the answer.
+                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                current.store(generation, Ordering::SeqCst);
+                let sent = match spawned {
+                    Ok(mut child) => {
+                        let answer = write_frame(&mut o, SPAWNED, &child.id().to_be_bytes());
+                        if let Some(mut stdin) = child.stdin.take() {
+                            let (tx, rx) = mpsc::channel::<Vec<u8>>();
+                            thread::spawn(move || {
+                                while let Ok(data) = rx.recv() {
+                                    if stdin.write_all(&data).is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            to_runner = Some(tx);
+                        }
+                        let (current, out) = (Arc::clone(&current), Arc::clone(&out));
+                        thread::spawn(move || relay(child, generation, current, out));
+                        answer
+                    }
+                    Err(e) => write_frame(&mut o, SPAWN_FAILED, e.to_string().as_bytes()),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            RELAY => {
+                if let Some(tx) = &to_runner {
+                    let _ = tx.send(payload);
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 fn main() {
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("--host")) {
+        host();
+        return;
+    }
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let out: Out = Arc::new(Mutex::new(io::stdout()));
     if send(&out, HELLO, VERSION).is_err() {

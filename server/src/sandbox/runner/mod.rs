@@ -18,8 +18,11 @@
 //! group (an unprivileged process cannot give it another): the server's
 //! kill of a run (the warden's `kill gid`) kills the runner with it. So a
 //! runner serves one run: when the run ends a fresh runner, with a fresh
-//! group, starts in the background (one exec off the run's path), and runs
-//! that come before it says hello take the exec path. Everything it sends is untrusted:
+//! group, starts in the background unless the lease is released first (its
+//! reset starts one anyway), and runs that come before it says hello take
+//! the exec path. Fresh runners are forks of the container's runner host
+//! (`host`: root's, started once at warm-up, spared by the reset), not an
+//! engine exec each; without a host, each starts by an exec of its own. Everything it sends is untrusted:
 //! frames are bounded (`protocol::MAX_OUTPUT_FRAME`), output caps and
 //! timeouts stay the run's (`run::Pump`). A stream that breaks the
 //! protocol (a program can write into it: same uid and group) ends the run
@@ -42,6 +45,7 @@
 //! program itself, which is a cold start. Being started with the runner,
 //! it is in the runner's group and goes with it.
 
+mod host;
 pub mod protocol;
 
 use std::time::Duration;
@@ -59,6 +63,13 @@ const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandpool-runner"
 pub const PATH: &str = "/opt/sandpool/bin/sandpool-runner";
 /// How long a new runner may take to say hello.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after a run its runner's replacement waits. Most leases run
+/// once and are released at once (agent loops: Acquire, Run, Release); their
+/// reset starts a runner anyway, so a replacement started right after the
+/// run would be an engine exec and an interpreter start paid twice. A lease
+/// that runs again within this (rare: a person or a model is thinking
+/// between runs) takes the exec path for that run.
+const REPLACE_DELAY: Duration = Duration::from_millis(200);
 
 const _: () = assert!(PATH.len() > SUPPORT_ROOT.len());
 
@@ -95,11 +106,22 @@ pub(super) async fn install(c: &Container) -> super::Result<()> {
     }
 }
 
+/// How a runner's stream reaches the server.
+enum Transport {
+    /// The runner's own engine exec.
+    Exec {
+        stdin: ExecStdin,
+        output: BoxStream<'static, backend::Result<Output>>,
+    },
+    /// Relayed by the container's runner host (`host`), whose stream this
+    /// runner holds while it lives. `None` inside: the host's stream broke.
+    Hosted(tokio::sync::OwnedMutexGuard<Option<host::HostLink>>),
+}
+
 /// The open stream to one running runner.
 struct Conn {
-    stdin: ExecStdin,
-    output: BoxStream<'static, backend::Result<Output>>,
-    /// Bytes of the stream not yet taken as frames.
+    transport: Transport,
+    /// Bytes of the runner's stream not yet taken as frames.
     pending: BytesMut,
     /// The runner's group, and its programs'.
     group: RunGroup,
@@ -107,12 +129,15 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Half-closing stdin is what ends the runner (it exits at EOF).
-        let mut stdin = std::mem::replace(&mut self.stdin, Box::pin(tokio::io::sink()));
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = stdin.shutdown().await;
-            });
+        // Half-closing stdin is what ends an exec's runner (it exits at
+        // EOF). A hosted one ends when the host starts the next.
+        if let Transport::Exec { stdin, .. } = &mut self.transport {
+            let mut stdin = std::mem::replace(stdin, Box::pin(tokio::io::sink()));
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = stdin.shutdown().await;
+                });
+            }
         }
     }
 }
@@ -124,13 +149,67 @@ enum StreamError {
     Protocol(String),
 }
 
+/// What a read of the runner's stream gave.
+enum Read {
+    Data(Bytes),
+    /// Nothing for the run (the exec's stderr).
+    Nothing,
+    Ended,
+}
+
 impl Conn {
     async fn send(&mut self, kind: u8, payload: &[u8]) -> std::io::Result<()> {
-        self.stdin
-            .write_all(&protocol::header(kind, payload.len()))
-            .await?;
-        self.stdin.write_all(payload).await?;
-        self.stdin.flush().await
+        match &mut self.transport {
+            Transport::Exec { stdin, .. } => {
+                stdin
+                    .write_all(&protocol::header(kind, payload.len()))
+                    .await?;
+                stdin.write_all(payload).await?;
+                stdin.flush().await
+            }
+            Transport::Hosted(link) => match link.as_mut() {
+                Some(link) => link.relay(kind, payload).await,
+                None => Err(std::io::ErrorKind::BrokenPipe.into()),
+            },
+        }
+    }
+
+    /// The next piece of the runner's stream.
+    async fn read(&mut self) -> Result<Read, StreamError> {
+        match &mut self.transport {
+            Transport::Exec { output, .. } => match output.next().await {
+                Some(Ok(Output::Stdout(data))) => Ok(Read::Data(data)),
+                // The runner writes nothing there; whatever it is, it is
+                // not for the run.
+                Some(Ok(Output::Stderr(_))) => Ok(Read::Nothing),
+                Some(Err(e)) => Err(StreamError::Engine(e)),
+                None => Ok(Read::Ended),
+            },
+            Transport::Hosted(slot) => {
+                let Some(link) = slot.as_mut() else {
+                    return Ok(Read::Ended);
+                };
+                match link.next().await {
+                    Ok(host::HostFrame::Relay(data)) => Ok(Read::Data(data)),
+                    Ok(host::HostFrame::RunnerEnded) => Ok(Read::Ended),
+                    Ok(other) => {
+                        let kind = match other {
+                            host::HostFrame::Spawned => "spawned",
+                            _ => "spawn failed",
+                        };
+                        **slot = None;
+                        Err(StreamError::Protocol(format!(
+                            "the runner host answered {kind} to nothing"
+                        )))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the runner host is gone; runners start by exec");
+                        **slot = None;
+                        Ok(Read::Ended)
+                    }
+                }
+            }
+        }
     }
 
     /// A whole frame from what was read so far, if there is one.
@@ -165,13 +244,10 @@ impl Conn {
             if let Some(frame) = self.parse()? {
                 return Ok(Some(frame));
             }
-            match self.output.next().await {
-                Some(Ok(Output::Stdout(data))) => self.pending.extend_from_slice(&data),
-                // The runner writes nothing there; whatever it is, it is
-                // not for the run.
-                Some(Ok(Output::Stderr(_))) => {}
-                Some(Err(e)) => return Err(StreamError::Engine(e)),
-                None => return Ok(None),
+            match self.read().await? {
+                Read::Data(data) => self.pending.extend_from_slice(&data),
+                Read::Nothing => {}
+                Read::Ended => return Ok(None),
             }
         }
     }
@@ -179,7 +255,26 @@ impl Conn {
     /// Whether the idle runner still looks alive: its stream has neither
     /// ended nor carried anything since its last run.
     fn alive(&mut self) -> bool {
-        self.pending.is_empty() && self.output.next().now_or_never().is_none()
+        if !self.pending.is_empty() {
+            return false;
+        }
+        match &mut self.transport {
+            Transport::Exec { output, .. } => output.next().now_or_never().is_none(),
+            // Anything the host sent since is this runner's (more of its
+            // stream, or its end): not idle any more. What was read stays
+            // in the host's buffer; its frames are skipped at the next spawn.
+            Transport::Hosted(slot) => {
+                let Some(link) = slot.as_mut() else {
+                    return false;
+                };
+                if link.open() {
+                    link.idle()
+                } else {
+                    **slot = None;
+                    false
+                }
+            }
+        }
     }
 }
 
@@ -187,6 +282,9 @@ impl Conn {
 #[derive(Default)]
 pub struct Runner {
     state: std::sync::Mutex<State>,
+    /// The container's runner host, once started (warm-up): runners start
+    /// by a fork of it rather than an engine exec.
+    host: std::sync::OnceLock<host::Host>,
 }
 
 #[derive(Default)]
@@ -205,13 +303,22 @@ impl Runner {
     /// Starts a new runner, replacing (and ending) any earlier one. When it
     /// cannot start, runs take the exec path.
     pub async fn start(&self, c: &Container) {
+        self.start_unless_superseded(c, None).await
+    }
+
+    /// `start`, unless a runner was started or stopped since `seen` (a
+    /// generation) was read: a reset came first and has its own.
+    async fn start_unless_superseded(&self, c: &Container, seen: Option<u64>) {
         let generation = {
             let mut state = self.state();
+            if seen.is_some_and(|seen| seen != state.generation) {
+                return;
+            }
             state.generation += 1;
             state.idle = None;
             state.generation
         };
-        match tokio::time::timeout(START_TIMEOUT, connect(c)).await {
+        match tokio::time::timeout(START_TIMEOUT, self.connect(c)).await {
             Ok(Ok(conn)) => {
                 let mut state = self.state();
                 if state.generation == generation {
@@ -227,11 +334,78 @@ impl Runner {
         }
     }
 
+    /// Starts the container's runner host (warm-up, before the first
+    /// runner). Without one, runners start by exec.
+    pub async fn start_host(&self, c: &Container) {
+        match host::start(c).await {
+            Ok(started) => {
+                let _ = self.host.set(started);
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id(), error = %e, "no runner host: runners start by exec");
+            }
+        }
+    }
+
+    /// A fresh runner in `group`, started by the runner host; `None` when
+    /// there is none, a runner of the lease still holds it (its stream), or
+    /// it could not start one: the runner then starts by exec.
+    async fn hosted(&self, c: &Container, group: &RunGroup) -> Option<Transport> {
+        let host = self.host.get()?;
+        let mut slot = std::sync::Arc::clone(&host.link).try_lock_owned().ok()?;
+        let link = slot.as_mut()?;
+        match link.spawn(c, host, group).await {
+            Ok(Ok(())) => Some(Transport::Hosted(slot)),
+            Ok(Err(why)) => {
+                tracing::warn!(container = %c.id(), %why, "the runner host could not start a runner; this one starts by exec");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id(), error = %e, "the runner host is gone; runners start by exec");
+                *slot = None;
+                None
+            }
+        }
+    }
+
+    async fn connect(&self, c: &Container) -> super::Result<Conn> {
+        let group = c.run_group()?;
+        let transport = match self.hosted(c, &group).await {
+            Some(hosted) => hosted,
+            None => exec_transport(c, &group).await?,
+        };
+        handshake(
+            c,
+            Conn {
+                transport,
+                pending: BytesMut::new(),
+                group,
+            },
+        )
+        .await
+    }
+
+    /// The count of runners started or stopped so far.
+    fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
     /// Ends the runner (if any): later runs take the exec path.
     pub fn stop(&self) {
         let mut state = self.state();
         state.generation += 1;
         state.idle = None;
+    }
+
+    /// Whether an idle runner is there and looks alive (a dead one is let
+    /// go: runs take the exec path until the reset starts another).
+    pub fn idle_and_alive(&self) -> bool {
+        let mut state = self.state();
+        let alive = state.idle.as_mut().is_some_and(Conn::alive);
+        if !alive {
+            state.idle = None;
+        }
+        alive
     }
 
     /// The idle runner, if there is one and it looks alive.
@@ -241,14 +415,14 @@ impl Runner {
     }
 }
 
-async fn connect(c: &Container) -> super::Result<Conn> {
-    let group = c.run_group()?;
+/// A runner started by its own engine exec.
+async fn exec_transport(c: &Container, group: &RunGroup) -> super::Result<Transport> {
     let spec = ExecSpec {
         argv: vec![PATH.to_string()],
         // The engine's environment of any exec (the image's and the
         // container's): what a run's program starts from.
         env: Vec::new(),
-        user: c.run_user(&group),
+        user: c.run_user(group),
         working_dir: Some("/".to_string()),
         stdin: true,
         privileged: false,
@@ -259,12 +433,14 @@ async fn connect(c: &Container) -> super::Result<Conn> {
         container: c.id().to_string(),
         detail: "the engine attached no stdin".into(),
     })?;
-    let mut conn = Conn {
+    Ok(Transport::Exec {
         stdin,
         output: exec.output,
-        pending: BytesMut::new(),
-        group,
-    };
+    })
+}
+
+/// A new runner's hello, then the pre-started interpreter it is to start.
+async fn handshake(c: &Container, mut conn: Conn) -> super::Result<Conn> {
     let lost = |detail: String| Error::RunnerLost {
         container: c.id().to_string(),
         detail,
@@ -442,17 +618,25 @@ impl RunnerRun {
 
     /// Ends the run, and its runner with it: the next run must get a group
     /// of its own (see `groups`: whatever this run left behind keeps this
-    /// one), so a fresh runner, with a fresh group, starts in the
-    /// background; until it says hello, runs take the exec path. A runner
-    /// that was lost or broke the protocol (`replace` false) is not
-    /// replaced before the reset: the lease's later runs take the exec path.
+    /// one), so a fresh runner, with a fresh group, starts in the background
+    /// `REPLACE_DELAY` later unless the lease's reset started one first;
+    /// until it says hello, runs take the exec path. A runner that was lost
+    /// or broke the protocol (`replace` false) is not replaced before the
+    /// reset: the lease's later runs take the exec path.
     pub fn finish(self, replace: bool) {
         let RunnerRun {
             conn, container, ..
         } = self;
         drop(conn);
         if replace {
-            tokio::spawn(async move { container.runner().start(&container).await });
+            let seen = container.runner().generation();
+            tokio::spawn(async move {
+                tokio::time::sleep(REPLACE_DELAY).await;
+                container
+                    .runner()
+                    .start_unless_superseded(&container, Some(seen))
+                    .await
+            });
         }
     }
 }

@@ -17,6 +17,18 @@
 //! when it cannot stand in for it). Its output and exit are the run's.
 
 pub const HELLO: u8 = b'H';
+// The runner host's frames (`--host`), around a runner's stream: server to
+// host `SPAWN` (a `Spawn`) and `RELAY` (bytes for the current runner's
+// standard input); host to server `HELLO` once (`HOST_VERSION`, a space,
+// its pid), then per `SPAWN` one `SPAWNED` (the runner's pid) or
+// `SPAWN_FAILED` (why), after which `RELAY` frames carry that runner's
+// stream and one `RUNNER_ENDED` its end. Nothing of an earlier runner
+// follows a `SPAWNED`.
+pub const SPAWN: u8 = b'N';
+pub const SPAWNED: u8 = b'A';
+pub const SPAWN_FAILED: u8 = b'F';
+pub const RELAY: u8 = b'D';
+pub const RUNNER_ENDED: u8 = b'E';
 pub const PREPARE: u8 = b'P';
 pub const RUN: u8 = b'R';
 pub const STDIN: u8 = b'I';
@@ -27,6 +39,8 @@ pub const EXIT: u8 = b'X';
 
 /// What `HELLO` carries: a server only talks to the runner it shipped.
 pub const VERSION: &[u8] = b"sandpool-runner 2";
+/// What the runner host's `HELLO` carries before its pid.
+pub const HOST_VERSION: &[u8] = b"sandpool-runner-host 1";
 /// Largest output piece the runner sends; the server takes no larger frame
 /// from it.
 pub const MAX_OUTPUT_FRAME: usize = 64 * 1024;
@@ -101,6 +115,53 @@ impl Request {
     }
 }
 
+/// A runner for the host to start: as `uid`, `gid` and the supplementary
+/// `groups`, in a session of its own, `request`'s program with exactly its
+/// environment, in its working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawn {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub request: Request,
+}
+
+impl Spawn {
+    /// uid, gid, the groups and the request, each a big-endian u32 or a
+    /// length-prefixed field.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.uid.to_be_bytes());
+        out.extend_from_slice(&self.gid.to_be_bytes());
+        out.extend_from_slice(&(self.groups.len() as u32).to_be_bytes());
+        for g in &self.groups {
+            out.extend_from_slice(&g.to_be_bytes());
+        }
+        out.extend_from_slice(&self.request.encode());
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Option<Spawn> {
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?))
+        };
+        let (uid, gid, n) = (word(0)?, word(4)?, word(8)? as usize);
+        if n > 64 {
+            return None;
+        }
+        let groups = (0..n)
+            .map(|i| word(12 + 4 * i))
+            .collect::<Option<Vec<u32>>>()?;
+        let request = Request::decode(data.get(12 + 4 * n..)?)?;
+        Some(Spawn {
+            uid,
+            gid,
+            groups,
+            request,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +186,31 @@ mod tests {
         };
         assert_eq!(Request::decode(&empty.encode()), None);
         assert_eq!(payload_len(&header(STDOUT, 70_000)), 70_000);
+    }
+
+    #[test]
+    fn spawns_round_trip_and_broken_ones_are_refused() {
+        let spawn = Spawn {
+            uid: 1000,
+            gid: 40_123,
+            groups: vec![5, 7],
+            request: Request {
+                working_dir: b"/".to_vec(),
+                stdin: true,
+                argv: vec![b"/opt/sandpool/bin/sandpool-runner".to_vec()],
+                env: vec![b"HOME=/home/sandbox".to_vec()],
+            },
+        };
+        let encoded = spawn.encode();
+        assert_eq!(Spawn::decode(&encoded), Some(spawn.clone()));
+        assert_eq!(Spawn::decode(&encoded[..10]), None);
+        assert_eq!(Spawn::decode(&encoded[..encoded.len() - 1]), None);
+        let mut many = encoded.clone();
+        many[8..12].copy_from_slice(&1000u32.to_be_bytes());
+        assert_eq!(
+            Spawn::decode(&many),
+            None,
+            "more groups than the host takes"
+        );
     }
 }

@@ -1,0 +1,293 @@
+//! The runner host: one long-lived process per warm container (the runner
+//! binary with `--host`) that starts each fresh runner with a fork, where
+//! starting it by an engine exec cost the engine a process of its own and a
+//! round trip for every lease (the reset kills the runner with everything
+//! else, and so does a run's kill). On 2 cores that exec was most of what a
+//! lease cost besides the run.
+//!
+//! Started at warm-up by the server's own privileged exec of a fixed
+//! command with a fixed environment (as the warden is), as root with
+//! CAP_SETUID and CAP_SETGID alone: what it needs to start a runner as the
+//! sandbox user in the run group the server names. The sandbox user can
+//! neither signal nor trace it (another uid), nor replace its binary (the
+//! idle user's). The reset spares it (the warden's `spare`); a runner it
+//! started is the sandbox user's and goes with the reset like any other.
+//!
+//! A runner it starts gets exactly what a runner started by an engine exec
+//! gets: the environment and supplementary groups such an exec has (read
+//! once at warm-up from an exec of the sandbox user's), the uid, the run
+//! group, `/` as its working directory. Its stream comes back wrapped in
+//! the host's frames (`protocol`): the host is the only writer of its own
+//! stream, so nothing a lease does can forge the end of a runner or reach
+//! the next one. When the host is gone, runners start by exec again.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
+use tokio::io::AsyncWriteExt;
+
+use super::protocol::{self, Request, Spawn};
+use crate::{
+    backend::{self, ExecStdin, Output},
+    sandbox::{Container, Error, INTERNAL_OUTPUT_LIMIT, Result, RunGroup, warden},
+};
+
+/// The capabilities the host keeps (the bounding set `setpriv` leaves it).
+const HOST_CAPS: &str = "-all,+setgid,+setuid";
+/// How long the host may take to say hello.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame taken from the host: a runner's piece of stream, or a
+/// reason.
+const MAX_HOST_FRAME: usize = protocol::MAX_OUTPUT_FRAME + protocol::HEADER;
+
+/// Prints the supplementary groups of an exec of the sandbox user's (the
+/// first line), then its environment exactly as the engine made it
+/// (the shell's own, as it started: NUL-separated).
+const ENVIRONMENT_PROBE: &str = "while read -r k v; do [ \"$k\" = Groups: ] && { echo \"$v\"; \
+     break; }; done </proc/$$/status; [ \"$k\" = Groups: ] || echo; /bin/cat /proc/$$/environ";
+
+/// The open stream to a runner host.
+pub struct HostLink {
+    stdin: ExecStdin,
+    output: BoxStream<'static, backend::Result<Output>>,
+    /// Bytes of the stream not yet taken as frames.
+    pending: BytesMut,
+}
+
+/// What goes wrong on a host's stream: it is then not used again.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("the runner host's stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the runner host's stream: {0}")]
+    Engine(#[from] backend::Error),
+    #[error("the runner host broke its protocol: {0}")]
+    Protocol(String),
+    #[error("the runner host's stream ended")]
+    Ended,
+}
+
+/// A frame from the host.
+pub enum HostFrame {
+    /// A piece of the current runner's stream.
+    Relay(Bytes),
+    /// The current runner's stream ended.
+    RunnerEnded,
+    Spawned,
+    SpawnFailed(String),
+}
+
+impl HostLink {
+    async fn send(&mut self, kind: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.stdin.write_all(&protocol::header(kind, len)).await?;
+        for part in parts {
+            self.stdin.write_all(part).await?;
+        }
+        self.stdin.flush().await
+    }
+
+    /// Sends a runner frame to the current runner.
+    pub async fn relay(&mut self, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+        let header = protocol::header(kind, payload.len());
+        self.send(protocol::RELAY, &[&header, payload]).await
+    }
+
+    fn parse(&mut self) -> std::result::Result<Option<(u8, Bytes)>, HostError> {
+        if self.pending.len() < protocol::HEADER {
+            return Ok(None);
+        }
+        let mut head = [0u8; protocol::HEADER];
+        head.copy_from_slice(&self.pending[..protocol::HEADER]);
+        let (kind, len) = (head[0], protocol::payload_len(&head));
+        if len > MAX_HOST_FRAME {
+            return Err(HostError::Protocol(format!(
+                "a frame of kind {kind} with {len} bytes"
+            )));
+        }
+        if self.pending.len() < protocol::HEADER + len {
+            return Ok(None);
+        }
+        self.pending.advance(protocol::HEADER);
+        Ok(Some((kind, self.pending.split_to(len).freeze())))
+    }
+
+    async fn next_raw(&mut self) -> std::result::Result<(u8, Bytes), HostError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(frame);
+            }
+            match self.output.next().await {
+                Some(Ok(Output::Stdout(data))) => self.pending.extend_from_slice(&data),
+                Some(Ok(Output::Stderr(_))) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(HostError::Ended),
+            }
+        }
+    }
+
+    /// The host's next frame.
+    pub async fn next(&mut self) -> std::result::Result<HostFrame, HostError> {
+        let (kind, payload) = self.next_raw().await?;
+        match kind {
+            protocol::RELAY => Ok(HostFrame::Relay(payload)),
+            protocol::RUNNER_ENDED => Ok(HostFrame::RunnerEnded),
+            protocol::SPAWNED => Ok(HostFrame::Spawned),
+            protocol::SPAWN_FAILED => Ok(HostFrame::SpawnFailed(
+                String::from_utf8_lossy(&payload).into_owned(),
+            )),
+            other => Err(HostError::Protocol(format!("a frame of kind {other}"))),
+        }
+    }
+
+    /// Whether nothing read from the host is waiting to be taken.
+    pub fn idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether the host's stream is still open, without waiting. What was
+    /// ready is kept (it may be a frame's beginning).
+    pub fn open(&mut self) -> bool {
+        loop {
+            match self.output.next().now_or_never() {
+                None => return true,
+                Some(Some(Ok(Output::Stdout(data)))) => self.pending.extend_from_slice(&data),
+                Some(Some(Ok(Output::Stderr(_)))) => {}
+                Some(Some(Err(_)) | None) => return false,
+            }
+        }
+    }
+
+    /// Starts a fresh runner as the sandbox user in `group`; returns once
+    /// the host answered, with nothing of an earlier runner left to read.
+    pub async fn spawn(
+        &mut self,
+        c: &Container,
+        host: &Host,
+        group: &RunGroup,
+    ) -> std::result::Result<std::result::Result<(), String>, HostError> {
+        let spawn = Spawn {
+            uid: c.spec().runtime.uid,
+            gid: group.gid(),
+            groups: host.groups.clone(),
+            request: Request {
+                working_dir: b"/".to_vec(),
+                stdin: true,
+                argv: vec![super::PATH.as_bytes().to_vec()],
+                env: host.env.clone(),
+            },
+        };
+        self.send(protocol::SPAWN, &[&spawn.encode()]).await?;
+        loop {
+            match self.next().await? {
+                HostFrame::Spawned => return Ok(Ok(())),
+                HostFrame::SpawnFailed(why) => return Ok(Err(why)),
+                // An earlier runner's, sent before the host read the spawn.
+                HostFrame::Relay(_) | HostFrame::RunnerEnded => {}
+            }
+        }
+    }
+}
+
+/// A container's runner host, as the server keeps it.
+pub struct Host {
+    /// The stream; `None` once it broke (runners then start by exec). A
+    /// runner's connection holds it while the runner is alive.
+    pub link: Arc<tokio::sync::Mutex<Option<HostLink>>>,
+    /// What an engine exec of the sandbox user's gets.
+    env: Vec<Vec<u8>>,
+    groups: Vec<u32>,
+}
+
+/// The environment and supplementary groups of an engine exec of the
+/// sandbox user's.
+async fn probe_environment(c: &Container) -> Result<(Vec<Vec<u8>>, Vec<u32>)> {
+    let exec = backend::ExecSpec {
+        argv: crate::sandbox::sh(ENVIRONMENT_PROBE, &[]),
+        env: Vec::new(),
+        user: c.spec().runtime.user(),
+        working_dir: Some("/".to_string()),
+        stdin: false,
+        privileged: false,
+        terminal: None,
+    };
+    let out = backend::exec_collect(c.backend(), c.id(), exec, None, INTERNAL_OUTPUT_LIMIT).await?;
+    let failed = |detail: String| Error::CommandFailed {
+        what: "reading an exec's environment",
+        exit_code: out.exit_code,
+        detail,
+    };
+    if !out.success() {
+        return Err(failed(out.diagnostic()));
+    }
+    let newline = out
+        .stdout
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| failed("no groups line".into()))?;
+    let groups = String::from_utf8_lossy(&out.stdout[..newline])
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .map_err(|e| failed(format!("groups: {e}")))?;
+    let env = out.stdout[newline + 1..]
+        .split(|&b| b == 0)
+        .filter(|kv| kv.contains(&b'='))
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok((env, groups))
+}
+
+/// Starts the container's runner host (warm-up) and has the warden spare
+/// it.
+pub async fn start(c: &Container) -> Result<Host> {
+    let (env, groups) = probe_environment(c).await?;
+    let argv = [
+        "/usr/bin/env",
+        "-i",
+        warden::FIXED_PATH,
+        "/usr/bin/setpriv",
+        "--inh-caps=-all",
+        &format!("--bounding-set={HOST_CAPS}"),
+        "--",
+        super::PATH,
+        "--host",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lost = |detail: String| Error::RunnerLost {
+        container: c.id().to_string(),
+        detail: format!("the runner host: {detail}"),
+    };
+    let mut exec = c.start(warden::privileged_exec(argv, true)).await?;
+    let stdin = exec
+        .stdin
+        .take()
+        .ok_or_else(|| lost("the engine attached no stdin".into()))?;
+    let mut link = HostLink {
+        stdin,
+        output: exec.output,
+        pending: BytesMut::new(),
+    };
+    let hello = tokio::time::timeout(START_TIMEOUT, link.next_raw())
+        .await
+        .map_err(|_| lost(format!("no hello within {}s", START_TIMEOUT.as_secs())))?
+        .map_err(|e| lost(e.to_string()))?;
+    let pid = match hello {
+        (protocol::HELLO, payload) => payload
+            .strip_prefix(protocol::HOST_VERSION)
+            .and_then(|rest| std::str::from_utf8(rest).ok())
+            .and_then(|rest| rest.trim().parse::<u32>().ok())
+            .ok_or_else(|| lost(format!("a hello of {payload:?}")))?,
+        (kind, _) => return Err(lost(format!("it began with a frame of kind {kind}"))),
+    };
+    c.warden_until_done(&format!("spare {pid}"), START_TIMEOUT)
+        .await?;
+    Ok(Host {
+        link: Arc::new(tokio::sync::Mutex::new(Some(link))),
+        env,
+        groups,
+    })
+}

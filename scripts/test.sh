@@ -2,7 +2,8 @@
 # The test suite, against real container engines (Docker, Podman, gVisor).
 #
 #   scripts/test.sh            everything, in stages that fit 2 cores:
-#     1. setup: engines (runsc registered), images, cargo build
+#     1. setup: engines (runsc registered), nginx (scripts/lb-up.sh), images,
+#        cargo build
 #     2. the Rust unit and end-to-end tests (cargo test --workspace), the
 #        run suites again on the exec path, the benchmark report in smoke
 #        mode, then the checks and client suites (proto lint, generated-code drift,
@@ -78,6 +79,9 @@ checks_and_clients() {
 }
 
 s=$(date +%s); scripts/engine-up.sh --podman; t engine-up "$s"
+# nginx, the gRPC load balancer in front of the scale-out test's three
+# replicas (tests/tests/scale_out.rs starts its own, as a child).
+s=$(date +%s); scripts/lb-up.sh; t lb-up "$s"
 s=$(date +%s); scripts/build-images.sh; scripts/build-images.sh --podman python; t build-images "$s"
 before=$(leftovers)
 

@@ -93,8 +93,25 @@ pub struct ServerConfig {
     /// OpenTelemetry export (`[telemetry]`; OTEL_* variables override it at
     /// start, in `telemetry::init_with`).
     pub telemetry: crate::telemetry::TelemetrySettings,
+    /// This replica and its peers (`[cluster]`, SANDPOOL_REPLICA,
+    /// SANDPOOL_PEER_TOKEN), each setting checked; whether they fit
+    /// together is `cluster()`'s to say, once the environment is applied.
+    pub cluster: ClusterSettings,
     pub pools: Vec<PoolSpec>,
 }
+
+/// `[cluster]` as written, each setting checked on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub replica: Option<String>,
+    pub peers: Vec<crate::cluster::PeerConfig>,
+    pub peer_token: Option<String>,
+    pub peer_ca: Option<PathBuf>,
+}
+
+/// The shortest peer token accepted: it guards the header that names any
+/// caller, so it must not be guessable.
+const MIN_PEER_TOKEN: usize = 16;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +139,96 @@ struct FileConfig {
     #[serde(default)]
     telemetry: crate::telemetry::TelemetrySettings,
     #[serde(default)]
+    cluster: ClusterFile,
+    #[serde(default)]
     pools: Vec<PoolSpecInput>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    replica: Option<String>,
+    peer_token: Option<String>,
+    peer_ca: Option<PathBuf>,
+    #[serde(default)]
+    peers: Vec<PeerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    name: String,
+    address: String,
+}
+
+impl ClusterFile {
+    fn into_settings(self) -> Result<ClusterSettings, ConfigError> {
+        if let Some(replica) = &self.replica {
+            crate::cluster::check_replica_name(replica)
+                .map_err(|why| ConfigError::invalid("cluster.replica", why))?;
+        }
+        let mut peers: Vec<crate::cluster::PeerConfig> = Vec::new();
+        for (i, peer) in self.peers.into_iter().enumerate() {
+            let at = format!("cluster.peers[{i}]");
+            crate::cluster::check_replica_name(&peer.name)
+                .map_err(|why| ConfigError::invalid(format!("{at}.name"), why))?;
+            check_peer_address(&format!("{at}.address"), &peer.address)?;
+            if peers.iter().any(|p| p.name == peer.name) {
+                return Err(ConfigError::invalid(
+                    format!("{at}.name"),
+                    format!("{:?} is listed twice", peer.name),
+                ));
+            }
+            peers.push(crate::cluster::PeerConfig {
+                name: peer.name,
+                address: peer.address,
+            });
+        }
+        if let Some(token) = &self.peer_token {
+            check_peer_token("cluster.peer_token", token)?;
+        }
+        Ok(ClusterSettings {
+            replica: self.replica,
+            peers,
+            peer_token: self.peer_token,
+            peer_ca: self.peer_ca,
+        })
+    }
+}
+
+/// A peer is reached at `http://host:port` or `https://host:port`.
+fn check_peer_address(setting: &str, address: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::invalid(
+            setting,
+            format!("{address:?} {why}; write http://host:port or https://host:port"),
+        )
+    };
+    let uri: http::Uri = address.parse().map_err(|_| bad("is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("is not http or https"));
+    }
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Err(bad("needs a host and a port"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("has a path"));
+    }
+    Ok(())
+}
+
+fn check_peer_token(setting: &str, token: &str) -> Result<(), ConfigError> {
+    // Visible ASCII only: it travels as `authorization: Bearer <token>`.
+    if token.len() < MIN_PEER_TOKEN || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(
+            setting,
+            format!(
+                "must be at least {MIN_PEER_TOKEN} visible ASCII characters, no spaces \
+                 (e.g. `openssl rand -hex 24`)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -516,6 +622,7 @@ impl ServerConfig {
             None => Self::builtin(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
+        config.cluster()?;
         Ok(config)
     }
 
@@ -637,6 +744,7 @@ impl ServerConfig {
             pools.push(spec);
         }
         policy.trust_config_pools(&pools);
+        let cluster = file.cluster.into_settings()?;
         Ok(Self {
             listen,
             metrics_listen,
@@ -653,12 +761,64 @@ impl ServerConfig {
             tls,
             kubernetes: file.kubernetes,
             telemetry: file.telemetry,
+            cluster,
             pools,
         })
     }
 
+    /// This replica and its peers, if the server is one of several: checks
+    /// that the settings (file and environment together) fit. A peer named
+    /// like this replica is this replica, left out, so every replica can
+    /// read the same list.
+    pub fn cluster(&self) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+        let c = &self.cluster;
+        let Some(replica) = c.replica.clone() else {
+            if c.peers.is_empty() {
+                // No replica named and no peers: a server on its own (a
+                // stray peer token changes nothing).
+                return Ok(None);
+            }
+            return Err(ConfigError::invalid(
+                "cluster.replica",
+                "is missing: with peers, name this replica (cluster.replica or SANDPOOL_REPLICA); \
+                 it prefixes every lease id it grants",
+            ));
+        };
+        let peers: Vec<_> = c
+            .peers
+            .iter()
+            .filter(|p| p.name != replica)
+            .cloned()
+            .collect();
+        if !peers.is_empty() && c.peer_token.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.peer_token",
+                "is missing: replicas with peers share a peer token (cluster.peer_token or \
+                 SANDPOOL_PEER_TOKEN), the only credential that may name a forwarded call's caller",
+            ));
+        }
+        if let Some(peer) = peers.iter().find(|p| p.address.starts_with("https://"))
+            && c.peer_ca.is_none()
+        {
+            return Err(ConfigError::invalid(
+                "cluster.peer_ca",
+                format!(
+                    "is missing: peer {:?} is reached over https; name the CA (PEM) of the peers' certificates",
+                    peer.name
+                ),
+            ));
+        }
+        Ok(Some(crate::cluster::ClusterConfig {
+            replica,
+            peers,
+            peer_token: c.peer_token.clone(),
+            peer_ca: c.peer_ca.clone(),
+        }))
+    }
+
     /// SANDPOOL_LISTEN, SANDPOOL_METRICS_LISTEN, SANDPOOL_SERVER_ID,
-    /// SANDPOOL_TOKENS (comma-separated), SANDPOOL_LOG_FORMAT.
+    /// SANDPOOL_TOKENS (comma-separated), SANDPOOL_LOG_FORMAT,
+    /// SANDPOOL_REPLICA, SANDPOOL_PEER_TOKEN.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(listen) = var("SANDPOOL_LISTEN").filter(|v| !v.is_empty()) {
             self.listen = listen.parse().map_err(|_| {
@@ -676,6 +836,15 @@ impl ServerConfig {
         }
         if let Some(id) = var("SANDPOOL_SERVER_ID").filter(|v| !v.is_empty()) {
             self.server_id = Some(id);
+        }
+        if let Some(replica) = var("SANDPOOL_REPLICA").filter(|v| !v.is_empty()) {
+            crate::cluster::check_replica_name(&replica)
+                .map_err(|why| ConfigError::invalid("SANDPOOL_REPLICA", why))?;
+            self.cluster.replica = Some(replica);
+        }
+        if let Some(token) = var("SANDPOOL_PEER_TOKEN").filter(|v| !v.is_empty()) {
+            check_peer_token("SANDPOOL_PEER_TOKEN", &token)?;
+            self.cluster.peer_token = Some(token);
         }
         let list = |name: &str| -> Vec<String> {
             var(name)
@@ -912,6 +1081,111 @@ language = "python"
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("pools[0] (d).namespace"), "{err}");
+    }
+
+    const CLUSTER: &str = r#"
+[cluster]
+replica = "a"
+peer_token = "0123456789abcdef0123"
+peers = [
+  { name = "a", address = "http://127.0.0.1:7001" },
+  { name = "b", address = "http://127.0.0.1:7002" },
+  { name = "c", address = "http://10.0.0.3:50051" },
+]
+"#;
+
+    #[test]
+    fn no_cluster_means_alone() {
+        let c = ServerConfig::builtin();
+        assert_eq!(c.cluster().unwrap(), None);
+        let mut c = ServerConfig::builtin();
+        c.apply_env(|name| (name == "SANDPOOL_PEER_TOKEN").then(|| "0123456789abcdef".into()))
+            .unwrap();
+        assert_eq!(c.cluster().unwrap(), None, "a token alone makes no cluster");
+    }
+
+    #[test]
+    fn a_cluster_names_this_replica_and_its_peers() {
+        let c = ServerConfig::from_toml(CLUSTER, Path::new("t.toml")).unwrap();
+        let cluster = c.cluster().unwrap().expect("a cluster");
+        assert_eq!(cluster.replica, "a");
+        let names: Vec<_> = cluster.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"], "this replica is left out of its peers");
+        // The same list serves every replica: the environment names it.
+        let mut c = ServerConfig::from_toml(CLUSTER, Path::new("t.toml")).unwrap();
+        c.apply_env(|name| match name {
+            "SANDPOOL_REPLICA" => Some("b".into()),
+            "SANDPOOL_PEER_TOKEN" => Some("another-token-of-enough-length".into()),
+            _ => None,
+        })
+        .unwrap();
+        let cluster = c.cluster().unwrap().expect("a cluster");
+        assert_eq!(cluster.replica, "b");
+        assert_eq!(cluster.peers.len(), 2);
+        assert_eq!(
+            cluster.peer_token.as_deref(),
+            Some("another-token-of-enough-length")
+        );
+    }
+
+    #[test]
+    fn bad_clusters_name_the_setting() {
+        let peers = "peers = [{ name = \"b\", address = \"http://127.0.0.1:7002\" }]\n";
+        for (text, setting) in [
+            ("[cluster]\nreplica = \"a.b\"\n".to_string(), "cluster.replica"),
+            (
+                "[cluster]\npeers = [{ name = \"B\", address = \"http://h:1\" }]\n".into(),
+                "cluster.peers[0].name",
+            ),
+            (
+                "[cluster]\npeers = [{ name = \"b\", address = \"127.0.0.1:7002\" }]\n".into(),
+                "cluster.peers[0].address",
+            ),
+            (
+                "[cluster]\npeers = [{ name = \"b\", address = \"http://h\" }]\n".into(),
+                "cluster.peers[0].address",
+            ),
+            (
+                "[cluster]\npeers = [{ name = \"b\", address = \"ftp://h:1\" }]\n".into(),
+                "cluster.peers[0].address",
+            ),
+            (
+                format!("[cluster]\n{peers}peers2 = 1\n"),
+                "config file t.toml",
+            ),
+            (
+                "[cluster]\npeer_token = \"short\"\n".into(),
+                "cluster.peer_token",
+            ),
+            (
+                "[cluster]\npeers = [{ name = \"b\", address = \"http://h:1\" }, { name = \"b\", address = \"http://h:2\" }]\n".into(),
+                "cluster.peers[1].name",
+            ),
+        ] {
+            let err = ServerConfig::from_toml(&text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(setting), "{setting}: {err}");
+        }
+        // Settings that fit only together.
+        for (text, setting) in [
+            (format!("[cluster]\n{peers}"), "cluster.replica"),
+            (format!("[cluster]\nreplica = \"a\"\n{peers}"), "cluster.peer_token"),
+            (
+                "[cluster]\nreplica = \"a\"\npeer_token = \"0123456789abcdef\"\npeers = [{ name = \"b\", address = \"https://h:1\" }]\n".into(),
+                "cluster.peer_ca",
+            ),
+        ] {
+            let c = ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+            let err = c.cluster().unwrap_err().to_string();
+            assert!(err.starts_with(setting), "{setting}: {err}");
+        }
+        let mut c = ServerConfig::builtin();
+        let err = c
+            .apply_env(|name| (name == "SANDPOOL_REPLICA").then(|| "Bad".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("SANDPOOL_REPLICA"), "{err}");
     }
 
     #[test]

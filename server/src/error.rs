@@ -129,6 +129,9 @@ pub enum Error {
     QuotaExceeded(crate::identity::QuotaExceeded),
     #[error("{0}")]
     Sandbox(#[from] sandbox::Error),
+    /// A call for another replica's lease could not be forwarded to it.
+    #[error("{0}")]
+    Forward(#[from] crate::cluster::ForwardError),
 }
 
 impl Error {

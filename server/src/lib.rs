@@ -10,6 +10,7 @@
 pub mod api;
 pub mod artifact;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod files;

@@ -130,6 +130,23 @@ async fn main() -> ExitCode {
                 pool.config.max_pool_size
             );
         }
+        // `load` checked the cluster settings already.
+        if let Ok(Some(cluster)) = config.cluster() {
+            let peers: Vec<String> = cluster
+                .peers
+                .iter()
+                .map(|p| format!("{} at {}", p.name, p.address))
+                .collect();
+            println!(
+                "replica {}: peers {}",
+                cluster.replica,
+                if peers.is_empty() {
+                    "none".to_string()
+                } else {
+                    peers.join(", ")
+                }
+            );
+        }
         println!("config OK");
         return ExitCode::SUCCESS;
     }

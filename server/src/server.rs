@@ -18,13 +18,14 @@ use tonic_health::ServingStatus;
 use crate::{
     api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
     backend::{BackendKind, DockerBackend, Engines, KubernetesBackend, SharedBackend},
+    cluster::Cluster,
     config::{ServerConfig, TlsConfig},
     pool::{ManagerSettings, PoolManager},
 };
 
 /// Largest request message: room for the biggest accepted code and stdin,
 /// so that oversized ones get a clear INVALID_ARGUMENT from our checks.
-const MAX_MESSAGE_BYTES: usize = 32 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// How long tonic may take to close connections after the manager stopped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,9 +52,22 @@ pub async fn serve(
         .server_id
         .clone()
         .unwrap_or_else(|| default_server_id(addr));
+    let cluster = match config.cluster()? {
+        Some(c) => {
+            tracing::info!(
+                replica = %c.replica,
+                peers = %c.peers.iter().map(|p| format!("{}={}", p.name, p.address)).collect::<Vec<_>>().join(","),
+                "one replica of several: lease ids start with `{}.`",
+                c.replica
+            );
+            Cluster::new(&c)?
+        }
+        None => Cluster::alone(),
+    };
     let auth = Auth::new(
         &config.auth,
         config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        cluster.peer_token(),
     );
     let insecure = check_exposure(addr, auth.enabled(), config.auth.insecure)?;
     let settings = ManagerSettings {
@@ -61,6 +75,7 @@ pub async fn serve(
         max_temporaries: config.max_temporaries,
         namespaces: config.namespaces(),
         resident_runner: config.resident_runner,
+        replica: cluster.replica().map(str::to_string),
     };
     let manager = PoolManager::new(server_id.clone(), engines(&config), settings);
     crate::telemetry::metrics_export::register(&manager);
@@ -147,6 +162,7 @@ pub async fn serve(
         file_limits: config.file_limits.clone(),
         journals: crate::api::resume::Budget::new(config.run_limits.max_buffer_bytes),
         streams: streams.clone(),
+        cluster: Arc::new(cluster),
     });
     if auth.enabled() {
         tracing::info!(

@@ -7,7 +7,7 @@ use sandpool_proto::v1::{self as pb, artifact_service_server::ArtifactService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{AppState, audit, caller, convert, required, session_service::open_stream};
+use super::{AppState, audit, caller, convert, forward, required, session_service::open_stream};
 use crate::{
     error::Error,
     files::{self, DownloadKind, UploadTarget},
@@ -37,7 +37,7 @@ impl ArtifactService for ArtifactApi {
         let who = caller(&request)?;
         let result = async {
             let _held = open_stream(&self.state, &who)?;
-            let mut incoming = request.into_inner();
+            let (metadata, extensions, mut incoming) = request.into_parts();
             let header = match incoming.next().await {
                 Some(Ok(pb::UploadRequest {
                     part: Some(pb::upload_request::Part::Header(h)),
@@ -52,6 +52,19 @@ impl ArtifactService for ArtifactApi {
             };
             required("header.lease_id", &header.lease_id)?;
             crate::telemetry::record_lease(&header.lease_id);
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Upload",
+                &who,
+                &metadata,
+                &extensions,
+                &header.lease_id,
+            )? {
+                let first = pb::UploadRequest {
+                    part: Some(pb::upload_request::Part::Header(header)),
+                };
+                return to.upload(first, incoming).await;
+            }
             let lease = self.state.manager.lease(&header.lease_id, &who.name)?;
             let target = UploadTarget {
                 path: header.path,
@@ -90,8 +103,19 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Download",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                let answer = to.artifacts().download(to.request(req)).await;
+                return to.stream(answer);
+            }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let held = open_stream(&self.state, &who)?;
             let (header, body) = files::download(&lease, &req.path, &self.state.file_limits)
@@ -145,8 +169,18 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "ListArtifacts",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                return to.unary(to.artifacts().list_artifacts(to.request(req)).await);
+            }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let artifacts = files::list_artifacts(&lease)
                 .await?

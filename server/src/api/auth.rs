@@ -9,6 +9,11 @@
 //!   role for such certificates.
 //! - With no credentials configured at all (a developer's machine, loopback
 //!   only), every caller is the one local admin.
+//! - A call a peer replica forwarded (`cluster`) carries the caller's
+//!   identity in a header of its own, believed only with the peer token as
+//!   its bearer token. Checked before anything else, on every server: a
+//!   caller that sets the header without the peer token is refused, even
+//!   where every caller is the local admin.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,6 +27,11 @@ use crate::{
 /// The identity making a call.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<Identity>);
+
+/// Marks a call a peer replica forwarded here: it is served here or
+/// refused, never forwarded again.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
 
 /// Resolves the caller of every request.
 #[derive(Clone)]
@@ -38,11 +48,14 @@ struct Inner {
     unlisted_cert: Option<(Role, Quotas)>,
     /// The caller of a server without credentials.
     local: Option<Arc<Identity>>,
+    /// Digest of the peer token, when this server has peers.
+    peer_token: Option<[u8; 32]>,
 }
 
 impl Auth {
     /// `mutual_tls`: the listener requires client certificates.
-    pub fn new(config: &AuthConfig, mutual_tls: bool) -> Self {
+    /// `peer_token`: the token peer replicas forward calls with.
+    pub fn new(config: &AuthConfig, mutual_tls: bool, peer_token: Option<&str>) -> Self {
         let mut by_token = HashMap::new();
         let mut by_cert = HashMap::new();
         for c in &config.identities {
@@ -66,6 +79,7 @@ impl Auth {
                 by_cert,
                 unlisted_cert,
                 local: (!configured).then(|| Arc::new(Identity::local_admin())),
+                peer_token: peer_token.map(|t| sha256(t.as_bytes())),
             }),
         }
     }
@@ -73,6 +87,38 @@ impl Auth {
     /// Whether callers must prove who they are.
     pub fn enabled(&self) -> bool {
         self.inner.local.is_none()
+    }
+
+    /// The caller a peer forwarded, if the request says it was forwarded:
+    /// `Some(Err)` when it says so without being from a peer.
+    fn forwarded<T>(&self, request: &Request<T>) -> Option<Result<Arc<Identity>, Status>> {
+        let header = request.metadata().get_bin(crate::cluster::caller::HEADER)?;
+        let refuse = |why: &str| {
+            Err(super::status::not_a_peer(&format!(
+                "only a peer replica may set {}: {why}",
+                crate::cluster::caller::HEADER
+            )))
+        };
+        let Some(digest) = self.inner.peer_token else {
+            return Some(refuse("this server has no [cluster] peers"));
+        };
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if token.map(|t| sha256(t.trim().as_bytes())) != Some(digest) {
+            return Some(refuse("the call does not carry the peer token"));
+        }
+        let identity = match header.to_bytes() {
+            Ok(bytes) => crate::cluster::caller::decode(&bytes),
+            Err(_) => Err(format!("{} is not base64", crate::cluster::caller::HEADER)),
+        };
+        Some(
+            identity
+                .map(Arc::new)
+                .map_err(|why| super::status::unauthenticated(&why)),
+        )
     }
 
     fn resolve<T>(&self, request: &Request<T>) -> Result<Arc<Identity>, Status> {
@@ -126,7 +172,13 @@ impl Auth {
 
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.resolve(&request).inspect_err(|status| {
+        let forwarded = self.forwarded(&request);
+        let is_forwarded = forwarded.is_some();
+        let caller = match forwarded {
+            Some(result) => result,
+            None => self.resolve(&request),
+        };
+        let caller = caller.inspect_err(|status| {
             let peer = request
                 .remote_addr()
                 .map(|a| a.to_string())
@@ -134,6 +186,9 @@ impl Interceptor for Auth {
             super::audit::refused(&format!("unauthenticated {peer}"), "-", status);
         })?;
         request.extensions_mut().insert(Caller(caller));
+        if is_forwarded {
+            request.extensions_mut().insert(Forwarded);
+        }
         Ok(request)
     }
 }
@@ -171,15 +226,60 @@ mod tests {
 
     #[test]
     fn without_credentials_everyone_is_the_local_admin() {
-        let auth = Auth::new(&AuthConfig::default(), false);
+        let auth = Auth::new(&AuthConfig::default(), false, None);
         assert!(!auth.enabled());
         let who = auth.resolve(&request(None)).expect("local");
         assert!(who.is_admin());
     }
 
+    fn forwarded_request(token: &str, who: &Identity) -> Request<()> {
+        let mut r = request(Some(token));
+        r.metadata_mut().insert_bin(
+            crate::cluster::caller::HEADER,
+            tonic::metadata::MetadataValue::from_bytes(&crate::cluster::caller::encode(who)),
+        );
+        r
+    }
+
+    #[test]
+    fn only_peers_may_name_the_caller() {
+        let tenant = Identity {
+            name: "team-a".into(),
+            role: Role::Tenant,
+            pools: None,
+            quotas: Quotas::default(),
+        };
+        let mut auth = Auth::new(&config(), false, Some("peer-secret-0123"));
+        let ok = auth
+            .call(forwarded_request("peer-secret-0123", &tenant))
+            .expect("a peer may");
+        assert_eq!(
+            ok.extensions().get::<Caller>().expect("caller").0.name,
+            "team-a"
+        );
+        assert!(ok.extensions().get::<Forwarded>().is_some());
+        for token in ["ops-token", "nope"] {
+            let refused = auth
+                .call(forwarded_request(token, &tenant))
+                .expect_err("not a peer");
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{token}");
+        }
+        // Even where everyone is the local admin, and where there are no peers.
+        let mut open = Auth::new(&AuthConfig::default(), false, None);
+        let refused = open
+            .call(forwarded_request("anything", &tenant))
+            .expect_err("no peers");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // The peer token alone is nobody.
+        let refused = auth
+            .call(request(Some("peer-secret-0123")))
+            .expect_err("no identity");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+
     #[test]
     fn tokens_name_identities_and_unknown_ones_are_refused() {
-        let auth = Auth::new(&config(), false);
+        let auth = Auth::new(&config(), false, None);
         assert!(auth.enabled());
         assert_eq!(
             auth.resolve(&request(Some("ops-token"))).expect("ops").name,

@@ -5,6 +5,7 @@ mod artifact_service;
 pub mod audit;
 pub mod auth;
 pub mod convert;
+mod forward;
 mod pool_service;
 pub mod resume;
 mod session_service;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub journals: Arc<resume::Budget>,
     /// Cancelled at shutdown: long-lived streams (keepalive, watch) end.
     pub streams: CancellationToken,
+    /// This replica's peers: calls for their leases are forwarded to them.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The identity making the call, as the auth interceptor found it. A

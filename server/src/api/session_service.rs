@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{
-    AppState, audit, caller, convert, deadline, pool_service::async_stream, required, resume,
+    AppState, audit, caller, convert, deadline, forward, pool_service::async_stream, required,
+    resume,
 };
 use crate::{
     error::Error,
@@ -109,6 +110,9 @@ impl SessionService for SessionApi {
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let who = caller(&request)?;
         let result = open_stream(&self.state, &who).map(|held| {
+            // Keepalives of other replicas' leases go on to their owners.
+            let mut owners =
+                forward::KeepAlives::new(Arc::clone(&self.state), Arc::clone(&who), &request);
             let mut incoming = request.into_inner();
             let manager = Arc::clone(&self.state.manager);
             let stop = self.state.streams.clone();
@@ -130,11 +134,20 @@ impl SessionService for SessionApi {
                             let renewal = manager.keepalive_pool(&who, &req.pool);
                             convert::renewal_to_pb(String::new(), req.pool, renewal)
                         }
-                        Some(Ok(req)) => convert::renewal_to_pb(
-                            req.lease_id.clone(),
-                            String::new(),
-                            manager.keepalive(&req.lease_id, &who.name),
-                        ),
+                        Some(Ok(req)) => match owners.renew(&req).await {
+                            Some(Ok(reply)) => reply,
+                            Some(Err(status)) => {
+                                // The owner is out of reach: the caller's
+                                // stream ends with why, and it reconnects.
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                            None => convert::renewal_to_pb(
+                                req.lease_id.clone(),
+                                String::new(),
+                                manager.keepalive(&req.lease_id, &who.name),
+                            ),
+                        },
                     };
                     if tx.send(Ok(reply)).await.is_err() {
                         return;
@@ -152,9 +165,19 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
             telemetry::record_lease(&req.lease_id);
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Release",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                return to.unary(to.sessions().release(to.request(req)).await);
+            }
             let before = self.state.manager.release(&req.lease_id, &who.name)?;
             if before.is_none() {
                 audit::released(&who, &req.lease_id);
@@ -175,7 +198,19 @@ impl SessionService for SessionApi {
     ) -> Result<Response<Self::RunStream>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let call = RunCall::open(&self.state, &who, request.into_inner(), "lease_id")?;
+            let (metadata, extensions, req) = request.into_parts();
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Run",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                let answer = to.sessions().run(to.request(req)).await;
+                return to.stream(answer);
+            }
+            let call = RunCall::open(&self.state, &who, req, "lease_id")?;
             if let Some(run_id) = call.spec.run_id.clone() {
                 return self.run_resumable(call, run_id, &who).await;
             }
@@ -195,10 +230,21 @@ impl SessionService for SessionApi {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
             required("run_id", &req.run_id)?;
             telemetry::record_lease(&req.lease_id);
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Attach",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                let answer = to.sessions().attach(to.request(req)).await;
+                return to.stream(answer);
+            }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let journal = resume::Journals::of(&lease).get(&lease, &req.run_id)?;
             // The stream holds the journal, not the lease: an ending lease
@@ -220,7 +266,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<Self::InteractStream>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let mut requests = request.into_inner();
+            let (metadata, extensions, mut requests) = request.into_parts();
             let start = match requests.message().await? {
                 Some(pb::InteractRequest {
                     action: Some(pb::interact_request::Action::Start(start)),
@@ -238,6 +284,24 @@ impl SessionService for SessionApi {
                     );
                 }
             };
+            let lease_id = start
+                .run
+                .as_ref()
+                .map(|r| r.lease_id.as_str())
+                .unwrap_or("");
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Interact",
+                &who,
+                &metadata,
+                &extensions,
+                lease_id,
+            )? {
+                let start = pb::InteractRequest {
+                    action: Some(pb::interact_request::Action::Start(start)),
+                };
+                return to.interact(start, requests).await;
+            }
             let req = start
                 .run
                 .ok_or_else(|| Error::invalid("start.run", "is required: what to run"))?;
@@ -282,8 +346,18 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::InstallLibrariesResponse>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "InstallLibraries",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                return to.unary(to.sessions().install_libraries(to.request(req)).await);
+            }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let started = std::time::Instant::now();
             telemetry::record_lease(&req.lease_id);
@@ -305,8 +379,18 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::CreateContextResponse>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "CreateContext",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                return to.unary(to.sessions().create_context(to.request(req)).await);
+            }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             let context_id = context::create(&lease, Some(&req.language)).await?;
             Ok(Response::new(pb::CreateContextResponse { context_id }))
@@ -321,9 +405,19 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::DeleteContextResponse>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
             required("context_id", &req.context_id)?;
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "DeleteContext",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                return to.unary(to.sessions().delete_context(to.request(req)).await);
+            }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
             context::delete(&lease, &req.context_id).await?;
             Ok(Response::new(pb::DeleteContextResponse {}))
@@ -338,9 +432,19 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let who = caller(&request)?;
         let result = async {
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("lease_id", &req.lease_id)?;
             required("run_id", &req.run_id)?;
+            if let Some(to) = forward::to_owner(
+                &self.state,
+                "Cancel",
+                &who,
+                &metadata,
+                &extensions,
+                &req.lease_id,
+            )? {
+                return to.unary(to.sessions().cancel(to.request(req)).await);
+            }
             let cancelled = self
                 .state
                 .manager

@@ -377,13 +377,22 @@ struct Leases {
 #[derive(Default)]
 pub struct LeaseTable {
     leases: Mutex<Leases>,
+    /// `<replica>.` when the server is one replica of several: every lease
+    /// id then names its owner, so any replica can forward a call for it
+    /// (see `cluster`). Empty for a server on its own: ids are as they
+    /// always were.
+    id_prefix: String,
     /// Lease ends whose container is still being handed back.
     releasing: TaskTracker,
 }
 
 impl LeaseTable {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// A table whose lease ids start with `<replica>.` (`None`: plain ids).
+    pub fn for_replica(replica: Option<&str>) -> Arc<Self> {
+        Arc::new(Self {
+            id_prefix: replica.map(|r| format!("{r}.")).unwrap_or_default(),
+            ..Self::default()
+        })
     }
 
     /// Records a new lease on `holding`.
@@ -396,7 +405,7 @@ impl LeaseTable {
         quota: QuotaGuard,
         env: Vec<(String, String)>,
     ) -> Arc<LeaseEntry> {
-        let id = format!("{:032x}", rand::random::<u128>());
+        let id = format!("{}{:032x}", self.id_prefix, rand::random::<u128>());
         let last = Instant::now() + pool.spec.max_lease_lifetime;
         let mut life = Life {
             deadline: last,

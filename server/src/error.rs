@@ -100,7 +100,9 @@ pub enum Error {
         "the container of lease {lease_id} is gone (removed outside sandpool); release the lease and acquire another"
     )]
     ContainerGone { lease_id: String },
-    #[error("the server is shutting down")]
+    #[error(
+        "the server is shutting down; retry (another replica, or this server restarted, takes the call)"
+    )]
     ShuttingDown,
     /// The pool's container engine does not answer (retryable).
     #[error("the {backend} engine is unavailable: {detail}")]

@@ -203,13 +203,30 @@ pub async fn serve(
         let streams = streams.clone();
         let health = health.clone();
         let grace = config.shutdown_grace;
+        let drains = state.cluster.peers().next().is_some();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stopped.cancelled() => {}
-            }
+            let told = tokio::select! {
+                _ = shutdown => true,
+                _ = stopped.cancelled() => false,
+            };
             tracing::info!("shutting down");
             set_health(&health, ServingStatus::NotServing).await;
+            let mut grace = grace;
+            if told && drains {
+                // One replica of several drains before it stops: it grants
+                // no new leases (Acquires go to peers), and keeps
+                // listening so that calls for its leases, direct or
+                // forwarded by peers, keep working until they end.
+                let until = tokio::time::Instant::now() + grace;
+                tracing::info!(
+                    leases = manager.active_leases(),
+                    grace = grace.as_secs_f64(),
+                    "draining: no new leases; the granted ones go on until released or the grace ends"
+                );
+                manager.drain(until).await;
+                grace = until.saturating_duration_since(tokio::time::Instant::now());
+                tracing::info!(leases = manager.active_leases(), "drained");
+            }
             stop_accepting.cancel();
             manager.shutdown(grace).await;
             streams.cancel();

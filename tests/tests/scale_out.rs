@@ -19,12 +19,15 @@ use sandpool_tests::{
     labelled, python_image, shell_run, terminate, unique_id, wait_for, workspace_binary,
 };
 use tonic::metadata::MetadataValue;
+use tonic_types::StatusExt;
 
 const REPLICAS: [&str; 3] = ["a", "b", "c"];
 /// What the log line of every forwarded call says (api::forward).
 const FORWARDED: &str = "forwarding to the lease's owner";
 /// And of a KeepAlive stream's first keepalive sent on to a peer.
 const KEEPALIVES_FORWARDED: &str = "forwarding keepalives to the lease's owner";
+/// And of an Acquire sent on to a peer with an idle container.
+const ACQUIRE_FORWARDED: &str = "forwarding Acquire to a peer with an idle container";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -91,6 +94,37 @@ impl Replica {
             .filter(|l| l.contains(message) && l.contains(lease_id))
             .map(String::from)
             .collect()
+    }
+
+    /// SIGKILL: no drain, no cleanup of its own.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, without waiting for it to exit (see `running`).
+    fn signal_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Whether the process is still there.
+    fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => {
+                if let Ok(None) = child.try_wait() {
+                    return true;
+                }
+                self.child = None;
+                false
+            }
+            None => false,
+        }
     }
 
     async fn stop(&mut self) {
@@ -221,7 +255,7 @@ async fn three_replicas_behind_one_balancer() {
     std::fs::write(
         &config,
         format!(
-            "shutdown_grace = 1.0\n\
+            "shutdown_grace = 15.0\n\
              [auth]\ntokens = [\"{token}\"]\n\
              [cluster]\npeers = [{}]\n\
              [[pools]]\nname = \"py\"\nlanguage = \"python\"\nimage = \"{}\"\n\
@@ -422,6 +456,33 @@ async fn three_replicas_behind_one_balancer() {
     assert_eq!(out.stdout_text().trim(), "still here");
     assert!(session.lost().is_none(), "{:?}", session.lost());
     assert!(session.renewals() > 0, "no keepalive was answered");
+    // The session's stream opens alongside the runs, so the balancer may
+    // have put it on the owner: a keepalive sent to a non-owner directly is
+    // forwarded whatever the order.
+    let other = replicas
+        .iter()
+        .find(|r| r.name != owner)
+        .expect("a non-owner");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::KeepAliveRequest {
+        lease_id: lease_id.clone(),
+        pool: String::new(),
+    })
+    .await
+    .expect("queue");
+    let answer = client_at(&other.addr, &token)
+        .await
+        .sessions()
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("keepalive at a non-owner")
+        .into_inner()
+        .message()
+        .await
+        .expect("an answer")
+        .expect("one");
+    assert_eq!(answer.state, pb::LeaseState::Active as i32, "{answer:?}");
+    drop(tx);
     let keepalives: Vec<String> = replicas
         .iter()
         .flat_map(|r| r.log_lines(KEEPALIVES_FORWARDED, &lease_id))
@@ -487,34 +548,258 @@ async fn three_replicas_behind_one_balancer() {
     }
     eprintln!("forwarded methods: {methods:?}");
 
-    // An owner that is gone: calls for its lease through the others are
-    // UNAVAILABLE, naming it (nginx skips the dead replica itself).
-    let doomed = client.acquire("py").await.expect("a second lease");
-    let doomed_id = doomed.lease_id().to_string();
-    let (gone, _) = doomed_id.split_once('.').expect("named");
-    let index = replicas
+    // From here, raw calls (no keepalive streams of a session) through the
+    // balancer: round-robin then puts consecutive calls on consecutive
+    // replicas. The first replica's idle container is taken by a lease
+    // acquired on it directly, with a TTL that outlasts the test.
+    let x_name = replicas[0].name;
+    let at_x = client_at(&replicas[0].addr, &token).await;
+    wait_for(
+        "every replica's container idle",
+        Duration::from_secs(15),
+        || async {
+            let stats = client.stats("py").await.ok()?;
+            (stats.state_counts.as_ref()?.idle == 3 && stats.total_size == 3).then_some(())
+        },
+    )
+    .await;
+    let held = raw_acquire(&at_x, "py").await.expect("a lease on x");
+    assert_eq!(owner_of(&held.id), x_name, "{held:?}");
+    let mut granted = vec![held.clone()];
+
+    // Stats of a config pool are summed over the replicas (three replicas
+    // of max 2, min 1), unless one replica is asked for.
+    let summed = wait_for(
+        "the summed stats to show the peers' idle containers",
+        Duration::from_secs(15),
+        || async {
+            let stats = client.stats("py").await.ok()?;
+            let idle = stats.state_counts.as_ref()?.idle;
+            (idle == 2).then_some(stats)
+        },
+    )
+    .await;
+    assert_eq!((summed.max_size, summed.min_size), (6, 3), "{summed:?}");
+    assert_eq!(summed.active_leases, 1, "{summed:?}");
+    assert!(
+        summed.counters.as_ref().expect("counters").acquisitions >= 2,
+        "{summed:?}"
+    );
+    for r in &replicas {
+        let one = replica_stats(&client, "py", r.name).await;
+        assert_eq!(one.max_size, 2, "replica {}: {one:?}", r.name);
+        let idle = one.state_counts.expect("counts").idle;
+        assert_eq!(
+            idle,
+            if r.name == x_name { 0 } else { 1 },
+            "replica {}",
+            r.name
+        );
+    }
+
+    // An Acquire reaching x, which has no idle container, is forwarded to a
+    // peer that has one: the lease is the peer's. Within three calls one
+    // reaches x; a lease granted elsewhere is given back, and its
+    // container idle again, before the next call.
+    let forwarded_by_x = |replicas: &[Replica]| replicas[0].log_lines(ACQUIRE_FORWARDED, "").len();
+    let before = forwarded_by_x(&replicas);
+    let mut moved = None;
+    for _ in 0..6 {
+        let lease = raw_acquire(&client, "py")
+            .await
+            .expect("acquire through the balancer");
+        granted.push(lease.clone());
+        // The log line is written before the peer is asked; allow the
+        // writer a moment.
+        let reached_x = tokio::time::timeout(Duration::from_millis(300), async {
+            while forwarded_by_x(&replicas) == before {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if reached_x {
+            moved = Some(lease);
+            break;
+        }
+        raw_release(&client, &lease.id).await;
+        wait_for(
+            "the peers' idle containers",
+            Duration::from_secs(15),
+            || async {
+                let stats = client.stats("py").await.ok()?;
+                (stats.state_counts.as_ref()?.idle == 2).then_some(())
+            },
+        )
+        .await;
+    }
+    let moved = moved.expect("an Acquire reached x within six calls");
+    let y_name = owner_of(&moved.id);
+    assert_ne!(y_name, x_name, "forwarded to a peer: {moved:?}");
+    eprintln!("an Acquire reaching {x_name} was served by {y_name}");
+
+    // A replica killed with its lease: the survivors keep serving, calls
+    // for its lease say it ended (LEASE_ENDED, end REVOKED, naming the
+    // replica), and the survivors remove its containers.
+    let y = replicas
         .iter()
-        .position(|r| r.name == gone)
+        .position(|r| r.name == y_name)
         .expect("a replica of ours");
-    replicas[index].stop().await;
-    for _ in REPLICAS {
+    replicas[y].kill();
+    let mut typed = 0;
+    for _ in 0..6 {
         let err = client
             .sessions()
             .run(pb::RunRequest {
-                lease_id: doomed_id.clone(),
+                lease_id: moved.id.clone(),
                 ..shell_run("true", 10.0)
             })
             .await
             .expect_err("its owner is gone");
-        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        let details = err.get_error_details();
+        let Some(info) = details.error_info() else {
+            // The balancer's own answer: nginx sent the call to the dead
+            // replica itself before marking it failed.
+            assert!(
+                matches!(
+                    err.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled
+                ),
+                "{err:?}"
+            );
+            continue;
+        };
+        typed += 1;
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert_eq!(info.reason, "LEASE_ENDED", "{err:?}");
+        assert_eq!(
+            info.metadata.get("end").map(String::as_str),
+            Some("LEASE_STATE_REVOKED")
+        );
+        assert_eq!(
+            info.metadata.get("replica").map(String::as_str),
+            Some(y_name)
+        );
         assert!(
-            err.message().contains(&format!("replica \"{gone}\"")),
+            err.message().contains(&format!("replica \"{y_name}\"")),
             "{err:?}"
         );
     }
-    drop(doomed);
+    assert!(typed >= 2, "the survivors answered {typed} of 6 calls");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::KeepAliveRequest {
+        lease_id: moved.id.clone(),
+        pool: String::new(),
+    })
+    .await
+    .expect("queue");
+    let mut answers = client
+        .sessions()
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("keepalive stream")
+        .into_inner();
+    let answer = answers.message().await.expect("an answer").expect("one");
+    assert_eq!(answer.state, pb::LeaseState::Revoked as i32, "{answer:?}");
+    drop(tx);
+    let dead_id = replicas[y].server_id.clone();
+    wait_for(
+        "the killed replica's containers to be removed by the survivors",
+        Duration::from_secs(20),
+        || {
+            let id = dead_id.clone();
+            async move { labelled(&id).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    for i in 0..2 {
+        let lease = raw_acquire(&client, "py")
+            .await
+            .unwrap_or_else(|e| panic!("a survivor grants lease {i}: {e:?}"));
+        assert_ne!(owner_of(&lease.id), y_name, "{lease:?}");
+        let out = collect(
+            client
+                .sessions()
+                .run(pb::RunRequest {
+                    lease_id: lease.id.clone(),
+                    ..shell_run("echo alive", 30.0)
+                })
+                .await
+                .expect("run on a survivor"),
+        )
+        .await;
+        assert!(!out.is_empty());
+        granted.push(lease.clone());
+        raw_release(&client, &lease.id).await;
+    }
 
-    // Stopped, each replica removes what it made: nothing is left.
+    // x drains: told to stop with its lease alive, it reports NOT_SERVING,
+    // grants no lease of its own (an Acquire reaching it goes to the other
+    // survivor), keeps serving its lease until it is released, then exits.
+    let x_index = 0;
+    replicas[x_index].signal_term();
+    wait_for(
+        "x to report NOT_SERVING",
+        Duration::from_secs(5),
+        || async { (!serving(&replicas[x_index].addr).await).then_some(()) },
+    )
+    .await;
+    let elsewhere = raw_acquire(&at_x, "py").await;
+    match &elsewhere {
+        Ok(lease) => {
+            assert_ne!(
+                owner_of(&lease.id),
+                x_name,
+                "a draining replica granted {lease:?}"
+            );
+            granted.push(lease.clone());
+        }
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert_eq!(
+                status
+                    .get_error_details()
+                    .error_info()
+                    .map(|i| i.reason.clone()),
+                Some("SHUTTING_DOWN".to_string())
+            );
+        }
+    }
+    let out = collect(
+        client
+            .sessions()
+            .run(pb::RunRequest {
+                lease_id: held.id.clone(),
+                ..shell_run("echo draining", 30.0)
+            })
+            .await
+            .expect("the draining replica's lease still runs"),
+    )
+    .await;
+    assert!(!out.is_empty());
+    assert!(replicas[x_index].running(), "x left before its lease ended");
+    raw_release(&client, &held.id).await;
+    if let Ok(lease) = elsewhere {
+        raw_release(&client, &lease.id).await;
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while replicas[x_index].running() {
+        assert!(Instant::now() < until, "x did not exit once drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // No lease was granted twice, nor a container to two leases at once
+    // (those alive together: the held one and the killed replica's).
+    let ids: std::collections::BTreeSet<&str> = granted.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        granted.len(),
+        "a lease id granted twice: {granted:?}"
+    );
+    assert_ne!(held.container_id, moved.container_id);
+
+    // Stopped, each replica removes what it made, and the survivors what
+    // the killed one left: nothing is left.
     drop(balancer);
     for r in &mut replicas {
         r.stop().await;
@@ -535,6 +820,64 @@ async fn three_replicas_behind_one_balancer() {
     let took = started.elapsed();
     eprintln!("scale-out test took {took:?}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+/// The replica a lease id names.
+fn owner_of(lease_id: &str) -> &str {
+    lease_id.split_once('.').map_or("", |(r, _)| r)
+}
+
+/// A client of one replica, not through the balancer.
+async fn client_at(addr: &str, token: &str) -> Client {
+    Client::builder(format!("http://{addr}"))
+        .token(token)
+        .connect()
+        .await
+        .expect("connect to the replica")
+}
+
+/// A lease of `pool` without a session's keepalives, TTL 60 s.
+async fn raw_acquire(client: &Client, pool: &str) -> Result<pb::Lease, tonic::Status> {
+    let answer = client
+        .sessions()
+        .acquire(pb::AcquireRequest {
+            pool: pool.to_string(),
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(answer.into_inner().lease.expect("a lease"))
+}
+
+async fn raw_release(client: &Client, id: &str) {
+    client
+        .sessions()
+        .release(pb::ReleaseRequest {
+            lease_id: id.to_string(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("release {id}: {e:?}"));
+}
+
+/// One replica's own stats of `pool` (the `sandpool-replica` metadata).
+async fn replica_stats(client: &Client, pool: &str, replica: &str) -> pb::PoolStats {
+    let mut request = tonic::Request::new(pb::GetPoolStatsRequest {
+        name: pool.to_string(),
+    });
+    request
+        .metadata_mut()
+        .insert("sandpool-replica", replica.parse().expect("ascii"));
+    client
+        .pools()
+        .get_pool_stats(request)
+        .await
+        .unwrap_or_else(|e| panic!("stats of replica {replica}: {e:?}"))
+        .into_inner()
+        .stats
+        .expect("stats")
 }
 
 fn sha2_256(data: &[u8]) -> [u8; 32] {

@@ -46,6 +46,14 @@ impl Owner {
     /// without it is the channel's: the owner was not reached, or the
     /// connection to it broke.
     fn failed(&self, status: Status) -> Status {
+        if self.gone(&status) {
+            return Error::from(ForwardError::OwnerGone {
+                lease_id: self.lease_id.clone(),
+                replica: self.peer.name.clone(),
+                address: self.peer.address.clone(),
+            })
+            .into();
+        }
         if status.code() == Code::Unavailable && status.get_error_details().error_info().is_none() {
             return Error::from(ForwardError::Unreachable {
                 lease_id: self.lease_id.clone(),
@@ -57,11 +65,19 @@ impl Owner {
         }
         status
     }
+
+    /// The owner was not reached because nothing listens at its address:
+    /// it is gone, and its leases with it (see `ForwardError::OwnerGone`).
+    fn gone(&self, status: &Status) -> bool {
+        status.code() == Code::Unavailable
+            && status.get_error_details().error_info().is_none()
+            && crate::cluster::refused(status)
+    }
 }
 
 /// The metadata of a forwarded call: the peer token, the caller, and what
 /// `PASSED_ON` names of the caller's own.
-fn outgoing(state: &AppState, who: &Identity, metadata: &MetadataMap) -> MetadataMap {
+pub(super) fn outgoing(state: &AppState, who: &Identity, metadata: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     for key in PASSED_ON {
         if let Some(value) = metadata.get(key) {
@@ -269,10 +285,22 @@ impl KeepAlives {
             lease_id: req.lease_id.clone(),
         };
         let answer = self.renew_at(&owner, req.clone()).await;
-        if answer.is_err() {
-            self.open.remove(&owner.peer.name);
+        let Err(status) = answer else {
+            return Some(answer);
+        };
+        self.open.remove(&owner.peer.name);
+        if owner.gone(&status) {
+            // Its owner is gone and the lease with it: the answer a lease
+            // revoked by a stopping server gets, and the stream goes on
+            // for the caller's other leases.
+            tracing::info!(lease_id = %req.lease_id, owner = %owner.peer.name, "the lease's owner is gone");
+            return Some(Ok(pb::KeepAliveResponse {
+                lease_id: req.lease_id.clone(),
+                state: pb::LeaseState::Revoked as i32,
+                ..Default::default()
+            }));
         }
-        Some(answer)
+        Some(Err(owner.failed(status)))
     }
 
     async fn renew_at(
@@ -281,13 +309,14 @@ impl KeepAlives {
         req: pb::KeepAliveRequest,
     ) -> Result<pb::KeepAliveResponse, Status> {
         let name = owner.peer.name.clone();
-        let ended = || owner.failed(Status::unavailable("the forwarded keepalive stream ended"));
+        // Raw statuses: `renew` tells a gone owner from an unreachable one.
+        let ended = || Status::unavailable("the forwarded keepalive stream ended");
         if let Some(open) = self.open.get_mut(&name) {
             open.requests.send(req).await.map_err(|_| ended())?;
             return match open.answers.message().await {
                 Ok(Some(answer)) => Ok(answer),
                 Ok(None) => Err(ended()),
-                Err(status) => Err(owner.failed(status)),
+                Err(status) => Err(status),
             };
         }
         tracing::info!(
@@ -303,13 +332,12 @@ impl KeepAlives {
         *request.metadata_mut() = outgoing(&self.state, &self.who, &self.metadata);
         let mut answers = SessionServiceClient::new(owner.peer.channel())
             .keep_alive(request)
-            .await
-            .map_err(|s| owner.failed(s))?
+            .await?
             .into_inner();
         let answer = match answers.message().await {
             Ok(Some(answer)) => answer,
             Ok(None) => return Err(ended()),
-            Err(status) => return Err(owner.failed(status)),
+            Err(status) => return Err(status),
         };
         self.open.insert(name, OpenKeepAlive { requests, answers });
         Ok(answer)

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod convert;
 mod forward;
+mod peer_pools;
 mod pool_service;
 pub mod resume;
 mod session_service;

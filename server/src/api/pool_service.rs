@@ -6,7 +6,9 @@ use futures::Stream;
 use sandpool_proto::v1::{self as pb, pool_service_server::PoolService};
 use tonic::{Request, Response, Status};
 
-use super::{AppState, audit, caller, convert, deadline, required, session_service::open_stream};
+use super::{
+    AppState, audit, caller, convert, deadline, peer_pools, required, session_service::open_stream,
+};
 use crate::error::Error;
 
 /// WatchPoolStats sends at most one message per this interval.
@@ -112,14 +114,29 @@ impl PoolService for PoolApi {
         request: Request<pb::GetPoolStatsRequest>,
     ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
         let who = caller(&request)?;
-        let result = (|| {
-            let name = request.into_inner().name;
+        let result = async {
+            let (metadata, extensions, req) = request.into_parts();
+            let name = req.name;
             required("name", &name)?;
-            let stats = self.state.manager.stats(&who, &name)?;
+            // One replica's own, when the caller names a peer.
+            if let Some(stats) =
+                peer_pools::one_replica(&self.state, &who, &metadata, &name).await?
+            {
+                return Ok(Response::new(pb::GetPoolStatsResponse {
+                    stats: Some(stats),
+                }));
+            }
+            let local = convert::stats_to_pb(&self.state.manager.stats(&who, &name)?);
+            let stats = if metadata.contains_key(peer_pools::REPLICA_HEADER) {
+                local
+            } else {
+                peer_pools::pool_stats(&self.state, &who, &metadata, &extensions, local).await
+            };
             Ok(Response::new(pb::GetPoolStatsResponse {
-                stats: Some(convert::stats_to_pb(&stats)),
+                stats: Some(stats),
             }))
-        })();
+        }
+        .await;
         audit::outcome(&who, "GetPoolStats", result)
     }
 

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{
-    AppState, audit, caller, convert, deadline, forward, pool_service::async_stream, required,
-    resume,
+    AppState, audit, caller, convert, deadline, forward, peer_pools, pool_service::async_stream,
+    required, resume,
 };
 use crate::{
     error::Error,
@@ -78,9 +78,16 @@ impl SessionService for SessionApi {
         let who = caller(&request)?;
         let result = async {
             let deadline = deadline(&request);
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("pool", &req.pool)?;
             telemetry::record_pool(&req.pool);
+            // No idle container of a config pool here: a peer with one
+            // serves it, before this replica waits or creates.
+            if let Some(answer) =
+                peer_pools::acquire_at_peer(&self.state, &who, &metadata, &extensions, &req).await
+            {
+                return answer;
+            }
             let request = AcquireRequest {
                 pool: req.pool,
                 ttl: convert::duration("ttl", req.ttl)?,

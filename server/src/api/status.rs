@@ -23,6 +23,9 @@ const ENGINE_RETRY: Duration = Duration::from_secs(1);
 /// Suggested wait before retrying while a lease's replica does not answer.
 const REPLICA_RETRY: Duration = Duration::from_secs(1);
 
+/// Suggested wait before retrying an Acquire a stopping server refused.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(200);
+
 /// The ErrorInfo domain of sandpool's reasons.
 pub const DOMAIN: &str = "sandpool";
 
@@ -164,7 +167,11 @@ impl From<Error> for Status {
                     .precondition("CONTAINER_GONE", &lease_id, &message)
                     .with("lease_id", lease_id)
             }
-            Error::ShuttingDown => Failure::new(C::Unavailable, R::ShuttingDown),
+            // Retryable: behind a balancer the retry reaches another
+            // replica, and a restarted server takes it too.
+            Error::ShuttingDown => {
+                Failure::new(C::Unavailable, R::ShuttingDown).retry_after(SHUTDOWN_RETRY)
+            }
             Error::EngineUnavailable { backend, .. } => {
                 Failure::new(C::Unavailable, R::EngineUnavailable)
                     .retry_after(ENGINE_RETRY)
@@ -191,7 +198,7 @@ impl From<Error> for Status {
                 .with("quota", q.quota.as_str())
                 .with("limit", q.limit.to_string()),
             Error::Sandbox(e) => from_sandbox(e, &message),
-            Error::Forward(e) => from_forward(e),
+            Error::Forward(e) => from_forward(e, &message),
         };
         failure.into_status(message)
     }
@@ -199,9 +206,11 @@ impl From<Error> for Status {
 
 /// The contract has no reason of its own for replicas yet (adding one is a
 /// proto change): an unknown or misrouted lease is LEASE_NOT_FOUND, an owner
-/// that does not answer is retryable like an engine that does not, and the
-/// metadata name the replica.
-fn from_forward(err: ForwardError) -> Failure {
+/// that does not answer is retryable like an engine that does not, an
+/// owner that is gone ended the lease (LEASE_ENDED, end REVOKED: the
+/// server holding it stopped, which every client already maps to its
+/// lease-lost error), and the metadata name the replica.
+fn from_forward(err: ForwardError, message: &str) -> Failure {
     use Code as C;
     use ErrorReason as R;
     match err {
@@ -218,6 +227,18 @@ fn from_forward(err: ForwardError) -> Failure {
         } => Failure::new(C::Unavailable, R::EngineUnavailable)
             .retry_after(REPLICA_RETRY)
             .with("lease_id", lease_id)
+            .with("replica", replica),
+        ForwardError::ReplicaUnreachable { replica, .. } => {
+            Failure::new(C::Unavailable, R::EngineUnavailable)
+                .retry_after(REPLICA_RETRY)
+                .with("replica", replica)
+        }
+        ForwardError::OwnerGone {
+            lease_id, replica, ..
+        } => Failure::new(C::FailedPrecondition, R::LeaseEnded)
+            .precondition("LEASE_ENDED", &lease_id, message)
+            .with("lease_id", lease_id)
+            .with("end", LeaseState::Revoked.as_str_name())
             .with("replica", replica),
     }
 }
@@ -379,6 +400,24 @@ mod tests {
         let info = details.error_info().expect("info");
         assert_eq!(info.metadata.get("replica").map(String::as_str), Some("b"));
         assert!(details.retry_info().is_some());
+        let status = Status::from(Error::from(ForwardError::OwnerGone {
+            lease_id: "b.00".into(),
+            replica: "b".into(),
+            address: "http://127.0.0.1:1".into(),
+        }));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(reason_of(&status), "LEASE_ENDED");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("info");
+        assert_eq!(
+            info.metadata.get("end").map(String::as_str),
+            Some("LEASE_STATE_REVOKED")
+        );
+        assert_eq!(
+            info.metadata.get("lease_id").map(String::as_str),
+            Some("b.00")
+        );
+        assert_eq!(info.metadata.get("replica").map(String::as_str), Some("b"));
     }
 
     #[test]

@@ -97,6 +97,27 @@ pub enum ForwardError {
         address: String,
         detail: String,
     },
+    /// Nothing listens at the owner's address: the process that held the
+    /// lease is gone. A lease lives only in its replica's memory (a replica
+    /// restarted under the same name does not know it either, and a
+    /// draining one keeps listening until its leases are done), so the
+    /// lease ended with it.
+    #[error(
+        "replica {replica:?} ({address}), which owned lease {lease_id}, is gone (nothing \
+         listens there): the lease ended with it; acquire a new lease"
+    )]
+    OwnerGone {
+        lease_id: String,
+        replica: String,
+        address: String,
+    },
+    /// A caller asked for one replica's own answer, and it does not answer.
+    #[error("replica {replica:?} ({address}) does not answer: {detail}")]
+    ReplicaUnreachable {
+        replica: String,
+        address: String,
+        detail: String,
+    },
     /// A peer forwarded a call here for a lease of a third replica: the
     /// peer lists disagree. Not forwarded again, so a loop cannot form.
     #[error(
@@ -215,6 +236,16 @@ impl Cluster {
         self.replica.as_deref()
     }
 
+    /// The other replicas, by name.
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.peers.values()
+    }
+
+    /// The peer called `name`.
+    pub fn peer(&self, name: &str) -> Option<&Arc<Peer>> {
+        self.peers.get(name)
+    }
+
     /// The token this replica shows its peers.
     pub fn peer_token(&self) -> Option<&str> {
         self.peer_token.as_deref()
@@ -252,6 +283,23 @@ impl Cluster {
             }),
         }
     }
+}
+
+/// Whether a failed call to a peer found nothing listening at its address
+/// (connection refused), as opposed to a peer that is slow, unreachable
+/// over the network, or broke a connection: only the first says that the
+/// process is gone.
+pub fn refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long after the engine came back the containers of dead instances
 /// are removed.
 const SWEEP_AFTER_RECONNECT: Duration = Duration::from_secs(3);
+/// How long after a sweep asked for by a marker's death another follows.
+const SWEEP_AGAIN: Duration = Duration::from_secs(1);
 /// How long a ping may take before the engine counts as not answering.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -308,7 +310,23 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
                             }
                             None => break,
                         },
-                        _ = m.sweep_requested.notified() => m.sweep_dead_instances(&watch.backend).await,
+                        _ = m.sweep_requested.notified() => {
+                            m.sweep_dead_instances(&watch.backend).await;
+                            // Docker may report a marker's death before its
+                            // list shows the marker exited: the sweep that
+                            // the death asked for then finds the instance
+                            // alive, and a server killed outright (SIGKILL)
+                            // left its containers until the next death. A
+                            // second sweep shortly after catches it.
+                            let again = Arc::downgrade(&m);
+                            let backend = Arc::clone(&watch.backend);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(SWEEP_AGAIN).await;
+                                if let Some(m) = again.upgrade() {
+                                    m.sweep_dead_instances(&backend).await;
+                                }
+                            });
+                        }
                         _ = m.reannounce.notified() => {
                             if let Err(e) = m.announce(&watch).await {
                                 tracing::warn!(backend = %watch.health.kind, error = %e, "could not announce this instance again");

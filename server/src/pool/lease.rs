@@ -653,6 +653,11 @@ impl LeaseTable {
         }
     }
 
+    /// Leases alive now.
+    pub fn active(&self) -> usize {
+        lock(&self.leases).active.len()
+    }
+
     /// Runs going on in any lease.
     pub fn running(&self) -> usize {
         lock(&self.leases)

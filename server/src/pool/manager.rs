@@ -125,6 +125,9 @@ pub struct PoolManager {
     pools: Arc<RwLock<BTreeMap<String, Arc<Pool>>>>,
     pub(super) leases: Arc<LeaseTable>,
     pub(super) stop: CancellationToken,
+    /// Draining (one replica of several, stopping): no new leases, while
+    /// those granted go on until released or the grace ends.
+    draining: CancellationToken,
 }
 
 impl PoolManager {
@@ -149,6 +152,7 @@ impl PoolManager {
             pools: Arc::new(RwLock::new(BTreeMap::new())),
             leases: LeaseTable::for_replica(settings.replica.as_deref()),
             stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
         });
         manager.leases.spawn_reaper(manager.stop.clone());
         manager.spawn_owner_reaper();
@@ -532,6 +536,19 @@ impl PoolManager {
         }
     }
 
+    /// Whether `name` is one of the config file's pools, which every
+    /// replica has (a pool made at run time lives on its replica only).
+    pub fn is_config_pool(&self, name: &str) -> bool {
+        self.pool(name).is_ok_and(|p| p.ownership.owner.is_none())
+    }
+
+    /// Idle containers here of the config pool `name`, if `who` may use
+    /// it; `None` for any other pool (the local Acquire says why).
+    pub fn config_pool_idle(&self, who: &Identity, name: &str) -> Option<u32> {
+        let pool = self.usable_pool(who, name).ok()?;
+        pool.ownership.owner.is_none().then(|| pool.idle())
+    }
+
     pub fn stats(&self, who: &Identity, name: &str) -> Result<PoolStats> {
         Ok(self.usable_pool(who, name)?.stats())
     }
@@ -574,7 +591,7 @@ impl PoolManager {
                 ));
             }
         }
-        if self.stop.is_cancelled() {
+        if self.stop.is_cancelled() || self.draining.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         let pool = self.usable_pool(who, &pool)?;
@@ -649,6 +666,26 @@ impl PoolManager {
 
     pub fn cancel_run(&self, lease_id: &str, owner: &str, run_id: &str) -> Result<bool> {
         self.leases.cancel_run(lease_id, owner, run_id)
+    }
+
+    /// Drains: no new leases from now on; returns once every lease granted
+    /// has ended (released, expired) or at `until`. Containers and pools
+    /// stay as they are, for `shutdown` to remove.
+    pub async fn drain(&self, until: Instant) {
+        self.draining.cancel();
+        while self.leases.active() > 0 && Instant::now() < until {
+            tokio::time::sleep(SHUTDOWN_POLL).await;
+        }
+    }
+
+    /// Leases alive now, in every pool.
+    pub fn active_leases(&self) -> usize {
+        self.leases.active()
+    }
+
+    /// Whether the manager grants no new leases (draining or stopped).
+    pub fn draining(&self) -> bool {
+        self.draining.is_cancelled() || self.stop.is_cancelled()
     }
 
     /// Stops the manager: no new leases; runs get up to `grace` to finish;

@@ -452,6 +452,11 @@ impl Pool {
         self.lock().counts().busy
     }
 
+    /// Idle containers now: what `stats` counts, without the rest.
+    pub fn idle(&self) -> u32 {
+        self.lock().counts().idle
+    }
+
     pub fn stats(&self) -> PoolStats {
         let st = self.lock();
         let counts = st.counts();

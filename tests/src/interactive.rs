@@ -22,13 +22,25 @@ pub fn argv_run(argv: &[&str], timeout: f64) -> pb::RunRequest {
 /// Reads events, adding the output (both streams) to `seen`, until `needle`
 /// is in it; panics with what came if it is not within 20 s.
 pub async fn read_until(events: &mut RunStream, seen: &mut String, needle: &str) {
+    read_until_in(events, seen, needle, true).await
+}
+
+/// `read_until` on stdout alone: the engine reads a program's two pipes
+/// apart, so what it wrote to stderr between two pieces of a stdout line (a
+/// REPL's next prompt after `print`'s pieces) can arrive between them.
+pub async fn read_stdout_until(events: &mut RunStream, seen: &mut String, needle: &str) {
+    read_until_in(events, seen, needle, false).await
+}
+
+async fn read_until_in(events: &mut RunStream, seen: &mut String, needle: &str, stderr: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !seen.contains(needle) {
         let event = tokio::time::timeout_at(deadline.into(), events.next())
             .await
             .unwrap_or_else(|_| panic!("{needle:?} did not come; the run printed {seen:?}"));
         match event {
-            Some(Ok(RunEvent::Stdout(d) | RunEvent::Stderr(d))) => {
+            Some(Ok(RunEvent::Stdout(d))) => seen.push_str(&String::from_utf8_lossy(&d)),
+            Some(Ok(RunEvent::Stderr(d))) if stderr => {
                 seen.push_str(&String::from_utf8_lossy(&d));
             }
             Some(Ok(RunEvent::Exit(e))) => {

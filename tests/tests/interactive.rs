@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sandpool_client::{Interaction, RunEvent, Session, proto as pb};
 use sandpool_tests::{
     TestServer, code_of,
-    interactive::{argv_run, read_to_exit, read_until, terminal_session},
+    interactive::{argv_run, read_stdout_until, read_to_exit, read_until, terminal_session},
     python_pool, secs, shell_run,
 };
 
@@ -33,12 +33,12 @@ async fn a_repl_answers_each_line_as_it_comes_then_ends_at_end_of_input() {
         .await
         .expect("write");
     // The answer comes while the input is still open: a real conversation.
-    read_until(&mut events, &mut seen, "answer 42").await;
+    read_stdout_until(&mut events, &mut seen, "answer 42").await;
     input
         .write("import os; print('pid', os.getpid() > 1)\n")
         .await
         .expect("write");
-    read_until(&mut events, &mut seen, "pid True").await;
+    read_stdout_until(&mut events, &mut seen, "pid True").await;
     input.close_stdin().await.expect("close stdin");
     let (exit, _, _) = read_to_exit(&mut events).await;
     assert_eq!(exit.end_reason, pb::EndReason::Exited as i32, "{exit:?}");

@@ -284,19 +284,7 @@ async fn kill_everything(place: Place) {
     // runner host's (root's), and on Kubernetes, where a runner the host
     // could not start is started by an exec that drops from root to the
     // sandbox user (setpriv), the runner is not dumpable either.
-    let session = server
-        .client
-        .acquire("runner-kill-all")
-        .await
-        .expect("acquire again");
-    let result = session
-        .run_request(junk_writer())
-        .await
-        .expect("run starts")
-        .collect()
-        .await
-        .expect("the run ends with an exit");
-    assert_eq!(result.stdout_text(), "before\n");
+    let (session, result) = junk_on_a_new_lease(&server).await;
     assert_eq!(
         (result.end_reason(), result.exit_code()),
         (pb::EndReason::Exited, 3),
@@ -328,20 +316,8 @@ async fn kill_everything(place: Place) {
          grep -q '^Uid:[[:space:]]*0[[:space:]]' $p/status && kill -9 ${p#/proc/}; done; true",
     ]);
     session.release().await.expect("release");
-    let session = server
-        .client
-        .acquire("runner-kill-all")
-        .await
-        .expect("acquire again");
     let started = Instant::now();
-    let result = session
-        .run_request(junk_writer())
-        .await
-        .expect("run starts")
-        .collect()
-        .await
-        .expect("the run ends with an exit");
-    assert_eq!(result.stdout_text(), "before\n");
+    let (session, result) = junk_on_a_new_lease(&server).await;
     assert_eq!(
         result.end_reason(),
         pb::EndReason::RunnerLost,
@@ -427,6 +403,25 @@ fn junk_writer() -> pb::RunRequest {
          { printf 'Zjunk' > $p/fd/1 || exit 3; }; done; sleep 30",
         60.0,
     )
+}
+
+/// A new lease of the kill test's pool, and its `junk_writer` run, which
+/// printed "before" first.
+async fn junk_on_a_new_lease(server: &TestServer) -> (Session, RunOutput) {
+    let session = server
+        .client
+        .acquire("runner-kill-all")
+        .await
+        .expect("acquire again");
+    let result = session
+        .run_request(junk_writer())
+        .await
+        .expect("run starts")
+        .collect()
+        .await
+        .expect("the run ends with an exit");
+    assert_eq!(result.stdout_text(), "before\n");
+    (session, result)
 }
 
 /// What a Python program sees of its interpreter, for comparing a run on

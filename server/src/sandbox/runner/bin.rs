@@ -384,18 +384,21 @@ fn spawn_runner(spawn: Spawn) -> io::Result<Child> {
         request,
     } = spawn;
     let argv: Vec<OsString> = request.argv.into_iter().map(OsString::from_vec).collect();
-    let mut command = Command::new(&argv[0]);
-    command
-        .args(&argv[1..])
-        .env_clear()
-        .envs(environment(&[], &request.env))
-        .current_dir(OsStr::from_bytes(&request.working_dir))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    // A run's program line, with none of the host's environment (it sends
+    // the whole of it), its stderr discarded.
+    let mut command = command(
+        &argv,
+        &[],
+        &request.env,
+        &request.working_dir,
+        Stdio::piped(),
+        None,
+    );
+    command.stderr(Stdio::null());
     unsafe {
+        // After `command`'s own (the session): the last thing before the
+        // exec, dropping root.
         command.pre_exec(move || {
-            setsid();
             if setgroups(groups.len(), groups.as_ptr()) != 0
                 || setgid(gid) != 0
                 || setuid(uid) != 0

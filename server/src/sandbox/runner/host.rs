@@ -23,7 +23,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt, stream::BoxStream};
 use tokio::io::AsyncWriteExt;
 
@@ -95,22 +95,8 @@ impl HostLink {
     }
 
     fn parse(&mut self) -> std::result::Result<Option<(u8, Bytes)>, HostError> {
-        if self.pending.len() < protocol::HEADER {
-            return Ok(None);
-        }
-        let mut head = [0u8; protocol::HEADER];
-        head.copy_from_slice(&self.pending[..protocol::HEADER]);
-        let (kind, len) = (head[0], protocol::payload_len(&head));
-        if len > MAX_HOST_FRAME {
-            return Err(HostError::Protocol(format!(
-                "a frame of kind {kind} with {len} bytes"
-            )));
-        }
-        if self.pending.len() < protocol::HEADER + len {
-            return Ok(None);
-        }
-        self.pending.advance(protocol::HEADER);
-        Ok(Some((kind, self.pending.split_to(len).freeze())))
+        super::take_frame(&mut self.pending, |_, len| len <= MAX_HOST_FRAME)
+            .map_err(HostError::Protocol)
     }
 
     async fn next_raw(&mut self) -> std::result::Result<(u8, Bytes), HostError> {

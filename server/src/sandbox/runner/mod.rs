@@ -106,6 +106,30 @@ pub(super) async fn install(c: &Container) -> super::Result<()> {
     }
 }
 
+/// Takes a whole frame off `pending` (bytes read from a stream of frames:
+/// the runner's, or its host's), if one is there; an error when its header
+/// announces a frame that `fits` refuses (its kind and length: bounded
+/// before any of it is buffered).
+fn take_frame(
+    pending: &mut BytesMut,
+    fits: impl Fn(u8, usize) -> bool,
+) -> Result<Option<(u8, Bytes)>, String> {
+    if pending.len() < protocol::HEADER {
+        return Ok(None);
+    }
+    let mut head = [0u8; protocol::HEADER];
+    head.copy_from_slice(&pending[..protocol::HEADER]);
+    let (kind, len) = (head[0], protocol::payload_len(&head));
+    if !fits(kind, len) {
+        return Err(format!("a frame of kind {kind} with {len} bytes"));
+    }
+    if pending.len() < protocol::HEADER + len {
+        return Ok(None);
+    }
+    pending.advance(protocol::HEADER);
+    Ok(Some((kind, pending.split_to(len).freeze())))
+}
+
 /// How a runner's stream reaches the server.
 enum Transport {
     /// The runner's own engine exec.
@@ -214,28 +238,13 @@ impl Conn {
 
     /// A whole frame from what was read so far, if there is one.
     fn parse(&mut self) -> Result<Option<(u8, Bytes)>, StreamError> {
-        if self.pending.len() < protocol::HEADER {
-            return Ok(None);
-        }
-        let mut head = [0u8; protocol::HEADER];
-        head.copy_from_slice(&self.pending[..protocol::HEADER]);
-        let (kind, len) = (head[0], protocol::payload_len(&head));
-        let fits = match kind {
+        take_frame(&mut self.pending, |kind, len| match kind {
             protocol::STDOUT | protocol::STDERR => len <= protocol::MAX_OUTPUT_FRAME,
             protocol::EXIT => len == 4,
             protocol::HELLO => len <= 64,
-            _ => return Err(StreamError::Protocol(format!("unknown frame kind {kind}"))),
-        };
-        if !fits {
-            return Err(StreamError::Protocol(format!(
-                "a frame of kind {kind} with {len} bytes"
-            )));
-        }
-        if self.pending.len() < protocol::HEADER + len {
-            return Ok(None);
-        }
-        self.pending.advance(protocol::HEADER);
-        Ok(Some((kind, self.pending.split_to(len).freeze())))
+            _ => false,
+        })
+        .map_err(StreamError::Protocol)
     }
 
     /// The next frame; `None` when the stream ended.

@@ -54,7 +54,7 @@ impl Owner {
             })
             .into();
         }
-        if status.code() == Code::Unavailable && status.get_error_details().error_info().is_none() {
+        if not_reached(&status) {
             return Error::from(ForwardError::Unreachable {
                 lease_id: self.lease_id.clone(),
                 replica: self.peer.name.clone(),
@@ -69,10 +69,14 @@ impl Owner {
     /// The owner was not reached because nothing listens at its address:
     /// it is gone, and its leases with it (see `ForwardError::OwnerGone`).
     fn gone(&self, status: &Status) -> bool {
-        status.code() == Code::Unavailable
-            && status.get_error_details().error_info().is_none()
-            && crate::cluster::refused(status)
+        not_reached(status) && crate::cluster::refused(status)
     }
+}
+
+/// An UNAVAILABLE without sandpool's ErrorInfo: the channel's own, not an
+/// answer of the owner's.
+fn not_reached(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.get_error_details().error_info().is_none()
 }
 
 /// The metadata of a forwarded call: the peer token, the caller, and what

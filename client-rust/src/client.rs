@@ -323,11 +323,19 @@ impl Client {
             .pools)
     }
 
-    /// A pool's statistics.
+    /// A pool's statistics (with several replicas behind the address, a
+    /// config pool's are summed over them; see `replica_stats`).
     pub async fn stats(&self, name: &str) -> Result<pb::PoolStats, Error> {
+        self.replica_stats(name, "").await
+    }
+
+    /// One replica's own statistics of a pool (`replica`: its name, as
+    /// lease ids carry it; empty: as `stats`).
+    pub async fn replica_stats(&self, name: &str, replica: &str) -> Result<pb::PoolStats, Error> {
         self.pools()
             .get_pool_stats(self.unary(pb::GetPoolStatsRequest {
                 name: name.to_string(),
+                replica: replica.to_string(),
             }))
             .await?
             .into_inner()
@@ -344,6 +352,7 @@ impl Client {
             .pools()
             .watch_pool_stats(pb::WatchPoolStatsRequest {
                 name: name.to_string(),
+                replica: String::new(),
             })
             .await?
             .into_inner())

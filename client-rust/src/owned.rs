@@ -194,6 +194,7 @@ impl OwnedPool {
         let request = with_deadline(
             pb::GetPoolStatsRequest {
                 name: self.name.clone(),
+                replica: String::new(),
             },
             self.client.timeout(),
         );

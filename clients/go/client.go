@@ -266,10 +266,18 @@ func (c *Client) DeletePool(ctx context.Context, name string, wait bool) (uint32
 }
 
 // Stats returns a pool's statistics (llm-sandbox's get_stats, plus counters).
+// With several replicas behind the address, a config pool's are summed over
+// them (ReplicaStats asks for one replica's own).
 func (c *Client) Stats(ctx context.Context, name string) (*pb.PoolStats, error) {
+	return c.ReplicaStats(ctx, name, "")
+}
+
+// ReplicaStats returns one replica's own statistics of a pool (replica: its
+// name, as lease ids carry it; empty: as Stats).
+func (c *Client) ReplicaStats(ctx context.Context, name, replica string) (*pb.PoolStats, error) {
 	ctx, cancel := c.withTimeout(ctx, 0)
 	defer cancel()
-	resp, err := c.pools.GetPoolStats(ctx, &pb.GetPoolStatsRequest{Name: name})
+	resp, err := c.pools.GetPoolStats(ctx, &pb.GetPoolStatsRequest{Name: name, Replica: replica})
 	if err != nil {
 		return nil, mapError(err)
 	}

@@ -46,6 +46,9 @@ pub enum Error {
     PoolNotFound(String),
     #[error("pool {0:?} already exists")]
     PoolExists(String),
+    /// Another replica has a pool of that name (made at run time there).
+    #[error("pool {pool:?} already exists, on replica {replica:?}")]
+    PoolExistsOnReplica { pool: String, replica: String },
     #[error("pool {0:?} is being deleted and grants no new leases")]
     PoolClosed(String),
     #[error("pool {pool:?} cannot create containers: {message}")]

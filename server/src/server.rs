@@ -163,6 +163,7 @@ pub async fn serve(
         journals: crate::api::resume::Budget::new(config.run_limits.max_buffer_bytes),
         streams: streams.clone(),
         cluster: Arc::new(cluster),
+        pool_homes: Default::default(),
     });
     if auth.enabled() {
         tracing::info!(

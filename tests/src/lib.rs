@@ -7,6 +7,7 @@ pub mod interactive;
 pub mod otlp;
 pub mod packages;
 pub mod proxy;
+pub mod replicas;
 
 use std::{
     future::Future,

@@ -38,10 +38,25 @@ async fn bad_requests_get_the_right_status() {
     let status = pools
         .get_pool_stats(pb::GetPoolStatsRequest {
             name: "nope".into(),
+            replica: String::new(),
         })
         .await
         .expect_err("unknown pool");
     assert_eq!(status.code(), Code::NotFound);
+    // One replica's stats, of a server that is alone.
+    let status = pools
+        .get_pool_stats(pb::GetPoolStatsRequest {
+            name: "nope".into(),
+            replica: "b".into(),
+        })
+        .await
+        .expect_err("no replica b");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("\"b\" is not a replica") && status.message().contains("alone"),
+        "{}",
+        status.message()
+    );
     let status = pools
         .create_pool(pb::CreatePoolRequest {
             spec: None,

@@ -7,233 +7,23 @@
 //!
 //! Needs nginx (scripts/lb-up.sh installs it; scripts/test.sh runs it).
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use sandpool_client::{AcquireOptions, Client, Interaction, proto as pb};
 use sandpool_server::{cluster::caller, identity::Identity};
 use sandpool_tests::{
-    labelled, python_image, shell_run, terminate, unique_id, wait_for, workspace_binary,
+    labelled, python_image,
+    replicas::{Balancer, Replica, free_port, serving},
+    shell_run, unique_id, wait_for,
 };
 use tonic::metadata::MetadataValue;
 use tonic_types::StatusExt;
 
 const REPLICAS: [&str; 3] = ["a", "b", "c"];
-/// What the log line of every forwarded call says (api::forward).
-const FORWARDED: &str = "forwarding to the lease's owner";
 /// And of a KeepAlive stream's first keepalive sent on to a peer.
 const KEEPALIVES_FORWARDED: &str = "forwarding keepalives to the lease's owner";
 /// And of an Acquire sent on to a peer with an idle container.
 const ACQUIRE_FORWARDED: &str = "forwarding Acquire to a peer with an idle container";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A server process; SIGKILLed if the test ends before it is stopped.
-struct Replica {
-    name: &'static str,
-    server_id: String,
-    addr: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Replica {
-    fn start(
-        name: &'static str,
-        addr: String,
-        config: &Path,
-        dir: &Path,
-        peer_token: &str,
-    ) -> Self {
-        let server_id = unique_id(&format!("scale-{name}"));
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(workspace_binary("sandpool-server"))
-            .args(["--listen", &addr, "--config"])
-            .arg(config)
-            .args(["--server-id", &server_id, "--log-format", "json"])
-            // One config for all three: the environment names the replica,
-            // and carries the secret.
-            .env("SANDPOOL_REPLICA", name)
-            .env("SANDPOOL_PEER_TOKEN", peer_token)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start sandpool-server");
-        Self {
-            name,
-            server_id,
-            addr,
-            log,
-            child: Some(child),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Log lines of calls for `lease_id` it forwarded.
-    fn forwarded(&self, lease_id: &str) -> Vec<String> {
-        self.log_lines(FORWARDED, lease_id)
-    }
-
-    fn log_lines(&self, message: &str, lease_id: &str) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains(message) && l.contains(lease_id))
-            .map(String::from)
-            .collect()
-    }
-
-    /// SIGKILL: no drain, no cleanup of its own.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, without waiting for it to exit (see `running`).
-    fn signal_term(&self) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-    }
-
-    /// Whether the process is still there.
-    fn running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => {
-                if let Ok(None) = child.try_wait() {
-                    return true;
-                }
-                self.child = None;
-                false
-            }
-            None => false,
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            terminate(child).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // The test failed midway: SIGTERM (the server removes its
-            // containers), then SIGKILL if it lingers.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// nginx in front of the replicas, with a prefix directory of its own; in
-/// one process (`master_process off`), so that killing the child leaves no
-/// worker behind.
-struct Balancer {
-    addr: String,
-    child: Child,
-}
-
-impl Balancer {
-    fn start(dir: &Path, replicas: &[Replica]) -> Self {
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("nginx is missing: run scripts/lb-up.sh (scripts/test.sh does)");
-        let prefix = dir.join("nginx");
-        std::fs::create_dir_all(prefix.join("tmp")).expect("nginx dir");
-        let port = free_port();
-        let servers: String = replicas
-            .iter()
-            .map(|r| format!("    server {};\n", r.addr))
-            .collect();
-        let p = prefix.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
-             error_log {p}/error.log info;\nevents {{ worker_connections 256; }}\nhttp {{\n\
-             access_log {p}/access.log;\n\
-             client_body_temp_path {p}/tmp/body;\nproxy_temp_path {p}/tmp/proxy;\n\
-             fastcgi_temp_path {p}/tmp/fastcgi;\nuwsgi_temp_path {p}/tmp/uwsgi;\n\
-             scgi_temp_path {p}/tmp/scgi;\n\
-             upstream replicas {{\n{servers}  }}\n\
-             server {{\n    listen 127.0.0.1:{port} http2;\n    client_max_body_size 0;\n\
-             grpc_read_timeout 300s;\n    grpc_send_timeout 300s;\n\
-             location / {{ grpc_pass grpc://replicas; }}\n  }}\n}}\n"
-        );
-        let conf_path = prefix.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("nginx.conf");
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        Self {
-            addr: format!("127.0.0.1:{port}"),
-            child,
-        }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serving(addr: &str) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-        return false;
-    };
-    let Ok(channel) = endpoint.connect().await else {
-        return false;
-    };
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .is_ok_and(|r| {
-            r.into_inner().status
-                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_one_balancer() {
@@ -864,8 +654,11 @@ async fn raw_release(client: &Client, id: &str) {
 
 /// One replica's own stats of `pool` (the `sandpool-replica` metadata).
 async fn replica_stats(client: &Client, pool: &str, replica: &str) -> pb::PoolStats {
+    // The metadata that came before the request's `replica` field, which
+    // still works (replica_pools tests the field).
     let mut request = tonic::Request::new(pb::GetPoolStatsRequest {
         name: pool.to_string(),
+        replica: String::new(),
     });
     request
         .metadata_mut()

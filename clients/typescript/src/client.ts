@@ -231,8 +231,14 @@ export class SandpoolClient {
     return { busyRemaining: r.busyRemaining };
   }
 
-  async getStats(name: string): Promise<PoolStats> {
-    return statsFromPb((await mapped(() => this.pools.getPoolStats({ name }, { timeoutMs: this.timeoutMs }))).stats);
+  /**
+   * A pool's statistics. With several replicas behind the address, a config
+   * pool's are summed over them; `replica` (its name, as lease ids carry it)
+   * asks for that replica's own.
+   */
+  async getStats(name: string, options: { replica?: string } = {}): Promise<PoolStats> {
+    const request = { name, replica: options.replica ?? "" };
+    return statsFromPb((await mapped(() => this.pools.getPoolStats(request, { timeoutMs: this.timeoutMs }))).stats);
   }
 
   /**

@@ -339,6 +339,8 @@ pub fn pool_to_pb(view: &PoolView, redact: bool) -> pb::Pool {
         stats: Some(stats_to_pb(&view.stats)),
         owner: view.owner.clone().unwrap_or_default(),
         owner_expire_time: view.owner_expire_time.map(pb_time),
+        // Set by the service, which knows the replica (see pool_service).
+        replica: String::new(),
     }
 }
 

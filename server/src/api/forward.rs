@@ -75,7 +75,7 @@ impl Owner {
 
 /// An UNAVAILABLE without sandpool's ErrorInfo: the channel's own, not an
 /// answer of the owner's.
-fn not_reached(status: &Status) -> bool {
+pub(super) fn not_reached(status: &Status) -> bool {
     status.code() == Code::Unavailable && status.get_error_details().error_info().is_none()
 }
 
@@ -305,6 +305,34 @@ impl KeepAlives {
             }));
         }
         Some(Err(owner.failed(status)))
+    }
+
+    /// The answer of the replica a pool made at run time lives on to a
+    /// keepalive of its owner's, when it is a peer's; `None`: answered here.
+    pub(super) async fn renew_pool(
+        &mut self,
+        req: &pb::KeepAliveRequest,
+    ) -> Option<Result<pb::KeepAliveResponse, Status>> {
+        let home = super::pool_homes::home_unless_forwarded(
+            &self.state,
+            &self.who,
+            &self.metadata,
+            self.forwarded,
+            &req.pool,
+        )
+        .await?;
+        let peer = Arc::clone(home.peer());
+        let owner = Owner {
+            peer: Arc::clone(&peer),
+            lease_id: String::new(),
+        };
+        match self.renew_at(&owner, req.clone()).await {
+            Ok(answer) => Some(Ok(answer)),
+            Err(status) => {
+                self.open.remove(&peer.name);
+                Some(Err(super::peer_pools::unreached(&peer, status)))
+            }
+        }
     }
 
     async fn renew_at(

@@ -7,7 +7,9 @@ pub mod auth;
 pub mod convert;
 mod forward;
 mod peer_pools;
+mod pool_homes;
 mod pool_service;
+mod pool_watch;
 pub mod resume;
 mod session_service;
 mod status;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
 pub use artifact_service::ArtifactApi;
+pub use pool_homes::PoolHomes;
 pub use pool_service::PoolApi;
 pub use session_service::SessionApi;
 
@@ -37,6 +40,8 @@ pub struct AppState {
     pub streams: CancellationToken,
     /// This replica's peers: calls for their leases are forwarded to them.
     pub cluster: Arc<crate::cluster::Cluster>,
+    /// Where the peers' pools made at run time were found.
+    pub pool_homes: pool_homes::PoolHomes,
 }
 
 /// The identity making the call, as the auth interceptor found it. A

@@ -5,7 +5,10 @@
 //!   they have (their own GetPoolStats, concurrently, with a short timeout)
 //!   and goes to the one with the most before it waits or creates here; the
 //!   lease is then that peer's, and its id says so;
-//! - a pool's stats are the sum over the replicas that answer.
+//! - a pool's stats are the sum over the replicas that answer (in
+//!   GetPoolStats, GetPool and ListPools; WatchPoolStats sums them in
+//!   `pool_watch`);
+//! - ListPools adds the peers' pools made at run time (see `pool_homes`).
 //!
 //! A call a peer forwarded here is answered here alone: a forwarded Acquire
 //! is never forwarded again, and a peer asking for stats hears this
@@ -20,7 +23,6 @@ use sandpool_proto::v1::{
     session_service_client::SessionServiceClient,
 };
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
-use tonic_types::StatusExt;
 
 use super::{AppState, auth::Forwarded, forward::outgoing};
 use crate::{cluster::Peer, identity::Identity, server::MAX_MESSAGE_BYTES};
@@ -70,6 +72,7 @@ async fn stats_of(
         metadata,
         pb::GetPoolStatsRequest {
             name: pool.to_string(),
+            replica: String::new(),
         },
         Some(ASK_TIMEOUT),
     );
@@ -191,41 +194,59 @@ pub(super) async fn pool_stats(
         .fold(local, |sum, (_, stats)| add(sum, &stats))
 }
 
-/// The replica a caller asked for by `REPLICA_HEADER`, when it names a peer:
-/// its own stats of `pool`, asked as a forwarded call. `Ok(None)`: no
-/// header, or it names this replica.
+/// The replica whose own stats a caller asked for: the request's
+/// `replica` field, or else the `REPLICA_HEADER` metadata (which came
+/// first, and still works). `None`: the caller asked for no one replica.
+pub(super) fn replica_asked<'a>(field: &'a str, metadata: &'a MetadataMap) -> Option<&'a str> {
+    if !field.is_empty() {
+        return Some(field);
+    }
+    metadata
+        .get(REPLICA_HEADER)
+        .map(|value| value.to_str().unwrap_or_default())
+}
+
+/// The peer a caller named as the replica to answer: `Ok(None)` when it
+/// names this replica; INVALID_ARGUMENT when no replica has that name.
+pub(super) fn named_peer(state: &AppState, name: &str) -> Result<Option<Arc<Peer>>, Status> {
+    if state.cluster.replica() == Some(name) {
+        return Ok(None);
+    }
+    if let Some(peer) = state.cluster.peer(name) {
+        return Ok(Some(Arc::clone(peer)));
+    }
+    let known: Vec<&str> = state
+        .cluster
+        .replica()
+        .into_iter()
+        .chain(state.cluster.peers().map(|p| p.name.as_str()))
+        .collect();
+    Err(crate::error::Error::invalid(
+        "replica",
+        format!(
+            "{name:?} is not a replica of this cluster (replicas: {})",
+            if known.is_empty() {
+                "none: this server is alone".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    )
+    .into())
+}
+
+/// The stats of `pool` of the replica `replica` names, when it names a
+/// peer: its own, asked as a forwarded call. `Ok(None)`: it names this
+/// replica.
 pub(super) async fn one_replica(
     state: &AppState,
     who: &Identity,
     metadata: &MetadataMap,
+    replica: &str,
     pool: &str,
 ) -> Result<Option<pb::PoolStats>, Status> {
-    let Some(name) = metadata.get(REPLICA_HEADER) else {
+    let Some(peer) = named_peer(state, replica)? else {
         return Ok(None);
-    };
-    let name = name.to_str().unwrap_or_default();
-    if state.cluster.replica() == Some(name) {
-        return Ok(None);
-    }
-    let Some(peer) = state.cluster.peer(name) else {
-        let known: Vec<&str> = state
-            .cluster
-            .replica()
-            .into_iter()
-            .chain(state.cluster.peers().map(|p| p.name.as_str()))
-            .collect();
-        return Err(crate::error::Error::invalid(
-            format!("{REPLICA_HEADER} metadata"),
-            format!(
-                "{name:?} is not a replica of this cluster (replicas: {})",
-                if known.is_empty() {
-                    "none: this server is alone".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        )
-        .into());
     };
     let request = to_peer(
         state,
@@ -233,30 +254,104 @@ pub(super) async fn one_replica(
         metadata,
         pb::GetPoolStatsRequest {
             name: pool.to_string(),
+            replica: String::new(),
         },
         None,
     );
     let answer = PoolServiceClient::new(peer.channel())
         .get_pool_stats(request)
         .await
-        .map_err(|status| {
-            // The peer's own answers (a pool it lacks) carry ErrorInfo and
-            // come back as they are; the channel's failures say which
-            // replica was not reached.
-            if status.code() == Code::Unavailable
-                && status.get_error_details().error_info().is_none()
-            {
-                return Status::from(crate::error::Error::from(
-                    crate::cluster::ForwardError::ReplicaUnreachable {
-                        replica: peer.name.clone(),
-                        address: peer.address.clone(),
-                        detail: status.message().to_string(),
-                    },
-                ));
-            }
-            status
-        })?;
+        .map_err(|status| unreached(&peer, status))?;
     Ok(answer.into_inner().stats)
+}
+
+/// `status` as the caller hears it: the peer's own answers (a pool it
+/// lacks) carry ErrorInfo and come back as they are; the channel's failures
+/// say which replica was not reached.
+pub(super) fn unreached(peer: &Peer, status: Status) -> Status {
+    if super::forward::not_reached(&status) {
+        return Status::from(crate::error::Error::from(
+            crate::cluster::ForwardError::ReplicaUnreachable {
+                replica: peer.name.clone(),
+                address: peer.address.clone(),
+                detail: status.message().to_string(),
+            },
+        ));
+    }
+    status
+}
+
+/// How long a peer may take to list its pools before ListPools answers
+/// without them.
+const LIST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// ListPools across the replicas: `local` (this replica's pools), with the
+/// pools made at run time on the peers added and the config pools' stats
+/// summed, as GetPoolStats sums them. A peer that does not answer in time
+/// is left out.
+pub(super) async fn list_across(
+    state: &AppState,
+    who: &Identity,
+    metadata: &MetadataMap,
+    extensions: &tonic::Extensions,
+    mut local: Vec<pb::Pool>,
+) -> Vec<pb::Pool> {
+    if forwarded(extensions) || state.cluster.peers().next().is_none() {
+        return local;
+    }
+    let peers: Vec<Arc<Peer>> = state.cluster.peers().cloned().collect();
+    let answers = join_all(peers.iter().map(|peer| async {
+        let request = to_peer(
+            state,
+            who,
+            metadata,
+            pb::ListPoolsRequest {},
+            Some(LIST_TIMEOUT),
+        );
+        let mut client = PoolServiceClient::new(peer.channel());
+        match tokio::time::timeout(LIST_TIMEOUT, client.list_pools(request)).await {
+            Ok(Ok(answer)) => answer.into_inner().pools,
+            Ok(Err(status)) => {
+                tracing::debug!(peer = %peer.name, %status, "a peer's pools are left out");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer.name, "a peer's pools are left out: no answer in time");
+                Vec::new()
+            }
+        }
+    }))
+    .await;
+    for theirs in answers.into_iter().flatten() {
+        let name = theirs
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let mine = local
+            .iter_mut()
+            .find(|p| p.spec.as_ref().is_some_and(|s| s.name == name));
+        match mine {
+            // A config pool: every replica has it; its stats add up.
+            Some(mine) if mine.replica.is_empty() && theirs.replica.is_empty() => {
+                if let (Some(sum), Some(stats)) = (mine.stats.take(), theirs.stats.as_ref()) {
+                    mine.stats = Some(add(sum, stats));
+                }
+            }
+            // A name taken both here and there (see pool_homes): this
+            // replica's answers for it.
+            Some(_) => {}
+            None if !theirs.replica.is_empty() => local.push(theirs),
+            // A config pool of a peer's that this replica's config lacks:
+            // calls for it here would not find it, so it is not listed.
+            None => {}
+        }
+    }
+    local.sort_by(|a, b| {
+        let name = |p: &pb::Pool| p.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        name(a).cmp(&name(b))
+    });
+    local
 }
 
 /// `a` with `b` added: counts and counters summed; sizes summed too (each
@@ -264,7 +359,7 @@ pub(super) async fn one_replica(
 /// latencies are the slowest replica's (percentiles of different replicas
 /// cannot be combined exactly: the max of each is an upper bound), with
 /// the samples summed; `closed` if any replica's is; the time is `a`'s.
-fn add(mut a: pb::PoolStats, b: &pb::PoolStats) -> pb::PoolStats {
+pub(super) fn add(mut a: pb::PoolStats, b: &pb::PoolStats) -> pb::PoolStats {
     a.total_size += b.total_size;
     a.max_size += b.max_size;
     a.min_size += b.min_size;

@@ -1,18 +1,20 @@
 //! PoolService: create, inspect, watch and delete pools.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use sandpool_proto::v1::{self as pb, pool_service_server::PoolService};
 use tonic::{Request, Response, Status};
 
 use super::{
-    AppState, audit, caller, convert, deadline, peer_pools, required, session_service::open_stream,
+    AppState, audit,
+    auth::Forwarded,
+    caller, convert, deadline, peer_pools, pool_homes,
+    pool_watch::{self, WatchStream},
+    required,
+    session_service::open_stream,
 };
-use crate::error::Error;
-
-/// WatchPoolStats sends at most one message per this interval.
-const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+use crate::{error::Error, identity::Identity, pool::PoolView};
 
 pub struct PoolApi {
     state: Arc<AppState>,
@@ -24,7 +26,17 @@ impl PoolApi {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPoolStatsResponse, Status>> + Send>>;
+impl PoolApi {
+    /// `view` as the caller sees it: secrets redacted for all but admins,
+    /// and a pool made at run time naming the replica it lives on.
+    fn pool_pb(&self, view: &PoolView, who: &Identity) -> pb::Pool {
+        let mut pool = convert::pool_to_pb(view, !who.is_admin());
+        if view.owner.is_some() {
+            pool.replica = self.state.cluster.replica().unwrap_or_default().to_string();
+        }
+        pool
+    }
+}
 
 #[tonic::async_trait]
 impl PoolService for PoolApi {
@@ -35,11 +47,14 @@ impl PoolService for PoolApi {
         let who = caller(&request)?;
         let result = async {
             let deadline = deadline(&request);
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             let spec = req
                 .spec
                 .ok_or_else(|| Status::from(Error::invalid("spec", "is missing")))?;
             let spec = convert::spec_from_pb(spec)?;
+            // A name a peer's pool has is taken, as on one server.
+            pool_homes::check_name_free(&self.state, &who, &metadata, &extensions, &spec.name)
+                .await?;
             let owner_ttl = convert::duration("owner_ttl", req.owner_ttl)?;
             let view = self
                 .state
@@ -48,7 +63,7 @@ impl PoolService for PoolApi {
                 .await?;
             audit::pool_created(&who, &view.spec);
             Ok(Response::new(pb::CreatePoolResponse {
-                pool: Some(convert::pool_to_pb(&view, !who.is_admin())),
+                pool: Some(self.pool_pb(&view, &who)),
             }))
         }
         .await;
@@ -60,14 +75,24 @@ impl PoolService for PoolApi {
         request: Request<pb::GetPoolRequest>,
     ) -> Result<Response<pb::GetPoolResponse>, Status> {
         let who = caller(&request)?;
-        let result = (|| {
-            let name = request.into_inner().name;
-            required("name", &name)?;
-            let view = self.state.manager.get_pool(&who, &name)?;
-            Ok(Response::new(pb::GetPoolResponse {
-                pool: Some(convert::pool_to_pb(&view, !who.is_admin())),
-            }))
-        })();
+        let result = async {
+            let (metadata, extensions, req) = request.into_parts();
+            required("name", &req.name)?;
+            if let Some(home) =
+                pool_homes::home_of(&self.state, &who, &metadata, &extensions, &req.name).await
+            {
+                return home.unary(home.pools().get_pool(home.request(req)).await);
+            }
+            let view = self.state.manager.get_pool(&who, &req.name)?;
+            let mut pool = self.pool_pb(&view, &who);
+            if let Some(local) = pool.stats.take() {
+                pool.stats = Some(
+                    peer_pools::pool_stats(&self.state, &who, &metadata, &extensions, local).await,
+                );
+            }
+            Ok(Response::new(pb::GetPoolResponse { pool: Some(pool) }))
+        }
+        .await;
         audit::outcome(&who, "GetPool", result)
     }
 
@@ -76,13 +101,15 @@ impl PoolService for PoolApi {
         request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
         let who = caller(&request)?;
-        let pools = self
+        let (metadata, extensions, _) = request.into_parts();
+        let local = self
             .state
             .manager
             .list_pools(&who)
             .iter()
-            .map(|view| convert::pool_to_pb(view, !who.is_admin()))
+            .map(|view| self.pool_pb(view, &who))
             .collect();
+        let pools = peer_pools::list_across(&self.state, &who, &metadata, &extensions, local).await;
         Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
@@ -93,8 +120,14 @@ impl PoolService for PoolApi {
         let who = caller(&request)?;
         let result = async {
             let deadline = deadline(&request);
-            let req = request.into_inner();
+            let (metadata, extensions, req) = request.into_parts();
             required("name", &req.name)?;
+            if let Some(home) =
+                pool_homes::home_of(&self.state, &who, &metadata, &extensions, &req.name).await
+            {
+                // The caller's deadline goes along (see `forward::outgoing`).
+                return home.unary(home.pools().delete_pool(home.request(req)).await);
+            }
             let busy = self
                 .state
                 .manager
@@ -116,18 +149,25 @@ impl PoolService for PoolApi {
         let who = caller(&request)?;
         let result = async {
             let (metadata, extensions, req) = request.into_parts();
-            let name = req.name;
-            required("name", &name)?;
-            // One replica's own, when the caller names a peer.
-            if let Some(stats) =
-                peer_pools::one_replica(&self.state, &who, &metadata, &name).await?
+            required("name", &req.name)?;
+            let asked = peer_pools::replica_asked(&req.replica, &metadata);
+            if let Some(replica) = asked {
+                // One replica's own, when the caller names a peer.
+                if let Some(stats) =
+                    peer_pools::one_replica(&self.state, &who, &metadata, replica, &req.name)
+                        .await?
+                {
+                    return Ok(Response::new(pb::GetPoolStatsResponse {
+                        stats: Some(stats),
+                    }));
+                }
+            } else if let Some(home) =
+                pool_homes::home_of(&self.state, &who, &metadata, &extensions, &req.name).await
             {
-                return Ok(Response::new(pb::GetPoolStatsResponse {
-                    stats: Some(stats),
-                }));
+                return home.unary(home.pools().get_pool_stats(home.request(req)).await);
             }
-            let local = convert::stats_to_pb(&self.state.manager.stats(&who, &name)?);
-            let stats = if metadata.contains_key(peer_pools::REPLICA_HEADER) {
+            let local = convert::stats_to_pb(&self.state.manager.stats(&who, &req.name)?);
+            let stats = if asked.is_some() {
                 local
             } else {
                 peer_pools::pool_stats(&self.state, &who, &metadata, &extensions, local).await
@@ -147,45 +187,54 @@ impl PoolService for PoolApi {
         request: Request<pb::WatchPoolStatsRequest>,
     ) -> Result<Response<Self::WatchPoolStatsStream>, Status> {
         let who = caller(&request)?;
-        let name = request.into_inner().name;
-        let opened = required("name", &name)
-            .and_then(|()| Ok(self.state.manager.watch(&who, &name)?))
-            .and_then(|watch| Ok((watch, open_stream(&self.state, &who)?)));
-        let ((mut changes, read), held) = audit::outcome(&who, "WatchPoolStats", opened)?;
-        let stop = self.state.streams.clone();
-        let stream = async_stream(move |tx| async move {
-            let _held = held;
-            loop {
-                let stats = read();
-                let closed =
-                    stats.closed && stats.total_size == 0 && stats.temporary_containers == 0;
-                let message = pb::WatchPoolStatsResponse {
-                    stats: Some(convert::stats_to_pb(&stats)),
-                };
-                if tx.send(Ok(message)).await.is_err() || closed {
-                    return;
+        let result = async {
+            let (metadata, extensions, req) = request.into_parts();
+            required("name", &req.name)?;
+            let asked = peer_pools::replica_asked(&req.replica, &metadata);
+            // Another replica's: its own watch, passed on.
+            let elsewhere = match asked {
+                Some(replica) => peer_pools::named_peer(&self.state, replica)?.map(|peer| {
+                    pool_homes::ToHome::at(&self.state, &who, &metadata, peer, &req.name)
+                }),
+                None => {
+                    pool_homes::home_of(&self.state, &who, &metadata, &extensions, &req.name).await
                 }
-                // At most one message per interval; changes during it are
-                // folded into the next message.
-                tokio::select! {
-                    _ = tokio::time::sleep(WATCH_MIN_INTERVAL) => {}
-                    _ = stop.cancelled() => return,
-                    _ = tx.closed() => return,
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() {
-                        // The pool is gone; send its last numbers and end.
-                        let mut last = read();
-                        last.closed = true;
-                        let _ = tx.send(Ok(pb::WatchPoolStatsResponse { stats: Some(convert::stats_to_pb(&last)) })).await;
-                        return;
-                    },
-                    _ = stop.cancelled() => return,
-                    _ = tx.closed() => return,
-                }
+            };
+            if let Some(home) = elsewhere {
+                let mut forwarded = home.request(req);
+                forwarded.get_mut().replica = String::new();
+                let answer = home.pools().watch_pool_stats(forwarded).await;
+                return home.stream(answer);
             }
-        });
-        Ok(Response::new(stream))
+            let opened = self
+                .state
+                .manager
+                .watch(&who, &req.name)
+                .map_err(Status::from)
+                .and_then(|watch| Ok((watch, open_stream(&self.state, &who)?)));
+            let (watch, held) = opened?;
+            // A config pool's stats are summed over the replicas, unless one
+            // was asked for or a peer asks.
+            let summed = asked.is_none()
+                && extensions.get::<Forwarded>().is_none()
+                && self.state.manager.is_config_pool(&req.name);
+            let peers = if summed {
+                self.state.cluster.peers().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            Ok(Response::new(pool_watch::stream(
+                &self.state,
+                &who,
+                &metadata,
+                &req.name,
+                watch,
+                held,
+                peers,
+            )))
+        }
+        .await;
+        audit::outcome(&who, "WatchPoolStats", result)
     }
 }
 

@@ -8,14 +8,17 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{
-    AppState, audit, caller, convert, deadline, forward, peer_pools, pool_service::async_stream,
-    required, resume,
+    AppState, audit, caller, convert, deadline, forward, peer_pools, pool_homes,
+    pool_service::async_stream, required, resume,
 };
 use crate::{
     error::Error,
     files,
     identity::{Identity, Quota, QuotaGuard},
-    pool::{AcquireRequest, LeaseFile, LeaseGuard, lease::RunId},
+    pool::{
+        AcquireRequest, LeaseFile, LeaseGuard,
+        lease::{Renewal, RunId},
+    },
     run::{self, Program, RunEvent, context, install, interactive},
     telemetry,
 };
@@ -88,6 +91,12 @@ impl SessionService for SessionApi {
             {
                 return answer;
             }
+            // A pool made at run time on a peer: the lease is that peer's.
+            if let Some(home) =
+                pool_homes::home_of(&self.state, &who, &metadata, &extensions, &req.pool).await
+            {
+                return home.unary(home.sessions().acquire(home.request(req)).await);
+            }
             let request = AcquireRequest {
                 pool: req.pool,
                 ttl: convert::duration("ttl", req.ttl)?,
@@ -138,8 +147,22 @@ impl SessionService for SessionApi {
                             return;
                         }
                         Some(Ok(req)) if req.lease_id.is_empty() && !req.pool.is_empty() => {
-                            let renewal = manager.keepalive_pool(&who, &req.pool);
-                            convert::renewal_to_pb(String::new(), req.pool, renewal)
+                            match manager.keepalive_pool(&who, &req.pool) {
+                                // Not here: a pool of a peer's, maybe.
+                                Renewal::NotFound => match owners.renew_pool(&req).await {
+                                    Some(Ok(reply)) => reply,
+                                    Some(Err(status)) => {
+                                        let _ = tx.send(Err(status)).await;
+                                        return;
+                                    }
+                                    None => convert::renewal_to_pb(
+                                        String::new(),
+                                        req.pool,
+                                        Renewal::NotFound,
+                                    ),
+                                },
+                                renewal => convert::renewal_to_pb(String::new(), req.pool, renewal),
+                            }
                         }
                         Some(Ok(req)) => match owners.renew(&req).await {
                             Some(Ok(reply)) => reply,

@@ -111,6 +111,11 @@ impl From<Error> for Status {
             Error::PoolExists(pool) => {
                 Failure::new(C::AlreadyExists, R::PoolExists).with("pool", pool)
             }
+            Error::PoolExistsOnReplica { pool, replica } => {
+                Failure::new(C::AlreadyExists, R::PoolExists)
+                    .with("pool", pool)
+                    .with("replica", replica)
+            }
             Error::PoolClosed(pool) => Failure::new(C::FailedPrecondition, R::PoolClosed)
                 .precondition("POOL_CLOSED", &pool, &message)
                 .with("pool", pool),

@@ -14,6 +14,6 @@ mod tests;
 
 pub use crate::error::{Error, LeaseEnd, Result};
 pub use lease::{LeaseGuard, LeaseInfo};
-pub use manager::{AcquireRequest, LeaseFile, ManagerSettings, PoolManager, PoolView};
+pub use manager::{AcquireRequest, LeaseFile, ManagerSettings, PoolManager, PoolView, StatsReader};
 pub use pool::Phase;
 pub use pool::{EngineHealth, Holding, Ownership, TemporaryBudget};

@@ -398,9 +398,13 @@ class AsyncClient:
         deadline = timeout or (max(self.timeout, 60.0) if wait else self.timeout)
         return (await self._unary(self.pools.DeletePool, req, deadline)).busy_remaining
 
-    async def get_stats(self, name: str) -> pool_pb2.PoolStats:
-        """A pool's statistics: sizes, state counts, counters, latencies."""
-        return (await self._unary(self.pools.GetPoolStats, pool_pb2.GetPoolStatsRequest(name=name))).stats
+    async def get_stats(self, name: str, *, replica: str = "") -> pool_pb2.PoolStats:
+        """A pool's statistics: sizes, state counts, counters, latencies.
+        With several replicas behind the address, a config pool's are summed
+        over them; ``replica`` (its name, as lease ids carry it) asks for
+        that replica's own."""
+        req = pool_pb2.GetPoolStatsRequest(name=name, replica=replica)
+        return (await self._unary(self.pools.GetPoolStats, req)).stats
 
     async def watch_stats(self, name: str, *, timeout: Optional[float] = None) -> AsyncIterator[pool_pb2.PoolStats]:
         """Yields the pool's stats now and after every change, until the pool

@@ -541,6 +541,7 @@ class Pool(_message.Message):
     STATS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     OWNER_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     phase: Global___PoolPhase.ValueType
     """Where the pool is in its life."""
     status_message: _builtins.str
@@ -548,6 +549,12 @@ class Pool(_message.Message):
     owner: _builtins.str
     """The identity that created the pool at run time; empty for the config
     file's pools (the operator's).
+    """
+    replica: _builtins.str
+    """With several replicas, the replica a pool made at run time lives on
+    (calls naming it reach it through any replica). Empty for the config
+    file's pools, which every replica has (their sizes and stats here are
+    the answering replica's own), and on a server alone.
     """
     @_builtins.property
     def spec(self) -> Global___PoolSpec:
@@ -575,10 +582,11 @@ class Pool(_message.Message):
         stats: Global___PoolStats | None = ...,
         owner: _builtins.str = ...,
         owner_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner_expire_time", b"owner_expire_time", "spec", b"spec", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner", b"owner", "owner_expire_time", b"owner_expire_time", "phase", b"phase", "spec", b"spec", "stats", b"stats", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "owner", b"owner", "owner_expire_time", b"owner_expire_time", "phase", b"phase", "replica", b"replica", "spec", b"spec", "stats", b"stats", "status_message", b"status_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1069,16 +1077,24 @@ class GetPoolStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Pool name."""
+    replica: _builtins.str
+    """With several replicas: only this replica's own statistics (its name, as
+    lease ids carry it). Empty: a config pool's statistics summed over the
+    replicas that answer, a pool made at run time's from the replica it
+    lives on. INVALID_ARGUMENT when no replica has this name.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "replica", b"replica"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1115,16 +1131,22 @@ class WatchPoolStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Pool name."""
+    replica: _builtins.str
+    """As GetPoolStatsRequest.replica: one replica's own statistics, or (empty)
+    a config pool's summed over the replicas.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "replica", b"replica"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

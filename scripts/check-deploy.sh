@@ -13,8 +13,10 @@
 #      installed with apt when missing; the `docker compose` plugin instead
 #      when the engine has it); and it must refuse to start without tokens.
 #   3. Server configs: the image's default, the compose config and the
-#      Kubernetes config (its [kubernetes] section and kubernetes pools) pass
-#      the server's --check-config.
+#      Kubernetes configs (their [kubernetes] section and kubernetes pools;
+#      ha's [cluster] with peer discovery, given the replica name and peer
+#      token its pods get from the environment) pass the server's
+#      --check-config.
 #
 # Usage: scripts/check-deploy.sh
 # Environment: KUBERNETES_VALIDATE_VENV (default ~/.cache/sandpool/kubernetes-validate-VERSION).
@@ -106,6 +108,17 @@ assert "grpc:\n            port: 50051" in find(single, "Deployment", "sandpool"
 dep = find(ha, "Deployment", "sandpool")
 assert "SANDPOOL_TLS_CERT" in dep and "secretName: sandpool-tls" in dep and "sandpool-healthcheck" in dep
 assert "grpc:\n" not in dep, "ha: the kubelet's gRPC probe speaks no TLS"
+# ha: the replicas find each other through sandpool-peers' EndpointSlices,
+# each named after its pod, with the peer token from a Secret.
+assert re.search(r"- name: SANDPOOL_REPLICA\n +valueFrom:\n +fieldRef:\n +fieldPath: metadata.name", dep), "ha: replica from the pod name"
+assert re.search(r"- name: SANDPOOL_PEER_TOKEN\n +valueFrom:\n +secretKeyRef:", dep), "ha: peer token from a Secret"
+find(ha, "Secret", "sandpool-peer-token")
+config = find(ha, "ConfigMap", "sandpool-config")
+assert "[cluster.kubernetes]" in config and 'service = "sandpool-peers"' in config, "ha: [cluster.kubernetes]"
+for path in (single, ha, namespaces):
+    role = find_in(path, "Role", "sandpool-server", "sandpool")
+    assert re.search(r"- discovery.k8s.io\n +resources:\n +- endpointslices\n +verbs:\n +- get\n +- list\n +- watch\n", role), f"{path}: endpointslices get, list, watch"
+    assert "- endpoints\n" not in role, f"{path}: no more than discovery reads"
 # The second sandbox namespace: listed in the config, with the sandbox Role
 # bound there, its deny-all policy and Pod Security baseline.
 assert 'namespaces = [\\"llm-sandbox\\"]' in find(namespaces, "ConfigMap", "sandpool-config") \
@@ -141,5 +154,13 @@ for K8S_CONF in deploy/kubernetes/base/sandpool.toml deploy/kubernetes/overlays/
   out=$(env -u SANDPOOL_CONFIG "$SERVER" --config "$K8S_CONF" --check-config 2>&1) \
     || fail "$K8S_CONF (the Kubernetes backend must accept it):"$'\n'"$out"
 done
+# ha's replicas get their name and the peer token from the environment.
+HA_CONF=deploy/kubernetes/overlays/ha/sandpool.toml
+out=$(env -u SANDPOOL_CONFIG SANDPOOL_REPLICA=sandpool-5d8f7c9b6-x2x4q SANDPOOL_PEER_TOKEN=check-peer-token-0123456789 \
+  "$SERVER" --config "$HA_CONF" --check-config 2>&1) || fail "$HA_CONF:"$'\n'"$out"
+grep -q "peers from the EndpointSlices of Service sandpool-peers" <<<"$out" || fail "$HA_CONF: no peer discovery:"$'\n'"$out"
+if env -u SANDPOOL_CONFIG -u SANDPOOL_PEER_TOKEN SANDPOOL_REPLICA=sandpool-0 "$SERVER" --config "$HA_CONF" --check-config >/dev/null 2>&1; then
+  fail "$HA_CONF passes without a peer token"
+fi
 echo "check-deploy: server configs check ($K8S_CONF with its Kubernetes pools)"
 echo "check-deploy: ok in $(( $(date +%s) - T0 ))s"

@@ -107,6 +107,9 @@ pub struct ClusterSettings {
     pub peers: Vec<crate::cluster::PeerConfig>,
     pub peer_token: Option<String>,
     pub peer_ca: Option<PathBuf>,
+    /// `[cluster.kubernetes]`: peers from the Kubernetes API instead of
+    /// `peers`.
+    pub kubernetes: Option<crate::cluster::DiscoveryConfig>,
 }
 
 /// The shortest peer token accepted: it guards the header that names any
@@ -152,6 +155,121 @@ struct ClusterFile {
     peer_ca: Option<PathBuf>,
     #[serde(default)]
     peers: Vec<PeerFile>,
+    kubernetes: Option<DiscoveryFile>,
+}
+
+/// `[cluster.kubernetes]`: the replicas are the endpoints of a Service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoveryFile {
+    service: Option<String>,
+    namespace: Option<String>,
+    port: Option<PortFile>,
+    scheme: Option<String>,
+    tls_name: Option<String>,
+}
+
+/// A Service port by name (`"grpc"`) or number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PortFile {
+    Number(i64),
+    Name(String),
+}
+
+impl DiscoveryFile {
+    fn into_config(self) -> Result<crate::cluster::DiscoveryConfig, ConfigError> {
+        use crate::cluster::{PortRef, Scheme};
+        let service = self.service.ok_or_else(|| {
+            ConfigError::invalid(
+                "cluster.kubernetes.service",
+                "is missing: name the headless Service over the replicas (e.g. \"sandpool-peers\")",
+            )
+        })?;
+        // Service names are RFC 1035 labels: an RFC 1123 label that starts
+        // with a letter.
+        if !crate::spec::is_namespace_name(&service)
+            || !service.starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            return Err(ConfigError::invalid(
+                "cluster.kubernetes.service",
+                format!("{service:?} is not a Service name (RFC 1035 label)"),
+            ));
+        }
+        if let Some(ns) = &self.namespace
+            && !crate::spec::is_namespace_name(ns)
+        {
+            return Err(ConfigError::invalid(
+                "cluster.kubernetes.namespace",
+                format!("{ns:?} is not a namespace name (RFC 1123 label)"),
+            ));
+        }
+        let port = match self.port {
+            None => PortRef::Name(crate::cluster::discovery::DEFAULT_PORT.to_string()),
+            Some(PortFile::Number(n)) => {
+                PortRef::Number(u16::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ConfigError::invalid(
+                        "cluster.kubernetes.port",
+                        format!("{n} is not a port number (1 to 65535)"),
+                    )
+                })?)
+            }
+            Some(PortFile::Name(name)) if is_port_name(&name) => PortRef::Name(name),
+            Some(PortFile::Name(name)) => {
+                return Err(ConfigError::invalid(
+                    "cluster.kubernetes.port",
+                    format!(
+                        "{name:?} is not a port name (1 to 15 of a-z, 0-9 and '-', with a letter) \
+                         nor a number"
+                    ),
+                ));
+            }
+        };
+        let scheme = match self.scheme.as_deref() {
+            None | Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "cluster.kubernetes.scheme",
+                    format!("{other:?} is not http or https"),
+                ));
+            }
+        };
+        if let Some(name) = &self.tls_name {
+            if scheme != Scheme::Https {
+                return Err(ConfigError::invalid(
+                    "cluster.kubernetes.tls_name",
+                    "is only for scheme = \"https\"",
+                ));
+            }
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    "cluster.kubernetes.tls_name",
+                    format!("{name:?} is not a DNS name"),
+                ));
+            }
+        }
+        Ok(crate::cluster::DiscoveryConfig {
+            service,
+            namespace: self.namespace,
+            port,
+            scheme,
+            tls_name: self.tls_name,
+        })
+    }
+}
+
+/// A Kubernetes port name (IANA_SVC_NAME): 1 to 15 of a-z, 0-9 and '-',
+/// with at least one letter, no '-' at either end nor two in a row.
+fn is_port_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,11 +305,25 @@ impl ClusterFile {
         if let Some(token) = &self.peer_token {
             check_peer_token("cluster.peer_token", token)?;
         }
+        let kubernetes = self
+            .kubernetes
+            .map(DiscoveryFile::into_config)
+            .transpose()?;
+        // One source of peers: a static list beside discovery would give
+        // two answers to "is this replica gone?".
+        if kubernetes.is_some() && !peers.is_empty() {
+            return Err(ConfigError::invalid(
+                "cluster.kubernetes",
+                "and cluster.peers are both set: peers come either from the static list or \
+                 from the Kubernetes API, not both; drop one",
+            ));
+        }
         Ok(ClusterSettings {
             replica: self.replica,
             peers,
             peer_token: self.peer_token,
             peer_ca: self.peer_ca,
+            kubernetes,
         })
     }
 }
@@ -773,15 +905,16 @@ impl ServerConfig {
     pub fn cluster(&self) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
         let c = &self.cluster;
         let Some(replica) = c.replica.clone() else {
-            if c.peers.is_empty() {
+            if c.peers.is_empty() && c.kubernetes.is_none() {
                 // No replica named and no peers: a server on its own (a
                 // stray peer token changes nothing).
                 return Ok(None);
             }
             return Err(ConfigError::invalid(
                 "cluster.replica",
-                "is missing: with peers, name this replica (cluster.replica or SANDPOOL_REPLICA); \
-                 it prefixes every lease id it grants",
+                "is missing: with peers, name this replica (cluster.replica or SANDPOOL_REPLICA; \
+                 on Kubernetes the pod's name, from the downward API); it prefixes every lease id \
+                 it grants",
             ));
         };
         let peers: Vec<_> = c
@@ -790,7 +923,7 @@ impl ServerConfig {
             .filter(|p| p.name != replica)
             .cloned()
             .collect();
-        if !peers.is_empty() && c.peer_token.is_none() {
+        if (!peers.is_empty() || c.kubernetes.is_some()) && c.peer_token.is_none() {
             return Err(ConfigError::invalid(
                 "cluster.peer_token",
                 "is missing: replicas with peers share a peer token (cluster.peer_token or \
@@ -808,11 +941,23 @@ impl ServerConfig {
                 ),
             ));
         }
+        if c.kubernetes
+            .as_ref()
+            .is_some_and(|k| k.scheme == crate::cluster::Scheme::Https)
+            && c.peer_ca.is_none()
+        {
+            return Err(ConfigError::invalid(
+                "cluster.peer_ca",
+                "is missing: cluster.kubernetes.scheme is https; name the CA (PEM) of the peers' \
+                 certificates",
+            ));
+        }
         Ok(Some(crate::cluster::ClusterConfig {
             replica,
             peers,
             peer_token: c.peer_token.clone(),
             peer_ca: c.peer_ca.clone(),
+            kubernetes: c.kubernetes.clone(),
         }))
     }
 
@@ -1186,6 +1331,122 @@ peers = [
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("SANDPOOL_REPLICA"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_can_find_its_peers_through_kubernetes() {
+        use crate::cluster::{PortRef, Scheme};
+        let text = "[kubernetes]\nlease_namespace = \"sandpool\"\n\
+                    [cluster]\npeer_token = \"0123456789abcdef0123\"\n\
+                    [cluster.kubernetes]\nservice = \"sandpool-peers\"\n";
+        let mut c = ServerConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        let err = c.cluster().unwrap_err().to_string();
+        assert!(err.starts_with("cluster.replica"), "{err}");
+        c.apply_env(|name| (name == "SANDPOOL_REPLICA").then(|| "sandpool-7d9f-x2x4q".into()))
+            .unwrap();
+        let cluster = c.cluster().unwrap().expect("a cluster");
+        assert_eq!(cluster.replica, "sandpool-7d9f-x2x4q");
+        assert!(cluster.peers.is_empty());
+        let k = cluster.kubernetes.expect("discovery");
+        assert_eq!(k.service, "sandpool-peers");
+        assert_eq!(
+            k.namespace, None,
+            "the lease namespace is the backend's to resolve"
+        );
+        assert_eq!(k.port, PortRef::Name("grpc".into()));
+        assert_eq!(k.scheme, Scheme::Http);
+        let c = ServerConfig::from_toml(
+            "[cluster]\nreplica = \"a\"\npeer_token = \"0123456789abcdef0123\"\n\
+             peer_ca = \"/ca.pem\"\n[cluster.kubernetes]\nservice = \"p\"\nnamespace = \"ns\"\n\
+             port = 7000\nscheme = \"https\"\ntls_name = \"sandpool.ns.svc\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let k = c
+            .cluster()
+            .unwrap()
+            .expect("a cluster")
+            .kubernetes
+            .expect("discovery");
+        assert_eq!(k.port, PortRef::Number(7000));
+        assert_eq!(k.scheme, Scheme::Https);
+        assert_eq!(k.tls_name.as_deref(), Some("sandpool.ns.svc"));
+        assert_eq!(k.namespace.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn bad_discovery_names_the_setting() {
+        let k = "[cluster.kubernetes]\n";
+        for (text, setting) in [
+            (
+                format!("[cluster]\n{k}namespace = \"x\"\n"),
+                "cluster.kubernetes.service",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"Peers\"\n"),
+                "cluster.kubernetes.service",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"1p\"\n"),
+                "cluster.kubernetes.service",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\nnamespace = \"a_b\"\n"),
+                "cluster.kubernetes.namespace",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\nport = 0\n"),
+                "cluster.kubernetes.port",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\nport = 70000\n"),
+                "cluster.kubernetes.port",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\nport = \"grpc-port-that-is-long\"\n"),
+                "cluster.kubernetes.port",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\nscheme = \"h2\"\n"),
+                "cluster.kubernetes.scheme",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\ntls_name = \"x\"\n"),
+                "cluster.kubernetes.tls_name",
+            ),
+            (
+                format!("[cluster]\n{k}service = \"p\"\nlabels = 1\n"),
+                "config file t.toml",
+            ),
+            (
+                format!(
+                    "[cluster]\npeers = [{{ name = \"b\", address = \"http://h:1\" }}]\n{k}service = \"p\"\n"
+                ),
+                "cluster.kubernetes",
+            ),
+        ] {
+            let err = ServerConfig::from_toml(&text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(setting), "{setting}: {err}");
+        }
+        // Settings that fit only together.
+        for (text, setting) in [
+            (
+                format!("[cluster]\nreplica = \"a\"\n{k}service = \"p\"\n"),
+                "cluster.peer_token",
+            ),
+            (
+                format!(
+                    "[cluster]\nreplica = \"a\"\npeer_token = \"0123456789abcdef\"\n{k}service = \"p\"\nscheme = \"https\"\n"
+                ),
+                "cluster.peer_ca",
+            ),
+        ] {
+            let c = ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+            let err = c.cluster().unwrap_err().to_string();
+            assert!(err.starts_with(setting), "{setting}: {err}");
+        }
     }
 
     #[test]

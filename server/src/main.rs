@@ -137,15 +137,12 @@ async fn main() -> ExitCode {
                 .iter()
                 .map(|p| format!("{} at {}", p.name, p.address))
                 .collect();
-            println!(
-                "replica {}: peers {}",
-                cluster.replica,
-                if peers.is_empty() {
-                    "none".to_string()
-                } else {
-                    peers.join(", ")
-                }
-            );
+            let peers = match (&cluster.kubernetes, peers.is_empty()) {
+                (Some(k), _) => format!("from the EndpointSlices of {}", k.source()),
+                (None, true) => "none".to_string(),
+                (None, false) => peers.join(", "),
+            };
+            println!("replica {}: peers {peers}", cluster.replica);
         }
         println!("config OK");
         return ExitCode::SUCCESS;

@@ -52,18 +52,36 @@ pub async fn serve(
         .server_id
         .clone()
         .unwrap_or_else(|| default_server_id(addr));
-    let cluster = match config.cluster()? {
+    let cluster_config = config.cluster()?;
+    let cluster = match &cluster_config {
         Some(c) => {
             tracing::info!(
                 replica = %c.replica,
                 peers = %c.peers.iter().map(|p| format!("{}={}", p.name, p.address)).collect::<Vec<_>>().join(","),
+                discovery = %c.kubernetes.as_ref().map(|k| k.source()).unwrap_or_default(),
                 "one replica of several: lease ids start with `{}.`",
                 c.replica
             );
-            Cluster::new(&c)?
+            Cluster::new(c)?
         }
         None => Cluster::alone(),
     };
+    let cluster = Arc::new(cluster);
+    // Ends the long-lived streams (and the peer watch) once the manager has
+    // stopped.
+    let streams = CancellationToken::new();
+    // Peers from the Kubernetes API: watched from now, before the pools
+    // warm, so the first list is there when calls come; and until the
+    // server stops, so peers that come and go during a drain are seen too.
+    if let Some(discovery) = cluster_config.and_then(|c| c.kubernetes) {
+        crate::cluster::discovery::start(
+            Arc::clone(&cluster),
+            discovery,
+            &config.kubernetes,
+            streams.clone(),
+        )
+        .await?;
+    }
     let auth = Auth::new(
         &config.auth,
         config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
@@ -104,7 +122,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let streams = CancellationToken::new();
     if insecure {
         warn_insecure(addr, streams.clone());
     }
@@ -162,7 +179,7 @@ pub async fn serve(
         file_limits: config.file_limits.clone(),
         journals: crate::api::resume::Budget::new(config.run_limits.max_buffer_bytes),
         streams: streams.clone(),
-        cluster: Arc::new(cluster),
+        cluster: Arc::clone(&cluster),
         pool_homes: Default::default(),
     });
     if auth.enabled() {
@@ -204,12 +221,14 @@ pub async fn serve(
         let streams = streams.clone();
         let health = health.clone();
         let grace = config.shutdown_grace;
-        let drains = state.cluster.peers().next().is_some();
+        let cluster = Arc::clone(&state.cluster);
         tokio::spawn(async move {
             let told = tokio::select! {
                 _ = shutdown => true,
                 _ = stopped.cancelled() => false,
             };
+            // The peers of now: with discovery they change at run time.
+            let drains = cluster.has_peers();
             tracing::info!("shutting down");
             set_health(&health, ServingStatus::NotServing).await;
             let mut grace = grace;

@@ -59,7 +59,9 @@ impl ArtifactService for ArtifactApi {
                 &metadata,
                 &extensions,
                 &header.lease_id,
-            )? {
+            )
+            .await?
+            {
                 let first = pb::UploadRequest {
                     part: Some(pb::upload_request::Part::Header(header)),
                 };
@@ -112,7 +114,9 @@ impl ArtifactService for ArtifactApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 let answer = to.artifacts().download(to.request(req)).await;
                 return to.stream(answer);
             }
@@ -178,7 +182,9 @@ impl ArtifactService for ArtifactApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 return to.unary(to.artifacts().list_artifacts(to.request(req)).await);
             }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;

@@ -112,8 +112,10 @@ pub(super) struct Forward {
 
 /// `Some` when the call for `lease_id` belongs to a peer: the caller's
 /// request is then the owner's to answer. `extensions`: the request's, to
-/// tell a call a peer forwarded here (never forwarded again).
-pub(super) fn to_owner(
+/// tell a call a peer forwarded here (never forwarded again). With peer
+/// discovery, waits (bounded) for its first list, so that a replica not
+/// listed yet is not taken for a gone one.
+pub(super) async fn to_owner(
     state: &AppState,
     method: &'static str,
     who: &Identity,
@@ -122,6 +124,7 @@ pub(super) fn to_owner(
     lease_id: &str,
 ) -> Result<Option<Forward>, Status> {
     let forwarded = extensions.get::<Forwarded>().is_some();
+    state.cluster.listed().await;
     match state
         .cluster
         .route(lease_id, forwarded)
@@ -246,6 +249,16 @@ impl Forward {
     }
 }
 
+/// The keepalive answer of a lease whose owner is gone: the one a lease
+/// revoked by a stopping server gets.
+fn revoked(lease_id: &str) -> pb::KeepAliveResponse {
+    pb::KeepAliveResponse {
+        lease_id: lease_id.to_string(),
+        state: pb::LeaseState::Revoked as i32,
+        ..Default::default()
+    }
+}
+
 /// The keepalives of one KeepAlive stream whose leases belong to peers: one
 /// forwarded KeepAlive stream per owner, opened at its first lease and
 /// kept for the caller's stream's life. Each request has exactly one
@@ -281,8 +294,16 @@ impl KeepAlives {
         &mut self,
         req: &pb::KeepAliveRequest,
     ) -> Option<Result<pb::KeepAliveResponse, Status>> {
-        let Ok(Route::Peer(peer)) = self.state.cluster.route(&req.lease_id, self.forwarded) else {
-            return None;
+        self.state.cluster.listed().await;
+        let peer = match self.state.cluster.route(&req.lease_id, self.forwarded) {
+            Ok(Route::Peer(peer)) => peer,
+            // Discovery no longer lists its owner: ended with it, answered
+            // as below for an owner found gone by a refused connection.
+            Err(ForwardError::OwnerLeft { replica, .. }) => {
+                tracing::info!(lease_id = %req.lease_id, owner = %replica, "the lease's owner is gone");
+                return Some(Ok(revoked(&req.lease_id)));
+            }
+            _ => return None,
         };
         let owner = Owner {
             peer,
@@ -298,11 +319,7 @@ impl KeepAlives {
             // revoked by a stopping server gets, and the stream goes on
             // for the caller's other leases.
             tracing::info!(lease_id = %req.lease_id, owner = %owner.peer.name, "the lease's owner is gone");
-            return Some(Ok(pb::KeepAliveResponse {
-                lease_id: req.lease_id.clone(),
-                state: pb::LeaseState::Revoked as i32,
-                ..Default::default()
-            }));
+            return Some(Ok(revoked(&req.lease_id)));
         }
         Some(Err(owner.failed(status)))
     }

@@ -97,7 +97,7 @@ async fn peers_stats(
     metadata: &MetadataMap,
     pool: &str,
 ) -> Vec<(Arc<Peer>, pb::PoolStats)> {
-    let peers: Vec<Arc<Peer>> = state.cluster.peers().cloned().collect();
+    let peers = state.cluster.peers();
     let answers = join_all(
         peers
             .iter()
@@ -134,7 +134,7 @@ pub(super) async fn acquire_at_peer(
     extensions: &tonic::Extensions,
     req: &pb::AcquireRequest,
 ) -> Option<Result<Response<pb::AcquireResponse>, Status>> {
-    if forwarded(extensions) || state.cluster.peers().next().is_none() {
+    if forwarded(extensions) || !state.cluster.has_peers() {
         return None;
     }
     // A draining replica grants nothing: any peer that answers takes the
@@ -183,7 +183,7 @@ pub(super) async fn pool_stats(
     local: pb::PoolStats,
 ) -> pb::PoolStats {
     if forwarded(extensions)
-        || state.cluster.peers().next().is_none()
+        || !state.cluster.has_peers()
         || !state.manager.is_config_pool(&local.pool)
     {
         return local;
@@ -213,13 +213,14 @@ pub(super) fn named_peer(state: &AppState, name: &str) -> Result<Option<Arc<Peer
         return Ok(None);
     }
     if let Some(peer) = state.cluster.peer(name) {
-        return Ok(Some(Arc::clone(peer)));
+        return Ok(Some(peer));
     }
+    let peers = state.cluster.peers();
     let known: Vec<&str> = state
         .cluster
         .replica()
         .into_iter()
-        .chain(state.cluster.peers().map(|p| p.name.as_str()))
+        .chain(peers.iter().map(|p| p.name.as_str()))
         .collect();
     Err(crate::error::Error::invalid(
         "replica",
@@ -296,10 +297,10 @@ pub(super) async fn list_across(
     extensions: &tonic::Extensions,
     mut local: Vec<pb::Pool>,
 ) -> Vec<pb::Pool> {
-    if forwarded(extensions) || state.cluster.peers().next().is_none() {
+    if forwarded(extensions) || !state.cluster.has_peers() {
         return local;
     }
-    let peers: Vec<Arc<Peer>> = state.cluster.peers().cloned().collect();
+    let peers: Vec<Arc<Peer>> = state.cluster.peers();
     let answers = join_all(peers.iter().map(|peer| async {
         let request = to_peer(
             state,
@@ -485,10 +486,10 @@ mod tests {
             }],
             peer_token: Some("0123456789abcdef".into()),
             peer_ca: None,
+            kubernetes: None,
         })
         .expect("valid")
         .peer(name)
-        .cloned()
         .expect("the peer")
     }
 

@@ -97,14 +97,14 @@ pub(super) async fn home_unless_forwarded(
     forwarded: bool,
     name: &str,
 ) -> Option<ToHome> {
-    if forwarded || state.cluster.peers().next().is_none() || here(state, who, name) {
+    if forwarded || !state.cluster.has_peers() || here(state, who, name) {
         return None;
     }
     let to = |peer: Arc<Peer>| ToHome::at(state, who, metadata, peer, name);
     if let Some(peer) = state
         .pool_homes
         .get(name)
-        .and_then(|replica| state.cluster.peer(&replica).cloned())
+        .and_then(|replica| state.cluster.peer(&replica))
     {
         return Some(to(peer));
     }
@@ -122,7 +122,7 @@ pub(super) async fn find(
     metadata: &MetadataMap,
     name: &str,
 ) -> Option<Arc<Peer>> {
-    let peers: Vec<Arc<Peer>> = state.cluster.peers().cloned().collect();
+    let peers: Vec<Arc<Peer>> = state.cluster.peers();
     let answers = join_all(peers.iter().map(|peer| async {
         let mut request = Request::new(pb::GetPoolRequest {
             name: name.to_string(),
@@ -231,7 +231,7 @@ pub(super) async fn check_name_free(
     extensions: &tonic::Extensions,
     name: &str,
 ) -> Result<(), Status> {
-    if extensions.get::<Forwarded>().is_some() || state.cluster.peers().next().is_none() {
+    if extensions.get::<Forwarded>().is_some() || !state.cluster.has_peers() {
         return Ok(());
     }
     match find(state, who, metadata, name).await {

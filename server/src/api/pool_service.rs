@@ -219,7 +219,7 @@ impl PoolService for PoolApi {
                 && extensions.get::<Forwarded>().is_none()
                 && self.state.manager.is_config_pool(&req.name);
             let peers = if summed {
-                self.state.cluster.peers().cloned().collect()
+                self.state.cluster.peers()
             } else {
                 Vec::new()
             };

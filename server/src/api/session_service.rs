@@ -205,7 +205,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 return to.unary(to.sessions().release(to.request(req)).await);
             }
             let before = self.state.manager.release(&req.lease_id, &who.name)?;
@@ -236,7 +238,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 let answer = to.sessions().run(to.request(req)).await;
                 return to.stream(answer);
             }
@@ -271,7 +275,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 let answer = to.sessions().attach(to.request(req)).await;
                 return to.stream(answer);
             }
@@ -326,7 +332,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 lease_id,
-            )? {
+            )
+            .await?
+            {
                 let start = pb::InteractRequest {
                     action: Some(pb::interact_request::Action::Start(start)),
                 };
@@ -385,7 +393,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 return to.unary(to.sessions().install_libraries(to.request(req)).await);
             }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
@@ -418,7 +428,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 return to.unary(to.sessions().create_context(to.request(req)).await);
             }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
@@ -445,7 +457,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 return to.unary(to.sessions().delete_context(to.request(req)).await);
             }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
@@ -472,7 +486,9 @@ impl SessionService for SessionApi {
                 &metadata,
                 &extensions,
                 &req.lease_id,
-            )? {
+            )
+            .await?
+            {
                 return to.unary(to.sessions().cancel(to.request(req)).await);
             }
             let cancelled = self

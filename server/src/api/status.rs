@@ -238,7 +238,17 @@ fn from_forward(err: ForwardError, message: &str) -> Failure {
                 .retry_after(REPLICA_RETRY)
                 .with("replica", replica)
         }
+        ForwardError::NotListed {
+            lease_id, replica, ..
+        } => Failure::new(C::Unavailable, R::EngineUnavailable)
+            .retry_after(REPLICA_RETRY)
+            .with("lease_id", lease_id)
+            .with("replica", replica),
+        // Gone by a refused connection or by discovery's list: one answer.
         ForwardError::OwnerGone {
+            lease_id, replica, ..
+        }
+        | ForwardError::OwnerLeft {
             lease_id, replica, ..
         } => Failure::new(C::FailedPrecondition, R::LeaseEnded)
             .precondition("LEASE_ENDED", &lease_id, message)
@@ -423,6 +433,28 @@ mod tests {
             Some("b.00")
         );
         assert_eq!(info.metadata.get("replica").map(String::as_str), Some("b"));
+        // Gone from discovery's list: the same answer, at once.
+        let status = Status::from(Error::from(ForwardError::OwnerLeft {
+            lease_id: "b.00".into(),
+            replica: "b".into(),
+            listing: "Service ns/sandpool-peers".into(),
+        }));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(reason_of(&status), "LEASE_ENDED");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("info");
+        assert_eq!(
+            info.metadata.get("end").map(String::as_str),
+            Some("LEASE_STATE_REVOKED")
+        );
+        assert_eq!(info.metadata.get("replica").map(String::as_str), Some("b"));
+        let status = Status::from(Error::from(ForwardError::NotListed {
+            lease_id: "b.00".into(),
+            replica: "b".into(),
+            listing: "Service ns/sandpool-peers".into(),
+        }));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.get_error_details().retry_info().is_some());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use futures::{StreamExt, stream::BoxStream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use docker::DockerBackend;
-pub use kubernetes::{KubeError, KubernetesBackend, KubernetesSettings};
+pub use kubernetes::{KubeError, KubernetesBackend, KubernetesSettings, client_config};
 
 /// Label naming the server instance that owns a container.
 pub const LABEL_SERVER: &str = "sandpool.server";

@@ -3,22 +3,29 @@
 //!
 //! A lease belongs to the replica that granted it, and its id says which:
 //! `<replica>.<32 hex digits>` (a server without `[cluster]` keeps plain
-//! ids). Peers come from a static list in the config; they prove themselves
-//! to each other with a shared peer token, and pass the caller's identity
-//! in a header only a peer may set (`caller`). The forwarding of each call
-//! is the api layer's (`api::forward`); this module knows the replicas and
-//! how to reach them, not the RPCs.
+//! ids). Peers come from a static list in the config, or from the Kubernetes
+//! API (`discovery`: the EndpointSlices of a headless Service, watched, so
+//! the set changes at run time); they prove themselves to each other with a
+//! shared peer token, and pass the caller's identity in a header only a peer
+//! may set (`caller`). The forwarding of each call is the api layer's
+//! (`api::forward`); this module knows the replicas and how to reach them,
+//! not the RPCs.
 
 pub mod caller;
+pub mod discovery;
 
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
+use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::sync::{read, write};
+pub use discovery::{DiscoveryConfig, PortRef, Scheme};
 
 /// How long connecting to a peer may take before the call is UNAVAILABLE:
 /// a replica on the same network answers within milliseconds, and a caller
@@ -27,6 +34,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 pings on idle peer connections, so a peer that vanished without
 /// closing them is noticed before the next call.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long after start a call for a peer's lease may wait for discovery's
+/// first list: before it, a replica missing from the set may just not be
+/// listed yet, and must not be reported gone. After it, calls no longer
+/// wait (the API server is down): such a lease is UNAVAILABLE, retryable.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// `[cluster]`, validated: this replica and the peers it forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,14 +52,37 @@ pub struct ClusterConfig {
     pub peer_token: Option<String>,
     /// CA (PEM) of the peers' certificates, for `https://` peers.
     pub peer_ca: Option<PathBuf>,
+    /// Peers found through the Kubernetes API instead of `peers`
+    /// (`[cluster.kubernetes]`; the two exclude each other).
+    pub kubernetes: Option<DiscoveryConfig>,
 }
 
-/// A peer as the config names it.
+/// A peer as the config names it (or discovery finds it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub name: String,
     /// `http://host:port` or `https://host:port`.
     pub address: String,
+}
+
+/// Why a peer cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot read cluster.peer_ca {path}: {source}")]
+    Ca {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cluster peer {name:?}: {address:?} is not an address: {detail}")]
+    Address {
+        name: String,
+        address: String,
+        detail: String,
+    },
+    #[error("cluster peer {name:?} is https: set cluster.peer_ca to the CA of its certificate")]
+    NoCa { name: String },
+    #[error("cluster peer {name:?}: TLS: {detail}")]
+    Tls { name: String, detail: String },
 }
 
 /// Why a replica name cannot be one: it is the prefix of lease ids, up to
@@ -111,6 +146,31 @@ pub enum ForwardError {
         replica: String,
         address: String,
     },
+    /// Discovery lists the replicas, and the owner is not among them any
+    /// more (or never was since this replica started): its pod is gone, and
+    /// the lease, which lived only in its memory, with it. Answered at once,
+    /// not after a connect timeout to an address that may stop answering
+    /// at all.
+    #[error(
+        "replica {replica:?}, which owned lease {lease_id}, is gone (no EndpointSlice of {listing} \
+         lists it): the lease ended with it; acquire a new lease"
+    )]
+    OwnerLeft {
+        lease_id: String,
+        replica: String,
+        listing: String,
+    },
+    /// Discovery has not listed the replicas yet (the API server did not
+    /// answer in time), so whether the owner lives is unknown.
+    #[error(
+        "lease {lease_id} belongs to replica {replica:?}, and the EndpointSlices of {listing} could not be \
+         listed yet: retry"
+    )]
+    NotListed {
+        lease_id: String,
+        replica: String,
+        listing: String,
+    },
     /// A caller asked for one replica's own answer, and it does not answer.
     #[error("replica {replica:?} ({address}) does not answer: {detail}")]
     ReplicaUnreachable {
@@ -160,6 +220,52 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+/// One peer's endpoint: its timeouts and keepalives, and TLS for `https://`
+/// peers. Nothing connects yet.
+fn endpoint(
+    name: &str,
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, PeerError> {
+    let mut endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|e| PeerError::Address {
+            name: name.to_string(),
+            address: address.to_string(),
+            detail: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true);
+    if address.starts_with("https://") {
+        let tls = tls.cloned().ok_or_else(|| PeerError::NoCa {
+            name: name.to_string(),
+        })?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| PeerError::Tls {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(endpoint)
+}
+
+/// The client TLS of `https://` peers: `peer_ca`, and the name their
+/// certificates are checked against when discovery reaches them by IP.
+fn peer_tls(config: &ClusterConfig) -> Result<Option<ClientTlsConfig>, PeerError> {
+    let Some(path) = &config.peer_ca else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|source| PeerError::Ca {
+        path: path.clone(),
+        source,
+    })?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    if let Some(name) = config.kubernetes.as_ref().and_then(|k| k.tls_name.as_ref()) {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
+}
+
 /// Where a lease-scoped call runs.
 #[derive(Debug)]
 pub enum Route {
@@ -170,13 +276,30 @@ pub enum Route {
     Peer(Arc<Peer>),
 }
 
+type PeerSet = Arc<BTreeMap<String, Arc<Peer>>>;
+
+/// Discovery's state as routing needs it: what it lists, and whether it
+/// has listed once.
+#[derive(Debug)]
+struct Listing {
+    /// `Service NS/NAME` (its EndpointSlices), for messages.
+    source: String,
+    listed: tokio::sync::watch::Sender<bool>,
+    /// Until when a call waits for the first list.
+    first_list_by: Instant,
+}
+
 /// This replica among its peers; a server without `[cluster]` is alone and
-/// routes everything to itself.
+/// routes everything to itself. The peers are a snapshot, replaced as a
+/// whole when discovery sees the set change; a call works on the snapshot
+/// it took.
 #[derive(Debug, Default)]
 pub struct Cluster {
     replica: Option<String>,
-    peers: BTreeMap<String, Arc<Peer>>,
+    peers: RwLock<PeerSet>,
     peer_token: Option<String>,
+    tls: Option<ClientTlsConfig>,
+    listing: Option<Listing>,
 }
 
 impl Cluster {
@@ -186,48 +309,37 @@ impl Cluster {
     }
 
     /// The replicas of `config`, their endpoints checked (nothing connects
-    /// yet).
-    pub fn new(config: &ClusterConfig) -> anyhow::Result<Self> {
-        let tls = match &config.peer_ca {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read cluster.peer_ca {}: {e}", path.display())
-                })?;
-                Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            }
-            None => None,
-        };
+    /// yet). With `[cluster.kubernetes]` the set starts empty, and
+    /// `discovery` fills it.
+    pub fn new(config: &ClusterConfig) -> Result<Self, PeerError> {
+        let tls = peer_tls(config)?;
         let mut peers = BTreeMap::new();
         for peer in &config.peers {
-            let mut endpoint = Endpoint::from_shared(peer.address.clone())
-                .map_err(|e| anyhow::anyhow!("cluster peer {:?}: {e}", peer.name))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_while_idle(true);
-            if peer.address.starts_with("https://") {
-                let tls = tls.clone().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "cluster peer {:?} is https: set cluster.peer_ca to the CA of its certificate",
-                        peer.name
-                    )
-                })?;
-                endpoint = endpoint.tls_config(tls)?;
-            }
             peers.insert(
                 peer.name.clone(),
-                Arc::new(Peer {
-                    name: peer.name.clone(),
-                    address: peer.address.clone(),
-                    endpoint,
-                    channel: OnceLock::new(),
-                }),
+                Arc::new(Self::make_peer(tls.as_ref(), peer)?),
             );
         }
+        let listing = config.kubernetes.as_ref().map(|k| Listing {
+            source: k.source(),
+            listed: tokio::sync::watch::Sender::new(false),
+            first_list_by: Instant::now() + FIRST_LIST_WAIT,
+        });
         Ok(Self {
             replica: Some(config.replica.clone()),
-            peers,
+            peers: RwLock::new(Arc::new(peers)),
             peer_token: config.peer_token.clone(),
+            tls,
+            listing,
+        })
+    }
+
+    fn make_peer(tls: Option<&ClientTlsConfig>, peer: &PeerConfig) -> Result<Peer, PeerError> {
+        Ok(Peer {
+            name: peer.name.clone(),
+            address: peer.address.clone(),
+            endpoint: endpoint(&peer.name, &peer.address, tls)?,
+            channel: OnceLock::new(),
         })
     }
 
@@ -236,19 +348,90 @@ impl Cluster {
         self.replica.as_deref()
     }
 
-    /// The other replicas, by name.
-    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.peers.values()
+    fn snapshot(&self) -> PeerSet {
+        Arc::clone(&read(&self.peers))
     }
 
-    /// The peer called `name`.
-    pub fn peer(&self, name: &str) -> Option<&Arc<Peer>> {
-        self.peers.get(name)
+    /// The other replicas, by name, as they are now.
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        self.snapshot().values().cloned().collect()
+    }
+
+    /// Whether there are other replicas now.
+    pub fn has_peers(&self) -> bool {
+        !self.snapshot().is_empty()
+    }
+
+    /// The peer called `name`, if it is one now.
+    pub fn peer(&self, name: &str) -> Option<Arc<Peer>> {
+        self.snapshot().get(name).cloned()
     }
 
     /// The token this replica shows its peers.
     pub fn peer_token(&self) -> Option<&str> {
         self.peer_token.as_deref()
+    }
+
+    /// Replaces the peers with `found` (discovery's whole current list):
+    /// this replica is left out, a peer whose address did not change keeps
+    /// its channel, and one that cannot be set up is left out with a
+    /// warning. The first call marks the replicas listed.
+    pub fn set_peers(&self, found: &[PeerConfig]) {
+        let current = self.snapshot();
+        let mut next = BTreeMap::new();
+        for peer in found {
+            if Some(peer.name.as_str()) == self.replica() || next.contains_key(&peer.name) {
+                continue;
+            }
+            let kept = current
+                .get(&peer.name)
+                .filter(|p| p.address == peer.address)
+                .cloned();
+            let made = match kept {
+                Some(kept) => kept,
+                None => match Self::make_peer(self.tls.as_ref(), peer) {
+                    Ok(made) => Arc::new(made),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a discovered peer is left out");
+                        continue;
+                    }
+                },
+            };
+            next.insert(peer.name.clone(), made);
+        }
+        let changed = next.len() != current.len()
+            || next
+                .iter()
+                .any(|(name, p)| current.get(name).is_none_or(|c| !Arc::ptr_eq(c, p)));
+        if changed {
+            let describe = |set: &BTreeMap<String, Arc<Peer>>| {
+                set.values()
+                    .map(|p| format!("{}={}", p.name, p.address))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            tracing::info!(
+                peers = %describe(&next),
+                before = %describe(&current),
+                "the peers changed"
+            );
+            *write(&self.peers) = Arc::new(next);
+        }
+        if let Some(listing) = &self.listing {
+            listing
+                .listed
+                .send_if_modified(|listed| !std::mem::replace(listed, true));
+        }
+    }
+
+    /// Waits, within `FIRST_LIST_WAIT` of start, for discovery's first
+    /// list; at once without discovery or once listed.
+    pub async fn listed(&self) {
+        let Some(listing) = &self.listing else {
+            return;
+        };
+        let mut listed = listing.listed.subscribe();
+        let _ = tokio::time::timeout_at(listing.first_list_by, listed.wait_for(|l| *l)).await;
     }
 
     /// Where a call for `lease_id` runs. `forwarded`: a peer sent it here,
@@ -264,23 +447,38 @@ impl Cluster {
         if owner == this {
             return Ok(Route::Local);
         }
-        match self.peers.get(owner) {
+        let peers = self.snapshot();
+        match peers.get(owner) {
             Some(_) if forwarded => Err(ForwardError::Misrouted {
                 lease_id: lease_id.to_string(),
                 replica: owner.to_string(),
                 this: this.to_string(),
             }),
             Some(peer) => Ok(Route::Peer(Arc::clone(peer))),
-            None => Err(ForwardError::UnknownReplica {
-                lease_id: lease_id.to_string(),
-                replica: owner.to_string(),
-                this: this.to_string(),
-                known: if self.peers.is_empty() {
-                    "none".to_string()
-                } else {
-                    self.peers.keys().cloned().collect::<Vec<_>>().join(", ")
-                },
-            }),
+            // Discovery lists every replica whose pod exists: one it does
+            // not list is gone (or, before the first list, unknown yet).
+            None => match &self.listing {
+                Some(listing) if *listing.listed.borrow() => Err(ForwardError::OwnerLeft {
+                    lease_id: lease_id.to_string(),
+                    replica: owner.to_string(),
+                    listing: listing.source.clone(),
+                }),
+                Some(listing) => Err(ForwardError::NotListed {
+                    lease_id: lease_id.to_string(),
+                    replica: owner.to_string(),
+                    listing: listing.source.clone(),
+                }),
+                None => Err(ForwardError::UnknownReplica {
+                    lease_id: lease_id.to_string(),
+                    replica: owner.to_string(),
+                    this: this.to_string(),
+                    known: if peers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        peers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    },
+                }),
+            },
         }
     }
 }
@@ -315,6 +513,7 @@ mod tests {
             }],
             peer_token: Some("0123456789abcdef".into()),
             peer_ca: None,
+            kubernetes: None,
         })
         .expect("valid")
     }
@@ -341,6 +540,104 @@ mod tests {
             c.route("b.ff", true),
             Err(ForwardError::Misrouted { .. })
         ));
+    }
+
+    fn discovering() -> Cluster {
+        Cluster::new(&ClusterConfig {
+            replica: "a".into(),
+            peers: Vec::new(),
+            peer_token: Some("0123456789abcdef".into()),
+            peer_ca: None,
+            kubernetes: Some(DiscoveryConfig {
+                service: "sandpool-peers".into(),
+                namespace: Some("ns".into()),
+                port: PortRef::Name("grpc".into()),
+                scheme: Scheme::Http,
+                tls_name: None,
+            }),
+        })
+        .expect("valid")
+    }
+
+    fn found(peers: &[(&str, &str)]) -> Vec<PeerConfig> {
+        peers
+            .iter()
+            .map(|(name, address)| PeerConfig {
+                name: name.to_string(),
+                address: address.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn discovered_peers_come_and_go() {
+        let c = discovering();
+        // Before the first list, a replica not known is not called gone.
+        assert!(matches!(
+            c.route("b.ff", false),
+            Err(ForwardError::NotListed { .. })
+        ));
+        c.set_peers(&found(&[
+            ("a", "http://10.0.0.1:1"),
+            ("b", "http://10.0.0.2:1"),
+        ]));
+        assert_eq!(c.peers().len(), 1, "this replica is not its own peer");
+        let b = c.peer("b").expect("b");
+        assert!(matches!(c.route("a.ff", false), Ok(Route::Local)));
+        assert!(matches!(c.route("b.ff", false), Ok(Route::Peer(_))));
+        // Listed now: a replica missing from the list is gone.
+        let err = c.route("c.ff", false).expect_err("not listed");
+        assert!(matches!(err, ForwardError::OwnerLeft { .. }), "{err}");
+        assert!(
+            err.to_string().contains("Service ns/sandpool-peers"),
+            "{err}"
+        );
+        // An unchanged peer keeps its channel; a moved one gets a new one.
+        c.set_peers(&found(&[
+            ("b", "http://10.0.0.2:1"),
+            ("c", "http://10.0.0.3:1"),
+        ]));
+        assert!(Arc::ptr_eq(&b, &c.peer("b").expect("b")));
+        assert!(matches!(c.route("c.ff", false), Ok(Route::Peer(_))));
+        c.set_peers(&found(&[("b", "http://10.0.0.9:1")]));
+        let moved = c.peer("b").expect("b");
+        assert!(!Arc::ptr_eq(&b, &moved));
+        assert_eq!(moved.address, "http://10.0.0.9:1");
+        assert!(matches!(
+            c.route("c.ff", false),
+            Err(ForwardError::OwnerLeft { .. })
+        ));
+        // A forwarded call for a listed third replica is never sent on.
+        assert!(matches!(
+            c.route("b.ff", true),
+            Err(ForwardError::Misrouted { .. })
+        ));
+        // A peer that cannot be set up is left out, the others kept.
+        c.set_peers(&found(&[
+            ("b", "http://10.0.0.9:1"),
+            ("d", "https://10.0.0.4:1"),
+        ]));
+        assert_eq!(c.peers().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn calls_wait_for_the_first_list_only() {
+        let c = Arc::new(discovering());
+        let waiting = tokio::spawn({
+            let c = Arc::clone(&c);
+            async move { c.listed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "waits for the first list");
+        c.set_peers(&[]);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("listed")
+            .expect("joined");
+        // Without discovery nothing waits.
+        tokio::time::timeout(Duration::from_millis(10), cluster().listed())
+            .await
+            .expect("no wait");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Discovery documents: `/version`, `/api`, `/api/v1`, `/apis` and the two
-//! group versions. Plain JSON only: clients that ask for aggregated
+//! Discovery documents: `/version`, `/api`, `/api/v1`, `/apis` and the
+//! named groups' versions. Plain JSON only: clients that ask for aggregated
 //! discovery (`application/json;g=apidiscovery.k8s.io;v=v2`) always list
 //! plain `application/json` after it and fall back when the answer's content
 //! type is plain JSON.
@@ -96,30 +96,30 @@ fn group(kind: Kind) -> Value {
     })
 }
 
-/// The named groups: networking.k8s.io and coordination.k8s.io.
+/// The kinds of the named groups, one kind each.
+const GROUPED: [Kind; 3] = [Kind::NetworkPolicy, Kind::Lease, Kind::EndpointSlice];
+
+/// The named groups: networking.k8s.io, coordination.k8s.io and
+/// discovery.k8s.io.
 pub fn groups() -> Value {
     json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": [group(Kind::NetworkPolicy), group(Kind::Lease)],
+        "groups": GROUPED.map(group),
     })
 }
 
 /// `/apis/GROUP`, for the groups served.
 pub fn group_doc(name: &str) -> Option<Value> {
-    [Kind::NetworkPolicy, Kind::Lease]
-        .into_iter()
-        .find(|k| k.group() == name)
-        .map(group)
+    GROUPED.into_iter().find(|k| k.group() == name).map(group)
 }
 
 /// `/apis/GROUP/v1`, for the groups served.
 pub fn group_version(name: &str) -> Option<Value> {
-    let kind = [Kind::NetworkPolicy, Kind::Lease]
-        .into_iter()
-        .find(|k| k.group() == name)?;
+    let kind = GROUPED.into_iter().find(|k| k.group() == name)?;
     let (singular, short): (&str, &[&str]) = match kind {
         Kind::NetworkPolicy => ("networkpolicy", &["netpol"]),
+        Kind::EndpointSlice => ("endpointslice", &[]),
         _ => ("lease", &[]),
     };
     Some(json!({

@@ -6,16 +6,26 @@ pub enum Kind {
     Pod,
     NetworkPolicy,
     Lease,
+    /// discovery.k8s.io/v1. There is no endpoint controller here: whoever
+    /// needs slices (a test of sandpool's peer discovery) writes them,
+    /// playing the controller's part.
+    EndpointSlice,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Pod, Kind::NetworkPolicy, Kind::Lease];
+    pub const ALL: [Kind; 4] = [
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Lease,
+        Kind::EndpointSlice,
+    ];
 
     pub fn group(self) -> &'static str {
         match self {
             Kind::Pod => "",
             Kind::NetworkPolicy => "networking.k8s.io",
             Kind::Lease => "coordination.k8s.io",
+            Kind::EndpointSlice => "discovery.k8s.io",
         }
     }
 
@@ -24,6 +34,7 @@ impl Kind {
             Kind::Pod => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::Lease => "coordination.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
 
@@ -32,6 +43,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Lease => "Lease",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -44,6 +56,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::NetworkPolicy => "networkpolicies",
             Kind::Lease => "leases",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
 

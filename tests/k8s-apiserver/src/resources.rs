@@ -1,7 +1,8 @@
-//! The REST verbs on pods, NetworkPolicies and Leases: create, get, list,
-//! watch, update (PUT), patch (merge), delete, deletecollection. Kind
-//! specifics (pod validation and lifecycle, policy enforcement) hook in
-//! here; storage and events are the store's.
+//! The REST verbs on pods, NetworkPolicies, Leases and EndpointSlices:
+//! create, get, list, watch, update (PUT), patch (merge), delete,
+//! deletecollection. Kind specifics (pod validation and lifecycle, policy
+//! enforcement, a slice's immutable address type) hook in here; storage and
+//! events are the store's.
 
 use std::sync::Arc;
 
@@ -233,6 +234,15 @@ fn typed(
                 })?;
             serde_json::to_value(lease)
         }
+        Kind::EndpointSlice => {
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+                serde_json::from_value(body.clone()).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "EndpointSlice in version \"v1\" cannot be handled as a EndpointSlice: {e}"
+                    ))
+                })?;
+            serde_json::to_value(slice)
+        }
     }
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let warnings = validation.check(decode::unknown_fields(&body, &decoded))?;
@@ -269,7 +279,7 @@ async fn create(
             runner::enforce_namespace(app, ns).await;
             created
         }
-        Kind::Lease => app.store.create(kind, ns, body)?,
+        Kind::Lease | Kind::EndpointSlice => app.store.create(kind, ns, body)?,
     };
     Ok((created, warnings))
 }
@@ -311,6 +321,7 @@ async fn update(
         }
         match kind {
             Kind::Pod => pods::check_update(current, &merge_defaults(current, &body))?,
+            Kind::EndpointSlice => update_slice(kind, name, current, &body, &mut next)?,
             _ => {
                 if body["spec"] != current["spec"] {
                     next["spec"] = body["spec"].clone();
@@ -325,6 +336,43 @@ async fn update(
         runner::enforce_namespace(app, ns).await;
     }
     Ok((updated, warnings))
+}
+
+/// An EndpointSlice has no spec: its data are top-level fields, of which
+/// `addressType` is immutable (422, as on a real server).
+fn update_slice(
+    kind: Kind,
+    name: &str,
+    current: &Value,
+    body: &Value,
+    next: &mut Value,
+) -> ApiResult<()> {
+    if body["addressType"] != current["addressType"] {
+        return Err(ApiError::invalid(
+            kind,
+            name,
+            &[("addressType".to_string(), "field is immutable".to_string())],
+        ));
+    }
+    let mut changed = false;
+    for field in ["endpoints", "ports"] {
+        if body[field] != current[field] {
+            changed = true;
+            match body.get(field).filter(|v| !v.is_null()) {
+                Some(v) => next[field] = v.clone(),
+                None => {
+                    if let Some(o) = next.as_object_mut() {
+                        o.remove(field);
+                    }
+                }
+            }
+        }
+    }
+    if changed {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        next["metadata"]["generation"] = json!(generation + 1);
+    }
+    Ok(())
 }
 
 /// A pod update's spec compared with the stored one: fields the server
@@ -399,7 +447,7 @@ async fn delete(
             }
             Ok(json_response(StatusCode::OK, &marked))
         }
-        Kind::NetworkPolicy | Kind::Lease => {
+        Kind::NetworkPolicy | Kind::Lease | Kind::EndpointSlice => {
             let removed = app.store.remove(kind, ns, name, None)?;
             if kind == Kind::NetworkPolicy {
                 runner::enforce_namespace(app, ns).await;

@@ -1,7 +1,8 @@
 //! Fidelity against a client nobody here wrote: real kubectl 1.37 (from
 //! scripts/kubectl.sh) drives the test API server in-process: create,
 //! get -l, exec with stdin and exit codes, stderr, delete, NetworkPolicies,
-//! and a deny-all policy that really takes a pod's network away.
+//! a deny-all policy that really takes a pod's network away, and the
+//! EndpointSlices sandpool's peer discovery reads.
 
 mod common;
 
@@ -307,4 +308,128 @@ async fn deny_all_policy_takes_the_network_away() {
 
     server.shutdown().await;
     assert!(docker_ps(&[&instance]).is_empty());
+}
+
+/// An EndpointSlice of Service `service` listing `pods` (name, IP), as the
+/// endpoint controller writes them: there is none here, so the test plays
+/// its part.
+fn endpoint_slice(name: &str, service: &str, address_type: &str, pods: &[(&str, &str)]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(pod, ip)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": "peers"},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": address_type,
+        "ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+/// EndpointSlices as sandpool's peer discovery reads them: discovered by
+/// kubectl, applied (created, then patched), listed by the Service's
+/// label, validated strictly, `addressType` immutable, deleted.
+#[tokio::test]
+async fn kubectl_endpoint_slices() {
+    let Some(path) = kubectl_path() else { return };
+    let server = serve(Config::default()).await.unwrap();
+    let k = Kubectl::new(path, &server, "peers");
+
+    let resources = k
+        .ok(&[
+            "api-resources",
+            "--api-group=discovery.k8s.io",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert!(
+        resources.contains("endpointslices.discovery.k8s.io"),
+        "{resources}"
+    );
+
+    let one = [("sandpool-0", "10.0.0.1")];
+    let two = [("sandpool-0", "10.0.0.1"), ("sandpool-1", "10.0.0.2")];
+    let created = k
+        .file_verb(
+            "apply",
+            &endpoint_slice("sandpool-peers-abc", "sandpool-peers", "IPv4", &one),
+        )
+        .await;
+    assert!(created.contains("created"), "{created}");
+    let changed = k
+        .file_verb(
+            "apply",
+            &endpoint_slice("sandpool-peers-abc", "sandpool-peers", "IPv4", &two),
+        )
+        .await;
+    assert!(changed.contains("configured"), "{changed}");
+    k.create(&endpoint_slice("other-xyz", "other", "IPv4", &one))
+        .await;
+
+    let listed = k
+        .ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=sandpool-peers",
+            "-o",
+            "json",
+        ])
+        .await;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{listed}");
+    assert_eq!(items[0]["addressType"], "IPv4");
+    assert_eq!(items[0]["ports"][0]["name"], "grpc");
+    assert_eq!(items[0]["endpoints"][1]["targetRef"]["name"], "sandpool-1");
+    assert_eq!(items[0]["endpoints"][1]["addresses"], json!(["10.0.0.2"]));
+    assert_eq!(items[0]["endpoints"][1]["conditions"]["serving"], true);
+
+    // kubectl's strict validation, left to the server: unknown fields are
+    // refused.
+    let mut bad = endpoint_slice("bad", "sandpool-peers", "IPv4", &one);
+    bad["endpoints"][0]["bogus"] = json!(1);
+    let file = k.dir.path().join("bad.json");
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let refused = k.run(&["create", "-f", file.to_str().unwrap()]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("unknown field"),
+        "{}",
+        refused.stderr
+    );
+
+    // addressType cannot change, as on a real server.
+    let file = k.dir.path().join("v6.json");
+    std::fs::write(
+        &file,
+        endpoint_slice("sandpool-peers-abc", "sandpool-peers", "IPv6", &two).to_string(),
+    )
+    .unwrap();
+    let immutable = k.run(&["apply", "-f", file.to_str().unwrap()]).await;
+    assert_ne!(immutable.code, 0);
+    assert!(
+        immutable.stderr.contains("immutable"),
+        "{}",
+        immutable.stderr
+    );
+
+    k.ok(&["delete", "endpointslice", "sandpool-peers-abc"])
+        .await;
+    let left = k.ok(&["get", "endpointslices", "-o", "name"]).await;
+    assert_eq!(
+        left.trim(),
+        "endpointslice.discovery.k8s.io/other-xyz",
+        "{left}"
+    );
+    server.shutdown().await;
 }

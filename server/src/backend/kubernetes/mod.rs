@@ -68,6 +68,33 @@ struct Conn {
     endpoint: String,
 }
 
+/// The client configuration `settings` name: its kubeconfig (and context),
+/// else in-cluster credentials, else `KUBECONFIG` / `~/.kube/config`. Also
+/// what peer discovery (`cluster::discovery`) reads the API with, so both
+/// talk to the same cluster as the same identity.
+pub async fn client_config(s: &KubernetesSettings) -> Result<kube::Config, KubeError> {
+    let options = KubeConfigOptions {
+        context: s.context.clone(),
+        ..Default::default()
+    };
+    Ok(match &s.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
+        }
+        None if s.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| KubeError::Config(e.to_string()))?,
+        // In-cluster credentials, else KUBECONFIG / ~/.kube/config.
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeError::Config(e.to_string()))?,
+    })
+}
+
 /// Sandbox pods on a Kubernetes cluster. Connects on first use and tries
 /// again on the next call while it cannot.
 pub struct KubernetesBackend {
@@ -106,26 +133,7 @@ impl KubernetesBackend {
 
     async fn connect(&self) -> Result<Conn, KubeError> {
         let s = &self.settings;
-        let options = KubeConfigOptions {
-            context: s.context.clone(),
-            ..Default::default()
-        };
-        let mut config = match &s.kubeconfig {
-            Some(path) => {
-                let file = Kubeconfig::read_from(path)
-                    .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(file, &options)
-                    .await
-                    .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
-            }
-            None if s.context.is_some() => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| KubeError::Config(e.to_string()))?,
-            // In-cluster credentials, else KUBECONFIG / ~/.kube/config.
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| KubeError::Config(e.to_string()))?,
-        };
+        let mut config = client_config(s).await?;
         // Execs (the warden's) and watches stay open and quiet for long.
         config.read_timeout = None;
         let namespace = s

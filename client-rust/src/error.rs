@@ -393,6 +393,31 @@ mod tests {
     }
 
     #[test]
+    fn a_gone_replica_loses_the_lease() {
+        let gone = with_info(
+            Code::FailedPrecondition,
+            "replica \"a\" is gone",
+            "LEASE_ENDED",
+            &[
+                ("lease_id", LEASE),
+                ("end", "LEASE_STATE_REPLICA_GONE"),
+                ("replica", "a"),
+            ],
+        );
+        let err = Error::on_lease(LEASE, gone);
+        assert!(
+            matches!(
+                err,
+                Error::LeaseLost {
+                    state: Some(LeaseState::ReplicaGone),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn the_lease_reasons_are_those_that_mean_a_lost_lease() {
         let gone: Vec<ErrorReason> = (0..=255)
             .filter_map(|n| ErrorReason::try_from(n).ok())

@@ -390,6 +390,9 @@ fn state_reason(state: LeaseState) -> String {
         LeaseState::LifetimeExceeded => {
             ": the lease reached its pool's max_lease_lifetime (acquire a new one)"
         }
+        LeaseState::ReplicaGone => {
+            ": the server replica that owned the lease is gone (acquire a new one)"
+        }
         _ => "",
     };
     format!("the server answered the keepalive with {name}{words}")
@@ -493,4 +496,18 @@ pub(crate) async fn keep_alive(client: Client, held: Arc<Held>, started: Instant
     drop(stream);
     held.give_up();
     held.target.abandon(&client).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_replica_is_named_in_the_loss() {
+        let reason = state_reason(LeaseState::ReplicaGone);
+        assert!(
+            reason.contains("REPLICA_GONE: the server replica that owned the lease is gone"),
+            "{reason}"
+        );
+    }
 }

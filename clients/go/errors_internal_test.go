@@ -40,6 +40,17 @@ func TestLeaseReasonsNameTheirLease(t *testing.T) {
 	if !ok || other.Kind != KindFailedPrecondition {
 		t.Fatalf("about another lease: %#v", mapLeaseError(st.Err(), "xyz"))
 	}
+	// A lease whose replica is gone (died, or restarted): lost, saying so.
+	gone, err := status.New(codes.FailedPrecondition, `replica "a" is gone`).WithDetails(&errdetails.ErrorInfo{
+		Reason: "LEASE_ENDED", Domain: ErrorDomain, Metadata: map[string]string{"lease_id": "abc", "end": "LEASE_STATE_REPLICA_GONE", "replica": "a"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, ok = mapLeaseError(gone.Err(), "abc").(*LeaseLostError)
+	if !ok || lost.State != pb.LeaseState_LEASE_STATE_REPLICA_GONE {
+		t.Fatalf("replica gone: %#v", mapLeaseError(gone.Err(), "abc"))
+	}
 	unknown, err := status.New(codes.NotFound, "new").WithDetails(&errdetails.ErrorInfo{Reason: "SOMETHING_NEW", Domain: ErrorDomain})
 	if err != nil {
 		t.Fatal(err)

@@ -112,6 +112,7 @@ var leaseStateWords = map[pb.LeaseState]string{
 	pb.LeaseState_LEASE_STATE_LIFETIME_EXCEEDED: "it reached its pool's max_lease_lifetime",
 	pb.LeaseState_LEASE_STATE_CONTAINER_LOST:    "its container died or was removed",
 	pb.LeaseState_LEASE_STATE_POOL_DELETED:      "its pool was deleted",
+	pb.LeaseState_LEASE_STATE_REPLICA_GONE:      "the server replica that owned it is gone (acquire a new one)",
 }
 
 func (t leaseTarget) request() *pb.KeepAliveRequest {

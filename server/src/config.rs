@@ -110,6 +110,8 @@ pub struct ClusterSettings {
     /// `[cluster.kubernetes]`: peers from the Kubernetes API instead of
     /// `peers`.
     pub kubernetes: Option<crate::cluster::DiscoveryConfig>,
+    pub peer_cert: Option<PathBuf>,
+    pub peer_key: Option<PathBuf>,
 }
 
 /// The shortest peer token accepted: it guards the header that names any
@@ -153,6 +155,8 @@ struct ClusterFile {
     replica: Option<String>,
     peer_token: Option<String>,
     peer_ca: Option<PathBuf>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
     #[serde(default)]
     peers: Vec<PeerFile>,
     kubernetes: Option<DiscoveryFile>,
@@ -318,12 +322,29 @@ impl ClusterFile {
                  from the Kubernetes API, not both; drop one",
             ));
         }
+        match (&self.peer_cert, &self.peer_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "cluster.peer_key",
+                    "is missing: cluster.peer_cert needs the key of its certificate",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "cluster.peer_cert",
+                    "is missing: cluster.peer_key is the key of a certificate; name it too",
+                ));
+            }
+            _ => {}
+        }
         Ok(ClusterSettings {
             replica: self.replica,
             peers,
             peer_token: self.peer_token,
             peer_ca: self.peer_ca,
             kubernetes,
+            peer_cert: self.peer_cert,
+            peer_key: self.peer_key,
         })
     }
 }
@@ -923,13 +944,7 @@ impl ServerConfig {
             .filter(|p| p.name != replica)
             .cloned()
             .collect();
-        if (!peers.is_empty() || c.kubernetes.is_some()) && c.peer_token.is_none() {
-            return Err(ConfigError::invalid(
-                "cluster.peer_token",
-                "is missing: replicas with peers share a peer token (cluster.peer_token or \
-                 SANDPOOL_PEER_TOKEN), the only credential that may name a forwarded call's caller",
-            ));
-        }
+        self.check_peer_proof(&peers)?;
         if let Some(peer) = peers.iter().find(|p| p.address.starts_with("https://"))
             && c.peer_ca.is_none()
         {
@@ -958,7 +973,71 @@ impl ServerConfig {
             peer_token: c.peer_token.clone(),
             peer_ca: c.peer_ca.clone(),
             kubernetes: c.kubernetes.clone(),
+            peer_cert: c.peer_cert.clone(),
+            peer_key: c.peer_key.clone(),
         }))
+    }
+
+    /// Replicas with peers prove themselves to each other, with the peer
+    /// token or a client certificate (`peer_cert`, mutual TLS): only such a
+    /// proof lets a call name its caller. A certificate is shown only over
+    /// https, and taken as proof only by a TLS listener that knows the
+    /// peers' CA.
+    fn check_peer_proof(&self, peers: &[crate::cluster::PeerConfig]) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let http = peers.iter().find(|p| !p.address.starts_with("https://"));
+        // Peers found through the Kubernetes API are all reached one way.
+        let discovered = c.kubernetes.as_ref();
+        let discovered_https =
+            discovered.is_some_and(|k| k.scheme == crate::cluster::Scheme::Https);
+        let any_peers = !peers.is_empty() || discovered.is_some();
+        if c.peer_cert.is_some() {
+            if !discovered_https && !peers.iter().any(|p| p.address.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "cluster.peer_cert",
+                    "is presented only to https:// peers, and no peer is reached over https",
+                ));
+            }
+            if let Some(peer) = http
+                && c.peer_token.is_none()
+            {
+                return Err(ConfigError::invalid(
+                    "cluster.peer_token",
+                    format!(
+                        "is missing: peer {:?} is reached over http, where cluster.peer_cert \
+                         is not presented; list it as https:// or set a peer token",
+                        peer.name
+                    ),
+                ));
+            }
+            if c.peer_token.is_none() && self.tls.is_none() {
+                return Err(ConfigError::invalid(
+                    "cluster.peer_cert",
+                    "without cluster.peer_token needs a TLS listener (tls.cert, tls.key): \
+                     peers prove themselves here with their certificates, which only TLS carries",
+                ));
+            }
+        }
+        if discovered.is_some_and(|k| k.scheme != crate::cluster::Scheme::Https)
+            && c.peer_cert.is_some()
+            && c.peer_token.is_none()
+        {
+            return Err(ConfigError::invalid(
+                "cluster.peer_token",
+                "is missing: cluster.kubernetes.scheme is http, where cluster.peer_cert is not \
+                 presented; use https or set a peer token",
+            ));
+        }
+        if any_peers && c.peer_token.is_none() && c.peer_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.peer_token",
+                "is missing: replicas with peers prove themselves to each other with a shared \
+                 peer token (cluster.peer_token or SANDPOOL_PEER_TOKEN) or client certificates \
+                 (cluster.peer_cert and peer_key, https peers, TLS on the listener): the only \
+                 credentials that may name a forwarded call's caller",
+            ));
+        }
+        Ok(())
     }
 
     /// SANDPOOL_LISTEN, SANDPOOL_METRICS_LISTEN, SANDPOOL_SERVER_ID,
@@ -1273,6 +1352,10 @@ peers = [
         );
     }
 
+    const TLS: &str = "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n";
+    const MTLS: &str = "peer_ca = \"ca.pem\"\npeer_cert = \"a.pem\"\npeer_key = \"a.key\"\n";
+    const HTTPS_PEER: &str = "peers = [{ name = \"b\", address = \"https://h:1\" }]\n";
+
     #[test]
     fn bad_clusters_name_the_setting() {
         let peers = "peers = [{ name = \"b\", address = \"http://127.0.0.1:7002\" }]\n";
@@ -1306,6 +1389,14 @@ peers = [
                 "[cluster]\npeers = [{ name = \"b\", address = \"http://h:1\" }, { name = \"b\", address = \"http://h:2\" }]\n".into(),
                 "cluster.peers[1].name",
             ),
+            (
+                "[cluster]\npeer_cert = \"a.pem\"\n".into(),
+                "cluster.peer_key",
+            ),
+            (
+                "[cluster]\npeer_key = \"a.key\"\n".into(),
+                "cluster.peer_cert",
+            ),
         ] {
             let err = ServerConfig::from_toml(&text, Path::new("t.toml"))
                 .unwrap_err()
@@ -1320,11 +1411,34 @@ peers = [
                 "[cluster]\nreplica = \"a\"\npeer_token = \"0123456789abcdef\"\npeers = [{ name = \"b\", address = \"https://h:1\" }]\n".into(),
                 "cluster.peer_ca",
             ),
+            // A client certificate is shown only over https...
+            (
+                format!("[cluster]\nreplica = \"a\"\n{MTLS}{peers}"),
+                "cluster.peer_cert",
+            ),
+            // ... so an http peer still needs the token ...
+            (
+                format!(
+                    "{TLS}[cluster]\nreplica = \"a\"\n{MTLS}peers = [{{ name = \"b\", address = \"https://h:1\" }}, {{ name = \"c\", address = \"http://h:2\" }}]\n"
+                ),
+                "cluster.peer_token",
+            ),
+            // ... and without one, peers prove themselves here only over TLS.
+            (
+                format!("[cluster]\nreplica = \"a\"\n{MTLS}{HTTPS_PEER}"),
+                "cluster.peer_cert",
+            ),
         ] {
             let c = ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
             let err = c.cluster().unwrap_err().to_string();
             assert!(err.starts_with(setting), "{setting}: {err}");
         }
+        // Mutual TLS alone proves a peer: no token needed.
+        let text = format!("{TLS}[cluster]\nreplica = \"a\"\n{MTLS}{HTTPS_PEER}");
+        let c = ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+        let cluster = c.cluster().unwrap().expect("a cluster");
+        assert_eq!(cluster.peer_token, None);
+        assert_eq!(cluster.peer_cert.as_deref(), Some(Path::new("a.pem")));
         let mut c = ServerConfig::builtin();
         let err = c
             .apply_env(|name| (name == "SANDPOOL_REPLICA").then(|| "Bad".into()))

@@ -19,6 +19,11 @@ pub enum LeaseEnd {
     /// Its pool was deleted because the pool's owner stopped keeping it
     /// alive.
     PoolDeleted,
+    /// The replica that granted it is gone: it died (a peer's answer), or
+    /// it restarted under the same name and the lease ended with its old
+    /// process (this process's answer for its predecessor's ids). Never
+    /// the end of a lease this process holds.
+    ReplicaGone,
 }
 
 impl LeaseEnd {
@@ -34,6 +39,9 @@ impl LeaseEnd {
                 "lost its container (it died or was removed outside sandpool); acquire a new one"
             }
             LeaseEnd::PoolDeleted => "ended with its pool, whose owner stopped keeping it alive",
+            LeaseEnd::ReplicaGone => {
+                "ended with the replica that granted it (the replica restarted since); acquire a new one"
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use crate::{
     api::{AppState, ArtifactApi, PoolApi, SessionApi, auth::Auth},
     backend::{BackendKind, DockerBackend, Engines, KubernetesBackend, SharedBackend},
-    cluster::Cluster,
+    cluster::{self, Cluster},
     config::{ServerConfig, TlsConfig},
     pool::{ManagerSettings, PoolManager},
 };
@@ -66,6 +66,15 @@ pub async fn serve(
         }
         None => Cluster::alone(),
     };
+    // A TLS listener trusts the peers' CA for client certificates too: a
+    // peer may prove itself with one (cluster::tls).
+    let client_roots = match &config.tls {
+        Some(tls) => cluster::tls::listener_client_roots(
+            tls.client_ca.as_deref(),
+            cluster_config.as_ref().and_then(|c| c.peer_ca.as_deref()),
+        )?,
+        None => None,
+    };
     let cluster = Arc::new(cluster);
     // Ends the long-lived streams (and the peer watch) once the manager has
     // stopped.
@@ -86,6 +95,7 @@ pub async fn serve(
         &config.auth,
         config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         cluster.peer_token(),
+        client_roots.as_ref().and_then(|r| r.peer_certs.clone()),
     );
     let insecure = check_exposure(addr, auth.enabled(), config.auth.insecure)?;
     let settings = ManagerSettings {
@@ -256,8 +266,14 @@ pub async fn serve(
 
     let mut builder = Server::builder().layer(crate::telemetry::rpc::RpcSpanLayer);
     if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls_config(tls)?)?;
-        tracing::info!(mutual = tls.client_ca.is_some(), "TLS is on");
+        builder = builder.tls_config(tls_config(tls, client_roots.as_ref())?)?;
+        tracing::info!(
+            mutual = tls.client_ca.is_some(),
+            peer_certificates = client_roots
+                .as_ref()
+                .is_some_and(|r| r.peer_certs.is_some()),
+            "TLS is on"
+        );
     }
     let serving = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -351,16 +367,22 @@ fn engines(config: &ServerConfig) -> Engines {
 }
 
 /// The listener's TLS from PEM files; with a client CA, client certificates
-/// are required (mTLS).
-fn tls_config(tls: &TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+/// are required (mTLS); with only the peers' CA they are optional: peers
+/// show theirs, ordinary clients have none.
+fn tls_config(
+    tls: &TlsConfig,
+    client_roots: Option<&cluster::tls::ListenerRoots>,
+) -> anyhow::Result<ServerTlsConfig> {
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read the TLS {what} {}: {e}", path.display()))
     };
     let identity = Identity::from_pem(read("certificate", &tls.cert)?, read("key", &tls.key)?);
     let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read("client CA", ca)?));
+    if let Some(roots) = client_roots {
+        config = config
+            .client_ca_root(Certificate::from_pem(&roots.pem))
+            .client_auth_optional(tls.client_ca.is_none());
     }
     Ok(config)
 }

@@ -36,7 +36,7 @@ impl Replica {
         addr: String,
         config: &Path,
         dir: &Path,
-        peer_token: &str,
+        peer_token: Option<&str>,
     ) -> Self {
         Self::start_binary(
             &workspace_binary("sandpool-server"),
@@ -56,25 +56,29 @@ impl Replica {
         addr: String,
         config: &Path,
         dir: &Path,
-        peer_token: &str,
+        peer_token: Option<&str>,
     ) -> Self {
         let server_id = unique_id(&format!("scale-{name}"));
-        let log = dir.join(format!("{name}.log"));
+        // A log per process: a replica restarted under its name keeps its
+        // predecessor's.
+        let log = dir.join(format!("{server_id}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(server)
+        let mut command = Command::new(server);
+        command
             .args(["--listen", &addr, "--config"])
             .arg(config)
             .args(["--server-id", &server_id, "--log-format", "json"])
-            // One config for all three: the environment names the replica,
-            // and carries the secret.
+            // One config for all: the environment names the replica, and
+            // carries the secret.
             .env("SANDPOOL_REPLICA", name)
-            .env("SANDPOOL_PEER_TOKEN", peer_token)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start sandpool-server");
+            .stderr(Stdio::from(err));
+        if let Some(token) = peer_token {
+            command.env("SANDPOOL_PEER_TOKEN", token);
+        }
+        let child = command.spawn().expect("start sandpool-server");
         Self {
             name,
             server_id,
@@ -282,7 +286,7 @@ impl ReplicaSet {
             .iter()
             .zip(addrs)
             .map(|(name, addr)| {
-                Replica::start_binary(server, name, addr, &config, &dir, &peer_token)
+                Replica::start_binary(server, name, addr, &config, &dir, Some(&peer_token))
             })
             .collect();
         for r in &replicas {

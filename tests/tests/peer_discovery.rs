@@ -256,7 +256,7 @@ fn assert_ended(status: &tonic::Status, replica: &str) {
     assert_eq!(info.reason, "LEASE_ENDED", "{status:?}");
     assert_eq!(
         info.metadata.get("end").map(String::as_str),
-        Some("LEASE_STATE_REVOKED")
+        Some("LEASE_STATE_REPLICA_GONE")
     );
     assert_eq!(
         info.metadata.get("replica").map(String::as_str),
@@ -418,7 +418,7 @@ async fn replicas_find_each_other_through_endpoint_slices() {
             "answered in {took:?}, not after a connect timeout"
         );
     }
-    // A keepalive of it through b: REVOKED, the stream goes on.
+    // A keepalive of it through b: REPLICA_GONE, the stream goes on.
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     for id in [&lease_c.id, &lease_a.id] {
         tx.send(pb::KeepAliveRequest {
@@ -435,7 +435,7 @@ async fn replicas_find_each_other_through_endpoint_slices() {
         .expect("keepalive stream")
         .into_inner();
     let first = answers.message().await.expect("an answer").expect("one");
-    assert_eq!(first.state, pb::LeaseState::Revoked as i32, "{first:?}");
+    assert_eq!(first.state, pb::LeaseState::ReplicaGone as i32, "{first:?}");
     let second = answers.message().await.expect("an answer").expect("two");
     assert_eq!(second.state, pb::LeaseState::Active as i32, "{second:?}");
     drop(tx);

@@ -7,7 +7,11 @@
 //!
 //! Needs nginx (scripts/lb-up.sh installs it; scripts/test.sh runs it).
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use sandpool_client::{AcquireOptions, Client, Interaction, proto as pb};
 use sandpool_server::{cluster::caller, identity::Identity};
@@ -25,8 +29,13 @@ const KEEPALIVES_FORWARDED: &str = "forwarding keepalives to the lease's owner";
 /// And of an Acquire sent on to a peer with an idle container.
 const ACQUIRE_FORWARDED: &str = "forwarding Acquire to a peer with an idle container";
 
+/// The tests of this file one at a time: each starts several servers, and
+/// the first one's time limit holds for it alone.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_one_balancer() {
+    let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let dir = std::env::temp_dir().join(unique_id("sandpool-scale-out"));
     std::fs::create_dir_all(&dir).expect("tmp dir");
@@ -58,7 +67,7 @@ async fn three_replicas_behind_one_balancer() {
     let mut replicas: Vec<Replica> = REPLICAS
         .iter()
         .zip(addrs)
-        .map(|(name, addr)| Replica::start(name, addr, &config, &dir, &peer_token))
+        .map(|(name, addr)| Replica::start(name, addr, &config, &dir, Some(&peer_token)))
         .collect();
     for r in &replicas {
         wait_for(
@@ -429,7 +438,7 @@ async fn three_replicas_behind_one_balancer() {
     eprintln!("an Acquire reaching {x_name} was served by {y_name}");
 
     // A replica killed with its lease: the survivors keep serving, calls
-    // for its lease say it ended (LEASE_ENDED, end REVOKED, naming the
+    // for its lease say it ended (LEASE_ENDED, end REPLICA_GONE, naming the
     // replica), and the survivors remove its containers.
     let y = replicas
         .iter()
@@ -464,7 +473,7 @@ async fn three_replicas_behind_one_balancer() {
         assert_eq!(info.reason, "LEASE_ENDED", "{err:?}");
         assert_eq!(
             info.metadata.get("end").map(String::as_str),
-            Some("LEASE_STATE_REVOKED")
+            Some("LEASE_STATE_REPLICA_GONE")
         );
         assert_eq!(
             info.metadata.get("replica").map(String::as_str),
@@ -490,7 +499,11 @@ async fn three_replicas_behind_one_balancer() {
         .expect("keepalive stream")
         .into_inner();
     let answer = answers.message().await.expect("an answer").expect("one");
-    assert_eq!(answer.state, pb::LeaseState::Revoked as i32, "{answer:?}");
+    assert_eq!(
+        answer.state,
+        pb::LeaseState::ReplicaGone as i32,
+        "{answer:?}"
+    );
     drop(tx);
     let dead_id = replicas[y].server_id.clone();
     wait_for(
@@ -686,4 +699,489 @@ async fn collect<T>(response: tonic::Response<tonic::Streaming<T>>) -> Vec<T> {
         all.push(message);
     }
     all
+}
+
+/// `names` started on free ports with one config (made by `config` from
+/// the peers' addresses), each serving once `serving` says so.
+async fn start_replicas<S, Fut>(
+    names: &[&'static str],
+    dir: &Path,
+    scheme: &str,
+    config: impl FnOnce(&str) -> String,
+    peer_token: Option<&str>,
+    serving: S,
+) -> (PathBuf, Vec<Replica>)
+where
+    S: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let addrs: Vec<String> = names
+        .iter()
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers: Vec<String> = names
+        .iter()
+        .zip(&addrs)
+        .map(|(name, addr)| format!("{{ name = \"{name}\", address = \"{scheme}://{addr}\" }}"))
+        .collect();
+    let path = dir.join("sandpool.toml");
+    std::fs::write(&path, config(&peers.join(", "))).expect("write config");
+    let replicas: Vec<Replica> = names
+        .iter()
+        .zip(addrs)
+        .map(|(name, addr)| Replica::start(name, addr, &path, dir, peer_token))
+        .collect();
+    for r in &replicas {
+        wait_for(
+            &format!("replica {} to serve", r.name),
+            Duration::from_secs(40),
+            || {
+                let up = serving(r.addr.clone());
+                async move { up.await.then_some(()) }
+            },
+        )
+        .await;
+    }
+    (path, replicas)
+}
+
+/// A pool that warms nothing: these tests need one container at a time,
+/// and a restarted replica serves at once.
+fn cold_pool() -> String {
+    format!(
+        "[[pools]]\nname = \"py\"\nlanguage = \"python\"\nimage = \"{}\"\n\
+         min_pool_size = 0\nmax_pool_size = 1\n",
+        python_image()
+    )
+}
+
+/// Asserts that `err` says the lease ended with its replica.
+fn assert_replica_gone(err: &tonic::Status) {
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let details = err.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "LEASE_ENDED", "{err:?}");
+    assert_eq!(
+        info.metadata.get("end").map(String::as_str),
+        Some("LEASE_STATE_REPLICA_GONE"),
+        "{err:?}"
+    );
+}
+
+async fn run_error(client: &Client, lease_id: &str) -> tonic::Status {
+    client
+        .sessions()
+        .run(pb::RunRequest {
+            lease_id: lease_id.to_string(),
+            ..shell_run("true", 10.0)
+        })
+        .await
+        .expect_err("the lease is gone")
+}
+
+async fn keepalive_state(client: &Client, lease_id: &str) -> i32 {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::KeepAliveRequest {
+        lease_id: lease_id.to_string(),
+        pool: String::new(),
+    })
+    .await
+    .expect("queue");
+    let mut answers = client
+        .sessions()
+        .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("keepalive stream")
+        .into_inner();
+    answers
+        .message()
+        .await
+        .expect("an answer")
+        .expect("one")
+        .state
+}
+
+/// Stops `replicas` and checks that nothing of theirs (nor of `also`,
+/// server ids of processes killed earlier) is left.
+async fn stop_all(replicas: &mut [Replica], also: &[String]) {
+    for r in replicas.iter_mut() {
+        r.stop().await;
+    }
+    let ids = replicas
+        .iter()
+        .map(|r| r.server_id.clone())
+        .chain(also.iter().cloned());
+    for id in ids {
+        wait_for(
+            &format!("{id}'s containers to be removed"),
+            Duration::from_secs(20),
+            || {
+                let id = id.clone();
+                async move { labelled(&id).await.is_empty().then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+/// A replica killed with a lease and restarted under its name on its
+/// address (a StatefulSet pod, a systemd restart) does not know the lease,
+/// but knows that its predecessor granted it: the lease ended with that
+/// process. Asked directly or through a peer, it says so (LEASE_ENDED, end
+/// REPLICA_GONE) rather than "no such lease"; a keepalive hears the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_says_its_predecessors_leases_are_gone() {
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(unique_id("sandpool-restart"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let token = format!("{:032x}", rand::random::<u128>());
+    let peer_token = format!("{:032x}", rand::random::<u128>());
+    let (config, mut replicas) = start_replicas(
+        &["a", "b"],
+        &dir,
+        "http",
+        |peers| {
+            format!(
+                "shutdown_grace = 5.0\n[auth]\ntokens = [\"{token}\"]\n\
+                 [cluster]\npeers = [{peers}]\n{}",
+                cold_pool()
+            )
+        },
+        Some(&peer_token),
+        |addr| async move { serving(&addr).await },
+    )
+    .await;
+    let at_a = client_at(&replicas[0].addr, &token).await;
+    let at_b = client_at(&replicas[1].addr, &token).await;
+    let lease = raw_acquire(&at_a, "py").await.expect("a lease of a");
+    assert_eq!(owner_of(&lease.id), "a", "{lease:?}");
+
+    // Killed: through b, nothing listens at the owner's address.
+    let killed = replicas[0].server_id.clone();
+    replicas[0].kill();
+    let err = run_error(&at_b, &lease.id).await;
+    assert_replica_gone(&err);
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .and_then(|i| i.metadata.get("replica").cloned())
+            .as_deref(),
+        Some("a")
+    );
+
+    // Restarted under its name, on its address: it answers, and says the
+    // lease ended with its predecessor, directly and through b.
+    let addr = replicas[0].addr.clone();
+    replicas[0] = Replica::start("a", addr, &config, &dir, Some(&peer_token));
+    wait_for("a to serve again", Duration::from_secs(40), || async {
+        serving(&replicas[0].addr).await.then_some(())
+    })
+    .await;
+    let at_a = client_at(&replicas[0].addr, &token).await;
+    for (via, client) in [("a", &at_a), ("b", &at_b)] {
+        let err = run_error(client, &lease.id).await;
+        assert_replica_gone(&err);
+        assert!(
+            err.message().contains("replica that granted it"),
+            "via {via}: {err:?}"
+        );
+        assert_eq!(
+            keepalive_state(client, &lease.id).await,
+            pb::LeaseState::ReplicaGone as i32,
+            "via {via}"
+        );
+    }
+    assert!(
+        !replicas[1].forwarded(&lease.id).is_empty(),
+        "b forwarded the calls to the restarted a"
+    );
+    // The restarted replica grants new leases, which its peer reaches.
+    let fresh = raw_acquire(&at_a, "py").await.expect("a new lease");
+    assert_eq!(owner_of(&fresh.id), "a", "{fresh:?}");
+    let out = collect(
+        at_b.sessions()
+            .run(pb::RunRequest {
+                lease_id: fresh.id.clone(),
+                ..shell_run("echo again", 30.0)
+            })
+            .await
+            .expect("a run on the new lease"),
+    )
+    .await;
+    assert!(!out.is_empty());
+    raw_release(&at_a, &fresh.id).await;
+
+    stop_all(&mut replicas, &[killed]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA: `<ca>.pem` and its key.
+fn make_ca(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={ca}"),
+        ],
+    );
+}
+
+/// A certificate `<name>.pem` (and its key) that `ca` signs, with
+/// extensions `ext`.
+fn sign(dir: &Path, ca: &str, name: &str, ext: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+fn read_pem(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).expect("read pem")
+}
+
+/// A client over TLS (trusting the replicas' CA) with `token`, presenting
+/// the certificate `identity` if named.
+async fn tls_client_at(
+    dir: &Path,
+    addr: &str,
+    token: &str,
+    identity: Option<&str>,
+) -> Result<Client, sandpool_client::Error> {
+    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(read_pem(dir, "peers.pem")),
+    );
+    if let Some(name) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read_pem(dir, &format!("{name}.pem")),
+            read_pem(dir, &format!("{name}.key")),
+        ));
+    }
+    Client::builder(format!("https://{addr}"))
+        .tls_config(tls)
+        .token(token)
+        .connect()
+        .await
+}
+
+/// `serving`, over TLS.
+async fn serving_tls(addr: &str, dir: &Path) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("https://{addr}")) else {
+        return false;
+    };
+    let Ok(endpoint) =
+        endpoint.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read_pem(dir, "peers.pem")),
+        ))
+    else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return false;
+    };
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+}
+
+/// Replicas that prove themselves to each other with client certificates
+/// (mutual TLS between peers, no peer token): a call for a peer's lease is
+/// forwarded and served; a caller that sets the forwarded-caller header
+/// without a peer's certificate is refused, and a certificate of another
+/// CA does not get past the TLS handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_prove_themselves_with_client_certificates() {
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(unique_id("sandpool-peer-mtls"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    make_ca(&dir, "peers");
+    // One certificate per replica would do as well; one for both is
+    // enough here: it serves the listener and is shown to peers.
+    sign(
+        &dir,
+        "peers",
+        "replica",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    make_ca(&dir, "rogue-ca");
+    sign(&dir, "rogue-ca", "rogue", "extendedKeyUsage=clientAuth\n");
+    let token = format!("{:032x}", rand::random::<u128>());
+    let d = dir.display().to_string();
+    let (_, mut replicas) = start_replicas(
+        &["a", "b"],
+        &dir,
+        "https",
+        |peers| {
+            format!(
+                "shutdown_grace = 5.0\n[auth]\ntokens = [\"{token}\"]\n\
+                 [tls]\ncert = \"{d}/replica.pem\"\nkey = \"{d}/replica.key\"\n\
+                 [cluster]\npeer_ca = \"{d}/peers.pem\"\npeer_cert = \"{d}/replica.pem\"\n\
+                 peer_key = \"{d}/replica.key\"\npeers = [{peers}]\n{}",
+                cold_pool()
+            )
+        },
+        None,
+        |addr| {
+            let dir = dir.clone();
+            async move { serving_tls(&addr, &dir).await }
+        },
+    )
+    .await;
+    let at_a = tls_client_at(&dir, &replicas[0].addr, &token, None)
+        .await
+        .expect("a client of a");
+    let at_b = tls_client_at(&dir, &replicas[1].addr, &token, None)
+        .await
+        .expect("a client of b");
+    let lease = raw_acquire(&at_a, "py").await.expect("a lease of a");
+    assert_eq!(owner_of(&lease.id), "a", "{lease:?}");
+
+    // Through b: forwarded to a over https, b's certificate its proof.
+    let out = collect(
+        at_b.sessions()
+            .run(pb::RunRequest {
+                lease_id: lease.id.clone(),
+                ..shell_run("echo forwarded", 30.0)
+            })
+            .await
+            .expect("a forwarded run"),
+    )
+    .await;
+    let stdout: Vec<u8> = out
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(pb::run_response::Event::Stdout(chunk)) => Some(chunk.data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&stdout), "forwarded\n");
+    assert!(!replicas[1].forwarded(&lease.id).is_empty());
+
+    // The header without a peer's certificate: a client's token is no
+    // proof, and neither is no certificate.
+    let forged = || {
+        let mut request = tonic::Request::new(pb::ReleaseRequest {
+            lease_id: lease.id.clone(),
+        });
+        request.metadata_mut().insert_bin(
+            caller::HEADER,
+            MetadataValue::from_bytes(&caller::encode(&Identity::local_admin())),
+        );
+        request
+    };
+    for client in [&at_a, &at_b] {
+        let refused = client
+            .sessions()
+            .release(forged())
+            .await
+            .expect_err("a forged caller is refused");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    // A certificate of another CA: the listener checks every certificate
+    // shown against the CAs it knows, so the call never reaches a service
+    // (the handshake fails: UNAVAILABLE, or CANCELLED when the connection
+    // closes under the call).
+    match tls_client_at(&dir, &replicas[1].addr, &token, Some("rogue")).await {
+        Err(e) => eprintln!("a certificate of another CA: connect failed: {e}"),
+        Ok(rogue) => {
+            let refused = rogue
+                .sessions()
+                .release(forged())
+                .await
+                .expect_err("another CA's certificate is refused");
+            eprintln!("a certificate of another CA: {refused:?}");
+            assert!(
+                matches!(
+                    refused.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                        | tonic::Code::PermissionDenied
+                ),
+                "{refused:?}"
+            );
+        }
+    }
+    // The lease lived through it all, and is released through b.
+    let out = collect(
+        at_a.sessions()
+            .run(pb::RunRequest {
+                lease_id: lease.id.clone(),
+                ..shell_run("true", 30.0)
+            })
+            .await
+            .expect("the lease still runs"),
+    )
+    .await;
+    assert!(!out.is_empty());
+    raw_release(&at_b, &lease.id).await;
+
+    stop_all(&mut replicas, &[]).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -236,6 +236,17 @@ def test_the_typed_reason_maps_the_error() -> None:
     assert from_rpc_error(_FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down", None)).error_reason is None
 
 
+def test_a_gone_replica_loses_the_lease() -> None:
+    """Behind a balancer, a lease whose replica died (or restarted) ends
+    with REPLICA_GONE: a LeaseLost that says so."""
+    lease = "a.0000000" + "ab" * 16
+    trailer = _status_with_error_info("LEASE_ENDED", lease, end="LEASE_STATE_REPLICA_GONE", replica="a")
+    gone = _FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "replica \"a\" is gone", trailer)
+    lost = lease_lost_of(gone, lease)
+    assert lost is not None and lost.state is LeaseState.REPLICA_GONE
+    assert LeaseState.from_pb(9) is LeaseState.REPLICA_GONE
+
+
 def test_lease_errors_from_the_server_carry_error_info(client: sandpool.Client, make_pool: PoolFactory) -> None:
     pool = make_pool()
     unknown = "0" * 32

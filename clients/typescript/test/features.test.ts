@@ -15,6 +15,7 @@ import {
   NotFound,
   mapError,
   mapLeaseError,
+  proto,
   type SandpoolClient,
 } from "@sandpool/client";
 
@@ -199,10 +200,16 @@ describe("features", () => {
   });
 });
 
-function errorInfoDetail(reason: string, leaseId: string): { type: string; value: Uint8Array } {
-  const entry = new BinaryWriter().uint32(10).string("lease_id").uint32(18).string(leaseId).finish();
-  const value = new BinaryWriter().uint32(10).string(reason).uint32(18).string("sandpool").uint32(26).bytes(entry).finish();
-  return { type: "google.rpc.ErrorInfo", value };
+function errorInfoDetail(
+  reason: string,
+  leaseId: string,
+  more: Record<string, string> = {},
+): { type: string; value: Uint8Array } {
+  const info = new BinaryWriter().uint32(10).string(reason).uint32(18).string("sandpool");
+  for (const [key, v] of Object.entries({ lease_id: leaseId, ...more })) {
+    info.uint32(26).bytes(new BinaryWriter().uint32(10).string(key).uint32(18).string(v).finish());
+  }
+  return { type: "google.rpc.ErrorInfo", value: info.finish() };
 }
 
 describe("lease errors without a server", () => {
@@ -226,5 +233,13 @@ describe("lease errors without a server", () => {
     const withOtherReason = new ConnectError(`lease ${lease} does not exist`, Code.NotFound);
     withOtherReason.details.push(errorInfoDetail("SOMETHING_ELSE", lease));
     assert.ok(!(mapLeaseError(withOtherReason, lease) instanceof LeaseLost), "a reason that is not a lease's wins over the message");
+  });
+
+  test("a lease whose replica is gone is LeaseLost with REPLICA_GONE", () => {
+    const err = new ConnectError('replica "a" is gone', Code.FailedPrecondition);
+    err.details.push(errorInfoDetail("LEASE_ENDED", lease, { end: "LEASE_STATE_REPLICA_GONE", replica: "a" }));
+    const lost = mapLeaseError(err, lease);
+    assert.ok(lost instanceof LeaseLost);
+    assert.equal(lost.state, proto.LeaseState.REPLICA_GONE);
   });
 });

@@ -10,16 +10,18 @@
 //! - With no credentials configured at all (a developer's machine, loopback
 //!   only), every caller is the one local admin.
 //! - A call a peer replica forwarded (`cluster`) carries the caller's
-//!   identity in a header of its own, believed only with the peer token as
-//!   its bearer token. Checked before anything else, on every server: a
-//!   caller that sets the header without the peer token is refused, even
-//!   where every caller is the local admin.
+//!   identity in a header of its own, believed only from a proven peer:
+//!   the peer token as its bearer token, or (on a TLS listener) a client
+//!   certificate that chains to `cluster.peer_ca`. Checked before anything
+//!   else, on every server: a caller that sets the header without either
+//!   is refused, even where every caller is the local admin.
 
 use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Request, Status, service::Interceptor};
 
 use crate::{
+    cluster::tls::PeerCerts,
     config::{AuthConfig, sha256},
     identity::{Identity, Quotas, Role},
 };
@@ -50,12 +52,21 @@ struct Inner {
     local: Option<Arc<Identity>>,
     /// Digest of the peer token, when this server has peers.
     peer_token: Option<[u8; 32]>,
+    /// Recognises peers' client certificates (a TLS listener with
+    /// `cluster.peer_ca`).
+    peer_certs: Option<PeerCerts>,
 }
 
 impl Auth {
     /// `mutual_tls`: the listener requires client certificates.
     /// `peer_token`: the token peer replicas forward calls with.
-    pub fn new(config: &AuthConfig, mutual_tls: bool, peer_token: Option<&str>) -> Self {
+    /// `peer_certs`: the peers' client certificates, the other proof.
+    pub fn new(
+        config: &AuthConfig,
+        mutual_tls: bool,
+        peer_token: Option<&str>,
+        peer_certs: Option<PeerCerts>,
+    ) -> Self {
         let mut by_token = HashMap::new();
         let mut by_cert = HashMap::new();
         for c in &config.identities {
@@ -80,6 +91,7 @@ impl Auth {
                 unlisted_cert,
                 local: (!configured).then(|| Arc::new(Identity::local_admin())),
                 peer_token: peer_token.map(|t| sha256(t.as_bytes())),
+                peer_certs,
             }),
         }
     }
@@ -99,16 +111,13 @@ impl Auth {
                 crate::cluster::caller::HEADER
             )))
         };
-        let Some(digest) = self.inner.peer_token else {
+        if self.inner.peer_token.is_none() && self.inner.peer_certs.is_none() {
             return Some(refuse("this server has no [cluster] peers"));
-        };
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if token.map(|t| sha256(t.trim().as_bytes())) != Some(digest) {
-            return Some(refuse("the call does not carry the peer token"));
+        }
+        if !self.proven_peer(request) {
+            return Some(refuse(
+                "the call carries neither the peer token nor a peer's client certificate",
+            ));
         }
         let identity = match header.to_bytes() {
             Ok(bytes) => crate::cluster::caller::decode(&bytes),
@@ -119,6 +128,25 @@ impl Auth {
                 .map(Arc::new)
                 .map_err(|why| super::status::unauthenticated(&why)),
         )
+    }
+
+    /// Whether a peer replica made the call: it carries the peer token, or
+    /// its TLS client certificate chains to the peers' CA.
+    fn proven_peer<T>(&self, request: &Request<T>) -> bool {
+        if let Some(digest) = self.inner.peer_token {
+            let token = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if token.map(|t| sha256(t.trim().as_bytes())) == Some(digest) {
+                return true;
+            }
+        }
+        match (&self.inner.peer_certs, request.peer_certs()) {
+            (Some(peers), Some(chain)) => peers.is_peer(&chain),
+            _ => false,
+        }
     }
 
     fn resolve<T>(&self, request: &Request<T>) -> Result<Arc<Identity>, Status> {
@@ -145,12 +173,23 @@ impl Auth {
                 .cloned()
                 .ok_or_else(|| super::status::unauthenticated("the bearer token is not accepted"));
         }
-        let cert = request
-            .peer_certs()
+        let chain = request.peer_certs();
+        let cert = chain
+            .as_ref()
             .and_then(|certs| certs.first().map(|c| sha256(c.as_ref())));
         if let Some(digest) = cert {
             if let Some(identity) = inner.by_cert.get(&digest) {
                 return Ok(Arc::clone(identity));
+            }
+            // The listener trusts the peers' CA too: a peer's certificate
+            // proves a peer, not a caller (peers name the caller in the
+            // header), so it is no unlisted client identity.
+            if let (Some(peers), Some(chain)) = (&inner.peer_certs, &chain)
+                && peers.is_peer(chain)
+            {
+                return Err(super::status::unauthenticated(
+                    "a peer replica's client certificate names no caller",
+                ));
             }
             if let Some((role, quotas)) = inner.unlisted_cert {
                 return Ok(Arc::new(Identity {
@@ -226,7 +265,7 @@ mod tests {
 
     #[test]
     fn without_credentials_everyone_is_the_local_admin() {
-        let auth = Auth::new(&AuthConfig::default(), false, None);
+        let auth = Auth::new(&AuthConfig::default(), false, None, None);
         assert!(!auth.enabled());
         let who = auth.resolve(&request(None)).expect("local");
         assert!(who.is_admin());
@@ -249,7 +288,7 @@ mod tests {
             pools: None,
             quotas: Quotas::default(),
         };
-        let mut auth = Auth::new(&config(), false, Some("peer-secret-0123"));
+        let mut auth = Auth::new(&config(), false, Some("peer-secret-0123"), None);
         let ok = auth
             .call(forwarded_request("peer-secret-0123", &tenant))
             .expect("a peer may");
@@ -265,7 +304,7 @@ mod tests {
             assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{token}");
         }
         // Even where everyone is the local admin, and where there are no peers.
-        let mut open = Auth::new(&AuthConfig::default(), false, None);
+        let mut open = Auth::new(&AuthConfig::default(), false, None, None);
         let refused = open
             .call(forwarded_request("anything", &tenant))
             .expect_err("no peers");
@@ -279,7 +318,7 @@ mod tests {
 
     #[test]
     fn tokens_name_identities_and_unknown_ones_are_refused() {
-        let auth = Auth::new(&config(), false, None);
+        let auth = Auth::new(&config(), false, None, None);
         assert!(auth.enabled());
         assert_eq!(
             auth.resolve(&request(Some("ops-token"))).expect("ops").name,

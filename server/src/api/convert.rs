@@ -113,6 +113,7 @@ impl From<LeaseEnd> for pb::LeaseState {
             LeaseEnd::LifetimeExceeded => pb::LeaseState::LifetimeExceeded,
             LeaseEnd::ContainerLost => pb::LeaseState::ContainerLost,
             LeaseEnd::PoolDeleted => pb::LeaseState::PoolDeleted,
+            LeaseEnd::ReplicaGone => pb::LeaseState::ReplicaGone,
         }
     }
 }

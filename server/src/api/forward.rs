@@ -1,7 +1,8 @@
 //! Calls for another replica's lease, sent on to the replica that owns it
 //! (see `cluster`), streams included, as the caller who made them: the
 //! owner hears the caller's identity from the forwarded-caller header and
-//! believes it because the call carries the peer token.
+//! believes it because the call carries the peer token, or comes with this
+//! replica's client certificate (`cluster::tls`).
 //!
 //! The owner's answers (its errors too) come back unchanged; only a failure
 //! to reach the owner becomes an error of this replica's own.
@@ -249,12 +250,11 @@ impl Forward {
     }
 }
 
-/// The keepalive answer of a lease whose owner is gone: the one a lease
-/// revoked by a stopping server gets.
-fn revoked(lease_id: &str) -> pb::KeepAliveResponse {
+/// The keepalive answer of a lease whose owner is gone.
+fn replica_gone(lease_id: &str) -> pb::KeepAliveResponse {
     pb::KeepAliveResponse {
         lease_id: lease_id.to_string(),
-        state: pb::LeaseState::Revoked as i32,
+        state: pb::LeaseState::ReplicaGone as i32,
         ..Default::default()
     }
 }
@@ -301,7 +301,7 @@ impl KeepAlives {
             // as below for an owner found gone by a refused connection.
             Err(ForwardError::OwnerLeft { replica, .. }) => {
                 tracing::info!(lease_id = %req.lease_id, owner = %replica, "the lease's owner is gone");
-                return Some(Ok(revoked(&req.lease_id)));
+                return Some(Ok(replica_gone(&req.lease_id)));
             }
             _ => return None,
         };
@@ -315,11 +315,11 @@ impl KeepAlives {
         };
         self.open.remove(&owner.peer.name);
         if owner.gone(&status) {
-            // Its owner is gone and the lease with it: the answer a lease
-            // revoked by a stopping server gets, and the stream goes on
-            // for the caller's other leases.
+            // Its owner is gone and the lease with it: an answer like any
+            // ended lease's, and the stream goes on for the caller's
+            // other leases.
             tracing::info!(lease_id = %req.lease_id, owner = %owner.peer.name, "the lease's owner is gone");
-            return Some(Ok(revoked(&req.lease_id)));
+            return Some(Ok(replica_gone(&req.lease_id)));
         }
         Some(Err(owner.failed(status)))
     }

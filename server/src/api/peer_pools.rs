@@ -487,6 +487,8 @@ mod tests {
             peer_token: Some("0123456789abcdef".into()),
             peer_ca: None,
             kubernetes: None,
+            peer_cert: None,
+            peer_key: None,
         })
         .expect("valid")
         .peer(name)

@@ -209,12 +209,11 @@ impl From<Error> for Status {
     }
 }
 
-/// The contract has no reason of its own for replicas yet (adding one is a
-/// proto change): an unknown or misrouted lease is LEASE_NOT_FOUND, an owner
-/// that does not answer is retryable like an engine that does not, an
-/// owner that is gone ended the lease (LEASE_ENDED, end REVOKED: the
-/// server holding it stopped, which every client already maps to its
-/// lease-lost error), and the metadata name the replica.
+/// The contract has no error reason of its own for replicas: an unknown or
+/// misrouted lease is LEASE_NOT_FOUND, an owner that does not answer is
+/// retryable like an engine that does not, an owner that is gone ended the
+/// lease (LEASE_ENDED with end REPLICA_GONE, which the clients turn into
+/// their lease-lost error), and the metadata name the replica.
 fn from_forward(err: ForwardError, message: &str) -> Failure {
     use Code as C;
     use ErrorReason as R;
@@ -253,7 +252,7 @@ fn from_forward(err: ForwardError, message: &str) -> Failure {
         } => Failure::new(C::FailedPrecondition, R::LeaseEnded)
             .precondition("LEASE_ENDED", &lease_id, message)
             .with("lease_id", lease_id)
-            .with("end", LeaseState::Revoked.as_str_name())
+            .with("end", LeaseState::ReplicaGone.as_str_name())
             .with("replica", replica),
     }
 }
@@ -426,7 +425,7 @@ mod tests {
         let info = details.error_info().expect("info");
         assert_eq!(
             info.metadata.get("end").map(String::as_str),
-            Some("LEASE_STATE_REVOKED")
+            Some("LEASE_STATE_REPLICA_GONE")
         );
         assert_eq!(
             info.metadata.get("lease_id").map(String::as_str),
@@ -445,7 +444,7 @@ mod tests {
         let info = details.error_info().expect("info");
         assert_eq!(
             info.metadata.get("end").map(String::as_str),
-            Some("LEASE_STATE_REVOKED")
+            Some("LEASE_STATE_REPLICA_GONE")
         );
         assert_eq!(info.metadata.get("replica").map(String::as_str), Some("b"));
         let status = Status::from(Error::from(ForwardError::NotListed {

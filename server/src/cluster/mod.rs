@@ -2,17 +2,20 @@
 //! peers a call is forwarded to when it reaches a replica that does not.
 //!
 //! A lease belongs to the replica that granted it, and its id says which:
-//! `<replica>.<32 hex digits>` (a server without `[cluster]` keeps plain
-//! ids). Peers come from a static list in the config, or from the Kubernetes
-//! API (`discovery`: the EndpointSlices of a headless Service, watched, so
-//! the set changes at run time); they prove themselves to each other with a
-//! shared peer token, and pass the caller's identity in a header only a peer
-//! may set (`caller`). The forwarding of each call is the api layer's
+//! `<replica>.<instance><random>` (see `lease_id`; a server without
+//! `[cluster]` keeps plain ids). Peers come from a static list in the
+//! config, or from the Kubernetes API (`discovery`: the EndpointSlices of a
+//! headless Service, watched, so the set changes at run time); they prove
+//! themselves to each other with a shared peer token or client certificates
+//! (`tls`), and pass the caller's identity in a header only a peer may set
+//! (`caller`). The forwarding of each call is the api layer's
 //! (`api::forward`); this module knows the replicas and how to reach them,
 //! not the RPCs.
 
 pub mod caller;
 pub mod discovery;
+pub mod lease_id;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +25,7 @@ use std::{
 };
 
 use tokio::time::Instant;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::sync::{read, write};
 pub use discovery::{DiscoveryConfig, PortRef, Scheme};
@@ -48,13 +51,19 @@ pub struct ClusterConfig {
     /// The other replicas (an entry naming this replica is left out, so one
     /// list can serve every replica).
     pub peers: Vec<PeerConfig>,
-    /// The secret replicas show each other; required when there are peers.
+    /// The secret replicas show each other; required when there are peers,
+    /// unless they prove themselves with `peer_cert` (mutual TLS).
     pub peer_token: Option<String>,
-    /// CA (PEM) of the peers' certificates, for `https://` peers.
+    /// CA (PEM) of the peers' certificates, for `https://` peers; on a TLS
+    /// listener, a client certificate it signed proves a peer (`tls`).
     pub peer_ca: Option<PathBuf>,
     /// Peers found through the Kubernetes API instead of `peers`
     /// (`[cluster.kubernetes]`; the two exclude each other).
     pub kubernetes: Option<DiscoveryConfig>,
+    /// This replica's client certificate and key (PEM) for `https://`
+    /// peers (mutual TLS): set together, or neither.
+    pub peer_cert: Option<PathBuf>,
+    pub peer_key: Option<PathBuf>,
 }
 
 /// A peer as the config names it (or discovery finds it).
@@ -68,11 +77,9 @@ pub struct PeerConfig {
 /// Why a peer cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("cannot read cluster.peer_ca {path}: {source}")]
-    Ca {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The CA, or this replica's certificate or key, for peers.
+    #[error(transparent)]
+    Credentials(#[from] tls::TlsError),
     #[error("cluster peer {name:?}: {address:?} is not an address: {detail}")]
     Address {
         name: String,
@@ -252,14 +259,9 @@ fn endpoint(
 /// The client TLS of `https://` peers: `peer_ca`, and the name their
 /// certificates are checked against when discovery reaches them by IP.
 fn peer_tls(config: &ClusterConfig) -> Result<Option<ClientTlsConfig>, PeerError> {
-    let Some(path) = &config.peer_ca else {
+    let Some(mut tls) = tls::client_tls(config)? else {
         return Ok(None);
     };
-    let pem = std::fs::read(path).map_err(|source| PeerError::Ca {
-        path: path.clone(),
-        source,
-    })?;
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
     if let Some(name) = config.kubernetes.as_ref().and_then(|k| k.tls_name.as_ref()) {
         tls = tls.domain_name(name.clone());
     }
@@ -514,6 +516,8 @@ mod tests {
             peer_token: Some("0123456789abcdef".into()),
             peer_ca: None,
             kubernetes: None,
+            peer_cert: None,
+            peer_key: None,
         })
         .expect("valid")
     }
@@ -555,6 +559,8 @@ mod tests {
                 scheme: Scheme::Http,
                 tls_name: None,
             }),
+            peer_cert: None,
+            peer_key: None,
         })
         .expect("valid")
     }

@@ -21,7 +21,12 @@ use tokio_util::{
 
 use super::{Error, LeaseEnd, Result, pool::Holding, pool::Pool};
 use crate::{
-    artifact::ArtifactInfo, identity::QuotaGuard, lang::Language, sandbox, spec::PoolSpec,
+    artifact::ArtifactInfo,
+    cluster::lease_id::{Incarnation, Origin},
+    identity::QuotaGuard,
+    lang::Language,
+    sandbox,
+    spec::PoolSpec,
     sync::lock,
 };
 
@@ -377,11 +382,12 @@ struct Leases {
 #[derive(Default)]
 pub struct LeaseTable {
     leases: Mutex<Leases>,
-    /// `<replica>.` when the server is one replica of several: every lease
-    /// id then names its owner, so any replica can forward a call for it
-    /// (see `cluster`). Empty for a server on its own: ids are as they
-    /// always were.
-    id_prefix: String,
+    /// This process of its replica when the server is one of several:
+    /// every lease id then names its owner, so any replica can forward a
+    /// call for it, and its process, so a restart knows its predecessor's
+    /// ids (see `cluster::lease_id`). `None` for a server on its own: ids
+    /// are plain, as they always were.
+    incarnation: Option<Incarnation>,
     /// Lease ends whose container is still being handed back.
     releasing: TaskTracker,
 }
@@ -390,9 +396,27 @@ impl LeaseTable {
     /// A table whose lease ids start with `<replica>.` (`None`: plain ids).
     pub fn for_replica(replica: Option<&str>) -> Arc<Self> {
         Arc::new(Self {
-            id_prefix: replica.map(|r| format!("{r}.")).unwrap_or_default(),
+            incarnation: replica.map(Incarnation::new),
             ..Self::default()
         })
+    }
+
+    fn new_id(&self) -> String {
+        match &self.incarnation {
+            Some(me) => me.mint(),
+            None => format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+
+    /// The error for a lease id this table does not know.
+    fn unknown(&self, id: &str) -> Error {
+        match self.incarnation.as_ref().map(|me| me.origin(id)) {
+            Some(Origin::PreviousProcess) => Error::LeaseEnded {
+                id: id.to_string(),
+                end: LeaseEnd::ReplicaGone,
+            },
+            Some(Origin::Here) | None => Error::LeaseNotFound(id.to_string()),
+        }
     }
 
     /// Records a new lease on `holding`.
@@ -405,7 +429,7 @@ impl LeaseTable {
         quota: QuotaGuard,
         env: Vec<(String, String)>,
     ) -> Arc<LeaseEntry> {
-        let id = format!("{}{:032x}", self.id_prefix, rand::random::<u128>());
+        let id = self.new_id();
         let last = Instant::now() + pool.spec.max_lease_lifetime;
         let mut life = Life {
             deadline: last,
@@ -448,7 +472,7 @@ impl LeaseTable {
                 id: id.to_string(),
                 end: *end,
             }),
-            None => Err(Error::LeaseNotFound(id.to_string())),
+            None => Err(self.unknown(id)),
         }
     }
 

@@ -990,7 +990,10 @@ impl Pool {
         match end {
             LeaseEnd::Released => st.counters.releases += 1,
             LeaseEnd::Expired | LeaseEnd::LifetimeExceeded => st.counters.lease_expirations += 1,
-            LeaseEnd::Revoked | LeaseEnd::ContainerLost | LeaseEnd::PoolDeleted => {}
+            LeaseEnd::Revoked
+            | LeaseEnd::ContainerLost
+            | LeaseEnd::PoolDeleted
+            | LeaseEnd::ReplicaGone => {}
         }
         drop(st);
         self.changed();

@@ -502,6 +502,12 @@ impl Pump {
                             EndReason::LeaseExpired,
                             "stopped: the lease's container died".to_string(),
                         ),
+                        // Not an end of a lease this process holds; named
+                        // for the match's sake.
+                        Some(StopCause::LeaseEnded(LeaseEnd::ReplicaGone)) => (
+                            EndReason::LeaseExpired,
+                            "killed: the lease's replica is gone".to_string(),
+                        ),
                         Some(StopCause::LeaseEnded(LeaseEnd::PoolDeleted)) => (
                             EndReason::LeaseExpired,
                             "killed: the lease's pool was deleted (its owner went away)".to_string(),

@@ -485,6 +485,7 @@ _STATE_REASONS = {
     LeaseState.CONTAINER_LOST: "the lease's container died or was removed outside sandpool (acquire a new one)",
     LeaseState.POOL_DELETED: "the lease's pool was deleted because its owner stopped keeping it alive",
     LeaseState.LIFETIME_EXCEEDED: "the lease reached its pool's max_lease_lifetime (acquire a new one)",
+    LeaseState.REPLICA_GONE: "the server replica that owned the lease is gone (acquire a new one)",
 }
 """Why a lease is lost, by the state a keepalive answer gives."""
 

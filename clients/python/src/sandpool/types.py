@@ -79,6 +79,7 @@ class LeaseState(str, enum.Enum):
     LIFETIME_EXCEEDED = "lifetime_exceeded"
     CONTAINER_LOST = "container_lost"
     POOL_DELETED = "pool_deleted"
+    REPLICA_GONE = "replica_gone"
 
     @classmethod
     def from_pb(cls, value: int) -> LeaseState:
@@ -94,6 +95,7 @@ _LEASE_STATES: Dict[int, LeaseState] = {
     session_pb2.LEASE_STATE_LIFETIME_EXCEEDED: LeaseState.LIFETIME_EXCEEDED,
     session_pb2.LEASE_STATE_CONTAINER_LOST: LeaseState.CONTAINER_LOST,
     session_pb2.LEASE_STATE_POOL_DELETED: LeaseState.POOL_DELETED,
+    session_pb2.LEASE_STATE_REPLICA_GONE: LeaseState.REPLICA_GONE,
 }
 
 

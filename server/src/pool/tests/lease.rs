@@ -96,3 +96,33 @@ async fn a_leased_container_that_dies_ends_its_lease_and_is_replaced() {
     let next = h.acquire("lost").await.expect("a lease");
     assert_ne!(next.container_id, lease.container_id);
 }
+
+/// A replica restarted under its name: its predecessor's lease ids (same
+/// name, another instance) ended with the predecessor; anything else it
+/// does not know is merely not found.
+#[test]
+fn a_restarted_replica_knows_its_predecessors_ids() {
+    use crate::pool::lease::LeaseTable;
+    let after = LeaseTable::for_replica(Some("a"));
+    let old = crate::cluster::lease_id::Incarnation::new("a").mint();
+    assert_eq!(
+        after.renew(&old, "me"),
+        Renewal::Ended(LeaseEnd::ReplicaGone)
+    );
+    assert!(matches!(
+        after.guard(&old, "me"),
+        Err(Error::LeaseEnded {
+            end: LeaseEnd::ReplicaGone,
+            ..
+        })
+    ));
+    assert_eq!(
+        after.release(&old, "me").ok(),
+        Some(Some(LeaseEnd::ReplicaGone))
+    );
+    for unknown in [format!("b.{}", &old[2..]), format!("{:032x}", 1u128)] {
+        assert_eq!(after.renew(&unknown, "me"), Renewal::NotFound, "{unknown}");
+    }
+    let alone = LeaseTable::for_replica(None);
+    assert_eq!(alone.renew(&old, "me"), Renewal::NotFound);
+}

@@ -54,6 +54,10 @@ class _LeaseStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseState
     """Ended because its pool was deleted when the pool's owner stopped
     keeping it alive (CreatePool's owner_ttl).
     """
+    LEASE_STATE_REPLICA_GONE: _LeaseState.ValueType  # 9
+    """Ended because the replica that owned it is gone (it died, or restarted
+    and the lease ended with its old process); acquire again.
+    """
 
 class LeaseState(_LeaseState, metaclass=_LeaseStateEnumTypeWrapper):
     """The state of a lease named in a keepalive."""
@@ -83,6 +87,10 @@ engine restarted, an operator removed it).
 LEASE_STATE_POOL_DELETED: LeaseState.ValueType  # 8
 """Ended because its pool was deleted when the pool's owner stopped
 keeping it alive (CreatePool's owner_ttl).
+"""
+LEASE_STATE_REPLICA_GONE: LeaseState.ValueType  # 9
+"""Ended because the replica that owned it is gone (it died, or restarted
+and the lease ended with its old process); acquire again.
 """
 Global___LeaseState: _TypeAlias = LeaseState  # noqa: Y015
 

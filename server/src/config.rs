@@ -112,6 +112,8 @@ pub struct ClusterSettings {
     pub kubernetes: Option<crate::cluster::DiscoveryConfig>,
     pub peer_cert: Option<PathBuf>,
     pub peer_key: Option<PathBuf>,
+    /// See `cluster::ClusterConfig::peer_dead_after`.
+    pub peer_dead_after: Option<Duration>,
 }
 
 /// The shortest peer token accepted: it guards the header that names any
@@ -157,6 +159,7 @@ struct ClusterFile {
     peer_ca: Option<PathBuf>,
     peer_cert: Option<PathBuf>,
     peer_key: Option<PathBuf>,
+    peer_dead_after: Option<f64>,
     #[serde(default)]
     peers: Vec<PeerFile>,
     kubernetes: Option<DiscoveryFile>,
@@ -337,6 +340,21 @@ impl ClusterFile {
             }
             _ => {}
         }
+        // A peer silent this long is presumed dead (cluster::liveness): long
+        // enough that a busy or briefly cut-off replica is not given up on,
+        // short enough that callers of a vanished one hear it within a
+        // retry or two. 0: never presumed dead.
+        let peer_dead_after = match self.peer_dead_after {
+            None => Some(Duration::from_secs(15)),
+            Some(0.0) => None,
+            Some(s) if s.is_finite() && s >= 1.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(ConfigError::invalid(
+                    "cluster.peer_dead_after",
+                    format!("{s} is not a number of seconds of at least 1 (or 0: never)"),
+                ));
+            }
+        };
         Ok(ClusterSettings {
             replica: self.replica,
             peers,
@@ -345,6 +363,7 @@ impl ClusterFile {
             kubernetes,
             peer_cert: self.peer_cert,
             peer_key: self.peer_key,
+            peer_dead_after,
         })
     }
 }
@@ -975,6 +994,7 @@ impl ServerConfig {
             kubernetes: c.kubernetes.clone(),
             peer_cert: c.peer_cert.clone(),
             peer_key: c.peer_key.clone(),
+            peer_dead_after: c.peer_dead_after,
         }))
     }
 
@@ -1333,6 +1353,20 @@ peers = [
         let c = ServerConfig::from_toml(CLUSTER, Path::new("t.toml")).unwrap();
         let cluster = c.cluster().unwrap().expect("a cluster");
         assert_eq!(cluster.replica, "a");
+        // A silent peer is given up on after 15 s unless the config says.
+        assert_eq!(cluster.peer_dead_after, Some(Duration::from_secs(15)));
+        for (setting, expect) in [("0", None), ("2.5", Some(Duration::from_millis(2500)))] {
+            let text = CLUSTER.replace(
+                "[cluster]\n",
+                &format!("[cluster]\npeer_dead_after = {setting}\n"),
+            );
+            let c = ServerConfig::from_toml(&text, Path::new("t.toml")).unwrap();
+            let cluster = c.cluster().unwrap().expect("a cluster");
+            assert_eq!(
+                cluster.peer_dead_after, expect,
+                "peer_dead_after = {setting}"
+            );
+        }
         let names: Vec<_> = cluster.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["b", "c"], "this replica is left out of its peers");
         // The same list serves every replica: the environment names it.
@@ -1396,6 +1430,14 @@ peers = [
             (
                 "[cluster]\npeer_key = \"a.key\"\n".into(),
                 "cluster.peer_cert",
+            ),
+            (
+                "[cluster]\npeer_dead_after = 0.5\n".into(),
+                "cluster.peer_dead_after",
+            ),
+            (
+                "[cluster]\npeer_dead_after = -3\n".into(),
+                "cluster.peer_dead_after",
             ),
         ] {
             let err = ServerConfig::from_toml(&text, Path::new("t.toml"))

@@ -79,6 +79,11 @@ pub async fn serve(
     // Ends the long-lived streams (and the peer watch) once the manager has
     // stopped.
     let streams = CancellationToken::new();
+    // Whether each peer answers, so that one that went silent is given up
+    // on (cluster::liveness); until the server stops.
+    if cluster.replica().is_some() {
+        crate::cluster::liveness::start(Arc::clone(&cluster), streams.clone());
+    }
     // Peers from the Kubernetes API: watched from now, before the pools
     // warm, so the first list is there when calls come; and until the
     // server stops, so peers that come and go during a drain are seen too.

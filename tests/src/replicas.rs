@@ -115,9 +115,14 @@ impl Replica {
 
     /// SIGTERM, without waiting for it to exit (see `running`).
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, `CONT`...) to the process.
+    pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args([&format!("-{signal}"), &child.id().to_string()])
                 .status();
         }
     }

@@ -824,6 +824,96 @@ async fn stop_all(replicas: &mut [Replica], also: &[String]) {
     }
 }
 
+/// A replica that answers nothing at all (its process frozen here; a host
+/// powered off or cut off elsewhere) neither refuses connections nor
+/// leaves a list: its peers give up on it once it has been silent for
+/// `peer_dead_after` (its health check unanswered), and its leases answer
+/// LEASE_ENDED / REPLICA_GONE through them from then on, at once. Before
+/// that, a call for its lease waits (it may be only slow). Once it answers
+/// again, it is alive again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_is_presumed_gone_after_peer_dead_after() {
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(unique_id("sandpool-silent"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let token = format!("{:032x}", rand::random::<u128>());
+    let peer_token = format!("{:032x}", rand::random::<u128>());
+    let (_, mut replicas) = start_replicas(
+        &["a", "b"],
+        &dir,
+        "http",
+        |peers| {
+            format!(
+                "shutdown_grace = 5.0\n[auth]\ntokens = [\"{token}\"]\n\
+                 [cluster]\npeer_dead_after = 3.0\npeers = [{peers}]\n{}",
+                cold_pool()
+            )
+        },
+        Some(&peer_token),
+        |addr| async move { serving(&addr).await },
+    )
+    .await;
+    let at_a = client_at(&replicas[0].addr, &token).await;
+    let at_b = client_at(&replicas[1].addr, &token).await;
+    let lease = raw_acquire(&at_a, "py").await.expect("a lease of a");
+    assert_eq!(owner_of(&lease.id), "a", "{lease:?}");
+
+    replicas[0].signal("STOP");
+    let frozen = Instant::now();
+    // Just frozen: not given up on yet; the call waits for a.
+    let early =
+        tokio::time::timeout(Duration::from_millis(1500), run_error(&at_b, &lease.id)).await;
+    if let Ok(err) = &early {
+        assert_ne!(
+            err.code(),
+            tonic::Code::FailedPrecondition,
+            "given up on too soon: {err:?}"
+        );
+    }
+    // Silent for peer_dead_after: gone, and its lease with it, at once.
+    let err = wait_for("b to give a up", Duration::from_secs(15), || async {
+        match tokio::time::timeout(Duration::from_millis(500), run_error(&at_b, &lease.id)).await {
+            Ok(err) if err.code() == tonic::Code::FailedPrecondition => Some(err),
+            _ => None,
+        }
+    })
+    .await;
+    let after = frozen.elapsed();
+    assert!(
+        after >= Duration::from_secs(3),
+        "given up on after {after:?}"
+    );
+    assert_replica_gone(&err);
+    assert!(err.message().contains("answered nothing"), "{err:?}");
+    assert_eq!(
+        keepalive_state(&at_b, &lease.id).await,
+        pb::LeaseState::ReplicaGone as i32
+    );
+
+    // It answers again: alive again, and its lease (still in its memory,
+    // its TTL not over) is reached again.
+    replicas[0].signal("CONT");
+    wait_for(
+        "a to be reached again through b",
+        Duration::from_secs(15),
+        || async {
+            let run = tokio::time::timeout(
+                Duration::from_secs(5),
+                at_b.sessions().run(pb::RunRequest {
+                    lease_id: lease.id.clone(),
+                    ..shell_run("echo back", 10.0)
+                }),
+            )
+            .await;
+            matches!(run, Ok(Ok(_))).then_some(())
+        },
+    )
+    .await;
+    raw_release(&at_a, &lease.id).await;
+    stop_all(&mut replicas, &[]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A replica killed with a lease and restarted under its name on its
 /// address (a StatefulSet pod, a systemd restart) does not know the lease,
 /// but knows that its predecessor granted it: the lease ended with that

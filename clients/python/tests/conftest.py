@@ -97,7 +97,9 @@ class Server:
     """A sandpool-server process. ``tls_args`` are extra TLS flags
     (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``); ``client_kwargs``
     are the arguments of :class:`sandpool.Client` that reach it (``tls``,
-    ``addr``), used for the readiness probe and ``self.client``."""
+    ``addr``, ``token``), used for the readiness probe and ``self.client``.
+    ``port`` is the port to listen on (default: a free one), for replicas
+    whose peer list names every address before they start."""
 
     def __init__(
         self,
@@ -106,8 +108,9 @@ class Server:
         client_kwargs: Optional[Dict[str, Any]] = None,
         config_extra: str = "",
         env: Optional[Dict[str, str]] = None,
+        port: Optional[int] = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.server_id = f"pytest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         config = tmp / "sandpool.toml"

@@ -15,15 +15,14 @@ use sandpool_proto::v1::{
     session_service_client::SessionServiceClient,
 };
 use tonic::{
-    Code, Request, Response, Status, Streaming,
+    Request, Response, Status, Streaming,
     metadata::{MetadataMap, MetadataValue},
     transport::Channel,
 };
-use tonic_types::StatusExt;
 
 use super::{AppState, auth::Forwarded};
 use crate::{
-    cluster::{ForwardError, Peer, Route, caller},
+    cluster::{ForwardError, Peer, Route, caller, unreached as not_reached},
     error::Error,
     identity::Identity,
     server::MAX_MESSAGE_BYTES,
@@ -47,6 +46,19 @@ impl Owner {
     /// without it is the channel's: the owner was not reached, or the
     /// connection to it broke.
     fn failed(&self, status: Status) -> Status {
+        if not_reached(&status) && self.peer.presumed_dead() {
+            return Error::from(ForwardError::OwnerSilent {
+                lease_id: self.lease_id.clone(),
+                replica: self.peer.name.clone(),
+                address: self.peer.address.clone(),
+                silent_s: self
+                    .peer
+                    .liveness
+                    .silent_for()
+                    .map_or(0, |silent| silent.as_secs()),
+            })
+            .into();
+        }
         if self.gone(&status) {
             return Error::from(ForwardError::OwnerGone {
                 lease_id: self.lease_id.clone(),
@@ -67,17 +79,12 @@ impl Owner {
         status
     }
 
-    /// The owner was not reached because nothing listens at its address:
-    /// it is gone, and its leases with it (see `ForwardError::OwnerGone`).
+    /// The owner was not reached because nothing listens at its address,
+    /// or it has been silent too long: it is gone, and its leases with it
+    /// (see `ForwardError::OwnerGone`, `OwnerSilent`).
     fn gone(&self, status: &Status) -> bool {
-        not_reached(status) && crate::cluster::refused(status)
+        not_reached(status) && (crate::cluster::refused(status) || self.peer.presumed_dead())
     }
-}
-
-/// An UNAVAILABLE without sandpool's ErrorInfo: the channel's own, not an
-/// answer of the owner's.
-pub(super) fn not_reached(status: &Status) -> bool {
-    status.code() == Code::Unavailable && status.get_error_details().error_info().is_none()
 }
 
 /// The metadata of a forwarded call: the peer token, the caller, and what
@@ -299,7 +306,9 @@ impl KeepAlives {
             Ok(Route::Peer(peer)) => peer,
             // Discovery no longer lists its owner: ended with it, answered
             // as below for an owner found gone by a refused connection.
-            Err(ForwardError::OwnerLeft { replica, .. }) => {
+            Err(
+                ForwardError::OwnerLeft { replica, .. } | ForwardError::OwnerSilent { replica, .. },
+            ) => {
                 tracing::info!(lease_id = %req.lease_id, owner = %replica, "the lease's owner is gone");
                 return Some(Ok(replica_gone(&req.lease_id)));
             }

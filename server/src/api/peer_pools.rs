@@ -270,7 +270,7 @@ pub(super) async fn one_replica(
 /// lacks) carry ErrorInfo and come back as they are; the channel's failures
 /// say which replica was not reached.
 pub(super) fn unreached(peer: &Peer, status: Status) -> Status {
-    if super::forward::not_reached(&status) {
+    if crate::cluster::unreached(&status) {
         return Status::from(crate::error::Error::from(
             crate::cluster::ForwardError::ReplicaUnreachable {
                 replica: peer.name.clone(),
@@ -489,6 +489,7 @@ mod tests {
             kubernetes: None,
             peer_cert: None,
             peer_key: None,
+            peer_dead_after: None,
         })
         .expect("valid")
         .peer(name)

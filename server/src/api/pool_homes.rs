@@ -213,7 +213,7 @@ impl ToHome {
     /// replica restarted): the next call asks again. A failure to reach it
     /// says which replica was not reached.
     fn failed(&self, status: Status) -> Status {
-        if status.code() == Code::NotFound || super::forward::not_reached(&status) {
+        if status.code() == Code::NotFound || crate::cluster::unreached(&status) {
             self.state.pool_homes.forget(&self.pool);
         }
         super::peer_pools::unreached(&self.peer, status)

@@ -249,6 +249,9 @@ fn from_forward(err: ForwardError, message: &str) -> Failure {
         }
         | ForwardError::OwnerLeft {
             lease_id, replica, ..
+        }
+        | ForwardError::OwnerSilent {
+            lease_id, replica, ..
         } => Failure::new(C::FailedPrecondition, R::LeaseEnded)
             .precondition("LEASE_ENDED", &lease_id, message)
             .with("lease_id", lease_id)

@@ -15,6 +15,7 @@
 pub mod caller;
 pub mod discovery;
 pub mod lease_id;
+pub mod liveness;
 pub mod tls;
 
 use std::{
@@ -64,6 +65,9 @@ pub struct ClusterConfig {
     /// peers (mutual TLS): set together, or neither.
     pub peer_cert: Option<PathBuf>,
     pub peer_key: Option<PathBuf>,
+    /// How long a peer may answer nothing before its leases are presumed
+    /// ended with it (`liveness`); `None`: never.
+    pub peer_dead_after: Option<Duration>,
 }
 
 /// A peer as the config names it (or discovery finds it).
@@ -167,6 +171,19 @@ pub enum ForwardError {
         replica: String,
         listing: String,
     },
+    /// The owner has answered nothing (not even its health check) for
+    /// `peer_dead_after`: presumed dead (see `liveness`), and the lease,
+    /// which lived only in its memory, with it.
+    #[error(
+        "replica {replica:?} ({address}), which owned lease {lease_id}, has answered nothing for \
+         {silent_s} s and is presumed gone: the lease ended with it; acquire a new lease"
+    )]
+    OwnerSilent {
+        lease_id: String,
+        replica: String,
+        address: String,
+        silent_s: u64,
+    },
     /// Discovery has not listed the replicas yet (the API server did not
     /// answer in time), so whether the owner lives is unknown.
     #[error(
@@ -206,6 +223,9 @@ pub struct Peer {
     pub address: String,
     endpoint: Endpoint,
     channel: OnceLock<Channel>,
+    /// What its health probes found.
+    pub liveness: liveness::Liveness,
+    dead_after: Option<Duration>,
 }
 
 impl Peer {
@@ -215,6 +235,14 @@ impl Peer {
         self.channel
             .get_or_init(|| self.endpoint.connect_lazy())
             .clone()
+    }
+
+    /// Whether it has answered nothing for `peer_dead_after`: its leases
+    /// are presumed ended with it (see `liveness`).
+    pub fn presumed_dead(&self) -> bool {
+        self.dead_after
+            .zip(self.liveness.silent_for())
+            .is_some_and(|(after, silent)| silent >= after)
     }
 }
 
@@ -302,6 +330,7 @@ pub struct Cluster {
     peer_token: Option<String>,
     tls: Option<ClientTlsConfig>,
     listing: Option<Listing>,
+    dead_after: Option<Duration>,
 }
 
 impl Cluster {
@@ -319,7 +348,7 @@ impl Cluster {
         for peer in &config.peers {
             peers.insert(
                 peer.name.clone(),
-                Arc::new(Self::make_peer(tls.as_ref(), peer)?),
+                Arc::new(Self::make_peer(tls.as_ref(), config.peer_dead_after, peer)?),
             );
         }
         let listing = config.kubernetes.as_ref().map(|k| Listing {
@@ -333,15 +362,22 @@ impl Cluster {
             peer_token: config.peer_token.clone(),
             tls,
             listing,
+            dead_after: config.peer_dead_after,
         })
     }
 
-    fn make_peer(tls: Option<&ClientTlsConfig>, peer: &PeerConfig) -> Result<Peer, PeerError> {
+    fn make_peer(
+        tls: Option<&ClientTlsConfig>,
+        dead_after: Option<Duration>,
+        peer: &PeerConfig,
+    ) -> Result<Peer, PeerError> {
         Ok(Peer {
             name: peer.name.clone(),
             address: peer.address.clone(),
             endpoint: endpoint(&peer.name, &peer.address, tls)?,
             channel: OnceLock::new(),
+            liveness: liveness::Liveness::default(),
+            dead_after,
         })
     }
 
@@ -391,7 +427,7 @@ impl Cluster {
                 .cloned();
             let made = match kept {
                 Some(kept) => kept,
-                None => match Self::make_peer(self.tls.as_ref(), peer) {
+                None => match Self::make_peer(self.tls.as_ref(), self.dead_after, peer) {
                     Ok(made) => Arc::new(made),
                     Err(e) => {
                         tracing::warn!(error = %e, "a discovered peer is left out");
@@ -456,6 +492,16 @@ impl Cluster {
                 replica: owner.to_string(),
                 this: this.to_string(),
             }),
+            // Silent for too long: presumed dead, and its leases with it.
+            Some(peer) if peer.presumed_dead() => Err(ForwardError::OwnerSilent {
+                lease_id: lease_id.to_string(),
+                replica: owner.to_string(),
+                address: peer.address.clone(),
+                silent_s: peer
+                    .liveness
+                    .silent_for()
+                    .map_or(0, |silent| silent.as_secs()),
+            }),
             Some(peer) => Ok(Route::Peer(Arc::clone(peer))),
             // Discovery lists every replica whose pod exists: one it does
             // not list is gone (or, before the first list, unknown yet).
@@ -483,6 +529,13 @@ impl Cluster {
             },
         }
     }
+}
+
+/// An UNAVAILABLE without sandpool's ErrorInfo: the channel's own failure
+/// to reach a peer, not an answer of the peer's.
+pub fn unreached(status: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == tonic::Code::Unavailable && status.get_error_details().error_info().is_none()
 }
 
 /// Whether a failed call to a peer found nothing listening at its address
@@ -518,6 +571,7 @@ mod tests {
             kubernetes: None,
             peer_cert: None,
             peer_key: None,
+            peer_dead_after: None,
         })
         .expect("valid")
     }
@@ -561,6 +615,7 @@ mod tests {
             }),
             peer_cert: None,
             peer_key: None,
+            peer_dead_after: None,
         })
         .expect("valid")
     }

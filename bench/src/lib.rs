@@ -297,14 +297,17 @@ pub async fn cycle(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let session = client.acquire(pool).await?;
+    let lease_id = session.lease_id().to_string();
     let out = session.run_collect(code).await?;
     session.release().await?;
     let took = started.elapsed();
     if out.stdout != expect || out.exit_code() != 0 {
         bail!(
-            "run printed {:?}, exit {}: {}",
+            "run {} on lease {lease_id} printed {:?}, exit {}, gaps {:?}: {}",
+            out.run_id,
             out.stdout_text(),
             out.exit_code(),
+            out.gaps,
             out.stderr_text()
         );
     }

@@ -45,6 +45,10 @@ struct Args {
     /// Image of the pool.
     #[arg(long, default_value = "sandpool/python:bookworm")]
     image: String,
+    /// Clients connect to the replicas straight (spread over them), not
+    /// through nginx: what the balancer costs.
+    #[arg(long)]
+    direct: bool,
 }
 
 const CODE: &str = "print('test')";
@@ -89,6 +93,7 @@ where
                         Err(e) => {
                             errors += 1;
                             eprintln!("task {i}: {e:#}");
+
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
@@ -122,6 +127,7 @@ async fn start(server: &Path, names: &[&'static str], args: &Args) -> anyhow::Re
         args.image
     );
     let set = ReplicaSet::start(server, names, &pools).await;
+    eprintln!("{} replica(s), logs in {}", names.len(), set.dir.display());
     let client = connect(&set).await?;
     let until = Instant::now() + Duration::from_secs(120);
     loop {
@@ -149,8 +155,17 @@ async fn connect(set: &ReplicaSet) -> anyhow::Result<Client> {
 /// connections of their own.
 async fn cycles(set: &ReplicaSet, args: &Args) -> anyhow::Result<Measured> {
     let mut clients = Vec::new();
-    for _ in 0..args.clients {
-        clients.push(connect(set).await?);
+    for i in 0..args.clients {
+        clients.push(if args.direct {
+            let replica = &set.replicas[i % set.replicas.len()];
+            Client::builder(format!("http://{}", replica.addr))
+                .token(&set.token)
+                .connect()
+                .await
+                .context("connect to a replica")?
+        } else {
+            connect(set).await?
+        });
     }
     let clients = Arc::new(clients);
     Ok(load(
@@ -262,13 +277,14 @@ async fn main() -> anyhow::Result<()> {
         &mut floor_before,
         floor_rate,
     );
+    let via = if args.direct { "straight" } else { "via nginx" };
     line(
-        "1 replica: Acquire + Run + Release via nginx",
+        &format!("1 replica: Acquire + Run + Release {via}"),
         &mut on_one,
         floor_rate,
     );
     line(
-        "3 replicas: Acquire + Run + Release via nginx",
+        &format!("3 replicas: Acquire + Run + Release {via}"),
         &mut on_three,
         floor_rate,
     );

@@ -651,6 +651,10 @@ class _Keeper(Generic[L]):
         self._call: Any = None
         self._on_give_up: Optional[Callable[[], None]] = None
         self.renewals = 0
+        # Set by stop(): the task ends at its next turn even if the
+        # cancellation is lost (Python 3.11's asyncio.wait_for returns the
+        # inner result, and drops the cancel, when both come at once).
+        self._stopped = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def exists(self) -> None:
@@ -673,6 +677,7 @@ class _Keeper(Generic[L]):
             call.cancel()
 
     async def stop(self) -> None:
+        self._stopped = True
         self._close_stream()
         if self._task is not asyncio.current_task():
             self._task.cancel()
@@ -695,6 +700,8 @@ class _Keeper(Generic[L]):
         try:
             while True:
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                if self._stopped:
+                    return
                 if self._holder_ref() is None:
                     await self.target.abandon(self._client)  # dropped unclosed
                     return

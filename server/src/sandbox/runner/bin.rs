@@ -13,6 +13,8 @@
 //! the next `RUN` is handed to (see `protocol`); if it is gone by then, the
 //! run starts cold.
 
+#[path = "drain.rs"]
+mod drain;
 #[path = "protocol.rs"]
 #[allow(dead_code)]
 mod protocol;
@@ -21,7 +23,7 @@ use std::{
     ffi::{OsStr, OsString},
     io::{self, PipeWriter, Read, Write},
     os::{
-        fd::{AsRawFd, RawFd},
+        fd::{AsFd, AsRawFd, OwnedFd, RawFd},
         unix::{
             ffi::{OsStrExt, OsStringExt},
             process::{CommandExt, ExitStatusExt},
@@ -34,9 +36,9 @@ use std::{
         mpsc,
     },
     thread,
-    time::{Duration, Instant},
 };
 
+use drain::{BUSY, ENDED, READING, drain};
 use protocol::*;
 
 unsafe extern "C" {
@@ -101,11 +103,6 @@ fn environment(base: &[(OsString, OsString)], extra: &[Vec<u8>]) -> Vec<(OsStrin
     env
 }
 
-/// Where a pump is: waiting for the pipe, or past it (sending, or done).
-const READING: u8 = 0;
-const BUSY: u8 = 1;
-const ENDED: u8 = 2;
-
 /// One run's output to the server; nothing of the run follows its exit.
 struct RunOutput {
     out: Out,
@@ -147,42 +144,6 @@ fn pump(mut from: impl Read, kind: u8, run: &RunOutput, state: &AtomicU8, ended:
     }
     state.store(ENDED, Ordering::SeqCst);
     let _ = ended.send(());
-}
-
-/// How long the pipes of a program that exited must have stayed empty,
-/// while something it left behind holds them open, before its exit is
-/// sent anyway.
-const QUIET_AFTER_EXIT: Duration = Duration::from_millis(50);
-
-/// After the program exited: until its output ended, or until every pipe
-/// still open has been waited on, empty, for `QUIET_AFTER_EXIT`. A process
-/// the program left in the background may hold its pipes for ever; an
-/// engine exec ends at the program's exit all the same, with what the
-/// program wrote. A pump that is sending (the server is slow to read) is
-/// waited for: nothing the program wrote is dropped.
-fn drain(states: &[Arc<AtomicU8>], ended: &mpsc::Receiver<()>) {
-    let mut quiet_since: Option<Instant> = None;
-    loop {
-        let live: Vec<u8> = states
-            .iter()
-            .map(|s| s.load(Ordering::SeqCst))
-            .filter(|&s| s != ENDED)
-            .collect();
-        if live.is_empty() {
-            return;
-        }
-        if live.iter().all(|&s| s == READING) {
-            let since = *quiet_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= QUIET_AFTER_EXIT {
-                return;
-            }
-        } else {
-            quiet_since = None;
-        }
-        // Woken at once when a pump ends (the usual case: the program's
-        // exit closed its pipes), else a look every 5 ms.
-        let _ = ended.recv_timeout(Duration::from_millis(5));
-    }
 }
 
 /// The same program line as `argv` would be on the exec path: argv, the
@@ -344,17 +305,19 @@ fn serve(mut child: Child, out: &Out) -> mpsc::Sender<Option<Vec<u8>>> {
     });
     thread::spawn(move || {
         let (ended_tx, ended) = mpsc::channel();
-        let states: Vec<Arc<AtomicU8>> = [
-            (stdout.map(|s| Box::new(s) as Box<dyn Read + Send>), STDOUT),
-            (stderr.map(|s| Box::new(s) as Box<dyn Read + Send>), STDERR),
+        // Each pump with a duplicate of its pipe, for `drain` to look at.
+        let watched = |pipe: &dyn AsFd| pipe.as_fd().try_clone_to_owned().ok();
+        let pumps: Vec<(Arc<AtomicU8>, Option<OwnedFd>)> = [
+            stdout.map(|s| (watched(&s), Box::new(s) as Box<dyn Read + Send>, STDOUT)),
+            stderr.map(|s| (watched(&s), Box::new(s) as Box<dyn Read + Send>, STDERR)),
         ]
         .into_iter()
-        .filter_map(|(pipe, kind)| {
-            let pipe = pipe?;
+        .flatten()
+        .map(|(watch, pipe, kind)| {
             let state = Arc::new(AtomicU8::new(READING));
             let (run, mine, ended) = (Arc::clone(&run), Arc::clone(&state), ended_tx.clone());
             thread::spawn(move || pump(pipe, kind, &run, &mine, ended));
-            Some(state)
+            (state, watch)
         })
         .collect();
         let code = match child.wait() {
@@ -363,7 +326,7 @@ fn serve(mut child: Child, out: &Out) -> mpsc::Sender<Option<Vec<u8>>> {
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
             Err(_) => -1,
         };
-        drain(&states, &ended);
+        drain(&pumps, &ended);
         if run.send(EXIT, &code.to_be_bytes()).is_err() {
             std::process::exit(0);
         }

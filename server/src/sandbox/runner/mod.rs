@@ -45,6 +45,8 @@
 //! program itself, which is a cold start. Being started with the runner,
 //! it is in the runner's group and goes with it.
 
+#[cfg(test)]
+mod drain;
 mod host;
 pub mod protocol;
 

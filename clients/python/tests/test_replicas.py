@@ -35,7 +35,7 @@ from conftest import IMAGE, Server, containers_of, free_port, stop_checked, wait
 
 REPLICAS = ("a", "b", "c")
 
-TTL = 2.0
+TTL = 3.0
 """Seconds: the sessions' lease TTL, short so that a pause longer than it
 proves the keepalives (on a stream of their own, which the balancer puts on
 any replica) reach the lease's owner."""
@@ -132,7 +132,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         f'[auth]\ntokens = ["{token}"]\n'
         f"[cluster]\npeers = [{peers}]\n"
         f'[[pools]]\nname = "{POOL}"\nlanguage = "python"\nimage = "{IMAGE}"\n'
-        "min_pool_size = 1\nmax_pool_size = 3\n"
+        "min_pool_size = 2\nmax_pool_size = 3\n"
     )
 
     # Made here: mktemp is not safe to call from several threads.
@@ -205,27 +205,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_stats_of_the_config_pool_are_summed_over_the_replicas(cluster: Cluster) -> None:
-    # First in the module: the sessions below grow the replicas' pools past
-    # min_pool_size, and their idle containers stay.
+    # First in the module: the sessions below may grow a replica's pool
+    # past min_pool_size, and its idle containers stay.
     client = cluster.client()
 
     def warm() -> Optional[PoolStats]:
         stats = client.get_stats(POOL)
-        return stats if stats.total_size == 3 and stats.state_counts.idle == 3 else None
+        return stats if stats.total_size == 6 and stats.state_counts.idle == 6 else None
 
-    summed = wait_for("one warm container on every replica", warm, timeout=30)
-    assert (summed.min_size, summed.max_size) == (3, 9), summed
+    summed = wait_for("two warm containers on every replica", warm, timeout=30)
+    assert (summed.min_size, summed.max_size) == (6, 9), summed
     own = {name: client.get_stats(POOL, replica=name) for name in REPLICAS}
     for name, stats in own.items():
         # Through the balancer, whichever replica answers asks b (or a, c)
         # for its own.
-        assert (stats.total_size, stats.state_counts.idle) == (1, 1), (name, stats)
-        assert (stats.min_size, stats.max_size) == (1, 3), (name, stats)
+        assert (stats.total_size, stats.state_counts.idle) == (2, 2), (name, stats)
+        assert (stats.min_size, stats.max_size) == (2, 3), (name, stats)
     assert summed.total_size == sum(s.total_size for s in own.values())
-    assert client.get_stats(POOL, replica="b").total_size == 1
+    assert client.get_stats(POOL, replica="b").total_size == 2
     # The same sum whichever replica is asked directly.
     for name in REPLICAS:
-        assert cluster.client(name).get_stats(POOL).total_size == 3, name
+        assert cluster.client(name).get_stats(POOL).total_size == 6, name
     with pytest.raises(sandpool.InvalidArgument) as unknown:
         client.get_stats(POOL, replica="zz")
     assert "zz" in unknown.value.message
@@ -277,11 +277,11 @@ def test_sessions_spread_over_the_replicas_and_keep_their_leases(cluster: Cluste
     seen: List[str] = []
     lock = threading.Lock()
 
-    # Six leases at once with the asyncio API (the pool's default TTL), to
-    # grow the replicas' pools to two warm containers each: the client
-    # counts a lease's TTL from when its Acquire was sent, so a 2 s lease
-    # whose Acquire waited as long for a container to be made would arrive
-    # lost.
+    # Six leases at once with the asyncio API (the pool's default TTL), one
+    # per warm container of the replicas (two each: min_pool_size), so that
+    # the short-TTL sessions below find warm containers: the client counts a
+    # lease's TTL from when its Acquire was sent, so a short lease whose
+    # Acquire waited as long for a container to be made would arrive lost.
     async def grow() -> None:
         async with sandpool.AsyncClient(cluster.lb, token=cluster.token, timeout=15) as lb:
             sessions = await asyncio.gather(*(lb.acquire(POOL) for _ in range(6)))

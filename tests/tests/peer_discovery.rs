@@ -13,16 +13,16 @@
 //! `LEASE_ENDED` at once, where the address it had would have made the
 //! caller wait; nothing is left on the engine.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use sandpool_client::{Client, proto as pb};
-use sandpool_tests::{labelled, python_image, shell_run, terminate, unique_id, wait_for};
+use sandpool_tests::{
+    labelled, python_image,
+    replicas::{FORWARDED, Replica},
+    shell_run, unique_id, wait_for,
+};
 use serde_json::json;
 use tonic_types::StatusExt;
 
@@ -30,99 +30,10 @@ const NAMESPACE: &str = "sandpool";
 const SERVICE: &str = "sandpool-peers";
 const SLICE: &str = "sandpool-peers-x7k2p";
 /// What the log line of every forwarded call says (api::forward).
-const FORWARDED: &str = "forwarding to the lease's owner";
 /// And of a change of the peer set (cluster::Cluster::set_peers).
 const PEERS_CHANGED: &str = "the peers changed";
 
 /// A server process, SIGKILLed if the test ends before it is stopped.
-struct Replica {
-    name: &'static str,
-    server_id: String,
-    addr: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Replica {
-    fn start(
-        name: &'static str,
-        ip: &'static str,
-        port: u16,
-        config: &Path,
-        dir: &Path,
-        peer_token: &str,
-    ) -> Self {
-        let server_id = unique_id(&format!("disco-{name}"));
-        let addr = format!("{ip}:{port}");
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(sandpool_tests::workspace_binary("sandpool-server"))
-            .args(["--listen", &addr, "--config"])
-            .arg(config)
-            .args(["--server-id", &server_id, "--log-format", "json"])
-            // As the Deployment does: the replica's name is its pod's name
-            // (downward API), the peer token comes from a Secret.
-            .env("SANDPOOL_REPLICA", name)
-            .env("SANDPOOL_PEER_TOKEN", peer_token)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start sandpool-server");
-        Self {
-            name,
-            server_id,
-            addr,
-            log,
-            child: Some(child),
-        }
-    }
-
-    fn log_lines(&self, message: &str) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(message))
-            .map(String::from)
-            .collect()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            terminate(child).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // The test failed midway: SIGTERM (the server removes its
-            // containers), then SIGKILL if it lingers.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The Service's EndpointSlice listing `endpoints` (pod name, IP) at
 /// `port`, as the endpoint controller writes it for a Service with
 /// `publishNotReadyAddresses`.
@@ -309,9 +220,27 @@ async fn replicas_find_each_other_through_endpoint_slices() {
     // The controller lists a and b (c's pod does not exist yet for it).
     write_slice(&slices, port, &[("a", "127.0.0.2"), ("b", "127.0.0.3")]).await;
     let mut replicas = vec![
-        Replica::start("a", "127.0.0.2", port, &config, &dir, &peer_token),
-        Replica::start("b", "127.0.0.3", port, &config, &dir, &peer_token),
-        Replica::start("c", "127.0.0.4", port, &config, &dir, &peer_token),
+        Replica::start(
+            "a",
+            format!("127.0.0.2:{port}"),
+            &config,
+            &dir,
+            Some(&peer_token),
+        ),
+        Replica::start(
+            "b",
+            format!("127.0.0.3:{port}"),
+            &config,
+            &dir,
+            Some(&peer_token),
+        ),
+        Replica::start(
+            "c",
+            format!("127.0.0.4:{port}"),
+            &config,
+            &dir,
+            Some(&peer_token),
+        ),
     ];
     for r in &replicas {
         wait_for(
@@ -334,7 +263,7 @@ async fn replicas_find_each_other_through_endpoint_slices() {
     assert_eq!(out, "through-b");
     assert!(
         replicas[1]
-            .log_lines(FORWARDED)
+            .log_lines(FORWARDED, "")
             .iter()
             .any(|l| l.contains(&lease_a.id)),
         "b forwarded the run to a"
@@ -370,7 +299,7 @@ async fn replicas_find_each_other_through_endpoint_slices() {
     // say that c is gone.
     replicas[2].kill();
     let tarpit = std::net::TcpListener::bind(("127.0.0.5", port)).expect("tarpit");
-    let changes = replicas[0].log_lines(PEERS_CHANGED).len();
+    let changes = replicas[0].log_lines(PEERS_CHANGED, "").len();
     write_slice(
         &slices,
         port,
@@ -380,7 +309,7 @@ async fn replicas_find_each_other_through_endpoint_slices() {
     wait_for(
         "a to see c's new address",
         Duration::from_secs(10),
-        || async { (replicas[0].log_lines(PEERS_CHANGED).len() > changes).then_some(()) },
+        || async { (replicas[0].log_lines(PEERS_CHANGED, "").len() > changes).then_some(()) },
     )
     .await;
     let t0 = Instant::now();
@@ -392,13 +321,13 @@ async fn replicas_find_each_other_through_endpoint_slices() {
 
     // The controller removes c's endpoint: its lease ended, and every
     // replica says so at once.
-    let changes = [0, 1].map(|i| replicas[i].log_lines(PEERS_CHANGED).len());
+    let changes = [0, 1].map(|i| replicas[i].log_lines(PEERS_CHANGED, "").len());
     write_slice(&slices, port, &[("a", "127.0.0.2"), ("b", "127.0.0.3")]).await;
     for (i, before) in changes.into_iter().enumerate() {
         wait_for(
             &format!("{} to see c leave", replicas[i].name),
             Duration::from_secs(10),
-            || async { (replicas[i].log_lines(PEERS_CHANGED).len() > before).then_some(()) },
+            || async { (replicas[i].log_lines(PEERS_CHANGED, "").len() > before).then_some(()) },
         )
         .await;
     }

@@ -824,28 +824,34 @@ async fn stop_all(replicas: &mut [Replica], also: &[String]) {
     }
 }
 
-/// A replica that answers nothing at all (its process frozen here; a host
-/// powered off or cut off elsewhere) neither refuses connections nor
-/// leaves a list: its peers give up on it once it has been silent for
-/// `peer_dead_after` (its health check unanswered), and its leases answer
-/// LEASE_ENDED / REPLICA_GONE through them from then on, at once. Before
-/// that, a call for its lease waits (it may be only slow). Once it answers
-/// again, it is alive again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_replica_is_presumed_gone_after_peer_dead_after() {
-    let _serial = SERIAL.lock().await;
-    let dir = std::env::temp_dir().join(unique_id("sandpool-silent"));
+/// Two replicas `a` and `b` with a cold pool, clients of each, and a lease
+/// of `a`'s.
+struct Pair {
+    dir: PathBuf,
+    config: PathBuf,
+    token: String,
+    peer_token: String,
+    replicas: Vec<Replica>,
+    at_a: Client,
+    at_b: Client,
+    lease: pb::Lease,
+}
+
+/// A `Pair` in a new directory named after `prefix`, `cluster` added to
+/// their `[cluster]` section.
+async fn pair_with_a_lease(prefix: &str, cluster: &str) -> Pair {
+    let dir = std::env::temp_dir().join(unique_id(prefix));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let token = format!("{:032x}", rand::random::<u128>());
     let peer_token = format!("{:032x}", rand::random::<u128>());
-    let (_, mut replicas) = start_replicas(
+    let (config, replicas) = start_replicas(
         &["a", "b"],
         &dir,
         "http",
         |peers| {
             format!(
                 "shutdown_grace = 5.0\n[auth]\ntokens = [\"{token}\"]\n\
-                 [cluster]\npeer_dead_after = 3.0\npeers = [{peers}]\n{}",
+                 [cluster]\n{cluster}peers = [{peers}]\n{}",
                 cold_pool()
             )
         },
@@ -857,6 +863,36 @@ async fn a_silent_replica_is_presumed_gone_after_peer_dead_after() {
     let at_b = client_at(&replicas[1].addr, &token).await;
     let lease = raw_acquire(&at_a, "py").await.expect("a lease of a");
     assert_eq!(owner_of(&lease.id), "a", "{lease:?}");
+    Pair {
+        dir,
+        config,
+        token,
+        peer_token,
+        replicas,
+        at_a,
+        at_b,
+        lease,
+    }
+}
+
+/// A replica that answers nothing at all (its process frozen here; a host
+/// powered off or cut off elsewhere) neither refuses connections nor
+/// leaves a list: its peers give up on it once it has been silent for
+/// `peer_dead_after` (its health check unanswered), and its leases answer
+/// LEASE_ENDED / REPLICA_GONE through them from then on, at once. Before
+/// that, a call for its lease waits (it may be only slow). Once it answers
+/// again, it is alive again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_is_presumed_gone_after_peer_dead_after() {
+    let _serial = SERIAL.lock().await;
+    let Pair {
+        dir,
+        mut replicas,
+        at_a,
+        at_b,
+        lease,
+        ..
+    } = pair_with_a_lease("sandpool-silent", "peer_dead_after = 3.0\n").await;
 
     replicas[0].signal("STOP");
     let frozen = Instant::now();
@@ -922,29 +958,16 @@ async fn a_silent_replica_is_presumed_gone_after_peer_dead_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_says_its_predecessors_leases_are_gone() {
     let _serial = SERIAL.lock().await;
-    let dir = std::env::temp_dir().join(unique_id("sandpool-restart"));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let token = format!("{:032x}", rand::random::<u128>());
-    let peer_token = format!("{:032x}", rand::random::<u128>());
-    let (config, mut replicas) = start_replicas(
-        &["a", "b"],
-        &dir,
-        "http",
-        |peers| {
-            format!(
-                "shutdown_grace = 5.0\n[auth]\ntokens = [\"{token}\"]\n\
-                 [cluster]\npeers = [{peers}]\n{}",
-                cold_pool()
-            )
-        },
-        Some(&peer_token),
-        |addr| async move { serving(&addr).await },
-    )
-    .await;
-    let at_a = client_at(&replicas[0].addr, &token).await;
-    let at_b = client_at(&replicas[1].addr, &token).await;
-    let lease = raw_acquire(&at_a, "py").await.expect("a lease of a");
-    assert_eq!(owner_of(&lease.id), "a", "{lease:?}");
+    let Pair {
+        dir,
+        config,
+        peer_token,
+        token,
+        mut replicas,
+        at_a: _,
+        at_b,
+        lease,
+    } = pair_with_a_lease("sandpool-restart", "").await;
 
     // Killed: through b, nothing listens at the owner's address.
     let killed = replicas[0].server_id.clone();

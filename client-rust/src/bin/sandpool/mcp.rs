@@ -41,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for the releases under way.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits, after the releases it knows of, for those of
+/// sessions whose drop was under way.
+const RELEASE_SETTLE: Duration = Duration::from_millis(200);
 
 /// What `sandpool mcp` was asked to do.
 #[derive(Debug, Clone)]
@@ -250,11 +253,35 @@ impl Shared {
         for slot in slots {
             slot.close().await;
         }
-        let pending: Vec<_> = match self.releasing.lock() {
-            Ok(mut r) => r.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        let _ = tokio::time::timeout(RELEASE_WAIT, futures::future::join_all(pending)).await;
+        // A slot that could not be upgraded above was being dropped (an
+        // HTTP session's service ends on a task of its own at shutdown):
+        // its Drop queues its release, maybe only after the first look. So
+        // look again after a pause, until a look finds nothing new, within
+        // RELEASE_WAIT; a release left queued would die with the runtime
+        // and leave its lease to its TTL.
+        let until = tokio::time::Instant::now() + RELEASE_WAIT;
+        let mut looked_again = false;
+        loop {
+            let pending: Vec<_> = match self.releasing.lock() {
+                Ok(mut r) => r.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            if pending.is_empty() {
+                if looked_again || tokio::time::Instant::now() >= until {
+                    return;
+                }
+                looked_again = true;
+                tokio::time::sleep(RELEASE_SETTLE).await;
+                continue;
+            }
+            looked_again = false;
+            if tokio::time::timeout_at(until, futures::future::join_all(pending))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// Releases `session` in the background; `release_all` waits for it.

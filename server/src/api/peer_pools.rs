@@ -42,7 +42,7 @@ fn forwarded(extensions: &tonic::Extensions) -> bool {
 }
 
 /// A forwarded request to `peer`, as `who`, with `timeout`.
-fn to_peer<T>(
+pub(super) fn to_peer<T>(
     state: &AppState,
     who: &Identity,
     metadata: &MetadataMap,

@@ -124,11 +124,15 @@ pub(super) async fn find(
 ) -> Option<Arc<Peer>> {
     let peers: Vec<Arc<Peer>> = state.cluster.peers();
     let answers = join_all(peers.iter().map(|peer| async {
-        let mut request = Request::new(pb::GetPoolRequest {
-            name: name.to_string(),
-        });
-        *request.metadata_mut() = outgoing(state, who, metadata);
-        request.set_timeout(ASK_TIMEOUT);
+        let request = super::peer_pools::to_peer(
+            state,
+            who,
+            metadata,
+            pb::GetPoolRequest {
+                name: name.to_string(),
+            },
+            Some(ASK_TIMEOUT),
+        );
         let mut client = PoolServiceClient::new(peer.channel());
         match tokio::time::timeout(ASK_TIMEOUT, client.get_pool(request)).await {
             Ok(Ok(answer)) => answer

@@ -143,6 +143,9 @@ pub struct PoolSpec {
     pub runner_choice: Option<bool>,
     /// Events kept per resumable run for Attach (`run::journal`), in bytes.
     pub run_buffer_bytes: u64,
+    /// Modules the pre-started interpreter imports ahead of its run
+    /// (`lang::Zygote`; see the proto's `PoolSpec.preload`).
+    pub preload: Vec<String>,
 }
 
 pub const DEFAULT_OUTPUT_DIR: &str = "/sandbox/outputs";
@@ -156,7 +159,59 @@ pub const LONGEST_LEASE_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600
 /// container.
 pub const SHORTEST_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most modules a pool may preload.
+pub const MAX_PRELOAD: usize = 16;
+
+/// A module name a pre-started interpreter may import: dotted identifiers
+/// (`matplotlib.pyplot`), nothing a shell or `import` could read otherwise.
+fn validate_module_name(name: &str) -> Result<(), String> {
+    let identifier = |part: &str| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if name.len() > 200 || !name.split('.').all(identifier) {
+        return Err(format!(
+            "{name:?} is not a module name (dotted identifiers, like \"numpy\" or \"matplotlib.pyplot\")"
+        ));
+    }
+    Ok(())
+}
+
 impl PoolSpec {
+    fn validate_preload(&self, language: &dyn crate::lang::Language) -> Result<(), Error> {
+        if self.preload.is_empty() {
+            return Ok(());
+        }
+        if self.preload.len() > MAX_PRELOAD {
+            return Err(Error::invalid(
+                "preload",
+                format!("{} modules; at most {MAX_PRELOAD}", self.preload.len()),
+            ));
+        }
+        for (i, module) in self.preload.iter().enumerate() {
+            validate_module_name(module).map_err(|m| Error::invalid(format!("preload[{i}]"), m))?;
+        }
+        if language.zygote().is_none() {
+            return Err(Error::invalid(
+                "preload",
+                format!(
+                    "{} has no pre-started interpreter to preload modules into (python has)",
+                    self.language
+                ),
+            ));
+        }
+        if self.runner_choice == Some(false) {
+            return Err(Error::invalid(
+                "preload",
+                "modules are preloaded by the resident runner, which this pool turns off \
+                 (resident_runner = false)",
+            ));
+        }
+        Ok(())
+    }
+
     /// A spec with every default, for `language`; the image is the
     /// language's default.
     pub fn new(name: impl Into<String>, language: impl Into<String>) -> Self {
@@ -183,6 +238,7 @@ impl PoolSpec {
             namespace: None,
             resident_runner: false,
             runner_choice: None,
+            preload: Vec::new(),
             run_buffer_bytes: 4 << 20,
         }
     }
@@ -340,6 +396,7 @@ impl PoolSpec {
                 format!("sandpool has no library installer for {}", self.language),
             ));
         }
+        self.validate_preload(language)?;
         if self.install_network == "none" || !is_network_name(&self.install_network) {
             return Err(Error::invalid(
                 "install_network",
@@ -597,6 +654,8 @@ pub struct PoolSpecInput {
     pub run_buffer_bytes: Option<u64>,
     /// Runs through a resident runner (unset: the server's setting).
     pub resident_runner: Option<bool>,
+    #[serde(default)]
+    pub preload: Vec<String>,
     pub output_dir: Option<String>,
     pub install_network: Option<String>,
     pub lease_installs: Option<bool>,
@@ -757,6 +816,7 @@ impl PoolSpecInput {
         )?;
         spec.namespace = self.namespace.filter(|n| !n.is_empty());
         spec.runner_choice = self.resident_runner;
+        spec.preload = self.preload;
         spec.runtime = self.runtime.into_runtime()?;
         spec.validate()
     }

@@ -778,6 +778,114 @@ async fn idle_health_checks_on_the_runner_need_no_engine_exec() {
     server.stop().await;
 }
 
+/// A pool that preloads numpy: a run on the zygote finds it imported
+/// already (and imports it again for nothing), yet is a fresh process: its
+/// numpy random state, pid and hash seed are its own, its name, argv and
+/// cwd a fresh program's, and it has the threads a cold `import numpy`
+/// gives (OpenBLAS's pool), no more. A run whose environment differs from
+/// the pool's (a variable numpy reads at import) starts cold and honours
+/// it. A module that cannot be imported sends every run cold, and runs
+/// still work. Preload is refused where it cannot work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_preloads_modules_into_its_zygote() {
+    let mut config = empty_config();
+    config.resident_runner = true;
+    let server = TestServer::start_with(config).await;
+    let mut spec = one_container(Engine::Docker.python_pool("preload"));
+    spec.preload = vec!["numpy".into()];
+    server.pool(spec).await;
+    let session = server.client.acquire("preload").await.expect("acquire");
+    const PROBE: &str = r#"import sys
+preloaded = 'numpy' in sys.modules
+import numpy, os, random
+print(preloaded, __name__, sys.argv, os.getcwd(), ('_zy' + 'gote') in ' '.join(sys.orig_argv))
+print(os.getpid(), hash('abc'), random.random(), numpy.random.random())
+print(len(os.listdir('/proc/self/task')))
+"#;
+    let run = |env: Option<(&str, &str)>| {
+        let mut options = RunOptions::new().working_dir("/tmp");
+        if let Some((k, v)) = env {
+            options = options.env(k, v);
+        }
+        options.request(format!("{WHICH_PATH_PY}{PROBE}"))
+    };
+    let lines = |out: &RunOutput| -> Vec<String> {
+        assert_eq!(out.exit_code(), 0, "{}", out.stderr_text());
+        out.stdout_text().lines().map(str::to_string).collect()
+    };
+    let first = lines(&on_runner(&session, run(None)).await);
+    let second = lines(&on_runner(&session, run(None)).await);
+    let cold = lines(&on_exec(&session, run(None)).await);
+    assert_eq!(
+        first[0], "True __main__ ['main.py'] /tmp True",
+        "a run on the zygote finds numpy imported"
+    );
+    assert_eq!(cold[0], "False __main__ ['main.py'] /tmp False");
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        first[1].split(' ').collect(),
+        second[1].split(' ').collect(),
+    );
+    for (i, what) in ["pid", "hash seed", "random state", "numpy random state"]
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(a[i], b[i], "two runs share a {what}");
+    }
+    assert_eq!(
+        first[2], cold[2],
+        "threads after import numpy: preloaded against cold"
+    );
+
+    // numpy reads OPENBLAS_NUM_THREADS at import: a run that sets it
+    // starts cold, with one thread.
+    let one_thread = lines(&on_runner(&session, run(Some(("OPENBLAS_NUM_THREADS", "1")))).await);
+    assert_eq!(one_thread[0], "False __main__ ['main.py'] /tmp False");
+    assert_eq!(one_thread[2], "1", "OPENBLAS_NUM_THREADS=1 honoured");
+    session.release().await.expect("release");
+
+    // A module that is not there: every run cold, and fine.
+    let mut spec = one_container(Engine::Docker.python_pool("preload-missing"));
+    spec.preload = vec!["numpy".into(), "no_such_module_here".into()];
+    server.pool(spec).await;
+    let session = server
+        .client
+        .acquire("preload-missing")
+        .await
+        .expect("acquire");
+    for _ in 0..2 {
+        let out = lines(&on_runner(&session, run(None)).await);
+        assert_eq!(out[0], "False __main__ ['main.py'] /tmp False");
+    }
+    session.release().await.expect("release");
+
+    // Refused: not a module name, a language without an interpreter to
+    // preload into, a pool without the runner.
+    let refused = |spec: pb::PoolSpec| async {
+        let err = server
+            .client
+            .create_pool(spec, false)
+            .await
+            .expect_err("created");
+        let status = err.status().expect("a status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status.message().to_string()
+    };
+    let mut bad = Engine::Docker.python_pool("preload-bad");
+    bad.preload = vec!["os; import shutil".into()];
+    let message = refused(bad.clone()).await;
+    assert!(message.contains("preload[0]"), "{message}");
+    bad.preload = vec!["numpy".into()];
+    bad.language = "bash".into();
+    bad.image = String::new();
+    let message = refused(bad.clone()).await;
+    assert!(message.contains("pre-started interpreter"), "{message}");
+    bad.language = "python".into();
+    bad.resident_runner = Some(false);
+    let message = refused(bad).await;
+    assert!(message.contains("resident_runner"), "{message}");
+    server.stop().await;
+}
+
 fn one_container(mut spec: pb::PoolSpec) -> pb::PoolSpec {
     let config = spec.config.as_mut().expect("config");
     config.min_pool_size = Some(1);

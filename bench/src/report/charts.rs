@@ -42,11 +42,15 @@ fn cdf(series: &Series) -> Vec<(f64, f64)> {
 /// The latency distributions of scenario 1 or 2: one CDF per way, on a
 /// log time axis (the runner path and the floor are an order apart).
 pub fn latency(path: &Path, title: &str, l: &Latency) -> anyhow::Result<()> {
-    let ways = [
+    let preloaded = format!("resident runner, pool preloads {}", l.preload.join(", "));
+    let mut ways = vec![
         ("floor: bollard exec", &l.floor),
         ("Acquire+Run+Release, exec path", &l.exec),
         ("Acquire+Run+Release, resident runner", &l.runner),
     ];
+    if let Some(p) = &l.preloaded {
+        ways.push((preloaded.as_str(), p));
+    }
     let all = ways.iter().flat_map(|(_, s)| s.samples_ms.iter().copied());
     let (lo, hi) = all.fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
     let (lo, hi) = ((lo * 0.8).max(0.01), (hi * 1.25).max(lo * 2.0));

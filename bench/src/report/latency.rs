@@ -2,7 +2,9 @@
 //! order rotating (so that drift in the machine's load hits all alike):
 //! the floor (a bollard exec of `python3 -c CODE` on a container of the
 //! exec server's pool), Acquire + Run + Release on the exec path, and the
-//! same on the resident runner path. Each of them starts once both
+//! same on the resident runner path; for numpy a fourth, the runner on a
+//! pool that preloads numpy into its waiting interpreters (an opt-in of
+//! the pool's). Each of them starts once both
 //! servers' pools are settled (earlier resets done), so that no reset
 //! runs beside it.
 
@@ -10,11 +12,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use sandpool_client::proto as pb;
+
 use super::{
-    context::{Ctx, PY_POOL, PY_POOL_SIZE},
+    context::{Ctx, OUTPUT_LIMIT, PY_POOL, PY_POOL_SIZE},
     model::{Latency, Series, paired_ratio},
 };
-use crate::{cycle, raw_exec_with, settle};
+use crate::{create_ready_pool, cycle, pool_spec, raw_exec_with, settle};
 
 pub const PRINT: &str = "print('test')";
 pub const NUMPY: &str = "import numpy; print(numpy.__version__)";
@@ -46,18 +50,51 @@ pub async fn floor(ctx: &Ctx, code: &str, expect: &[u8]) -> anyhow::Result<Durat
     crate::raw_exec(&ctx.docker, &ctx.floor_container, &argv, &[], expect).await
 }
 
-/// A cycle of `client` once no reset runs on either server.
+/// The runner server's pool that preloads modules (scenario 2's fourth way).
+const PRELOAD_POOL: &str = "py-preload";
+
+/// A cycle of `client` on `pool` once no reset runs on either server's
+/// Python pool (nor on the preloading pool, when there is one).
 async fn settled_cycle(
     ctx: &Ctx,
     client: &sandpool_client::Client,
+    pool: &str,
     code: &str,
     expect: &[u8],
+    preloading: bool,
 ) -> anyhow::Result<Duration> {
     ctx.settle_python().await?;
-    cycle(client, PY_POOL, code, expect).await
+    if preloading {
+        settle(&ctx.runner.client, PRELOAD_POOL, PY_POOL_SIZE).await?;
+    }
+    cycle(client, pool, code, expect).await
 }
 
-pub async fn measure(ctx: &Ctx, code: &str) -> anyhow::Result<Latency> {
+/// The scenario for `code`; with `preload`, a fourth way: the resident
+/// runner on a pool of the same size that preloads those modules.
+pub async fn measure(ctx: &Ctx, code: &str, preload: &[&str]) -> anyhow::Result<Latency> {
+    let preloading = !preload.is_empty();
+    if preloading {
+        let spec = pb::PoolSpec {
+            preload: preload.iter().map(|m| m.to_string()).collect(),
+            output_limit_bytes: Some(OUTPUT_LIMIT),
+            ..pool_spec(PRELOAD_POOL, "python", &ctx.plan.image, PY_POOL_SIZE)
+        };
+        create_ready_pool(&ctx.runner.client, spec).await?;
+    }
+    let result = measure_ways(ctx, code, preload).await;
+    if preloading {
+        let deleted = ctx.runner.client.delete_pool(PRELOAD_POOL, true).await;
+        // The measurement's own error says more than the deletion's.
+        let latency = result?;
+        deleted.context("deleting the preloading pool")?;
+        return Ok(latency);
+    }
+    result
+}
+
+async fn measure_ways(ctx: &Ctx, code: &str, preload: &[&str]) -> anyhow::Result<Latency> {
+    let preloading = !preload.is_empty();
     let expect = expected_output(ctx, code).await?;
     // The floor prints what the leased run printed, or the comparison is off.
     let argv = ["python3", "-c", code].map(String::from);
@@ -76,25 +113,35 @@ pub async fn measure(ctx: &Ctx, code: &str) -> anyhow::Result<Latency> {
         );
     }
     let warm_up = (ctx.plan.iterations / 10).clamp(1, 10);
+    let ways = if preloading { 4 } else { 3 };
+    let (exec, runner) = (&ctx.exec.client, &ctx.runner.client);
     for _ in 0..warm_up {
         floor(ctx, code, &expect).await?;
-        settled_cycle(ctx, &ctx.exec.client, code, &expect).await?;
-        settled_cycle(ctx, &ctx.runner.client, code, &expect).await?;
+        settled_cycle(ctx, exec, PY_POOL, code, &expect, preloading).await?;
+        settled_cycle(ctx, runner, PY_POOL, code, &expect, preloading).await?;
+        if preloading {
+            settled_cycle(ctx, runner, PRELOAD_POOL, code, &expect, true).await?;
+        }
     }
-    let (mut f, mut e, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut f, mut e, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..ctx.plan.iterations {
-        for step in 0..3 {
-            match (i + step) % 3 {
+        for step in 0..ways {
+            match (i + step) % ways {
                 0 => f.push(floor(ctx, code, &expect).await.context("floor")?),
                 1 => e.push(
-                    settled_cycle(ctx, &ctx.exec.client, code, &expect)
+                    settled_cycle(ctx, exec, PY_POOL, code, &expect, preloading)
                         .await
                         .context("exec path")?,
                 ),
-                _ => r.push(
-                    settled_cycle(ctx, &ctx.runner.client, code, &expect)
+                2 => r.push(
+                    settled_cycle(ctx, runner, PY_POOL, code, &expect, preloading)
                         .await
                         .context("runner path")?,
+                ),
+                _ => p.push(
+                    settled_cycle(ctx, runner, PRELOAD_POOL, code, &expect, true)
+                        .await
+                        .context("runner path, preloading pool")?,
                 ),
             }
         }
@@ -106,5 +153,8 @@ pub async fn measure(ctx: &Ctx, code: &str) -> anyhow::Result<Latency> {
         floor: Series::of(&f),
         exec: Series::of(&e),
         runner: Series::of(&r),
+        preload: preload.iter().map(|m| m.to_string()).collect(),
+        preloaded_paired: preloading.then(|| paired_ratio(&p, &f)),
+        preloaded: preloading.then(|| Series::of(&p)),
     })
 }

@@ -147,6 +147,16 @@ fn headline(out: &mut String, r: &Report) {
                 ms(l.runner.median_ms),
                 x(l.runner.median_ratio(&l.floor))
             );
+            if let Some(p) = &l.preloaded {
+                let _ = writeln!(
+                    w,
+                    "| {name}, Acquire+Run+Release, resident runner, pool preloads {} | {} | {} | {} |",
+                    l.preload.join(", "),
+                    ms(l.floor.median_ms),
+                    ms(p.median_ms),
+                    x(p.median_ratio(&l.floor))
+                );
+            }
         }
     }
     if let Some(f) = &r.first_byte {
@@ -269,7 +279,7 @@ fn headline(out: &mut String, r: &Report) {
     }
 }
 
-fn three_way(w: &mut String, floor: &Series, rows: [(&str, &Series); 2], extra: &str) {
+fn three_way(w: &mut String, floor: &Series, rows: &[(&str, &Series)], extra: &str) {
     let _ = writeln!(
         w,
         "| | median | p95 | p99 | median / floor | p95 / floor |{extra}"
@@ -282,7 +292,7 @@ fn three_way(w: &mut String, floor: &Series, rows: [(&str, &Series); 2], extra: 
         ms(floor.p95_ms),
         ms(floor.p99_ms)
     );
-    for (name, s) in rows {
+    for &(name, s) in rows {
         let _ = writeln!(
             w,
             "| {name} | {} | {} | {} | {} | {} |",
@@ -309,21 +319,43 @@ fn latency(w: &mut String, title: &str, l: &Latency, charts: &[String], svg: &st
          of 2 warm containers; the floor is `python3 -c` through bollard on one of them.\n",
         l.floor.n
     );
-    three_way(
-        w,
-        &l.floor,
-        [
-            ("Acquire+Run+Release, exec path", &l.exec),
-            ("Acquire+Run+Release, resident runner", &l.runner),
-        ],
-        "",
+    let preloaded_name = format!(
+        "Acquire+Run+Release, resident runner, pool preloads {}",
+        l.preload.join(", ")
     );
-    let _ = writeln!(
+    let mut rows = vec![
+        ("Acquire+Run+Release, exec path", &l.exec),
+        ("Acquire+Run+Release, resident runner", &l.runner),
+    ];
+    if let Some(p) = &l.preloaded {
+        rows.push((preloaded_name.as_str(), p));
+    }
+    three_way(w, &l.floor, &rows, "");
+    let _ = write!(
         w,
-        "\nMedian of paired ratios: exec path {}, resident runner {}.",
+        "\nMedian of paired ratios: exec path {}, resident runner {}",
         x(l.exec_paired),
         x(l.runner_paired)
     );
+    match l.preloaded_paired {
+        Some(p) => {
+            let _ = writeln!(w, ", resident runner on the preloading pool {}.", x(p));
+            let _ = writeln!(
+                w,
+                "\nThe preloading pool (`preload = [{}]`, same size, runner server) has \
+                 its waiting interpreters import those modules after each reset, off the \
+                 caller's path; every run is still a fresh process.",
+                l.preload
+                    .iter()
+                    .map(|m| format!("\"{m}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(w, ".");
+        }
+    }
     chart(w, charts, svg, title);
     let _ = writeln!(w);
 }
@@ -380,7 +412,7 @@ fn first_byte(w: &mut String, f: &FirstByte) {
     three_way(
         w,
         &f.floor,
-        [("exec path", &f.exec), ("resident runner", &f.runner)],
+        &[("exec path", &f.exec), ("resident runner", &f.runner)],
         "",
     );
     let _ = writeln!(w);
@@ -671,14 +703,19 @@ fn peer(w: &mut String, p: &Peer) {
     );
     let _ = writeln!(
         w,
-        "| implementation | print median | print p95 | numpy median | numpy p95 | {} tasks / {} threads: tasks/s | p50 | p95 |",
+        "| implementation | print median | print p95 | numpy median | numpy p95 | {} tasks / {} threads: tasks/s | p50 | p95 | p95 / p50 | waiters served out of order |",
         p.tasks, p.threads
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
     for i in &p.implementations {
+        let fifo = if i.name == "floor" {
+            "(no pool)".to_string()
+        } else {
+            format!("{} of {} pairs", i.fifo_inversions, i.fifo_pairs)
+        };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {fifo} |",
             i.name,
             ms(i.hello.median_ms),
             ms(i.hello.p95_ms),
@@ -686,9 +723,17 @@ fn peer(w: &mut String, p: &Peer) {
             ms(i.numpy.p95_ms),
             i.concurrent_tasks_per_second,
             ms(i.concurrent_latency.median_ms),
-            ms(i.concurrent_latency.p95_ms)
+            ms(i.concurrent_latency.p95_ms),
+            x(i.concurrent_latency.p95_ms / i.concurrent_latency.median_ms)
         );
     }
+    let _ = writeln!(
+        w,
+        "\nWaiters served out of order: of the pairs of tasks that both waited \
+         for a container (got one more than 5 ms after asking) and asked more \
+         than 5 ms apart, those where the later one got its container more than \
+         5 ms before the earlier (FIFO: none)."
+    );
     if let Some(theirs) = p.implementations.iter().find(|i| i.name == "llm-sandbox") {
         let _ = writeln!(w);
         for i in p

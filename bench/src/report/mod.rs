@@ -102,7 +102,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         &plan,
         Scenario::Latency,
         "1 python print",
-        latency::measure(&ctx, latency::PRINT),
+        latency::measure(&ctx, latency::PRINT, &[]),
     )
     .await;
     report.python_numpy = attempt(
@@ -110,7 +110,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         &plan,
         Scenario::Latency,
         "2 python numpy",
-        latency::measure(&ctx, latency::NUMPY),
+        latency::measure(&ctx, latency::NUMPY, &["numpy"]),
     )
     .await;
     report.languages = attempt(

@@ -83,6 +83,11 @@ pub struct Latency {
     /// Median of paired ratios exec/floor and runner/floor.
     pub exec_paired: f64,
     pub runner_paired: f64,
+    /// The resident runner on a pool that preloads `preload` into its
+    /// waiting interpreters (`PoolSpec.preload`), when the scenario has one.
+    pub preload: Vec<String>,
+    pub preloaded: Option<Series>,
+    pub preloaded_paired: Option<f64>,
 }
 
 /// Scenario 3, one language.
@@ -246,6 +251,11 @@ pub struct PeerImpl {
     pub concurrent_seconds: Vec<f64>,
     pub concurrent_tasks_per_second: f64,
     pub concurrent_latency: Series,
+    /// FIFO fairness in the thread example (`peer::fifo_inversions`):
+    /// pairs of waiting tasks that asked one after the other, and how many
+    /// of them were served the other way round.
+    pub fifo_pairs: usize,
+    pub fifo_inversions: usize,
 }
 
 /// Scenario 11.

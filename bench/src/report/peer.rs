@@ -105,6 +105,38 @@ struct DriverImpl {
 struct ConcurrentRun {
     seconds: f64,
     latencies_ms: Vec<f64>,
+    /// Per task: when it asked for a container and when it got one (ms).
+    #[serde(default)]
+    grants_ms: Vec<(f64, f64)>,
+}
+
+/// A task that got its container this much after asking waited for it.
+const WAITED_MS: f64 = 5.0;
+/// Two asks (and two grants) closer than this have no order worth judging:
+/// the driver's threads take turns on Python's lock.
+const ORDER_MARGIN_MS: f64 = 5.0;
+
+/// FIFO fairness of one round: of the pairs of tasks that both waited and
+/// asked clearly one after the other, how many the pool served the other
+/// way round (the later one clearly first). Returns (pairs, inversions).
+pub fn fifo_inversions(grants: &[(f64, f64)]) -> (usize, usize) {
+    let waited: Vec<(f64, f64)> = grants
+        .iter()
+        .copied()
+        .filter(|(asked, got)| got - asked > WAITED_MS)
+        .collect();
+    let (mut pairs, mut inversions) = (0, 0);
+    for a in &waited {
+        for b in &waited {
+            if a.0 + ORDER_MARGIN_MS < b.0 {
+                pairs += 1;
+                if a.1 > b.1 + ORDER_MARGIN_MS {
+                    inversions += 1;
+                }
+            }
+        }
+    }
+    (pairs, inversions)
 }
 
 pub async fn measure(ctx: &Ctx) -> anyhow::Result<Peer> {
@@ -161,6 +193,11 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Peer> {
                     .flat_map(|r| r.latencies_ms.iter().copied())
                     .collect();
                 let total: f64 = seconds.iter().sum();
+                let (fifo_pairs, fifo_inversions) = i
+                    .concurrent
+                    .iter()
+                    .map(|r| fifo_inversions(&r.grants_ms))
+                    .fold((0, 0), |(p, n), (a, b)| (p + a, n + b));
                 PeerImpl {
                     name: i.name,
                     hello: Series::of_ms(&i.hello_ms),
@@ -168,8 +205,44 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Peer> {
                     concurrent_tasks_per_second: (TASKS * seconds.len()) as f64 / total,
                     concurrent_seconds: seconds,
                     concurrent_latency: Series::of_ms(&latencies),
+                    fifo_pairs,
+                    fifo_inversions,
                 }
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fifo_inversions;
+
+    #[test]
+    fn waiters_served_in_order_have_no_inversion() {
+        // Three asked at once and got a container at once; three waited,
+        // asked 0, 10, 20 ms in, and were served in that order.
+        let grants = [
+            (0.0, 1.0),
+            (0.5, 1.2),
+            (0.7, 1.4),
+            (0.0, 100.0),
+            (10.0, 150.0),
+            (20.0, 200.0),
+        ];
+        assert_eq!(fifo_inversions(&grants), (3, 0));
+    }
+
+    #[test]
+    fn a_later_waiter_served_first_is_an_inversion() {
+        let grants = [(0.0, 300.0), (10.0, 150.0), (20.0, 200.0)];
+        assert_eq!(fifo_inversions(&grants), (3, 2));
+    }
+
+    #[test]
+    fn asks_or_grants_too_close_to_order_are_not_judged() {
+        let grants = [(0.0, 102.0), (3.0, 100.0), (20.0, 99.0)];
+        // (0, 20) and (3, 20) are pairs; 20 got it 3 ms before 0 (within
+        // the margin: no inversion) and 1 ms before 3.
+        assert_eq!(fifo_inversions(&grants), (2, 0));
+    }
 }

@@ -199,6 +199,7 @@ pub fn spec_from_pb(spec: pb::PoolSpec) -> Result<PoolSpec> {
         namespace: spec.namespace,
         run_buffer_bytes: spec.run_buffer_bytes,
         resident_runner: spec.resident_runner,
+        preload: spec.preload,
         runtime: RuntimeInput {
             mem_limit: runtime.mem_limit,
             cpu_period: runtime.cpu_period,
@@ -264,6 +265,7 @@ pub fn spec_to_pb(spec: &PoolSpec) -> pb::PoolSpec {
         namespace: spec.namespace.clone(),
         run_buffer_bytes: Some(spec.run_buffer_bytes),
         resident_runner: Some(spec.resident_runner),
+        preload: spec.preload.clone(),
     }
 }
 

@@ -45,6 +45,13 @@ async fn answers(backend: &SharedBackend) -> bool {
         Ok(Ok(()))
     )
 }
+/// `answers` as a future that owns what it needs (held across the watcher's
+/// loop).
+fn ping_owned(backend: &SharedBackend) -> futures::future::BoxFuture<'static, bool> {
+    let backend = Arc::clone(backend);
+    async move { answers(&backend).await }.boxed()
+}
+
 /// A container of ours that has not run for this long after its creation is
 /// dead, not being created.
 const CREATION_GRACE_SECS: i64 = 60;
@@ -288,6 +295,11 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
                 heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 heartbeat.reset();
+                // A ping in flight (the heartbeat's, or a suspicion's) is
+                // awaited beside the events, never in a branch: a busy engine
+                // with hundreds of containers takes tens of milliseconds to
+                // answer, and every Acquire's catch-up would wait behind it.
+                let mut ping: Option<futures::future::BoxFuture<'static, bool>> = None;
                 loop {
                     let Some(m) = manager.upgrade() else { return };
                     tokio::select! {
@@ -332,16 +344,26 @@ async fn watch_engine(manager: std::sync::Weak<PoolManager>, watch: Arc<Watch>) 
                                 tracing::warn!(backend = %watch.health.kind, error = %e, "could not announce this instance again");
                             }
                         }
-                        _ = watch.health.suspect.notified() => {
-                            if !answers(&watch.backend).await {
-                                break;
+                        alive = async {
+                            match ping.as_mut() {
+                                Some(answer) => answer.await,
+                                None => std::future::pending().await,
                             }
-                        }
-                        _ = heartbeat.tick() => {
-                            if !answers(&watch.backend).await {
+                        } => {
+                            ping = None;
+                            if !alive {
                                 tracing::warn!(backend = %watch.health.kind, "engine stopped answering pings");
                                 break;
                             }
+                        }
+                        // A ping already in flight answers a suspicion too.
+                        _ = watch.health.suspect.notified() => {
+                            if ping.is_none() {
+                                ping = Some(ping_owned(&watch.backend));
+                            }
+                        }
+                        _ = heartbeat.tick(), if ping.is_none() => {
+                            ping = Some(ping_owned(&watch.backend));
                         }
                     }
                 }

@@ -112,6 +112,8 @@ pub struct PoolManager {
     /// See `ManagerSettings::resident_runner`.
     resident_runner: bool,
     temporaries: Arc<TemporaryBudget>,
+    /// Container creations in flight across all pools (`creation_permits`).
+    creations: Arc<tokio::sync::Semaphore>,
     quotas: Arc<QuotaBook>,
     /// Per engine: whether it answers.
     health: std::sync::Mutex<std::collections::HashMap<BackendKind, Arc<EngineHealth>>>,
@@ -144,6 +146,7 @@ impl PoolManager {
             namespaces: settings.namespaces,
             resident_runner: settings.resident_runner,
             temporaries: TemporaryBudget::new(settings.max_temporaries),
+            creations: Arc::new(tokio::sync::Semaphore::new(super::pool::creation_permits())),
             quotas: QuotaBook::new(),
             health: Default::default(),
             watches: Default::default(),
@@ -337,6 +340,7 @@ impl PoolManager {
             let context = PoolContext {
                 server_id: Arc::clone(&self.server_id),
                 temporary_budget: Arc::clone(&self.temporaries),
+                creations: Arc::clone(&self.creations),
                 engine: self.engine_health(backend.kind()),
                 server_stop: self.stop.clone(),
             };

@@ -128,10 +128,25 @@ impl EngineHealth {
     }
 }
 
+/// How many container creations of pools filling themselves run at once,
+/// server-wide (a TEMPORARY container, which a caller waits for, is not
+/// held back). A creation is a burst of engine work (create, start, a few
+/// execs, an interpreter start): 200 at once on 2 cores had the engine stop
+/// answering for seconds and made creations time out (the warden's start),
+/// each then retried; in waves they finish sooner, and the first containers
+/// of a large pool are ready in seconds, not when all are. Enough per core
+/// that a pool of 10 still warms all at once.
+pub fn creation_permits() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).max(16)
+}
+
 /// What a pool shares with the rest of the server.
 pub struct PoolContext {
     pub server_id: Arc<str>,
     pub temporary_budget: Arc<TemporaryBudget>,
+    /// Permits for a pool's own creations (its fill), server-wide.
+    pub creations: Arc<tokio::sync::Semaphore>,
     pub engine: Arc<EngineHealth>,
     /// Cancelled when the server stops: removals stop retrying then (the
     /// shutdown removes what is left by label).
@@ -920,6 +935,8 @@ impl Pool {
     }
 
     async fn create(self: Arc<Self>, slot: u64) {
+        // Never closed: a permit, always.
+        let _permit = self.context.creations.acquire().await;
         let began = Instant::now();
         let result = self.provision(false).await;
         if result.is_ok() {

@@ -16,7 +16,6 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use bytes::Bytes;
 use rand::Rng;
 
 mod container;
@@ -297,12 +296,7 @@ async fn warm(c: &Container) -> Result<()> {
     // First, while the idle process is the only other one: the warden
     // records which it is.
     c.start_warden().await?;
-    for (path, content) in c.lang().support_files() {
-        write_as_idle_user(c, path, content).await?;
-    }
-    if spec.resident_runner {
-        runner::install(c).await?;
-    }
+    runner::install(c, spec.resident_runner).await?;
     if !spec.libraries.is_empty() {
         install::pool_libraries(c).await?;
     }
@@ -322,7 +316,11 @@ async fn warm(c: &Container) -> Result<()> {
     if !toolchain_works_at_idle_priority(c).await {
         check_toolchain(c).await?;
     }
-    if let Some(script) = c.lang().warm_up() {
+    // The wipe ran the after-reset snippet already: a warm-up that is the
+    // same snippet would be an engine exec for nothing.
+    if let Some(script) = c.lang().warm_up()
+        && c.lang().after_reset() != Some(script)
+    {
         run_checked(
             c.backend(),
             c.id(),
@@ -341,34 +339,6 @@ async fn warm(c: &Container) -> Result<()> {
 /// before the first lease).
 fn installs_need_network(spec: &PoolSpec) -> bool {
     !spec.libraries.is_empty() || spec.lease_installs
-}
-
-/// Writes a support file as the idle user (readable, not writable, by code).
-async fn write_as_idle_user(c: &Container, path: &str, content: &'static str) -> Result<()> {
-    let exec = ExecSpec {
-        stdin: true,
-        ..internal_as(
-            IDLE_USER.to_string(),
-            sh("mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"", &[path]),
-        )
-    };
-    let out = backend::exec_collect(
-        c.backend(),
-        c.id(),
-        exec,
-        Some(Bytes::from_static(content.as_bytes())),
-        INTERNAL_OUTPUT_LIMIT,
-    )
-    .await?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(Error::CommandFailed {
-            what: "placing support files",
-            exit_code: out.exit_code,
-            detail: out.diagnostic(),
-        })
-    }
 }
 
 /// Runs the language's check command: the container is alive and its

@@ -13,6 +13,13 @@
 # cold start, as if it had never been here. It is not forked from anything:
 # its pid, hash seed, random state and threads are a fresh process's own.
 #
+# A pool may name modules to import ahead (SANDPOOL_PRELOAD, comma-
+# separated, set by the server for the zygote alone): a run's own import of
+# them is then free. With any, it takes only a run whose environment is the
+# same as its own in everything but what the server sets per run (a module
+# reads its environment at import, and no list of what it reads exists);
+# and if one fails to import, no run at all.
+#
 # Its own names live in a function that removes itself from __main__, so
 # that only the program's names end up there.
 
@@ -52,7 +59,14 @@ def _zygote():
         os.write(2, b"exec " + name + b": " + os.fsencode(error.strerror or "") + b"\n")
         os._exit(127 if error.errno == 2 else 126)
 
+    preload = [m for m in os.environ.pop("SANDPOOL_PRELOAD", "").split(",") if m]
     before = site_dirs()
+    preloaded = True
+    for module in preload:
+        try:
+            __import__(module)
+        except (Exception, SystemExit):
+            preloaded = False
     request = bytearray()
     while True:
         chunk = os.read(3, 1 << 16)
@@ -87,13 +101,20 @@ def _zygote():
         cannot_start(argv[0], e)
 
     own = os.environb
+    def not_per_run(name):
+        # What the server sets for each run (its id, its artifact watch,
+        # its trace) and sandpool's own modules read when called.
+        return not name.startswith(b"SANDPOOL_") and name not in (b"TRACEPARENT", b"TRACESTATE")
+
+    compared = not_per_run if preload else read_at_start_up
     same_start = all(
         own.get(name) == env.get(name)
         for name in set(own) | set(env)
-        if read_at_start_up(name)
+        if compared(name)
     )
     takes_it = (
-        same_start
+        preloaded
+        and same_start
         and len(argv) > len(prefix)
         and argv[: len(prefix)] == prefix
         and site_dirs() == before

@@ -75,25 +75,49 @@ const REPLACE_DELAY: Duration = Duration::from_millis(200);
 
 const _: () = assert!(PATH.len() > SUPPORT_ROOT.len());
 
-/// The argv that writes the binary (its bytes on stdin) as the idle user.
-fn install_argv() -> Vec<String> {
-    super::sh(
-        "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\" && chmod 755 \"$1\"",
-        &[PATH],
-    )
+/// The script that writes, as the idle user, each support file (path and
+/// content as arguments: small text) and, with `runner`, the runner binary
+/// (its bytes on stdin): one exec at warm-up, where each costs the engine a
+/// process.
+fn install_argv(files: &[(&str, &str)], runner: bool) -> Vec<String> {
+    let mut script = String::new();
+    let mut args: Vec<&str> = Vec::new();
+    for (path, content) in files {
+        let (p, c) = (args.len() + 1, args.len() + 2);
+        script.push_str(&format!(
+            "mkdir -p \"$(dirname \"${{{p}}}\")\" && printf '%s' \"${{{c}}}\" > \"${{{p}}}\" && "
+        ));
+        args.push(path);
+        args.push(content);
+    }
+    if runner {
+        let p = args.len() + 1;
+        script.push_str(&format!(
+            "mkdir -p \"$(dirname \"${{{p}}}\")\" && cat > \"${{{p}}}\" && chmod 755 \"${{{p}}}\""
+        ));
+        args.push(PATH);
+    } else {
+        script.push_str("true");
+    }
+    super::sh(&script, &args)
 }
 
-/// Places the runner binary in a new container (warm-up).
-pub(super) async fn install(c: &Container) -> super::Result<()> {
+/// Places the language's support files and, on a pool with the resident
+/// runner, the runner binary in a new container (warm-up), in one exec.
+pub(super) async fn install(c: &Container, runner: bool) -> super::Result<()> {
+    let files = c.lang().support_files();
+    if files.is_empty() && !runner {
+        return Ok(());
+    }
     let exec = ExecSpec {
-        stdin: true,
-        ..super::internal_as(super::IDLE_USER.to_string(), install_argv())
+        stdin: runner,
+        ..super::internal_as(super::IDLE_USER.to_string(), install_argv(files, runner))
     };
     let out = backend::exec_collect(
         c.backend(),
         c.id(),
         exec,
-        Some(Bytes::from_static(BINARY)),
+        runner.then(|| Bytes::from_static(BINARY)),
         super::INTERNAL_OUTPUT_LIMIT,
     )
     .await?;
@@ -101,7 +125,7 @@ pub(super) async fn install(c: &Container) -> super::Result<()> {
         Ok(())
     } else {
         Err(Error::CommandFailed {
-            what: "placing the runner",
+            what: "placing support files and the runner",
             exit_code: out.exit_code,
             detail: out.diagnostic(),
         })
@@ -504,6 +528,9 @@ fn zygote_request(c: &Container) -> Option<Request> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .chain(c.lang().library_env())
             .chain(zygote.env)
+            // What it imports ahead (always set, so that no pool env
+            // chooses it): the zygote takes it out of its environment.
+            .chain([("SANDPOOL_PRELOAD".to_string(), c.spec().preload.join(","))])
             // It is a process of the lease (the next run's, before it knows
             // which): marked as one, as a context's kernel is; the run's
             // own id replaces the mark when it takes the run.

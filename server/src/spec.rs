@@ -96,10 +96,47 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// gVisor's sentry runs each sandboxed process on host threads and stub
+/// processes of its own (the ptrace platform: a stub per address space, a
+/// thread in it per sentry thread that ran there), all in the container's
+/// pids cgroup: an idle container with the runner holds 230 to 250 host
+/// pids for 6 processes inside. So on gVisor the pool's `pids_limit` bounds
+/// the processes inside (RLIMIT_NPROC of the sandbox user, which gVisor's
+/// kernel enforces per sandbox) and the cgroup gets this many times it.
+/// At the pool's own limit the sentry's clone failed with EAGAIN and it
+/// panicked ("error initializing first thread"), taking the container down.
+pub const GVISOR_HOST_PIDS_PER_PROCESS: i64 = 32;
+
 impl RuntimeConfig {
     /// "uid:gid" of the user that runs code.
     pub fn user(&self) -> String {
         format!("{}:{}", self.uid, self.gid)
+    }
+
+    /// The container runs on gVisor (Docker's runtime name for it, as
+    /// `scripts/engine-up.sh` registers it).
+    pub fn on_gvisor(&self) -> bool {
+        self.oci_runtime.as_deref() == Some("runsc")
+    }
+
+    /// The engine's pids limit of the container (its cgroup), and the
+    /// RLIMIT_NPROC of its processes, if any (see
+    /// `GVISOR_HOST_PIDS_PER_PROCESS`).
+    pub fn process_limits(&self) -> (i64, Option<i64>) {
+        if self.on_gvisor() {
+            (
+                // The kernel's largest pid count (PID_MAX_LIMIT).
+                self.pids_limit
+                    .saturating_mul(GVISOR_HOST_PIDS_PER_PROCESS)
+                    .min(1 << 22),
+                Some(self.pids_limit),
+            )
+        } else {
+            // RLIMIT_NPROC counts a uid's processes across the whole host
+            // (every container's sandbox user is uid 1000): not a limit of
+            // one container's.
+            (self.pids_limit, None)
+        }
     }
 }
 

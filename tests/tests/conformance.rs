@@ -96,6 +96,7 @@ fn spec(server_id: &str) -> ContainerSpec {
         cpu_period: None,
         cpu_quota: None,
         pids_limit: Some(128),
+        nproc_limit: None,
         network: "none".into(),
         read_only_root: true,
         tmpfs: vec![

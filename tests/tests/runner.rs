@@ -640,15 +640,30 @@ async fn a_pool_chooses_its_path() {
     }
     let file = server.client.get_pool("file-exec").await.expect("get pool");
     assert_eq!(spec_of(&file), Some(false));
-    // gVisor pools take the exec path unless they ask (see `on_gvisor` in
-    // the pool manager).
+    // gVisor pools take the exec path unless they ask (see the pool
+    // manager's `create_pool`); asked, their runs go through the runner.
     if sandpool_tests::runsc_available() {
         let mut gvisor = one_container(python_pool("path-gvisor"));
         gvisor
             .runtime
             .get_or_insert_with(Default::default)
             .oci_runtime = Some("runsc".into());
-        assert_eq!(spec_of(&server.pool(gvisor).await), Some(false));
+        assert_eq!(spec_of(&server.pool(gvisor.clone()).await), Some(false));
+        gvisor.name = "path-gvisor-runner".into();
+        gvisor.resident_runner = Some(true);
+        assert_eq!(spec_of(&server.pool(gvisor).await), Some(true));
+        let session = server
+            .client
+            .acquire("path-gvisor-runner")
+            .await
+            .expect("acquire");
+        let mut paths = Vec::new();
+        for _ in 0..3 {
+            paths.push(path_of(&session).await);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(paths.iter().any(|p| p == "runner"), "{paths:?}");
+        session.release().await.expect("release");
     }
     server.stop().await;
 

@@ -10,7 +10,7 @@ use bollard::{
     exec::{StartExecOptions, StartExecResults},
     models::{
         ContainerCreateBody, ExecConfig, HostConfig, NetworkConnectRequest,
-        NetworkDisconnectRequest,
+        NetworkDisconnectRequest, ResourcesUlimits,
     },
     query_parameters::{
         AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -236,6 +236,13 @@ impl DockerBackend {
             cpu_period: spec.cpu_period,
             cpu_quota: spec.cpu_quota,
             pids_limit: spec.pids_limit,
+            ulimits: spec.nproc_limit.map(|n| {
+                vec![ResourcesUlimits {
+                    name: Some("nproc".to_string()),
+                    soft: Some(n),
+                    hard: Some(n),
+                }]
+            }),
             network_mode: Some(spec.network.clone()),
             readonly_rootfs: Some(spec.read_only_root),
             tmpfs: Some(self.tmpfs_options(&spec.tmpfs)),

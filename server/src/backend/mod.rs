@@ -102,6 +102,10 @@ pub struct ContainerSpec {
     pub cpu_period: Option<i64>,
     pub cpu_quota: Option<i64>,
     pub pids_limit: Option<i64>,
+    /// RLIMIT_NPROC of every process in the container (gVisor pools: see
+    /// `spec::GVISOR_HOST_PIDS_PER_PROCESS`). Kubernetes has no such
+    /// setting and ignores it.
+    pub nproc_limit: Option<i64>,
     /// Engine network mode ("none", "bridge", a network name).
     pub network: String,
     pub read_only_root: bool,

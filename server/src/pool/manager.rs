@@ -318,9 +318,19 @@ impl PoolManager {
             return Err(Error::ShuttingDown);
         }
         let mut spec = spec.validate()?;
+        // A gVisor pool takes the exec path unless it asks for the runner.
+        // Under memory pressure (a fork bomb at the pool's memory limit) the
+        // host's OOM killer takes gVisor's stub processes one by one, and
+        // gVisor SIGKILLs the tasks they ran: on the runner path the
+        // runner goes first and the run ends SIGKILLed before the sandbox
+        // dies, where the exec path's run ends with its timeout or with the
+        // container gone, which is what the hostile suite holds the
+        // exec path to. Asked for explicitly, the runner works there (its
+        // process limits keep it up under churn: `RuntimeConfig::
+        // process_limits`).
         spec.resident_runner = spec
             .runner_choice
-            .unwrap_or(self.resident_runner && !on_gvisor(&spec));
+            .unwrap_or(self.resident_runner && !spec.runtime.on_gvisor());
         self.namespaces.check(&spec)?;
         let backend = self.engines.get(spec.backend)?;
         let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
@@ -765,13 +775,4 @@ pub(super) async fn remove_labelled(
     futures::future::join_all(found.iter().map(|c| backend.remove_container(&c.id))).await;
     backend.forget_instance(server_id).await?;
     Ok(n)
-}
-
-/// A gVisor pool takes the exec path unless its spec asks for the runner:
-/// under container churn on the 2-core test machine, a gVisor sandbox
-/// running the runner's long-lived exec beside the warden's died about one
-/// run in three (runsc failing to wait on the warden's process), which the
-/// exec path did not show. Asked for explicitly, the runner works there.
-fn on_gvisor(spec: &PoolSpec) -> bool {
-    spec.runtime.oci_runtime.as_deref() == Some("runsc")
 }

@@ -140,6 +140,7 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         Some(quota) => (None, Some(rt.cpu_period.unwrap_or(100_000)), Some(quota)),
         None => (Some((rt.cpus * 1e9) as i64), None, None),
     };
+    let (pids_limit, nproc_limit) = rt.process_limits();
     ContainerSpec {
         name,
         image: spec.image.clone(),
@@ -149,7 +150,8 @@ pub fn container_spec(spec: &PoolSpec, server_id: &str, temporary: bool) -> Cont
         nano_cpus,
         cpu_period,
         cpu_quota,
-        pids_limit: Some(rt.pids_limit),
+        pids_limit: Some(pids_limit),
+        nproc_limit,
         // Libraries are installed at warm-up with the install network on;
         // it is cut before any client code runs. A container that may join
         // it again for a lease's installs must start on it too: an engine

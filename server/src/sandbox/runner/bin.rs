@@ -48,7 +48,14 @@ unsafe extern "C" {
     fn setgroups(size: usize, list: *const u32) -> i32;
     fn setgid(gid: u32) -> i32;
     fn setuid(uid: u32) -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
 }
+
+/// prctl's "drop a capability from the bounding set" (Linux).
+const PR_CAPBSET_DROP: i32 = 24;
+/// Above every capability a kernel knows (41 in 2024): dropping an unknown
+/// one fails harmlessly.
+const CAPABILITIES: u64 = 64;
 
 /// Where a prepared program reads its run's request.
 const CONTROL_FD: RawFd = 3;
@@ -336,7 +343,8 @@ fn serve(mut child: Child, out: &Out) -> mpsc::Sender<Option<Vec<u8>>> {
 
 /// Starts a runner of a `SPAWN`: as the sandbox user and the run group the
 /// server named (set in the child before the exec; the host's CAP_SETUID
-/// and CAP_SETGID go with the setuid), in a session of its own, with
+/// and CAP_SETGID go with the setuid, its bounding set before it), in a
+/// session of its own, with
 /// exactly the environment the server sent (what an engine exec as that
 /// user gets), its stderr discarded as the server discards an exec's.
 fn spawn_runner(spawn: Spawn) -> io::Result<Child> {
@@ -362,6 +370,15 @@ fn spawn_runner(spawn: Spawn) -> io::Result<Child> {
         // After `command`'s own (the session): the last thing before the
         // exec, dropping root.
         command.pre_exec(move || {
+            // The runner and its programs get the bounding set an engine
+            // exec of the sandbox user gets: none of the host's (where the
+            // engine gives the server's execs their own, gVisor and Podman).
+            // Without CAP_SETPCAP (an engine that keeps the helper's
+            // capabilities in the container's bounding set) the drops fail
+            // and the set stays the container's, which is the exec's too.
+            for cap in 0..CAPABILITIES {
+                prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
             if setgroups(groups.len(), groups.as_ptr()) != 0
                 || setgid(gid) != 0
                 || setuid(uid) != 0

@@ -7,8 +7,9 @@
 //!
 //! Started at warm-up by the server's own privileged exec of a fixed
 //! command with a fixed environment (as the warden is), as root with
-//! CAP_SETUID and CAP_SETGID alone: what it needs to start a runner as the
-//! sandbox user in the run group the server names. The sandbox user can
+//! CAP_SETUID, CAP_SETGID and CAP_SETPCAP alone: what it needs to start a
+//! runner as the sandbox user in the run group the server names, with the
+//! empty bounding set an exec of that user has. The sandbox user can
 //! neither signal nor trace it (another uid), nor replace its binary (the
 //! idle user's). The reset spares it (the warden's `spare`); a runner it
 //! started is the sandbox user's and goes with the reset like any other.
@@ -33,8 +34,10 @@ use crate::{
     sandbox::{Container, Error, INTERNAL_OUTPUT_LIMIT, Result, RunGroup, warden},
 };
 
-/// The capabilities the host keeps (the bounding set `setpriv` leaves it).
-const HOST_CAPS: &str = "-all,+setgid,+setuid";
+/// The capabilities the host keeps (the bounding set `setpriv` leaves it):
+/// setuid and setgid to start a runner as the sandbox user in its run
+/// group, setpcap to empty the runner's bounding set first.
+const HOST_CAPS: &str = "-all,+setgid,+setuid,+setpcap";
 /// How long the host may take to say hello.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame taken from the host: a runner's piece of stream, or a
@@ -53,6 +56,12 @@ pub struct HostLink {
     output: BoxStream<'static, backend::Result<Output>>,
     /// Bytes of the stream not yet taken as frames.
     pending: BytesMut,
+    /// A spawn was sent and its answer not yet read: set while `spawn`
+    /// waits, so still set when that wait was given up (the runner's start
+    /// timed out). The host's late answer would then be taken for the next
+    /// spawn's, and the next one's would arrive in the middle of a run: such
+    /// a link is not used again.
+    spawning: bool,
 }
 
 /// What goes wrong on a host's stream: it is then not used again.
@@ -145,6 +154,11 @@ impl HostLink {
         }
     }
 
+    /// Whether a spawn's answer was never read (see `spawning`).
+    pub fn out_of_step(&self) -> bool {
+        self.spawning
+    }
+
     /// Starts a fresh runner as the sandbox user in `group`; returns once
     /// the host answered, with nothing of an earlier runner left to read.
     pub async fn spawn(
@@ -164,11 +178,18 @@ impl HostLink {
                 env: host.env.clone(),
             },
         };
+        self.spawning = true;
         self.send(protocol::SPAWN, &[&spawn.encode()]).await?;
         loop {
             match self.next().await? {
-                HostFrame::Spawned => return Ok(Ok(())),
-                HostFrame::SpawnFailed(why) => return Ok(Err(why)),
+                HostFrame::Spawned => {
+                    self.spawning = false;
+                    return Ok(Ok(()));
+                }
+                HostFrame::SpawnFailed(why) => {
+                    self.spawning = false;
+                    return Ok(Err(why));
+                }
                 // An earlier runner's, sent before the host read the spawn.
                 HostFrame::Relay(_) | HostFrame::RunnerEnded => {}
             }
@@ -256,6 +277,7 @@ pub async fn start(c: &Container) -> Result<Host> {
         stdin,
         output: exec.output,
         pending: BytesMut::new(),
+        spawning: false,
     };
     let hello = tokio::time::timeout(START_TIMEOUT, link.next_raw())
         .await

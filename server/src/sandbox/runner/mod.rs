@@ -389,6 +389,11 @@ impl Runner {
         let host = self.host.get()?;
         let mut slot = std::sync::Arc::clone(&host.link).try_lock_owned().ok()?;
         let link = slot.as_mut()?;
+        if link.out_of_step() {
+            tracing::warn!(container = %c.id(), "the runner host's last spawn went unanswered; runners start by exec");
+            *slot = None;
+            return None;
+        }
         match link.spawn(c, host, group).await {
             Ok(Ok(())) => Some(Transport::Hosted(slot)),
             Ok(Err(why)) => {

@@ -210,9 +210,10 @@ fn headline(out: &mut String, r: &Report) {
     {
         let _ = writeln!(
             w,
-            "| best sweep throughput ({} clients, pool of {}) | {:.1} tasks/s | {:.1} tasks/s | {} |",
+            "| best sweep throughput ({} clients, pool of {}, {}) | {:.1} tasks/s | {:.1} tasks/s | {} |",
             best.clients,
             best.pool_size,
+            s.path,
             best.floor_tasks_per_second,
             best.tasks_per_second,
             x(best.tasks_per_second / best.floor_tasks_per_second)
@@ -649,10 +650,11 @@ fn reset(w: &mut String, s: &Reset) {
     let _ = writeln!(w, "## 10. Reset between leases\n");
     let _ = writeln!(
         w,
-        "A pool of ONE container (exec path). A single cycle on the settled pool \
-         does not see its reset (Release answers at once, the reset runs behind); \
-         back to back, every Acquire waits for the reset the previous Release \
-         started.\n"
+        "A pool of ONE container (resident runner, the default path: its reset \
+         also starts a fresh runner and a fresh pre-started Python). A single \
+         cycle on the settled pool does not see its reset (Release answers at \
+         once, the reset runs behind); back to back, every Acquire waits for the \
+         reset the previous Release started.\n"
     );
     let _ = writeln!(w, "| | median | p95 | median / floor |");
     let _ = writeln!(w, "|---|---|---|---|");

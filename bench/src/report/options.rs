@@ -32,9 +32,10 @@ pub struct Options {
     /// Pool sizes of the sweep.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16])]
     pub sweep_pools: Vec<u32>,
-    /// Sweep on the resident runner path instead of the exec path.
+    /// Sweep on the exec path instead of the resident runner (the
+    /// server's default path).
     #[arg(long)]
-    pub sweep_runner: bool,
+    pub sweep_exec: bool,
     /// The larger idle pool of the scaling scenario (the smaller is 10).
     #[arg(long, default_value_t = 200)]
     pub scale_max: u32,
@@ -168,7 +169,7 @@ impl Plan {
                 options.sweep_pools.clone()
             },
             sweep_tasks: if smoke { 4 } else { options.sweep_tasks.max(1) },
-            sweep_runner: options.sweep_runner,
+            sweep_runner: !options.sweep_exec,
             // 10 against 200 by default; a smaller --scale-max keeps the
             // smaller pool a third of it.
             scale_small: (scale_max / 3).clamp(1, 10),

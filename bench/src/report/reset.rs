@@ -1,5 +1,5 @@
 //! Scenario 10: what the reset between leases costs a client. On a pool of
-//! ONE container (exec path), rotating: the floor (a bollard exec of
+//! ONE container (resident runner, the default path), rotating: the floor (a bollard exec of
 //! `print('test')` on that container), one Acquire + Run + Release on the
 //! settled pool (its reset runs after it, unseen), and a run of cycles back
 //! to back, where every Acquire but the first waits for the reset the
@@ -23,7 +23,7 @@ const OUTPUT: &[u8] = b"test\n";
 const RUN: usize = 6;
 
 pub async fn measure(ctx: &Ctx) -> anyhow::Result<Reset> {
-    let client = &ctx.exec.client;
+    let client = &ctx.runner.client;
     create_ready_pool(client, pool_spec(POOL, "python", &ctx.plan.image, 1)).await?;
     let result = rounds(ctx).await;
     let _ = client.delete_pool(POOL, true).await;
@@ -31,7 +31,7 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Reset> {
 }
 
 async fn rounds(ctx: &Ctx) -> anyhow::Result<Reset> {
-    let client = &ctx.exec.client;
+    let client = &ctx.runner.client;
     let holder = client.acquire(POOL).await?;
     let container = holder.container_id().to_string();
     holder.release().await?;
@@ -72,7 +72,7 @@ async fn rounds(ctx: &Ctx) -> anyhow::Result<Reset> {
         }
     }
     settle(client, POOL, 1).await?;
-    let metrics = ctx.exec.metrics().await?;
+    let metrics = ctx.runner.metrics().await?;
     let resets = Histogram::parse(&metrics, "sandpool_reset_duration_seconds", POOL)
         .context("/metrics has no reset histogram for the pool")?;
     Ok(Reset {

@@ -75,6 +75,9 @@ struct Resident {
     idle_scheduling: OnceLock<bool>,
     /// The resident runner (see `runner`), on pools that use one.
     runner: super::runner::Runner,
+    /// What an engine exec of the sandbox user's gets, when the warm-up's
+    /// toolchain check found it (for the runner host).
+    exec_environment: OnceLock<super::runner::ExecEnvironment>,
 }
 
 /// What starts a program under SCHED_IDLE (util-linux, beside the `setpriv`
@@ -124,6 +127,7 @@ impl Container {
                 install_uid,
                 idle_scheduling: OnceLock::new(),
                 runner: Default::default(),
+                exec_environment: OnceLock::new(),
             }),
         }
     }
@@ -176,6 +180,14 @@ impl Container {
     }
 
     /// Records whether SCHED_IDLE works here (warm-up, once).
+    pub(super) fn set_exec_environment(&self, found: super::runner::ExecEnvironment) {
+        let _ = self.resident.exec_environment.set(found);
+    }
+
+    pub(super) fn exec_environment(&self) -> Option<super::runner::ExecEnvironment> {
+        self.resident.exec_environment.get().cloned()
+    }
+
     pub(super) fn set_idle_scheduling(&self, works: bool) {
         let _ = self.resident.idle_scheduling.set(works);
     }

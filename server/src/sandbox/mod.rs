@@ -371,7 +371,13 @@ async fn check_toolchain(c: &Container) -> Result<()> {
 /// fails, the ordinary check says whether the toolchain works at all.
 async fn toolchain_works_at_idle_priority(c: &Container) -> bool {
     let (argv, expect) = c.lang().check();
-    let argv = container::at_idle_priority(argv);
+    let mut argv = container::at_idle_priority(argv);
+    // The runner host needs what an exec of the sandbox user gets: this
+    // exec is one, and tells it first (an engine exec less per warm-up).
+    let probing = c.spec().resident_runner;
+    if probing {
+        argv = runner::probe_then(argv);
+    }
     let check = run_checked(
         c.backend(),
         c.id(),
@@ -379,6 +385,13 @@ async fn toolchain_works_at_idle_priority(c: &Container) -> bool {
         "the toolchain check",
     );
     let works = match check.await {
+        Ok(out) if probing => match runner::split_probe(&out.stdout) {
+            Some((found, rest)) => {
+                c.set_exec_environment(found);
+                String::from_utf8_lossy(rest).contains(expect)
+            }
+            None => false,
+        },
         Ok(out) => String::from_utf8_lossy(&out.stdout).contains(expect),
         Err(_) => false,
     };

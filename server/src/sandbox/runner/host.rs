@@ -207,9 +207,59 @@ pub struct Host {
     groups: Vec<u32>,
 }
 
+/// What an engine exec of the sandbox user's gets: its environment (as
+/// `KEY=value` entries) and supplementary groups.
+pub type ExecEnvironment = (Vec<Vec<u8>>, Vec<u32>);
+
+/// Ends the probe's part of an output that goes on with a program's (see
+/// `probe_then`): no environment entry is this (it has no `=`).
+const PROBE_END: &[u8] = b"--sandpool-probe-end--\0";
+
+/// `argv` run after the environment probe, in one exec: the warm-up's
+/// toolchain check learns what the host needs without an exec of its own.
+/// Its output is the probe's, `PROBE_END`, then `argv`'s (`split_probe`).
+pub fn probe_then(argv: Vec<String>) -> Vec<String> {
+    let script = format!("{ENVIRONMENT_PROBE}; printf '%s\\0' --sandpool-probe-end--; exec \"$@\"");
+    let mut full = crate::sandbox::sh(&script, &[]);
+    full.extend(argv);
+    full
+}
+
+/// The probe's findings and the rest of an output of `probe_then`; `None`
+/// when the probe's part is not there whole.
+pub fn split_probe(out: &[u8]) -> Option<(ExecEnvironment, &[u8])> {
+    let newline = out.iter().position(|&b| b == b'\n')?;
+    // The end mark where an entry would begin: right after the groups line
+    // (no environment at all) or after an entry's NUL.
+    let end = (newline + 1..=out.len().checked_sub(PROBE_END.len())?)
+        .find(|&i| out[i..].starts_with(PROBE_END) && (i == newline + 1 || out[i - 1] == 0))?;
+    let found = parse_probe(&out[..end]).ok()?;
+    Some((found, &out[end + PROBE_END.len()..]))
+}
+
+/// The groups line, then the NUL-separated environment.
+fn parse_probe(out: &[u8]) -> std::result::Result<ExecEnvironment, String> {
+    let newline = out
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| "no groups line".to_string())?;
+    let groups = String::from_utf8_lossy(&out[..newline])
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .map_err(|e| format!("groups: {e}"))?;
+    let env = out[newline + 1..]
+        .split(|&b| b == 0)
+        .filter(|kv| kv.contains(&b'='))
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok((env, groups))
+}
+
 /// The environment and supplementary groups of an engine exec of the
-/// sandbox user's.
-async fn probe_environment(c: &Container) -> Result<(Vec<Vec<u8>>, Vec<u32>)> {
+/// sandbox user's, by an exec of its own (when the warm-up's toolchain
+/// check did not find them: see `probe_then`).
+async fn probe_environment(c: &Container) -> Result<ExecEnvironment> {
     let exec = backend::ExecSpec {
         argv: crate::sandbox::sh(ENVIRONMENT_PROBE, &[]),
         env: Vec::new(),
@@ -228,28 +278,16 @@ async fn probe_environment(c: &Container) -> Result<(Vec<Vec<u8>>, Vec<u32>)> {
     if !out.success() {
         return Err(failed(out.diagnostic()));
     }
-    let newline = out
-        .stdout
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| failed("no groups line".into()))?;
-    let groups = String::from_utf8_lossy(&out.stdout[..newline])
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<std::result::Result<Vec<u32>, _>>()
-        .map_err(|e| failed(format!("groups: {e}")))?;
-    let env = out.stdout[newline + 1..]
-        .split(|&b| b == 0)
-        .filter(|kv| kv.contains(&b'='))
-        .map(<[u8]>::to_vec)
-        .collect();
-    Ok((env, groups))
+    parse_probe(&out.stdout).map_err(failed)
 }
 
 /// Starts the container's runner host (warm-up) and has the warden spare
 /// it.
 pub async fn start(c: &Container) -> Result<Host> {
-    let (env, groups) = probe_environment(c).await?;
+    let (env, groups) = match c.exec_environment() {
+        Some(found) => found,
+        None => probe_environment(c).await?,
+    };
     let argv = [
         "/usr/bin/env",
         "-i",
@@ -298,4 +336,39 @@ pub async fn start(c: &Container) -> Result<Host> {
         env,
         groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_probe;
+
+    #[test]
+    fn the_probe_and_the_programs_output_come_apart() {
+        let out = b"1000 20001\nHOME=/home/sandbox\0X=--sandpool-probe-end--\0PATH=/bin\0--sandpool-probe-end--\0sandpool-ok\n";
+        let ((env, groups), rest) = split_probe(out).expect("split");
+        assert_eq!(groups, vec![1000, 20001]);
+        assert_eq!(
+            env,
+            vec![
+                b"HOME=/home/sandbox".to_vec(),
+                b"X=--sandpool-probe-end--".to_vec(),
+                b"PATH=/bin".to_vec()
+            ]
+        );
+        assert_eq!(rest, b"sandpool-ok\n");
+    }
+
+    #[test]
+    fn no_environment_and_no_groups() {
+        let ((env, groups), rest) = split_probe(b"\n--sandpool-probe-end--\0ok").expect("split");
+        assert!(env.is_empty() && groups.is_empty());
+        assert_eq!(rest, b"ok");
+    }
+
+    #[test]
+    fn a_probe_cut_short_is_not_taken() {
+        assert!(split_probe(b"1000\nHOME=/x\0").is_none());
+        assert!(split_probe(b"").is_none());
+        assert!(split_probe(b"1000\nHOME=/x\0--sandpool-probe-en").is_none());
+    }
 }

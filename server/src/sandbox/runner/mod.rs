@@ -50,6 +50,8 @@ mod drain;
 mod host;
 pub mod protocol;
 
+pub use host::{ExecEnvironment, probe_then, split_probe};
+
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};

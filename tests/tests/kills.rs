@@ -315,14 +315,7 @@ async fn kills_on_gvisor() {
             );
             println!("gvisor: the fork bomb took the sandbox down; the run ended CONTAINER_GONE");
             drop(session);
-            let again = server
-                .client
-                .acquire("gvkill")
-                .await
-                .expect("a replacement");
-            let out = again.shell("echo fresh").await.expect("run");
-            assert_eq!(out.stdout_text(), "fresh\n");
-            again.release().await.expect("release");
+            a_replacement_runs(&server, "gvkill").await;
         }
         Ok(out) if out.end_reason() == pb::EndReason::Signaled => {
             // gVisor's own memory accounting may SIGKILL the bomb's parent
@@ -360,14 +353,7 @@ async fn kills_on_gvisor() {
                     "gvisor: the fork bomb was killed by signal 9, then the sandbox went down"
                 );
                 drop(session);
-                let again = server
-                    .client
-                    .acquire("gvkill")
-                    .await
-                    .expect("a replacement");
-                let out = again.shell("echo fresh").await.expect("run");
-                assert_eq!(out.stdout_text(), "fresh\n");
-                again.release().await.expect("release");
+                a_replacement_runs(&server, "gvkill").await;
             } else {
                 assert_eq!(left, "0", "the fork bomb's children outlived its run");
                 let next = session.shell("echo next").await.expect("next run");
@@ -379,6 +365,15 @@ async fn kills_on_gvisor() {
         Ok(out) => panic!("the fork bomb's run ended {:?}", out.exit),
     }
     server.stop().await;
+}
+
+/// After a sandbox went down: the pool's next lease is on a replacement
+/// that runs.
+async fn a_replacement_runs(server: &TestServer, pool: &str) {
+    let again = server.client.acquire(pool).await.expect("a replacement");
+    let out = again.shell("echo fresh").await.expect("run");
+    assert_eq!(out.stdout_text(), "fresh\n");
+    again.release().await.expect("release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,9 @@ pub struct DockerBackend {
     endpoint: String,
     docker: OnceCell<Docker>,
     privileges: Privileges,
+    /// Held by the creation that learns a runtime's privilege mode (see
+    /// `create_container`).
+    learning: tokio::sync::Mutex<()>,
 }
 
 impl DockerBackend {
@@ -66,6 +69,7 @@ impl DockerBackend {
             endpoint: endpoint.into(),
             docker: OnceCell::new(),
             privileges: Privileges::default(),
+            learning: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -426,12 +430,24 @@ impl Backend for DockerBackend {
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
         let runtime = &spec.oci_runtime;
-        let mode = self.privileges.mode(runtime);
+        let mut mode = self.privileges.mode(runtime);
+        // One creation learns the runtime's mode; the others wait for it
+        // instead of each making a container the probe may have to throw
+        // away (a pool of 10 warming on a fresh server was created twice).
+        let learning = if mode == Mode::Unknown && !spec.helper_caps.is_empty() {
+            let guard = self.learning.lock().await;
+            mode = self.privileges.mode(runtime);
+            (mode == Mode::Unknown).then_some(guard)
+        } else {
+            None
+        };
         let id = self.create_started(spec, mode == Mode::RootExec).await?;
         if spec.helper_caps.is_empty() || mode != Mode::Unknown {
             return Ok(id);
         }
-        match self.probe_privileged_exec(&id, runtime).await {
+        let probed = self.probe_privileged_exec(&id, runtime).await;
+        drop(learning);
+        match probed {
             Ok(Mode::RootExec) => {
                 self.remove_container(&id).await?;
                 // A name of its own: the first one's may still be taken

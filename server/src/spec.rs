@@ -202,13 +202,8 @@ pub const MAX_PRELOAD: usize = 16;
 /// A module name a pre-started interpreter may import: dotted identifiers
 /// (`matplotlib.pyplot`), nothing a shell or `import` could read otherwise.
 fn validate_module_name(name: &str) -> Result<(), String> {
-    let identifier = |part: &str| {
-        part.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if name.len() > 200 || !name.split('.').all(identifier) {
+    // Each part is an identifier: the rule of an environment variable's name.
+    if name.len() > 200 || !name.split('.').all(|part| validate_env_name(part).is_ok()) {
         return Err(format!(
             "{name:?} is not a module name (dotted identifiers, like \"numpy\" or \"matplotlib.pyplot\")"
         ));

@@ -180,20 +180,16 @@ impl HostLink {
         };
         self.spawning = true;
         self.send(protocol::SPAWN, &[&spawn.encode()]).await?;
-        loop {
+        let answer = loop {
             match self.next().await? {
-                HostFrame::Spawned => {
-                    self.spawning = false;
-                    return Ok(Ok(()));
-                }
-                HostFrame::SpawnFailed(why) => {
-                    self.spawning = false;
-                    return Ok(Err(why));
-                }
+                HostFrame::Spawned => break Ok(()),
+                HostFrame::SpawnFailed(why) => break Err(why),
                 // An earlier runner's, sent before the host read the spawn.
                 HostFrame::Relay(_) | HostFrame::RunnerEnded => {}
             }
-        }
+        };
+        self.spawning = false;
+        Ok(answer)
     }
 }
 

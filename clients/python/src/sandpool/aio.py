@@ -705,11 +705,14 @@ class _Keeper(Generic[L]):
                 if self._holder_ref() is None:
                     await self.target.abandon(self._client)  # dropped unclosed
                     return
-                if self._lost is not None:
-                    return
+                # The time first: a caller that asked `lost` once the time was
+                # up has recorded the loss by the clock already, and the
+                # give-up below (cutting in-flight calls) is still owed.
                 left = self._confirmed_until - time.monotonic()
                 if left <= 0:
                     break
+                if self._lost is not None:
+                    return  # lost by the server's answer or error: its calls end by themselves
                 sent = time.monotonic()
                 next_at = sent + c.KEEPALIVE_RETRY
                 try:

@@ -115,11 +115,29 @@ fn cgroup_seconds(id: &str) -> Option<f64> {
     None
 }
 
+/// Busy ticks of every core together since boot: the first line of
+/// /proc/stat (user nice system idle iowait irq softirq steal ...) less
+/// idle and iowait. Guest time is already in user and nice.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let (idle, iowait) = (*fields.get(3)?, *fields.get(4)?);
+    Some(fields.iter().sum::<u64>() - idle - iowait)
+}
+
 /// The counters at the start of a window.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     daemons: u64,
     own: u64,
+    machine: Option<u64>,
 }
 
 impl CpuMark {
@@ -127,6 +145,7 @@ impl CpuMark {
         Self {
             daemons: daemon_ticks(),
             own: own_ticks(),
+            machine: machine_busy_ticks(),
         }
     }
 
@@ -147,6 +166,10 @@ impl CpuMark {
             server,
             containers_cgroup: (!cgroups.is_empty()).then(|| cgroups.iter().sum()),
             total: engine_daemons + shims + server,
+            machine: self
+                .machine
+                .zip(machine_busy_ticks())
+                .map(|(then, now)| seconds(now.saturating_sub(then))),
         }
     }
 }
@@ -170,6 +193,7 @@ mod tests {
     #[test]
     fn reads_this_process() {
         assert!(process_ticks("self").is_some());
+        assert!(machine_busy_ticks().is_some_and(|t| t > 0));
         assert!(rss_kib() > 0);
     }
 }

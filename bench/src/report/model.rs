@@ -191,6 +191,10 @@ pub struct CpuUse {
     /// `shims` already, so left out of `total`).
     pub containers_cgroup: Option<f64>,
     pub total: f64,
+    /// Every core's busy time over the window (/proc/stat: all but idle
+    /// and iowait): what the counts above miss too (the containers' live
+    /// processes, the kernel's own threads) and whatever else ran.
+    pub machine: Option<f64>,
 }
 
 /// Scenario 9, one pool size.
@@ -220,8 +224,18 @@ pub struct Scaling {
     pub one_create_seconds: f64,
     pub one_create_cpu: CpuUse,
     pub cores: usize,
-    /// n x one create's CPU / cores, for the smaller pool's n.
+    /// How busy the idle machine was just before (cores' worth, from
+    /// /proc/stat over a second): what `machine` counts that is not the
+    /// creation's.
+    pub idle_busy_cores: f64,
+    /// One creation's CPU over the whole machine less the idle machine's
+    /// share of its window, where /proc/stat can be read; else `total`.
+    pub one_create_cpu_seconds: f64,
+    /// n x `one_create_cpu_seconds` / cores, for the smaller pool's n.
     pub cpu_bound_seconds: f64,
+    /// The same from the per-process count (`one_create_cpu.total`), which
+    /// misses the containers' live processes and the kernel's threads.
+    pub cpu_bound_counted_seconds: f64,
     pub cpu_bound_containers: u32,
 }
 

@@ -7,9 +7,13 @@
 //! side, on a settled pool; and the server's own p99).
 //!
 //! The CPU bound of a prewarm: one container's creation (a pool of one
-//! warming) costs some CPU time (see `engine_cpu` for what is counted);
-//! n of them cannot take less than n x that / cores of wall time, however
-//! well the server overlaps them.
+//! warming) costs some CPU time; n of them cannot take less than n x that
+//! / cores of wall time, however well the server overlaps them. That time
+//! is the whole machine's busy time over the window, less what the idle
+//! machine spends in as long (measured just before): a creation's CPU is
+//! also the container's live processes (its init, the warden, the runner
+//! host, the pre-started interpreter) and the kernel's own threads, which
+//! the per-process count of `engine_cpu` misses (it is reported beside).
 
 use std::time::{Duration, Instant};
 
@@ -165,6 +169,7 @@ async fn point(ctx: &Ctx, size: u32) -> anyhow::Result<ScalePoint> {
 
 pub async fn measure(ctx: &Ctx) -> anyhow::Result<Scaling> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let idle_busy_cores = idle_machine().await;
     // One container's creation, alone.
     let one = warm(ctx, "scale-one", 1).await;
     ctx.runner.client.delete_pool("scale-one", true).await?;
@@ -178,12 +183,31 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Scaling> {
         points.push(point(ctx, size).await?);
     }
     let n = ctx.plan.scale_small;
+    let one_seconds = one.took.as_secs_f64();
+    let one_cpu = one.cpu.machine.map_or(one.cpu.total, |busy| {
+        (busy - idle_busy_cores * one_seconds).max(one.cpu.total)
+    });
+    let bound = |cpu: f64| f64::from(n) * cpu / cores as f64;
     Ok(Scaling {
         points,
-        one_create_seconds: one.took.as_secs_f64(),
+        one_create_seconds: one_seconds,
         one_create_cpu: one.cpu,
         cores,
-        cpu_bound_seconds: f64::from(n) * one.cpu.total / cores as f64,
+        idle_busy_cores,
+        one_create_cpu_seconds: one_cpu,
+        cpu_bound_seconds: bound(one_cpu),
+        cpu_bound_counted_seconds: bound(one.cpu.total),
         cpu_bound_containers: n,
     })
+}
+
+/// Cores' worth of CPU the machine spends idle (the engine's own
+/// housekeeping, this process's idle runtime...), over a second.
+async fn idle_machine() -> f64 {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let mark = CpuMark::now();
+    tokio::time::sleep(WINDOW).await;
+    mark.spent(&[])
+        .machine
+        .map_or(0.0, |busy| busy / WINDOW.as_secs_f64())
 }

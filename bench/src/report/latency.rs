@@ -93,6 +93,34 @@ pub async fn measure(ctx: &Ctx, code: &str, preload: &[&str]) -> anyhow::Result<
     result
 }
 
+/// One of the ways the scenario runs the code.
+enum Way<'a> {
+    /// A bollard exec of `python3 -c CODE`.
+    Floor,
+    /// Acquire + Run + Release of a client on a pool (and what to call it
+    /// in an error).
+    Cycle(&'a sandpool_client::Client, &'static str, &'static str),
+}
+
+impl Way<'_> {
+    async fn sample(
+        &self,
+        ctx: &Ctx,
+        code: &str,
+        expect: &[u8],
+        preloading: bool,
+    ) -> anyhow::Result<Duration> {
+        match self {
+            Way::Floor => floor(ctx, code, expect).await.context("floor"),
+            Way::Cycle(client, pool, what) => {
+                settled_cycle(ctx, client, pool, code, expect, preloading)
+                    .await
+                    .context(*what)
+            }
+        }
+    }
+}
+
 async fn measure_ways(ctx: &Ctx, code: &str, preload: &[&str]) -> anyhow::Result<Latency> {
     let preloading = !preload.is_empty();
     let expect = expected_output(ctx, code).await?;
@@ -113,39 +141,36 @@ async fn measure_ways(ctx: &Ctx, code: &str, preload: &[&str]) -> anyhow::Result
         );
     }
     let warm_up = (ctx.plan.iterations / 10).clamp(1, 10);
-    let ways = if preloading { 4 } else { 3 };
     let (exec, runner) = (&ctx.exec.client, &ctx.runner.client);
+    let mut ways = vec![
+        Way::Floor,
+        Way::Cycle(exec, PY_POOL, "exec path"),
+        Way::Cycle(runner, PY_POOL, "runner path"),
+    ];
+    if preloading {
+        ways.push(Way::Cycle(
+            runner,
+            PRELOAD_POOL,
+            "runner path, preloading pool",
+        ));
+    }
     for _ in 0..warm_up {
-        floor(ctx, code, &expect).await?;
-        settled_cycle(ctx, exec, PY_POOL, code, &expect, preloading).await?;
-        settled_cycle(ctx, runner, PY_POOL, code, &expect, preloading).await?;
-        if preloading {
-            settled_cycle(ctx, runner, PRELOAD_POOL, code, &expect, true).await?;
+        for way in &ways {
+            way.sample(ctx, code, &expect, preloading).await?;
         }
     }
-    let (mut f, mut e, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, each iteration starting one way further on, so that no
+    // way always follows the same other.
+    let mut samples = vec![Vec::new(); ways.len()];
     for i in 0..ctx.plan.iterations {
-        for step in 0..ways {
-            match (i + step) % ways {
-                0 => f.push(floor(ctx, code, &expect).await.context("floor")?),
-                1 => e.push(
-                    settled_cycle(ctx, exec, PY_POOL, code, &expect, preloading)
-                        .await
-                        .context("exec path")?,
-                ),
-                2 => r.push(
-                    settled_cycle(ctx, runner, PY_POOL, code, &expect, preloading)
-                        .await
-                        .context("runner path")?,
-                ),
-                _ => p.push(
-                    settled_cycle(ctx, runner, PRELOAD_POOL, code, &expect, true)
-                        .await
-                        .context("runner path, preloading pool")?,
-                ),
-            }
+        for step in 0..ways.len() {
+            let k = (i + step) % ways.len();
+            samples[k].push(ways[k].sample(ctx, code, &expect, preloading).await?);
         }
     }
+    let mut samples = samples.into_iter();
+    let mut next = || samples.next().unwrap_or_default();
+    let (f, e, r, p) = (next(), next(), next(), next());
     Ok(Latency {
         code: code.to_string(),
         exec_paired: paired_ratio(&e, &f),

@@ -82,26 +82,29 @@ const _: () = assert!(PATH.len() > SUPPORT_ROOT.len());
 /// (its bytes on stdin): one exec at warm-up, where each costs the engine a
 /// process.
 fn install_argv(files: &[(&str, &str)], runner: bool) -> Vec<String> {
-    let mut script = String::new();
+    // "Make the parent directory of argument `p`, then write it": each
+    // file's path is an argument, never part of the script.
+    let into = |p: usize, write: &str| format!("mkdir -p \"$(dirname \"${{{p}}}\")\" && {write}");
+    let mut steps = Vec::new();
     let mut args: Vec<&str> = Vec::new();
     for (path, content) in files {
         let (p, c) = (args.len() + 1, args.len() + 2);
-        script.push_str(&format!(
-            "mkdir -p \"$(dirname \"${{{p}}}\")\" && printf '%s' \"${{{c}}}\" > \"${{{p}}}\" && "
-        ));
+        steps.push(into(p, &format!("printf '%s' \"${{{c}}}\" > \"${{{p}}}\"")));
         args.push(path);
         args.push(content);
     }
     if runner {
         let p = args.len() + 1;
-        script.push_str(&format!(
-            "mkdir -p \"$(dirname \"${{{p}}}\")\" && cat > \"${{{p}}}\" && chmod 755 \"${{{p}}}\""
+        steps.push(into(
+            p,
+            &format!("cat > \"${{{p}}}\" && chmod 755 \"${{{p}}}\""),
         ));
         args.push(PATH);
-    } else {
-        script.push_str("true");
     }
-    super::sh(&script, &args)
+    if steps.is_empty() {
+        steps.push("true".to_string());
+    }
+    super::sh(&steps.join(" && "), &args)
 }
 
 /// Places the language's support files and, on a pool with the resident
@@ -683,5 +686,35 @@ impl RunnerRun {
                     .await
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::install_argv;
+
+    /// The placing script, run by a real sh: every file lands whole in its
+    /// own new directory, whatever its path and content hold.
+    #[test]
+    fn install_script_places_files_verbatim() {
+        let dir = std::env::temp_dir().join(format!("sandpool-install-{}", std::process::id()));
+        let a = dir.join("a dir/with $HOME/x.txt");
+        let b = dir.join("b/'quoted'/y");
+        let (a_text, b_text) = ("it's \"$PATH\" %s\n`id`\\n", "");
+        let files = [
+            (a.to_str().unwrap_or_default(), a_text),
+            (b.to_str().unwrap_or_default(), b_text),
+        ];
+        let argv = install_argv(&files, false);
+        let status = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .status()
+            .expect("sh runs");
+        let placed = (std::fs::read_to_string(&a), std::fs::read_to_string(&b));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(status.success(), "{argv:?}");
+        assert_eq!(placed.0.expect("a placed"), a_text);
+        assert_eq!(placed.1.expect("b placed"), b_text);
+        assert_eq!(install_argv(&[], false)[2], "true");
     }
 }

@@ -111,8 +111,11 @@ impl Session {
         Self::hold(client, lease, started)
     }
 
-    /// The Acquire call: the lease, and when it was asked for (its TTL
-    /// counts from then: the session's clock is on the safe side).
+    /// The Acquire call: the lease, and the earliest it can have been
+    /// granted, its TTL counting from then (the session's clock is on the
+    /// safe side): when it was asked for, plus how long the server says the
+    /// request waited for a container (a lease that waited longer than its
+    /// TTL is not lost on arrival).
     pub(crate) async fn ask(
         client: &Client,
         options: AcquireOptions,
@@ -126,9 +129,16 @@ impl Session {
             },
             options.wait.unwrap_or(DEFAULT_ACQUIRE_WAIT),
         );
-        let started = Instant::now();
-        let lease = client.sessions().acquire(request).await?.into_inner().lease;
-        Ok((lease, started))
+        let sent = Instant::now();
+        let answer = client.sessions().acquire(request).await?.into_inner();
+        let queued = answer
+            .queued
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        // Never later than the answer: a lease cannot be granted after it.
+        let now = Instant::now();
+        let granted = sent.checked_add(queued).map_or(now, |at| at.min(now));
+        Ok((answer.lease, granted))
     }
 
     /// The session of a lease that an Acquire sent at `started` granted:

@@ -163,3 +163,58 @@ async fn a_keepalive_answered_with_another_state_loses_the_lease_with_that_state
     session.release().await.expect("release");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_waited_longer_than_its_ttl_for_a_container_is_held_on_arrival() {
+    const SINGLE: &str = "keepalive-wait";
+    let ttl = Duration::from_secs(1);
+    let server = Server::start().await;
+    let client = server
+        .client(Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let mut spec = python_spec(SINGLE, 1, 1);
+    if let Some(config) = spec.config.as_mut() {
+        config.exhaustion_strategy = pb::ExhaustionStrategy::Wait.into();
+        config.acquisition_timeout = Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        });
+    }
+    client
+        .create_pool(spec, true)
+        .await
+        .expect("create the pool");
+    let holder = client
+        .acquire(SINGLE)
+        .await
+        .expect("acquire the only container");
+    // The only container is held: this Acquire waits 2.5 TTLs.
+    let behind = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .acquire_with(
+                    AcquireOptions::new(SINGLE)
+                        .ttl(ttl)
+                        .wait(Duration::from_secs(20)),
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(ttl * 5 / 2).await;
+    holder.release().await.expect("release the holder");
+    let session = behind
+        .await
+        .expect("the acquiring task")
+        .expect("acquire behind the holder");
+    // Its TTL runs from the grant, not from the Acquire sent 2.5 TTLs ago.
+    assert_eq!(session.lost(), None);
+    let held = session.run_collect("print('held')").await.expect("run");
+    assert_eq!(held.stdout_text(), "held\n");
+    tokio::time::sleep(2 * ttl).await;
+    assert_eq!(session.lost(), None);
+    assert!(session.renewals() >= 3, "{} renewals", session.renewals());
+    session.release().await.expect("release");
+    server.stop().await;
+}

@@ -201,13 +201,30 @@ func (c *Client) Acquire(ctx context.Context, pool string, opts *AcquireOptions)
 		callCtx, cancel = context.WithTimeout(ctx, opts.Wait)
 	}
 	defer cancel()
-	// The lease's TTL counts from the moment Acquire is sent.
-	started := time.Now()
+	// The lease's TTL counts from its grant: no earlier than the moment
+	// Acquire is sent plus the time the server says it waited.
+	sent := time.Now()
 	resp, err := c.sessions.Acquire(callCtx, req)
 	if err != nil {
 		return nil, mapError(err)
 	}
-	return newSession(ctx, c, resp.GetLease(), started, !opts.NoKeepAlive), nil
+	return newSession(ctx, c, resp.GetLease(), grantedFrom(sent, resp), !opts.NoKeepAlive), nil
+}
+
+// grantedFrom is the earliest the lease of an Acquire sent at sent can have
+// been granted, its TTL counting from then: the server says how long the
+// request waited for a container (a lease that waited longer than its TTL
+// is not lost on arrival). Never later than the answer.
+func grantedFrom(sent time.Time, resp *pb.AcquireResponse) time.Time {
+	queued := resp.GetQueued().AsDuration()
+	if queued < 0 {
+		queued = 0
+	}
+	granted := sent.Add(queued)
+	if now := time.Now(); granted.After(now) {
+		return now
+	}
+	return granted
 }
 
 // ---------------------------------------------------------------- pools

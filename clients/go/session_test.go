@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	sandpool "github.com/sandpool/sandpool/clients/go"
 	pb "github.com/sandpool/sandpool/clients/go/sandpoolv1"
@@ -342,6 +343,58 @@ func TestKeepAliveHoldsTheLeasePastItsTTL(t *testing.T) {
 	}
 	if r := collect(t, s, sandpool.Code("print('alive')"), nil); r.StdoutText() != "alive\n" {
 		t.Fatalf("%q", r.Stdout)
+	}
+}
+
+func TestALeaseThatWaitedLongerThanItsTTLForAContainerIsHeldOnArrival(t *testing.T) {
+	c := shared.client(t, nil)
+	ctx := context.Background()
+	name := pool + "-wait"
+	spec := pythonSpec(name, 1, 1)
+	spec.Config.ExhaustionStrategy = pb.ExhaustionStrategy_EXHAUSTION_STRATEGY_WAIT
+	spec.Config.AcquisitionTimeout = durationpb.New(30 * time.Second)
+	if _, err := c.CreatePool(ctx, spec, &sandpool.CreatePoolOptions{WaitReady: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = c.DeletePool(ctx, name, true) }()
+	holder, err := c.Acquire(ctx, name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The only container is held: this Acquire waits 2.5 TTLs.
+	const ttl = time.Second
+	type acquired struct {
+		s   *sandpool.Session
+		err error
+	}
+	behind := make(chan acquired, 1)
+	go func() {
+		s, err := c.Acquire(ctx, name, &sandpool.AcquireOptions{TTL: ttl, Wait: 20 * time.Second})
+		behind <- acquired{s, err}
+	}()
+	time.Sleep(ttl * 5 / 2)
+	if err := holder.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := <-behind
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	s := got.s
+	defer s.Close()
+	// Its TTL runs from the grant, not from the Acquire sent 2.5 TTLs ago.
+	if err := s.Lost(); err != nil {
+		t.Fatalf("lost on arrival: %v", err)
+	}
+	if r := collect(t, s, sandpool.Code("print('held')"), nil); r.StdoutText() != "held\n" {
+		t.Fatalf("%q", r.Stdout)
+	}
+	time.Sleep(2 * ttl)
+	if err := s.Lost(); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Renewals(); n < 3 {
+		t.Fatalf("%d renewals in 2 TTLs", n)
 	}
 }
 

@@ -6,8 +6,9 @@ a state other than ACTIVE loses the lease with that state."""
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import pytest
 
@@ -94,3 +95,34 @@ def test_a_keepalive_answered_with_another_state_loses_the_lease_with_that_state
             s.execute("print(1)")
         assert lost.value.state is sandpool.LeaseState.RELEASED
         assert lost.value.reason == reason
+
+
+def test_a_lease_that_waited_longer_than_its_ttl_for_a_container_is_held_on_arrival(
+    client: sandpool.Client, make_pool: PoolFactory
+) -> None:
+    pool = make_pool(max_pool_size=1, min_pool_size=1, exhaustion_strategy="wait", acquisition_timeout=30)
+    ttl, waited = 1.0, 2.5
+    holder = client.acquire(pool)
+    late: Dict[str, Any] = {}
+
+    def acquire_behind() -> None:
+        try:
+            late["session"] = client.acquire(pool, ttl=ttl, wait=20)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            late["error"] = e
+
+    behind = threading.Thread(target=acquire_behind)
+    behind.start()
+    time.sleep(waited)  # the only container is held: the second Acquire waits
+    holder.release()
+    behind.join(timeout=30)
+    assert "error" not in late, late
+    s: sandpool.Session = late["session"]
+    try:
+        # Its TTL runs from the grant, not from the Acquire sent 2.5 TTLs ago.
+        assert s.lost is None
+        assert s.execute("print('held')").stdout == "held\n"
+        time.sleep(2 * ttl)
+        assert s.lost is None and s.renewals >= 3, (s.lost, s.renewals)
+    finally:
+        s.release()

@@ -13,7 +13,7 @@ import { SessionService } from "./gen/sandpool/v1/session_pb.js";
 import { Code, InvalidArgument, SandpoolError, mapError, mapped } from "./errors.js";
 import { poolFromPb, poolSpecToPb, statsFromPb, type PoolInfo, type PoolSpecInput, type PoolStats } from "./pools.js";
 import { OwnedPool } from "./owned.js";
-import { Session, acquireRequest, type AcquireOptions } from "./session.js";
+import { Session, acquireRequest, grantedFrom, type AcquireOptions } from "./session.js";
 import { drive } from "./streams.js";
 import { traceContext } from "./tracing.js";
 
@@ -146,8 +146,9 @@ export class SandpoolClient {
    * (PoolExhausted) or get a temporary container.
    */
   async acquire(pool: string, options: AcquireOptions = {}): Promise<Session> {
-    // The lease's TTL counts from the call: the session's clock is on the safe side.
-    const startedAt = performance.now();
+    // The lease's TTL counts from its grant, no earlier than the call plus
+    // the server's wait for a container: the session's clock is on the safe side.
+    const sentAt = performance.now();
     const r = await mapped(() =>
       this.sessions.acquire(acquireRequest(pool, options), {
         timeoutMs: options.waitMs ?? this.timeoutMs,
@@ -158,7 +159,7 @@ export class SandpoolClient {
       throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
     }
     const ctx = { sessions: this.sessions, artifacts: this.artifacts, timeoutMs: this.timeoutMs };
-    return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt });
+    return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt: grantedFrom(sentAt, r) });
   }
 
   // ------------------------------------------------------------ pools

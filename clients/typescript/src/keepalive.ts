@@ -125,7 +125,8 @@ export interface KeeperOptions {
  * the Python and Rust clients:
  * - a renewal goes out a third of the TTL after the last confirmed one was
  *   sent (the first, a third of the TTL after Acquire or CreatePool was
- *   sent), on one KeepAlive stream that is reopened when it breaks;
+ *   sent, plus the time Acquire's answer says it waited for a container),
+ *   on one KeepAlive stream that is reopened when it breaks;
  * - an ACTIVE answer confirms the target until that renewal's send time
  *   plus the TTL the server answers;
  * - no wait (opening the stream, sending, the answer) outlasts that time:

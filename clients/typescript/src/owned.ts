@@ -10,7 +10,7 @@ import { LeaseState } from "./gen/sandpool/v1/session_pb.js";
 import { Code, PoolLost, SandpoolError, mapError, mapPoolError } from "./errors.js";
 import { Keeper, answerReason, type KeepAliveInit, type KeepAliveTarget } from "./keepalive.js";
 import { poolFromPb, statsFromPb, type PoolInfo, type PoolStats } from "./pools.js";
-import { Session, acquireRequest, type AcquireOptions, type SessionContext } from "./session.js";
+import { Session, acquireRequest, grantedFrom, type AcquireOptions, type SessionContext } from "./session.js";
 import { streamCall } from "./streams.js";
 
 /** What an OwnedPool needs of its client. */
@@ -177,8 +177,9 @@ export class OwnedPool implements AsyncDisposable {
 
   /** Leases a warm container of this pool, as `SandpoolClient.acquire` does; PoolLost once the pool is lost. */
   async acquire(options: AcquireOptions = {}): Promise<Session> {
-    // The lease's TTL counts from the call: the session's clock is on the safe side.
-    const startedAt = performance.now();
+    // The lease's TTL counts from its grant, no earlier than the call plus
+    // the server's wait for a container: the session's clock is on the safe side.
+    const sentAt = performance.now();
     const r = await this.#call(
       (call) => this.ctx.sessions.acquire(acquireRequest(this.name, options), call),
       options.waitMs ?? this.ctx.timeoutMs,
@@ -188,7 +189,7 @@ export class OwnedPool implements AsyncDisposable {
       throw new SandpoolError(Code.Internal, "Acquire answered without a lease");
     }
     const ctx = { sessions: this.ctx.sessions, artifacts: this.ctx.artifacts, timeoutMs: this.ctx.timeoutMs };
-    return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt });
+    return new Session(ctx, r.lease, { keepAlive: options.keepAlive ?? true, startedAt: grantedFrom(sentAt, r) });
   }
 
   /** The pool now (phase, stats, ownerExpireTime); also kept as `pool` and `info`. */

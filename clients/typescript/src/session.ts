@@ -19,6 +19,7 @@ import {
   PlotFormat,
   SessionService,
   type AcquireRequestSchema,
+  type AcquireResponse,
   type Lease as PbLease,
   type RunRequestSchema,
 } from "./gen/sandpool/v1/session_pb.js";
@@ -93,6 +94,18 @@ export function acquireRequest(pool: string, options: AcquireOptions): MessageIn
       mode: f.mode,
     })),
   };
+}
+
+/**
+ * @internal The earliest (performance.now()) the lease of an Acquire sent at
+ * `sentAt` can have been granted, its TTL counting from then: the server says
+ * how long the request waited for a container (a lease that waited longer
+ * than its TTL is not lost on arrival).
+ */
+export function grantedFrom(sentAt: number, r: AcquireResponse): number {
+  const queued = r.queued === undefined ? 0 : durationToMs(r.queued);
+  // Never later than the answer: a lease cannot be granted after it.
+  return Math.min(sentAt + Math.max(0, queued), performance.now());
 }
 
 /** What a Session needs of its client. */

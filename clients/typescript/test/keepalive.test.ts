@@ -108,4 +108,38 @@ describe("keepalive contract", () => {
     assert.equal(lost.state, proto.LeaseState.RELEASED);
     assert.equal(lost.reason, session.lost);
   });
+
+  test("a lease that waited longer than its TTL for a container is held on arrival", async () => {
+    const client = server.client();
+    const single = poolName("keepalive-wait");
+    await client.createPool(
+      {
+        name: single,
+        language: "python",
+        image: PYTHON_IMAGE,
+        minPoolSize: 1,
+        maxPoolSize: 1,
+        exhaustionStrategy: "wait",
+        acquisitionTimeoutMs: 30_000,
+      },
+      { waitReady: true, timeoutMs: 60_000 },
+    );
+    try {
+      const ttlMs = 1000;
+      const holder = await client.acquire(single);
+      // The only container is held: this Acquire waits 2.5 TTLs.
+      const behind = client.acquire(single, { ttlMs, waitMs: 20_000 });
+      await sleep(2500);
+      await holder.release();
+      await using session = await behind;
+      // Its TTL runs from the grant, not from the Acquire sent 2.5 TTLs ago.
+      assert.equal(session.lost, undefined);
+      assert.equal((await session.runCollect("print('held')")).stdout, "held\n");
+      await sleep(2 * ttlMs);
+      assert.equal(session.lost, undefined);
+      assert.ok(session.renewals >= 3, `${session.renewals} renewals`);
+    } finally {
+      await client.deletePool(single);
+    }
+  });
 });

@@ -4,6 +4,7 @@ use std::{pin::Pin, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use sandpool_proto::v1::{self as pb, session_service_server::SessionService};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -78,6 +79,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let received = Instant::now();
         let who = caller(&request)?;
         let result = async {
             let deadline = deadline(&request);
@@ -112,6 +114,9 @@ impl SessionService for SessionApi {
             audit::acquired(&who, &lease);
             Ok(Response::new(pb::AcquireResponse {
                 lease: Some(convert::lease_to_pb(&lease)),
+                queued: Some(convert::pb_duration(
+                    lease.granted.saturating_duration_since(received),
+                )),
             }))
         }
         .await;
@@ -399,7 +404,7 @@ impl SessionService for SessionApi {
                 return to.unary(to.sessions().install_libraries(to.request(req)).await);
             }
             let lease = self.state.manager.lease(&req.lease_id, &who.name)?;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             telemetry::record_lease(&req.lease_id);
             let log = install::install_for_lease(&lease, req.libraries, &self.state.file_limits)
                 .instrument(crate::otel_span!("lease.install"))

@@ -114,6 +114,8 @@ pub struct LeaseInfo {
     pub container_id: String,
     pub ttl: Duration,
     pub expire_time: SystemTime,
+    /// When it was granted: its TTL runs from (just after) here.
+    pub granted: Instant,
     pub temporary: bool,
     pub language: String,
 }
@@ -178,6 +180,8 @@ pub struct LeaseEntry {
     /// The held container, for the operations of the lease.
     sandbox: sandbox::Container,
     ttl: Duration,
+    /// When it was granted (before its first deadline was set).
+    granted: Instant,
     /// The identity that acquired it: the only one that may use it.
     owner: String,
     /// When it ends whatever its keepalives (its pool's max_lease_lifetime).
@@ -204,6 +208,7 @@ impl LeaseEntry {
             container_id: self.holding.container().to_string(),
             ttl: self.ttl,
             expire_time: lock(&self.life).expire_time,
+            granted: self.granted,
             temporary: matches!(self.holding, Holding::Temporary { .. }),
             language: self.pool.spec.language.clone(),
         }
@@ -430,7 +435,8 @@ impl LeaseTable {
         env: Vec<(String, String)>,
     ) -> Arc<LeaseEntry> {
         let id = self.new_id();
-        let last = Instant::now() + pool.spec.max_lease_lifetime;
+        let granted = Instant::now();
+        let last = granted + pool.spec.max_lease_lifetime;
         let mut life = Life {
             deadline: last,
             expire_time: SystemTime::now(),
@@ -444,6 +450,7 @@ impl LeaseTable {
             holding,
             sandbox,
             ttl,
+            granted,
             owner,
             last,
             life: Mutex::new(life),

@@ -222,13 +222,14 @@ class AsyncClient:
         env: Optional[Mapping[str, str]],
         files: Optional[c.LeaseFiles],
     ) -> Tuple[session_pb2.Lease, float]:
-        """The Acquire call: the lease, and when it was asked for (its TTL
-        counts from then)."""
+        """The Acquire call: the lease, and the earliest it can have been
+        granted (its TTL counts from then): when it was asked for, plus how
+        long the server says it waited for a container."""
         req = c.acquire_request(pool, ttl=ttl, env=env, files=files)
         deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
-        started = time.monotonic()
+        sent = time.monotonic()
         resp = await self._unary(self.sessions.Acquire, req, deadline)
-        return resp.lease, started
+        return resp.lease, _granted_from(sent, resp)
 
     # --- pools --------------------------------------------------------------
 
@@ -475,6 +476,16 @@ class _Opening(Generic[E]):
             await self._opened.__aexit__(exc_type, exc, tb)
 
 
+def _granted_from(sent: float, resp: session_pb2.AcquireResponse) -> float:
+    """The earliest the lease of an Acquire sent at ``sent`` can have been
+    granted, its TTL counting from then: the server says how long the
+    request waited for a container (a lease that waited longer than its TTL
+    is not lost on arrival)."""
+    queued = seconds_of(resp.queued) if resp.HasField("queued") else 0.0
+    # Never later than the answer: a lease cannot be granted after it.
+    return min(sent + max(0.0, queued), time.monotonic())
+
+
 # --- the keepalive ----------------------------------------------------------
 
 _STATE_REASONS = {
@@ -608,7 +619,8 @@ class _Keeper(Generic[L]):
 
     - a renewal goes out a third of the TTL after the last confirmed one was
       sent (the first, a third of the TTL after Acquire or CreatePool was
-      sent), on one KeepAlive stream that is reopened when it breaks;
+      sent, plus the time Acquire's answer says it waited for a container),
+      on one KeepAlive stream that is reopened when it breaks;
     - an ACTIVE answer confirms the target until that renewal's send time
       plus the TTL the server answers;
     - no wait (opening the stream, sending, the answer) outlasts that time:
@@ -1266,9 +1278,9 @@ class AsyncOwnedPool(_Ends):
     ) -> Tuple[session_pb2.Lease, float]:
         req = c.acquire_request(self.name, ttl=ttl, env=env, files=files)
         deadline = c.DEFAULT_ACQUIRE_WAIT if wait is None else c.to_seconds(wait)
-        started = time.monotonic()
+        sent = time.monotonic()
         resp = await self._call(self._client.sessions.Acquire, req, deadline)
-        return resp.lease, started
+        return resp.lease, _granted_from(sent, resp)
 
     async def get(self) -> pool_pb2.Pool:
         """The pool now (its spec, phase, stats, ``owner_expire_time``); also

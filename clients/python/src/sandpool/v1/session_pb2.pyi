@@ -329,18 +329,29 @@ class AcquireResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def lease(self) -> Global___Lease:
         """The new lease."""
+
+    @_builtins.property
+    def queued(self) -> _duration_pb2.Duration:
+        """How long this Acquire waited in the server before the lease was granted
+        (a pool with no idle container: until one was made or released). The
+        lease's TTL runs from its grant, so a client that counts the TTL from
+        when it sent Acquire adds this: a lease that waited longer than its TTL
+        is not taken for lost on arrival.
+        """
 
     def __init__(
         self,
         *,
         lease: Global___Lease | None = ...,
+        queued: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "queued", b"queued"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "queued", b"queued"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

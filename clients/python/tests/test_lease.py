@@ -7,13 +7,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Optional
 
 import pytest
 
 import sandpool
 from sandpool.v1.session_pb2 import ReleaseRequest
 
-from conftest import PoolFactory, Server, pretend_held, python_env, stop_keepalive, wait_for
+from conftest import IMAGE, PoolFactory, Server, pretend_held, python_env, stop_checked, stop_keepalive, wait_for
 
 
 def test_keepalive_holds_a_lease_past_three_ttls(client: sandpool.Client, make_pool: PoolFactory) -> None:
@@ -145,3 +146,31 @@ def test_watch_stats_follows_a_lease(client: sandpool.Client, make_pool: PoolFac
     for st in watcher:
         last = st
     assert last is not None and last.closed
+
+
+def test_a_lease_the_server_forgot_ends_its_with_block_quietly(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A restarted server does not know the lease: the session's calls raise
+    LeaseLost, and leaving its ``with`` block (which releases) raises
+    nothing more, as in the other clients."""
+    pool = "forgotten"
+    config = f'[[pools]]\nname = "{pool}"\nlanguage = "python"\nimage = "{IMAGE}"\nmin_pool_size = 1\nmax_pool_size = 1\n'
+    first = Server(tmp_path_factory.mktemp("forgetting"), config_extra=config)
+    second: Optional[Server] = None
+    try:
+        wait_for("the pool to warm", lambda: first.client.get_stats(pool).state_counts.idle == 1, timeout=60)
+        client = sandpool.Client(first.addr, timeout=15)
+        try:
+            with client.acquire(pool) as s:
+                assert s.execute("print('before')").stdout == "before\n"
+                stop_checked(first)
+                second = Server(tmp_path_factory.mktemp("forgot"), config_extra=config, port=first.port)
+                with pytest.raises(sandpool.LeaseLost):
+                    s.execute("print('after')")
+            assert s.release() is sandpool.LeaseState.RELEASED  # idempotent: already released on exit
+        finally:
+            client.close()
+    finally:
+        if second is not None:
+            stop_checked(second)
+        elif first.proc.poll() is None:
+            stop_checked(first)

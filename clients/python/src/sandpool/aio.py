@@ -899,7 +899,10 @@ class AsyncSession(_Ends):
 
     async def release(self) -> LeaseState:
         """Ends the lease (idempotent). Returns how it stood before: ACTIVE
-        when this call ended it."""
+        when this call ended it; NOT_FOUND when the server does not know it
+        (say, it restarted): gone already, which is not an error here, as in
+        the TypeScript, Rust and Go clients. Raises only when the server
+        could not be told (the lease then expires at its TTL)."""
         if self._released:
             return LeaseState.RELEASED
         self._released = True
@@ -911,6 +914,9 @@ class AsyncSession(_Ends):
                 metadata=self._client.metadata,
             )
         except grpc.RpcError as e:
+            gone = lease_lost_of(e, self.lease.id)
+            if gone is not None:
+                return gone.state or LeaseState.NOT_FOUND
             raise from_rpc_error(e) from None
         return LeaseState.from_pb(resp.previous_state)
 

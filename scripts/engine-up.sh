@@ -109,7 +109,10 @@ else
     pgrep -x containerd >/dev/null || rm -f /var/run/docker/containerd/containerd.pid
     # containerd is started by dockerd itself when none runs.
     echo "engine-up: starting dockerd (log: $DLOG)"
-    setsid dockerd >>"$DLOG" 2>&1 </dev/null &
+    # From /: a daemon keeps its working directory, and one that is deleted
+    # later (a test's checkout) breaks it (podman's conmon then fails every
+    # container start with "Failed to get working directory").
+    (cd / && exec setsid dockerd >>"$DLOG" 2>&1 </dev/null) &
   fi
   wait_for dockerd "$DLOG" docker info
   echo "engine-up: docker answering ($(docker version -f '{{.Server.Version}}'))"
@@ -145,7 +148,8 @@ exit_command_delay = 5'
     PLOG=/tmp/sandpool-podman.log
     mkdir -p /run/podman
     echo "engine-up: starting podman system service (log: $PLOG)"
-    setsid podman system service --time=0 "unix://$SOCK" >>"$PLOG" 2>&1 </dev/null &
+    # From /, as dockerd above.
+    (cd / && exec setsid podman system service --time=0 "unix://$SOCK" >>"$PLOG" 2>&1 </dev/null) &
     wait_for "podman service" "$PLOG" podman_ok
     echo "engine-up: podman answering on $SOCK"
   fi

@@ -11,7 +11,6 @@ import (
 	sandpool "github.com/sandpool/sandpool/clients/go"
 )
 
-// readUntil reads events until needle appeared in the output (both streams).
 // readUntil reads the run's events until its stdout (with a terminal, the
 // one stream) holds needle. Stderr is kept apart: without a terminal the
 // two are separate pipes, and how their pieces interleave is up to the

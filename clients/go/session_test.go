@@ -19,7 +19,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	sandpool "github.com/sandpool/sandpool/clients/go"
 	pb "github.com/sandpool/sandpool/clients/go/sandpoolv1"
@@ -34,6 +33,26 @@ func acquire(t *testing.T, c *sandpool.Client, opts *sandpool.AcquireOptions) *s
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// heldPoolOfOne creates a warm pool of one container with the given
+// exhaustion strategy and leases that container. The lease is closed, then
+// the pool deleted, at the end of the test (cleanups run last first).
+func heldPoolOfOne(t *testing.T, c *sandpool.Client, name string, strategy pb.ExhaustionStrategy) *sandpool.Session {
+	t.Helper()
+	ctx := context.Background()
+	spec := pythonSpec(name, 1, 1)
+	spec.Config.ExhaustionStrategy = strategy
+	if _, err := c.CreatePool(ctx, spec, &sandpool.CreatePoolOptions{WaitReady: true}); err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	t.Cleanup(func() { _, _ = c.DeletePool(ctx, name, true) })
+	holder, err := c.Acquire(ctx, name, nil)
+	if err != nil {
+		t.Fatalf("acquire %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = holder.Close() })
+	return holder
 }
 
 func collect(t *testing.T, s *sandpool.Session, p sandpool.Program, opts *sandpool.RunOptions) *sandpool.Result {
@@ -350,18 +369,9 @@ func TestALeaseThatWaitedLongerThanItsTTLForAContainerIsHeldOnArrival(t *testing
 	c := shared.client(t, nil)
 	ctx := context.Background()
 	name := pool + "-wait"
-	spec := pythonSpec(name, 1, 1)
-	spec.Config.ExhaustionStrategy = pb.ExhaustionStrategy_EXHAUSTION_STRATEGY_WAIT
-	spec.Config.AcquisitionTimeout = durationpb.New(30 * time.Second)
-	if _, err := c.CreatePool(ctx, spec, &sandpool.CreatePoolOptions{WaitReady: true}); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _, _ = c.DeletePool(ctx, name, true) }()
-	holder, err := c.Acquire(ctx, name, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The only container is held: this Acquire waits 2.5 TTLs.
+	holder := heldPoolOfOne(t, c, name, pb.ExhaustionStrategy_EXHAUSTION_STRATEGY_WAIT)
+	// The only container is held: this Acquire waits 2.5 TTLs (the pool's
+	// acquisition timeout is the default 30 s).
 	const ttl = time.Second
 	type acquired struct {
 		s   *sandpool.Session
@@ -549,17 +559,7 @@ func TestErrorsAreTyped(t *testing.T) {
 
 	// A FAIL_FAST pool of one: the second acquire is refused at once.
 	name := pool + "-ff"
-	spec := pythonSpec(name, 1, 1)
-	spec.Config.ExhaustionStrategy = pb.ExhaustionStrategy_EXHAUSTION_STRATEGY_FAIL_FAST
-	if _, err := c.CreatePool(ctx, spec, &sandpool.CreatePoolOptions{WaitReady: true}); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _, _ = c.DeletePool(ctx, name, true) }()
-	held, err := c.Acquire(ctx, name, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
+	heldPoolOfOne(t, c, name, pb.ExhaustionStrategy_EXHAUSTION_STRATEGY_FAIL_FAST)
 	t0 := time.Now()
 	_, err = c.Acquire(ctx, name, nil)
 	if !errors.Is(err, sandpool.ErrPoolExhausted) || time.Since(t0) > 5*time.Second {

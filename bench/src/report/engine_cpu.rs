@@ -132,6 +132,12 @@ fn machine_busy_ticks() -> Option<u64> {
     Some(fields.iter().sum::<u64>() - idle - iowait)
 }
 
+/// Busy seconds of every core together since boot (see
+/// `machine_busy_ticks`); `None` where /proc/stat cannot be read.
+pub fn machine_busy_seconds() -> Option<f64> {
+    machine_busy_ticks().map(|ticks| ticks as f64 / TICKS_PER_SECOND)
+}
+
 /// The counters at the start of a window.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
@@ -194,6 +200,7 @@ mod tests {
     fn reads_this_process() {
         assert!(process_ticks("self").is_some());
         assert!(machine_busy_ticks().is_some_and(|t| t > 0));
+        assert!(machine_busy_seconds().is_some_and(|s| s > 0.0));
         assert!(rss_kib() > 0);
     }
 }

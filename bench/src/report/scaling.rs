@@ -22,7 +22,7 @@ use sandpool_client::{Client, proto as pb};
 
 use super::{
     context::{Ctx, containers_labelled},
-    engine_cpu::{CpuMark, rss_kib},
+    engine_cpu::{self, CpuMark, rss_kib},
     model::{CpuUse, ScalePoint, Scaling, Series},
 };
 use crate::{pool_spec, settle};
@@ -205,9 +205,11 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Scaling> {
 /// housekeeping, this process's idle runtime...), over a second.
 async fn idle_machine() -> f64 {
     const WINDOW: Duration = Duration::from_secs(1);
-    let mark = CpuMark::now();
+    let before = engine_cpu::machine_busy_seconds();
     tokio::time::sleep(WINDOW).await;
-    mark.spent(&[])
-        .machine
-        .map_or(0.0, |busy| busy / WINDOW.as_secs_f64())
+    before
+        .zip(engine_cpu::machine_busy_seconds())
+        .map_or(0.0, |(then, now)| {
+            (now - then).max(0.0) / WINDOW.as_secs_f64()
+        })
 }

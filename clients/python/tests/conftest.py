@@ -237,7 +237,7 @@ def make_pool(server: Server, request: pytest.FixtureRequest) -> Iterator[PoolFa
         admin.close()
 
 
-def python_env(server: Server) -> dict:
+def python_env(server: Server) -> Dict[str, str]:
     """Environment for a child Python process that uses the package."""
     env = dict(os.environ)
     env["SANDPOOL_ADDR"] = server.addr

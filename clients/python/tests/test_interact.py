@@ -18,14 +18,20 @@ from conftest import PoolFactory, Server
 
 
 def read_until(events: Iterator[sandpool.RunEvent], seen: bytearray, needle: bytes, timeout: float = 20.0) -> None:
-    """Reads events until ``needle`` appeared in the output (both streams)."""
+    """Reads events until the run's stdout (with a terminal, the one stream)
+    holds ``needle``. Stderr is kept apart: without a terminal the two are
+    separate pipes, and how their pieces interleave is up to the scheduler
+    (a REPL's prompt on stderr can land inside a line of stdout)."""
+    stderr = bytearray()
     deadline = time.monotonic() + timeout
     while needle not in seen:
-        assert time.monotonic() < deadline, f"{needle!r} did not come; the run printed {bytes(seen)!r}"
+        assert time.monotonic() < deadline, f"{needle!r} did not come; the run printed {bytes(seen)!r} (stderr {bytes(stderr)!r})"
         event = next(events)
-        if isinstance(event, (Stdout, Stderr)):
+        if isinstance(event, Stdout):
             seen += event.data
-        assert not isinstance(event, Exit), f"the run ended ({event}) before {needle!r}: {bytes(seen)!r}"
+        elif isinstance(event, Stderr):
+            stderr += event.data
+        assert not isinstance(event, Exit), f"the run ended ({event}) before {needle!r}: {bytes(seen)!r} (stderr {bytes(stderr)!r})"
 
 
 def exit_of(events: Iterator[sandpool.RunEvent]) -> Exit:

@@ -9,17 +9,26 @@ import { InvalidArgument, type RunEvent, type SandpoolClient, type Session } fro
 
 import { PYTHON_IMAGE, poolName, startServer, type TestServer } from "./helpers/server.js";
 
-/** Reads events until `needle` has appeared in the output; returns the output so far. */
+/**
+ * Reads events until the run's stdout (with a terminal, the one stream) holds
+ * `needle`. Stderr is kept apart: without a terminal the two are separate
+ * pipes, and how their pieces interleave is up to the scheduler (a REPL's
+ * prompt on stderr can land inside a line of stdout).
+ */
 async function readUntil(events: AsyncIterator<RunEvent>, seen: { text: string }, needle: string): Promise<void> {
   const deadline = Date.now() + 20_000;
+  let stderr = "";
   while (!seen.text.includes(needle)) {
-    assert.ok(Date.now() < deadline, `${JSON.stringify(needle)} did not come; the run printed ${JSON.stringify(seen.text)}`);
+    const said = `${JSON.stringify(seen.text)} (stderr ${JSON.stringify(stderr)})`;
+    assert.ok(Date.now() < deadline, `${JSON.stringify(needle)} did not come; the run printed ${said}`);
     const next = await events.next();
-    assert.ok(!next.done, `the events ended before ${JSON.stringify(needle)}: ${JSON.stringify(seen.text)}`);
+    assert.ok(!next.done, `the events ended before ${JSON.stringify(needle)}: ${said}`);
     const e = next.value;
-    assert.notEqual(e.type, "exit", `the run ended before ${JSON.stringify(needle)}: ${JSON.stringify(seen.text)}`);
-    if (e.type === "stdout" || e.type === "stderr") {
+    assert.notEqual(e.type, "exit", `the run ended before ${JSON.stringify(needle)}: ${said}`);
+    if (e.type === "stdout") {
       seen.text += e.text;
+    } else if (e.type === "stderr") {
+      stderr += e.text;
     }
   }
 }

@@ -5,7 +5,8 @@
 #   (default)  install docker.io + debootstrap + runsc when missing, start
 #              dockerd (log: /tmp/sandpool-dockerd.log) when `docker info`
 #              fails, and wait until it answers; register gVisor's runsc as
-#              the docker runtime "runsc" (/etc/docker/daemon.json).
+#              the docker runtimes "runsc" and "isolated"
+#              (/etc/docker/daemon.json).
 #   --podman   also install podman + catatonit, write
 #              /etc/containers/containers.conf and start
 #              `podman system service` on unix:///run/podman/podman.sock
@@ -67,6 +68,9 @@ wait_for() {  # wait_for NAME LOG CMD...: poll CMD until it succeeds or TIMEOUT
 # network "none" (and install libraries from package files only). The rest of
 # daemon.json is kept. dockerd reloads its runtimes on SIGHUP, so a change
 # never restarts it (which would kill every running container).
+# The same binary is registered again as "isolated": operators name their
+# runtimes as they like, and the tests check that a pool finds gVisor by the
+# binary its engine runs, not by the runtime's name.
 register_runsc() {  # prints "changed" when daemon.json was rewritten
   python3 - "$1" <<'PY'
 import json, os, sys
@@ -77,8 +81,9 @@ try:
 except FileNotFoundError:
     conf = {}
 want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
-if conf.get("runtimes", {}).get("runsc") != want:
-    conf.setdefault("runtimes", {})["runsc"] = want
+runtimes = conf.get("runtimes", {})
+if runtimes.get("runsc") != want or runtimes.get("isolated") != want:
+    conf.setdefault("runtimes", {}).update(runsc=want, isolated=want)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(conf, f, indent=2)
@@ -117,7 +122,9 @@ else
   wait_for dockerd "$DLOG" docker info
   echo "engine-up: docker answering ($(docker version -f '{{.Server.Version}}'))"
 fi
-runsc_registered() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+runsc_registered() {
+  docker info --format '{{json .Runtimes}}' 2>/dev/null | grep '"runsc"' | grep -q '"isolated"'
+}
 if [ -n "$runsc_changed" ] || ! runsc_registered; then
   echo "engine-up: registering runsc with dockerd (reload, no restart)"
   kill -HUP "$(cat /var/run/docker.pid)"

@@ -5,10 +5,10 @@
 #     1. setup: engines (runsc registered), nginx (scripts/lb-up.sh), images,
 #        cargo build
 #     2. the Rust unit and end-to-end tests (cargo test --workspace), the
-#        run suites again on the exec path, the benchmark report in smoke
-#        mode, then the checks and client suites (proto lint, generated-code drift,
-#        deploy/ manifests, Python, TypeScript), each with a log of its own
-#        printed when it ends
+#        run suites again on the exec path beside the checks (proto lint,
+#        generated-code drift, deploy/ manifests), the benchmark report in
+#        smoke mode, then the client suites (Go, Python, TypeScript), each
+#        lane with a log of its own printed when it ends
 #     3. grpc reflection smoke, the server image (built around the debug
 #        binary already built: the release build is the image script's
 #        default, not needed to test the packaging) run in Docker, compose
@@ -64,14 +64,20 @@ wait_lanes() {
     exit 1
   fi
 }
-# The checks and client suites, one after the other (they share a lane).
+# The Go client's toolchain and first build, then the checks, one after the
+# other (they share a lane beside the exec-path suites).
 # Explicit returns: `set -e` does not apply inside a lane's `||`.
-checks_and_clients() {
-  local s suite
+prepare_and_check() {
+  local s
+  s=$(date +%s); clients/go/test.sh --prepare || return 1; t "go client prepare" "$s"
   s=$(date +%s); scripts/lint-proto.sh || return 1; t "proto lint" "$s"
   s=$(date +%s); scripts/check-generated.sh || return 1; t "generated code drift check" "$s"
   s=$(date +%s); scripts/check-deploy.sh || return 1
   t "deploy manifests check (kustomize, kubernetes-validate, compose)" "$s"
+}
+# The client suites, one after the other (they share a lane).
+client_suites() {
+  local s suite
   for suite in clients/*/test.sh; do
     [ -x "$suite" ] || continue
     s=$(date +%s); "$suite" || return 1; t "$suite" "$s"
@@ -110,12 +116,15 @@ else
   # the resident runner, which is the default and what every suite above
   # and below runs on), a program's `kill -9 -1` included (kills):
   # about 2.5 minutes.
+  # `--workspace`, as every cargo test here: selected alone, the tests
+  # package unifies its dependencies' features differently, and cargo
+  # rebuilt most of them (5 to 8 minutes of a CI run).
   lane exec-path env SANDPOOL_RESIDENT_RUNNER=0 SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 \
-    cargo test -p sandpool-tests --test runs --test files --test artifacts --test contexts \
+    cargo test --workspace --test runs --test files --test artifacts --test contexts \
     --test kills --test podman
-  # Beside it, the Go toolchain and the Go client's first (race-detector)
-  # build of grpc-go, about two minutes of compiling that times nothing.
-  lane go-prepare clients/go/test.sh --prepare
+  # Beside it, what times nothing: the Go toolchain and the Go client's
+  # first (race-detector) build of grpc-go, then the checks.
+  lane prepare-and-check prepare_and_check
   wait_lanes
   # The benchmark report once in smoke mode (`cargo run -p sandpool-bench
   # --bin report -- --smoke`, the debug binary the workspace build made;
@@ -124,7 +133,7 @@ else
   s2=$(date +%s)
   "${CARGO_TARGET_DIR:-$PWD/target}/debug/report" --smoke
   t "benchmark report, smoke mode" "$s2"
-  lane clients checks_and_clients
+  lane clients client_suites
   wait_lanes; t "rust tests, then checks and client suites" "$s"
 
   s=$(date +%s); scripts/smoke-reflection.sh; t "grpc reflection smoke (buf curl)" "$s"
@@ -132,10 +141,10 @@ else
   s=$(date +%s); tests/deploy/server-image.sh; tests/deploy/compose.sh; t "server image in Docker, compose" "$s"
 
   s=$(date +%s)
-  SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test -p sandpool-tests --test hostile -- --ignored --test-threads=1 --nocapture
+  SANDPOOL_REQUIRE_PODMAN=1 SANDPOOL_REQUIRE_RUNSC=1 cargo test --workspace --test hostile -- --ignored --test-threads=1 --nocapture
   t "hostile-code suite (alone)" "$s"
   s=$(date +%s)
-  cargo test -p sandpool-tests --test engine_restart -- --ignored --test-threads=1 --nocapture
+  cargo test --workspace --test engine_restart -- --ignored --test-threads=1 --nocapture
   t "engine restart suite (alone, last)" "$s"
 fi
 rm -rf "$LANES"

@@ -63,6 +63,10 @@ pub struct RuntimeConfig {
     pub oci_runtime: Option<String>,
     pub tmpfs_size_bytes: i64,
     pub env: BTreeMap<String, String>,
+    /// Whether the containers run on gVisor, as the pool's engine describes
+    /// the runtime they get (`Backend::runs_on_gvisor`): set when the pool
+    /// is made, `None` before (the runtime's name decides then).
+    pub gvisor: Option<bool>,
 }
 
 pub const SANDBOX_UID: u32 = 1000;
@@ -92,8 +96,19 @@ impl Default for RuntimeConfig {
             oci_runtime: None,
             tmpfs_size_bytes: 512 << 20,
             env: BTreeMap::new(),
+            gvisor: None,
         }
     }
+}
+
+/// Whether an OCI runtime's name (or its binary's file name) is gVisor's:
+/// `runsc`, as Docker hosts and `scripts/engine-up.sh` register it, and
+/// variants such as `runsc-kvm`, or `gvisor`, the usual name of its
+/// Kubernetes RuntimeClass. A guess only where the engine cannot say
+/// which binary a runtime runs.
+pub fn names_gvisor(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("runsc") || name.contains("gvisor")
 }
 
 /// gVisor's sentry runs each sandboxed process on host threads and stub
@@ -113,10 +128,11 @@ impl RuntimeConfig {
         format!("{}:{}", self.uid, self.gid)
     }
 
-    /// The container runs on gVisor (Docker's runtime name for it, as
-    /// `scripts/engine-up.sh` registers it).
+    /// The container runs on gVisor: as its engine said when the pool was
+    /// made, else as the runtime's name says (`names_gvisor`).
     pub fn on_gvisor(&self) -> bool {
-        self.oci_runtime.as_deref() == Some("runsc")
+        self.gvisor
+            .unwrap_or_else(|| self.oci_runtime.as_deref().is_some_and(names_gvisor))
     }
 
     /// The engine's pids limit of the container (its cgroup), and the

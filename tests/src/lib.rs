@@ -300,7 +300,7 @@ pub fn empty_config() -> ServerConfig {
     // The suites run pools on gVisor too (scripts/engine-up.sh registers
     // it); the policy floor allows only the engine's default runtime unless
     // told otherwise.
-    config.policy.runtimes = vec!["runsc".to_string()];
+    config.policy.runtimes = vec!["runsc".to_string(), "isolated".to_string()];
     // Runs go through the resident runner, as the server's default;
     // SANDPOOL_RESIDENT_RUNNER=0 runs every suite's runs on the exec path
     // (as the server's own setting of that name does).
@@ -616,18 +616,26 @@ pub fn fork_bomb_run(timeout: f64) -> pb::RunRequest {
 /// scripts/engine-up.sh). With SANDPOOL_REQUIRE_RUNSC set, a missing runtime
 /// fails the test instead of skipping it.
 pub fn runsc_available() -> bool {
+    docker_runtime_available("runsc")
+}
+
+/// Whether the Docker engine has a runtime called `name` (scripts/engine-up.sh
+/// registers gVisor as "runsc" and again as "isolated"). With
+/// SANDPOOL_REQUIRE_RUNSC set, a missing runtime fails the test instead of
+/// skipping it.
+pub fn docker_runtime_available(name: &str) -> bool {
     let out = std::process::Command::new("docker")
         .args(["info", "--format", "{{json .Runtimes}}"])
         .output();
     let found = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"runsc\""))
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("\"{name}\"")))
         .unwrap_or(false);
     if !found {
         assert!(
             std::env::var("SANDPOOL_REQUIRE_RUNSC").is_err(),
-            "SANDPOOL_REQUIRE_RUNSC is set but docker has no runsc runtime"
+            "SANDPOOL_REQUIRE_RUNSC is set but docker has no runtime {name:?}"
         );
-        eprintln!("skipping: docker has no runsc runtime (scripts/engine-up.sh registers it)");
+        eprintln!("skipping: docker has no runtime {name:?} (scripts/engine-up.sh registers it)");
     }
     found
 }

@@ -186,6 +186,53 @@ async fn runtime_settings_are_applied() {
     server.stop().await;
 }
 
+/// gVisor under a runtime name of the operator's ("isolated", as
+/// scripts/engine-up.sh registers `runsc` again) is found by the binary the
+/// engine runs for it: the pool gets gVisor's process limits (the cgroup's
+/// room for gVisor's own host processes, RLIMIT_NPROC for the sandbox's) and
+/// the exec path by default, as under the name `runsc`. By its name alone
+/// the pool got a cgroup limit of 256, which gVisor's host processes of an
+/// idle container (230 to 300) fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_is_known_by_its_binary_under_any_runtime_name() {
+    if !sandpool_tests::docker_runtime_available("isolated") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut spec = python_pool("gvalias");
+    let config = spec.config.as_mut().expect("config");
+    config.min_pool_size = Some(1);
+    config.max_pool_size = Some(1);
+    spec.runtime = Some(sandpool_client::proto::RuntimeConfig {
+        oci_runtime: Some("isolated".into()),
+        pids_limit: Some(128),
+        ..Default::default()
+    });
+    let pool = server.pool(spec).await;
+    let runner = pool.spec.as_ref().expect("spec").resident_runner;
+    assert_eq!(
+        runner,
+        Some(false),
+        "gVisor pools take the exec path by default"
+    );
+    let session = server.client.acquire("gvalias").await.expect("acquire");
+    // gVisor's kernel says it is Linux 4.4.0, whatever the host runs.
+    let out = session
+        .run_collect("import platform; print(platform.release())")
+        .await
+        .expect("run");
+    assert_eq!(out.stdout_text(), "4.4.0\n", "{}", out.stderr_text());
+    let limits = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Runtime}} {{.HostConfig.PidsLimit}}{{range .HostConfig.Ulimits}} {{.Name}}={{.Soft}}:{{.Hard}}{{end}}",
+        session.container_id(),
+    ]);
+    assert_eq!(limits, "isolated 4096 nproc=128:128");
+    session.release().await.expect("release");
+    server.stop().await;
+}
+
 /// The same lock-down on gVisor, as far as its kernel shows it: no
 /// capabilities at all (its privileged execs get gVisor's own), the sandbox
 /// user with a run's group, a root file system it cannot write (gVisor says

@@ -27,6 +27,7 @@ use super::{
     TerminalResize, TerminalSize, Tmpfs,
     privilege::{self, Mode, Privileges},
 };
+use crate::spec::names_gvisor;
 
 /// A marker younger than this that has not started yet is starting, not
 /// dead (one that ran and exited is dead at once).
@@ -695,6 +696,16 @@ impl Backend for DockerBackend {
             })
     }
 
+    async fn runs_on_gvisor(&self, runtime: Option<&str>) -> Result<bool> {
+        let info = self
+            .client()
+            .await?
+            .info()
+            .await
+            .map_err(|e| self.at().engine_error("info", e))?;
+        Ok(gvisor_in(&info, runtime))
+    }
+
     async fn events(
         &self,
         label: &str,
@@ -901,6 +912,26 @@ impl Backend for DockerBackend {
     }
 }
 
+/// Whether the engine's runtime `runtime` (`None`: its default) runs
+/// gVisor, by the binary the engine runs for it (an operator may register
+/// `runsc` under any name, or make it the default). Docker and Podman both
+/// list their runtimes' binaries; one the engine does not list goes by its
+/// name.
+fn gvisor_in(info: &bollard::models::SystemInfo, runtime: Option<&str>) -> bool {
+    let Some(name) = runtime.or(info.default_runtime.as_deref()) else {
+        return false;
+    };
+    let binary = info
+        .runtimes
+        .as_ref()
+        .and_then(|runtimes| runtimes.get(name))
+        .and_then(|r| r.path.as_deref());
+    match binary {
+        Some(path) => names_gvisor(path.rsplit('/').next().unwrap_or(path)),
+        None => names_gvisor(name),
+    }
+}
+
 /// A lifecycle event of the engine as ours, if it is one we follow.
 fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEvent> {
     let kind = match message.action.as_deref() {
@@ -928,4 +959,59 @@ fn container_name_part(text: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{Runtime, SystemInfo};
+
+    fn engine(default: &str, runtimes: &[(&str, &str)]) -> SystemInfo {
+        SystemInfo {
+            default_runtime: Some(default.to_string()),
+            runtimes: Some(
+                runtimes
+                    .iter()
+                    .map(|(name, path)| {
+                        let runtime = Runtime {
+                            path: Some(path.to_string()),
+                            ..Default::default()
+                        };
+                        (name.to_string(), runtime)
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gvisor_is_known_by_the_binary_the_engine_runs() {
+        let info = engine(
+            "runc",
+            &[
+                ("runc", "runc"),
+                ("runsc", "/usr/bin/runsc"),
+                ("isolated", "/usr/local/bin/runsc"),
+                ("runsc-kata", "/opt/kata/bin/kata-runtime"),
+            ],
+        );
+        assert!(!gvisor_in(&info, None));
+        assert!(!gvisor_in(&info, Some("runc")));
+        assert!(gvisor_in(&info, Some("runsc")));
+        // Another name for gVisor's binary, and a gVisor-like name for
+        // another runtime: the binary decides.
+        assert!(gvisor_in(&info, Some("isolated")));
+        assert!(!gvisor_in(&info, Some("runsc-kata")));
+        // The engine's default runtime, when a pool names none.
+        assert!(gvisor_in(
+            &engine("isolated", &[("isolated", "/usr/bin/runsc")]),
+            None
+        ));
+        // An engine that lists no runtimes: the name decides.
+        let silent = SystemInfo::default();
+        assert!(gvisor_in(&silent, Some("runsc")));
+        assert!(!gvisor_in(&silent, Some("crun")));
+        assert!(!gvisor_in(&silent, None));
+    }
 }

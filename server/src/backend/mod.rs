@@ -310,6 +310,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the engine answers.
     async fn ping(&self) -> Result<()>;
 
+    /// Whether containers made with OCI runtime `runtime` (`None`: the
+    /// engine's default) run on gVisor: a pool's process limits and its
+    /// default run path depend on it (`RuntimeConfig::on_gvisor`). Engines
+    /// that cannot say which binary a runtime runs go by its name.
+    async fn runs_on_gvisor(&self, runtime: Option<&str>) -> Result<bool> {
+        Ok(runtime.is_some_and(crate::spec::names_gvisor))
+    }
+
     /// Deaths and removals of containers that carry `label`, as the engine
     /// reports them. The stream ends when the connection to the engine does.
     async fn events(&self, label: &str) -> Result<BoxStream<'static, Result<ContainerEvent>>>;

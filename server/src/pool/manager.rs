@@ -19,11 +19,11 @@ use super::{
     stats::PoolStats,
 };
 use crate::{
-    backend::{BackendKind, Engines},
+    backend::{BackendKind, Engines, SharedBackend},
     identity::{Identity, Quota, QuotaBook, QuotaGuard},
     policy::{Namespaces, Policy},
     sandbox,
-    spec::{PoolSpec, validate_env_name},
+    spec::{PoolSpec, names_gvisor, validate_env_name},
     sync,
 };
 
@@ -318,6 +318,15 @@ impl PoolManager {
             return Err(Error::ShuttingDown);
         }
         let mut spec = spec.validate()?;
+        self.namespaces.check(&spec)?;
+        let backend = self.engines.get(spec.backend)?;
+        let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
+            Error::invalid("language", format!("unknown language {:?}", spec.language))
+        })?;
+        if self.pools_read().contains_key(&spec.name) {
+            return Err(Error::PoolExists(spec.name));
+        }
+        spec.runtime.gvisor = Some(self.runs_on_gvisor(&backend, &spec).await);
         // A gVisor pool takes the exec path unless it asks for the runner.
         // Under memory pressure (a fork bomb at the pool's memory limit) the
         // host's OOM killer takes gVisor's stub processes one by one, and
@@ -331,14 +340,6 @@ impl PoolManager {
         spec.resident_runner = spec
             .runner_choice
             .unwrap_or(self.resident_runner && !spec.runtime.on_gvisor());
-        self.namespaces.check(&spec)?;
-        let backend = self.engines.get(spec.backend)?;
-        let lang = crate::lang::lookup(&spec.language).ok_or_else(|| {
-            Error::invalid("language", format!("unknown language {:?}", spec.language))
-        })?;
-        if self.pools_read().contains_key(&spec.name) {
-            return Err(Error::PoolExists(spec.name));
-        }
         // This instance is announced on the engine before any container of
         // it is: another instance never takes them for a dead one's.
         self.ensure_watched(&backend, &spec.image).await;
@@ -377,6 +378,27 @@ impl PoolManager {
             }
         }
         Ok(Self::view(&pool))
+    }
+
+    /// Whether the pool's containers will run on gVisor, as its engine
+    /// says. An engine that does not answer now (a server started before
+    /// it) leaves it to the runtime's name, and says so.
+    async fn runs_on_gvisor(&self, backend: &SharedBackend, spec: &PoolSpec) -> bool {
+        let runtime = spec.runtime.oci_runtime.as_deref();
+        match backend.runs_on_gvisor(runtime).await {
+            Ok(gvisor) => gvisor,
+            Err(e) => {
+                let guess = runtime.is_some_and(names_gvisor);
+                tracing::warn!(
+                    pool = %spec.name,
+                    runtime = runtime.unwrap_or("(the engine's default)"),
+                    gvisor = guess,
+                    error = %e,
+                    "could not ask the engine which runtime the pool's containers get; going by its name"
+                );
+                guess
+            }
+        }
     }
 
     pub fn get_pool(&self, who: &Identity, name: &str) -> Result<PoolView> {

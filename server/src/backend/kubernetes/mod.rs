@@ -661,6 +661,15 @@ impl Backend for KubernetesBackend {
         Ok(ContainerInfo { networks, env })
     }
 
+    /// By the RuntimeClass a pod gets (the pool's, else the backend's
+    /// default): its name, as reading its handler would need a cluster-wide
+    /// permission the server otherwise does without.
+    async fn runs_on_gvisor(&self, runtime: Option<&str>) -> Result<bool> {
+        Ok(runtime
+            .or(self.settings.runtime_class.as_deref())
+            .is_some_and(crate::spec::names_gvisor))
+    }
+
     async fn ping(&self) -> Result<()> {
         let conn = self.conn().await?;
         conn.client

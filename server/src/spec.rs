@@ -65,7 +65,8 @@ pub struct RuntimeConfig {
     pub env: BTreeMap<String, String>,
     /// Whether the containers run on gVisor, as the pool's engine describes
     /// the runtime they get (`Backend::runs_on_gvisor`): set when the pool
-    /// is made, `None` before (the runtime's name decides then).
+    /// is made; `None` before, or when the engine did not answer then (the
+    /// runtime's name decides).
     pub gvisor: Option<bool>,
 }
 

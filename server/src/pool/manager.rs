@@ -23,7 +23,7 @@ use crate::{
     identity::{Identity, Quota, QuotaBook, QuotaGuard},
     policy::{Namespaces, Policy},
     sandbox,
-    spec::{PoolSpec, names_gvisor, validate_env_name},
+    spec::{PoolSpec, validate_env_name},
     sync,
 };
 
@@ -326,7 +326,7 @@ impl PoolManager {
         if self.pools_read().contains_key(&spec.name) {
             return Err(Error::PoolExists(spec.name));
         }
-        spec.runtime.gvisor = Some(self.runs_on_gvisor(&backend, &spec).await);
+        spec.runtime.gvisor = self.runs_on_gvisor(&backend, &spec).await;
         // A gVisor pool takes the exec path unless it asks for the runner.
         // Under memory pressure (a fork bomb at the pool's memory limit) the
         // host's OOM killer takes gVisor's stub processes one by one, and
@@ -381,24 +381,23 @@ impl PoolManager {
     }
 
     /// Whether the pool's containers will run on gVisor, as its engine
-    /// says. An engine that does not answer now (a server started before
-    /// it) leaves it to the runtime's name, and says so.
-    async fn runs_on_gvisor(&self, backend: &SharedBackend, spec: &PoolSpec) -> bool {
+    /// says; `None` when the engine does not answer now (a server started
+    /// before it), which leaves it to the runtime's name
+    /// (`RuntimeConfig::on_gvisor`), and says so.
+    async fn runs_on_gvisor(&self, backend: &SharedBackend, spec: &PoolSpec) -> Option<bool> {
         let runtime = spec.runtime.oci_runtime.as_deref();
-        match backend.runs_on_gvisor(runtime).await {
-            Ok(gvisor) => gvisor,
-            Err(e) => {
-                let guess = runtime.is_some_and(names_gvisor);
+        backend
+            .runs_on_gvisor(runtime)
+            .await
+            .inspect_err(|e| {
                 tracing::warn!(
                     pool = %spec.name,
                     runtime = runtime.unwrap_or("(the engine's default)"),
-                    gvisor = guess,
                     error = %e,
                     "could not ask the engine which runtime the pool's containers get; going by its name"
                 );
-                guess
-            }
-        }
+            })
+            .ok()
     }
 
     pub fn get_pool(&self, who: &Identity, name: &str) -> Result<PoolView> {
